@@ -1,0 +1,59 @@
+"""The `auditor` command line: scan, rules, and the commands other stages add (serve, plan, apply, ...).
+
+Exit status: 0 nothing at or above --fail-on; 1 findings; 2 invalid input, rules, configuration or usage
+(one line on stderr, never a traceback).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from auditor import __version__
+from auditor.errors import AuditorError
+
+# Subcommand modules, each defining `command` (a click command or group) registered under its own name.
+_COMMAND_MODULES = (
+    "auditor.cli.scan",
+    "auditor.cli.rules",
+    "auditor.cli.daemon",
+    "auditor.cli.state",
+    "auditor.cli.remediate",
+    "auditor.cli.permissions",
+)
+
+
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AuditorError as exc:
+            lines = str(exc).splitlines() or [type(exc).__name__]
+            for line in lines:
+                click.echo(f"error: {line}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="auditor")
+def cli() -> None:
+    """Keep a Google Cloud organization and its GKE clusters on their security baseline."""
+
+
+for _name in _COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(_name)
+    except ModuleNotFoundError as _exc:
+        if _exc.name != _name:
+            raise
+        continue
+    for _cmd in getattr(_mod, "commands", [getattr(_mod, "command", None)]):
+        if _cmd is not None:
+            cli.add_command(_cmd)
+
+
+def main() -> None:
+    cli(prog_name="auditor")

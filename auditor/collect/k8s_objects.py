@@ -1,0 +1,90 @@
+"""Kubernetes objects turned into the assets Cloud Asset Inventory gives for them.
+
+CAI names a GKE object `//container.googleapis.com/projects/P/locations/L/clusters/C/k8s/...`; a cluster given
+by a bare name (`--cluster training`) becomes `//container.googleapis.com/clusters/training/k8s/...`.
+Used by both the file reader and the live Kubernetes source, so both give identical assets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from auditor.model import Asset
+
+ROLE = "rbac.authorization.k8s.io/Role"
+ROLE_BINDING = "rbac.authorization.k8s.io/RoleBinding"
+CLUSTER_ROLE = "rbac.authorization.k8s.io/ClusterRole"
+CLUSTER_ROLE_BINDING = "rbac.authorization.k8s.io/ClusterRoleBinding"
+NAMESPACE = "k8s.io/Namespace"
+RESOURCE_QUOTA = "k8s.io/ResourceQuota"
+NETWORK_POLICY = "networking.k8s.io/NetworkPolicy"
+GKE_CLUSTER = "container.googleapis.com/Cluster"
+
+# kind -> (asset type, path segment under the namespace or cluster, namespaced)
+KINDS: dict[str, tuple[str, str, bool]] = {
+    "Role": (ROLE, "rbac.authorization.k8s.io/roles", True),
+    "RoleBinding": (ROLE_BINDING, "rbac.authorization.k8s.io/rolebindings", True),
+    "ClusterRole": (CLUSTER_ROLE, "rbac.authorization.k8s.io/clusterroles", False),
+    "ClusterRoleBinding": (CLUSTER_ROLE_BINDING, "rbac.authorization.k8s.io/clusterrolebindings", False),
+    "Namespace": (NAMESPACE, "namespaces", False),
+    "ResourceQuota": (RESOURCE_QUOTA, "resourcequotas", True),
+    "NetworkPolicy": (NETWORK_POLICY, "networking.k8s.io/networkpolicies", True),
+}
+K8S_ASSET_TYPES = frozenset(t for t, _, _ in KINDS.values())
+
+
+def cluster_path(cluster: str) -> str:
+    """`projects/P/locations/L/clusters/C` as given, or `clusters/NAME` for a bare name."""
+    cluster = cluster.strip("/")
+    if cluster.startswith("//container.googleapis.com/"):
+        cluster = cluster[len("//container.googleapis.com/") :]
+    return cluster if "/" in cluster else f"clusters/{cluster}"
+
+
+def cluster_ancestors(cluster: str) -> tuple[str, ...]:
+    parts = cluster_path(cluster).split("/")
+    if len(parts) >= 2 and parts[0] == "projects":
+        return (f"projects/{parts[1]}",)
+    return ()
+
+
+def object_asset(obj: dict[str, Any], cluster: str, origin: str = "") -> Asset | None:
+    """The asset for one Kubernetes object, or None for kinds the auditor does not read."""
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or kind not in KINDS:
+        return None
+    asset_type, segment, namespaced = KINDS[kind]
+    meta = obj.get("metadata") or {}
+    name = meta.get("name")
+    if not name:
+        raise ValueError(f"{kind} without metadata.name")
+    prefix = f"//container.googleapis.com/{cluster_path(cluster)}/k8s"
+    if namespaced:
+        namespace = meta.get("namespace") or "default"
+        asset_name = f"{prefix}/namespaces/{namespace}/{segment}/{name}"
+    else:
+        asset_name = f"{prefix}/{segment}/{name}"
+    return Asset(
+        name=asset_name,
+        asset_type=asset_type,
+        resource=obj,
+        ancestors=cluster_ancestors(cluster),
+        update_time=meta.get("creationTimestamp") if isinstance(meta.get("creationTimestamp"), str) else None,
+        origin=origin,
+    )
+
+
+def cluster_of(asset_name: str) -> str:
+    """`//container.googleapis.com/.../clusters/C` for the name of any asset inside a cluster."""
+    head, sep, _ = asset_name.partition("/k8s/")
+    if not sep:
+        head, sep, _ = asset_name.partition("/k8s")
+    return head
+
+
+def namespace_of(asset_name: str) -> str | None:
+    """The namespace an in-cluster asset lives in (or names, for a Namespace), from its CAI name."""
+    _, sep, rest = asset_name.partition("/k8s/namespaces/")
+    if not sep:
+        return None
+    return rest.split("/", 1)[0]

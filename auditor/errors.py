@@ -1,0 +1,13 @@
+"""Errors the command line turns into a one-line message and exit status 2."""
+
+
+class AuditorError(Exception):
+    """Invalid input, rules, configuration or usage. The message is shown to the operator as is."""
+
+
+class RuleError(AuditorError):
+    """A rule file that cannot be loaded: the message names the file, line, rule id and the reason."""
+
+
+class SourceError(AuditorError):
+    """A source that cannot be read at all (missing file, unknown scheme, ...)."""

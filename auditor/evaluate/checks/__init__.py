@@ -1,0 +1,1 @@
+"""The built-in checks, one module per domain. Importing a module registers its checks."""

@@ -1,0 +1,93 @@
+"""Read IAM policies and Cloud Armor policies in every spelling CAI and the APIs use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+DEFAULT_RULE_PRIORITY = 2147483647
+
+
+class Binding(NamedTuple):
+    role: str
+    members: tuple[str, ...]
+    condition: dict[str, Any] | None
+
+    @property
+    def condition_title(self) -> str | None:
+        if not self.condition:
+            return None
+        return str(self.condition.get("title") or self.condition.get("expression") or "condition")
+
+
+def bindings(policy: dict[str, Any]) -> Iterator[Binding]:
+    for b in policy.get("bindings") or ():
+        if not isinstance(b, dict):
+            continue
+        yield Binding(str(b.get("role", "")), tuple(b.get("members") or ()), b.get("condition") or None)
+
+
+def binding_details(b: Binding, member: str | None = None) -> dict[str, Any]:
+    d: dict[str, Any] = {"role": b.role}
+    if member is not None:
+        d["member"] = member
+    if b.condition:
+        d["condition"] = b.condition_title
+    return d
+
+
+def binding_key(b: Binding, member: str | None = None) -> str:
+    """Detail key for a finding id: role, member, and the condition when there is one."""
+    key = b.role if member is None else f"{b.role}|{member}"
+    return f"{key}|{b.condition_title}" if b.condition else key
+
+
+class ArmorRule(NamedTuple):
+    priority: int
+    action: str
+    preview: bool
+    src_ranges: tuple[str, ...]
+    expression: str | None
+    description: str
+    raw: dict[str, Any]
+
+    @property
+    def is_default(self) -> bool:
+        return self.priority == DEFAULT_RULE_PRIORITY
+
+    @property
+    def allows(self) -> bool:
+        return self.action == "allow"
+
+    @property
+    def denies(self) -> bool:
+        return self.action.startswith("deny")
+
+
+def armor_rules(policy: dict[str, Any]) -> list[ArmorRule]:
+    """The rules of a security policy: `rules` (Compute API) or `rule` (CAI), `srcIpRanges` or `srcIpRange`."""
+    out: list[ArmorRule] = []
+    for r in policy.get("rules") or policy.get("rule") or ():
+        if not isinstance(r, dict):
+            continue
+        match = r.get("match") or {}
+        config = match.get("config") or {}
+        ranges = config.get("srcIpRanges") or config.get("srcIpRange") or ()
+        expr = (match.get("expr") or {}).get("expression")
+        try:
+            priority = int(r.get("priority", DEFAULT_RULE_PRIORITY))
+        except (TypeError, ValueError):
+            priority = DEFAULT_RULE_PRIORITY
+        out.append(
+            ArmorRule(
+                priority=priority,
+                action=str(r.get("action", "")),
+                preview=bool(r.get("preview", False)),
+                src_ranges=tuple(str(x) for x in ranges),
+                expression=expr,
+                description=str(r.get("description") or ""),
+                raw=r,
+            )
+        )
+    out.sort(key=lambda x: x.priority)
+    return out

@@ -1,0 +1,127 @@
+"""The registry of checks: small functions that give a rule its meaning.
+
+A check is registered with a typed params model (pydantic, extra keys refused), the asset types it can read,
+and, when it needs to see other assets (a RoleBinding needs its Namespace's labels), the context types the
+engine must keep for it. Checks with context are evaluated once the whole snapshot has been read.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from auditor.model import Asset
+
+
+class Params(BaseModel):
+    """Base class of every check's params: unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(Params):
+    pass
+
+
+class Violation(NamedTuple):
+    message: str
+    key: str = ""  # what distinguishes two violations of one rule on one asset (member, role, priority...)
+    details: dict[str, Any] = {}
+
+
+@dataclass
+class Context:
+    """What a check can see besides its asset: the assets of its context types, and the evaluation time."""
+
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    by_type: dict[str, list[Asset]] = field(default_factory=lambda: defaultdict(list))
+    _index: dict[str, Any] = field(default_factory=dict)
+
+    def assets(self, asset_type: str) -> list[Asset]:
+        return self.by_type.get(asset_type, [])
+
+    def memo(self, key: str, build: Callable[[], Any]) -> Any:
+        """Per-snapshot cache for indexes that checks derive from the context (built once, on first use)."""
+        if key not in self._index:
+            self._index[key] = build()
+        return self._index[key]
+
+
+P = TypeVar("P", bound=Params)
+CheckFn = Callable[[Asset, Any, Context], Iterable[Violation]]
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    name: str
+    fn: CheckFn
+    params: type[Params]
+    asset_types: tuple[str, ...]
+    needs_iam: bool
+    context_types: tuple[str, ...]
+    doc: str
+
+    @property
+    def deferred(self) -> bool:
+        return bool(self.context_types)
+
+
+_checks: dict[str, CheckSpec] = {}
+
+
+def check(
+    name: str,
+    *,
+    params: type[Params] = NoParams,
+    asset_types: Iterable[str] = ("*",),
+    iam: bool = False,
+    context: Iterable[str] = (),
+) -> Callable[[Callable[[Asset, P, Context], Iterable[Violation]]], Callable[[Asset, P, Context], Iterable[Violation]]]:
+    """Register a check. `iam=True`: it reads the IAM policy, and only assets that carry one are given to it."""
+
+    def deco(
+        fn: Callable[[Asset, P, Context], Iterable[Violation]],
+    ) -> Callable[[Asset, P, Context], Iterable[Violation]]:
+        if name in _checks:
+            raise RuntimeError(f"check {name} registered twice")
+        _checks[name] = CheckSpec(
+            name=name,
+            fn=fn,
+            params=params,
+            asset_types=tuple(asset_types),
+            needs_iam=iam,
+            context_types=tuple(context),
+            doc=(fn.__doc__ or "").strip(),
+        )
+        return fn
+
+    return deco
+
+
+def _load_builtin_checks() -> None:
+    import importlib
+    import pkgutil
+
+    import auditor.evaluate.checks as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{pkg.__name__}.{mod.name}")
+
+
+def get_check(name: str) -> CheckSpec | None:
+    _load_builtin_checks()
+    return _checks.get(name)
+
+
+def all_checks() -> dict[str, CheckSpec]:
+    _load_builtin_checks()
+    return dict(sorted(_checks.items()))
+
+
+def iter_checks() -> Iterator[CheckSpec]:
+    yield from all_checks().values()

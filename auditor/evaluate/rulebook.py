@@ -1,0 +1,350 @@
+"""Load and validate rule files.
+
+A rule file is YAML: a list of rules, a mapping with a `rules:` list, or Config Validator constraint documents
+(`apiVersion: constraints.gatekeeper.sh/...`), which are converted into rules. Every rule is validated against
+the schema (`Rule` below; `rules/schema.json` is generated from it) and its params against its check's params
+model. A wrong file is refused as a whole, with one line per problem: file, line, rule id and reason.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from auditor.errors import RuleError
+from auditor.evaluate.globs import compile_glob
+from auditor.evaluate.registry import CheckSpec, Params, all_checks, get_check
+from auditor.model import Mode, Severity
+
+RULE_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+class Match(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    asset_types: list[str] = Field(default_factory=lambda: ["*"], description="Asset type globs.")
+    ancestries: list[str] = Field(
+        default_factory=lambda: ["**"],
+        description="Ancestry path globs, e.g. organizations/123/** (`*` stops at `/`, `**` crosses it).",
+    )
+    excluded_ancestries: list[str] = Field(default_factory=list, description="Ancestry path globs to skip.")
+
+
+class Exemption(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resource: str = Field(description="Asset name glob (`*` stops at `/`, `**` crosses it).")
+    reason: str = Field(min_length=1)
+    owner: str = Field(min_length=1)
+    ticket: str | None = None
+    expires: date | None = Field(default=None, description="Last day the exemption applies (YYYY-MM-DD).")
+    details: dict[str, str] = Field(
+        default_factory=dict,
+        description="Optional globs on finding details (e.g. member: 'serviceAccount:ci@*') to narrow the exemption.",
+    )
+
+
+class Rule(BaseModel):
+    """One baseline rule, as written in a rule file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Unique id, stable across versions.")
+    check: str = Field(description="A registered check (see `auditor rules checks`).")
+    severity: Severity
+    description: str = ""
+    rationale: str = ""
+    match: Match = Field(default_factory=Match)
+    params: dict[str, Any] = Field(default_factory=dict)
+    mode: Mode = Mode.audit
+    remediation: str | None = None
+    exemptions: list[Exemption] = Field(default_factory=list)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params_none(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+
+@dataclass(eq=False)
+class LoadedRule:
+    """A validated rule bound to its check and typed params."""
+
+    rule: Rule
+    spec: CheckSpec
+    params: Params
+    origin: str  # file:line
+    _types: tuple[re.Pattern[str], ...] = field(init=False, repr=False)
+    _anc: tuple[re.Pattern[str], ...] = field(init=False, repr=False)
+    _excl: tuple[re.Pattern[str], ...] = field(init=False, repr=False)
+    _all_ancestries: bool = field(init=False, repr=False)
+    _anc_cache: dict[str, bool] = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._types = tuple(compile_glob(t) for t in self.rule.match.asset_types)
+        self._anc = tuple(compile_glob(a) for a in self.rule.match.ancestries)
+        self._excl = tuple(compile_glob(a) for a in self.rule.match.excluded_ancestries)
+        self._all_ancestries = "**" in self.rule.match.ancestries and not self._excl
+
+    @property
+    def id(self) -> str:
+        return self.rule.id
+
+    def matches_type(self, asset_type: str) -> bool:
+        if not any(p.match(asset_type) for p in self._types):
+            return False
+        return any(compile_glob(t).match(asset_type) for t in self.spec.asset_types)
+
+    def matches_ancestry(self, path: str) -> bool:
+        if self._all_ancestries:
+            return True
+        hit = self._anc_cache.get(path)
+        if hit is None:
+            hit = any(p.match(path) for p in self._anc) and not any(p.match(path) for p in self._excl)
+            if len(self._anc_cache) < 100_000:
+                self._anc_cache[path] = hit
+        return hit
+
+
+# -- document converters (Config Validator constraints and the like) -------------------------------------------------
+# A converter takes (document, file, line) and returns rule dicts; it raises ValueError with the reason.
+DocumentConverter = Callable[[dict[str, Any], str, int], list[dict[str, Any]]]
+_converters: dict[str, DocumentConverter] = {}
+
+
+def register_converter(api_version_prefix: str, converter: DocumentConverter) -> None:
+    _converters[api_version_prefix] = converter
+
+
+def _converter_for(doc: dict[str, Any]) -> DocumentConverter | None:
+    api = doc.get("apiVersion")
+    if not isinstance(api, str):
+        return None
+    _load_converters()
+    for prefix, conv in _converters.items():
+        if api.startswith(prefix):
+            return conv
+    return None
+
+
+def _load_converters() -> None:
+    import importlib
+
+    try:
+        importlib.import_module("auditor.evaluate.constraints")
+    except ModuleNotFoundError as exc:
+        if exc.name != "auditor.evaluate.constraints":
+            raise
+
+
+# -- YAML with line numbers -------------------------------------------------------------------------------------------
+def _line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
+    """1-based line of the YAML node at `loc` (a pydantic error location), as deep as it can be followed."""
+    best = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if k.value == key:
+                    nxt = v
+                    best = k.start_mark.line + 1
+                    break
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            best = node.start_mark.line + 1
+        else:
+            break
+        if node is None:
+            break
+    return best
+
+
+def _fmt_loc(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _Problems:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.items: list[str] = []
+
+    def add(self, line: int | None, rule_id: str | None, reason: str) -> None:
+        where = f"{self.path}:{line}" if line else self.path
+        who = f" rule {rule_id}:" if rule_id else ""
+        self.items.append(f"{where}:{who} {reason}")
+
+
+def _check_hint(name: str) -> str:
+    known = sorted(all_checks())
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown check {name!r}{hint}; known checks: {', '.join(known)}"
+
+
+def _bind(raw: dict[str, Any], node: yaml.Node | None, problems: _Problems, origin: str) -> LoadedRule | None:
+    rule_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+    try:
+        rule = Rule.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            problems.add(_line_of(node, loc), rule_id, f"{_fmt_loc(loc)}: {err['msg']}")
+        return None
+    spec = get_check(rule.check)
+    if spec is None:
+        problems.add(_line_of(node, ("check",)), rule.id, _check_hint(rule.check))
+        return None
+    try:
+        params = spec.params.model_validate(rule.params)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = ("params", *err["loc"])
+            problems.add(_line_of(node, loc), rule.id, f"{_fmt_loc(loc)}: {err['msg']}")
+        return None
+    except ValueError as exc:  # a params model that compiles something (CEL, CIDRs) and fails
+        problems.add(_line_of(node, ("params",)), rule.id, f"params: {exc}")
+        return None
+    return LoadedRule(rule=rule, spec=spec, params=params, origin=origin)
+
+
+def load_file(path: Path) -> list[LoadedRule]:
+    """The rules of one file; RuleError lists every problem in it."""
+    text = path.read_text(encoding="utf-8")
+    problems = _Problems(str(path))
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problems.add(line, None, f"YAML syntax error: {getattr(exc, 'problem', None) or exc}")
+        raise RuleError("\n".join(problems.items)) from None
+
+    out: list[LoadedRule] = []
+    for doc, node in zip(docs, nodes, strict=True):
+        if doc is None:
+            continue
+        items: list[tuple[Any, yaml.Node | None]]
+        if isinstance(doc, dict) and isinstance(doc.get("rules"), list) and isinstance(node, yaml.MappingNode):
+            seq = next(v for k, v in node.value if k.value == "rules")
+            items = list(zip(doc["rules"], seq.value, strict=True))
+        elif isinstance(doc, list) and isinstance(node, yaml.SequenceNode):
+            items = list(zip(doc, node.value, strict=True))
+        elif isinstance(doc, dict) and "apiVersion" in doc:
+            line = node.start_mark.line + 1 if node is not None else 1
+            conv = _converter_for(doc)
+            name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
+            if conv is None:
+                problems.add(
+                    line, name, f"unsupported document apiVersion {doc.get('apiVersion')!r} kind {doc.get('kind')!r}"
+                )
+                continue
+            try:
+                converted = conv(doc, str(path), line)
+            except ValueError as exc:
+                problems.add(line, name, str(exc))
+                continue
+            items = [(r, None) for r in converted]
+            for raw, _ in items:
+                loaded = _bind(raw, node, problems, f"{path}:{line}")
+                if loaded is not None:
+                    out.append(loaded)
+            continue
+        else:
+            problems.add(
+                node.start_mark.line + 1 if node is not None else None,
+                None,
+                "expected a list of rules, a mapping with a 'rules' list, or a Config Validator constraint",
+            )
+            continue
+        for raw, item_node in items:
+            line = item_node.start_mark.line + 1 if item_node is not None else None
+            if not isinstance(raw, dict):
+                problems.add(line, None, "a rule must be a mapping")
+                continue
+            loaded = _bind(raw, item_node, problems, f"{path}:{line}")
+            if loaded is not None:
+                out.append(loaded)
+    if problems.items:
+        raise RuleError("\n".join(problems.items))
+    return out
+
+
+def shipped_rules_dir() -> Path:
+    """The baseline shipped with the package (installed wheel) or beside the source tree."""
+    here = Path(__file__).resolve().parent.parent
+    installed = here / "_rules"
+    if installed.is_dir():
+        return installed
+    return here.parent / "rules"
+
+
+def rule_files(paths: Iterable[str | Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix in RULE_FILE_SUFFIXES and f.is_file()))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise RuleError(f"{p}: no such rule file or folder")
+    return out
+
+
+def load_rules(paths: Iterable[str | Path] | None = None) -> list[LoadedRule]:
+    """Every rule of the given files and folders (the shipped baseline when none is given).
+
+    All files are read and every problem is reported together; two rules with one id are an error.
+    """
+    files = rule_files(list(paths) if paths else [shipped_rules_dir()])
+    if not files:
+        raise RuleError("no rule files found (.yaml or .yml)")
+    rules: list[LoadedRule] = []
+    errors: list[str] = []
+    for f in files:
+        try:
+            rules.extend(load_file(f))
+        except RuleError as exc:
+            errors.append(str(exc))
+    seen: dict[str, LoadedRule] = {}
+    for r in rules:
+        if r.id in seen:
+            errors.append(f"{r.origin}: rule {r.id}: duplicate rule id (first defined at {seen[r.id].origin})")
+        else:
+            seen[r.id] = r
+    if errors:
+        raise RuleError("\n".join(errors))
+    return rules
+
+
+def rule_schema() -> dict[str, Any]:
+    """JSON Schema of a rule file (a list of rules, or `rules:`), published as rules/schema.json for editors."""
+    rule = Rule.model_json_schema()
+    defs = rule.pop("$defs", {})
+    checks = sorted(all_checks())
+    rule["properties"]["check"]["enum"] = checks
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "drift-auditor rule file",
+        "$defs": {**defs, "Rule": rule},
+        "oneOf": [
+            {"type": "array", "items": {"$ref": "#/$defs/Rule"}},
+            {
+                "type": "object",
+                "properties": {"rules": {"type": "array", "items": {"$ref": "#/$defs/Rule"}}},
+                "required": ["rules"],
+            },
+        ],
+    }

@@ -1,0 +1,214 @@
+"""The typed objects that flow between stages: Asset, Finding, and the snapshot's completeness record.
+
+Assets are decoded lazily: the reader keeps the raw JSON bytes of `resource.data` and `iam_policy`, and a
+check that reads them pays for the decoding. Assets that no rule needs are never decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+
+
+class Severity(StrEnum):
+    info = "info"
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+    @property
+    def rank(self) -> int:
+        return SEVERITIES.index(self.value)
+
+
+class Mode(StrEnum):
+    audit = "audit"
+    dryrun = "dryrun"
+    enforce = "enforce"
+
+
+_json_decoder = msgspec.json.Decoder()
+
+
+class Asset:
+    """One Cloud Asset Inventory asset (or a Kubernetes object turned into one).
+
+    `resource` is the resource's `data` (the API object); `iam_policy` is the IAM policy as a dict, or None.
+    `ancestors` run from the asset upwards, as CAI lists them (`projects/1`, `folders/2`, `organizations/3`).
+    """
+
+    __slots__ = ("_iam", "_iam_raw", "_res", "_res_raw", "ancestors", "asset_type", "name", "origin", "update_time")
+
+    def __init__(
+        self,
+        name: str,
+        asset_type: str,
+        resource: dict[str, Any] | msgspec.Raw | None = None,
+        iam_policy: dict[str, Any] | msgspec.Raw | None = None,
+        ancestors: tuple[str, ...] = (),
+        update_time: str | None = None,
+        origin: str = "",
+    ) -> None:
+        self.name = name
+        self.asset_type = asset_type
+        self.ancestors = ancestors
+        self.update_time = update_time
+        self.origin = origin  # where it was read: "file:line" or the source URI, for error messages
+        self._res: dict[str, Any] | None = None
+        self._res_raw: msgspec.Raw | None = None
+        self._iam: dict[str, Any] | None = None
+        self._iam_raw: msgspec.Raw | None = None
+        if isinstance(resource, msgspec.Raw):
+            self._res_raw = resource
+        else:
+            self._res = resource
+        if isinstance(iam_policy, msgspec.Raw):
+            self._iam_raw = iam_policy
+        else:
+            self._iam = iam_policy
+
+    @property
+    def resource(self) -> dict[str, Any]:
+        """The resource data (`resource.data` in CAI); an empty dict when the asset carries none."""
+        if self._res is None:
+            self._res = _json_decoder.decode(self._res_raw) if self._res_raw is not None else {}
+            self._res_raw = None
+            if not isinstance(self._res, dict):
+                self._res = {}
+        return self._res
+
+    @property
+    def has_iam_policy(self) -> bool:
+        return self._iam is not None or self._iam_raw is not None
+
+    @property
+    def iam_policy(self) -> dict[str, Any]:
+        """The IAM policy as CAI gives it (either spelling); an empty dict when the asset carries none."""
+        if self._iam is None:
+            self._iam = _json_decoder.decode(self._iam_raw) if self._iam_raw is not None else {}
+            self._iam_raw = None
+            if not isinstance(self._iam, dict):
+                self._iam = {}
+        return self._iam
+
+    @property
+    def ancestry_path(self) -> str:
+        """`organizations/1/folders/2/projects/3`: the ancestors from the top down, for ancestry globs."""
+        return "/".join(reversed(self.ancestors))
+
+    @property
+    def project(self) -> str | None:
+        for a in self.ancestors:
+            if a.startswith("projects/"):
+                return a
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "asset_type": self.asset_type}
+        if self._res is not None or self._res_raw is not None:
+            out["resource"] = {"data": self.resource}
+        if self.has_iam_policy:
+            out["iam_policy"] = self.iam_policy
+        if self.ancestors:
+            out["ancestors"] = list(self.ancestors)
+        if self.update_time:
+            out["update_time"] = self.update_time
+        return out
+
+    def __repr__(self) -> str:
+        return f"Asset({self.asset_type} {self.name})"
+
+
+def finding_id(rule: str, asset: str, key: str) -> str:
+    """A stable id: the same rule, asset and detail give the same id in every cycle."""
+    return hashlib.sha256(f"{rule}\x1f{asset}\x1f{key}".encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True, slots=True)
+class Exempted:
+    reason: str
+    owner: str
+    ticket: str | None
+    expires: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    id: str
+    rule: str
+    check: str
+    severity: Severity
+    mode: Mode
+    asset: str
+    asset_type: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+    exempted: Exempted | None = None
+    # An exemption that matched but has expired: the finding counts, and says why it is no longer exempt.
+    expired_exemption: Exempted | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "rule": self.rule,
+            "check": self.check,
+            "severity": self.severity.value,
+            "mode": self.mode.value,
+            "asset": self.asset,
+            "asset_type": self.asset_type,
+            "message": self.message,
+            "details": self.details,
+            "exempted": self.exempted is not None,
+        }
+        if self.exempted is not None:
+            out["exemption"] = _exempted_dict(self.exempted)
+        if self.expired_exemption is not None:
+            out["expired_exemption"] = _exempted_dict(self.expired_exemption)
+        return out
+
+
+def _exempted_dict(e: Exempted) -> dict[str, Any]:
+    return {"reason": e.reason, "owner": e.owner, "ticket": e.ticket, "expires": e.expires}
+
+
+@dataclass(slots=True)
+class SourceStatus:
+    """What one source read: whether each asset type was read completely, and what went wrong."""
+
+    source: str
+    complete: bool = True
+    assets: int = 0
+    skipped: int = 0  # malformed records reported and skipped
+    failed_types: dict[str, str] = field(default_factory=dict)  # asset type ("*" for all) -> reason
+    errors: list[str] = field(default_factory=list)
+    read_time: str | None = None  # the moment the data describes (CAI read_time), when known
+
+    def fail(self, asset_type: str, reason: str) -> None:
+        self.complete = False
+        self.failed_types[asset_type] = reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "complete": self.complete,
+            "assets": self.assets,
+            "skipped": self.skipped,
+            "failed": [{"asset_type": t, "reason": r} for t, r in sorted(self.failed_types.items())],
+            "errors": self.errors[:50],
+            "read_time": self.read_time,
+        }
+
+
+def iter_members(policy: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
+    """(binding, member) for every member of every binding of an IAM policy."""
+    for binding in policy.get("bindings") or ():
+        for member in binding.get("members") or ():
+            yield binding, member
