@@ -1,0 +1,30 @@
+"""The Google Cloud IAM permissions each component uses, declared next to the code that uses them.
+
+Collectors and remediations call `declare(...)` at import time; `auditor permissions` builds the least-privilege
+custom role from these declarations, so the role and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Declaration:
+    component: str  # e.g. "collect.asset_inventory", "remediations.iam"
+    permissions: tuple[str, ...]
+    remediation: bool  # needed only when fixes are applied
+    why: str
+
+
+_declarations: dict[str, Declaration] = {}
+
+
+def declare(
+    component: str, permissions: list[str] | tuple[str, ...], *, remediation: bool = False, why: str = ""
+) -> None:
+    _declarations[component] = Declaration(component, tuple(sorted(set(permissions))), remediation, why)
+
+
+def declarations() -> list[Declaration]:
+    return sorted(_declarations.values(), key=lambda d: d.component)
