@@ -17,7 +17,7 @@ venv: $(STAMP)
 # Scan the bundled example organization with the shipped baseline.
 # Exit status 1 only means "findings at or above --fail-on", which is the point of the demo.
 demo: $(STAMP)
-	$(BIN)/auditor scan --source examples/org --source examples/k8s --cluster projects/ml-platform-prod/locations/us-central1/clusters/training --fail-on never
+	$(BIN)/auditor scan --source examples/org --source examples/k8s --cluster projects/ml-platform-prod/locations/us-central1/clusters/inference --fail-on never
 
 test: $(STAMP)
 	$(BIN)/ruff check auditor remediations tests bench
