@@ -52,6 +52,10 @@ class _Record(msgspec.Struct):
     updateTime: str | None = None
 
 
+class _Listing(msgspec.Struct):
+    assets: list[msgspec.Raw]
+
+
 _record_decoder = msgspec.json.Decoder(_Record)
 _any_decoder = msgspec.json.Decoder()
 _EXPORT_SUFFIXES = (".json", ".ndjson", ".jsonl", ".dump", ".gz")
@@ -172,26 +176,35 @@ class FileSource:
             lineno += 1
 
     def _document(self, path: Path, data: bytes) -> Iterator[Asset]:
+        if data.lstrip().startswith(b"["):
+            try:
+                raws = msgspec.json.decode(data, type=list[msgspec.Raw])
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise SourceError(f"{path}: not a valid JSON array of assets ({exc})") from exc
+            yield from self._raw_items(path, raws)
+            return
         try:
             doc = _any_decoder.decode(data)
-        except msgspec.DecodeError as exc:
-            # Not one JSON document: treat it as NDJSON so each bad line is reported with its number.
-            if data.lstrip().startswith(b"{"):
-                yield from self._ndjson_bytes(path, data)
-                return
-            raise SourceError(f"{path}: not valid JSON ({exc})") from exc
+        except msgspec.DecodeError:
+            # Not one JSON document: read it as NDJSON so each bad line is reported with its number.
+            yield from self._ndjson_bytes(path, data)
+            return
         if isinstance(doc, dict) and isinstance(doc.get("items"), list) and "kind" in doc:
             yield from self._k8s_items(path, doc["items"], 0)
-            return
-        items = doc.get("assets") if isinstance(doc, dict) else doc
-        if not isinstance(items, list):
-            raise SourceError(f"{path}: expected NDJSON, a JSON array of assets, or a Kubernetes List")
-        for i, item in enumerate(items):
+        elif isinstance(doc, dict) and isinstance(doc.get("assets"), list):
+            del doc  # decode again, keeping each asset as raw bytes (an API listing saved to a file)
+            yield from self._raw_items(path, msgspec.json.decode(data, type=_Listing).assets)
+        else:
+            raise SourceError(
+                f"{path}: expected NDJSON, a JSON array of assets, {{\"assets\": [...]}} or a Kubernetes List"
+            )
+
+    def _raw_items(self, path: Path, raws: list[msgspec.Raw]) -> Iterator[Asset]:
+        for i, raw in enumerate(raws):
             where = f"{path}: item {i}"
             try:
-                rec = msgspec.convert(item, _Record)
-                asset = record_to_asset(rec, where)
-            except msgspec.ValidationError as exc:
+                asset = record_to_asset(_record_decoder.decode(raw), where)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self._problem(where, f"malformed asset ({exc})")
                 continue
             except ValueError as exc:
