@@ -206,6 +206,16 @@ def _bind(raw: dict[str, Any], node: yaml.Node | None, problems: _Problems, orig
     if spec is None:
         problems.add(_line_of(node, ("check",)), rule.id, _check_hint(rule.check))
         return None
+    if rule.remediation is not None:
+        from remediations.kinds import known_kinds  # data only: keeps the evaluate stage offline
+
+        if rule.remediation not in known_kinds():
+            problems.add(
+                _line_of(node, ("remediation",)),
+                rule.id,
+                f"unknown remediation {rule.remediation!r}; known remediations: {', '.join(known_kinds())}",
+            )
+            return None
     try:
         params = spec.params.model_validate(rule.params)
     except ValidationError as exc:

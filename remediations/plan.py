@@ -1,0 +1,424 @@
+"""Stage 6, plan (pure, offline): findings -> a reviewable plan of changes, one write per resource.
+
+Only findings of rules in `dryrun` or `enforce` mode that name a `remediation` become changes; exempted findings
+never do. Each change names its target, the concurrency token it was planned against (IAM etag, Cloud Armor
+fingerprint, Kubernetes resourceVersion), the before and after of what it touches, the edits and the findings and
+rules they answer. The plan id is a hash of the changes, so the same findings on the same state give the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from auditor import __version__
+from auditor.errors import AuditorError
+from auditor.evaluate.checks.rbac import subject_name
+from auditor.evaluate.policy import DEFAULT_RULE_PRIORITY
+from auditor.evaluate.rulebook import LoadedRule, Rule
+from auditor.model import Asset, Finding, Mode
+from remediations.edits import (
+    DENY,
+    Edit,
+    EditError,
+    apply_edits,
+    armor_rules_api,
+    canonical_json,
+    condition_title,
+    diff_items,
+    section,
+)
+from remediations.kinds import KINDS, family_of
+from remediations.targets import TOKEN_FIELDS, Target, UnsupportedTarget, state_of, target_for, token_of
+
+PLAN_FORMAT = 1
+ACTIVE_MODES = (Mode.dryrun.value, Mode.enforce.value)
+
+
+class PlanError(AuditorError):
+    """A plan file that cannot be used (unreadable, edited after it was written, wrong format)."""
+
+
+@dataclass
+class Change:
+    """Every edit to one resource, merged into one write."""
+
+    resource: str  # the asset name
+    asset_type: str
+    target: Target
+    token: str | None  # the concurrency token the change was planned against
+    edits: list[Edit]
+    before: Any  # section (bindings, rules, subjects) before
+    after: Any  # ... and after the edits
+    notes: list[str] = field(default_factory=list)  # guard warnings found at plan time
+
+    @property
+    def family(self) -> str:
+        return self.target.family
+
+    @property
+    def token_field(self) -> str:
+        return TOKEN_FIELDS[self.family]
+
+    @property
+    def rules(self) -> list[str]:
+        return sorted({r for e in self.edits for r in e.rules})
+
+    @property
+    def findings(self) -> list[str]:
+        return sorted({f for e in self.edits for f in e.findings})
+
+    @property
+    def modes(self) -> list[str]:
+        return sorted({m for e in self.edits for m in e.modes})
+
+    @property
+    def diff(self) -> list[dict[str, Any]]:
+        return diff_items(self.family, self.before, self.after)
+
+    @property
+    def id(self) -> str:
+        return _digest({"resource": self.resource, "token": self.token, "edits": [e.key for e in self.edits]})
+
+    def members(self) -> set[str]:
+        """The principals (IAM members, RBAC subjects) this change adds or removes."""
+        out: set[str] = set()
+        for e in self.edits:
+            if "member" in e.args:
+                out.add(str(e.args["member"]))
+            if "subject_name" in e.args:
+                out.add(str(e.args["subject_name"]))
+        for d in self.diff:
+            if self.family == "rbac" and d["item"] == "object" and d["before"]:
+                out.update(subject_name(s) for s in d["before"].get("subjects") or ())
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "resource": self.resource,
+            "asset_type": self.asset_type,
+            "target": self.target.to_dict(),
+            "token_field": self.token_field,
+            "token": self.token,
+            "edits": [e.to_dict() for e in self.edits],
+            "before": self.before,
+            "after": self.after,
+            "diff": self.diff,
+            "rules": self.rules,
+            "findings": self.findings,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Change:
+        return cls(
+            resource=d["resource"],
+            asset_type=d["asset_type"],
+            target=Target.from_dict(d["target"]),
+            token=d.get("token"),
+            edits=[Edit.from_dict(e) for e in d["edits"]],
+            before=d.get("before"),
+            after=d.get("after"),
+            notes=list(d.get("notes", [])),
+        )
+
+
+@dataclass
+class Plan:
+    changes: list[Change]
+    created_at: datetime
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # findings that could not be planned, and why
+    sources: list[str] = field(default_factory=list)
+    modes: list[str] = field(default_factory=lambda: list(ACTIVE_MODES))
+
+    @property
+    def id(self) -> str:
+        return _digest([c.to_dict() for c in self.changes])
+
+    def summary(self) -> dict[str, Any]:
+        """The blast radius: how many resources, members and rules the plan touches."""
+        by_kind: dict[str, int] = {}
+        for c in self.changes:
+            for e in c.edits:
+                by_kind[e.kind] = by_kind.get(e.kind, 0) + 1
+        members = set().union(*(c.members() for c in self.changes)) if self.changes else set()
+        return {
+            "resources": len(self.changes),
+            "edits": sum(len(c.edits) for c in self.changes),
+            "members": len(members),
+            "rules": len({r for c in self.changes for r in c.rules}),
+            "findings": len({f for c in self.changes for f in c.findings}),
+            "by_kind": dict(sorted(by_kind.items())),
+            "by_family": _count(c.family for c in self.changes),
+            "skipped_findings": len(self.skipped),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": PLAN_FORMAT,
+            "id": self.id,
+            "tool_version": __version__,
+            "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
+            "modes": self.modes,
+            "sources": self.sources,
+            "summary": self.summary(),
+            "changes": [c.to_dict() for c in self.changes],
+            "skipped": self.skipped,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], origin: str = "plan") -> Plan:
+        if d.get("format") != PLAN_FORMAT:
+            raise PlanError(f"{origin}: not a plan file of format {PLAN_FORMAT} (format: {d.get('format')!r})")
+        try:
+            plan = cls(
+                changes=[Change.from_dict(c) for c in d["changes"]],
+                created_at=datetime.fromisoformat(str(d["created_at"]).replace("Z", "+00:00")),
+                skipped=list(d.get("skipped", [])),
+                sources=list(d.get("sources", [])),
+                modes=list(d.get("modes", ACTIVE_MODES)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(f"{origin}: malformed plan: {type(exc).__name__}: {exc}") from None
+        if d.get("id") != plan.id:
+            raise PlanError(
+                f"{origin}: the plan's content does not match its id {d.get('id')!r} (edited after it was written?); "
+                "make a new plan"
+            )
+        return plan
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def load_plan(path: str | Path) -> Plan:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PlanError(f"{path}: no such plan file") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PlanError(f"{path}: cannot read the plan: {exc}") from None
+    if not isinstance(data, dict):
+        raise PlanError(f"{path}: a plan is a JSON object")
+    return Plan.from_dict(data, str(path))
+
+
+def _digest(v: Any) -> str:
+    return hashlib.sha256(canonical_json(v).encode()).hexdigest()[:16]
+
+
+def _count(items: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i in items:
+        out[i] = out.get(i, 0) + 1
+    return dict(sorted(out.items()))
+
+
+# -- findings -> edits --------------------------------------------------------------------------------------------
+def _rule_of(r: LoadedRule | Rule) -> Rule:
+    return r.rule if isinstance(r, LoadedRule) else r
+
+
+def remediable(findings: Iterable[Finding], rules: Iterable[LoadedRule | Rule], modes: Iterable[str] = ACTIVE_MODES
+               ) -> list[tuple[Finding, Rule]]:
+    """The findings a plan answers: open (not exempted), from rules in the given modes that name a remediation."""
+    by_id = {_rule_of(r).id: _rule_of(r) for r in rules}
+    wanted = set(modes)
+    out = []
+    for f in findings:
+        rule = by_id.get(f.rule)
+        if rule is None or rule.remediation is None or f.exempted is not None:
+            continue
+        if f.mode.value in wanted:
+            out.append((f, rule))
+    return out
+
+
+def needed_assets(findings: Iterable[Finding], rules: Iterable[LoadedRule | Rule],
+                  modes: Iterable[str] = ACTIVE_MODES) -> set[str]:
+    """The asset names a plan needs to read (the few with planned changes)."""
+    return {f.asset for f, _ in remediable(findings, rules, modes)}
+
+
+def _find_binding(policy: dict[str, Any], role: str, cond_title: str | None) -> dict[str, Any] | None:
+    for b in policy.get("bindings") or ():
+        if b.get("role") == role and condition_title(b.get("condition")) == cond_title:
+            return dict(b)
+    return None
+
+
+def _desired(details: Mapping[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if details.get(k) is not None:
+            return details[k]
+    return None
+
+
+def edit_for(f: Finding, rule: Rule, asset: Asset) -> Edit:
+    """The edit a finding asks for; EditError says why it cannot be planned."""
+    kind = rule.remediation or ""
+    d = f.details or {}
+    base = {"rules": [rule.id], "modes": [f.mode.value], "findings": [f.id]}
+    if kind.startswith("iam."):
+        role = d.get("role")
+        if not role:
+            raise EditError("the finding has no role")
+        title = d.get("condition")
+        binding = _find_binding(asset.iam_policy, str(role), title) if title else None
+        if title and binding is None:
+            raise EditError(f"no binding of {role} with condition {title!r} in the policy")
+        cond = binding.get("condition") if binding else None
+        args: dict[str, Any] = {"role": role}
+        if cond:
+            args["condition"] = cond
+        change = d.get("change")
+        if kind == "iam.remove_binding" and change is None:
+            return Edit("iam.remove_binding", args, **base)
+        member = d.get("member")
+        if not member:
+            raise EditError("the finding has no member")
+        args["member"] = member
+        if change == "missing" or (kind == "iam.add_member" and change is None):
+            return Edit("iam.add_member", args, **base)
+        return Edit("iam.remove_member", args, **base)
+    if kind.startswith("cloud_armor."):
+        desired = _desired(d, "desired", "desired_rule", "rule")
+        priority = d.get("priority")
+        if priority is None and isinstance(desired, dict):
+            priority = desired.get("priority")
+        if kind == "cloud_armor.set_default_deny":
+            return Edit(kind, {"priority": DEFAULT_RULE_PRIORITY, "action": DENY}, **base)
+        if priority is None:
+            raise EditError("the finding has no priority")
+        if kind == "cloud_armor.add_rule":
+            if not isinstance(desired, dict):
+                raise EditError("the finding carries no desired rule to add")
+            return Edit(kind, {"rule": {**desired, "priority": int(priority)}}, **base)
+        if kind == "cloud_armor.remove_rule":
+            return Edit(kind, {"priority": int(priority)}, **base)
+        action = (desired or {}).get("action") if isinstance(desired, dict) else None
+        return Edit(kind, {"priority": int(priority), "action": action or d.get("desired_action") or DENY}, **base)
+    if kind.startswith("rbac."):
+        obj = asset.resource
+        if kind == "rbac.delete_binding":
+            return Edit(kind, {}, **base)
+        if kind == "rbac.remove_subject":
+            who = d.get("subject")
+            ns = (obj.get("metadata") or {}).get("namespace")
+            for s in obj.get("subjects") or ():
+                if subject_name(s, ns) == who:
+                    return Edit(kind, {"subject": s, "subject_name": who}, **base)
+            raise EditError(f"subject {who!r} is not in the binding")
+        if kind == "rbac.replace_role_rules":
+            rules = _desired(d, "desired_rules", "desired")
+            if rules is None:
+                rules = rule.params.get("rules")
+            if not isinstance(rules, list):
+                raise EditError("neither the finding nor the rule's params carry the desired rules")
+            return Edit(kind, {"rules": rules}, **base)
+    raise EditError(f"unknown remediation {kind!r}")
+
+
+def _merge(edits: list[Edit]) -> tuple[list[Edit], list[str]]:
+    """One edit per distinct change (rules and findings merged); contradicting IAM edits cancel out."""
+    merged: dict[str, Edit] = {}
+    for e in edits:
+        m = merged.get(e.key)
+        if m is None:
+            merged[e.key] = Edit(e.kind, e.args, list(e.rules), list(e.modes), list(e.findings))
+        else:
+            m.rules = sorted(set(m.rules) | set(e.rules))
+            m.modes = sorted(set(m.modes) | set(e.modes))
+            m.findings = sorted(set(m.findings) | set(e.findings))
+    problems: list[str] = []
+    out = list(merged.values())
+    adds = {canonical_json(e.args): e for e in out if e.kind == "iam.add_member"}
+    for e in [e for e in out if e.kind == "iam.remove_member"]:
+        other = adds.get(canonical_json(e.args))
+        if other is not None:
+            problems.append(f"rules {', '.join(other.rules)} add and {', '.join(e.rules)} remove {e.args['member']} "
+                            f"in {e.args['role']}: neither is planned")
+            out = [x for x in out if x is not e and x is not other]
+    order = {k: i for i, k in enumerate(KINDS)}
+    out.sort(key=lambda e: (order.get(e.kind, 99), e.key))
+    return out, problems
+
+
+def build_plan(
+    findings: Iterable[Finding],
+    rules: Iterable[LoadedRule | Rule],
+    assets: Mapping[str, Asset],
+    *,
+    modes: Iterable[str] = ACTIVE_MODES,
+    now: datetime | None = None,
+    sources: Iterable[str] = (),
+    notes: Any = None,
+) -> Plan:
+    """The plan for the findings. `assets` holds (at least) the assets the findings point to.
+
+    `notes`, when given, is called as notes(change) -> list[str] to annotate each change (the guards use it to
+    show at plan time what apply would refuse).
+    """
+    modes = list(modes)
+    per_asset: dict[str, list[Edit]] = {}
+    skipped: list[dict[str, Any]] = []
+
+    def skip(f: Finding, reason: str) -> None:
+        skipped.append({"finding": f.id, "rule": f.rule, "asset": f.asset, "reason": reason})
+
+    for f, rule in remediable(findings, rules, modes):
+        asset = assets.get(f.asset)
+        if asset is None:
+            skip(f, "the asset was not found in the sources")
+            continue
+        try:
+            target_for(asset.name, asset.asset_type, family_of(rule.remediation or ""))
+            per_asset.setdefault(asset.name, []).append(edit_for(f, rule, asset))
+        except (UnsupportedTarget, EditError) as exc:
+            skip(f, str(exc))
+    changes: list[Change] = []
+    for name in sorted(per_asset):
+        asset = assets[name]
+        edits, problems = _merge(per_asset[name])
+        for p in problems:
+            skipped.append({"finding": None, "rule": None, "asset": name, "reason": p})
+        by_family: dict[str, list[Edit]] = {}
+        for e in edits:
+            by_family.setdefault(family_of(e.kind), []).append(e)
+        for family, fam_edits in sorted(by_family.items()):
+            state = state_of(asset, family)
+            try:
+                after_state = apply_edits(family, state, fam_edits)
+            except EditError as exc:
+                for e in fam_edits:
+                    for fid in e.findings:
+                        skipped.append({"finding": fid, "rule": ",".join(e.rules), "asset": name, "reason": str(exc)})
+                continue
+            before, after = section(family, state), section(family, after_state)
+            if before == after:
+                continue  # nothing would change (the state already satisfies every edit)
+            change = Change(
+                resource=name,
+                asset_type=asset.asset_type,
+                target=target_for(name, asset.asset_type, family),
+                token=token_of(state, family),
+                edits=fam_edits,
+                before=before,
+                after=after,
+            )
+            if notes is not None:
+                change.notes = list(notes(change))
+            changes.append(change)
+    return Plan(changes=changes, created_at=now or datetime.now(UTC), skipped=skipped, sources=list(sources),
+                modes=modes)
+
+
+def planned_armor_rules(state: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Compute API spelling of a security policy's rules (re-exported for the applier and tests)."""
+    return armor_rules_api(state)
