@@ -29,7 +29,7 @@ def _problem_printer(console: Console) -> Callable[[str], None]:
         nonlocal shown
         shown += 1
         if shown <= MAX_PROBLEMS_SHOWN:
-            console.print(Text.assemble(("skipped ", "yellow"), msg))
+            console.print(Text.assemble(("skipped ", "yellow"), msg), soft_wrap=True)
         elif shown == MAX_PROBLEMS_SHOWN + 1:
             console.print(Text("... more skipped records are counted in the summary", style="yellow"))
 
