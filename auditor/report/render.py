@@ -57,9 +57,9 @@ def render_table(result: ScanResult, console: Console) -> None:
             continue
         table = Table(title=Text(f"{sev.upper()} ({len(items)})", style=SEVERITY_STYLE[sev]), title_justify="left",
                       show_lines=False, expand=True)
-        table.add_column("rule", style="bold", no_wrap=True)
+        table.add_column("rule", style="bold", overflow="fold", ratio=2)
         table.add_column("asset", overflow="fold", ratio=3)
-        table.add_column("finding", overflow="fold", ratio=3)
+        table.add_column("finding", overflow="fold", ratio=4)
         for f in items:
             msg = f.message
             if f.exempted is not None:
