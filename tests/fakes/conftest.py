@@ -1,0 +1,3 @@
+"""The fake servers' fixtures, for the tests of the fakes themselves."""
+
+from tests.fakes.gcp import fake_gcp, gcp_endpoint  # noqa: F401 - fixtures
