@@ -42,6 +42,39 @@ def binding_key(b: Binding, member: str | None = None) -> str:
     return f"{key}|{b.condition_title}" if b.condition else key
 
 
+LOG_TYPES = ("ADMIN_READ", "DATA_WRITE", "DATA_READ")
+_LOG_TYPE_NUMBERS = {0: "LOG_TYPE_UNSPECIFIED", 1: "ADMIN_READ", 2: "DATA_WRITE", 3: "DATA_READ"}
+
+
+class AuditLogConfig(NamedTuple):
+    service: str
+    log_type: str  # ADMIN_READ | DATA_WRITE | DATA_READ (numbers from exports are turned into names)
+    exempted_members: tuple[str, ...]
+
+
+def log_type_name(value: Any) -> str:
+    """`ADMIN_READ` from `ADMIN_READ`, 1 or "1" (exports and CAI REST give the enum as a number)."""
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        return _LOG_TYPE_NUMBERS.get(int(value), str(value))
+    return str(value or "LOG_TYPE_UNSPECIFIED")
+
+
+def audit_log_configs(policy: dict[str, Any]) -> list[AuditLogConfig]:
+    """Every (service, log type, exempted members) of a policy: `auditConfigs` or `audit_configs` spellings."""
+    out: list[AuditLogConfig] = []
+    for ac in policy.get("auditConfigs") or policy.get("audit_configs") or ():
+        if not isinstance(ac, dict):
+            continue
+        service = str(ac.get("service") or "")
+        for lc in ac.get("auditLogConfigs") or ac.get("audit_log_configs") or ():
+            if not isinstance(lc, dict):
+                continue
+            log_type = log_type_name(lc.get("logType", lc.get("log_type")))
+            exempted = lc.get("exemptedMembers") or lc.get("exempted_members") or ()
+            out.append(AuditLogConfig(service, log_type, tuple(str(m) for m in exempted)))
+    return out
+
+
 class ArmorRule(NamedTuple):
     priority: int
     action: str

@@ -1,62 +1,702 @@
-"""IAM checks: they read the IAM policy of any asset that carries one."""
+"""Stage: evaluate. IAM checks: they read the IAM policy of any asset that carries one.
+
+Conventions shared by every check here:
+- member globs use `.` as the separator (`user:*@example.com` does not match `user:a.b@example.com`; use
+  `user:**@example.com`), a lone `*` matches every member; role and asset-name globs use `/`;
+- a conditional binding is a binding of its own: findings on it carry the condition title in their details and
+  in their key, so a conditional and an unconditional grant of one role to one member are two findings;
+- findings on a member carry details `role`, `member` and, when the binding is conditional, `condition`
+  (its title); desired-state findings add `change: missing | extra`. The key is `role|member[|condition]`;
+- roles Google grants its own service agents and default service accounts (see auditor.evaluate.principals)
+  are not reported by the role checks unless `allow_google_managed: false`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from auditor.evaluate.globs import any_match, any_member_match
-from auditor.evaluate.policy import binding_details, binding_key, bindings
+from auditor.evaluate.policy import LOG_TYPES, Binding, audit_log_configs, binding_details, binding_key, bindings
+from auditor.evaluate.principals import (
+    google_grants,
+    in_domains,
+    is_convenience_member,
+    is_google_managed,
+    parse_member,
+    service_account_project,
+)
 from auditor.evaluate.registry import Context, Params, Violation, check
 from auditor.model import Asset
 
+ORGANIZATION = "cloudresourcemanager.googleapis.com/Organization"
+FOLDER = "cloudresourcemanager.googleapis.com/Folder"
+PROJECT = "cloudresourcemanager.googleapis.com/Project"
+SERVICE_ACCOUNT_KEY = "iam.googleapis.com/ServiceAccountKey"
+HIERARCHY_TYPES = (ORGANIZATION, FOLDER, PROJECT)
 
+ADMIN_ROLE_GLOBS = ["roles/owner", "roles/editor", "roles/*admin", "roles/*Admin"]
+IMPERSONATION_ROLES = ["roles/iam.serviceAccountUser", "roles/iam.serviceAccountTokenCreator"]
+
+
+def _when(b: Binding) -> str:
+    return f" (condition: {b.condition_title})" if b.condition else ""
+
+
+def _member_violation(b: Binding, member: str, message: str, **extra: Any) -> Violation:
+    details = binding_details(b, member)
+    details.update(extra)
+    return Violation(message + _when(b), binding_key(b, member), details)
+
+
+class _MemberFilter(Params):
+    except_members: list[str] = Field(default_factory=list, description="Member globs never reported.")
+    allow_google_managed: bool = Field(
+        default=True, description="Skip the roles Google grants its own service agents and default service accounts."
+    )
+
+    def skipped(self, member: str, role: str) -> bool:
+        if self.allow_google_managed and google_grants(member, role):
+            return True
+        return bool(self.except_members) and any_member_match(self.except_members, member)
+
+
+# -- members ----------------------------------------------------------------------------------------------------------
 class ForbiddenMembersParams(Params):
     members: list[str] = Field(min_length=1, description="Member globs (`.` separates; lone `*` is everything).")
     roles: list[str] = Field(default_factory=lambda: ["**"], description="Only bindings of these role globs.")
+    except_members: list[str] = Field(default_factory=list, description="Member globs never reported.")
 
 
 @check("iam.forbidden_members", params=ForbiddenMembersParams, iam=True)
 def forbidden_members(asset: Asset, params: ForbiddenMembersParams, ctx: Context) -> Iterator[Violation]:
-    """Members that must never appear in an IAM policy.
+    """Members that must never appear in an IAM policy (a deny list of member globs), in any role or in the listed ones.
 
     ```yaml
     - id: iam-no-public-members
       check: iam.forbidden_members
       severity: critical
-      params: {members: [allUsers, allAuthenticatedUsers, "user:*@gmail.com"]}
+      params:
+        members: [allUsers, allAuthenticatedUsers, "user:**@gmail.com"]   # `**` crosses the dots of a.b@gmail.com
+        roles: ["**"]                   # optional: only bindings of these role globs
+        except_members: []              # optional member globs
     ```
     """
     for b in bindings(asset.iam_policy):
         if not any_match(params.roles, b.role):
             continue
         for m in b.members:
-            if any_member_match(params.members, m):
-                yield Violation(f"{m} holds {b.role}", binding_key(b, m), binding_details(b, m))
+            if any_member_match(params.members, m) and not any_member_match(params.except_members, m):
+                yield _member_violation(b, m, f"{m} holds {b.role}")
 
 
-class BannedRolesParams(Params):
+class AllowedMembersParams(_MemberFilter):
+    members: list[str] = Field(min_length=1, description="Member globs allowed in the matching roles.")
+    roles: list[str] = Field(default_factory=lambda: ["**"], description="Only bindings of these role globs.")
+
+
+@check("iam.allowed_members", params=AllowedMembersParams, iam=True)
+def allowed_members(asset: Asset, params: AllowedMembersParams, ctx: Context) -> Iterator[Violation]:
+    """Only the listed members may hold the matching roles (an allow list of member globs).
+
+    ```yaml
+    - id: iam-only-platform-owns-projects
+      check: iam.allowed_members
+      severity: high
+      match: {asset_types: [cloudresourcemanager.googleapis.com/Project]}
+      params:
+        roles: [roles/owner]
+        members: ["group:platform-admins@example.com", "group:break-glass@example.com"]
+    ```
+    """
+    for b in bindings(asset.iam_policy):
+        if not any_match(params.roles, b.role):
+            continue
+        for m in b.members:
+            if any_member_match(params.members, m) or params.skipped(m, b.role):
+                continue
+            yield _member_violation(b, m, f"{m} holds {b.role} but is not an allowed member")
+
+
+class DomainParams(_MemberFilter):
+    domains: list[str] = Field(default_factory=list, description="Allowed member domains (example.com).")
+    allow_sub_domains: bool = Field(default=True, description="a@eu.example.com is in example.com.")
+    allow_convenience_members: bool = Field(
+        default=True, description="Skip projectOwner:/projectEditor:/projectViewer: (project role holders, no domain)."
+    )
+    service_account_projects: list[str] = Field(
+        default_factory=list, description="Project id globs whose user-managed service accounts are internal."
+    )
+    allowed_members: list[str] = Field(default_factory=list, description="Member globs allowed from any domain.")
+    roles: list[str] = Field(default_factory=lambda: ["**"], description="Only bindings of these role globs.")
+
+    @field_validator("domains")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        return [d.lower().lstrip("@.") for d in v]
+
+
+def _outside(member: str, role: str, params: DomainParams, domains: frozenset[str], projects: frozenset[str]) -> bool:
+    if params.allow_convenience_members and is_convenience_member(member):
+        return False
+    if params.allow_google_managed and is_google_managed(member):
+        return False
+    if params.except_members and any_member_match(params.except_members, member):
+        return False
+    if params.allowed_members and any_member_match(params.allowed_members, member):
+        return False
+    if in_domains(member, domains, params.allow_sub_domains):
+        return False
+    project = service_account_project(member)
+    if project is None:
+        return True
+    return project not in projects and not any_match(params.service_account_projects, project)
+
+
+def _domain_violations(
+    asset: Asset, params: DomainParams, domains: frozenset[str], projects: frozenset[str]
+) -> Iterator[Violation]:
+    for b in bindings(asset.iam_policy):
+        if not any_match(params.roles, b.role):
+            continue
+        for m in b.members:
+            if _outside(m, b.role, params, domains, projects):
+                parsed = parse_member(m)
+                where = f"domain {parsed.domain}" if parsed.domain else "no domain"
+                yield _member_violation(b, m, f"{m} ({where}) holds {b.role} but is outside the allowed domains")
+
+
+@check("iam.allowed_domains", params=DomainParams, iam=True)
+def allowed_domains(asset: Asset, params: DomainParams, ctx: Context) -> Iterator[Violation]:
+    """Members must belong to the listed domains (`user:`, `group:`, `serviceAccount:` e-mails and `domain:`).
+
+    Public members (allUsers, allAuthenticatedUsers) and workforce/workload identity principals have no domain and
+    are reported unless allowed by `allowed_members`. Google-managed service agents and default service accounts
+    are skipped (`allow_google_managed`), and so are `projectOwner:`-style convenience members
+    (`allow_convenience_members`). User-managed service accounts are in the `PROJECT.iam.gserviceaccount.com`
+    domain: allow your projects with `service_account_projects`.
+
+    ```yaml
+    - id: iam-members-in-company-domains
+      check: iam.allowed_domains
+      severity: high
+      params:
+        domains: [example.com, example-research.org]
+        allow_sub_domains: true
+        service_account_projects: ["ml-*"]
+        allowed_members: ["serviceAccount:ci@vendor-build.iam.gserviceaccount.com"]
+    ```
+    """
+    yield from _domain_violations(asset, params, frozenset(params.domains), frozenset())
+
+
+def _org_index(ctx: Context) -> tuple[frozenset[str], frozenset[str]]:
+    def build() -> tuple[frozenset[str], frozenset[str]]:
+        domains = set()
+        for org in ctx.assets(ORGANIZATION):
+            name = str(org.resource.get("displayName") or "").lower()
+            if "." in name and " " not in name:  # an organization's display name is its primary domain
+                domains.add(name)
+        projects = {str(p.resource.get("projectId")) for p in ctx.assets(PROJECT) if p.resource.get("projectId")}
+        return frozenset(domains), frozenset(projects)
+
+    result: tuple[frozenset[str], frozenset[str]] = ctx.memo("iam.org_index", build)
+    return result
+
+
+@check("iam.external_members", params=DomainParams, iam=True, context=[ORGANIZATION, PROJECT])
+def external_members(asset: Asset, params: DomainParams, ctx: Context) -> Iterator[Violation]:
+    """Members from outside the organization: the allowed domains are the organization's own domain (the display
+    name of the Organization assets in the snapshot) plus `domains`, and service accounts of every project in the
+    snapshot are internal. Same params and exceptions as iam.allowed_domains. Without an Organization asset and
+    without `domains` the check has nothing to compare against and reports nothing.
+
+    ```yaml
+    - id: iam-no-external-members
+      check: iam.external_members
+      severity: high
+      params: {domains: [partner-lab.example.org]}   # optional extra domains
+    ```
+    """
+    org_domains, projects = _org_index(ctx)
+    domains = org_domains | frozenset(params.domains)
+    if not domains:
+        return
+    yield from _domain_violations(asset, params, domains, projects)
+
+
+# -- roles ------------------------------------------------------------------------------------------------------------
+class BannedRolesParams(_MemberFilter):
     roles: list[str] = Field(min_length=1, description="Role globs that must not be granted.")
-    except_members: list[str] = Field(default_factory=list, description="Member globs allowed to hold them.")
 
 
 @check("iam.banned_roles", params=BannedRolesParams, iam=True)
 def banned_roles(asset: Asset, params: BannedRolesParams, ctx: Context) -> Iterator[Violation]:
-    """Roles that must not be granted on the matched assets (one finding per member).
+    """Roles that must not be granted on the matched assets (one finding per member). Scope it per asset type with
+    `match.asset_types`. Google's own grants (roles/editor of the Google APIs service agent and of the Compute
+    Engine default service account, service-agent roles) are skipped unless `allow_google_managed: false`.
 
     ```yaml
     - id: iam-no-primitive-roles-on-projects
       check: iam.banned_roles
       severity: high
       match: {asset_types: [cloudresourcemanager.googleapis.com/Project]}
-      params: {roles: [roles/owner, roles/editor]}
+      params:
+        roles: [roles/owner, roles/editor]
+        except_members: ["group:break-glass@example.com"]
     ```
     """
     for b in bindings(asset.iam_policy):
         if not any_match(params.roles, b.role):
             continue
         for m in b.members:
-            if params.except_members and any_member_match(params.except_members, m):
+            if not params.skipped(m, b.role):
+                yield _member_violation(b, m, f"{m} holds banned role {b.role}")
+
+
+class AllowedRolesParams(_MemberFilter):
+    roles: list[str] = Field(min_length=1, description="Role globs that may be granted; any other is reported.")
+
+
+@check("iam.allowed_roles", params=AllowedRolesParams, iam=True)
+def allowed_roles(asset: Asset, params: AllowedRolesParams, ctx: Context) -> Iterator[Violation]:
+    """Only the listed roles may be granted on the matched assets (one finding per member of any other role).
+
+    ```yaml
+    - id: iam-dataset-buckets-read-only-roles
+      check: iam.allowed_roles
+      severity: medium
+      match: {asset_types: [storage.googleapis.com/Bucket]}
+      params:
+        roles: [roles/storage.objectViewer, roles/storage.legacyBucket*, "roles/storage.object*"]
+    ```
+    """
+    for b in bindings(asset.iam_policy):
+        if any_match(params.roles, b.role):
+            continue
+        for m in b.members:
+            if not params.skipped(m, b.role):
+                yield _member_violation(b, m, f"{m} holds {b.role}, which is not an allowed role here")
+
+
+class RequiredBindingsParams(Params):
+    role: str = Field(min_length=1, description="The role (exact name) that must include the members.")
+    members: list[str] = Field(min_length=1, description="Members (exact) that must hold the role.")
+    condition: str | None = Field(
+        default=None, description="Title of the condition the binding must carry; default: an unconditional binding."
+    )
+
+
+@check("iam.required_bindings", params=RequiredBindingsParams, iam=True)
+def required_bindings(asset: Asset, params: RequiredBindingsParams, ctx: Context) -> Iterator[Violation]:
+    """The role must include the given members. A grant under a condition does not satisfy an unconditional
+    requirement (it may expire or apply to some resources only); name the condition's title to require it.
+    One finding per missing member, with `change: missing` (remediation iam.add_member).
+
+    ```yaml
+    - id: iam-break-glass-owner
+      check: iam.required_bindings
+      severity: high
+      match: {asset_types: [cloudresourcemanager.googleapis.com/Organization]}
+      params: {role: roles/owner, members: ["group:break-glass@example.com"]}
+    ```
+    """
+    present: set[str] = set()
+    for b in bindings(asset.iam_policy):
+        if b.role == params.role and (b.condition_title if b.condition else None) == params.condition:
+            present.update(_norm(m) for m in b.members)
+    for m in params.members:
+        if _norm(m) in present:
+            continue
+        details: dict[str, Any] = {"role": params.role, "member": m, "change": "missing"}
+        key = f"{params.role}|{m}"
+        if params.condition:
+            details["condition"] = params.condition
+            key += f"|{params.condition}"
+        when = f" under condition {params.condition!r}" if params.condition else ""
+        yield Violation(f"{m} is required in {params.role}{when} and is missing", key, details)
+
+
+# -- service accounts -------------------------------------------------------------------------------------------------
+class SAAdminParams(_MemberFilter):
+    roles: list[str] = Field(default_factory=lambda: list(ADMIN_ROLE_GLOBS), description="Admin-level role globs.")
+
+
+@check("iam.service_account_admin_roles", params=SAAdminParams, iam=True)
+def service_account_admin_roles(asset: Asset, params: SAAdminParams, ctx: Context) -> Iterator[Violation]:
+    """Service accounts must not hold admin-level roles (owner, editor, any `*Admin`/`*admin` role): a workload's
+    identity, often with keys or metadata-server tokens on many machines, should not administer anything.
+    Google's own grants to its service agents and default accounts are skipped (`allow_google_managed`).
+
+    ```yaml
+    - id: iam-service-accounts-no-admin-roles
+      check: iam.service_account_admin_roles
+      severity: high
+      params:
+        roles: [roles/owner, roles/editor, "roles/*admin", "roles/*Admin"]
+        except_members: ["serviceAccount:terraform@seed-project.iam.gserviceaccount.com"]
+    ```
+    """
+    for b in bindings(asset.iam_policy):
+        if not any_match(params.roles, b.role):
+            continue
+        for m in b.members:
+            if parse_member(m).type != "serviceAccount" or params.skipped(m, b.role):
                 continue
-            yield Violation(f"{m} holds banned role {b.role}", binding_key(b, m), binding_details(b, m))
+            yield _member_violation(b, m, f"service account {parse_member(m).value} holds admin-level role {b.role}")
+
+
+class ImpersonationParams(_MemberFilter):
+    roles: list[str] = Field(default_factory=lambda: list(IMPERSONATION_ROLES), description="Role globs.")
+
+
+@check("iam.project_level_impersonation", params=ImpersonationParams, iam=True, asset_types=HIERARCHY_TYPES)
+def project_level_impersonation(asset: Asset, params: ImpersonationParams, ctx: Context) -> Iterator[Violation]:
+    """roles/iam.serviceAccountUser and roles/iam.serviceAccountTokenCreator granted on a project, folder or
+    organization let the holder act as every service account below it, including the most privileged one.
+    Grant them on the one service account that is needed instead.
+
+    ```yaml
+    - id: iam-no-project-wide-impersonation
+      check: iam.project_level_impersonation
+      severity: high
+      params: {roles: [roles/iam.serviceAccountUser, roles/iam.serviceAccountTokenCreator]}
+    ```
+    """
+    level = asset.asset_type.rsplit("/", 1)[-1].lower()
+    for b in bindings(asset.iam_policy):
+        if not any_match(params.roles, b.role):
+            continue
+        for m in b.members:
+            if not params.skipped(m, b.role):
+                yield _member_violation(
+                    b, m, f"{m} holds {b.role} on the {level}: it can act as every service account in it", level=level
+                )
+
+
+class KeyParams(Params):
+    max_age_days: int | None = Field(
+        default=None, ge=0, description="Only keys older than this are reported; default: every user-managed key."
+    )
+    allowed_accounts: list[str] = Field(
+        default_factory=list, description="Service account e-mail globs allowed to have keys (`.` separates)."
+    )
+    include_disabled: bool = Field(default=False, description="Also report disabled keys.")
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """RFC 3339 text (`2024-01-02T03:04:05Z`) or `{seconds: N}` (CAI REST)."""
+    if isinstance(value, dict) and "seconds" in value:
+        from datetime import UTC
+
+        return datetime.fromtimestamp(int(value["seconds"]), UTC)
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return None
+
+
+@check("iam.user_managed_keys", params=KeyParams, asset_types=[SERVICE_ACCOUNT_KEY])
+def user_managed_keys(asset: Asset, params: KeyParams, ctx: Context) -> Iterator[Violation]:
+    """User-managed service account keys (iam.googleapis.com/ServiceAccountKey with keyType USER_MANAGED, or 1):
+    long-lived credentials that leave Google's control. Use workload identity or short-lived tokens instead.
+    Google-managed (SYSTEM_MANAGED) keys are never reported.
+
+    ```yaml
+    - id: iam-no-user-managed-keys
+      check: iam.user_managed_keys
+      severity: high
+      match: {asset_types: [iam.googleapis.com/ServiceAccountKey]}
+      params:
+        max_age_days: 90                      # optional: only keys older than this
+        allowed_accounts: ["legacy-etl@*"]    # optional
+    ```
+    """
+    data = asset.resource
+    key_type = data.get("keyType", data.get("key_type"))
+    if key_type not in ("USER_MANAGED", 1, "1"):
+        return
+    if data.get("disabled") and not params.include_disabled:
+        return
+    # name: projects/P/serviceAccounts/EMAIL/keys/KEYID (the asset name has the same tail)
+    path = str(data.get("name") or asset.name)
+    parts = path.split("/")
+    account = parts[parts.index("serviceAccounts") + 1] if "serviceAccounts" in parts[:-1] else "?"
+    key_id = parts[-1]
+    if params.allowed_accounts and any_member_match(params.allowed_accounts, account):
+        return
+    created = _timestamp(data.get("validAfterTime", data.get("valid_after_time")))
+    details: dict[str, Any] = {"service_account": account, "key_id": key_id}
+    if created is not None:
+        details["created"] = created.isoformat()
+    if params.max_age_days is not None:
+        if created is None:
+            return  # age unknown: cannot say it is too old
+        age = ctx.now - created
+        if age <= timedelta(days=params.max_age_days):
+            return
+        details["age_days"] = age.days
+        yield Violation(f"user-managed key {key_id} of {account} is {age.days} days old", key_id, details)
+        return
+    yield Violation(f"service account {account} has a user-managed key {key_id}", key_id, details)
+
+
+# -- audit logs -------------------------------------------------------------------------------------------------------
+class AuditLogParams(Params):
+    services: list[str] = Field(default_factory=lambda: ["allServices"], description="Services that must log.")
+    log_types: list[str] = Field(default_factory=lambda: list(LOG_TYPES), description="Log types that must be on.")
+    allowed_exemptions: list[str] = Field(default_factory=list, description="Member globs that may be exempted.")
+    inherited: bool = Field(
+        default=True,
+        description="A log type enabled on an ancestor folder or organization (in the snapshot) counts as enabled.",
+    )
+
+    @field_validator("log_types")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if t not in LOG_TYPES]
+        if bad:
+            raise ValueError(f"unknown log types {bad}; known: {', '.join(LOG_TYPES)}")
+        return v
+
+
+def _short_name(asset: Asset) -> str:
+    """`projects/123` from `//cloudresourcemanager.googleapis.com/projects/123`."""
+    return asset.name.split("googleapis.com/", 1)[-1]
+
+
+def _parent_of(asset: Asset) -> str | None:
+    """The parent (`folders/1`, `organizations/2`) of a folder or project, from its ancestors or its data."""
+    if len(asset.ancestors) > 1:
+        return asset.ancestors[1]
+    parent = asset.resource.get("parent")
+    if isinstance(parent, str) and parent:
+        return parent
+    if isinstance(parent, dict) and parent.get("id"):
+        return f"{parent.get('type', 'folder')}s/{parent['id']}"
+    return None
+
+
+def hierarchy_index(ctx: Context) -> tuple[dict[str, Asset], dict[str, str]]:
+    """(short name -> asset with an IAM policy, short name -> parent) for the organization, folders and projects."""
+
+    def build() -> tuple[dict[str, Asset], dict[str, str]]:
+        policies: dict[str, Asset] = {}
+        parents: dict[str, str] = {}
+        for t in HIERARCHY_TYPES:
+            for a in ctx.assets(t):
+                short = _short_name(a)
+                if a.has_iam_policy:
+                    policies[short] = a
+                parent = _parent_of(a)
+                if parent:
+                    parents.setdefault(short, parent)
+        return policies, parents
+
+    result: tuple[dict[str, Asset], dict[str, str]] = ctx.memo("iam.hierarchy", build)
+    return result
+
+
+def ancestor_chain(asset: Asset, ctx: Context) -> list[str]:
+    """The asset's own short name and its ancestors upwards, from CAI ancestors or parents seen in the snapshot."""
+    if asset.ancestors:
+        return list(asset.ancestors)
+    _, parents = hierarchy_index(ctx)
+    chain = [_short_name(asset)]
+    while chain[-1] in parents and len(chain) < 32 and parents[chain[-1]] not in chain:
+        chain.append(parents[chain[-1]])
+    return chain
+
+
+@check("iam.audit_logging", params=AuditLogParams, iam=True, asset_types=HIERARCHY_TYPES, context=HIERARCHY_TYPES)
+def audit_logging(asset: Asset, params: AuditLogParams, ctx: Context) -> Iterator[Violation]:
+    """Cloud Audit Logs: every listed service must have every listed log type enabled on organizations, folders
+    and projects, and only allowed members may be exempted. A config for `allServices` covers every service, and
+    (with `inherited: true`) a log type enabled on an ancestor in the snapshot counts, as it does in Google Cloud.
+    Reads `auditConfigs`/`audit_configs` in both spellings, log types as names or numbers (1, 2, 3).
+
+    ```yaml
+    - id: iam-data-access-logs-on-storage
+      check: iam.audit_logging
+      severity: medium
+      params:
+        services: [storage.googleapis.com]
+        log_types: [ADMIN_READ, DATA_READ, DATA_WRITE]
+        allowed_exemptions: ["serviceAccount:log-reader@ops.iam.gserviceaccount.com"]
+    ```
+    """
+    policies, _ = hierarchy_index(ctx)
+    sources: list[Asset] = [asset]
+    if params.inherited:
+        for name in ancestor_chain(asset, ctx)[1:]:
+            if name in policies:
+                sources.append(policies[name])
+    enabled: set[tuple[str, str]] = set()
+    for src in sources:
+        for c in audit_log_configs(src.iam_policy):
+            enabled.add((c.service, c.log_type))
+    for service in params.services:
+        for log_type in params.log_types:
+            if (service, log_type) in enabled or ("allServices", log_type) in enabled:
+                continue
+            yield Violation(
+                f"{log_type} audit logs are not enabled for {service}",
+                f"missing|{service}|{log_type}",
+                {"service": service, "log_type": log_type, "change": "missing"},
+            )
+    # Exemptions are read on this asset's own policy only: its ancestors report their own.
+    for c in audit_log_configs(asset.iam_policy):
+        if c.service not in params.services and "allServices" not in params.services and c.service != "allServices":
+            continue
+        for m in c.exempted_members:
+            if params.allowed_exemptions and any_member_match(params.allowed_exemptions, m):
+                continue
+            yield Violation(
+                f"{m} is exempted from {c.log_type} audit logs of {c.service}",
+                f"exempt|{c.service}|{c.log_type}|{m}",
+                {"service": c.service, "log_type": c.log_type, "member": m},
+            )
+
+
+# -- desired state ----------------------------------------------------------------------------------------------------
+class ConditionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    title: str = Field(min_length=1)
+    expression: str | None = None
+    description: str | None = None
+
+
+class DesiredBinding(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    role: str = Field(min_length=1)
+    members: list[str] = Field(default_factory=list)
+    condition: ConditionSpec | None = None
+
+
+class DesiredStateParams(_MemberFilter):
+    assets: list[str] = Field(default_factory=lambda: ["**"], description="Asset name globs this state applies to.")
+    bindings: list[DesiredBinding] = Field(description="The exact bindings the policy must have.")
+    managed_roles: list[str] = Field(
+        default_factory=lambda: ["**"],
+        description="Role globs this state is authoritative for; bindings of other roles are left alone.",
+    )
+
+    @model_validator(mode="after")
+    def _roles_managed(self) -> DesiredStateParams:
+        for b in self.bindings:
+            if not any_match(self.managed_roles, b.role):
+                raise ValueError(f"desired role {b.role} is not covered by managed_roles {self.managed_roles}")
+        return self
+
+
+def _norm(member: str) -> str:
+    """Members compare without case in the e-mail part (IAM stores them lower-cased)."""
+    if ":" in member and "@" in member and not member.startswith("principal"):
+        kind, rest = member.split(":", 1)
+        return f"{kind}:{rest.lower()}"
+    return member
+
+
+BindingId = tuple[str, str | None]  # (role, condition title)
+
+
+State = tuple[dict[BindingId, dict[str, str]], dict[BindingId, str | None]]  # members (normalized -> as written), expr
+
+
+def _actual_state(policy: dict[str, Any], managed: list[str]) -> State:
+    members: dict[BindingId, dict[str, str]] = defaultdict(dict)
+    expressions: dict[BindingId, str | None] = {}
+    for b in bindings(policy):
+        if not any_match(managed, b.role):
+            continue
+        bid = (b.role, b.condition_title if b.condition else None)
+        for m in b.members:
+            members[bid].setdefault(_norm(m), m)
+        if b.condition:
+            expressions[bid] = (b.condition or {}).get("expression")
+    return members, expressions
+
+
+def _desired_state(desired: Iterable[DesiredBinding]) -> State:
+    members: dict[BindingId, dict[str, str]] = defaultdict(dict)
+    expressions: dict[BindingId, str | None] = {}
+    for d in desired:
+        bid = (d.role, d.condition.title if d.condition else None)
+        members[bid].update({_norm(m): m for m in d.members})
+        if d.condition:
+            expressions[bid] = d.condition.expression
+    return members, expressions
+
+
+def _drift(bid: BindingId, member: str, change: str) -> Violation:
+    role, title = bid
+    details: dict[str, Any] = {"role": role, "member": member, "change": change}
+    key = f"{role}|{member}"
+    when = ""
+    if title is not None:
+        details["condition"] = title
+        key += f"|{title}"
+        when = f" (condition: {title})"
+    what = "is missing from" if change == "missing" else "is not declared in"
+    return Violation(f"{member} {what} {role}{when}", key, details)
+
+
+@check("iam.desired_bindings", params=DesiredStateParams, iam=True)
+def desired_bindings(asset: Asset, params: DesiredStateParams, ctx: Context) -> Iterator[Violation]:
+    """Desired state: the exact bindings the policy must have, declared like an infrastructure-as-code stack.
+    Drift is every member missing from a declared binding (`change: missing`, remediation iam.add_member) and every
+    member the policy has beyond the declaration (`change: extra`, remediation iam.remove_member), per role and
+    condition (a conditional binding is identified by its role and condition title; a declared condition whose
+    expression differs from the live one is reported once per binding). Only roles matching `managed_roles` are
+    compared; Google's own grants are never extra (`allow_google_managed`).
+
+    ```yaml
+    - id: ml-train-project-iam
+      check: iam.desired_bindings
+      severity: high
+      mode: dryrun
+      remediation: iam.remove_member           # extra members; a separate rule with iam.add_member adds missing ones
+      match: {asset_types: [cloudresourcemanager.googleapis.com/Project]}
+      params:
+        assets: ["//cloudresourcemanager.googleapis.com/projects/ml-train"]
+        managed_roles: ["roles/storage.*", "roles/aiplatform.*"]
+        bindings:
+          - role: roles/storage.objectViewer
+            members: ["serviceAccount:trainer@ml-train.iam.gserviceaccount.com"]
+          - role: roles/aiplatform.user
+            members: ["group:ml-researchers@example.com"]
+            condition: {title: business-hours, expression: "request.time.getHours('Europe/Paris') < 20"}
+    ```
+    """
+    if not any_match(params.assets, asset.name):
+        return
+    actual, actual_expr = _actual_state(asset.iam_policy, params.managed_roles)
+    desired, desired_expr = _desired_state(params.bindings)
+    for bid in sorted(set(actual) | set(desired), key=lambda x: (x[0], x[1] or "")):
+        want = desired.get(bid, {})
+        have = actual.get(bid, {})
+        for norm, m in sorted(want.items()):
+            if norm not in have:
+                yield _drift(bid, m, "missing")
+        for norm, m in sorted(have.items()):
+            if norm not in want and not params.skipped(m, bid[0]):
+                yield _drift(bid, m, "extra")
+        expected = desired_expr.get(bid)
+        if bid[1] is not None and bid in actual and expected is not None and actual_expr.get(bid) != expected:
+            yield Violation(
+                f"the condition {bid[1]!r} of {bid[0]} has expression {actual_expr.get(bid)!r}, expected {expected!r}",
+                f"{bid[0]}||{bid[1]}|expression",
+                {
+                    "role": bid[0],
+                    "condition": bid[1],
+                    "change": "condition_changed",
+                    "expected_expression": expected,
+                    "actual_expression": actual_expr.get(bid),
+                },
+            )

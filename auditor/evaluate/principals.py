@@ -1,0 +1,198 @@
+"""Stage: evaluate (shared with the remediation guards). What an IAM member string says about its principal.
+
+One place knows the shapes of IAM members: their type and e-mail, their domain, and which identities Google
+creates and grants roles to by itself. Checks use it to stay quiet where Google grants its own service agents
+their roles; the remediation guards use it to never remove those grants.
+
+Google-managed identities come in two families:
+
+- service agents: identities Google runs on the customer's behalf, never usable by the customer
+  (`service-PROJECTNUMBER@gcp-sa-*.iam.gserviceaccount.com`, `service-PROJECTNUMBER@compute-system...`,
+  `service-PROJECTNUMBER@container-engine-robot...`, org- and folder-level `service-org-N@...`/`service-folder-N@...`,
+  log sink writers `pN-M@gcp-sa-logging...`, the Google APIs service agent `PROJECTNUMBER@cloudservices...`);
+- default service accounts: created by Google in the customer's project and granted a role at creation
+  (`PROJECTNUMBER-compute@developer.gserviceaccount.com` and `PROJECT_ID@appspot.gserviceaccount.com` get
+  roles/editor; the legacy Cloud Build account `PROJECTNUMBER@cloudbuild.gserviceaccount.com` gets
+  roles/cloudbuild.builds.builder). Unlike service agents, workloads can run as them.
+
+`google_grants(member, role)` is true only for the pair Google itself makes: a service agent holding a service-agent
+role (`roles/*.serviceAgent`, `roles/*ServiceAgent`...), the Google APIs service agent or a default service account
+holding the role Google gives it. Anything else (a service agent made owner, the compute default account made
+`roles/iam.securityAdmin`) is somebody's grant and is reported like any other.
+
+Convenience members (`projectOwner:P`, `projectEditor:P`, `projectViewer:P`) are not principals: they stand for
+"whoever holds owner/editor/viewer on project P" on legacy bucket and dataset ACL-style bindings. They have no
+domain; checks that reason about domains skip them by default.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+PUBLIC_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
+CONVENIENCE_TYPES = frozenset({"projectOwner", "projectEditor", "projectViewer"})
+SA_DOMAIN_SUFFIX = ".iam.gserviceaccount.com"
+
+
+class Member(NamedTuple):
+    """An IAM member split into its parts: `deleted:user:a@b.com?uid=1` -> type user, email a@b.com, deleted."""
+
+    text: str
+    type: str  # user, group, serviceAccount, domain, allUsers, allAuthenticatedUsers, projectOwner, principal...
+    value: str  # what follows `type:` (e-mail, domain, project id, principal URI); empty for allUsers
+    deleted: bool
+
+    @property
+    def email(self) -> str | None:
+        return self.value if self.type in ("user", "group", "serviceAccount") and "@" in self.value else None
+
+    @property
+    def domain(self) -> str | None:
+        """The e-mail domain (or the `domain:` value), lower-cased; None for members without one."""
+        if self.type == "domain":
+            return self.value.lower() or None
+        email = self.email
+        return email.rsplit("@", 1)[1].lower() if email else None
+
+
+def parse_member(member: str) -> Member:
+    text = member
+    deleted = False
+    if member.startswith("deleted:"):
+        deleted = True
+        member = member[len("deleted:") :]
+        # deleted members carry the id of the deleted principal: `deleted:user:a@b.com?uid=123`
+        member = member.split("?", 1)[0]
+    if member.startswith(("principal://", "principalSet://")):
+        return Member(text, member.split(":", 1)[0], member, deleted)
+    if ":" not in member:
+        return Member(text, member, "", deleted)
+    kind, value = member.split(":", 1)
+    return Member(text, kind, value, deleted)
+
+
+def is_public(member: str) -> bool:
+    return member in PUBLIC_MEMBERS
+
+
+def is_convenience_member(member: str) -> bool:
+    """`projectOwner:P` and friends: role holders of a project, not an identity."""
+    return parse_member(member).type in CONVENIENCE_TYPES
+
+
+# -- Google-managed identities ----------------------------------------------------------------------------------------
+_SERVICE_AGENT_PATTERNS = tuple(
+    re.compile(p)
+    for p in (
+        # service-PROJECTNUMBER@<anything>.iam.gserviceaccount.com: every per-product service agent
+        r"service-\d+@[a-z0-9.-]+\.iam\.gserviceaccount\.com",
+        r"service-(?:org|folder)-\d+@[a-z0-9.-]+\.iam\.gserviceaccount\.com",
+        # any account in a gcp-sa-* domain belongs to Google (log sink writers pN-M@gcp-sa-logging, ...)
+        r"[a-z0-9-]+@gcp-sa-[a-z0-9-]+\.iam\.gserviceaccount\.com",
+        r"[a-z0-9-]+@container-engine-robot\.iam\.gserviceaccount\.com",
+        r"[a-z0-9-]+@compute-system\.iam\.gserviceaccount\.com",
+        # the Google APIs service agent
+        r"\d+@cloudservices\.gserviceaccount\.com",
+        # Google's own system accounts (legacy log sink writer cloud-logs@system.gserviceaccount.com, ...)
+        r"[a-z0-9-]+@system\.gserviceaccount\.com",
+    )
+)
+# (pattern, what it is, the roles Google grants it when it creates it)
+_DEFAULT_SA_PATTERNS: tuple[tuple[re.Pattern[str], str, tuple[str, ...]], ...] = (
+    (
+        re.compile(r"\d+-compute@developer\.gserviceaccount\.com"),
+        "Compute Engine default service account",
+        ("roles/editor",),
+    ),
+    (
+        # PROJECT_ID@appspot (domain-scoped projects: example.com:proj -> proj.example.com@appspot...)
+        re.compile(r"[a-z][a-z0-9-]*(?:\.[a-z0-9.-]+)?@appspot\.gserviceaccount\.com"),
+        "App Engine default service account",
+        ("roles/editor",),
+    ),
+    (
+        re.compile(r"\d+@cloudbuild\.gserviceaccount\.com"),
+        "Cloud Build legacy service account",
+        ("roles/cloudbuild.builds.builder",),
+    ),
+)
+_GOOGLE_APIS_AGENT = re.compile(r"\d+@cloudservices\.gserviceaccount\.com")
+# The roles Google grants its service agents are named roles/<product>.serviceAgent (or ...ServiceAgent, and a
+# few like roles/containerregistry.ServiceAgent or roles/cloudtpu.serviceAgent): the last segment says so.
+_SERVICE_AGENT_ROLE = re.compile(r"roles/[A-Za-z0-9_.]*[sS]erviceAgent[A-Za-z0-9_]*")
+
+
+def _sa_email(member: str) -> str | None:
+    m = parse_member(member)
+    if m.deleted or m.type != "serviceAccount":
+        return None
+    return m.value.lower()
+
+
+def is_service_agent(member: str) -> bool:
+    """A Google-managed service agent: Google runs it, the customer cannot act as it."""
+    email = _sa_email(member)
+    return email is not None and any(p.fullmatch(email) for p in _SERVICE_AGENT_PATTERNS)
+
+
+def default_service_account_kind(member: str) -> str | None:
+    """`Compute Engine default service account` and the like, or None."""
+    email = _sa_email(member)
+    if email is None:
+        return None
+    for pattern, kind, _ in _DEFAULT_SA_PATTERNS:
+        if pattern.fullmatch(email):
+            return kind
+    return None
+
+
+def is_google_managed(member: str) -> bool:
+    """A service agent or a default service account: an identity Google created."""
+    return is_service_agent(member) or default_service_account_kind(member) is not None
+
+
+def is_service_agent_role(role: str) -> bool:
+    return _SERVICE_AGENT_ROLE.fullmatch(role) is not None
+
+
+def google_grants(member: str, role: str) -> bool:
+    """True when Google itself grants `role` to `member` (so a baseline must not report or remove it)."""
+    email = _sa_email(member)
+    if email is None:
+        return False
+    if any(p.fullmatch(email) for p in _SERVICE_AGENT_PATTERNS):
+        if is_service_agent_role(role):
+            return True
+        # The Google APIs service agent is granted roles/editor on every project when the project is created.
+        return role == "roles/editor" and _GOOGLE_APIS_AGENT.fullmatch(email) is not None
+    for pattern, _, roles in _DEFAULT_SA_PATTERNS:
+        if pattern.fullmatch(email):
+            return role in roles
+    return False
+
+
+def google_managed_reason(member: str) -> str | None:
+    """Why a member is Google's (for messages and plan guards), or None."""
+    if is_service_agent(member):
+        return "Google-managed service agent"
+    return default_service_account_kind(member)
+
+
+def service_account_project(member: str) -> str | None:
+    """The project id of a user-managed service account `NAME@PROJECT.iam.gserviceaccount.com`, else None."""
+    email = _sa_email(member)
+    if email is None or not email.endswith(SA_DOMAIN_SUFFIX) or is_service_agent(member):
+        return None
+    project = email.rsplit("@", 1)[1][: -len(SA_DOMAIN_SUFFIX)]
+    return project or None
+
+
+def in_domains(member: str, domains: frozenset[str] | set[str], allow_sub_domains: bool) -> bool:
+    """Whether the member's domain is one of `domains` (or, when allowed, a sub-domain of one)."""
+    domain = parse_member(member).domain
+    if not domain:
+        return False
+    if domain in domains:
+        return True
+    return allow_sub_domains and any(domain.endswith("." + d) for d in domains)
