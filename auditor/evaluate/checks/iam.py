@@ -47,13 +47,13 @@ def _when(b: Binding) -> str:
     return f" (condition: {b.condition_title})" if b.condition else ""
 
 
-def _member_violation(b: Binding, member: str, message: str, **extra: Any) -> Violation:
+def member_violation(b: Binding, member: str, message: str, **extra: Any) -> Violation:
     details = binding_details(b, member)
     details.update(extra)
     return Violation(message + _when(b), binding_key(b, member), details)
 
 
-class _MemberFilter(Params):
+class MemberFilter(Params):
     except_members: list[str] = Field(default_factory=list, description="Member globs never reported.")
     allow_google_managed: bool = Field(
         default=True, description="Skip the roles Google grants its own service agents and default service accounts."
@@ -91,10 +91,10 @@ def forbidden_members(asset: Asset, params: ForbiddenMembersParams, ctx: Context
             continue
         for m in b.members:
             if any_member_match(params.members, m) and not any_member_match(params.except_members, m):
-                yield _member_violation(b, m, f"{m} holds {b.role}")
+                yield member_violation(b, m, f"{m} holds {b.role}")
 
 
-class AllowedMembersParams(_MemberFilter):
+class AllowedMembersParams(MemberFilter):
     members: list[str] = Field(min_length=1, description="Member globs allowed in the matching roles.")
     roles: list[str] = Field(default_factory=lambda: ["**"], description="Only bindings of these role globs.")
 
@@ -119,10 +119,10 @@ def allowed_members(asset: Asset, params: AllowedMembersParams, ctx: Context) ->
         for m in b.members:
             if any_member_match(params.members, m) or params.skipped(m, b.role):
                 continue
-            yield _member_violation(b, m, f"{m} holds {b.role} but is not an allowed member")
+            yield member_violation(b, m, f"{m} holds {b.role} but is not an allowed member")
 
 
-class DomainParams(_MemberFilter):
+class DomainParams(MemberFilter):
     domains: list[str] = Field(default_factory=list, description="Allowed member domains (example.com).")
     allow_sub_domains: bool = Field(default=True, description="a@eu.example.com is in example.com.")
     allow_convenience_members: bool = Field(
@@ -167,7 +167,7 @@ def _domain_violations(
             if _outside(m, b.role, params, domains, projects):
                 parsed = parse_member(m)
                 where = f"domain {parsed.domain}" if parsed.domain else "no domain"
-                yield _member_violation(b, m, f"{m} ({where}) holds {b.role} but is outside the allowed domains")
+                yield member_violation(b, m, f"{m} ({where}) holds {b.role} but is outside the allowed domains")
 
 
 @check("iam.allowed_domains", params=DomainParams, iam=True)
@@ -230,7 +230,7 @@ def external_members(asset: Asset, params: DomainParams, ctx: Context) -> Iterat
 
 
 # -- roles ------------------------------------------------------------------------------------------------------------
-class BannedRolesParams(_MemberFilter):
+class BannedRolesParams(MemberFilter):
     roles: list[str] = Field(min_length=1, description="Role globs that must not be granted.")
 
 
@@ -255,10 +255,10 @@ def banned_roles(asset: Asset, params: BannedRolesParams, ctx: Context) -> Itera
             continue
         for m in b.members:
             if not params.skipped(m, b.role):
-                yield _member_violation(b, m, f"{m} holds banned role {b.role}")
+                yield member_violation(b, m, f"{m} holds banned role {b.role}")
 
 
-class AllowedRolesParams(_MemberFilter):
+class AllowedRolesParams(MemberFilter):
     roles: list[str] = Field(min_length=1, description="Role globs that may be granted; any other is reported.")
 
 
@@ -280,7 +280,7 @@ def allowed_roles(asset: Asset, params: AllowedRolesParams, ctx: Context) -> Ite
             continue
         for m in b.members:
             if not params.skipped(m, b.role):
-                yield _member_violation(b, m, f"{m} holds {b.role}, which is not an allowed role here")
+                yield member_violation(b, m, f"{m} holds {b.role}, which is not an allowed role here")
 
 
 class RequiredBindingsParams(Params):
@@ -322,7 +322,7 @@ def required_bindings(asset: Asset, params: RequiredBindingsParams, ctx: Context
 
 
 # -- service accounts -------------------------------------------------------------------------------------------------
-class SAAdminParams(_MemberFilter):
+class SAAdminParams(MemberFilter):
     roles: list[str] = Field(default_factory=lambda: list(ADMIN_ROLE_GLOBS), description="Admin-level role globs.")
 
 
@@ -347,10 +347,10 @@ def service_account_admin_roles(asset: Asset, params: SAAdminParams, ctx: Contex
         for m in b.members:
             if parse_member(m).type != "serviceAccount" or params.skipped(m, b.role):
                 continue
-            yield _member_violation(b, m, f"service account {parse_member(m).value} holds admin-level role {b.role}")
+            yield member_violation(b, m, f"service account {parse_member(m).value} holds admin-level role {b.role}")
 
 
-class ImpersonationParams(_MemberFilter):
+class ImpersonationParams(MemberFilter):
     roles: list[str] = Field(default_factory=lambda: list(IMPERSONATION_ROLES), description="Role globs.")
 
 
@@ -373,7 +373,7 @@ def project_level_impersonation(asset: Asset, params: ImpersonationParams, ctx: 
             continue
         for m in b.members:
             if not params.skipped(m, b.role):
-                yield _member_violation(
+                yield member_violation(
                     b, m, f"{m} holds {b.role} on the {level}: it can act as every service account in it", level=level
                 )
 
@@ -579,7 +579,7 @@ class DesiredBinding(BaseModel):
     condition: ConditionSpec | None = None
 
 
-class DesiredStateParams(_MemberFilter):
+class DesiredStateParams(MemberFilter):
     assets: list[str] = Field(default_factory=lambda: ["**"], description="Asset name globs this state applies to.")
     bindings: list[DesiredBinding] = Field(description="The exact bindings the policy must have.")
     managed_roles: list[str] = Field(

@@ -1,0 +1,146 @@
+"""Stage: evaluate. Checks across layers: Google Cloud IAM grants that decide what happens inside GKE clusters.
+
+GKE authorizes a Kubernetes API request if either RBAC or IAM allows it. A project-level (or folder, or
+organization) grant of roles/container.admin, roles/container.clusterAdmin or roles/container.developer therefore
+gives its holder power inside every cluster of the project, whatever the clusters' RBAC says: these checks read
+the IAM policies of the resource hierarchy and the `container.googleapis.com/Cluster` assets of the snapshot.
+
+How a cluster is tied to a project: by its CAI ancestors when the snapshot has them, else by its name
+(`//container.googleapis.com/[v1/]projects/P/{locations,zones}/L/clusters/C`, where P is a project id or number).
+Project ids and numbers are reconciled with the Project assets' data (`projectId`, `projectNumber`); folders and
+the organization are reached through the ancestors, or the parents recorded in Folder and Project data. A cluster
+named by a project id whose Project asset is not in the snapshot is still tied to grants on `projects/<that id>`,
+but not to grants on the project's number, nor to grants on its folders.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+
+from pydantic import Field
+
+from auditor.collect.k8s_objects import GKE_CLUSTER
+from auditor.evaluate.checks.iam import HIERARCHY_TYPES, PROJECT, MemberFilter, hierarchy_index, member_violation
+from auditor.evaluate.globs import any_match
+from auditor.evaluate.policy import bindings
+from auditor.evaluate.registry import Context, Violation, check
+from auditor.model import Asset
+
+GKE_ROLES = ["roles/container.admin", "roles/container.clusterAdmin", "roles/container.developer"]
+_CLUSTER_NAME = re.compile(
+    r"^//container\.googleapis\.com/(?:v1[a-z0-9]*/)?(projects/[^/]+/(?:locations|zones)/[^/]+/clusters/[^/]+)$"
+)
+
+
+def _short(name: str) -> str:
+    return name.split("googleapis.com/", 1)[-1]
+
+
+def _project_aliases(ctx: Context) -> dict[str, str]:
+    """`projects/<id>` and `projects/<number>` -> the project's short asset name (CAI names projects by number)."""
+
+    def build() -> dict[str, str]:
+        out: dict[str, str] = {}
+        for p in ctx.assets(PROJECT):
+            short = _short(p.name)
+            out[short] = short
+            data = p.resource
+            for k in ("projectId", "projectNumber"):
+                if data.get(k):
+                    out[f"projects/{data[k]}"] = short
+        return out
+
+    result: dict[str, str] = ctx.memo("cross_layer.project_aliases", build)
+    return result
+
+
+def _clusters_by_scope(ctx: Context) -> dict[str, list[str]]:
+    """Project, folder and organization short names -> the clusters under them (`projects/P/locations/L/clusters/C`)."""
+
+    def build() -> dict[str, list[str]]:
+        aliases = _project_aliases(ctx)
+        _, parents = hierarchy_index(ctx)
+        out: dict[str, set[str]] = defaultdict(set)
+        for c in ctx.assets(GKE_CLUSTER):
+            m = _CLUSTER_NAME.match(c.name)
+            label = m.group(1) if m else _short(c.name)
+            named_project = "/".join(label.split("/")[:2]) if label.startswith("projects/") else None
+            chain: list[str] = list(c.ancestors)
+            if not chain and named_project:
+                project = aliases.get(named_project, named_project)
+                chain = [project]
+                while chain[-1] in parents and len(chain) < 32 and parents[chain[-1]] not in chain:
+                    chain.append(parents[chain[-1]])
+            keys = set(chain)
+            if named_project:
+                keys.add(named_project)
+            for k in list(keys):
+                if k.startswith("projects/"):
+                    keys.add(aliases.get(k, k))
+            for k in keys:
+                out[k].add(label)
+        return {k: sorted(v) for k, v in out.items()}
+
+    result: dict[str, list[str]] = ctx.memo("cross_layer.clusters", build)
+    return result
+
+
+class GkeIamParams(MemberFilter):
+    roles: list[str] = Field(default_factory=lambda: list(GKE_ROLES), description="IAM role globs that reach into GKE.")
+    include_without_clusters: bool = Field(
+        default=False, description="Also report grants where the snapshot has no cluster (they reach future ones)."
+    )
+
+
+@check(
+    "cross_layer.gke_iam_reaches_clusters",
+    params=GkeIamParams,
+    iam=True,
+    asset_types=HIERARCHY_TYPES,
+    context=[GKE_CLUSTER, *HIERARCHY_TYPES],
+)
+def gke_iam_reaches_clusters(asset: Asset, params: GkeIamParams, ctx: Context) -> Iterator[Violation]:
+    """An IAM grant of a GKE role (roles/container.admin, clusterAdmin, developer) on a project, folder or
+    organization: its holder has that power inside every cluster below, whatever the clusters' RBAC says. Each
+    finding lists the clusters it reaches (details `clusters`, `cluster_count`) next to `role`, `member` and
+    `condition`. Grant such roles per cluster through RBAC (or on a dedicated project) instead.
+
+    ```yaml
+    - id: gke-project-iam-reaches-clusters
+      check: cross_layer.gke_iam_reaches_clusters
+      severity: high
+      params:
+        roles: [roles/container.admin, roles/container.clusterAdmin, roles/container.developer]
+        except_members: ["group:gke-platform-admins@example.com"]
+    ```
+    """
+    scopes = _clusters_by_scope(ctx)
+    keys = {_short(asset.name)}
+    if asset.asset_type == PROJECT:
+        aliases = _project_aliases(ctx)
+        keys.add(aliases.get(_short(asset.name), _short(asset.name)))
+        for k in ("projectId", "projectNumber"):
+            if asset.resource.get(k):
+                keys.add(f"projects/{asset.resource[k]}")
+    clusters = sorted({c for k in keys for c in scopes.get(k, ())})
+    if not clusters and not params.include_without_clusters:
+        return
+    level = asset.asset_type.rsplit("/", 1)[-1].lower()
+    reach = ", ".join(clusters[:3]) + (f" and {len(clusters) - 3} more" if len(clusters) > 3 else "")
+    for b in bindings(asset.iam_policy):
+        if not any_match(params.roles, b.role):
+            continue
+        for m in b.members:
+            if params.skipped(m, b.role):
+                continue
+            what = f"{len(clusters)} cluster(s): {reach}" if clusters else "every cluster created in it"
+            yield member_violation(
+                b,
+                m,
+                f"{m} holds {b.role} on the {level}, which gives it that power inside {what}",
+                clusters=clusters,
+                cluster_count=len(clusters),
+                level=level,
+            )
