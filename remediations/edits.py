@@ -90,19 +90,19 @@ def condition_title(cond: dict[str, Any] | None) -> str | None:
     return str(cond.get("title") or cond.get("expression") or "condition")
 
 
-def _prune(v: Any) -> Any:
+def prune(v: Any) -> Any:
     """Drop empty values and API bookkeeping so the same state reads the same from CAI, a file or an API."""
     if isinstance(v, dict):
-        out = {k: _prune(x) for k, x in v.items() if k != "kind"}
+        out = {k: prune(x) for k, x in v.items() if k != "kind"}
         return {k: x for k, x in out.items() if x not in (None, False, "", {}, [])}
     if isinstance(v, list):
-        return [_prune(x) for x in v]
+        return [prune(x) for x in v]
     return v
 
 
 # -- IAM ----------------------------------------------------------------------------------------------------------
 def _binding_id(b: dict[str, Any]) -> tuple[str, str]:
-    return str(b.get("role", "")), canonical_json(_prune(b.get("condition") or {}))
+    return str(b.get("role", "")), canonical_json(prune(b.get("condition") or {}))
 
 
 def iam_section(policy: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -111,14 +111,14 @@ def iam_section(policy: dict[str, Any] | None) -> list[dict[str, Any]]:
     for b in (policy or {}).get("bindings") or ():
         nb: dict[str, Any] = {"role": b.get("role"), "members": sorted(set(b.get("members") or ()))}
         if b.get("condition"):
-            nb["condition"] = _prune(b["condition"])
+            nb["condition"] = prune(b["condition"])
         if nb["members"]:
             out.append(nb)
     return sorted(out, key=_binding_id)
 
 
 def _same_binding(b: dict[str, Any], role: str, condition: dict[str, Any] | None) -> bool:
-    return _binding_id(b) == (role, canonical_json(_prune(condition or {})))
+    return _binding_id(b) == (role, canonical_json(prune(condition or {})))
 
 
 def _iam_apply(policy: dict[str, Any], e: Edit) -> None:
@@ -167,7 +167,7 @@ def armor_rules_api(policy: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def armor_section(policy: dict[str, Any] | None) -> list[dict[str, Any]]:
-    return sorted((_prune(r) for r in armor_rules_api(policy)), key=lambda r: int(r.get("priority", 0)))
+    return sorted((prune(r) for r in armor_rules_api(policy)), key=lambda r: int(r.get("priority", 0)))
 
 
 def _armor_apply(policy: dict[str, Any], e: Edit) -> None:
@@ -217,8 +217,8 @@ def rbac_section(obj: dict[str, Any] | None) -> dict[str, Any] | None:
     if obj is None:
         return None
     if "roleRef" in obj or "subjects" in obj:
-        return {"roleRef": _prune(obj.get("roleRef") or {}), "subjects": [_prune(s) for s in obj.get("subjects") or ()]}
-    return {"rules": [_prune(r) for r in obj.get("rules") or ()]}
+        return {"roleRef": prune(obj.get("roleRef") or {}), "subjects": [prune(s) for s in obj.get("subjects") or ()]}
+    return {"rules": [prune(r) for r in obj.get("rules") or ()]}
 
 
 def _rbac_apply(obj: dict[str, Any] | None, e: Edit) -> dict[str, Any] | None:

@@ -260,33 +260,51 @@ def _desired(details: Mapping[str, Any], *keys: str) -> Any:
     return None
 
 
+def _desired_condition(rule: Rule, role: str, title: str) -> dict[str, Any] | None:
+    """The full condition (title and expression) a desired-state rule declares for a binding."""
+    for b in rule.params.get("bindings") or ():
+        cond = b.get("condition") if isinstance(b, dict) else None
+        if isinstance(cond, dict) and b.get("role") == role and cond.get("title") == title and cond.get("expression"):
+            return {k: v for k, v in cond.items() if v is not None}
+    return None
+
+
+def _iam_edit(kind: str, d: Mapping[str, Any], rule: Rule, asset: Asset, base: dict[str, Any]) -> Edit:
+    role = d.get("role")
+    if not role:
+        raise EditError("the finding has no role")
+    change = d.get("change")
+    if change not in (None, "missing", "extra"):
+        raise EditError(f"no remediation for a {change!r} finding")
+    # A desired-state rule names one direction: iam.add_member answers `missing`, the others answer the rest.
+    if change == "missing" and kind != "iam.add_member":
+        raise EditError(f"{kind} does not add members (a rule with iam.add_member answers missing ones)")
+    if change == "extra" and kind == "iam.add_member":
+        raise EditError("iam.add_member does not remove members (a rule with iam.remove_member answers extra ones)")
+    title = d.get("condition")
+    args: dict[str, Any] = {"role": role}
+    if title:
+        binding = _find_binding(asset.iam_policy, str(role), title)
+        cond = binding.get("condition") if binding else _desired_condition(rule, str(role), str(title))
+        if not cond:
+            raise EditError(f"no binding of {role} with condition {title!r} in the policy, and no expression for it")
+        args["condition"] = cond
+    if kind == "iam.remove_binding":
+        return Edit(kind, args, **base)
+    member = d.get("member")
+    if not member:
+        raise EditError("the finding has no member")
+    args["member"] = member
+    return Edit(kind, args, **base)
+
+
 def edit_for(f: Finding, rule: Rule, asset: Asset) -> Edit:
     """The edit a finding asks for; EditError says why it cannot be planned."""
     kind = rule.remediation or ""
     d = f.details or {}
     base = {"rules": [rule.id], "modes": [f.mode.value], "findings": [f.id]}
     if kind.startswith("iam."):
-        role = d.get("role")
-        if not role:
-            raise EditError("the finding has no role")
-        title = d.get("condition")
-        binding = _find_binding(asset.iam_policy, str(role), title) if title else None
-        if title and binding is None:
-            raise EditError(f"no binding of {role} with condition {title!r} in the policy")
-        cond = binding.get("condition") if binding else None
-        args: dict[str, Any] = {"role": role}
-        if cond:
-            args["condition"] = cond
-        change = d.get("change")
-        if kind == "iam.remove_binding" and change is None:
-            return Edit("iam.remove_binding", args, **base)
-        member = d.get("member")
-        if not member:
-            raise EditError("the finding has no member")
-        args["member"] = member
-        if change == "missing" or (kind == "iam.add_member" and change is None):
-            return Edit("iam.add_member", args, **base)
-        return Edit("iam.remove_member", args, **base)
+        return _iam_edit(kind, d, rule, asset, base)
     if kind.startswith("cloud_armor."):
         desired = _desired(d, "desired", "desired_rule", "rule")
         priority = d.get("priority")

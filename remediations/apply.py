@@ -1,0 +1,288 @@
+"""Stage 6, apply: write a plan's changes, each guarded, verified and journaled; and roll an apply back.
+
+For each change: re-read the resource from its own API (not from CAI, which can lag); if the live state already
+has what the change asks for, skip it (re-running an applied plan changes nothing); if the live token is not the
+planned one, report a conflict and write nothing; run the guards on the live before-state and the after-state;
+journal the before-state; write with the token; read back and verify; journal the after-state. One resource's
+failure never stops the others.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from auditor.errors import AuditorError
+from remediations.edits import EditError, apply_edits, section
+from remediations.guards import GuardConfig, check_approval, check_cap, check_change, check_plan_age
+from remediations.journal import Journal
+from remediations.plan import Change, Plan
+from remediations.targets import Target
+
+
+class Outcome(StrEnum):
+    applied = "applied"
+    skipped = "skipped"  # already in the planned state
+    conflict = "conflict"  # the resource changed since the plan (or since the apply, for a rollback)
+    refused = "refused"  # a guard refused it
+    failed = "failed"
+
+
+@dataclass
+class Live:
+    """A resource as its API returns it: the state (None when it does not exist) and its concurrency token."""
+
+    state: dict[str, Any] | None
+    token: str | None
+
+
+class WriteConflict(Exception):
+    """The API refused the write because the token is stale (409 ABORTED, 412, Kubernetes 409 Conflict)."""
+
+
+class Writer(Protocol):
+    family: str
+
+    def read(self, target: Target) -> Live: ...
+
+    def write(self, target: Target, live: Live, new: dict[str, Any] | None) -> None: ...
+
+
+WriterFactory = Callable[[str], Writer]  # family -> writer
+
+
+@dataclass
+class ChangeResult:
+    change_id: str | None
+    resource: str
+    family: str
+    edits: list[str]
+    rules: list[str]
+    outcome: Outcome
+    reason: str = ""
+    token_before: str | None = None
+    token_after: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "change": self.change_id,
+            "resource": self.resource,
+            "family": self.family,
+            "edits": self.edits,
+            "rules": self.rules,
+            "outcome": self.outcome.value,
+            "reason": self.reason,
+            "token_before": self.token_before,
+            "token_after": self.token_after,
+        }
+
+
+@dataclass
+class ApplyReport:
+    apply_id: str | None
+    plan_id: str | None
+    action: str  # apply | rollback
+    results: list[ChangeResult] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(r.outcome.value for r in self.results)
+        return {o.value: c.get(o.value, 0) for o in Outcome}
+
+    @property
+    def ok(self) -> bool:
+        """Nothing conflicted, was refused or failed."""
+        c = self.counts()
+        return c["conflict"] == 0 and c["refused"] == 0 and c["failed"] == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "apply_id": self.apply_id,
+            "plan_id": self.plan_id,
+            "action": self.action,
+            "counts": self.counts(),
+            "results": [r.to_dict() for r in self.results],
+        }
+
+    def summary_line(self) -> str:
+        c = self.counts()
+        parts = ", ".join(f"{v} {k}" for k, v in c.items())
+        return f"{self.action} {self.apply_id or '(nothing written)'} of plan {self.plan_id}: {parts}"
+
+
+def _describe(e: Exception) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}"[:500]
+
+
+def _guarded_write(
+    *,
+    writer: Writer,
+    target: Target,
+    family: str,
+    live: Live,
+    new: dict[str, Any] | None,
+    result: ChangeResult,
+    journal: Journal,
+    apply_id: str,
+    change_id: str | None,
+) -> ChangeResult:
+    """Journal the before-state, write, read back, verify, journal the after-state."""
+    entry = journal.begin(apply_id, change_id, result.resource, family, target.to_dict(), result.edits, result.rules,
+                          live.token, live.state)
+    try:
+        writer.write(target, live, new)
+    except WriteConflict as exc:
+        journal.finish(entry, "conflict", reason=str(exc))
+        result.outcome, result.reason = Outcome.conflict, f"the API refused the token: {exc}"
+        return result
+    except Exception as exc:  # any API or network error: reported, the other changes go on
+        journal.finish(entry, "failed", reason=_describe(exc))
+        result.outcome, result.reason = Outcome.failed, f"write failed: {_describe(exc)}"
+        return result
+    try:
+        back = writer.read(target)
+    except Exception as exc:
+        journal.finish(entry, "failed", reason=f"read back: {_describe(exc)}")
+        result.outcome, result.reason = Outcome.failed, f"written, but the read back failed: {_describe(exc)}"
+        return result
+    result.token_after = back.token
+    if section(family, back.state) != section(family, new):
+        journal.finish(entry, "failed", after=back.state, token_after=back.token, reason="verification failed")
+        result.outcome = Outcome.failed
+        result.reason = "written, but the state read back is not the planned one (changed concurrently?)"
+        return result
+    journal.finish(entry, "applied", after=back.state, token_after=back.token)
+    result.outcome = Outcome.applied
+    return result
+
+
+def apply_change(change: Change, writer: Writer, cfg: GuardConfig, journal: Journal, apply_id: str) -> ChangeResult:
+    family = change.family
+    result = ChangeResult(change.id, change.resource, family, [e.describe() for e in change.edits], change.rules,
+                          Outcome.failed, token_before=change.token)
+    try:
+        live = writer.read(change.target)
+    except Exception as exc:
+        result.reason = f"cannot read the live resource: {_describe(exc)}"
+        return result
+    try:
+        new = apply_edits(family, live.state, change.edits)
+    except EditError as exc:
+        result.reason = f"cannot make the change to the live state: {exc}"
+        return result
+    if section(family, new) == section(family, live.state):
+        result.outcome, result.reason = Outcome.skipped, "the live resource already is in the planned state"
+        return result
+    if change.token is not None and live.token != change.token:
+        result.outcome = Outcome.conflict
+        result.reason = f"{change.token_field} is {live.token}, planned against {change.token}: changed since the plan"
+        return result
+    if change.token is None and section(family, live.state) != change.before:
+        result.outcome = Outcome.conflict
+        result.reason = "the live state differs from the planned before-state: changed since the plan"
+        return result
+    refusals = check_change(family, change.target, live.state, new, change.edits, cfg)
+    if refusals:
+        result.outcome, result.reason = Outcome.refused, "; ".join(str(r) for r in refusals)
+        return result
+    return _guarded_write(writer=writer, target=change.target, family=family, live=live, new=new, result=result,
+                          journal=journal, apply_id=apply_id, change_id=change.id)
+
+
+def apply_plan(
+    plan: Plan,
+    writers: WriterFactory,
+    journal: Journal,
+    cfg: GuardConfig,
+    *,
+    approved: bool,
+    actor: str = "operator",
+    cap: int | None = None,
+    now: datetime | None = None,
+    changes: Iterable[Change] | None = None,
+) -> ApplyReport:
+    """Apply the plan's changes (or the given subset). Plan-level guards raise GuardRefused before any read."""
+    check_approval(approved, "`auditor apply --yes`, or an answer at the prompt" if actor == "operator"
+                   else "remediation.enabled")
+    check_plan_age(plan.created_at, cfg, now)
+    todo = list(changes if changes is not None else plan.changes)
+    check_cap(sum(len(c.edits) for c in todo), cap, "max-changes-per-apply" if actor == "operator"
+              else "max-changes-per-cycle")
+    report = ApplyReport(None, plan.id, "apply")
+    if not todo:
+        return report
+    report.apply_id = journal.start_apply(plan.id, "apply", actor)
+    cache: dict[str, Writer] = {}
+    for change in todo:
+        try:
+            writer = cache.get(change.family) or writers(change.family)
+            cache[change.family] = writer
+        except AuditorError as exc:
+            report.results.append(ChangeResult(change.id, change.resource, change.family,
+                                               [e.describe() for e in change.edits], change.rules, Outcome.failed,
+                                               f"no client: {exc}"))
+            continue
+        report.results.append(apply_change(change, writer, cfg, journal, report.apply_id))
+    journal.finish_apply(report.apply_id, report.to_dict())
+    return report
+
+
+def rollback(
+    apply_id: str,
+    writers: WriterFactory,
+    journal: Journal,
+    cfg: GuardConfig,
+    *,
+    approved: bool,
+    actor: str = "operator",
+) -> ApplyReport:
+    """Restore the journaled before-state of every resource the apply changed, newest first, with the same guards.
+
+    A resource that changed again since the apply (its token is not the one the apply left) is a conflict.
+    """
+    check_approval(approved, "`auditor rollback --yes`, or an answer at the prompt")
+    info = journal.apply_info(apply_id)
+    if info is None:
+        raise AuditorError(f"no apply with id {apply_id} in {journal.path}")
+    # Applied changes, and failed ones whose write went through (their after-state was read back).
+    entries = [e for e in journal.entries(apply_id) if e.outcome == "applied" or e.after is not None]
+    report = ApplyReport(None, info["plan_id"], "rollback")
+    if not entries:
+        return report
+    report.apply_id = journal.start_apply(info["plan_id"], "rollback", actor, rollback_of=apply_id)
+    cache: dict[str, Writer] = {}
+    for e in reversed(entries):
+        target = Target.from_dict(e.target)
+        result = ChangeResult(e.change_id, e.resource, e.family, [f"restore the state before {apply_id}"], e.rules,
+                              Outcome.failed)
+        report.results.append(result)
+        try:
+            writer = cache.get(e.family) or writers(e.family)
+            cache[e.family] = writer
+            live = writer.read(target)
+        except Exception as exc:
+            result.reason = f"cannot read the live resource: {_describe(exc)}"
+            continue
+        result.token_before = live.token
+        if section(e.family, live.state) == section(e.family, e.before):
+            result.outcome, result.reason = Outcome.skipped, "the live resource already is in the before-state"
+            continue
+        unchanged = live.token == e.token_after if e.token_after else section(e.family, live.state) == section(
+            e.family, e.after
+        )
+        if not unchanged:
+            result.outcome = Outcome.conflict
+            result.reason = "the resource changed again since the apply; restore it by hand from the journal"
+            continue
+        refusals = check_change(e.family, target, live.state, e.before, [], cfg)
+        if refusals:
+            result.outcome, result.reason = Outcome.refused, "; ".join(str(r) for r in refusals)
+            continue
+        _guarded_write(writer=writer, target=target, family=e.family, live=live, new=e.before, result=result,
+                       journal=journal, apply_id=report.apply_id, change_id=e.change_id)
+    journal.finish_apply(report.apply_id, report.to_dict())
+    return report

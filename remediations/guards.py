@@ -1,0 +1,178 @@
+"""Stage 6, apply: the guards every write passes, each refusing with a reason an operator can act on.
+
+Plan-level guards (explicit approval, plan age, caps) refuse the whole apply before anything is read; change-level
+guards look at the live before-state and the after-state the applier is about to write, so they hold even when
+the plan was built from stale data. Pure: no client library is imported here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from auditor.errors import AuditorError
+from auditor.evaluate.checks.rbac import subject_name
+from auditor.evaluate.globs import any_match, any_member_match
+from auditor.evaluate.principals import is_google_managed
+from remediations.edits import iam_section, rbac_section
+from remediations.kinds import IAM, RBAC
+from remediations.targets import Target
+
+OWNER_ROLE = "roles/owner"
+
+# Google-managed service agents and default service accounts Google creates and relies on.
+SERVICE_AGENT_PATTERNS = tuple(
+    re.compile(p)
+    for p in (
+        r"^[^@]+@gcp-sa-[a-z0-9-]+\.iam\.gserviceaccount\.com$",
+        r"^[^@]+@cloudservices\.gserviceaccount\.com$",
+        r"^[^@]+-compute@developer\.gserviceaccount\.com$",
+        r"^service-[0-9]+@[a-z0-9.-]+\.gserviceaccount\.com$",
+        r"^[^@]+@cloudbuild\.gserviceaccount\.com$",
+        r"^[^@]+@container-engine-robot\.iam\.gserviceaccount\.com$",
+        r"^[^@]+@compute-system\.iam\.gserviceaccount\.com$",
+        r"^[^@]+@cloudcomposer-accounts\.iam\.gserviceaccount\.com$",
+    )
+)
+
+
+class GuardRefused(AuditorError):
+    """The whole apply is refused before anything is read or written."""
+
+    def __init__(self, guard: str, reason: str) -> None:
+        super().__init__(f"refused by guard {guard}: {reason}")
+        self.guard = guard
+        self.reason = reason
+
+
+class Refusal(NamedTuple):
+    guard: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.guard}: {self.reason}"
+
+
+@dataclass
+class GuardConfig:
+    """What the guards protect. Globs: `.` separates in IAM members, `*` stops at it, `**` crosses it."""
+
+    auditor_identities: list[str] = field(default_factory=list)  # members the auditor itself runs as
+    protected_principals: list[str] = field(default_factory=list)  # break-glass accounts and other globs
+    max_changes_per_apply: int | None = None
+    max_changes_per_cycle: int | None = None
+    plan_max_age_seconds: int | None = 3600
+    enforce_only: bool = False  # the daemon: only edits of rules in enforce mode
+
+
+def is_service_agent(member: str) -> bool:
+    """`serviceAccount:...` members Google manages (service agents, the default compute account, ...)."""
+    email = member.split(":", 1)[1] if ":" in member else member
+    email = email.split("?uid=", 1)[0]
+    if member.startswith("deleted:"):
+        return False
+    return is_google_managed(member) or any(p.match(email) for p in SERVICE_AGENT_PATTERNS)
+
+
+def is_system_subject(s: dict[str, Any]) -> bool:
+    name = str(s.get("name", ""))
+    if s.get("kind") == "ServiceAccount":
+        return s.get("namespace") == "kube-system" or name.startswith("system:")
+    return name.startswith("system:")
+
+
+# -- plan-level -----------------------------------------------------------------------------------------------------
+def check_approval(approved: bool, how: str) -> None:
+    if not approved:
+        raise GuardRefused("explicit-apply", f"nothing is written without explicit approval ({how})")
+
+
+def check_plan_age(created_at: datetime, cfg: GuardConfig, now: datetime | None = None) -> None:
+    if cfg.plan_max_age_seconds is None:
+        return
+    age = ((now or datetime.now(UTC)) - created_at).total_seconds()
+    if age > cfg.plan_max_age_seconds:
+        raise GuardRefused(
+            "plan-age",
+            f"the plan is {int(age)}s old, older than the {cfg.plan_max_age_seconds}s allowed; make a new plan",
+        )
+
+
+def check_cap(edits: int, cap: int | None, what: str) -> None:
+    if cap is not None and edits > cap:
+        raise GuardRefused(
+            what, f"the plan makes {edits} changes, over the cap of {cap}; review it and raise the cap or split it"
+        )
+
+
+# -- change-level ---------------------------------------------------------------------------------------------------
+def _iam_members(policy: dict[str, Any] | None) -> set[tuple[str, str, str]]:
+    out = set()
+    for b in iam_section(policy):
+        cond = str(b.get("condition") or "")
+        for m in b["members"]:
+            out.add((b["role"], cond, m))
+    return out
+
+
+def _subjects(obj: dict[str, Any] | None) -> list[dict[str, Any]]:
+    sec = rbac_section(obj)
+    return list(sec.get("subjects") or ()) if sec else []
+
+
+def check_change(
+    family: str,
+    target: Target,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    edits: Iterable[Any],
+    cfg: GuardConfig,
+) -> list[Refusal]:
+    """Every guard the write from `before` to `after` (live states) breaks; empty when it may go ahead."""
+    refusals: list[Refusal] = []
+    edits = list(edits)
+    if cfg.enforce_only:
+        passive = sorted({r for e in edits if "enforce" not in e.modes for r in e.rules})
+        if passive:
+            refusals.append(Refusal("enforce-only", f"rules {', '.join(passive)} are not in enforce mode"))
+    protected = list(cfg.protected_principals)
+    if family == IAM:
+        b, a = _iam_members(before), _iam_members(after)
+        removed = b - a
+        touched = removed | (a - b)
+        for role, _, m in sorted(touched):
+            if is_service_agent(m):
+                refusals.append(Refusal("service-agent", f"{m} is a Google-managed service agent ({role})"))
+        resource = target.resource
+        if target.api == "iam_admin" and is_service_agent("serviceAccount:" + resource.rsplit("/", 1)[-1]):
+            refusals.append(Refusal("service-agent", f"{resource} is a Google-managed service agent"))
+        for role, _, m in sorted(removed):
+            if cfg.auditor_identities and any_member_match(cfg.auditor_identities, m):
+                refusals.append(Refusal("auditor-access", f"removing {m} from {role} removes the auditor's own access"))
+            elif protected and any_member_match(protected, m):
+                refusals.append(Refusal("protected-principal", f"{m} is protected and is never removed ({role})"))
+        had_owner = any(r == OWNER_ROLE for r, _, _ in b)
+        has_owner = any(r == OWNER_ROLE for r, _, _ in a)
+        if had_owner and not has_owner:
+            refusals.append(Refusal("last-owner", f"the change would leave {resource} with no {OWNER_ROLE}"))
+    elif family == RBAC:
+        meta = (before or {}).get("metadata") or {}
+        name = str(target.name or meta.get("name", ""))
+        if name.startswith("system:") or target.namespace == "kube-system":
+            refusals.append(Refusal("system-rbac", f"{name} is a Kubernetes system object and is never touched"))
+        ns = meta.get("namespace")
+        after_keys = {subject_name(s, ns) for s in _subjects(after)}
+        for s in _subjects(before):
+            who = subject_name(s, ns)
+            if who in after_keys:
+                continue
+            if is_system_subject(s):
+                refusals.append(Refusal("system-rbac", f"{who} is a Kubernetes system subject and is never removed"))
+            elif cfg.auditor_identities and any_match(cfg.auditor_identities, who):
+                refusals.append(Refusal("auditor-access", f"removing {who} removes the auditor's own access"))
+            elif protected and any_match(protected, who):
+                refusals.append(Refusal("protected-principal", f"{who} is protected and is never removed"))
+    return refusals
