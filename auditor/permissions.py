@@ -6,6 +6,7 @@ custom role from these declarations, so the role and the code cannot drift apart
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 
@@ -15,6 +16,7 @@ class Declaration:
     permissions: tuple[str, ...]
     remediation: bool  # needed only when fixes are applied
     why: str
+    module: str = ""  # the module that declared it, so a test can match the declaration to that module's API calls
 
 
 _declarations: dict[str, Declaration] = {}
@@ -23,7 +25,8 @@ _declarations: dict[str, Declaration] = {}
 def declare(
     component: str, permissions: list[str] | tuple[str, ...], *, remediation: bool = False, why: str = ""
 ) -> None:
-    _declarations[component] = Declaration(component, tuple(sorted(set(permissions))), remediation, why)
+    module = sys._getframe(1).f_globals.get("__name__", "")
+    _declarations[component] = Declaration(component, tuple(sorted(set(permissions))), remediation, why, module)
 
 
 def declarations() -> list[Declaration]:
