@@ -1,0 +1,222 @@
+"""Stage: evaluate. The `cel` check: a rule written as a Common Expression Language expression, no Python needed.
+
+The expression is compiled once when the rule file is loaded (a syntax error, or a name that is neither a variable
+nor a function, refuses the file with the rule id) and evaluated on each matching asset, or on each IAM binding
+(or binding member) of its policy. It returns true when the asset is in violation (`report_when: false` turns it
+into an assertion that must hold).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import cel
+from cel.stdlib import add_stdlib_to_context
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from auditor.evaluate.policy import Binding, bindings
+from auditor.evaluate.registry import Context, Params, Violation, check
+from auditor.model import Asset
+
+ASSET_VARIABLES = ("asset", "name", "type", "resource", "iam_policy", "ancestors", "project")
+BINDING_VARIABLES = ("binding", "role", "members", "condition")
+MEMBER_VARIABLES = ("member",)
+TEMPLATE_FIELDS = frozenset({"name", "type", "project", "role", "member", "members", "condition", "result"})
+
+
+def dig(obj: Any, path: str, default: Any = None) -> Any:
+    """`dig(resource, "iamConfiguration.uniformBucketLevelAccess.enabled", false)`: a nested field or a default
+    (this CEL implementation has no optional `.?` syntax, and `has()` needs every parent to exist)."""
+    cur = obj
+    for part in str(path).split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return default
+    return cur
+
+
+def _context(variables: dict[str, Any]) -> cel.Context:
+    ctx = cel.Context(variables=variables, functions={"dig": dig})
+    add_stdlib_to_context(ctx)
+    return ctx
+
+
+def _asset_vars(asset: Asset) -> dict[str, Any]:
+    project = asset.project or ""
+    data = {
+        "name": asset.name,
+        "type": asset.asset_type,
+        "resource": asset.resource,
+        "iam_policy": asset.iam_policy,
+        "ancestors": list(asset.ancestors),
+        "project": project,
+    }
+    return {"asset": dict(data), **data}
+
+
+def _binding_vars(b: Binding) -> dict[str, Any]:
+    cond = dict(b.condition) if b.condition else {}
+    return {
+        "binding": {"role": b.role, "members": list(b.members), "condition": cond},
+        "role": b.role,
+        "members": list(b.members),
+        "condition": cond,
+    }
+
+
+class CelParams(Params):
+    expression: str = Field(min_length=1, description="CEL; true means a violation (see report_when).")
+    per: Literal["asset", "binding", "member"] = Field(
+        default="asset",
+        description="Evaluate once per asset, per IAM binding, or per member of each binding.",
+    )
+    message: str = Field(
+        default="{name} matches the rule's expression",
+        description="Message template: {name} {type} {project} {role} {member} {members} {condition} {result}.",
+    )
+    report_when: bool = Field(default=True, description="Report when the expression gives this value.")
+    _program: Any = PrivateAttr(default=None)
+    _per_member: bool = PrivateAttr(default=False)
+    _ctx: Any = PrivateAttr(default=None)
+    _names: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @field_validator("message")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"message template: {exc}") from None
+        unknown = sorted(f for f in fields if f not in TEMPLATE_FIELDS)
+        if unknown:
+            known = ", ".join(sorted(TEMPLATE_FIELDS))
+            raise ValueError(f"message template: unknown field(s) {unknown}; known: {known}")
+        return v
+
+    @model_validator(mode="after")
+    def _compile(self) -> CelParams:
+        try:
+            program = cel.compile(self.expression)
+        except Exception as exc:  # the library raises ValueError with the parser's report
+            raise ValueError(f"CEL compile error: {' '.join(str(exc).split())}") from None
+        names = set(program.variables())
+        per_member = self.per == "member" or (self.per == "binding" and "member" in names)
+        allowed = set(ASSET_VARIABLES)
+        if self.per != "asset":
+            allowed |= set(BINDING_VARIABLES)
+        if per_member:
+            allowed |= set(MEMBER_VARIABLES)
+        # A dry run on empty values finds names that are neither variables nor functions (comprehension variables
+        # like the `m` of `members.exists(m, ...)` are listed by variables() too, so they cannot be told apart
+        # statically). Errors about missing fields are expected on empty data and ignored.
+        sample: dict[str, Any] = {"asset": {}, "name": "", "type": "", "resource": {}, "iam_policy": {},
+                                  "ancestors": [], "project": ""}
+        if self.per != "asset":
+            sample.update({"binding": {}, "role": "", "members": [], "condition": {}})
+        if per_member:
+            sample["member"] = ""
+        try:
+            program.execute(_context(sample))
+        except RuntimeError as exc:
+            if "Undefined variable or function" in str(exc):
+                hint = f"variables with per: {self.per}: {', '.join(sorted(allowed))}"
+                raise ValueError(f"CEL: {str(exc).split('.')[0]} ({hint})") from None
+        except Exception:  # a missing key or a type error on empty data says nothing about the rule
+            pass
+        self._program = program
+        self._per_member = per_member
+        self._names = frozenset(names)
+        return self
+
+    def run(self, variables: dict[str, Any]) -> Any:
+        # One context per rule, its variables replaced on each call: registering the extension functions costs
+        # more than evaluating a typical expression. Every variable is set on every call, so none leaks over.
+        # Only the variables the expression names are converted into CEL values (a policy or resource can be big).
+        names = self._names  # pydantic private attributes are slow to read: once per call
+        variables = {k: v for k, v in variables.items() if k in names}
+        ctx = self._ctx
+        if ctx is None:
+            ctx = self._ctx = _context(variables)
+        else:
+            ctx.update(variables)
+        return self._program.execute(ctx)
+
+    @property
+    def per_member(self) -> bool:
+        return self._per_member
+
+
+def _fmt(template: str, values: dict[str, Any]) -> str:
+    return template.format_map({k: values.get(k, "") for k in TEMPLATE_FIELDS})
+
+
+def _verdict(params: CelParams, variables: dict[str, Any]) -> tuple[bool, Any]:
+    result = params.run(variables)
+    if not isinstance(result, bool):
+        raise TypeError(f"the CEL expression returned {type(result).__name__} {result!r}, expected a bool")
+    return result == params.report_when, result
+
+
+@check("cel", params=CelParams)
+def cel_check(asset: Asset, params: CelParams, ctx: Context) -> Iterator[Violation]:
+    """A rule written in CEL (Common Expression Language): the expression is true when the asset violates the rule.
+
+    Variables: `name`, `type`, `resource` (the resource data), `iam_policy`, `ancestors`, `project`, and `asset`
+    (all of them in one map). With `per: binding` the expression runs on each IAM binding with `binding`, `role`,
+    `members`, `condition`; if it names `member` (or with `per: member`) it runs on each member of each binding.
+    Functions: the CEL standard library, cel-go's string/list/math extensions, and `dig(map, "a.b.c", default)`
+    for nested fields that may be absent. Findings on a member carry `role`, `member`, `condition` like the IAM
+    checks (so `iam.remove_member` can plan them).
+
+    ```yaml
+    - id: ml-buckets-uniform-access
+      check: cel
+      severity: high
+      match: {asset_types: [storage.googleapis.com/Bucket]}
+      params:
+        expression: '!dig(resource, "iamConfiguration.uniformBucketLevelAccess.enabled", false)'
+        message: "bucket {name} still honours object ACLs"
+    - id: no-gmail-writers
+      check: cel
+      severity: high
+      params:
+        per: binding
+        expression: 'role.endsWith("Admin") && member.endsWith("@gmail.com")'
+        message: "{member} holds {role}"
+    ```
+    """
+    base = _asset_vars(asset)
+    values: dict[str, Any] = {"name": asset.name, "type": asset.asset_type, "project": base["project"]}
+    if params.per == "asset":
+        hit, result = _verdict(params, base)
+        if hit:
+            yield Violation(_fmt(params.message, {**values, "result": result}), "", {"result": result})
+        return
+    for b in bindings(asset.iam_policy):
+        bvars = {**base, **_binding_vars(b)}
+        title = b.condition_title if b.condition else None
+        bvalues = {**values, "role": b.role, "members": ", ".join(b.members), "condition": title or ""}
+        if not params.per_member:
+            hit, result = _verdict(params, bvars)
+            if hit:
+                details: dict[str, Any] = {"role": b.role, "members": list(b.members)}
+                key = b.role
+                if title is not None:
+                    details["condition"] = title
+                    key += f"|{title}"
+                yield Violation(_fmt(params.message, {**bvalues, "result": result}), key, details)
+            continue
+        for m in b.members:
+            hit, result = _verdict(params, {**bvars, "member": m})
+            if hit:
+                details = {"role": b.role, "member": m}
+                key = f"{b.role}|{m}"
+                if title is not None:
+                    details["condition"] = title
+                    key += f"|{title}"
+                yield Violation(_fmt(params.message, {**bvalues, "member": m, "result": result}), key, details)
