@@ -1,0 +1,47 @@
+"""`auditor serve`: the daemon (scheduled cycles, state, metrics, report), or one cycle with --once."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from auditor.settings import load_settings
+
+
+@click.command("serve")
+@click.option(
+    "--config", "-c", "config", type=click.Path(dir_okay=False), default=None,
+    help="YAML configuration file. Every key can also come from AUDITOR_* environment variables.",
+)
+@click.option("--once", is_flag=True, help="Run one cycle, print its summary as JSON, and exit (cron, CI).")
+def command(config: str | None, once: bool) -> None:
+    """Run audit cycles on a schedule and serve /metrics, /report, /findings.json, /healthz and /readyz.
+
+    With --once: exit 0 when the cycle read everything, 1 when it was partial or failed.
+    """
+    # Imported here so `auditor scan` does not pay for the scheduler and HTTP server.
+    from auditor.cycle import Auditor
+    from auditor.daemon import Daemon
+    from auditor.logs import configure
+    from auditor.state import Store
+
+    settings = load_settings(config)
+    configure(settings.log_format, settings.log_level)
+    store = Store(settings.state_path)
+    auditor = Auditor(settings, store)
+    if once:
+        out = auditor.run_cycle()
+        store.close()
+        summary = {
+            "cycle": out.cycle_id,
+            "outcome": out.outcome,
+            "new": len(out.recorded.new) if out.recorded else 0,
+            "resolved": len(out.recorded.resolved) if out.recorded else 0,
+            "open": out.recorded.still_open + len(out.recorded.new) if out.recorded else None,
+            "error": out.error,
+        }
+        click.echo(json.dumps(summary))
+        sys.exit(0 if out.outcome == "success" else 1)
+    sys.exit(Daemon(settings, auditor).run())

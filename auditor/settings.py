@@ -1,0 +1,311 @@
+"""The daemon's one validated configuration: a YAML file plus AUDITOR_* environment overrides.
+
+Read once at start by `auditor serve` (and by `auditor history/findings` to find the state file); every stage of
+a cycle (collect -> evaluate -> record -> metrics/report -> plan) takes its settings from here.
+
+Precedence: environment > file > defaults. Every key can be set from the environment: `AUDITOR_LISTEN`,
+`AUDITOR_STATE_PATH`, nested keys with `__` (`AUDITOR_SCHEDULE__INTERVAL_SECONDS=300`), lists as JSON
+(`AUDITOR_SOURCES='["cai://organizations/123"]'`). Relative paths in the file are relative to the file's folder,
+so a configuration works from any working directory; relative paths from the environment are relative to the
+working directory, as a shell user expects.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+
+from auditor.collect import SourceOptions
+from auditor.errors import AuditorError
+
+ENV_PREFIX = "AUDITOR_"
+
+
+class ConfigError(AuditorError):
+    """A configuration that cannot be used: the message names the file, line or variable, the key and the reason."""
+
+
+class Schedule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    interval_seconds: int = Field(900, ge=10, description="Seconds between cycles (when no cron is given).")
+    cron: str | None = Field(None, description="A five-field crontab expression; wins over interval_seconds.")
+    timezone: str = Field("UTC", description="Time zone of the cron expression.")
+    jitter_seconds: int = Field(30, ge=0, description="Random delay added to each run, so replicas do not align.")
+    cycle_timeout_seconds: int = Field(
+        3600, ge=30, description="A cycle running longer than this makes /healthz fail (the process is stuck)."
+    )
+    shutdown_grace_seconds: float = Field(
+        20, ge=0, description="On SIGTERM, how long to let a running cycle finish before abandoning it."
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"not a valid crontab expression ({exc})") from None
+        return v.strip()
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _jitter(self) -> Schedule:
+        if self.cron is None and self.jitter_seconds >= self.interval_seconds:
+            raise ValueError("jitter_seconds must be smaller than interval_seconds")
+        return self
+
+
+class Staleness(BaseModel):
+    """When the data counts as stale: shown on /report and /findings.json; alert thresholds live in deploy/."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    snapshot_max_age_seconds: int = Field(3600, ge=1, description="Data older than this is stale.")
+    success_max_age_seconds: int = Field(7200, ge=1, description="No successful cycle for this long is an outage.")
+
+
+class LeaderElection(BaseModel):
+    """Only one replica may write: a Kubernetes Lease (name and namespace) or a lock file on a shared volume."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lease_name: str | None = None
+    lease_namespace: str | None = None
+    lock_file: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> LeaderElection:
+        if (self.lease_name is None) != (self.lease_namespace is None):
+            raise ValueError("lease_name and lease_namespace go together")
+        if self.lease_name is not None and self.lock_file is not None:
+            raise ValueError("choose a Kubernetes lease or a lock_file, not both")
+        return self
+
+
+class Remediation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Plan (and, for rules in enforce mode, apply) fixes after each cycle.")
+    max_changes_per_cycle: int = Field(10, ge=0)
+    max_changes_per_apply: int = Field(50, ge=0)
+    protected_principals: list[str] = Field(
+        default_factory=list, description="Member globs whose access is never removed (the auditor, break-glass)."
+    )
+    plan_max_age_seconds: int = Field(3600, ge=1, description="A plan older than this is refused at apply.")
+    leader_election: LeaderElection = Field(default_factory=LeaderElection)
+
+
+_LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`host:port`, `[::1]:port` or `:port` (all interfaces) -> (host, port)."""
+    m = _LISTEN.match(value.strip())
+    if not m or int(m["port"]) > 65535:
+        raise ValueError(f"expected host:port (e.g. 0.0.0.0:9477 or [::1]:9477), got {value!r}")
+    host = m["v6"] or m["host"] or "0.0.0.0"
+    return host, int(m["port"])
+
+
+_file_data: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("auditor_file", default=None)
+
+
+class _FileSettings(PydanticBaseSettingsSource):
+    """The YAML file's values, below the environment in precedence."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return (_file_data.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_data.get() or {})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    sources: list[str] = Field(min_length=1, description="CAI export files/folders, cai://..., k8s://... sources.")
+    rules: list[str] = Field(default_factory=list, description="Rule files or folders; empty: the shipped baseline.")
+    cluster: str = Field("local", description="Cluster name for Kubernetes objects read from files.")
+    strict: bool = Field(False, description="A malformed record fails the source instead of being skipped.")
+    schedule: Schedule = Field(default_factory=Schedule)  # type: ignore[arg-type]
+    state_path: Path = Field(Path("drift-auditor.db"), description="The SQLite state file.")
+    listen: str = Field("127.0.0.1:9477", description="host:port of the HTTP server (/metrics, /report, ...).")
+    log_format: Literal["json", "console", "auto"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    gcp_endpoint: str | None = Field(None, description="Google API endpoint override (tests, private endpoints).")
+    history_days: int = Field(90, ge=1, description="Cycles, drift events and resolved findings kept this long.")
+    staleness: Staleness = Field(default_factory=Staleness)  # type: ignore[arg-type]
+    remediation: Remediation = Field(default_factory=Remediation)  # type: ignore[arg-type]
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v.strip()
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: list[str]) -> list[str]:
+        if any(not s.strip() for s in v):
+            raise ValueError("a source is empty")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSettings(settings_cls))
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+    def source_options(self) -> SourceOptions:
+        extra: dict[str, object] = {}
+        if self.gcp_endpoint:
+            extra["gcp_endpoint"] = self.gcp_endpoint
+        return SourceOptions(cluster=self.cluster, strict=self.strict, extra=extra)
+
+
+# -- loading ---------------------------------------------------------------------------------------------------------
+_PATH_KEYS = ("rules", "state_path")
+
+
+def _resolve_relative(data: dict[str, Any], base: Path) -> None:
+    """Paths written in the file are relative to the file, not to wherever the daemon was started."""
+
+    def fix(p: Any) -> Any:
+        if isinstance(p, str) and p and "://" not in p and not os.path.isabs(os.path.expanduser(p)):
+            return os.path.normpath(base / os.path.expanduser(p))
+        return p
+
+    for key in ("sources", "rules"):
+        if isinstance(data.get(key), list):
+            data[key] = [fix(p) for p in data[key]]
+    if "state_path" in data:
+        data["state_path"] = fix(data["state_path"])
+    rem = data.get("remediation")
+    if isinstance(rem, dict) and isinstance(rem.get("leader_election"), dict) and "lock_file" in rem["leader_election"]:
+        rem["leader_election"]["lock_file"] = fix(rem["leader_election"]["lock_file"])
+
+
+def _line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
+    line = None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next(((k, v) for k, v in node.value if k.value == key), None)
+            if nxt is None:
+                break
+            line, node = nxt[0].start_mark.line + 1, nxt[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _env_name(loc: Sequence[int | str]) -> str | None:
+    """The AUDITOR_* variable that set this key, if one did."""
+    parts = [str(p) for p in loc if isinstance(p, str)]
+    for n in range(len(parts), 0, -1):
+        name = ENV_PREFIX + "__".join(parts[:n]).upper()
+        if any(k.upper() == name for k in os.environ):
+            return name
+    return None
+
+
+def _key(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """The settings from `path` (optional: everything can come from the environment), validated.
+
+    Raises ConfigError with one line per problem: where (file:line or the variable), the key, and the reason.
+    """
+    data: dict[str, Any] = {}
+    node: yaml.Node | None = None
+    where = "configuration"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read the configuration ({exc.strerror or exc})") from None
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{p}{line}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}:1: expected a mapping of settings (sources, rules, schedule, ...)")
+        data = loaded
+        _resolve_relative(data, p.resolve().parent)
+    token = _file_data.set(data)
+    try:
+        return Settings()  # type: ignore[call-arg]  # values come from the environment and the file
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            env = _env_name(loc)
+            if env:
+                src = f"environment {env}"
+            else:
+                lineno = _line_of(node, loc)
+                src = f"{where}:{lineno}" if lineno else where
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            problems.append(f"{src}: {_key(loc)}: {msg}")
+        raise ConfigError("\n".join(problems)) from None
+    except SettingsError as exc:
+        m = re.search(r'field "([^"]+)"', str(exc))
+        var = ENV_PREFIX + m[1].upper() if m else ENV_PREFIX + "*"
+        raise ConfigError(
+            f"environment {var}: not valid JSON (lists and mappings are given as JSON): {exc.__cause__}"
+        ) from None
+    finally:
+        _file_data.reset(token)
