@@ -1,62 +1,572 @@
-"""Cloud Armor checks on `compute.googleapis.com/SecurityPolicy` assets."""
+"""Stage evaluate: Cloud Armor checks on `compute.googleapis.com/SecurityPolicy` assets.
+
+Rules are read through `policy.armor_rules`, so both spellings work: `rules` and `srcIpRanges` (Compute API), `rule`
+and `srcIpRange` (CAI resource data). Every finding names the rule it is about in its details (`priority`,
+`action`, `src_ranges`), which is what the remediation planner reads; desired-state findings also carry `change`
+(missing, extra, changed) and, for missing and changed rules, the rule as it should be (`desired`, Compute API
+spelling).
+
+Rules whose match is a CEL expression (`match.expr`) cannot be judged on their source addresses: the checks that
+reason about ranges skip them and say so in their docstrings.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import ipaddress
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from auditor.evaluate.policy import DEFAULT_RULE_PRIORITY, armor_rules
+from auditor.evaluate.globs import any_match, glob_match
+from auditor.evaluate.policy import DEFAULT_RULE_PRIORITY, ArmorRule, armor_rules
 from auditor.evaluate.registry import Context, NoParams, Params, Violation, check
 from auditor.model import Asset
 
 SECURITY_POLICY = "compute.googleapis.com/SecurityPolicy"
 OPEN_RANGES = ("*", "0.0.0.0/0", "::/0")
+# Actions that let matching traffic through: `allow`, and the rate-limit actions, whose conforming requests are
+# allowed (their conformAction can only be "allow").
+ADMITTING_ACTIONS = ("allow", "throttle", "rate_based_ban")
+RATE_LIMIT_ACTIONS = ("throttle", "rate_based_ban")
+ACTION_PATTERN = r"^(allow|deny(\((403|404|502)\))?|redirect|throttle|rate_based_ban)$"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_EVERYTHING: tuple[IPNetwork, ...] = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
+# -- helpers ------------------------------------------------------------------------------------------------------
+def parse_range(text: str) -> tuple[IPNetwork, ...] | None:
+    """`*` is every IPv4 and IPv6 address; a bare address is a /32 or /128; None when it is not an address."""
+    text = text.strip()
+    if text == "*":
+        return _EVERYTHING
+    try:
+        return (ipaddress.ip_network(text, strict=False),)
+    except ValueError:
+        return None
+
+
+def parse_ranges(texts: Iterable[str]) -> list[IPNetwork] | None:
+    """Every range parsed, or None when one of them is not an address (the rule is then not judged)."""
+    out: list[IPNetwork] = []
+    for t in texts:
+        nets = parse_range(t)
+        if nets is None:
+            return None
+        out.extend(nets)
+    return out
+
+
+def is_open(text: str, open_ranges: Iterable[str] = OPEN_RANGES) -> bool:
+    """`*`, or a range that is every address of its family, however it is spelled (`0.0.0.0/0`, `::0/0`)."""
+    if text.strip() in open_ranges:
+        return True
+    nets = parse_range(text)
+    return nets is not None and any(n.prefixlen == 0 for n in nets)
+
+
+def normalized_ranges(texts: Iterable[str]) -> list[str]:
+    """Ranges in one canonical spelling (sorted, `1.2.3.4` as `1.2.3.4/32`), to compare two rules."""
+    out: set[str] = set()
+    for t in texts:
+        t = t.strip()
+        if t == "*":
+            out.add("*")
+            continue
+        nets = parse_range(t)
+        out.add(str(nets[0]) if nets else t)
+    return sorted(out)
+
+
+def covered(net: IPNetwork, by: Iterable[IPNetwork]) -> bool:
+    """Whether `net` lies inside the union of `by` (collapsed, so two adjacent halves cover their parent)."""
+    if isinstance(net, ipaddress.IPv4Network):
+        v4 = ipaddress.collapse_addresses(b for b in by if isinstance(b, ipaddress.IPv4Network))
+        return any(net.subnet_of(c) for c in v4)
+    v6 = ipaddress.collapse_addresses(b for b in by if isinstance(b, ipaddress.IPv6Network))
+    return any(net.subnet_of(c) for c in v6)
+
+
+def only_source_ip_match(r: ArmorRule) -> bool:
+    """The rule matches on source ranges alone (SRC_IPS_V1), not on a CEL expression or anything else."""
+    match = r.raw.get("match") or {}
+    return r.expression is None and bool(r.src_ranges) and set(match) <= {"config", "versionedExpr"}
+
+
+def rule_details(r: ArmorRule, **extra: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"priority": r.priority, "action": r.action, "src_ranges": list(r.src_ranges)}
+    if r.expression is not None:
+        d["expression"] = r.expression
+    if r.preview:
+        d["preview"] = True
+    if r.description:
+        d["description"] = r.description
+    d.update(extra)
+    return d
+
+
+def policy_name(asset: Asset) -> str:
+    return str(asset.resource.get("name") or asset.name.rsplit("/", 1)[-1])
+
+
+def _validate_ranges(values: list[str]) -> list[str]:
+    bad = [v for v in values if parse_range(v) is None]
+    if bad:
+        raise ValueError(f"not an IP address or CIDR range: {', '.join(bad)}")
+    return values
+
+
+# -- default rule ---------------------------------------------------------------------------------------------------
 @check("cloud_armor.default_rule_denies", params=NoParams, asset_types=[SECURITY_POLICY])
 def default_rule_denies(asset: Asset, params: NoParams, ctx: Context) -> Iterator[Violation]:
-    """The default rule (priority 2147483647) must deny: anything not explicitly allowed is refused.
+    """The default rule (priority 2147483647) must deny, and be enforced (not in preview).
+
+    A default rule that allows turns the policy into a deny list: every source not explicitly blocked gets in.
+    A policy without a default rule (possible in hand-written or truncated data) is reported too.
 
     ```yaml
-    - id: armor-default-deny
+    - id: armor-default-rule-denies
       check: cloud_armor.default_rule_denies
       severity: high
+      mode: dryrun
+      remediation: cloud_armor.set_default_deny
     ```
     """
     rules = armor_rules(asset.resource)
     default = next((r for r in rules if r.is_default), None)
     if default is None:
-        yield Violation("the policy has no default rule", "missing", {"priority": DEFAULT_RULE_PRIORITY})
+        yield Violation(
+            "the policy has no default rule (priority 2147483647)",
+            "default",
+            {"priority": DEFAULT_RULE_PRIORITY, "action": None, "src_ranges": []},
+        )
     elif not default.denies:
         yield Violation(
-            f"the default rule {default.action}s all traffic",
+            f"the default rule's action is {default.action or 'empty'}: traffic no rule matches is let through",
             "default",
-            {"priority": DEFAULT_RULE_PRIORITY, "action": default.action},
+            rule_details(default),
+        )
+    elif default.preview:
+        yield Violation(
+            f"the default rule denies ({default.action}) but is in preview: it is only logged, traffic gets through",
+            "default",
+            rule_details(default),
         )
 
 
+# -- open and untrusted sources -----------------------------------------------------------------------------------
 class OpenAllowParams(Params):
-    open_ranges: list[str] = Field(default_factory=lambda: list(OPEN_RANGES))
+    open_ranges: list[str] = Field(
+        default_factory=lambda: list(OPEN_RANGES),
+        description="Source ranges that mean everyone (any /0 counts too, however it is spelled).",
+    )
+    actions: list[str] = Field(
+        default_factory=lambda: list(ADMITTING_ACTIONS),
+        description="Actions that let traffic through (throttle and rate_based_ban allow requests under the limit).",
+    )
 
 
 @check("cloud_armor.no_open_allow", params=OpenAllowParams, asset_types=[SECURITY_POLICY])
 def no_open_allow(asset: Asset, params: OpenAllowParams, ctx: Context) -> Iterator[Violation]:
-    """No non-default rule may allow every source address (`*`, `0.0.0.0/0`, `::/0`).
+    """No rule other than the default may let every source address in (`*`, `0.0.0.0/0`, `::/0`).
+
+    `throttle` and `rate_based_ban` rules count: requests under their limit are allowed, so a rate limit on `*`
+    above a default deny lets everyone in. Rules matched by a CEL expression are not judged (an expression cannot
+    be read as a set of addresses). A deliberate exception goes in the rule's `exemptions`, narrowed with
+    `details: {priority: "1000"}`.
 
     ```yaml
     - id: armor-no-open-allow
       check: cloud_armor.no_open_allow
       severity: high
+      params: {actions: [allow]}   # default: allow, throttle, rate_based_ban
+      mode: dryrun
+      remediation: cloud_armor.remove_rule
     ```
     """
     for r in armor_rules(asset.resource):
-        if r.is_default or not r.allows:
+        if r.is_default or r.action not in params.actions:
             continue
-        opened = [s for s in r.src_ranges if s in params.open_ranges]
+        opened = [s for s in r.src_ranges if is_open(s, params.open_ranges)]
         if opened:
+            how = " (requests under the rate limit are allowed)" if r.action in RATE_LIMIT_ACTIONS else ""
             yield Violation(
-                f"rule {r.priority} allows traffic from {', '.join(opened)}",
+                f"rule {r.priority} ({r.action}) lets every address in: {', '.join(opened)}{how}",
                 str(r.priority),
-                {"priority": r.priority, "action": r.action, "src_ranges": list(r.src_ranges)},
+                rule_details(r),
             )
+
+
+class TrustedRangesParams(Params):
+    trusted_ranges: list[str] = Field(
+        min_length=1, description="CIDR ranges (IPv4 and IPv6) an allow rule may open to; `*` is not accepted."
+    )
+    actions: list[str] = Field(
+        default_factory=lambda: list(ADMITTING_ACTIONS), description="Actions whose sources must be trusted."
+    )
+
+    @field_validator("trusted_ranges")
+    @classmethod
+    def _ranges(cls, v: list[str]) -> list[str]:
+        _validate_ranges(v)
+        if any(t.strip() == "*" for t in v):
+            raise ValueError("'*' cannot be a trusted range: list the ranges")
+        return v
+
+
+@check("cloud_armor.trusted_source_ranges", params=TrustedRangesParams, asset_types=[SECURITY_POLICY])
+def trusted_source_ranges(asset: Asset, params: TrustedRangesParams, ctx: Context) -> Iterator[Violation]:
+    """Rules that let traffic in may only name source ranges inside the declared trusted ranges.
+
+    A range is trusted when it is a subnet of one trusted range (or of their union: two adjacent /25 cover a /24),
+    IPv4 and IPv6 alike; a single address counts as a /32 or /128. `*` is never trusted. The default rule is left
+    to `cloud_armor.default_rule_denies`. Rules matched by a CEL expression are not judged. A source range that is
+    not an address at all is reported as such.
+
+    ```yaml
+    - id: armor-allow-only-trusted-ranges
+      check: cloud_armor.trusted_source_ranges
+      severity: medium
+      params:
+        trusted_ranges: [203.0.113.0/24, 198.51.100.0/24, "2001:db8:100::/48"]
+    ```
+    """
+    trusted = [n for t in params.trusted_ranges for n in (parse_range(t) or ())]
+    for r in armor_rules(asset.resource):
+        if r.is_default or r.action not in params.actions or r.expression is not None:
+            continue
+        untrusted = []
+        for s in r.src_ranges:
+            nets = parse_range(s)
+            if nets is None or not all(covered(n, trusted) for n in nets):
+                untrusted.append(s)
+        if untrusted:
+            yield Violation(
+                f"rule {r.priority} ({r.action}) lets in {', '.join(untrusted)}, outside the trusted ranges",
+                str(r.priority),
+                rule_details(r, untrusted=untrusted),
+            )
+
+
+# -- rule hygiene -------------------------------------------------------------------------------------------------
+class PreviewParams(Params):
+    actions: list[str] = Field(default_factory=lambda: ["*"], description="Action globs of the rules to look at.")
+
+
+@check("cloud_armor.no_preview_rules", params=PreviewParams, asset_types=[SECURITY_POLICY])
+def no_preview_rules(asset: Asset, params: PreviewParams, ctx: Context) -> Iterator[Violation]:
+    """Rules left in preview: they only log what they would do, so the protection they describe is not there.
+
+    Preview is how a rule is tried before it is enforced; one left there for good is a deny that never denies.
+
+    ```yaml
+    - id: armor-no-preview-rules
+      check: cloud_armor.no_preview_rules
+      severity: medium
+      params: {actions: ["deny*", throttle, rate_based_ban]}
+    ```
+    """
+    for r in armor_rules(asset.resource):
+        if r.preview and any_match(params.actions, r.action):
+            yield Violation(
+                f"rule {r.priority} ({r.action}) is in preview: it is logged, not enforced",
+                str(r.priority),
+                rule_details(r),
+            )
+
+
+@check("cloud_armor.unique_priorities", params=NoParams, asset_types=[SECURITY_POLICY])
+def unique_priorities(asset: Asset, params: NoParams, ctx: Context) -> Iterator[Violation]:
+    """No two rules share a priority: which one is evaluated first is then undefined.
+
+    The Compute API refuses duplicates, but exported, generated and hand-edited policies have them.
+
+    ```yaml
+    - id: armor-unique-priorities
+      check: cloud_armor.unique_priorities
+      severity: medium
+    ```
+    """
+    by_priority: dict[int, list[ArmorRule]] = defaultdict(list)
+    for r in armor_rules(asset.resource):
+        by_priority[r.priority].append(r)
+    for priority, rs in sorted(by_priority.items()):
+        if len(rs) > 1:
+            yield Violation(
+                f"{len(rs)} rules share priority {priority} ({', '.join(r.action for r in rs)})",
+                str(priority),
+                {
+                    "priority": priority,
+                    "action": rs[0].action,
+                    "src_ranges": sorted({s for r in rs for s in r.src_ranges}),
+                    "actions": [r.action for r in rs],
+                },
+            )
+
+
+@check("cloud_armor.no_shadowed_rules", params=NoParams, asset_types=[SECURITY_POLICY])
+def no_shadowed_rules(asset: Asset, params: NoParams, ctx: Context) -> Iterator[Violation]:
+    """Rules that can never fire: every source range they match is matched first by higher-priority rules.
+
+    Cloud Armor evaluates rules from the lowest priority number up and stops at the first match, so a rule whose
+    source ranges lie inside the ranges of enforced rules above it (one superset rule, or several that together
+    cover it) is dead: a reviewer reading it believes in a protection that is not there. Only rules whose match is
+    purely `srcIpRanges` are compared, on both sides: a rule with an `expr` match (CEL) cannot be judged, since
+    what it matches is not a set of addresses. Rules in preview do not shadow (they do not stop evaluation), and
+    rules sharing one priority are left to `cloud_armor.unique_priorities`.
+
+    ```yaml
+    - id: armor-no-shadowed-rules
+      check: cloud_armor.no_shadowed_rules
+      severity: low
+      mode: dryrun
+      remediation: cloud_armor.remove_rule
+    ```
+    """
+    above: list[tuple[ArmorRule, list[IPNetwork]]] = []
+    for r in armor_rules(asset.resource):
+        if not only_source_ip_match(r):
+            continue
+        nets = parse_ranges(r.src_ranges)
+        if nets is None:
+            continue
+        earlier = [(a, an) for a, an in above if a.priority < r.priority]
+        if not r.is_default and earlier:
+            cover = [n for _, an in earlier for n in an]
+            if all(covered(n, cover) for n in nets):
+                by = [a.priority for a, an in earlier if any(x.overlaps(n) for x in an for n in nets)]
+                yield Violation(
+                    f"rule {r.priority} ({r.action}) never fires: its sources are all matched first by "
+                    f"rule{'s' if len(by) > 1 else ''} {', '.join(map(str, by))}",
+                    str(r.priority),
+                    rule_details(r, shadowed_by=by),
+                )
+        if not r.preview:
+            above.append((r, nets))
+
+
+# -- required rules and desired state -------------------------------------------------------------------------------
+class ArmorRuleSpec(Params):
+    """One rule as the team wants it, in the rule file; `body()` gives it in Compute API spelling."""
+
+    priority: int = Field(ge=0, le=DEFAULT_RULE_PRIORITY)
+    action: str = Field(pattern=ACTION_PATTERN)
+    src_ranges: list[str] = Field(default_factory=list, description="Source ranges (`*` for every address).")
+    expression: str | None = Field(default=None, description="A CEL match expression, instead of src_ranges.")
+    preview: bool = False
+    description: str = ""
+    rate_limit_options: dict[str, Any] | None = Field(
+        default=None, description="`rateLimitOptions` as the Compute API spells it (throttle, rate_based_ban)."
+    )
+
+    @field_validator("src_ranges")
+    @classmethod
+    def _ranges(cls, v: list[str]) -> list[str]:
+        return _validate_ranges(v)
+
+    @model_validator(mode="after")
+    def _one_match(self) -> ArmorRuleSpec:
+        if bool(self.src_ranges) == (self.expression is not None):
+            raise ValueError(f"rule {self.priority}: give either src_ranges or expression (exactly one)")
+        if self.action in RATE_LIMIT_ACTIONS and self.rate_limit_options is None:
+            raise ValueError(f"rule {self.priority}: a {self.action} rule needs rate_limit_options")
+        return self
+
+    def body(self) -> dict[str, Any]:
+        match: dict[str, Any]
+        if self.expression is not None:
+            match = {"expr": {"expression": self.expression}}
+        else:
+            match = {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRanges": list(self.src_ranges)}}
+        out: dict[str, Any] = {
+            "priority": self.priority,
+            "action": self.action,
+            "preview": self.preview,
+            "match": match,
+        }
+        if self.description:
+            out["description"] = self.description
+        if self.rate_limit_options is not None:
+            out["rateLimitOptions"] = self.rate_limit_options
+        return out
+
+    def differences(self, r: ArmorRule) -> list[str]:
+        """What differs between this desired rule and the policy's rule at the same priority."""
+        diffs = []
+        if r.action != self.action:
+            diffs.append(f"action {r.action} (want {self.action})")
+        if r.preview != self.preview:
+            diffs.append(f"preview {r.preview} (want {self.preview})")
+        if normalized_ranges(r.src_ranges) != normalized_ranges(self.src_ranges):
+            diffs.append(f"src_ranges {list(r.src_ranges)} (want {self.src_ranges})")
+        if (r.expression or None) != self.expression:
+            diffs.append(f"expression {r.expression!r} (want {self.expression!r})")
+        if self.rate_limit_options is not None and r.raw.get("rateLimitOptions") != self.rate_limit_options:
+            diffs.append("rateLimitOptions")
+        return diffs
+
+
+class RequiredRule(Params):
+    name: str = Field(min_length=1, description="What the rule is for, as findings name it.")
+    actions: list[str] = Field(
+        default_factory=lambda: ["*"], description="Action globs, e.g. [throttle, rate_based_ban]."
+    )
+    src_ranges: list[str] = Field(
+        default_factory=list, description="Ranges the rule must match (each inside the rule's ranges): a deny list."
+    )
+    expression: str | None = Field(default=None, description="Glob on the rule's CEL expression.")
+    max_priority: int | None = Field(default=None, description="The rule must be evaluated at or before this priority.")
+    enforced: bool = Field(default=True, description="A rule in preview does not count.")
+    rule: ArmorRuleSpec | None = Field(default=None, description="The rule to add when none is found (add_rule).")
+
+    @field_validator("src_ranges")
+    @classmethod
+    def _ranges(cls, v: list[str]) -> list[str]:
+        return _validate_ranges(v)
+
+    def satisfied_by(self, r: ArmorRule) -> bool:
+        if not any_match(self.actions, r.action):
+            return False
+        if self.enforced and r.preview:
+            return False
+        if self.max_priority is not None and r.priority > self.max_priority:
+            return False
+        if self.expression is not None and (r.expression is None or not glob_match(self.expression, r.expression)):
+            return False
+        if self.src_ranges:
+            have = parse_ranges(r.src_ranges)
+            if have is None:
+                return False
+            need = [n for t in self.src_ranges for n in (parse_range(t) or ())]
+            if not all(covered(n, have) for n in need):
+                return False
+        return True
+
+
+class RequiredRulesParams(Params):
+    rules: list[RequiredRule] = Field(min_length=1)
+
+
+@check("cloud_armor.required_rules", params=RequiredRulesParams, asset_types=[SECURITY_POLICY])
+def required_rules(asset: Asset, params: RequiredRulesParams, ctx: Context) -> Iterator[Violation]:
+    """Rules every policy must have: a rate limit, a deny list, a WAF rule... each described by what it must do.
+
+    A requirement is met by one rule that matches all it states: an action glob, source ranges it must cover
+    (each listed range inside the rule's ranges: a deny list), a glob on its CEL expression, a highest priority
+    number, and (by default) being enforced rather than in preview. With `rule:`, the finding carries that rule as
+    `desired`, for `cloud_armor.add_rule`.
+
+    ```yaml
+    - id: armor-rate-limit-required
+      check: cloud_armor.required_rules
+      severity: medium
+      params:
+        rules:
+          - name: per-client rate limit
+            actions: [throttle, rate_based_ban]
+          - name: known-bad ranges denied
+            actions: ["deny*"]
+            src_ranges: [192.0.2.0/24]
+            max_priority: 1000
+            rule:
+              priority: 100
+              action: deny(403)
+              src_ranges: [192.0.2.0/24]
+              description: threat-intel deny list
+    ```
+    """
+    rules = armor_rules(asset.resource)
+    for req in params.rules:
+        if any(req.satisfied_by(r) for r in rules):
+            continue
+        details: dict[str, Any] = {
+            "requirement": req.name,
+            "change": "missing",
+            "priority": req.rule.priority if req.rule else None,
+            "action": req.rule.action if req.rule else "|".join(req.actions),
+            "src_ranges": list(req.rule.src_ranges if req.rule else req.src_ranges),
+        }
+        if req.rule is not None:
+            details["desired"] = req.rule.body()
+        yield Violation(f"no rule for the requirement {req.name!r}", f"required|{req.name}", details)
+
+
+class DesiredStateParams(Params):
+    policies: dict[str, list[ArmorRuleSpec]] = Field(
+        min_length=1,
+        description="Policy name glob -> its exact rules (first matching glob wins; other policies are skipped).",
+    )
+
+    @field_validator("policies")
+    @classmethod
+    def _unique(cls, v: dict[str, list[ArmorRuleSpec]]) -> dict[str, list[ArmorRuleSpec]]:
+        for name, rules in v.items():
+            seen: set[int] = set()
+            for r in rules:
+                if r.priority in seen:
+                    raise ValueError(f"policy {name}: priority {r.priority} is declared twice")
+                seen.add(r.priority)
+        return v
+
+
+@check("cloud_armor.desired_state", params=DesiredStateParams, asset_types=[SECURITY_POLICY])
+def desired_state(asset: Asset, params: DesiredStateParams, ctx: Context) -> Iterator[Violation]:
+    """The exact rules a policy must have, as an infrastructure-as-code stack would declare them.
+
+    Drift is every missing rule (a declared priority absent), every extra rule (a priority not declared) and every
+    changed rule (action, preview, source ranges, expression, or rateLimitOptions when declared, differ). Rules are
+    matched by priority; descriptions are not compared. The default rule is compared only when declared (every
+    policy has one). Policies are selected by their name (glob); the first matching entry applies.
+
+    ```yaml
+    - id: armor-inference-api-as-declared
+      check: cloud_armor.desired_state
+      severity: high
+      params:
+        policies:
+          inference-*:
+            - {priority: 1000, action: allow, src_ranges: [203.0.113.0/24]}
+            - {priority: 2000, action: deny(403), expression: "evaluatePreconfiguredExpr('sqli-v33-stable')"}
+            - {priority: 2147483647, action: deny(403), src_ranges: ["*"]}
+    ```
+    """
+    name = policy_name(asset)
+    desired = next((rules for glob, rules in params.policies.items() if glob_match(glob, name)), None)
+    if desired is None:
+        return
+    actual: dict[int, ArmorRule] = {}
+    for r in armor_rules(asset.resource):
+        actual.setdefault(r.priority, r)
+    wanted = {d.priority: d for d in desired}
+    for priority in sorted(set(actual) | set(wanted)):
+        have, want = actual.get(priority), wanted.get(priority)
+        if have is None and want is not None:
+            yield Violation(
+                f"rule {priority} ({want.action}) is declared but missing",
+                f"missing|{priority}",
+                {
+                    "change": "missing",
+                    "priority": priority,
+                    "action": want.action,
+                    "src_ranges": list(want.src_ranges),
+                    "desired": want.body(),
+                },
+            )
+        elif want is None and have is not None:
+            if have.is_default:
+                continue
+            yield Violation(
+                f"rule {priority} ({have.action}) is not declared",
+                f"extra|{priority}",
+                rule_details(have, change="extra"),
+            )
+        elif have is not None and want is not None:
+            diffs = want.differences(have)
+            if diffs:
+                yield Violation(
+                    f"rule {priority} differs from its declaration: {'; '.join(diffs)}",
+                    f"changed|{priority}",
+                    rule_details(have, change="changed", desired=want.body(), desired_action=want.action),
+                )

@@ -1,18 +1,48 @@
-"""Kubernetes RBAC checks for multi-tenant clusters."""
+"""Stage evaluate: Kubernetes RBAC checks for multi-tenant GKE clusters (a namespace per tenant).
+
+Subjects are shown as one string each (`User:alice`, `Group:team`, `ServiceAccount:ns/name`, see `subject_name`);
+findings carry `subject`, `role`, `binding` and `namespace` in their details, which the remediation planner reads.
+
+Kubernetes' own objects are never reported nor targeted: bindings and roles named `system:` (the API server
+reconciles them at start-up), and `system:` users and groups and the service accounts of the system namespaces
+as subjects. Objects are compared within one cluster only: assets are grouped by the cluster part of their name.
+
+Tenants: a tenant namespace is selected by a label (the tenant is the label's value, so one tenant may own several
+namespaces) or by a namespace name glob (the tenant is the namespace name). A tenant's subjects are the service
+accounts of its namespaces, and the users and groups mapped to it in the rule's params, by name (`tenants`) or by a
+naming convention (`tenant_subjects`, with `{tenant}` and `{namespace}` placeholders).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from auditor.collect.k8s_objects import CLUSTER_ROLE_BINDING, ROLE_BINDING
-from auditor.evaluate.globs import any_match
+from auditor.collect.k8s_objects import (
+    CLUSTER_ROLE,
+    CLUSTER_ROLE_BINDING,
+    NAMESPACE,
+    NETWORK_POLICY,
+    RESOURCE_QUOTA,
+    ROLE,
+    ROLE_BINDING,
+    cluster_of,
+    namespace_of,
+)
+from auditor.evaluate.globs import any_match, glob_match
 from auditor.evaluate.registry import Context, Params, Violation, check
 from auditor.model import Asset
 
+SYSTEM_NAMESPACES = ["kube-system", "kube-public", "kube-node-lease", "gke-*", "gmp-*"]
+NON_TENANT_NAMESPACES = ["kube-*", "default", "gke-*", "gmp-*", "istio-system", "config-management-system"]
+SUBJECT_KINDS = ("User", "Group", "ServiceAccount")
 
+
+# -- subjects and objects -------------------------------------------------------------------------------------------
 def subject_name(s: dict[str, Any], binding_namespace: str | None = None) -> str:
     """`User:alice`, `Group:team`, `ServiceAccount:ns/name`: one string per subject, as findings show it."""
     kind = s.get("kind", "?")
@@ -21,49 +51,883 @@ def subject_name(s: dict[str, Any], binding_namespace: str | None = None) -> str
     return f"{kind}:{s.get('name', '?')}"
 
 
-def is_system_subject(s: dict[str, Any]) -> bool:
-    """Subjects that belong to Kubernetes itself: `system:` users and groups, and kube-system service accounts."""
-    name = str(s.get("name", ""))
-    if s.get("kind") == "ServiceAccount":
-        return s.get("namespace") == "kube-system"
-    return name.startswith("system:")
+def service_account_of(s: dict[str, Any], binding_namespace: str | None = None) -> tuple[str, str | None] | None:
+    """(namespace, name or None for all of them) when the subject is one or all service accounts of a namespace.
+
+    Kubernetes also names service accounts as users (`system:serviceaccount:NS:NAME`) and the service accounts of
+    a namespace as a group (`system:serviceaccounts:NS`).
+    """
+    kind, name = s.get("kind"), str(s.get("name", ""))
+    if kind == "ServiceAccount":
+        return str(s.get("namespace") or binding_namespace or ""), name
+    if kind == "User" and name.startswith("system:serviceaccount:"):
+        parts = name.split(":")
+        if len(parts) == 4:
+            return parts[2], parts[3]
+    if kind == "Group" and name.startswith("system:serviceaccounts:"):
+        return name.split(":", 2)[2], None
+    return None
 
 
+def is_system_subject(
+    s: dict[str, Any], binding_namespace: str | None = None, system_namespaces: Iterable[str] = SYSTEM_NAMESPACES
+) -> bool:
+    """Subjects that belong to Kubernetes itself: `system:` users and groups, and system namespaces' accounts."""
+    sa = service_account_of(s, binding_namespace)
+    if sa is not None:
+        return any_match(system_namespaces, sa[0])
+    return str(s.get("name", "")).startswith("system:")
+
+
+def meta(obj: dict[str, Any]) -> dict[str, Any]:
+    m = obj.get("metadata")
+    return m if isinstance(m, dict) else {}
+
+
+def object_name(obj: dict[str, Any], asset: Asset | None = None) -> str:
+    name = meta(obj).get("name")
+    if name:
+        return str(name)
+    return asset.name.rsplit("/", 1)[-1] if asset is not None else ""
+
+
+def is_system_object(obj: dict[str, Any]) -> bool:
+    return object_name(obj).startswith("system:")
+
+
+def binding_namespace(asset: Asset) -> str | None:
+    if asset.asset_type != ROLE_BINDING:
+        return None
+    return str(meta(asset.resource).get("namespace") or namespace_of(asset.name) or "") or None
+
+
+def subjects(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in obj.get("subjects") or () if isinstance(s, dict)]
+
+
+def binding_details(asset: Asset, who: str | None, **extra: Any) -> dict[str, Any]:
+    obj = asset.resource
+    ref = obj.get("roleRef") or {}
+    d: dict[str, Any] = {
+        "subject": who,
+        "role": ref.get("name"),
+        "role_kind": ref.get("kind"),
+        "binding": object_name(obj, asset),
+        "binding_kind": "RoleBinding" if asset.asset_type == ROLE_BINDING else "ClusterRoleBinding",
+        "namespace": binding_namespace(asset),
+    }
+    d.update(extra)
+    return d
+
+
+def where(asset: Asset) -> str:
+    ns = binding_namespace(asset)
+    return f"in namespace {ns}" if ns else "cluster-wide"
+
+
+# -- roles ------------------------------------------------------------------------------------------------------------
+def _labels_match(labels: dict[str, Any], selector: dict[str, Any]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against a set of labels."""
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions") or ():
+        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+class ClusterRoles:
+    """The ClusterRoles of every cluster, with aggregated roles (admin, edit, view...) resolved."""
+
+    def __init__(self, assets: Iterable[Asset]) -> None:
+        self.by_cluster: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        for a in assets:
+            self.by_cluster[cluster_of(a.name)][object_name(a.resource, a)] = a.resource
+
+    def get(self, cluster: str, name: str) -> dict[str, Any] | None:
+        return self.by_cluster.get(cluster, {}).get(name)
+
+    def rules(self, cluster: str, name: str, _depth: int = 0) -> list[dict[str, Any]] | None:
+        """The effective rules of a ClusterRole, or None when the cluster has no such role (or it was not read)."""
+        role = self.get(cluster, name)
+        if role is None:
+            return None
+        out = [r for r in role.get("rules") or () if isinstance(r, dict)]
+        agg = role.get("aggregationRule") or {}
+        if agg and _depth < 5:
+            for other_name, other in self.by_cluster.get(cluster, {}).items():
+                if other_name == name:
+                    continue
+                labels = meta(other).get("labels") or {}
+                if any(_labels_match(labels, sel) for sel in agg.get("clusterRoleSelectors") or ()):
+                    out.extend(self.rules(cluster, other_name, _depth + 1) or ())
+        return out
+
+
+def _cluster_roles(ctx: Context) -> ClusterRoles:
+    return ctx.memo("rbac.cluster_roles", lambda: ClusterRoles(ctx.assets(CLUSTER_ROLE)))
+
+
+def _has(values: Any, wanted: str) -> bool:
+    return isinstance(values, list) and wanted in values
+
+
+def is_wildcard_rule(rule: dict[str, Any]) -> bool:
+    """Every verb on every resource: `verbs: ["*"]` and `resources: ["*"]`."""
+    return _has(rule.get("verbs"), "*") and _has(rule.get("resources"), "*")
+
+
+# -- cluster-wide power -----------------------------------------------------------------------------------------------
 class PowerfulRoleParams(Params):
     roles: list[str] = Field(default_factory=lambda: ["cluster-admin"], description="ClusterRole name globs.")
+    wildcard_roles: bool = Field(
+        default=True, description="Also any ClusterRole granting every verb on every resource (aggregation resolved)."
+    )
     allowed_subjects: list[str] = Field(
         default_factory=list, description="Subject globs (`User:*`, `Group:platform-admins`) allowed to hold them."
     )
+    system_namespaces: list[str] = Field(default_factory=lambda: list(SYSTEM_NAMESPACES))
 
 
 @check(
     "rbac.no_powerful_role_binding",
     params=PowerfulRoleParams,
     asset_types=[ROLE_BINDING, CLUSTER_ROLE_BINDING],
+    context=[CLUSTER_ROLE],
 )
 def no_powerful_role_binding(asset: Asset, params: PowerfulRoleParams, ctx: Context) -> Iterator[Violation]:
-    """No binding of cluster-admin (or the listed ClusterRoles) to subjects other than `system:` ones.
+    """No binding of cluster-admin, or of any ClusterRole with wildcard verbs on wildcard resources, to subjects
+    other than Kubernetes' own.
+
+    The ClusterRoles are read as context (same cluster), so a custom `ml-platform-superuser` granting `*` on `*`
+    is caught like cluster-admin, and aggregated roles are resolved. A RoleBinding of such a role is reported
+    too: it is every permission in that namespace, secrets included.
 
     ```yaml
-    - id: rbac-no-cluster-admin
+    - id: rbac-no-cluster-admin-for-humans
       check: rbac.no_powerful_role_binding
       severity: critical
-      params: {roles: [cluster-admin], allowed_subjects: ["Group:gke-platform-admins"]}
+      params: {roles: [cluster-admin], allowed_subjects: ["Group:gke-platform-admins@example.com"]}
+      mode: dryrun
+      remediation: rbac.remove_subject
     ```
     """
     obj = asset.resource
-    ref = obj.get("roleRef") or {}
-    if ref.get("kind") != "ClusterRole" or not any_match(params.roles, str(ref.get("name", ""))):
+    if is_system_object(obj):
         return
-    ns = (obj.get("metadata") or {}).get("namespace")
-    for s in obj.get("subjects") or ():
-        if is_system_subject(s):
+    ref = obj.get("roleRef") or {}
+    if ref.get("kind") != "ClusterRole":
+        return
+    role = str(ref.get("name", ""))
+    why = "every permission"
+    if not any_match(params.roles, role):
+        if not params.wildcard_roles:
+            return
+        rules = _cluster_roles(ctx).rules(cluster_of(asset.name), role)
+        if not rules or not any(is_wildcard_rule(r) for r in rules):
+            return
+        why = "every verb on every resource"
+    ns = binding_namespace(asset)
+    for s in subjects(obj):
+        if is_system_subject(s, ns, params.system_namespaces):
             continue
         who = subject_name(s, ns)
         if params.allowed_subjects and any_match(params.allowed_subjects, who):
             continue
         yield Violation(
-            f"{who} is bound to ClusterRole {ref.get('name')}",
+            f"{who} is bound to ClusterRole {role} ({why}) {where(asset)}",
             who,
-            {"subject": who, "role": ref.get("name"), "binding": (obj.get("metadata") or {}).get("name")},
+            binding_details(asset, who),
         )
+
+
+DEFAULT_PUBLIC_GRANTS: dict[str, list[str]] = {
+    # The bootstrap bindings every cluster has (kube-apiserver's RBAC defaults).
+    "system:authenticated": ["system:basic-user", "system:discovery", "system:public-info-viewer"],
+    "system:unauthenticated": ["system:public-info-viewer"],
+}
+
+
+class PublicSubjectsParams(Params):
+    subjects: list[str] = Field(
+        default_factory=lambda: [
+            "system:anonymous",
+            "system:unauthenticated",
+            "system:authenticated",
+            "system:serviceaccounts",
+        ],
+        description="User and group names that stand for everyone (or every account of the cluster).",
+    )
+    default_grants: dict[str, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_PUBLIC_GRANTS.items()},
+        description="Subject -> ClusterRole names it may hold: the Kubernetes defaults.",
+    )
+    include_system_objects: bool = Field(
+        default=False, description="Also judge bindings named `system:` (the defaults above then matter)."
+    )
+
+
+@check(
+    "rbac.no_public_subjects",
+    params=PublicSubjectsParams,
+    asset_types=[ROLE_BINDING, CLUSTER_ROLE_BINDING],
+)
+def no_public_subjects(asset: Asset, params: PublicSubjectsParams, ctx: Context) -> Iterator[Violation]:
+    """No binding to `system:anonymous`, `system:unauthenticated`, `system:authenticated` (every Google account,
+    on GKE) or `system:serviceaccounts` beyond the Kubernetes defaults.
+
+    The defaults are the bootstrap grants: system:basic-user, system:discovery and system:public-info-viewer to
+    authenticated users, system:public-info-viewer to unauthenticated ones. They are a param, so a cluster whose
+    provider adds its own can list them.
+
+    ```yaml
+    - id: rbac-no-anonymous-access
+      check: rbac.no_public_subjects
+      severity: critical
+      params:
+        default_grants:
+          system:authenticated: [system:basic-user, system:discovery, system:public-info-viewer]
+          system:unauthenticated: [system:public-info-viewer]
+      mode: dryrun
+      remediation: rbac.remove_subject
+    ```
+    """
+    obj = asset.resource
+    if is_system_object(obj) and not params.include_system_objects:
+        return
+    ref = obj.get("roleRef") or {}
+    role = str(ref.get("name", ""))
+    ns = binding_namespace(asset)
+    for s in subjects(obj):
+        name = str(s.get("name", ""))
+        if s.get("kind") not in ("User", "Group") or name not in params.subjects:
+            continue
+        if ref.get("kind") == "ClusterRole" and role in params.default_grants.get(name, ()):
+            continue
+        who = subject_name(s, ns)
+        yield Violation(
+            f"{who} (everyone) is bound to {ref.get('kind')} {role} {where(asset)}",
+            who,
+            binding_details(asset, who),
+        )
+
+
+# -- tenants ----------------------------------------------------------------------------------------------------------
+class TenantParams(Params):
+    """How tenants are recognised; shared by every tenant check (a YAML anchor keeps one copy in a rule file)."""
+
+    tenant_labels: list[str] = Field(
+        default_factory=lambda: ["tenant", "*/tenant"],
+        description="Namespace label key globs; a namespace carrying one is a tenant namespace, the value its tenant.",
+    )
+    tenant_namespaces: list[str] = Field(
+        default_factory=list, description="Namespace name globs that are tenant namespaces (tenant = namespace)."
+    )
+    excluded_namespaces: list[str] = Field(
+        default_factory=lambda: list(NON_TENANT_NAMESPACES), description="Never tenant namespaces."
+    )
+    tenant_subjects: list[str] = Field(
+        default_factory=list,
+        description="Subject globs with {tenant} / {namespace} placeholders, e.g. `Group:ml-{tenant}@example.com`.",
+    )
+    tenants: dict[str, list[str]] = Field(
+        default_factory=dict, description="Tenant -> subject globs mapped to it (`User:alice@example.com`)."
+    )
+    platform_subjects: list[str] = Field(
+        default_factory=list, description="Subject globs of the platform team, allowed in every tenant namespace."
+    )
+    system_namespaces: list[str] = Field(default_factory=lambda: list(SYSTEM_NAMESPACES))
+
+
+class Tenancy:
+    """Which namespace belongs to which tenant, per cluster, and which tenants a subject belongs to."""
+
+    def __init__(self, params: TenantParams, namespaces: Iterable[Asset]) -> None:
+        self.params = params
+        self.labelled: dict[tuple[str, str], str] = {}
+        self.namespaces: dict[tuple[str, str], set[str]] = defaultdict(set)  # (cluster, tenant) -> namespaces
+        self.tenants: dict[str, set[str]] = defaultdict(set)  # cluster -> tenants
+        for a in namespaces:
+            ns = object_name(a.resource, a)
+            cluster = cluster_of(a.name)
+            tenant = self._from_labels(ns, meta(a.resource).get("labels") or {})
+            if tenant is None:
+                tenant = self._from_name(ns)
+            if tenant is not None:
+                self.labelled[(cluster, ns)] = tenant
+                self.namespaces[(cluster, tenant)].add(ns)
+                self.tenants[cluster].add(tenant)
+        for t in params.tenants:
+            for cluster in list(self.tenants):
+                self.tenants[cluster].add(t)
+
+    def _from_labels(self, ns: str, labels: dict[str, Any]) -> str | None:
+        if any_match(self.params.excluded_namespaces, ns):
+            return None
+        for key, value in sorted(labels.items()):
+            if value and any_match(self.params.tenant_labels, str(key)):
+                return str(value)
+        return None
+
+    def _from_name(self, ns: str) -> str | None:
+        if any_match(self.params.excluded_namespaces, ns) or not any_match(self.params.tenant_namespaces, ns):
+            return None
+        return ns
+
+    def tenant_of(self, cluster: str, ns: str | None) -> str | None:
+        """The tenant of a namespace: from its labels when the Namespace was read, else from its name."""
+        if not ns:
+            return None
+        hit = self.labelled.get((cluster, ns))
+        if hit is not None:
+            return hit
+        tenant = self._from_name(ns)
+        if tenant is not None:
+            self.namespaces[(cluster, tenant)].add(ns)
+            self.tenants[cluster].add(tenant)
+        return tenant
+
+    def namespaces_of(self, cluster: str, tenant: str) -> set[str]:
+        return self.namespaces.get((cluster, tenant)) or {tenant}
+
+    def subject_tenants(self, cluster: str, s: dict[str, Any], ns: str | None) -> set[str]:
+        """The tenants a subject belongs to (a service account: its namespace's; a user or group: the mapping)."""
+        sa = service_account_of(s, ns)
+        if sa is not None:
+            t = self.tenant_of(cluster, sa[0])
+            return {t} if t else set()
+        who = subject_name(s, ns)
+        out = {t for t, globs in self.params.tenants.items() if any_match(globs, who)}
+        if self.params.tenant_subjects:
+            for t in self.tenants.get(cluster, ()):
+                for pattern in self.params.tenant_subjects:
+                    spots = self.namespaces_of(cluster, t) if "{namespace}" in pattern else {""}
+                    if any(glob_match(pattern.replace("{tenant}", t).replace("{namespace}", n), who) for n in spots):
+                        out.add(t)
+        return out
+
+    def is_exempt(self, s: dict[str, Any], ns: str | None) -> bool:
+        """System subjects and the platform team's, never judged as tenant subjects."""
+        if is_system_subject(s, ns, self.params.system_namespaces):
+            return True
+        return bool(self.params.platform_subjects) and any_match(self.params.platform_subjects, subject_name(s, ns))
+
+
+def _tenancy(ctx: Context, params: TenantParams) -> Tenancy:
+    return ctx.memo(f"rbac.tenancy.{id(params)}", lambda: Tenancy(params, ctx.assets(NAMESPACE)))
+
+
+@check("rbac.tenant_isolation", params=TenantParams, asset_types=[ROLE_BINDING], context=[NAMESPACE])
+def tenant_isolation(asset: Asset, params: TenantParams, ctx: Context) -> Iterator[Violation]:
+    """A RoleBinding in a tenant namespace binds only that tenant's subjects.
+
+    A tenant's subjects are the service accounts of its own namespaces and the users and groups mapped to it
+    (`tenants`, `tenant_subjects`). A service account of another tenant, or a user or group mapped to none (or to
+    another tenant), is reported: that is one tenant reaching into another's namespace. Platform subjects
+    (`platform_subjects`) and Kubernetes' own are allowed everywhere.
+
+    ```yaml
+    - id: rbac-tenant-isolation
+      check: rbac.tenant_isolation
+      severity: high
+      params:
+        tenant_labels: [platform.example.com/tenant]
+        tenant_subjects: ["Group:ml-{tenant}@example.com"]
+        tenants: {vision: ["User:alice@example.com"]}
+        platform_subjects: ["Group:ml-platform@example.com", "ServiceAccount:kubeflow/*"]
+      mode: dryrun
+      remediation: rbac.remove_subject
+    ```
+    """
+    obj = asset.resource
+    if is_system_object(obj):
+        return
+    tenancy = _tenancy(ctx, params)
+    cluster = cluster_of(asset.name)
+    ns = binding_namespace(asset)
+    tenant = tenancy.tenant_of(cluster, ns)
+    if tenant is None:
+        return
+    for s in subjects(obj):
+        if tenancy.is_exempt(s, ns):
+            continue
+        belongs = tenancy.subject_tenants(cluster, s, ns)
+        if tenant in belongs:
+            continue
+        who = subject_name(s, ns)
+        if belongs:
+            why = f"it belongs to tenant {', '.join(sorted(belongs))}"
+        elif service_account_of(s, ns) is not None:
+            why = "it is a service account of a namespace that is not this tenant's"
+        else:
+            why = "it is mapped to no tenant"
+        yield Violation(
+            f"{who} is bound in tenant {tenant}'s namespace {ns} ({obj.get('roleRef', {}).get('name')}), but {why}",
+            who,
+            binding_details(asset, who, tenant=tenant, subject_tenants=sorted(belongs)),
+        )
+
+
+class TenantClusterBindingParams(TenantParams):
+    allowed_roles: list[str] = Field(
+        default_factory=list, description="ClusterRole globs a tenant subject may hold cluster-wide (read-only ones)."
+    )
+
+
+@check(
+    "rbac.no_tenant_cluster_binding",
+    params=TenantClusterBindingParams,
+    asset_types=[CLUSTER_ROLE_BINDING],
+    context=[NAMESPACE],
+)
+def no_tenant_cluster_binding(asset: Asset, params: TenantClusterBindingParams, ctx: Context) -> Iterator[Violation]:
+    """No tenant subject in a ClusterRoleBinding: whatever it grants, it grants in every tenant's namespace.
+
+    A tenant subject is a service account of a tenant namespace (also as `system:serviceaccount:NS:NAME` or the
+    group `system:serviceaccounts:NS`), or a user or group mapped to a tenant. `allowed_roles` lists ClusterRoles a
+    tenant may hold cluster-wide anyway (for example one that lists namespaces).
+
+    ```yaml
+    - id: rbac-no-tenant-in-cluster-bindings
+      check: rbac.no_tenant_cluster_binding
+      severity: high
+      params:
+        tenant_labels: [platform.example.com/tenant]
+        tenant_subjects: ["Group:ml-{tenant}@example.com"]
+        allowed_roles: [namespace-lister]
+      mode: dryrun
+      remediation: rbac.remove_subject
+    ```
+    """
+    obj = asset.resource
+    if is_system_object(obj):
+        return
+    role = str((obj.get("roleRef") or {}).get("name", ""))
+    if params.allowed_roles and any_match(params.allowed_roles, role):
+        return
+    tenancy = _tenancy(ctx, params)
+    cluster = cluster_of(asset.name)
+    for s in subjects(obj):
+        if tenancy.is_exempt(s, None):
+            continue
+        belongs = tenancy.subject_tenants(cluster, s, None)
+        if not belongs:
+            continue
+        who = subject_name(s)
+        yield Violation(
+            f"{who} of tenant {', '.join(sorted(belongs))} is bound cluster-wide to ClusterRole {role}",
+            who,
+            binding_details(asset, who, tenant=sorted(belongs)[0], subject_tenants=sorted(belongs)),
+        )
+
+
+# -- tenant roles -----------------------------------------------------------------------------------------------------
+class SensitiveResource(Params):
+    resource: str = Field(description="`secrets`, `pods/exec`...: a resource or subresource.")
+    api_group: str = Field(default="", description='Its API group ("" is the core group).')
+    verbs: list[str] = Field(default_factory=lambda: ["*"], description="Verbs that count (`*`: any verb).")
+    allow_named: bool = Field(
+        default=False, description="A rule restricted by resourceNames (one named secret) is not reported."
+    )
+
+
+def _default_sensitive() -> list[SensitiveResource]:
+    return [
+        SensitiveResource(resource="secrets", verbs=["get", "list", "watch"], allow_named=True),
+        SensitiveResource(resource="pods/exec"),
+        SensitiveResource(resource="pods/attach"),
+        SensitiveResource(resource="nodes/proxy"),
+        SensitiveResource(resource="serviceaccounts/token", verbs=["create"]),
+    ]
+
+
+class DangerousRulesParams(TenantParams):
+    wildcards: bool = Field(default=True, description="Report `*` in verbs or resources.")
+    dangerous_verbs: list[str] = Field(default_factory=lambda: ["escalate", "bind", "impersonate"])
+    sensitive_resources: list[SensitiveResource] = Field(default_factory=_default_sensitive)
+
+
+def _resource_matches(granted: str, wanted: str) -> bool:
+    """RBAC resource matching: exact, `*`, `pods/*` (every subresource of pods), `*/exec`."""
+    if granted in ("*", wanted):
+        return True
+    if granted.endswith("/*") and "/" in wanted:
+        return wanted.split("/", 1)[0] == granted[:-2]
+    if granted.startswith("*/") and "/" in wanted:
+        return wanted.split("/", 1)[1] == granted[2:]
+    return False
+
+
+def dangerous_reasons(rule: dict[str, Any], params: DangerousRulesParams) -> list[str]:
+    """Why one PolicyRule is dangerous in a tenant's hands (empty when it is not)."""
+    verbs = [str(v) for v in rule.get("verbs") or ()]
+    resources = [str(r) for r in rule.get("resources") or ()]
+    groups = [str(g) for g in rule.get("apiGroups") or ()]
+    out: list[str] = []
+    if params.wildcards:
+        if "*" in verbs:
+            out.append("every verb (*)")
+        if "*" in resources:
+            out.append("every resource (*)")
+    for v in params.dangerous_verbs:
+        if v in verbs:
+            out.append(f"verb {v}")
+    for sr in params.sensitive_resources:
+        # Under a reported resource wildcard each sensitive resource would only repeat it.
+        granted = [r for r in resources if not (params.wildcards and r == "*")]
+        if not any(_resource_matches(r, sr.resource) for r in granted):
+            continue
+        if "*" not in groups and sr.api_group not in groups:
+            continue
+        if sr.allow_named and rule.get("resourceNames"):
+            continue
+        if "*" in sr.verbs or "*" in verbs or set(verbs) & set(sr.verbs):
+            out.append(f"{sr.resource} ({', '.join(v for v in verbs if v == '*' or v in sr.verbs or '*' in sr.verbs)})")
+    return out
+
+
+@check("rbac.tenant_role_dangerous_rules", params=DangerousRulesParams, asset_types=[ROLE], context=[NAMESPACE])
+def tenant_role_dangerous_rules(asset: Asset, params: DangerousRulesParams, ctx: Context) -> Iterator[Violation]:
+    """Roles in tenant namespaces grant nothing that breaks out of the tenant or reads what it should not.
+
+    Reported: wildcards (`*` verbs or resources), `escalate`, `bind` and `impersonate` (a way to more power than
+    the role shows), reading `secrets` (unless restricted to named secrets), `pods/exec`, `pods/attach`,
+    `nodes/proxy` (the kubelet API, every pod of the node) and `serviceaccounts/token` (minting tokens). Subresource
+    wildcards (`pods/*`) and API group wildcards are understood. One finding per Role, whose details carry the
+    offending rules and `desired_rules` (the Role without them) for `rbac.replace_role_rules`.
+
+    ```yaml
+    - id: rbac-tenant-role-dangerous-rules
+      check: rbac.tenant_role_dangerous_rules
+      severity: high
+      params:
+        tenant_labels: [platform.example.com/tenant]
+        dangerous_verbs: [escalate, bind, impersonate]
+        sensitive_resources:
+          - {resource: secrets, verbs: [get, list, watch], allow_named: true}
+          - {resource: pods/exec}
+      mode: dryrun
+      remediation: rbac.replace_role_rules
+    ```
+    """
+    obj = asset.resource
+    if is_system_object(obj):
+        return
+    ns = str(meta(obj).get("namespace") or namespace_of(asset.name) or "")
+    tenant = _tenancy(ctx, params).tenant_of(cluster_of(asset.name), ns)
+    if tenant is None:
+        return
+    rules = [r for r in obj.get("rules") or () if isinstance(r, dict)]
+    offending: list[dict[str, Any]] = []
+    found: set[str] = set()
+    for i, r in enumerate(rules):
+        why = dangerous_reasons(r, params)
+        if why:
+            offending.append({"index": i, "rule": r, "reasons": why})
+            found.update(why)
+    if not offending:
+        return
+    role = object_name(obj, asset)
+    bad = {o["index"] for o in offending}
+    keep = [r for i, r in enumerate(rules) if i not in bad]
+    reasons = sorted(found)
+    yield Violation(
+        f"Role {role} of tenant {tenant} grants {'; '.join(reasons)}",
+        role,
+        {
+            "role": role,
+            "namespace": ns,
+            "tenant": tenant,
+            "binding": None,
+            "subject": None,
+            "offending_rules": offending,
+            "desired_rules": keep,
+        },
+    )
+
+
+# -- tenant desired state -------------------------------------------------------------------------------------------
+class DesiredBinding(Params):
+    role: str = Field(min_length=1)
+    role_kind: Literal["Role", "ClusterRole"] = "Role"
+    subjects: list[str] = Field(
+        min_length=1,
+        description="`User:x`, `Group:x`, `ServiceAccount:ns/name`; {tenant} and {namespace} are filled in.",
+    )
+
+    @field_validator("subjects")
+    @classmethod
+    def _subjects(cls, v: list[str]) -> list[str]:
+        for s in v:
+            kind, sep, name = s.partition(":")
+            if not sep or kind not in SUBJECT_KINDS or not name:
+                raise ValueError(f"subject {s!r}: expected User:NAME, Group:NAME or ServiceAccount:NAMESPACE/NAME")
+            if kind == "ServiceAccount" and name.count("/") != 1:
+                raise ValueError(f"subject {s!r}: a service account is ServiceAccount:NAMESPACE/NAME")
+        return v
+
+
+def subject_object(text: str) -> dict[str, Any]:
+    kind, _, name = text.partition(":")
+    if kind == "ServiceAccount":
+        ns, _, sa = name.partition("/")
+        return {"kind": kind, "name": sa, "namespace": ns}
+    return {"kind": kind, "name": name, "apiGroup": "rbac.authorization.k8s.io"}
+
+
+def _canonical_rules(rules: Iterable[Any]) -> list[str]:
+    out = []
+    for r in rules:
+        if not isinstance(r, dict):
+            continue
+        norm = {k: sorted(map(str, v)) if isinstance(v, list) else v for k, v in r.items() if v not in (None, [])}
+        out.append(json.dumps(norm, sort_keys=True))
+    return sorted(out)
+
+
+class TenantDesiredStateParams(TenantParams):
+    roles: dict[str, list[dict[str, Any]]] = Field(
+        default_factory=dict, description="Role name -> its exact rules (PolicyRules as Kubernetes writes them)."
+    )
+    role_bindings: dict[str, DesiredBinding] = Field(default_factory=dict, description="RoleBinding name -> binding.")
+    unmanaged: list[str] = Field(
+        default_factory=list, description="Role and RoleBinding name globs left alone (created by operators)."
+    )
+
+    @field_validator("roles")
+    @classmethod
+    def _rules(cls, v: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+        for name, rules in v.items():
+            for i, r in enumerate(rules):
+                if not isinstance(r.get("verbs"), list) or not r["verbs"]:
+                    raise ValueError(f"role {name} rule {i}: 'verbs' must be a non-empty list")
+                if not r.get("resources") and not r.get("nonResourceURLs"):
+                    raise ValueError(f"role {name} rule {i}: give 'resources' (with 'apiGroups') or 'nonResourceURLs'")
+        return v
+
+
+def _fill(text: str, tenant: str, ns: str) -> str:
+    return text.replace("{tenant}", tenant).replace("{namespace}", ns)
+
+
+def _desired_binding(d: DesiredBinding, tenant: str, ns: str) -> dict[str, Any]:
+    return {
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": d.role_kind, "name": _fill(d.role, tenant, ns)},
+        "subjects": [subject_object(_fill(s, tenant, ns)) for s in d.subjects],
+    }
+
+
+def _index(ctx: Context, asset_type: str) -> dict[tuple[str, str], set[str]]:
+    def build() -> dict[tuple[str, str], set[str]]:
+        out: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for a in ctx.assets(asset_type):
+            out[(cluster_of(a.name), str(meta(a.resource).get("namespace") or namespace_of(a.name)))].add(
+                object_name(a.resource, a)
+            )
+        return out
+
+    return ctx.memo(f"rbac.index.{asset_type}", build)
+
+
+@check(
+    "rbac.tenant_desired_state",
+    params=TenantDesiredStateParams,
+    asset_types=[NAMESPACE, ROLE, ROLE_BINDING],
+    context=[NAMESPACE, ROLE, ROLE_BINDING],
+)
+def tenant_desired_state(asset: Asset, params: TenantDesiredStateParams, ctx: Context) -> Iterator[Violation]:
+    """Every tenant namespace has exactly the declared Roles and RoleBindings, and nothing else.
+
+    Drift is reported where it can be fixed: a missing Role or RoleBinding on the Namespace (`change: missing`,
+    the object's body in `desired`); an extra one on the object itself (`change: extra`, for
+    `rbac.delete_binding`); a changed one on the object (`change: changed`: a Role's rules, with `desired_rules`
+    for `rbac.replace_role_rules`; a RoleBinding's roleRef or subjects, with `desired`). `{tenant}` and
+    `{namespace}` are filled in names and subjects. Objects named `system:` and `unmanaged` globs are left alone.
+
+    ```yaml
+    - id: rbac-tenant-bindings-as-declared
+      check: rbac.tenant_desired_state
+      severity: medium
+      params:
+        tenant_labels: [platform.example.com/tenant]
+        roles:
+          trainer:
+            - {apiGroups: [batch], resources: [jobs], verbs: [get, list, watch, create, delete]}
+        role_bindings:
+          trainer: {role: trainer, subjects: ["ServiceAccount:{namespace}/trainer", "Group:ml-{tenant}@example.com"]}
+          tenant-view: {role: view, role_kind: ClusterRole, subjects: ["Group:ml-{tenant}@example.com"]}
+        unmanaged: ["default-*"]
+    ```
+    """
+    obj = asset.resource
+    cluster = cluster_of(asset.name)
+    tenancy = _tenancy(ctx, params)
+    if asset.asset_type == NAMESPACE:
+        ns = object_name(obj, asset)
+        tenant = tenancy.tenant_of(cluster, ns)
+        if tenant is None:
+            return
+        have_roles = _index(ctx, ROLE).get((cluster, ns), set())
+        have_bindings = _index(ctx, ROLE_BINDING).get((cluster, ns), set())
+        for name, rules in sorted(params.roles.items()):
+            name = _fill(name, tenant, ns)
+            if name not in have_roles:
+                yield Violation(
+                    f"tenant {tenant}'s namespace {ns} has no Role {name}",
+                    f"missing|Role|{name}",
+                    {"change": "missing", "kind": "Role", "role": name, "namespace": ns, "tenant": tenant,
+                     "binding": None, "subject": None, "desired": {"rules": rules}, "desired_rules": rules},
+                )
+        for name, b in sorted(params.role_bindings.items()):
+            name = _fill(name, tenant, ns)
+            if name not in have_bindings:
+                body = _desired_binding(b, tenant, ns)
+                yield Violation(
+                    f"tenant {tenant}'s namespace {ns} has no RoleBinding {name}",
+                    f"missing|RoleBinding|{name}",
+                    {"change": "missing", "kind": "RoleBinding", "binding": name, "namespace": ns, "tenant": tenant,
+                     "role": body["roleRef"]["name"], "subject": None, "desired": body},
+                )
+        return
+    if is_system_object(obj):
+        return
+    ns = str(meta(obj).get("namespace") or namespace_of(asset.name) or "")
+    tenant = tenancy.tenant_of(cluster, ns)
+    name = object_name(obj, asset)
+    if tenant is None or any_match(params.unmanaged, name):
+        return
+    if asset.asset_type == ROLE:
+        wanted_rules = {_fill(k, tenant, ns): v for k, v in params.roles.items()}.get(name)
+        base = {"kind": "Role", "role": name, "namespace": ns, "tenant": tenant, "binding": None, "subject": None}
+        if wanted_rules is None:
+            yield Violation(f"Role {name} in tenant {tenant}'s namespace {ns} is not declared", f"extra|Role|{name}",
+                            {"change": "extra", **base})
+        elif _canonical_rules(obj.get("rules") or ()) != _canonical_rules(wanted_rules):
+            yield Violation(
+                f"Role {name} in tenant {tenant}'s namespace {ns} differs from its declared rules",
+                f"changed|Role|{name}",
+                {"change": "changed", **base, "desired": {"rules": wanted_rules}, "desired_rules": wanted_rules},
+            )
+        return
+    wanted = {_fill(k, tenant, ns): v for k, v in params.role_bindings.items()}.get(name)
+    if wanted is None:
+        yield Violation(
+            f"RoleBinding {name} in tenant {tenant}'s namespace {ns} is not declared",
+            f"extra|RoleBinding|{name}",
+            binding_details(asset, None, change="extra", kind="RoleBinding", tenant=tenant),
+        )
+        return
+    body = _desired_binding(wanted, tenant, ns)
+    ref = obj.get("roleRef") or {}
+    diffs = []
+    if (ref.get("kind"), ref.get("name")) != (body["roleRef"]["kind"], body["roleRef"]["name"]):
+        diffs.append(f"roleRef {ref.get('kind')}/{ref.get('name')} (want {wanted.role_kind}/{body['roleRef']['name']})")
+    have_s = {subject_name(s, ns) for s in subjects(obj)}
+    want_s = {subject_name(s, ns) for s in body["subjects"]}
+    if have_s - want_s:
+        diffs.append(f"extra subjects {', '.join(sorted(have_s - want_s))}")
+    if want_s - have_s:
+        diffs.append(f"missing subjects {', '.join(sorted(want_s - have_s))}")
+    if diffs:
+        yield Violation(
+            f"RoleBinding {name} in tenant {tenant}'s namespace {ns} differs: {'; '.join(diffs)}",
+            f"changed|RoleBinding|{name}",
+            binding_details(asset, None, change="changed", kind="RoleBinding", tenant=tenant, desired=body,
+                            extra_subjects=sorted(have_s - want_s), missing_subjects=sorted(want_s - have_s)),
+        )
+
+
+# -- tenant hygiene ---------------------------------------------------------------------------------------------------
+Direction = Literal["Ingress", "Egress"]
+
+
+def _both_directions() -> list[Direction]:
+    return ["Ingress", "Egress"]
+
+
+class HygieneParams(TenantParams):
+    require_quota: bool = Field(default=True, description="A ResourceQuota in every tenant namespace.")
+    default_deny: list[Direction] = Field(
+        default_factory=_both_directions, description="Directions a default-deny NetworkPolicy covers."
+    )
+
+
+def _policy_types(spec: dict[str, Any]) -> list[str]:
+    """policyTypes as Kubernetes defaults them: Ingress always, Egress when egress rules are given."""
+    types = spec.get("policyTypes")
+    if isinstance(types, list) and types:
+        return [str(t) for t in types]
+    return ["Ingress", "Egress"] if spec.get("egress") else ["Ingress"]
+
+
+def denies_by_default(policy: dict[str, Any], direction: str) -> bool:
+    """A NetworkPolicy selecting every pod (`podSelector: {}`) with the direction and no rule for it."""
+    spec = policy.get("spec") or {}
+    selector = spec.get("podSelector")
+    if selector is None or not isinstance(selector, dict):
+        return False
+    if selector.get("matchLabels") or selector.get("matchExpressions"):
+        return False
+    return direction in _policy_types(spec) and not spec.get(direction.lower())
+
+
+@check(
+    "rbac.tenant_namespace_hygiene",
+    params=HygieneParams,
+    asset_types=[NAMESPACE],
+    context=[NAMESPACE, RESOURCE_QUOTA, NETWORK_POLICY],
+)
+def tenant_namespace_hygiene(asset: Asset, params: HygieneParams, ctx: Context) -> Iterator[Violation]:
+    """Every tenant namespace has a ResourceQuota and a default-deny NetworkPolicy for ingress and egress.
+
+    Without a quota one tenant's job can take every GPU of the cluster; without default-deny network policies a
+    tenant's pods reach (and are reached by) every other tenant's, whatever RBAC says. Default deny for a direction
+    means a NetworkPolicy selecting every pod (`podSelector: {}`) whose policyTypes include it, with no rule for it
+    (one policy for both directions, or one each). Read from `k8s.io/ResourceQuota` and
+    `networking.k8s.io/NetworkPolicy` assets: a source that did not list them reports every tenant namespace.
+
+    ```yaml
+    - id: rbac-tenant-namespace-hygiene
+      check: rbac.tenant_namespace_hygiene
+      severity: medium
+      params: {tenant_labels: [platform.example.com/tenant], default_deny: [Ingress, Egress]}
+    ```
+    """
+    ns = object_name(asset.resource, asset)
+    cluster = cluster_of(asset.name)
+    tenant = _tenancy(ctx, params).tenant_of(cluster, ns)
+    if tenant is None:
+        return
+
+    def by_namespace(asset_type: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        def build() -> dict[tuple[str, str], list[dict[str, Any]]]:
+            out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+            for a in ctx.assets(asset_type):
+                out[(cluster_of(a.name), str(meta(a.resource).get("namespace") or namespace_of(a.name)))].append(
+                    a.resource
+                )
+            return out
+
+        return ctx.memo(f"rbac.by_namespace.{asset_type}", build)
+
+    base = {"namespace": ns, "tenant": tenant, "role": None, "binding": None, "subject": None}
+    if params.require_quota and not by_namespace(RESOURCE_QUOTA).get((cluster, ns)):
+        yield Violation(
+            f"tenant {tenant}'s namespace {ns} has no ResourceQuota", "quota", {**base, "missing": "ResourceQuota"}
+        )
+    policies = by_namespace(NETWORK_POLICY).get((cluster, ns), [])
+    for direction in params.default_deny:
+        if not any(denies_by_default(p, direction) for p in policies):
+            yield Violation(
+                f"tenant {tenant}'s namespace {ns} has no default-deny NetworkPolicy for {direction.lower()}",
+                f"default-deny|{direction}",
+                {**base, "missing": f"default-deny NetworkPolicy ({direction})"},
+            )
