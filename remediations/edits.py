@@ -93,7 +93,8 @@ def condition_title(cond: dict[str, Any] | None) -> str | None:
 def prune(v: Any) -> Any:
     """Drop empty values and API bookkeeping so the same state reads the same from CAI, a file or an API."""
     if isinstance(v, dict):
-        out = {k: prune(x) for k, x in v.items() if k != "kind"}
+        # `kind: compute#securityPolicyRule` is API bookkeeping; an RBAC subject's `kind` is data.
+        out = {k: prune(x) for k, x in v.items() if not (k == "kind" and "#" in str(x))}
         return {k: x for k, x in out.items() if x not in (None, False, "", {}, [])}
     if isinstance(v, list):
         return [prune(x) for x in v]

@@ -77,11 +77,16 @@ def is_service_agent(member: str) -> bool:
     return is_google_managed(member) or any(p.match(email) for p in SERVICE_AGENT_PATTERNS)
 
 
+# Not identities but "everyone": taking them out of a binding someone created is the fix, never a risk.
+PUBLIC_SUBJECTS = frozenset({"system:anonymous", "system:unauthenticated", "system:authenticated"})
+
+
 def is_system_subject(s: dict[str, Any]) -> bool:
+    """Kubernetes' own identities: `system:` users and groups (but not the public ones), kube-system accounts."""
     name = str(s.get("name", ""))
     if s.get("kind") == "ServiceAccount":
         return s.get("namespace") == "kube-system" or name.startswith("system:")
-    return name.startswith("system:")
+    return name.startswith("system:") and name not in PUBLIC_SUBJECTS
 
 
 # -- plan-level -----------------------------------------------------------------------------------------------------

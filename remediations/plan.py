@@ -324,6 +324,11 @@ def edit_for(f: Finding, rule: Rule, asset: Asset) -> Edit:
         return Edit(kind, {"priority": int(priority), "action": action or d.get("desired_action") or DENY}, **base)
     if kind.startswith("rbac."):
         obj = asset.resource
+        is_role = asset.asset_type.endswith(("/Role", "/ClusterRole"))
+        if kind == "rbac.replace_role_rules" and not is_role:
+            raise EditError(f"{kind} changes Roles and ClusterRoles, not {asset.asset_type}")
+        if kind != "rbac.replace_role_rules" and not asset.asset_type.endswith("Binding"):
+            raise EditError(f"{kind} changes RoleBindings and ClusterRoleBindings, not {asset.asset_type}")
         if kind == "rbac.delete_binding":
             return Edit(kind, {}, **base)
         if kind == "rbac.remove_subject":
@@ -335,6 +340,8 @@ def edit_for(f: Finding, rule: Rule, asset: Asset) -> Edit:
             raise EditError(f"subject {who!r} is not in the binding")
         if kind == "rbac.replace_role_rules":
             rules = _desired(d, "desired_rules", "desired")
+            if isinstance(rules, dict):
+                rules = rules.get("rules")
             if rules is None:
                 rules = rule.params.get("rules")
             if not isinstance(rules, list):
@@ -420,7 +427,11 @@ def build_plan(
                 continue
             before, after = section(family, state), section(family, after_state)
             if before == after:
-                continue  # nothing would change (the state already satisfies every edit)
+                for e in fam_edits:
+                    for fid in e.findings:
+                        skipped.append({"finding": fid, "rule": ",".join(e.rules), "asset": name,
+                                        "reason": "the snapshot already has the planned state (nothing to change)"})
+                continue
             change = Change(
                 resource=name,
                 asset_type=asset.asset_type,
