@@ -35,25 +35,52 @@ def policy(project: str, name: str, rules: list[dict[str, Any]], description: st
     }, ancestors(project))
 
 
+def rate_limit(priority: int, ranges: list[str], description: str) -> dict[str, Any]:
+    r = rule(priority, "throttle", ranges, description)
+    r["rateLimitOptions"] = {
+        "conformAction": "allow",
+        "exceedAction": "deny(429)",
+        "enforceOnKey": "IP",
+        "rateLimitThreshold": {"count": 600, "intervalSec": 60},
+    }
+    return r
+
+
+def waf(priority: int, expression: str, description: str) -> dict[str, Any]:
+    return {"priority": priority, "action": "deny(403)", "preview": False, "description": description,
+            "match": {"expr": {"expression": expression}}}
+
+
 def assets() -> list[dict[str, Any]]:
     return [
-        # Compliant: trusted ranges allowed above a default deny.
+        # Compliant: WAF first, then trusted ranges only (rate-limited per client), above a default deny.
         policy("ml-platform-prod", "inference-api", [
-            rule(1000, "allow", [TRUSTED_OFFICE, TRUSTED_VPN], "offices and VPN"),
-            {"priority": 2000, "action": "deny(403)", "preview": False, "description": "OWASP SQLi",
-             "match": {"expr": {"expression": "evaluatePreconfiguredExpr('sqli-v33-stable')"}}},
+            waf(500, "evaluatePreconfiguredExpr('sqli-v33-stable')", "OWASP SQLi"),
+            waf(510, "evaluatePreconfiguredExpr('xss-v33-stable')", "OWASP XSS"),
+            rate_limit(1000, [TRUSTED_OFFICE, TRUSTED_VPN], "offices and VPN, 600 requests a minute per client"),
             rule(DEFAULT, "deny(403)", ["*"], "default deny"),
         ], "Online inference endpoints"),
-        # Violation: the default rule allows everything (a deny list in disguise).
+        # Violations: the default rule allows everything (a deny list in disguise), no rate limit, and a deny rule
+        # below the VPN allow that can never fire (shadowed).
         policy("ml-platform-prod", "training-dashboard", [
             rule(1000, "allow", [TRUSTED_VPN], "VPN"),
             rule(1100, "deny(403)", ["192.0.2.128/25"], "known scanners"),
+            rule(1200, "deny(403)", ["198.51.100.64/26"], "block the VPN guest pool"),
             rule(DEFAULT, "allow", ["*"], "default rule, higher priority overrides it"),
         ], "TensorBoard and job dashboards"),
-        # Violations: an allow-all rule above the default; a deny rule left in preview.
+        # Violations: an allow-all rule above the default; a deny rule left in preview; a partner lab allowed that
+        # is not in the trusted ranges.
         policy("ml-research-sandbox", "notebook-gateway", [
             rule(500, "allow", ["0.0.0.0/0"], "temporary: open for the hackathon"),
-            rule(900, "deny(403)", [PARTNER], "block partner lab", preview=True),
+            rule(800, "allow", [PARTNER], "partner lab"),
+            rule(900, "deny(403)", ["192.0.2.0/25"], "block partner lab guests", preview=True),
             rule(DEFAULT, "deny(404)", ["*"], "default deny"),
         ], "JupyterHub for researchers"),
+        # Violation: two rules at one priority after a bad merge of two Terraform modules.
+        policy("ml-training-prod", "batch-submit-api", [
+            rule(100, "deny(403)", ["192.0.2.0/24"], "threat-intel deny list"),
+            rate_limit(1000, [TRUSTED_VPN], "VPN, rate-limited"),
+            rule(1000, "allow", [TRUSTED_OFFICE], "offices"),
+            rule(DEFAULT, "deny(403)", ["*"], "default deny"),
+        ], "Batch training job submission"),
     ]

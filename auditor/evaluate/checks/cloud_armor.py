@@ -112,9 +112,17 @@ def policy_name(asset: Asset) -> str:
 
 
 def _validate_ranges(values: list[str]) -> list[str]:
-    bad = [v for v in values if parse_range(v) is None]
-    if bad:
-        raise ValueError(f"not an IP address or CIDR range: {', '.join(bad)}")
+    """Ranges written in a rule file: strict, so that `10.0.0.1/8` (a typo for a host or a network) is refused."""
+    problems = []
+    for v in values:
+        if v.strip() == "*":
+            continue
+        try:
+            ipaddress.ip_network(v.strip())
+        except ValueError as exc:
+            problems.append(f"{v} ({exc})" if "host bits" in str(exc) else v)
+    if problems:
+        raise ValueError(f"not an IP address or CIDR range: {', '.join(problems)}")
     return values
 
 
@@ -325,7 +333,7 @@ def no_shadowed_rules(asset: Asset, params: NoParams, ctx: Context) -> Iterator[
       remediation: cloud_armor.remove_rule
     ```
     """
-    above: list[tuple[ArmorRule, list[IPNetwork]]] = []
+    above: list[tuple[ArmorRule, list[IPNetwork]]] = []  # enforced rules that can fire, lowest number first
     for r in armor_rules(asset.resource):
         if not only_source_ip_match(r):
             continue
@@ -343,6 +351,7 @@ def no_shadowed_rules(asset: Asset, params: NoParams, ctx: Context) -> Iterator[
                     str(r.priority),
                     rule_details(r, shadowed_by=by),
                 )
+                continue  # a dead rule adds nothing to what the rules above it already match
         if not r.preview:
             above.append((r, nets))
 
