@@ -1,0 +1,517 @@
+"""Deploy: the Kubernetes manifests build (real kustomize, from kubectl) into valid objects that agree with the code.
+
+Each build (base, remediation overlay, sharded overlay) is turned into the `kubernetes` client's models and back:
+a misspelt field would be dropped on the way and the round trip would differ. The Deployment is checked against
+the daemon's settings (port, probes, configuration it would load), the rule files against the rulebook, and the
+RBAC against what the Kubernetes collector and the RBAC applier call.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+REPO = Path(__file__).resolve().parents[2]
+KUBE = REPO / "deploy" / "kubernetes"
+NAMESPACE = "drift-auditor"
+BUILDS = {
+    "base": KUBE,
+    "remediation": KUBE / "overlays" / "remediation",
+    "sharded": KUBE / "overlays" / "sharded",
+}
+# Kinds the manifests may contain: the `kubernetes` model for built-in ones, None for the Prometheus Operator CRDs.
+MODELS: dict[tuple[str, str], str | None] = {
+    ("v1", "Namespace"): "V1Namespace",
+    ("v1", "ServiceAccount"): "V1ServiceAccount",
+    ("v1", "ConfigMap"): "V1ConfigMap",
+    ("v1", "Service"): "V1Service",
+    ("apps/v1", "Deployment"): "V1Deployment",
+    ("policy/v1", "PodDisruptionBudget"): "V1PodDisruptionBudget",
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): "V1ClusterRole",
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding",
+    ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): None,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): None,
+}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+READ_VERBS = {"get", "list", "watch"}
+
+
+# -- helpers (also used by the other tests of this package) ------------------------------------------------------
+def tool(name: str) -> str:
+    """A command-line tool installed with the dev dependencies (the venv's bin first, then PATH)."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.is_file() else shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is not installed: it comes with the dev dependencies (pip install -e '.[dev]')")
+    return found
+
+
+@functools.cache
+def build(name: str) -> tuple[dict[str, Any], ...]:
+    """The objects `kubectl kustomize` renders for one of BUILDS."""
+    proc = subprocess.run(
+        [tool("kubectl"), "kustomize", str(BUILDS[name])], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, f"kustomize build of {BUILDS[name]} failed:\n{proc.stderr}"
+    return tuple(d for d in yaml.safe_load_all(proc.stdout) if d)
+
+
+def of_kind(objs: tuple[dict[str, Any], ...], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def named(objs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in of_kind(objs, kind) if o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} named {name}, found {len(found)}"
+    return found[0]
+
+
+def to_model(obj: dict[str, Any]) -> Any:
+    """The `kubernetes` client model of a built-in object (raises on a missing required field)."""
+    model = MODELS[(obj["apiVersion"], obj["kind"])]
+    assert model is not None
+    return k8s.ApiClient().deserialize(json.dumps(obj), model, "application/json")
+
+
+def container(deployment: dict[str, Any], name: str = "auditor") -> dict[str, Any]:
+    found = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+    assert len(found) == 1, f"{deployment['metadata']['name']} has no single container {name!r}"
+    return found[0]
+
+
+def container_env(deployment: dict[str, Any]) -> dict[str, str]:
+    """The container's environment as the pod would see it (field references resolved)."""
+    out: dict[str, str] = {}
+    for e in container(deployment).get("env", []):
+        if "value" in e:
+            out[e["name"]] = e["value"]
+        else:
+            path = e["valueFrom"]["fieldRef"]["fieldPath"]
+            out[e["name"]] = {"metadata.namespace": deployment["metadata"]["namespace"], "metadata.name": "pod-0"}[path]
+    return out
+
+
+def volume_for_mount(deployment: dict[str, Any], mount_path: str) -> dict[str, Any]:
+    spec = deployment["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in container(deployment)["volumeMounts"]}
+    assert mount_path in mounts, f"nothing is mounted at {mount_path}"
+    vols = {v["name"]: v for v in spec["volumes"]}
+    return vols[mounts[mount_path]["name"]]
+
+
+def mount_covering(deployment: dict[str, Any], path: str) -> dict[str, Any] | None:
+    for m in container(deployment)["volumeMounts"]:
+        if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/"):
+            return m
+    return None
+
+
+def config_text(objs: tuple[dict[str, Any], ...], deployment: dict[str, Any]) -> tuple[str, str]:
+    """(path of the config in the container, the text the pod reads there) from `--config` and the ConfigMap."""
+    args = container(deployment)["args"]
+    path = args[args.index("--config") + 1]
+    mount = mount_covering(deployment, path)
+    assert mount is not None, f"--config {path} is on no volume"
+    vol = volume_for_mount(deployment, mount["mountPath"])
+    cm = named(objs, "ConfigMap", vol["configMap"]["name"])
+    key = path[len(mount["mountPath"]) :].lstrip("/")
+    assert key in cm["data"], f"ConfigMap {cm['metadata']['name']} has no key {key!r} (for {path})"
+    return path, cm["data"][key]
+
+
+@pytest.fixture
+def pod_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Load the daemon's settings exactly as a pod of a Deployment would: its config file and its environment."""
+    from auditor.settings import load_settings
+
+    def load(objs: tuple[dict[str, Any], ...], deployment: dict[str, Any]) -> Any:
+        for k in list(os.environ):
+            if k.upper().startswith("AUDITOR_"):
+                monkeypatch.delenv(k)
+        for k, v in container_env(deployment).items():
+            monkeypatch.setenv(k, v)
+        _, text = config_text(objs, deployment)
+        cfg = tmp_path / f"{deployment['metadata']['name']}.yaml"
+        cfg.write_text(text, encoding="utf-8")
+        return load_settings(cfg)
+
+    return load
+
+
+def alert_jobs() -> set[str]:
+    """The `job` values the alert expressions select on (deploy/prometheus/alerts.yaml)."""
+    text = (REPO / "deploy" / "prometheus" / "alerts.yaml").read_text(encoding="utf-8")
+    return set(re.findall(r'job="([^"]+)"', text)) or {"drift-auditor"}
+
+
+def kustomizations() -> Iterator[Path]:
+    yield from sorted(KUBE.rglob("kustomization.yaml"))
+
+
+# -- the files ------------------------------------------------------------------------------------------------------
+def test_kustomizations_name_existing_files_and_no_manifest_is_orphaned() -> None:
+    referenced: set[Path] = set()
+    for kfile in kustomizations():
+        k = yaml.safe_load(kfile.read_text(encoding="utf-8"))
+        here = kfile.parent
+        for res in k.get("resources", []):
+            p = (here / res).resolve()
+            assert p.is_file() or (p / "kustomization.yaml").is_file(), f"{kfile}: resource {res} does not exist"
+            referenced.add(p)
+        for patch in k.get("patches", []):
+            if "path" in patch:
+                p = (here / patch["path"]).resolve()
+                assert p.is_file(), f"{kfile}: patch {patch['path']} does not exist"
+                referenced.add(p)
+        for gen in k.get("configMapGenerator", []):
+            for f in gen.get("files", []):
+                p = (here / f.split("=", 1)[-1]).resolve()
+                assert p.is_file(), f"{kfile}: configMapGenerator file {f} does not exist"
+                referenced.add(p)
+    manifests = {p.resolve() for p in KUBE.rglob("*.yaml") if p.name != "kustomization.yaml"}
+    orphans = sorted(str(p.relative_to(KUBE)) for p in manifests - referenced)
+    assert not orphans, f"files no kustomization uses: {orphans}"
+
+
+@pytest.mark.parametrize("name", sorted(BUILDS))
+def test_build_gives_valid_kubernetes_objects(name: str) -> None:
+    objs = build(name)
+    api = k8s.ApiClient()
+    for obj in objs:
+        key = (obj["apiVersion"], obj["kind"])
+        assert key in MODELS, f"{name}: unexpected {key} ({obj['metadata'].get('name')})"
+        where = f"{name}: {obj['kind']} {obj['metadata'].get('name')}"
+        if MODELS[key] is None:
+            continue  # the CRDs are checked field by field below
+        # The round trip drops any field the model does not know: a typo shows up as a difference.
+        assert api.sanitize_for_serialization(to_model(obj)) == obj, f"{where}: fields lost in the model round trip"
+        if obj["kind"] not in CLUSTER_SCOPED:
+            assert obj["metadata"].get("namespace") == NAMESPACE, f"{where}: not in namespace {NAMESPACE}"
+    kinds = {o["kind"] for o in objs}
+    assert {"Namespace", "ServiceAccount", "Deployment", "Service", "ServiceMonitor", "PrometheusRule"} <= kinds
+
+
+@pytest.mark.parametrize("name", sorted(BUILDS))
+def test_service_monitor_scrapes_the_metrics_port_of_its_own_service(name: str) -> None:
+    objs = build(name)
+    monitors = of_kind(objs, "ServiceMonitor")
+    services = of_kind(objs, "Service")
+    assert len(monitors) == len(services) == len(of_kind(objs, "Deployment"))
+    for sm in monitors:
+        sel = sm["spec"]["selector"]["matchLabels"]
+        chosen = [s for s in services if sel.items() <= s["metadata"]["labels"].items()]
+        assert len(chosen) == 1, f"ServiceMonitor {sm['metadata']['name']} selects {len(chosen)} Services"
+        # Prometheus Operator names the job after the Service label `jobLabel`: the job the alerts select.
+        assert chosen[0]["metadata"]["labels"][sm["spec"]["jobLabel"]] in alert_jobs()
+        ports = {p["name"] for p in chosen[0]["spec"]["ports"]}
+        for ep in sm["spec"]["endpoints"]:
+            assert ep["port"] in ports and ep["path"] == "/metrics"
+            assert {r["targetLabel"] for r in ep.get("relabelings", [])} >= {"scope"}
+
+
+# -- the Deployment against the image and the daemon ----------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(BUILDS))
+def test_deployment_runs_locked_down(name: str) -> None:
+    for dep in of_kind(build(name), "Deployment"):
+        spec = dep["spec"]["template"]["spec"]
+        pod_sc = spec["securityContext"]
+        assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] > 0
+        assert pod_sc["seccompProfile"]["type"] == "RuntimeDefault"
+        sc = container(dep)["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"]
+        assert sc.get("privileged", False) is False
+        res = container(dep)["resources"]
+        assert {"cpu", "memory"} <= res["requests"].keys() and "memory" in res["limits"]
+        # Two replicas kept apart: a node (or zone) going away leaves one auditor running.
+        assert dep["spec"]["replicas"] >= 2
+        assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+        anti = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert any(
+            t["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+            and t["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+            for t in anti
+        )
+        assert {c["topologyKey"] for c in spec["topologySpreadConstraints"]} >= {"topology.kubernetes.io/zone"}
+        # Every writable path is a scratch volume; the configuration and rules are mounted read-only.
+        for m in container(dep)["volumeMounts"]:
+            vol = volume_for_mount(dep, m["mountPath"])
+            assert ("emptyDir" in vol) != bool(m.get("readOnly")), f"{m['mountPath']}: writable only if emptyDir"
+        assert "emptyDir" in volume_for_mount(dep, "/tmp")
+        pdbs = [p for p in of_kind(build(name), "PodDisruptionBudget")
+                if p["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()]
+        assert len(pdbs) == 1 and pdbs[0]["spec"]["minAvailable"] == 1
+
+
+@pytest.mark.parametrize("name", sorted(BUILDS))
+def test_probes_and_port_agree_with_the_daemon(name: str, pod_settings: Any) -> None:
+    from auditor.settings import Settings, parse_listen
+
+    default_port = parse_listen(Settings.model_fields["listen"].default)[1]
+    objs = build(name)
+    for dep in of_kind(objs, "Deployment"):
+        c = container(dep)
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        settings = pod_settings(objs, dep)
+        host, port = settings.listen_address
+        # The pod listens on every interface, on the port the daemon uses by default and the container declares.
+        assert host in ("0.0.0.0", "::") and port == ports["http"] == default_port
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        svc = [s for s in of_kind(objs, "Service")
+               if s["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(svc) == 1 and svc[0]["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_the_daemon_serves_the_probed_paths() -> None:
+    # The paths the probes call are the daemon's own routes (auditor/daemon.py).
+    source = (REPO / "auditor" / "daemon.py").read_text(encoding="utf-8")
+    consts = {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert {"/healthz", "/readyz", "/metrics"} <= consts
+
+
+@pytest.mark.parametrize("name", sorted(BUILDS))
+def test_configuration_loads_as_each_pod_sees_it(name: str, pod_settings: Any) -> None:
+    objs = build(name)
+    for dep in of_kind(objs, "Deployment"):
+        s = pod_settings(objs, dep)
+        # State lives on the writable state volume, not on the read-only root filesystem.
+        mount = mount_covering(dep, str(s.state_path))
+        assert mount is not None and "emptyDir" in volume_for_mount(dep, mount["mountPath"])
+        le = s.remediation.leader_election
+        assert le.lease_name and le.lease_namespace == dep["metadata"]["namespace"]
+        assert s.remediation.enabled is (name == "remediation")
+        assert s.log_format == "json"
+
+
+def _kubelet_configmap_volume(root: Path, data: dict[str, str]) -> None:
+    """Lay out files as the kubelet does for a ConfigMap volume: hidden ..data copies and symlinks to them."""
+    stamp = root / "..2026_01_01_00_00_00.000000001"
+    stamp.mkdir(parents=True)
+    for key, text in data.items():
+        (stamp / key).write_text(text, encoding="utf-8")
+    (root / "..data").symlink_to(stamp.name)
+    for key in data:
+        (root / key).symlink_to(f"..data/{key}")
+
+
+def test_rule_files_load_from_the_mounted_configmap_with_the_baseline(tmp_path: Path, pod_settings: Any) -> None:
+    from auditor.evaluate.rulebook import load_rules, shipped_rules_dir
+
+    objs = build("base")
+    dep = named(objs, "Deployment", "drift-auditor")
+    s = pod_settings(objs, dep)
+    # Map each configured rule path to where this test lays out the same thing.
+    rules_mount = "/etc/drift-auditor-rules"
+    cm = named(objs, "ConfigMap", volume_for_mount(dep, rules_mount)["configMap"]["name"])
+    _kubelet_configmap_volume(tmp_path / "rules", cm["data"])
+    paths: list[Path] = []
+    for p in s.rules:
+        if p == "/usr/share/drift-auditor/baseline":  # the image links the installed baseline there (Dockerfile)
+            paths.append(shipped_rules_dir())
+        else:
+            assert p.startswith(rules_mount + "/"), f"rule path {p} is neither the baseline nor the ConfigMap"
+            paths.append(tmp_path / "rules" / p[len(rules_mount) + 1 :])
+    loaded = load_rules(paths)
+    ids = [r.id for r in loaded]
+    assert len(ids) == len(set(ids))
+    baseline = {r.id for r in load_rules(None)}
+    own = {r.id for r in load_rules([tmp_path / "rules" / k for k in cm["data"]])}
+    assert baseline and own and set(ids) == baseline | own and not baseline & own
+
+
+def test_dockerfile_links_the_baseline_where_the_configuration_expects_it() -> None:
+    text = (REPO / "deploy" / "Dockerfile").read_text(encoding="utf-8")
+    assert "/usr/share/drift-auditor/baseline" in text and "shipped_rules_dir()" in text
+
+
+# -- RBAC ------------------------------------------------------------------------------------------------------
+def _grants(objs: tuple[dict[str, Any], ...], kind: str) -> dict[tuple[str, str], set[str]]:
+    """(apiGroup, resource) -> verbs, over every role of `kind` bound to the auditor's service account."""
+    bindings = of_kind(objs, "ClusterRoleBinding" if kind == "ClusterRole" else "RoleBinding")
+    bound = {
+        b["roleRef"]["name"]
+        for b in bindings
+        if b["roleRef"]["kind"] == kind
+        and {"kind": "ServiceAccount", "name": "drift-auditor", "namespace": NAMESPACE} in b["subjects"]
+    }
+    out: dict[tuple[str, str], set[str]] = {}
+    for role in of_kind(objs, kind):
+        if role["metadata"]["name"] not in bound:
+            continue
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], f"wildcard in {role}"
+            assert "resourceNames" not in rule or kind == "Role"
+            for g in rule["apiGroups"]:
+                for r in rule["resources"]:
+                    out.setdefault((g, r), set()).update(rule["verbs"])
+    return out
+
+
+def _collected_resources() -> set[tuple[str, str]]:
+    """(apiGroup, plural) of every Kubernetes kind the collector turns into assets (auditor/collect/k8s_objects.py)."""
+    from auditor.collect.k8s_objects import KINDS
+
+    out = set()
+    for _, segment, _ in KINDS.values():
+        group, _, plural = segment.rpartition("/")
+        out.add((group, plural))
+    return out
+
+
+@pytest.mark.parametrize("name", ["base", "sharded"])
+def test_audit_rbac_reads_what_the_collector_reads_and_nothing_else(name: str) -> None:
+    objs = build(name)
+    grants = _grants(objs, "ClusterRole")
+    assert set(grants) == _collected_resources()
+    for res, verbs in grants.items():
+        assert {"get", "list"} <= verbs <= READ_VERBS, f"{res}: {sorted(verbs)}"
+    for dep in of_kind(objs, "Deployment"):
+        assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "drift-auditor"
+    sa = named(objs, "ServiceAccount", "drift-auditor")
+    assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
+
+
+def _leader_lease_verbs() -> set[str] | None:
+    """The Kubernetes verbs remediations/leader.py uses on Leases (None until that module exists)."""
+    path = REPO / "remediations" / "leader.py"
+    if not path.is_file():
+        return None
+    verb_of = {"read": "get", "create": "create", "replace": "update", "patch": "patch", "delete": "delete",
+               "list": "list"}
+    verbs = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and node.attr.endswith("_namespaced_lease"):
+            verbs.add(verb_of[node.attr.removesuffix("_namespaced_lease")])
+    return verbs
+
+
+def test_lease_role_is_namespaced_and_matches_the_leader_election_code() -> None:
+    objs = build("base")
+    grants = _grants(objs, "Role")
+    assert set(grants) == {("coordination.k8s.io", "leases")}
+    role = named(objs, "Role", "drift-auditor-leader-election")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    verbs = grants[("coordination.k8s.io", "leases")]
+    used = _leader_lease_verbs()
+    if used is None:
+        assert verbs == {"get", "create", "update"}  # what a Lease-based election needs: read, take, renew
+    else:
+        assert used and used == verbs, f"remediations/leader.py uses {sorted(used)}, the Role grants {sorted(verbs)}"
+
+
+def _rbac_writer_verbs() -> set[str]:
+    """The Kubernetes verbs the RBAC applier (remediations/rbac.py) calls through `_call(target, "verb", ...)`."""
+    tree = ast.parse((REPO / "remediations" / "rbac.py").read_text(encoding="utf-8"))
+    verb_of = {"read": "get", "create": "create", "replace": "update", "patch": "patch", "delete": "delete"}
+    verbs = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "_call"
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+        ):
+            verbs.add(verb_of[node.args[1].value])
+    return verbs
+
+
+def test_remediation_overlay_adds_exactly_the_writes_the_rbac_applier_makes() -> None:
+    base, rem = _grants(build("base"), "ClusterRole"), _grants(build("remediation"), "ClusterRole")
+    writes = _rbac_writer_verbs() - READ_VERBS
+    assert writes, "remediations/rbac.py makes no write call any more?"
+    added = {res: verbs - base.get(res, set()) for res, verbs in rem.items()}
+    added = {res: v for res, v in added.items() if v}
+    rbac = "rbac.authorization.k8s.io"
+    bindings = {(rbac, "rolebindings"), (rbac, "clusterrolebindings")}
+    roles = {(rbac, "roles"), (rbac, "clusterroles")}
+    assert set(added) == bindings | roles
+    for res in bindings:
+        # Subjects are patched, bindings deleted, and a rollback recreates a deleted binding.
+        assert added[res] == writes, f"{res}: overlay grants {sorted(added[res])}, the applier uses {sorted(writes)}"
+    for res in roles:
+        # A Role's rules are replaced by patch; `escalate` and `bind` get past the API server's escalation check.
+        assert added[res] == {"patch", "escalate", "bind"}, f"{res}: {sorted(added[res])}"
+    assert "update" not in writes or all("update" in added[r] for r in bindings)
+    dep = named(build("remediation"), "Deployment", "drift-auditor")
+    assert container_env(dep)["AUDITOR_REMEDIATION__ENABLED"] == "true"
+    # Nothing else changes: the same objects as the base, plus the remediation role and its binding.
+    names = {(o["kind"], o["metadata"]["name"]) for o in build("base")}
+    assert {(o["kind"], o["metadata"]["name"]) for o in build("remediation")} - names == {
+        ("ClusterRole", "drift-auditor-remediate"),
+        ("ClusterRoleBinding", "drift-auditor-remediate"),
+    }
+
+
+# -- alerts --------------------------------------------------------------------------------------------------------
+def test_prometheus_rule_carries_the_promtool_tested_alerts() -> None:
+    alerts = REPO / "deploy" / "prometheus" / "alerts.yaml"
+    rule = named(build("base"), "PrometheusRule", "drift-auditor")
+    if not alerts.is_file():
+        assert rule["spec"]["groups"] == []
+        return
+    groups = yaml.safe_load(alerts.read_text(encoding="utf-8"))["groups"]
+    assert groups, f"{alerts} has no rule groups"
+    assert rule["spec"]["groups"] == groups, (
+        "deploy/kubernetes/cluster/prometheusrule.yaml differs from deploy/prometheus/alerts.yaml; "
+        "run: .venv/bin/python deploy/kubernetes/sync_prometheusrule.py"
+    )
+    # The generator writes exactly the committed file.
+    sys.path.insert(0, str(KUBE))
+    try:
+        import sync_prometheusrule
+    finally:
+        sys.path.remove(str(KUBE))
+    committed = (KUBE / "cluster" / "prometheusrule.yaml").read_text(encoding="utf-8")
+    assert sync_prometheusrule.render(sync_prometheusrule.alert_groups(alerts)) == committed
+
+
+# -- sharding ------------------------------------------------------------------------------------------------------
+def test_shards_split_the_scope_and_keep_to_their_own_pods(pod_settings: Any) -> None:
+    objs = build("sharded")
+    deps = of_kind(objs, "Deployment")
+    assert len(deps) >= 2
+    seen_sources: set[str] = set()
+    leases, scopes = set(), set()
+    in_cluster = 0
+    for dep in deps:
+        s = pod_settings(objs, dep)
+        assert not seen_sources & set(s.sources), f"{dep['metadata']['name']}: a source is audited twice"
+        seen_sources |= set(s.sources)
+        in_cluster += "k8s://in-cluster" in s.sources
+        leases.add(s.remediation.leader_election.lease_name)
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        # The Service, the disruption budget and the ServiceMonitor of a shard pick its pods only.
+        for other in deps:
+            if other is dep:
+                continue
+            other_labels = other["spec"]["template"]["metadata"]["labels"]
+            assert not dep["spec"]["selector"]["matchLabels"].items() <= other_labels.items()
+        svc = [x for x in of_kind(objs, "Service") if x["spec"]["selector"].items() <= pod_labels.items()]
+        assert len(svc) == 1
+        scopes.add(svc[0]["metadata"]["labels"]["drift-auditor/scope"])
+    # Exactly one shard reads this cluster; each shard elects its own leader; each has its own scope label.
+    assert in_cluster == 1
+    assert len(leases) == len(scopes) == len(deps)
+    # The cluster-wide objects exist once.
+    for kind in ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "PrometheusRule"):
+        assert len(of_kind(objs, kind)) == len(of_kind(build("base"), kind)), kind
