@@ -37,7 +37,7 @@ class ConfigError(AuditorError):
 class Schedule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    interval_seconds: int = Field(900, ge=10, description="Seconds between cycles (when no cron is given).")
+    interval_seconds: int = Field(900, ge=1, description="Seconds between cycles (when no cron is given).")
     cron: str | None = Field(None, description="A five-field crontab expression; wins over interval_seconds.")
     timezone: str = Field("UTC", description="Time zone of the cron expression.")
     jitter_seconds: int = Field(30, ge=0, description="Random delay added to each run, so replicas do not align.")

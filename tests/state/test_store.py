@@ -1,0 +1,187 @@
+"""The state store: finding lifecycle, drift between cycles, stale findings of partial snapshots, restarts,
+migrations and the shared file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from auditor.model import Exempted, Finding, Mode, Severity, finding_id
+from auditor.state import COMPONENT, MIGRATIONS, CycleInput, StateError, Store, connect, migrate
+
+BUCKET = "storage.googleapis.com/Bucket"
+PROJECT = "cloudresourcemanager.googleapis.com/Project"
+
+
+def finding(rule: str, asset: str, atype: str = BUCKET, sev: str = "high", exempt: bool = False) -> Finding:
+    return Finding(
+        id=finding_id(rule, asset, "k"),
+        rule=rule,
+        check="iam.forbidden_members",
+        severity=Severity(sev),
+        mode=Mode.audit,
+        asset=asset,
+        asset_type=atype,
+        message=f"{rule} on {asset}",
+        exempted=Exempted("reason", "team", "SEC-1", None) if exempt else None,
+    )
+
+
+def cycle(at: float, findings: list[Finding] | None, outcome: str = "success", **kw: object) -> CycleInput:
+    return CycleInput(started_at=at, ended_at=at + 1, outcome=outcome, findings=findings, **kw)  # type: ignore[arg-type]
+
+
+def test_drift_new_resolved_and_still_open(tmp_path: Path) -> None:
+    a, b, c = finding("r1", "//a"), finding("r1", "//b"), finding("r2", "//c", sev="critical")
+    with Store(tmp_path / "s.db") as store:
+        first = store.record_cycle(cycle(100, [a, b]))
+        assert sorted(e.asset for e in first.new) == ["//a", "//b"] and first.resolved == []
+        second = store.record_cycle(cycle(200, [b, c]))
+        assert [(e.change, e.asset) for e in second.new] == [("new", "//c")]
+        assert [(e.change, e.asset) for e in second.resolved] == [("resolved", "//a")]
+        assert second.still_open == 1
+        open_ = {f.asset: f for f in store.open_findings()}
+        assert set(open_) == {"//b", "//c"}
+        assert open_["//b"].first_seen == 101 and open_["//b"].last_seen == 201
+        gone = store.finding(a.id)
+        assert gone is not None and gone.resolved_at == 201
+        # The drift of the last cycle is what the store kept, and the counters count it by rule/severity/change.
+        last, events = store.last_drift()
+        assert last is not None and last.id == second.cycle_id
+        assert sorted((e.change, e.rule) for e in events) == [("new", "r2"), ("resolved", "r1")]
+        counters = {tuple(sorted(lb.items())): v for lb, v in store.counters("drift_events_total")}
+        assert counters[(("change", "new"), ("rule", "r1"), ("severity", "high"))] == 2
+        assert counters[(("change", "resolved"), ("rule", "r1"), ("severity", "high"))] == 1
+        assert counters[(("change", "new"), ("rule", "r2"), ("severity", "critical"))] == 1
+        cycles = store.cycles()
+        assert [(c.id, c.new, c.resolved, c.findings) for c in cycles] == [(2, 1, 1, 2), (1, 2, 0, 2)]
+
+
+def test_a_finding_that_comes_back_is_new_again_with_a_new_first_seen(tmp_path: Path) -> None:
+    a = finding("r1", "//a")
+    with Store(tmp_path / "s.db") as store:
+        store.record_cycle(cycle(100, [a]))
+        store.record_cycle(cycle(200, []))
+        back = store.record_cycle(cycle(300, [a]))
+        assert [e.asset for e in back.new] == ["//a"]
+        f = store.finding(a.id)
+        assert f is not None and f.resolved_at is None and f.first_seen == 301
+
+
+def test_partial_snapshot_keeps_findings_of_unread_types_open_and_stale(tmp_path: Path) -> None:
+    bucket, project = finding("r1", "//bucket"), finding("r2", "//project", atype=PROJECT)
+    with Store(tmp_path / "s.db") as store:
+        store.record_cycle(cycle(100, [bucket, project], assets_by_type={BUCKET: 5, PROJECT: 3}))
+        # Buckets could not be read: the bucket finding is not evidence of a fix. Projects were read: resolved.
+        rec = store.record_cycle(
+            cycle(200, [], outcome="partial", incomplete={BUCKET: "src: 403"}, assets_by_type={PROJECT: 2})
+        )
+        assert [e.asset for e in rec.resolved] == ["//project"] and rec.stale == 1
+        open_ = store.open_findings()
+        assert [(f.asset, f.stale) for f in open_] == [("//bucket", True)]
+        # Asset counts: the unread type keeps its last good count, the read one is updated.
+        assert store.asset_counts() == {BUCKET: 5, PROJECT: 2}
+        # Seen again in a complete cycle: no longer stale, first seen unchanged, not new.
+        rec = store.record_cycle(cycle(300, [bucket], assets_by_type={BUCKET: 5}))
+        assert rec.new == [] and rec.stale == 0
+        f = store.finding(bucket.id)
+        assert f is not None and not f.stale and f.first_seen == 101
+
+
+def test_every_type_incomplete_resolves_nothing(tmp_path: Path) -> None:
+    a, b = finding("r1", "//a"), finding("r2", "//b", atype=PROJECT)
+    with Store(tmp_path / "s.db") as store:
+        store.record_cycle(cycle(100, [a, b], assets_by_type={BUCKET: 1, PROJECT: 1}))
+        rec = store.record_cycle(cycle(200, [], outcome="partial", incomplete={"*": "src: 2 malformed records"}))
+        assert rec.drift == [] and rec.stale == 2
+        assert store.asset_counts() == {BUCKET: 1, PROJECT: 1}
+
+
+def test_failed_cycle_changes_no_finding_and_is_counted(tmp_path: Path) -> None:
+    a = finding("r1", "//a")
+    with Store(tmp_path / "s.db") as store:
+        store.record_cycle(cycle(100, [a], assets_by_type={BUCKET: 1}))
+        rec = store.record_cycle(
+            cycle(200, None, outcome="failed", error="source x: no such file", source_errors=[("x", "unreadable")])
+        )
+        assert rec.drift == []
+        assert [f.asset for f in store.open_findings()] == ["//a"]
+        assert store.asset_counts() == {BUCKET: 1}
+        outcomes = {lb["outcome"]: v for lb, v in store.counters("cycles_total")}
+        assert outcomes == {"success": 1, "failed": 1}
+        assert store.counters("source_errors_total") == [({"code": "unreadable", "source": "x"}, 1.0)]
+        last = store.last_cycle()
+        assert last is not None and last.outcome == "failed" and last.error == "source x: no such file"
+        assert last.findings == 1  # still open, kept from the last good cycle
+
+
+def test_exempted_findings_are_tracked_but_not_counted_as_drift(tmp_path: Path) -> None:
+    a = finding("r1", "//a", exempt=True)
+    with Store(tmp_path / "s.db") as store:
+        rec = store.record_cycle(cycle(100, [a]))
+        assert [e.exempted for e in rec.new] == [True]
+        assert store.counters("drift_events_total") == []
+        assert store.finding_counts() == [("r1", "high", BUCKET, "audit", True, 1)]
+        assert store.open_findings(include_exempted=False) == []
+
+
+def test_restart_keeps_first_seen_and_reports_nothing_new(tmp_path: Path) -> None:
+    a, b = finding("r1", "//a"), finding("r1", "//b")
+    with Store(tmp_path / "s.db") as store:
+        store.record_cycle(cycle(100, [a, b]))
+    with Store(tmp_path / "s.db") as store:
+        rec = store.record_cycle(cycle(500, [a, b]))
+        assert rec.drift == []
+        assert {f.first_seen for f in store.open_findings()} == {101}
+
+
+def test_file_is_wal_and_keeps_tables_of_other_components(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Store(path) as store:
+        store.record_cycle(cycle(100, [finding("r1", "//a")]))
+    other = connect(path)
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # Another component (the remediation journal) versions its own tables in the same file.
+    assert migrate(other, "remediations.journal", ("CREATE TABLE journal (id INTEGER PRIMARY KEY, note TEXT)",)) == 1
+    other.execute("INSERT INTO journal (note) VALUES ('applied')")
+    other.close()
+    with Store(path) as store:
+        assert [f.asset for f in store.open_findings()] == ["//a"]
+    check = sqlite3.connect(path)
+    assert check.execute("SELECT note FROM journal").fetchall() == [("applied",)]
+    versions = dict(check.execute("SELECT component, version FROM schema_versions").fetchall())
+    assert versions == {COMPONENT: len(MIGRATIONS), "remediations.journal": 1}
+    check.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    Store(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE schema_versions SET version = ? WHERE component = ?", (len(MIGRATIONS) + 1, COMPONENT))
+    db.commit()
+    db.close()
+    with pytest.raises(StateError, match="newer than this version knows"):
+        Store(path)
+
+
+def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_text("this is not sqlite " * 100)
+    with pytest.raises(StateError, match=str(path)):
+        Store(path)
+
+
+def test_prune_forgets_old_history_but_not_the_last_cycle_or_open_findings(tmp_path: Path) -> None:
+    a, b = finding("r1", "//a"), finding("r1", "//b")
+    with Store(tmp_path / "s.db") as store:
+        store.record_cycle(cycle(100, [a, b]))
+        store.record_cycle(cycle(200, [a]))
+        assert store.prune(keep_seconds=50, now=1000) == 1
+        assert [c.id for c in store.cycles()] == [2]
+        assert store.finding(b.id) is None  # resolved long ago
+        assert [f.asset for f in store.open_findings()] == ["//a"]
+        # Counters are not history: they never go backwards.
+        assert {lb["outcome"]: v for lb, v in store.counters("cycles_total")} == {"success": 2}
