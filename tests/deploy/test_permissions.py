@@ -1,0 +1,225 @@
+"""Deploy: `auditor permissions` and the IAM permission declarations, kept in step with the code that calls Google.
+
+The source of every module under auditor/collect/ and remediations/ is read (a new collector or applier is picked up
+without a change here) for calls of Google Cloud client methods; each call must be covered by a permission that
+module declares, and each permission a module declares must be needed by one of its calls.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from auditor.cli import cli
+from auditor.cli.permissions import load_declarations
+from auditor.permissions import Declaration
+
+REPO = Path(__file__).resolve().parents[2]
+SCANNED = (REPO / "auditor" / "collect", REPO / "remediations")
+
+_IAM_GET = (
+    "resourcemanager.organizations.getIamPolicy",
+    "resourcemanager.folders.getIamPolicy",
+    "resourcemanager.projects.getIamPolicy",
+    "iam.serviceAccounts.getIamPolicy",
+    "storage.buckets.getIamPolicy",
+)
+_IAM_SET = tuple(p.replace("getIamPolicy", "setIamPolicy") for p in _IAM_GET)
+_COMPUTE_OP = ("compute.globalOperations.get",)  # waiting on the ExtendedOperation a Compute write returns
+
+# Google client method -> what a call needs: a list of requirements, each met by any one of its permissions.
+# `get`, `list` and `patch` are too common a name: they count only with the keyword a security-policy call has.
+CALLS: dict[str, list[tuple[str, ...]]] = {
+    "list_assets": [("cloudasset.assets.listResource", "cloudasset.assets.listIamPolicy")],
+    "export_assets": [("cloudasset.assets.exportResource", "cloudasset.assets.exportIamPolicy")],
+    "get_iam_policy": [_IAM_GET],
+    "set_iam_policy": [_IAM_SET],
+    "download_to_filename": [("storage.objects.get",)],
+    "download_as_bytes": [("storage.objects.get",)],
+    "download_as_text": [("storage.objects.get",)],
+    "list_blobs": [("storage.objects.list",)],
+    "add_rule": [("compute.securityPolicies.update",), _COMPUTE_OP],
+    "patch_rule": [("compute.securityPolicies.update",), _COMPUTE_OP],
+    "remove_rule": [("compute.securityPolicies.update",), _COMPUTE_OP],
+    "get_rule": [("compute.securityPolicies.get",)],
+    "get_cluster": [("container.clusters.get",)],
+}
+KEYWORDED: dict[tuple[str, str], list[tuple[str, ...]]] = {
+    ("get", "security_policy"): [("compute.securityPolicies.get",)],
+    ("list", "project"): [("compute.securityPolicies.list",)],
+    ("patch", "security_policy_resource"): [("compute.securityPolicies.update",), _COMPUTE_OP],
+}
+# Kubernetes API reads of a remote GKE cluster, when a module authorizes them with Google IAM instead of RBAC:
+# required only of a module that declares `container.*` permissions.
+GKE_CALLS: dict[str, str] = {
+    "list_namespace": "container.namespaces.list",
+    "list_role_for_all_namespaces": "container.roles.list",
+    "list_namespaced_role": "container.roles.list",
+    "list_role_binding_for_all_namespaces": "container.roleBindings.list",
+    "list_namespaced_role_binding": "container.roleBindings.list",
+    "list_cluster_role": "container.clusterRoles.list",
+    "list_cluster_role_binding": "container.clusterRoleBindings.list",
+    "list_resource_quota_for_all_namespaces": "container.resourceQuotas.list",
+    "list_network_policy_for_all_namespaces": "container.networkPolicies.list",
+}
+# Declared but not called; each entry says why it stays, and the test below fails once it is no longer needed here.
+KNOWN_UNUSED: dict[tuple[str, str], str] = {
+    ("auditor.collect.asset_inventory", "storage.objects.list"): (
+        "the export route downloads the object URIs the operation returns (storage.objects.get) and lists nothing; "
+        "to be dropped from the declaration by the collector's owner"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Call:
+    module: str
+    line: int
+    method: str
+    needs: tuple[tuple[str, ...], ...]
+
+
+def modules() -> Iterator[tuple[str, Path]]:
+    for root in SCANNED:
+        for path in sorted(root.rglob("*.py")):
+            rel = path.relative_to(REPO).with_suffix("")
+            name = ".".join(rel.parts).removesuffix(".__init__")
+            yield name, path
+
+
+def google_calls(path: Path, module: str) -> list[Call]:
+    out: list[Call] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        method = node.func.attr
+        needs = CALLS.get(method)
+        if needs is None:
+            keywords = {k.arg for k in node.keywords}
+            needs = next((v for (m, kw), v in KEYWORDED.items() if m == method and kw in keywords), None)
+        if needs is None and method in GKE_CALLS:
+            needs = [(GKE_CALLS[method],)]
+        if needs is not None:
+            out.append(Call(module, node.lineno, method, tuple(needs)))
+    return out
+
+
+def declared_by_module() -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for d in load_declarations():
+        out.setdefault(d.module, set()).update(d.permissions)
+    return out
+
+
+def test_the_scan_sees_the_calls_it_is_meant_to_see() -> None:
+    # Guards the scanner itself: the appliers that exist make these calls.
+    found = {c.method for name, path in modules() for c in google_calls(path, name)}
+    assert {"get_iam_policy", "set_iam_policy", "add_rule", "remove_rule"} <= found
+
+
+def test_every_google_call_is_covered_by_a_permission_its_module_declares() -> None:
+    declared = declared_by_module()
+    problems = []
+    for name, path in modules():
+        mine = declared.get(name, set())
+        gke_by_iam = any(p.startswith("container.") for p in mine)
+        for call in google_calls(path, name):
+            if call.method in GKE_CALLS and not gke_by_iam:
+                continue  # authorized by Kubernetes RBAC (deploy/kubernetes), not by Google IAM
+            for alternatives in call.needs:
+                if not set(alternatives) & mine:
+                    problems.append(
+                        f"{path.relative_to(REPO)}:{call.line}: {call.method}() needs one of {list(alternatives)}, "
+                        f"but {name} declares {sorted(mine) or 'nothing'}"
+                    )
+    assert not problems, "\n".join(problems)
+
+
+def test_every_declared_permission_is_needed_by_a_call_of_its_module() -> None:
+    calls_by_module: dict[str, list[Call]] = {}
+    for name, path in modules():
+        calls_by_module.setdefault(name, []).extend(google_calls(path, name))
+    problems = []
+    for d in load_declarations():
+        assert d.module, f"{d.component}: declared from an unknown module"
+        used = {p for c in calls_by_module.get(d.module, []) for alts in c.needs for p in alts}
+        for perm in d.permissions:
+            if perm not in used and (d.module, perm) not in KNOWN_UNUSED:
+                problems.append(f"{d.module} ({d.component}) declares {perm}, which none of its calls needs")
+    assert not problems, "\n".join(problems)
+
+
+def test_known_unused_entries_are_still_current() -> None:
+    declared = declared_by_module()
+    for (module, perm), why in KNOWN_UNUSED.items():
+        assert perm in declared.get(module, set()), f"{module} no longer declares {perm}: drop it from KNOWN_UNUSED"
+        path = REPO / Path(*module.split(".")).with_suffix(".py")
+        used = {p for c in google_calls(path, module) for alts in c.needs for p in alts}
+        assert perm not in used, f"{module} now calls for {perm}: drop it from KNOWN_UNUSED ({why})"
+
+
+# -- the command ---------------------------------------------------------------------------------------------------
+_WRITE_VERB = re.compile(r"^(set|update|delete|create|patch|remove|add)", re.IGNORECASE)
+
+
+def _run(*args: str) -> str:
+    result = CliRunner().invoke(cli, ["permissions", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _expected(decls: list[Declaration], remediation: bool) -> list[str]:
+    return sorted({p for d in decls if remediation or not d.remediation for p in d.permissions})
+
+
+def test_gcloud_role_file_holds_the_read_permissions_only() -> None:
+    out = _run()
+    doc = yaml.safe_load(out)
+    assert set(doc) == {"title", "description", "stage", "includedPermissions"}
+    assert doc["stage"] == "GA" and len(doc["title"]) <= 100 and len(doc["description"]) <= 256
+    perms = doc["includedPermissions"]
+    assert perms == _expected(load_declarations(), remediation=False) and perms
+    # Least privilege: the audit role can read and never write.
+    assert not [p for p in perms if _WRITE_VERB.match(p.rsplit(".", 1)[1])]
+    assert "gcloud iam roles create driftAuditor --organization=ORG_ID" in out
+
+
+def test_remediation_role_adds_the_write_permissions() -> None:
+    read = yaml.safe_load(_run())["includedPermissions"]
+    full = yaml.safe_load(_run("--remediation"))["includedPermissions"]
+    assert full == _expected(load_declarations(), remediation=True)
+    assert set(read) < set(full)
+    assert {"resourcemanager.projects.setIamPolicy", "compute.securityPolicies.update"} <= set(full) - set(read)
+
+
+def test_terraform_and_json_list_the_same_permissions() -> None:
+    tf = _run("--remediation", "--format", "terraform", "--role-id", "auditorFix")
+    assert re.search(r'^resource "google_organization_iam_custom_role" "auditor_fix" \{$', tf, re.M)
+    assert 'role_id     = "auditorFix"' in tf and "org_id      = var.org_id" in tf
+    listed = re.findall(r'^    "([^"]+)", #', tf, re.M)
+    doc = json.loads(_run("--remediation", "--format", "json"))
+    assert listed == doc["includedPermissions"] == _expected(load_declarations(), remediation=True)
+    assert doc["role_id"] == "driftAuditorRemediation"
+    assert {c["module"] for c in doc["components"]} >= {"remediations.iam", "remediations.cloud_armor"}
+    assert tf.count("{") == tf.count("}")
+
+
+def test_a_bad_role_id_is_refused_in_one_line() -> None:
+    result = CliRunner().invoke(cli, ["permissions", "--role-id", "no spaces"])
+    assert result.exit_code == 2
+    assert "--role-id 'no spaces'" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("fmt", ["gcloud", "terraform"])
+def test_every_format_names_each_permission_once(fmt: str) -> None:
+    out = _run("--remediation", "--format", fmt)
+    for perm in _expected(load_declarations(), remediation=True):
+        assert len(re.findall(rf"(?<![\w.]){re.escape(perm)}(?![\w.])", out)) == 1, perm
