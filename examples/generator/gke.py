@@ -100,6 +100,25 @@ def training_cluster() -> list[dict[str, Any]]:
             {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]),
         binding("RoleBinding", "speech-operator", "Role", "speech-operator",
                 [subject("ServiceAccount", "operator", "tenant-speech")], "tenant-speech"),
+        # Compliant: a read-only ClusterRole for the platform team (not a tenant group), bound cluster-wide.
+        obj("ClusterRole", "ml-job-viewer", rules=[
+            {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]}]),
+        binding("ClusterRoleBinding", "platform-job-viewer", "ClusterRole", "ml-job-viewer",
+                [subject("Group", f"ml-platform@{DOMAIN}")]),
+        # Violation: a custom ClusterRole with every verb on every resource, bound to the CI robot.
+        obj("ClusterRole", "ml-platform-superuser", rules=[
+            {"apiGroups": ["", "apps", "batch"], "resources": ["*"], "verbs": ["*"]}]),
+        binding("ClusterRoleBinding", "ci-superuser", "ClusterRole", "ml-platform-superuser",
+                [subject("ServiceAccount", "deployer", "ci")]),
+        # Violation: the nlp tenant's group bound cluster-wide (it can read jobs in every tenant's namespace).
+        binding("ClusterRoleBinding", "nlp-job-viewer", "ClusterRole", "ml-job-viewer",
+                [subject("Group", f"ml-nlp@{DOMAIN}")]),
+        # Violation: every Google account (system:authenticated on GKE) may read jobs and pods.
+        binding("ClusterRoleBinding", "all-users-view", "ClusterRole", "view",
+                [subject("Group", "system:authenticated")]),
+        # Violation: a contractor bound by name in a tenant namespace, mapped to no tenant.
+        binding("RoleBinding", "contractor-debug", "ClusterRole", "view",
+                [subject("User", "dev@contractor.example")], "tenant-vision"),
     ]
     return objs
 
@@ -121,7 +140,10 @@ def cai_asset(o: dict[str, Any], cluster: str) -> dict[str, Any]:
     asset_type, segment, namespaced = KIND_TYPES[o["kind"]]
     prefix = f"//container.googleapis.com/{cluster}/k8s"
     m = o["metadata"]
-    name = f"{prefix}/namespaces/{m['namespace']}/{segment}/{m['name']}" if namespaced else f"{prefix}/{segment}/{m['name']}"
+    if namespaced:
+        name = f"{prefix}/namespaces/{m['namespace']}/{segment}/{m['name']}"
+    else:
+        name = f"{prefix}/{segment}/{m['name']}"
     return resource_line(name, asset_type, o, ancestors(PROJECT))
 
 
