@@ -1,0 +1,141 @@
+"""kmock as a Kubernetes API server for the RBAC appliers, with what it lacks: resourceVersion.
+
+kmock keeps objects and merges patches but has no optimistic concurrency. `VersionedKube` adds it as the real
+API server does: every write gives the object a new `metadata.resourceVersion`; a patch carrying an old one, or a
+delete whose preconditions name an old one, is refused with 409 Conflict. The server runs on its own event loop
+in a thread, so the synchronous `kubernetes` client can call it from a test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import kmock
+import pytest
+from kmock._internal.enums import action
+from kmock._internal.k8s import KubernetesError
+
+GROUP, VERSION = "rbac.authorization.k8s.io", "v1"
+PLURALS = {"Role": "roles", "RoleBinding": "rolebindings", "ClusterRole": "clusterroles",
+           "ClusterRoleBinding": "clusterrolebindings"}
+
+
+@attrs.define(kw_only=True)
+class VersionedKube(kmock.KubernetesEmulator):
+    _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1000), init=False)
+    writes: list[tuple[str, str | None, str | None]] = attrs.field(factory=list, init=False)
+
+    def next_version(self) -> str:
+        return str(next(self._versions))
+
+    def _current(self, key: Any) -> dict[str, Any] | None:
+        if key not in self._objects or self._objects[key].deleted:
+            return None
+        return dict(self._objects[key].raw)
+
+    async def _handle(self, request: Any) -> Any:
+        if request.resource is not None and request.action in (action.UPDATE, action.DELETE, action.CREATE):
+            data = request.data if isinstance(request.data, dict) else {}
+            key = (request.resource, request.namespace, request.name)
+            current = self._current(key) if request.name else None
+            have = ((current or {}).get("metadata") or {}).get("resourceVersion")
+            if request.action == action.UPDATE:
+                sent = (data.get("metadata") or {}).get("resourceVersion")
+                if current is not None and sent and sent != have:
+                    raise _conflict(request)
+                data.setdefault("metadata", {})["resourceVersion"] = self.next_version()
+            elif request.action == action.DELETE:
+                sent = (data.get("preconditions") or {}).get("resourceVersion")
+                if current is not None and sent and sent != have:
+                    raise _conflict(request)
+            else:
+                data.setdefault("metadata", {})["resourceVersion"] = self.next_version()
+            self.writes.append((str(request.action), request.namespace, request.name))
+        return await super()._handle(request)
+
+
+def _conflict(request: Any) -> KubernetesError:
+    return KubernetesError(
+        status=409,
+        reason="Conflict",
+        message=f'Operation cannot be fulfilled on {request.resource.plural} "{request.name}": the object has been '
+        "modified; please apply your changes to the latest version and try again",
+        details={"name": request.name},
+    )
+
+
+class KubeServer:
+    """A VersionedKube served on 127.0.0.1 from a background thread."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self.url = ""
+        self.emulator: VersionedKube | None = None
+        self._thread = threading.Thread(target=self._run, name="kmock", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("kmock did not start")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._main())
+        self._loop.close()
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        async with VersionedKube() as emulator, kmock.Server(emulator) as server:
+            self.emulator = emulator
+            self.url = str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    @property
+    def k(self) -> VersionedKube:
+        assert self.emulator is not None
+        return self.emulator
+
+    def put(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Store an object (as `kubectl apply` would), with a fresh resourceVersion; returns what is stored."""
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        meta["resourceVersion"] = self.k.next_version()
+        meta.setdefault("uid", f"uid-{meta['name']}")
+        res = kmock.resource(GROUP, VERSION, PLURALS[obj["kind"]])
+        self.k.objects[res, meta.get("namespace"), meta["name"]] = obj
+        return obj
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        res = kmock.resource(GROUP, VERSION, PLURALS[kind])
+        key = (res, namespace, name)
+        if key not in self.k.objects or self.k.objects[key].deleted:
+            return None
+        return copy.deepcopy(dict(self.k.objects[key].raw))
+
+    def api_client(self) -> Any:
+        from kubernetes import client
+
+        cfg = client.Configuration()
+        cfg.host = self.url
+        return client.ApiClient(cfg)
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeServer]:
+    server = KubeServer()
+    try:
+        yield server
+    finally:
+        server.close()
