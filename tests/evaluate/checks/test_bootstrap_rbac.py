@@ -1,0 +1,90 @@
+"""The shipped RBAC pack is silent on the real Kubernetes bootstrap RBAC, and not because it sees nothing.
+
+The files in shared/data/k8s-bootstrap-rbac/ are the kube-apiserver's default roles and bindings (testdata of the
+Kubernetes project), read through the real file reader. They are not mutually consistent (SOURCES.md there): a
+controller binding names a ClusterRole that is not in the set, which must not turn into an error or a finding.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from auditor.collect import SourceOptions
+from auditor.collect.k8s_objects import CLUSTER_ROLE, CLUSTER_ROLE_BINDING, ROLE, ROLE_BINDING
+from auditor.evaluate.rulebook import load_file, shipped_rules_dir
+from auditor.scan import ScanResult, run_scan
+
+CLUSTER = "projects/p/locations/us-central1/clusters/stock"
+
+BAD_BINDINGS = """\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: rbac.authorization.k8s.io/v1
+  kind: ClusterRoleBinding
+  metadata: {name: alice-admin}
+  roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
+  subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice@example.com}]
+- apiVersion: rbac.authorization.k8s.io/v1
+  kind: ClusterRoleBinding
+  metadata: {name: everyone-edits}
+  roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}
+  subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: system:authenticated}]
+"""
+
+
+def scan(source: Path, rules: Path) -> ScanResult:
+    return run_scan([str(source)], load_file(rules), SourceOptions(cluster=CLUSTER, strict=True))
+
+
+def rbac_pack() -> Path:
+    return shipped_rules_dir() / "rbac.yaml"
+
+
+def test_shipped_rbac_pack_is_silent_on_bootstrap_rbac(shared_data: Path) -> None:
+    result = scan(shared_data / "k8s-bootstrap-rbac", rbac_pack())
+    assert result.complete
+    assert [f.message for f in result.findings] == []
+    assert result.evaluation.errors == []
+    # Every file was read: 69 ClusterRoles, 48 ClusterRoleBindings, 7 Roles and 7 RoleBindings.
+    counts = Counter(result.evaluation.assets_by_type)
+    assert counts[CLUSTER_ROLE] == 69 and counts[CLUSTER_ROLE_BINDING] == 48
+    assert counts[ROLE] == 7 and counts[ROLE_BINDING] == 7
+
+
+def test_silence_holds_when_system_bindings_are_judged_too(shared_data: Path, tmp_path: Path) -> None:
+    """With `system:` bindings judged, the default grants param is what keeps the bootstrap bindings quiet."""
+    doc = yaml.safe_load(rbac_pack().read_text())
+    public = next(r for r in doc["rules"] if r["check"] == "rbac.no_public_subjects")
+    public["params"]["include_system_objects"] = True
+    judged = tmp_path / "rbac.yaml"
+    judged.write_text(yaml.safe_dump(doc))
+    assert scan(shared_data / "k8s-bootstrap-rbac", judged).findings == []
+    # ...and without the defaults, the bootstrap bindings to system:authenticated/unauthenticated are reported.
+    public["params"]["default_grants"] = {}
+    judged.write_text(yaml.safe_dump(doc))
+    found = {(f.details["binding"], f.details["subject"]) for f in scan(shared_data / "k8s-bootstrap-rbac",
+                                                                        judged).findings}
+    assert found == {
+        ("system:basic-user", "Group:system:authenticated"),
+        ("system:discovery", "Group:system:authenticated"),
+        ("system:public-info-viewer", "Group:system:authenticated"),
+        ("system:public-info-viewer", "Group:system:unauthenticated"),
+    }
+
+
+def test_shipped_rbac_pack_fires_on_one_bad_binding_among_bootstrap_rbac(shared_data: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "rbac"
+    shutil.copytree(shared_data / "k8s-bootstrap-rbac", folder)
+    (folder / "zz-bad-bindings.yaml").write_text(BAD_BINDINGS)
+    result = scan(folder, rbac_pack())
+    found = sorted((f.rule, f.details["binding"], f.details["subject"]) for f in result.findings)
+    assert found == [
+        ("rbac-no-cluster-admin-for-humans", "alice-admin", "User:alice@example.com"),
+        ("rbac-no-public-subjects", "everyone-edits", "Group:system:authenticated"),
+    ]
+    assert all(f.asset.startswith(f"//container.googleapis.com/{CLUSTER}/k8s/") for f in result.findings)
