@@ -129,6 +129,7 @@ class Fault:
     delay: float = 0.0
     message: str | None = None
     permission: str | None = None
+    error_info: bool = True  # a 403 carries the ErrorInfo naming the permission (the real API usually does)
     hits: int = 0
 
     def matches(self, req: RecordedRequest) -> bool:
@@ -151,6 +152,8 @@ class Fault:
             perm = self.permission or LIST_PERMISSIONS.get(req.content_type or "", "cloudasset.assets.listResource")
             err = permission_denied(perm, req.path)
             err.headers = headers
+            if not self.error_info:
+                err.details = []
             return err
         return ApiError(self.status, self.message or f"injected {self.status}", headers=headers)
 
@@ -605,6 +608,7 @@ _ROUTES: list[_Route] = [
     ("GET", re.compile(r"^/compute/v1/projects/(?P<project>[^/]+)/global/operations/(?P<op>[^/]+)$"), "compute_op"),
     ("POST", re.compile(r"^/compute/v1/projects/(?P<project>[^/]+)/global/operations/(?P<op>[^/]+)/wait$"),
      "compute_op"),
+    ("GET", re.compile(r"^/storage/v1/b/(?P<bucket>[^/]+)$"), "gcs_bucket"),
     ("GET", re.compile(r"^/storage/v1/b/(?P<bucket>[^/]+)/o$"), "gcs_list"),
     ("GET", re.compile(r"^/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<object>.+)$"), "gcs_get"),
     ("GET", re.compile(r"^/download/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<object>.+)$"), "gcs_get"),
@@ -832,6 +836,10 @@ class FakeGcp:
             return _public_op(op)
 
     # -- Cloud Storage (read side) ----------------------------------------------------------------------------------
+    def _gcs_bucket(self, req: RecordedRequest, bucket: str) -> dict[str, Any]:
+        # Every bucket exists (exports create objects in any bucket they are given).
+        return {"kind": "storage#bucket", "id": bucket, "name": bucket, "location": "US", "metageneration": "1"}
+
     def _gcs_list(self, req: RecordedRequest, bucket: str) -> dict[str, Any]:
         prefix = (req.query.get("prefix") or [""])[0]
         with self.state.lock:

@@ -1,0 +1,468 @@
+"""Stage 1, collect: the Cloud Asset Inventory API as a source (`cai://organizations/ID`, `folders/ID`, `projects/ID`).
+
+What is read: only the asset types the loaded rules need. `SourceOptions.asset_types` holds their globs; globs
+become the RE2 expressions CAI accepts in `assetTypes` (`*` -> `[^/]*`). A `*` glob means "every type": for the
+IAM_POLICY content type that is one listing with no type filter, which CAI supports and which returns only the
+assets that carry a policy. RESOURCE is listed for the resource globs, IAM_POLICY for the IAM globs when any
+loaded check reads IAM (`extra["needs_iam"]`). When the caller says which globs need which part
+(`extra["resource_types"]`, `extra["iam_types"]`), each content type lists only those.
+
+How: one listing per (content type, asset type glob), page size 1000, all pinned to one `read_time` (the server's
+time of the first page, or `read_time=` given), run by a bounded pool of threads (`concurrency`, default 4) under
+one requests-per-minute budget (`rpm`, default 100: CAI's default quota per consumer project). Each page is
+retried on its own (auditor/collect/retry.py), so a failure on page 40 does not re-read pages 1-39. Assets are
+handed to the engine as pages arrive, through a bounded queue (memory stays flat).
+
+Resource and IAM policy of one asset are NOT merged: each arrives as its own asset, as in CAI exports (one file per
+content type). Merging would hold every asset of the organization in memory until both listings end, and no check
+reads both parts. Offline and live scans therefore see exactly the same assets.
+
+Completeness: a listing that does not finish (a permanent error, or a transient one that outlasts the retries)
+records `status.fail(asset_type, reason)`; a 403 names the permission that is missing. Other listings carry on.
+
+The export route (`?export=gs://bucket/prefix`) runs ExportAssets per content type to
+`gs://bucket/prefix/<time>/<content>/<asset type>/<shard>`, waits for the long-running operations, downloads the
+files and reads them with the offline reader (auditor/collect/files.py). Large organizations use it to spend one
+request per content type instead of one per 1000 assets.
+
+URI options (query string; `SourceOptions.extra` keys in brackets give the same from the config file):
+`rpm` [cai_requests_per_minute], `concurrency` [cai_concurrency], `page_size` [cai_page_size],
+`read_time` [cai_read_time], `export` [cai_export], `export_timeout` [cai_export_timeout, seconds];
+endpoint: `AUDITOR_GCP_ENDPOINT` or [gcp_endpoint]; retries: [retry_attempts], [retry_initial], [retry_maximum].
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import tempfile
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from auditor.collect import SourceOptions, gcp_clients, register_scheme
+from auditor.collect.files import FileSource, decode_record, record_to_asset
+from auditor.collect.retry import RateBudget, RetryPolicy, status_of
+from auditor.errors import SourceError
+from auditor.model import Asset, SourceStatus
+from auditor.permissions import declare
+
+SCHEME = "cai"
+PAGE_SIZE = 1000  # the most ListAssets serves per page
+DEFAULT_RPM = 100.0
+DEFAULT_CONCURRENCY = 4
+DEFAULT_EXPORT_TIMEOUT = 3600.0
+ALL_TYPES = "*"
+
+# Enum values as the REST client sends them (google.cloud.asset_v1.ContentType).
+RESOURCE = "RESOURCE"
+IAM_POLICY = "IAM_POLICY"
+_CONTENT_ENUM = {RESOURCE: 1, IAM_POLICY: 2}
+LIST_PERMISSION = {RESOURCE: "cloudasset.assets.listResource", IAM_POLICY: "cloudasset.assets.listIamPolicy"}
+EXPORT_PERMISSION = {RESOURCE: "cloudasset.assets.exportResource", IAM_POLICY: "cloudasset.assets.exportIamPolicy"}
+
+declare(
+    "collect.asset_inventory",
+    [*LIST_PERMISSION.values()],
+    why="list resources and IAM policies of the asset types the rules read (Cloud Asset Inventory ListAssets)",
+)
+declare(
+    "collect.asset_inventory_export",
+    [*EXPORT_PERMISSION.values(), "storage.objects.get", "storage.objects.list"],
+    why="the export route (cai://...?export=gs://...): ExportAssets, then read the written objects; the Cloud "
+    "Asset service agent also needs storage.objects.create on the bucket",
+)
+
+_SCOPE = re.compile(r"^(organizations/\d+|folders/\d+|projects/[a-z0-9][a-z0-9.:-]*[a-z0-9])$")
+
+
+def glob_to_cai(pattern: str) -> str:
+    """An asset type glob as the RE2 expression CAI's `assetTypes` accepts (plain types stay as they are)."""
+    if not any(c in pattern for c in "*?"):
+        return pattern
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        c = pattern[i]
+        out.append("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One ListAssets listing: a content type and one asset type glob (`*`: no type filter)."""
+
+    content: str
+    glob: str
+
+    @property
+    def asset_types(self) -> list[str]:
+        return [] if self.glob in ("*", "**") else [glob_to_cai(self.glob)]
+
+    def __str__(self) -> str:
+        return f"{self.glob} ({self.content})"
+
+
+def plan_listings(
+    globs: frozenset[str] | None,
+    needs_iam: bool,
+    resource_globs: frozenset[str] | None = None,
+    iam_globs: frozenset[str] | None = None,
+) -> list[Listing]:
+    """The listings a scan needs: one per asset type glob and content type; `*` absorbs the other globs."""
+    every = frozenset({ALL_TYPES}) if globs is None else globs
+    res = every if resource_globs is None else resource_globs
+    iam = (every if iam_globs is None else iam_globs) if needs_iam else frozenset()
+    out: list[Listing] = []
+    for content, chosen in ((RESOURCE, res), (IAM_POLICY, iam)):
+        if not chosen:
+            continue
+        if "*" in chosen or "**" in chosen:
+            out.append(Listing(content, ALL_TYPES))
+        else:
+            out.extend(Listing(content, g) for g in sorted(chosen))
+    return out
+
+
+def _int_floats(value: Any) -> Any:
+    """Protobuf Structs carry every number as a double; give integral numbers back their integer form so that
+    `priority: 2147483647` reads the same as in an export file."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _int_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_int_floats(v) for v in value]
+    return value
+
+
+def describe_error(
+    exc: BaseException, content: str, what: str, scope: str, export: bool = False, permission: str | None = None
+) -> str:
+    """One line saying what failed and, for a 403, which permission the caller lacks."""
+    status = status_of(exc)
+    message = getattr(exc, "message", None) or str(exc)
+    if status == 403:
+        metadata = getattr(exc, "metadata", None)
+        named = metadata.get("permission") if isinstance(metadata, dict) else None
+        permission = named or permission or (EXPORT_PERMISSION if export else LIST_PERMISSION).get(content)
+        role = "roles/storage.objectViewer" if str(permission).startswith("storage.") else "roles/cloudasset.viewer"
+        return (
+            f"permission denied on {scope} for {what}: the caller lacks {permission} (in {role}); "
+            f"the API said: {message}"
+        )
+    if status == 400:
+        return f"request refused (400) for {what}: {message}"
+    if status is not None and status != 0:
+        return f"{status} for {what}: {message}"
+    return f"{type(exc).__name__} for {what}: {message}"
+
+
+class _Stop(Exception):
+    """The consumer went away; workers end quietly."""
+
+
+class AssetInventorySource:
+    """`cai://SCOPE[?options]`: assets of the needed types under an organization, folder or project."""
+
+    def __init__(self, uri: str, options: SourceOptions) -> None:
+        self.uri = uri
+        self.options = options
+        self.status = SourceStatus(source=uri)
+        parsed = urllib.parse.urlsplit(uri)
+        scope = (parsed.netloc + parsed.path).strip("/")
+        if not _SCOPE.match(scope):
+            raise SourceError(
+                f"source {uri}: expected cai://organizations/ID, cai://folders/ID or cai://projects/ID, got {scope!r}"
+            )
+        self.scope = scope
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query, keep_blank_values=True).items()}
+        known = {"rpm", "concurrency", "page_size", "read_time", "export", "export_timeout"}
+        unknown = sorted(set(query) - known)
+        if unknown:
+            raise SourceError(
+                f"source {uri}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        extra = options.extra
+
+        def setting(name: str, key: str, default: Any, conv: Any) -> Any:
+            raw = query.get(name, extra.get(key))
+            if raw is None or raw == "":
+                return default
+            try:
+                return conv(raw)
+            except (TypeError, ValueError) as exc:
+                raise SourceError(f"source {uri}: {name}={raw!r} is not valid ({exc})") from exc
+
+        self.rpm = setting("rpm", "cai_requests_per_minute", DEFAULT_RPM, float)
+        self.concurrency = setting("concurrency", "cai_concurrency", DEFAULT_CONCURRENCY, int)
+        self.page_size = setting("page_size", "cai_page_size", PAGE_SIZE, int)
+        self.read_time = setting("read_time", "cai_read_time", None, _parse_time)
+        self.export = setting("export", "cai_export", None, str)
+        self.export_timeout = setting("export_timeout", "cai_export_timeout", DEFAULT_EXPORT_TIMEOUT, float)
+        if self.rpm <= 0 or self.concurrency < 1 or not 1 <= self.page_size <= PAGE_SIZE:
+            raise SourceError(f"source {uri}: rpm must be > 0, concurrency >= 1, page_size between 1 and {PAGE_SIZE}")
+        if self.export is not None and not self.export.startswith("gs://"):
+            raise SourceError(f"source {uri}: export must be a Cloud Storage URI (gs://bucket/prefix)")
+        self.endpoint = gcp_clients.resolve_endpoint(extra.get("gcp_endpoint") or None)  # type: ignore[arg-type]
+        self.retry = RetryPolicy.from_settings(extra)
+        self.budget = RateBudget(self.rpm)
+        needs_iam = bool(extra.get("needs_iam", True))
+        self.listings = plan_listings(
+            options.asset_types,
+            needs_iam,
+            _globs(extra.get("resource_types")),
+            _globs(extra.get("iam_types")),
+        )
+        self.requests = 0  # API requests made, for logs and tests
+        self._lock = threading.Lock()
+
+    # -- public -----------------------------------------------------------------------------------------------------
+    def assets(self) -> Iterator[Asset]:
+        if not self.listings:
+            return
+        if self.export is not None:
+            yield from self._exported()
+        else:
+            yield from self._listed()
+
+    # -- ListAssets -------------------------------------------------------------------------------------------------
+    def _listed(self) -> Iterator[Asset]:
+        client = gcp_clients.asset_client(self.endpoint)
+        out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=self.concurrency * 2)
+        stop = threading.Event()
+        gate = threading.Lock()  # the first request fixes the read time; the others wait for it
+        read_time: list[datetime | None] = [self.read_time]
+
+        def put(item: tuple[str, Any]) -> None:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+            raise _Stop
+
+        def work(listing: Listing) -> None:
+            try:
+                self._run_listing(client, listing, read_time, gate, put, stop)
+            except _Stop:
+                return
+            except Exception as exc:  # recorded as an incomplete type; never takes the other listings down
+                self.status.fail(listing.glob, describe_error(exc, listing.content, str(listing), self.scope))
+            try:
+                put(("done", listing))
+            except _Stop:
+                return
+
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(self.listings)), thread_name_prefix="cai")
+        try:
+            for listing in self.listings:
+                pool.submit(work, listing)
+            remaining = len(self.listings)
+            while remaining:
+                kind, payload = out.get()
+                if kind == "done":
+                    remaining -= 1
+                    continue
+                for asset in payload:
+                    self.status.assets += 1
+                    yield asset
+        finally:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+        if read_time[0] is not None:
+            self.status.read_time = _fmt_time(read_time[0])
+
+    def _run_listing(
+        self,
+        client: Any,
+        listing: Listing,
+        read_time: list[datetime | None],
+        gate: threading.Lock,
+        put: Any,
+        stop: threading.Event,
+    ) -> None:
+        from google.cloud import asset_v1
+
+        token = ""
+        page_no = 0
+        while True:
+            if stop.is_set():
+                raise _Stop
+            request = asset_v1.ListAssetsRequest(
+                parent=self.scope,
+                content_type=_CONTENT_ENUM[listing.content],
+                asset_types=listing.asset_types,
+                page_size=self.page_size,
+                page_token=token,
+            )
+            response = None
+            if read_time[0] is None:
+                with gate:  # held only by the one request that fixes the read time
+                    if read_time[0] is None:
+                        response = self._page(client, request)
+                        read_time[0] = response.read_time if response.read_time else datetime.now(UTC)
+            if response is None:
+                request.read_time = read_time[0]
+                response = self._page(client, request)
+            page_no += 1
+            origin = f"{self.uri} {listing} page {page_no}"
+            put(("assets", [self._asset(a, origin) for a in response.assets]))
+            token = response.next_page_token
+            if not token:
+                return
+
+    def _page(self, client: Any, request: Any) -> Any:
+        """One ListAssets page, within the budget, retried on transient errors (client retries off)."""
+
+        def call() -> Any:
+            self.budget.acquire()
+            with self._lock:
+                self.requests += 1
+            pager = client.list_assets(request=request, retry=None, timeout=120.0)
+            return next(iter(pager.pages))  # the page this call fetched; the pager would fetch more on its own
+
+        return self.retry.call(call)
+
+    @staticmethod
+    def _asset(proto: Any, origin: str) -> Asset:
+        d = type(proto).to_dict(
+            proto,
+            preserving_proto_field_name=False,
+            use_integers_for_enums=False,
+            always_print_fields_with_no_presence=False,
+        )
+        resource = d.get("resource")
+        if isinstance(resource, dict) and "data" in resource:
+            resource["data"] = _int_floats(resource["data"])
+        return record_to_asset(decode_record(msgspec.json.encode(d)), origin)
+
+    # -- ExportAssets -----------------------------------------------------------------------------------------------
+    def _exported(self) -> Iterator[Asset]:
+        from google.cloud import asset_v1
+
+        assert self.export is not None
+        client = gcp_clients.asset_client(self.endpoint)
+        # A moment just past, so that a client clock ahead of Google's never asks for the future.
+        read_time = self.read_time or datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60)
+        self.status.read_time = _fmt_time(read_time)
+        stamp = read_time.strftime("%Y%m%dT%H%M%SZ")
+        by_content: dict[str, list[Listing]] = {}
+        for listing in self.listings:
+            by_content.setdefault(listing.content, []).append(listing)
+        operations: list[tuple[str, list[Listing], Any]] = []
+        for content, listings in by_content.items():
+            types = sorted({t for x in listings for t in x.asset_types})
+            if any(not x.asset_types for x in listings):
+                types = []
+            request = asset_v1.ExportAssetsRequest(
+                parent=self.scope,
+                content_type=_CONTENT_ENUM[content],
+                asset_types=types,
+                read_time=read_time,
+                output_config=asset_v1.OutputConfig(
+                    gcs_destination=asset_v1.GcsDestination(
+                        uri_prefix=f"{self.export.rstrip('/')}/{stamp}/{content.lower()}"
+                    )
+                ),
+            )
+            try:
+                op = self._call(lambda r=request: client.export_assets(request=r, retry=None, timeout=120.0))
+            except Exception as exc:
+                self._fail_all(listings, describe_error(exc, content, f"export of {content}", self.scope, True))
+                continue
+            operations.append((content, listings, op))
+        storage = None
+        for content, listings, op in operations:
+            try:
+                result = op.result(timeout=self.export_timeout)
+            except Exception as exc:
+                self._fail_all(listings, describe_error(exc, content, f"export of {content}", self.scope, True))
+                continue
+            uris = list(result.output_result.gcs_result.uris)
+            storage = storage or gcp_clients.storage_client(self.endpoint)
+            for uri in uris:
+                try:
+                    yield from self._read_object(storage, uri)
+                except SourceError:
+                    raise
+                except Exception as exc:
+                    reason = describe_error(exc, content, f"reading {uri}", uri, permission="storage.objects.get")
+                    self._fail_all(listings, reason)
+        if self.status.skipped:
+            self.status.fail("*", f"{self.status.skipped} malformed record(s) skipped; first: {self.status.errors[0]}")
+
+    def _read_object(self, storage: Any, uri: str) -> Iterator[Asset]:
+        bucket, _, name = uri[len("gs://") :].partition("/")
+        with tempfile.TemporaryDirectory(prefix="auditor-cai-") as tmp:
+            path = Path(tmp) / (name.replace("/", "_") or "export.json")
+            if not path.name.lower().endswith((".json", ".ndjson", ".jsonl", ".dump", ".gz")):
+                path = path.with_name(path.name + ".json")  # so the file reader takes it as an export
+            blob = storage.bucket(bucket).blob(name)
+            # Cloud Storage has its own quota: downloads are retried but do not spend the CAI budget.
+            self.retry.call(lambda: blob.download_to_filename(str(path)))
+            if path.stat().st_size == 0:
+                return
+            reader = FileSource(str(path), self.options)
+            for asset in reader.assets():
+                asset.origin = asset.origin.replace(str(path), uri, 1)
+                self.status.assets += 1
+                yield asset
+            self.status.skipped += reader.status.skipped
+            self.status.errors.extend(e.replace(str(path), uri, 1) for e in reader.status.errors)
+
+    def _call(self, fn: Any) -> Any:
+        def call() -> Any:
+            self.budget.acquire()
+            with self._lock:
+                self.requests += 1
+            return fn()
+
+        return self.retry.call(call)
+
+    def _fail_all(self, listings: list[Listing], reason: str) -> None:
+        for listing in listings:
+            self.status.fail(listing.glob, reason)
+
+
+def _globs(value: object) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return frozenset({value})
+    if isinstance(value, list | tuple | set | frozenset):
+        return frozenset(str(v) for v in value)
+    raise SourceError(f"asset type globs must be a list, got {value!r}")
+
+
+def _parse_time(value: object) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    text = str(value).strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    dt = datetime.fromisoformat(text)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _fmt_time(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def open_asset_inventory(uri: str, options: SourceOptions) -> AssetInventorySource:
+    return AssetInventorySource(uri, options)
+
+
+register_scheme(SCHEME, open_asset_inventory)

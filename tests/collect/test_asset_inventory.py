@@ -1,0 +1,201 @@
+"""The Cloud Asset Inventory source against the fake API server, through the real google-cloud-asset client."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from auditor.cli import cli
+from auditor.collect import SourceOptions, open_source
+from auditor.collect.asset_inventory import AssetInventorySource, glob_to_cai, plan_listings
+from auditor.collect.files import iter_file_assets
+from auditor.evaluate.rulebook import load_rules
+from auditor.scan import run_scan
+from tests.fakes.gcp import FakeGcp, Fault
+
+SECURITY_POLICY = "compute.googleapis.com/SecurityPolicy"
+PROJECT = "cloudresourcemanager.googleapis.com/Project"
+
+
+def scan_json(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str]:
+    res = CliRunner().invoke(cli, ["scan", *args, "--format", "json", "--fail-on", "never"], env=env)
+    out = json.loads(res.stdout) if res.stdout.strip().startswith("{") else {}
+    return res.exit_code, out, res.stderr
+
+
+def fast(extra: dict[str, object] | None = None) -> SourceOptions:
+    """Options whose retries record their waits instead of sleeping."""
+    sleeps: list[float] = []
+    base = {"retry_sleep": sleeps.append, "retry_initial": 0.01, "sleeps": sleeps, "cai_requests_per_minute": 60000}
+    return SourceOptions(extra={**base, **(extra or {})})
+
+
+@pytest.fixture
+def org(fake_gcp: FakeGcp, example_org: tuple[Path, str], gcp_endpoint: str) -> str:
+    folder, org_id = example_org
+    fake_gcp.load(folder)
+    return f"cai://organizations/{org_id}"
+
+
+def finding_keys(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return sorted((f["id"], f["rule"], f["asset"]) for f in report["findings"])
+
+
+def test_live_scan_gives_the_same_findings_as_the_files(org: str, example_org: tuple[Path, str]) -> None:
+    code, live, err = scan_json("--source", org)
+    assert code == 0, err
+    _, offline, _ = scan_json("--source", str(example_org[0]))
+    assert live["complete"] is True and live["sources"][0]["read_time"]
+    assert finding_keys(live) == finding_keys(offline) and live["findings"]
+    assert live["summary"] == offline["summary"]
+
+
+def test_listing_requests_are_counted_pages_not_assets(
+    fake_gcp: FakeGcp, org: str, example_org: tuple[Path, str]
+) -> None:
+    fake_gcp.max_page_size = 7
+    wanted = {"resource_types": [SECURITY_POLICY, "rbac.authorization.k8s.io/*"], "iam_types": [PROJECT]}
+    src = open_source(org, SourceOptions(asset_types=frozenset(["*"]), extra={"needs_iam": True, **wanted}))
+    got = list(src.assets())
+    files = list(iter_file_assets(example_org[0]))
+    n_policies = sum(1 for a in files if a.asset_type == SECURITY_POLICY and a.resource)
+    n_rbac = sum(1 for a in files if a.asset_type.startswith("rbac.authorization.k8s.io/") and a.resource)
+    n_projects = sum(1 for a in files if a.asset_type == PROJECT and a.has_iam_policy)
+    assert n_policies and n_projects
+    assert len(got) == n_policies + n_rbac + n_projects
+    calls = fake_gcp.list_asset_calls()
+    by_type = Counter((tuple(c.query.get("assetTypes", [])), c.content_type) for c in calls)
+    pages = lambda n: max(1, math.ceil(n / 7))  # noqa: E731 - an empty listing still takes one request
+    assert by_type == {
+        ((SECURITY_POLICY,), "RESOURCE"): pages(n_policies),
+        (("rbac\\.authorization\\.k8s\\.io/[^/]*",), "RESOURCE"): pages(n_rbac),
+        ((PROJECT,), "IAM_POLICY"): pages(n_projects),
+    }
+    assert all(c.query["pageSize"] == ["1000"] for c in calls)
+    # One read time for the whole snapshot: every request but the first names the same one.
+    times = {c.query["readTime"][0] for c in calls if "readTime" in c.query}
+    assert len(times) == 1 and sum("readTime" in c.query for c in calls) == len(calls) - 1
+    assert src.status.complete and src.status.read_time
+
+
+def test_429s_are_retried_honouring_retry_after(fake_gcp: FakeGcp, org: str, example_org: tuple[Path, str]) -> None:
+    fake_gcp.inject(Fault(status=429, times=3, retry_after=2))
+    fake_gcp.inject(Fault(status=503, times=1, content_type="IAM_POLICY"))
+    options = fast()
+    result = run_scan([org], load_rules(None), options)
+    assert result.complete
+    sleeps = options.extra["sleeps"]
+    assert isinstance(sleeps, list) and len(sleeps) == 4
+    assert sorted(sleeps)[-3:] >= [2, 2, 2]  # never sooner than the server asked
+    offline = run_scan([str(example_org[0])], load_rules(None))
+    assert [f.id for f in result.findings] == [f.id for f in offline.findings]
+
+
+def test_a_broken_page_is_retried_alone(fake_gcp: FakeGcp, org: str) -> None:
+    fake_gcp.max_page_size = 20
+    fake_gcp.inject(Fault(status=500, times=2, page=3, content_type="RESOURCE"))
+    src = open_source(org, fast({"needs_iam": False}))
+    assets = list(src.assets())
+    assert src.status.complete and len({a.name for a in assets}) == len(assets)
+    resource_calls = [c.page for c in fake_gcp.list_asset_calls()]
+    assert resource_calls[:5] == [1, 2, 3, 3, 3]  # pages 1 and 2 were not read again
+
+
+def test_a_type_that_keeps_failing_makes_the_snapshot_partial(fake_gcp: FakeGcp, org: str) -> None:
+    fake_gcp.max_page_size = 1  # the example has a few security policies: page 2 is in the middle
+    fake_gcp.inject(Fault(status=500, times=None, asset_type=SECURITY_POLICY, page=2, message="backend exploded"))
+    options = fast({"resource_types": [SECURITY_POLICY, "rbac.authorization.k8s.io/*"], "retry_attempts": 3})
+    src = open_source(org, SourceOptions(asset_types=frozenset(["*"]), extra={**options.extra, "needs_iam": False}))
+    assets = list(src.assets())
+    assert not src.status.complete
+    assert list(src.status.failed_types) == [SECURITY_POLICY]
+    assert "500" in src.status.failed_types[SECURITY_POLICY]
+    assert "backend exploded" in src.status.failed_types[SECURITY_POLICY]
+    assert any(a.asset_type.startswith("rbac.") for a in assets)  # the other type was read in full
+    failing = [c for c in fake_gcp.list_asset_calls() if c.query.get("assetTypes") == [SECURITY_POLICY]]
+    assert [c.page for c in failing] == [1, 2, 2, 2]  # three attempts at the broken page, then it gives up
+
+
+def test_partial_snapshot_in_json_and_require_complete(fake_gcp: FakeGcp, org: str) -> None:
+    fake_gcp.inject(Fault(status=403, times=None, content_type="IAM_POLICY", error_info=False))
+    code, report, err = scan_json("--source", org)
+    assert code == 0 and report["complete"] is False
+    [failed] = report["sources"][0]["failed"]
+    assert failed["asset_type"] == "*"
+    assert "cloudasset.assets.listIamPolicy" in failed["reason"]  # named although the API did not say
+    assert "partial" in err
+    code, _, err = scan_json("--source", org, "--require-complete")
+    assert code == 2 and "partial snapshot" in err and "cloudasset.assets.listIamPolicy" in err
+    assert "Traceback" not in err
+
+
+def test_403_names_the_permission_the_api_reports(fake_gcp: FakeGcp, org: str) -> None:
+    fake_gcp.inject(
+        Fault(status=403, times=None, asset_type=SECURITY_POLICY, permission="compute.securityPolicies.list")
+    )
+    src = open_source(org, fast({"needs_iam": False, "resource_types": [SECURITY_POLICY]}))
+    assert list(src.assets()) == []
+    reason = src.status.failed_types[SECURITY_POLICY]
+    assert "compute.securityPolicies.list" in reason and "organizations/" in reason
+    assert len(fake_gcp.list_asset_calls()) == 1  # a 403 is not retried
+
+
+def test_400_is_not_retried(fake_gcp: FakeGcp, org: str) -> None:
+    fake_gcp.inject(Fault(status=400, times=None, message="Invalid asset type"))
+    src = open_source(org, fast({"needs_iam": False, "resource_types": [SECURITY_POLICY]}))
+    list(src.assets())
+    assert "Invalid asset type" in src.status.failed_types[SECURITY_POLICY]
+    assert len(fake_gcp.list_asset_calls()) == 1
+
+
+def test_slow_answers_do_not_lose_assets(fake_gcp: FakeGcp, org: str) -> None:
+    fake_gcp.inject(Fault(status=None, times=2, delay=0.2))
+    src = open_source(org, fast({"needs_iam": True, "resource_types": [SECURITY_POLICY], "iam_types": [PROJECT]}))
+    assert src.status.complete and {a.asset_type for a in src.assets()} == {SECURITY_POLICY, PROJECT}
+
+
+def test_export_route_reads_the_written_files(fake_gcp: FakeGcp, org: str, example_org: tuple[Path, str]) -> None:
+    code, live, err = scan_json("--source", f"{org}?export=gs://audit-exports/daily")
+    assert code == 0, err
+    _, offline, _ = scan_json("--source", str(example_org[0]))
+    assert finding_keys(live) == finding_keys(offline) and live["complete"]
+    exports = fake_gcp.calls("POST", r":exportAssets$")
+    assert sorted(e.content_type or "" for e in exports) == ["IAM_POLICY", "RESOURCE"]
+    assert not fake_gcp.list_asset_calls()
+    assert all(k[0] == "audit-exports" and k[1].startswith("daily/") for k in fake_gcp.state.objects)
+
+
+def test_stopping_early_ends_the_workers(fake_gcp: FakeGcp, org: str) -> None:
+    fake_gcp.max_page_size = 2
+    src = open_source(org, fast())
+    stream = src.assets()
+    first = next(iter(stream))
+    stream.close()  # type: ignore[attr-defined]
+    assert first.name
+    assert len(fake_gcp.list_asset_calls()) < 20
+
+
+def test_bad_source_uris_are_clear(gcp_endpoint: str) -> None:
+    for uri, fragment in [
+        ("cai://organisations/1", "expected cai://organizations/ID"),
+        ("cai://organizations/1?budget=3", "unknown option(s) budget"),
+        ("cai://organizations/1?rpm=fast", "rpm='fast' is not valid"),
+        ("cai://organizations/1?export=s3://b", "gs://bucket/prefix"),
+    ]:
+        code, _, err = scan_json("--source", uri)
+        assert code == 2 and fragment in err and "Traceback" not in err, err
+
+
+def test_globs_become_cai_expressions_and_listings() -> None:
+    assert glob_to_cai("compute.googleapis.com/SecurityPolicy") == "compute.googleapis.com/SecurityPolicy"
+    assert glob_to_cai("rbac.authorization.k8s.io/*") == "rbac\\.authorization\\.k8s\\.io/[^/]*"
+    plan = plan_listings(frozenset({"*", PROJECT}), needs_iam=True, resource_globs=frozenset({SECURITY_POLICY}))
+    assert [(x.content, x.glob) for x in plan] == [("RESOURCE", SECURITY_POLICY), ("IAM_POLICY", "*")]
+    assert [x.content for x in plan_listings(frozenset({PROJECT}), needs_iam=False)] == ["RESOURCE"]
+    assert isinstance(open_source("cai://projects/my-proj-1", SourceOptions()), AssetInventorySource)
