@@ -11,19 +11,28 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import attrs
 import kmock
 import pytest
+import yaml
 from kmock._internal.enums import action
 from kmock._internal.k8s import KubernetesError
 
 GROUP, VERSION = "rbac.authorization.k8s.io", "v1"
 PLURALS = {"Role": "roles", "RoleBinding": "rolebindings", "ClusterRole": "clusterroles",
-           "ClusterRoleBinding": "clusterrolebindings"}
+           "ClusterRoleBinding": "clusterrolebindings", "Namespace": "namespaces", "ResourceQuota": "resourcequotas",
+           "NetworkPolicy": "networkpolicies"}
+
+
+def resource_of(obj: dict[str, Any]) -> Any:
+    group, _, version = str(obj.get("apiVersion", "v1")).rpartition("/")
+    return kmock.resource(group, version, PLURALS[obj["kind"]])
 
 
 @attrs.define(kw_only=True)
@@ -107,18 +116,44 @@ class KubeServer:
         assert self.emulator is not None
         return self.emulator
 
-    def put(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Store an object (as `kubectl apply` would), with a fresh resourceVersion; returns what is stored."""
+    def put(self, obj: dict[str, Any], keep_version: bool = False) -> dict[str, Any]:
+        """Store an object (as `kubectl apply` would), with a fresh resourceVersion unless `keep_version`."""
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
-        meta["resourceVersion"] = self.k.next_version()
+        if not keep_version or not meta.get("resourceVersion"):
+            meta["resourceVersion"] = self.k.next_version()
         meta.setdefault("uid", f"uid-{meta['name']}")
-        res = kmock.resource(GROUP, VERSION, PLURALS[obj["kind"]])
-        self.k.objects[res, meta.get("namespace"), meta["name"]] = obj
+        self.k.objects[resource_of(obj), meta.get("namespace"), meta["name"]] = obj
         return obj
 
+    def load_cai(self, path: Path, cluster: str) -> int:
+        """The Kubernetes objects of one cluster from a CAI export (their resourceVersions kept)."""
+        n = 0
+        prefix = f"//container.googleapis.com/{cluster}/k8s/"
+        for line in path.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line) if line.strip() else {}
+            data = (rec.get("resource") or {}).get("data") or {}
+            if str(rec.get("name", "")).startswith(prefix) and data.get("kind") in PLURALS:
+                self.put(data, keep_version=True)
+                n += 1
+        return n
+
+    def objects(self) -> list[dict[str, Any]]:
+        out = []
+        for key in list(self.k.objects):
+            obj = self.k.objects[key]
+            if not obj.deleted:
+                out.append(copy.deepcopy(dict(obj.raw)))
+        return out
+
+    def export(self, path: Path) -> Path:
+        """Every object as a `kubectl get -o yaml` List, for a scan of the cluster as it is now."""
+        path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": self.objects()}),
+                        encoding="utf-8")
+        return path
+
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
-        res = kmock.resource(GROUP, VERSION, PLURALS[kind])
+        res = kmock.resource(GROUP if kind != "Namespace" else "", VERSION, PLURALS[kind])
         key = (res, namespace, name)
         if key not in self.k.objects or self.k.objects[key].deleted:
             return None
