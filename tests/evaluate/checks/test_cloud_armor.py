@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from auditor.collect.files import iter_file_assets
 from auditor.errors import RuleError
 from auditor.evaluate.engine import Engine
+from auditor.evaluate.registry import all_checks
 from auditor.evaluate.rulebook import load_file, load_rules
 from auditor.model import Asset, Finding
 
@@ -363,3 +365,21 @@ def test_example_org_triggers_every_shipped_armor_rule(repo: Path) -> None:
     assert fired == {r.id for r in engine.rules}
     clean = {a.name for a in assets} - {f.asset for f in result.findings}
     assert clean, "the example should also hold a compliant policy"
+
+
+# -- documentation --------------------------------------------------------------------------------------------------
+def docstring_examples(prefix: str) -> dict[str, str]:
+    out = {}
+    for name, spec in all_checks().items():
+        if name.startswith(prefix):
+            assert "```yaml" in spec.doc, f"{name} has no YAML example"
+            out[name] = spec.doc.split("```yaml", 1)[1].split("```", 1)[0]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(docstring_examples("cloud_armor.")))
+def test_docstring_example_loads(tmp_path: Path, name: str) -> None:
+    f = tmp_path / "example.yaml"
+    f.write_text(textwrap.dedent(docstring_examples("cloud_armor.")[name]))
+    loaded = load_file(f)
+    assert [r.rule.check for r in loaded] == [name]

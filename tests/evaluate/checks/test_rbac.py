@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from auditor.collect.files import iter_file_assets
 from auditor.collect.k8s_objects import object_asset
 from auditor.errors import RuleError
 from auditor.evaluate.engine import Engine
+from auditor.evaluate.registry import all_checks
 from auditor.evaluate.rulebook import load_file, load_rules
 from auditor.model import Asset, Finding
 
@@ -364,3 +366,20 @@ def test_example_org_triggers_every_shipped_rbac_rule(repo: Path) -> None:
                for a in objs)
     assert not any(a.endswith("/namespaces/tenant-vision/rbac.authorization.k8s.io/rolebindings/trainer")
                    for a in flagged)
+
+
+# -- documentation ----------------------------------------------------------------------------------------------------
+def docstring_examples() -> dict[str, str]:
+    out = {}
+    for name, spec in all_checks().items():
+        if name.startswith("rbac."):
+            assert "```yaml" in spec.doc, f"{name} has no YAML example"
+            out[name] = spec.doc.split("```yaml", 1)[1].split("```", 1)[0]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(docstring_examples()))
+def test_docstring_example_loads(tmp_path: Path, name: str) -> None:
+    f = tmp_path / "example.yaml"
+    f.write_text(textwrap.dedent(docstring_examples()[name]))
+    assert [r.rule.check for r in load_file(f)] == [name]
