@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     gcp_endpoint: str | None = Field(None, description="Google API endpoint override (tests, private endpoints).")
+    source_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options for live sources (cai_requests_per_minute, cai_page_size, retry_attempts, ...).",
+    )
     history_days: int = Field(90, ge=1, description="Cycles, drift events and resolved findings kept this long.")
     staleness: Staleness = Field(default_factory=Staleness)  # type: ignore[arg-type]
     remediation: Remediation = Field(default_factory=Remediation)  # type: ignore[arg-type]
@@ -191,8 +195,8 @@ class Settings(BaseSettings):
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.listen)
 
-    def source_options(self) -> SourceOptions:
-        extra: dict[str, object] = {}
+    def sources_options(self) -> SourceOptions:
+        extra: dict[str, object] = dict(self.source_options)
         if self.gcp_endpoint:
             extra["gcp_endpoint"] = self.gcp_endpoint
         return SourceOptions(cluster=self.cluster, strict=self.strict, extra=extra)

@@ -120,7 +120,7 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
 
 def http_get(url: str, timeout: float = 10) -> tuple[int, bytes, dict[str, str]]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status, resp.read(), dict(resp.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(), dict(exc.headers)

@@ -1,0 +1,272 @@
+"""Audit cycles on the example organization, in process: drift made to a copy of it shows up exactly in the store,
+the metrics and the logs; failing and partial sources keep the last good values and age them."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from auditor.cycle import Auditor, error_code, normalise_remediation
+from auditor.evaluate.rulebook import load_rules
+from auditor.logs import configure
+from auditor.report.metrics import AuditorCollector
+from auditor.scan import run_scan
+from auditor.settings import load_settings
+from auditor.state import Store
+from tests.daemon.support import PUBLIC_RULE, example_org, free_port, make_drift, write_config
+
+
+@pytest.fixture
+def logs() -> Iterator[io.StringIO]:
+    buf = io.StringIO()
+    configure("json", "info", stream=buf)
+    yield buf
+    configure("console", "warning")
+
+
+def events(buf: io.StringIO, name: str) -> list[dict[str, Any]]:
+    return [e for e in map(json.loads, buf.getvalue().splitlines()) if e["event"] == name]
+
+
+def samples(collector: AuditorCollector, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    out = {}
+    for fam in collector.collect():
+        for s in fam.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_auditor(cfg: Path, clock: Clock | None = None) -> Auditor:
+    settings = load_settings(cfg)
+    return Auditor(settings, Store(settings.state_path), **({"clock": clock} if clock else {}))
+
+
+def test_second_cycle_reports_exactly_the_drift_made(tmp_path: Path, logs: io.StringIO) -> None:
+    org, k8s = example_org(tmp_path)
+    cfg = write_config(tmp_path / "config.yaml")
+    auditor = make_auditor(cfg)
+    rules = load_rules()
+
+    def scan() -> dict[str, Any]:
+        return {f.id: f for f in run_scan([str(org), str(k8s)], rules, auditor.settings.sources_options()).findings}
+
+    before = scan()
+
+    first = auditor.run_cycle()
+    assert first.outcome == "success" and first.recorded is not None
+    assert {e.finding_id for e in first.recorded.new} == set(before)
+    drift = make_drift(org)
+    after = scan()
+    second = auditor.run_cycle()
+
+    # What the store says changed is the set difference of the two snapshots, nothing more.
+    assert second.outcome == "success" and second.recorded is not None
+    new = {e.finding_id for e in second.recorded.new}
+    resolved = {e.finding_id for e in second.recorded.resolved}
+    assert new == set(after) - set(before) and new
+    assert resolved == set(before) - set(after) and resolved
+    assert {e.asset for e in second.recorded.new} == {drift.made_public}
+    assert {e.asset for e in second.recorded.resolved} == {drift.made_private}
+    assert PUBLIC_RULE in {e.rule for e in second.recorded.new} & {e.rule for e in second.recorded.resolved}
+    stored = auditor.store.drift(second.cycle_id)
+    assert {(e.change, e.finding_id) for e in stored} == {("new", i) for i in new} | {("resolved", i) for i in resolved}
+    # Findings still open kept their first-seen time from the first cycle.
+    kept = {f.id: f for f in auditor.store.open_findings()}
+    assert set(kept) == set(after)
+    assert {kept[i].first_seen for i in set(before) & set(after)} == {first.recorded.drift[0].at}
+
+    # The metrics: drift counters hold exactly the events of both cycles; findings are the new snapshot.
+    collector = AuditorCollector(lambda: auditor.published.view, auditor.histogram)
+    expected: Counter[tuple[tuple[str, str], ...]] = Counter()
+    for e in first.recorded.drift + second.recorded.drift:
+        if not e.exempted:
+            expected[(("change", e.change), ("rule", e.rule), ("severity", e.severity))] += 1
+    drift_counts = samples(collector, "auditor_drift_events_total")
+    assert {k: v for k, v in drift_counts.items() if v} == expected
+    findings = samples(collector, "auditor_findings")
+    assert sum(findings.values()) == sum(1 for f in after.values() if f.exempted is None)
+
+    # The logs: one cycle event per cycle with counts and durations, one drift event per change.
+    cycles = events(logs, "cycle")
+    assert [(c["cycle"], c["new"], c["resolved"]) for c in cycles] == [
+        (1, len(before), 0), (2, len(new), len(resolved))
+    ]
+    assert set(cycles[1]["durations"]) == {"collect_evaluate", "record", "report"}
+    logged = {(e["change"], e["finding"], e["asset"]) for e in events(logs, "drift") if e["cycle"] == 2}
+    assert logged == {(e.change, e.finding_id, e.asset) for e in second.recorded.drift}
+    assert {a for _, _, a in logged} == {drift.made_public, drift.made_private}
+
+    # The report shows the drift and the rule's rationale.
+    html = auditor.published.report_html.decode()
+    assert drift.made_public.removeprefix("//") in html and f"{len(new)} new" in html
+    doc = json.loads(auditor.published.findings_json)
+    assert {e["finding_id"] for e in doc["drift"]["events"]} == new | resolved
+    auditor.store.close()
+
+
+def test_restart_keeps_first_seen_and_reports_nothing_new(tmp_path: Path, logs: io.StringIO) -> None:
+    example_org(tmp_path)
+    cfg = write_config(tmp_path / "config.yaml")
+    auditor = make_auditor(cfg)
+    auditor.run_cycle()
+    first_seen = {f.id: f.first_seen for f in auditor.store.open_findings()}
+    auditor.store.close()
+
+    again = make_auditor(cfg)
+    # Before any cycle of the new process, the metrics already show the kept findings.
+    collector = AuditorCollector(lambda: again.published.view, again.histogram)
+    assert sum(samples(collector, "auditor_findings").values()) == len(first_seen)
+    out = again.run_cycle()
+    assert out.recorded is not None and out.recorded.drift == []
+    assert {f.id: f.first_seen for f in again.store.open_findings()} == first_seen
+    assert events(logs, "drift")[-1]["cycle"] == 1  # no drift logged by the second process
+    again.store.close()
+
+
+def test_a_source_that_disappears_keeps_the_last_good_numbers_and_ages_them(tmp_path: Path,
+                                                                          logs: io.StringIO) -> None:
+    org, k8s = example_org(tmp_path)
+    policies = org / "iam-policies.ndjson"
+    cfg = write_config(tmp_path / "config.yaml", sources=[str(policies), str(k8s)])
+    clock = Clock(2_000_000_000.0)
+    auditor = make_auditor(cfg, clock)
+    assert auditor.run_cycle().outcome == "success"
+    collector = AuditorCollector(lambda: auditor.published.view, auditor.histogram, clock=clock)
+    findings = samples(collector, "auditor_findings")
+    assets = samples(collector, "auditor_assets")
+    last_success = samples(collector, "auditor_last_success_timestamp_seconds")[()]
+    age = samples(collector, "auditor_snapshot_age_seconds")[()]
+    assert findings and assets and last_success == clock.t
+
+    policies.unlink()
+    clock.t += 600
+    out = auditor.run_cycle()
+    assert out.outcome == "failed" and out.error is not None and str(policies) in out.error
+    assert samples(collector, "auditor_findings") == findings
+    assert samples(collector, "auditor_assets") == assets
+    assert samples(collector, "auditor_last_success_timestamp_seconds")[()] == last_success
+    assert samples(collector, "auditor_snapshot_age_seconds")[()] == age + 600
+    assert samples(collector, "auditor_cycles_total") == {
+        (("outcome", "success"),): 1, (("outcome", "partial"),): 0, (("outcome", "failed"),): 1
+    }
+    assert samples(collector, "auditor_source_errors_total") == {
+        (("code", "unreadable"), ("source", str(policies))): 1
+    }
+    assert "The last cycle failed" in auditor.published.report_html.decode()
+    assert events(logs, "cycle")[-1]["outcome"] == "failed"
+    auditor.store.close()
+
+
+def test_malformed_records_make_a_partial_cycle_that_resolves_nothing(tmp_path: Path, logs: io.StringIO) -> None:
+    org, _ = example_org(tmp_path)
+    cfg = write_config(tmp_path / "config.yaml")
+    auditor = make_auditor(cfg)
+    auditor.run_cycle()
+    open_before = {f.id for f in auditor.store.open_findings()}
+    drift = make_drift(org)  # a fix that a partial snapshot must not be trusted to show
+    with (org / "iam-policies.ndjson").open("a") as fh:
+        fh.write("{this is not json\n")
+    out = auditor.run_cycle()
+    assert out.outcome == "partial" and out.recorded is not None
+    assert out.recorded.resolved == []
+    assert {(e.change, e.asset) for e in out.recorded.drift} == {("new", drift.made_public)}
+    stale = [f for f in auditor.store.open_findings() if f.stale]
+    assert {f.asset for f in stale} == {drift.made_private}
+    assert open_before <= {f.id for f in auditor.store.open_findings()}
+    collector = AuditorCollector(lambda: auditor.published.view, auditor.histogram)
+    assert samples(collector, "auditor_cycles_total")[(("outcome", "partial"),)] == 1
+    assert list(samples(collector, "auditor_source_errors_total")) == [
+        (("code", "malformed"), ("source", str(org)))
+    ]
+    auditor.store.close()
+
+
+def test_a_live_source_against_a_dead_endpoint_is_partial_and_never_fresh(tmp_path: Path,
+                                                                          logs: io.StringIO) -> None:
+    _, k8s = example_org(tmp_path)
+    cai = "cai://organizations/583920174615"
+    cfg = write_config(
+        tmp_path / "config.yaml", sources=[str(k8s), cai], gcp_endpoint=f"http://127.0.0.1:{free_port()}",
+        source_options={"retry_attempts": 1},
+    )
+    auditor = make_auditor(cfg)
+    out = auditor.run_cycle()
+    assert out.outcome == "partial"
+    collector = AuditorCollector(lambda: auditor.published.view, auditor.histogram)
+    assert samples(collector, "auditor_source_errors_total") == {(("code", "unavailable"), ("source", cai)): 1}
+    # No cycle has read everything: the last success is "never" and there is no data age to claim.
+    assert samples(collector, "auditor_last_success_timestamp_seconds")[()] == 0
+    assert samples(collector, "auditor_snapshot_age_seconds") == {}
+    assert sum(samples(collector, "auditor_findings").values()) >= 1  # the Kubernetes findings are there
+    auditor.store.close()
+
+
+def test_a_rule_file_broken_after_start_fails_the_cycle_and_the_next_one_runs(tmp_path: Path,
+                                                                              logs: io.StringIO) -> None:
+    example_org(tmp_path)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"- {{id: {PUBLIC_RULE}, check: iam.forbidden_members, severity: critical, "
+                     "params: {members: [allUsers]}}\n")
+    cfg = write_config(tmp_path / "config.yaml", rules=[str(rules)])
+    auditor = make_auditor(cfg)
+    assert auditor.run_cycle().outcome == "success"
+    rules.write_text("- {id: broken, check: no.such.check, severity: high}\n")
+    out = auditor.run_cycle()
+    assert out.outcome == "failed" and out.error is not None and "no.such.check" in out.error
+    assert auditor.store.open_findings()  # kept
+    rules.write_text(f"- {{id: {PUBLIC_RULE}, check: iam.forbidden_members, severity: critical, "
+                     "params: {members: [allUsers]}}\n")
+    assert auditor.run_cycle().outcome == "success"
+    assert [c.outcome for c in auditor.store.cycles()] == ["success", "failed", "success"]
+    auditor.store.close()
+
+
+def test_remediation_enabled_without_the_module_or_with_one(tmp_path: Path, logs: io.StringIO,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    example_org(tmp_path)
+    cfg = write_config(tmp_path / "config.yaml", remediation={"enabled": True})
+    auditor = make_auditor(cfg)
+    out = auditor.run_cycle()
+    assert out.outcome == "success"  # with or without the remediation step, the audit itself succeeds
+    assert "remediate" in out.durations
+
+
+@pytest.mark.parametrize(
+    ("reason", "code"),
+    [
+        ("403 Forbidden: caller lacks cloudasset.assets.listResource", "permission_denied"),
+        ("RESOURCE_EXHAUSTED: quota", "resource_exhausted"),
+        ("source /x: no such file or folder", "unreadable"),
+        ("2 malformed record(s) skipped", "malformed"),
+        ("read timed out", "deadline_exceeded"),
+        ("something else", "incomplete"),
+    ],
+)
+def test_error_codes_are_bounded(reason: str, code: str) -> None:
+    assert error_code(reason) == code
+
+
+def test_remediation_results_in_several_shapes_are_understood() -> None:
+    plan = {"changes": [{"rules": ["r"], "edits": [{"kind": "iam.remove_member", "rules": ["r"]}]}]}
+    a = normalise_remediation({"counts": {("r", "iam.remove_member", "applied"): 2}, "plan": plan, "html": "<p>x</p>"})
+    b = normalise_remediation(
+        type("R", (), {"counts": [{"rule": "r", "kind": "iam.remove_member", "outcome": "applied", "count": 2}],
+                       "plan": plan, "html": "<p>x</p>", "markdown": None})()
+    )
+    assert a.counts == b.counts == [("r", "iam.remove_member", "applied", 2)]
+    assert a.plan == b.plan == plan and a.html == b.html == "<p>x</p>"
