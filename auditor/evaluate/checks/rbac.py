@@ -355,6 +355,8 @@ class Tenancy:
         self.labelled: dict[tuple[str, str], str] = {}
         self.namespaces: dict[tuple[str, str], set[str]] = defaultdict(set)  # (cluster, tenant) -> namespaces
         self.tenants: dict[str, set[str]] = defaultdict(set)  # cluster -> tenants
+        # (cluster, user or group) -> its tenants: one binding after another names the same groups
+        self._user_cache: dict[tuple[str, str], frozenset[str]] = {}
         for a in namespaces:
             ns = object_name(a.resource, a)
             cluster = cluster_of(a.name)
@@ -390,9 +392,11 @@ class Tenancy:
         if hit is not None:
             return hit
         tenant = self._from_name(ns)
-        if tenant is not None:
+        if tenant is not None and ns not in self.namespaces[(cluster, tenant)]:
+            # A tenant namespace known by its name only (no Namespace asset): users and groups may map to it.
             self.namespaces[(cluster, tenant)].add(ns)
             self.tenants[cluster].add(tenant)
+            self._user_cache.clear()
         return tenant
 
     def namespaces_of(self, cluster: str, tenant: str) -> set[str]:
@@ -405,12 +409,21 @@ class Tenancy:
             t = self.tenant_of(cluster, sa[0])
             return {t} if t else set()
         who = subject_name(s, ns)
+        key = (cluster, who)
+        hit = self._user_cache.get(key)
+        if hit is None:
+            hit = self._user_cache[key] = frozenset(self._user_tenants(cluster, who))
+        return set(hit)
+
+    def _user_tenants(self, cluster: str, who: str) -> set[str]:
         out = {t for t, globs in self.params.tenants.items() if any_match(globs, who)}
         if self.params.tenant_subjects:
             for t in self.tenants.get(cluster, ()):
                 for pattern in self.params.tenant_subjects:
+                    if "{tenant}" in pattern and t not in who:
+                        continue  # cheap filter: the tenant's name must appear in the subject to match
                     spots = self.namespaces_of(cluster, t) if "{namespace}" in pattern else {""}
-                    if any(glob_match(pattern.replace("{tenant}", t).replace("{namespace}", n), who) for n in spots):
+                    if any((not n or n in who) and glob_match(_fill(pattern, t, n), who) for n in spots):
                         out.add(t)
         return out
 
