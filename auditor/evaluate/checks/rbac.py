@@ -434,11 +434,24 @@ class Tenancy:
         return bool(self.params.platform_subjects) and any_match(self.params.platform_subjects, subject_name(s, ns))
 
 
+# Namespaced objects whose namespaces may be tenants known by name only (no Namespace asset was read).
+_NAMESPACED = (ROLE, ROLE_BINDING, RESOURCE_QUOTA, NETWORK_POLICY)
+TENANT_CONTEXT = [NAMESPACE, ROLE, ROLE_BINDING]
+
+
 def _tenancy(ctx: Context, params: TenantParams) -> Tenancy:
-    return ctx.memo(f"rbac.tenancy.{id(params)}", lambda: Tenancy(params, ctx.assets(NAMESPACE)))
+    def build() -> Tenancy:
+        tenancy = Tenancy(params, ctx.assets(NAMESPACE))
+        if params.tenant_namespaces:
+            for t in _NAMESPACED:
+                for a in ctx.assets(t):
+                    tenancy.tenant_of(cluster_of(a.name), namespace_of(a.name))
+        return tenancy
+
+    return ctx.memo(f"rbac.tenancy.{id(params)}", build)
 
 
-@check("rbac.tenant_isolation", params=TenantParams, asset_types=[ROLE_BINDING], context=[NAMESPACE])
+@check("rbac.tenant_isolation", params=TenantParams, asset_types=[ROLE_BINDING], context=TENANT_CONTEXT)
 def tenant_isolation(asset: Asset, params: TenantParams, ctx: Context) -> Iterator[Violation]:
     """A RoleBinding in a tenant namespace binds only that tenant's subjects.
 
@@ -499,7 +512,7 @@ class TenantClusterBindingParams(TenantParams):
     "rbac.no_tenant_cluster_binding",
     params=TenantClusterBindingParams,
     asset_types=[CLUSTER_ROLE_BINDING],
-    context=[NAMESPACE],
+    context=TENANT_CONTEXT,
 )
 def no_tenant_cluster_binding(asset: Asset, params: TenantClusterBindingParams, ctx: Context) -> Iterator[Violation]:
     """No tenant subject in a ClusterRoleBinding: whatever it grants, it grants in every tenant's namespace.
@@ -607,7 +620,7 @@ def dangerous_reasons(rule: dict[str, Any], params: DangerousRulesParams) -> lis
     return out
 
 
-@check("rbac.tenant_role_dangerous_rules", params=DangerousRulesParams, asset_types=[ROLE], context=[NAMESPACE])
+@check("rbac.tenant_role_dangerous_rules", params=DangerousRulesParams, asset_types=[ROLE], context=TENANT_CONTEXT)
 def tenant_role_dangerous_rules(asset: Asset, params: DangerousRulesParams, ctx: Context) -> Iterator[Violation]:
     """Roles in tenant namespaces grant nothing that breaks out of the tenant or reads what it should not.
 

@@ -185,6 +185,11 @@ def test_tenant_by_namespace_name_without_namespace_assets(tmp_path: Path) -> No
     params = "{tenant_namespaces: ['team-*']}"
     found = scan(tmp_path, one_rule("rbac.tenant_isolation", params), objs)
     assert [(f.details["binding"], f.details["subject_tenants"]) for f in found] == [("leak", ["team-a"])]
+    # A group named after tenant team-a, whose namespace is only known from an object read later.
+    objs = assets(rb("leak", "team-b", "Role", "r", "Group:team-a-devs"), k8s("Role", "r", "team-a", rules=[]))
+    params = "{tenant_namespaces: ['team-*'], tenant_subjects: ['Group:{tenant}-devs']}"
+    found = scan(tmp_path, one_rule("rbac.tenant_isolation", params), objs)
+    assert [(f.details["subject"], f.details["subject_tenants"]) for f in found] == [("Group:team-a-devs", ["team-a"])]
 
 
 def test_no_tenant_cluster_binding(tmp_path: Path) -> None:
