@@ -179,10 +179,26 @@ def google_managed_reason(member: str) -> str | None:
     return default_service_account_kind(member)
 
 
+_WORKLOAD_IDENTITY_KSA = re.compile(r"([a-z][a-z0-9-]*(?:\.[a-z0-9.-]+)?)\.svc\.id\.goog\[[^\]]+\]")
+_POOL_PRINCIPAL = re.compile(r"principal(?:Set)?://iam\.googleapis\.com/projects/(\d+)/locations/[^/]+/workloadIdentityPools/")
+
+
 def service_account_project(member: str) -> str | None:
-    """The project id of a user-managed service account `NAME@PROJECT.iam.gserviceaccount.com`, else None."""
-    email = _sa_email(member)
-    if email is None or not email.endswith(SA_DOMAIN_SUFFIX) or is_service_agent(member):
+    """The project of a workload identity in the customer's hands, or None: the project id of a user-managed
+    service account `NAME@PROJECT.iam.gserviceaccount.com` or of a GKE Workload Identity member
+    `serviceAccount:PROJECT.svc.id.goog[NAMESPACE/KSA]`, the project number of a workload identity pool principal
+    `principal://iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/...`."""
+    pool = _POOL_PRINCIPAL.match(member)
+    if pool:
+        return pool.group(1)
+    m = parse_member(member)
+    if m.deleted or m.type != "serviceAccount":
+        return None
+    ksa = _WORKLOAD_IDENTITY_KSA.fullmatch(m.value)
+    if ksa:
+        return ksa.group(1)
+    email = m.value.lower()
+    if not email.endswith(SA_DOMAIN_SUFFIX) or is_service_agent(member):
         return None
     project = email.rsplit("@", 1)[1][: -len(SA_DOMAIN_SUFFIX)]
     return project or None

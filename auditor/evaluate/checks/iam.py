@@ -27,6 +27,7 @@ from auditor.evaluate.principals import (
     in_domains,
     is_convenience_member,
     is_google_managed,
+    is_public,
     parse_member,
     service_account_project,
 )
@@ -133,6 +134,9 @@ class DomainParams(MemberFilter):
     )
     allowed_members: list[str] = Field(default_factory=list, description="Member globs allowed from any domain.")
     roles: list[str] = Field(default_factory=lambda: ["**"], description="Only bindings of these role globs.")
+    include_public: bool = Field(
+        default=True, description="Report allUsers/allAuthenticatedUsers too (false when another rule reports them)."
+    )
 
     @field_validator("domains")
     @classmethod
@@ -141,6 +145,8 @@ class DomainParams(MemberFilter):
 
 
 def _outside(member: str, role: str, params: DomainParams, domains: frozenset[str], projects: frozenset[str]) -> bool:
+    if not params.include_public and is_public(member):
+        return False
     if params.allow_convenience_members and is_convenience_member(member):
         return False
     if params.allow_google_managed and is_google_managed(member):
@@ -201,7 +207,8 @@ def _org_index(ctx: Context) -> tuple[frozenset[str], frozenset[str]]:
             name = str(org.resource.get("displayName") or "").lower()
             if "." in name and " " not in name:  # an organization's display name is its primary domain
                 domains.add(name)
-        projects = {str(p.resource.get("projectId")) for p in ctx.assets(PROJECT) if p.resource.get("projectId")}
+        projects = {str(p.resource[k]) for p in ctx.assets(PROJECT) for k in ("projectId", "projectNumber")
+                    if p.resource.get(k)}
         return frozenset(domains), frozenset(projects)
 
     result: tuple[frozenset[str], frozenset[str]] = ctx.memo("iam.org_index", build)
@@ -211,7 +218,8 @@ def _org_index(ctx: Context) -> tuple[frozenset[str], frozenset[str]]:
 @check("iam.external_members", params=DomainParams, iam=True, context=[ORGANIZATION, PROJECT])
 def external_members(asset: Asset, params: DomainParams, ctx: Context) -> Iterator[Violation]:
     """Members from outside the organization: the allowed domains are the organization's own domain (the display
-    name of the Organization assets in the snapshot) plus `domains`, and service accounts of every project in the
+    name of the Organization assets in the snapshot) plus `domains`, and the service accounts, GKE Workload
+    Identity members (`PROJECT.svc.id.goog[ns/ksa]`) and workload identity pool principals of every project in the
     snapshot are internal. Same params and exceptions as iam.allowed_domains. Without an Organization asset and
     without `domains` the check has nothing to compare against and reports nothing.
 

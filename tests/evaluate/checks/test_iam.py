@@ -136,6 +136,10 @@ def test_member_parsing_and_domains() -> None:
     assert not in_domains("user:a@eu.example.com", {"example.com"}, False)
     assert not in_domains("user:a@badexample.com", {"example.com"}, True)
     assert service_account_project("serviceAccount:trainer@ml-train.iam.gserviceaccount.com") == "ml-train"
+    assert service_account_project("serviceAccount:ml-train.svc.id.goog[tenant-a/trainer]") == "ml-train"
+    pool = "principal://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/gh/subject/repo:x"
+    assert service_account_project(pool) == "123"
+    assert service_account_project("user:trainer@ml-train.iam.gserviceaccount.com") is None
 
 
 # -- members ----------------------------------------------------------------------------------------------------------
@@ -202,10 +206,14 @@ def test_external_members_uses_the_organization_domain_and_projects(tmp_path: Pa
     rules = [{"id": "r", "check": "iam.external_members"}]
     inside = project("10", b("roles/viewer", "user:a@example.com",
                              "serviceAccount:trainer@ml-train.iam.gserviceaccount.com"), pid="ml-train")
-    outside = bucket("b", b("roles/storage.objectViewer", "user:eve@gmail.com",
-                            "serviceAccount:trainer@ml-train.iam.gserviceaccount.com"))
+    outside = bucket("b", b("roles/storage.objectViewer", "user:eve@gmail.com", "allUsers",
+                            "serviceAccount:trainer@ml-train.iam.gserviceaccount.com",
+                            "serviceAccount:ml-train.svc.id.goog[tenant-a/loader]",
+                            "serviceAccount:other-co.svc.id.goog[default/x]"))
     found = scan(tmp_path, rules, org(), inside, outside)
-    assert members_of(found) == {"user:eve@gmail.com"}
+    assert members_of(found) == {"user:eve@gmail.com", "allUsers", "serviceAccount:other-co.svc.id.goog[default/x]"}
+    quiet_public = [{"id": "r", "check": "iam.external_members", "params": {"include_public": False}}]
+    assert "allUsers" not in members_of(scan(tmp_path, quiet_public, org(), inside, outside))
     # without an Organization asset and without domains there is nothing to compare with: silence, not noise
     assert scan(tmp_path, rules, inside, outside) == []
 
