@@ -1,0 +1,133 @@
+"""`auditor serve` as an operator runs it: a subprocess on the example organization, its endpoints, JSON logs,
+drift across a restart, signals, and `--once`."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from auditor.cycle import Auditor
+from auditor.daemon import Daemon
+from auditor.settings import load_settings
+from auditor.state import Store
+from tests.daemon.support import Served, example_org, http_get, make_drift, require_binary, wait_until, write_config
+
+
+def test_serve_answers_every_endpoint_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    example_org(tmp_path)
+    cfg = write_config(tmp_path / "config.yaml")
+    with Served(cfg) as served:
+        wait_until(lambda: served.get("/readyz")[0] == 200, 60, "/readyz to turn ready")
+        cycle = served.cycles()[0]
+        assert cycle["outcome"] == "success" and cycle["findings"] > 0 and cycle["level"] == "info"
+        assert set(cycle["durations"]) == {"collect_evaluate", "record", "report"}
+
+        status, body, _ = served.get("/healthz")
+        assert status == 200 and body == b"ok\n"
+
+        status, body, headers = served.get("/metrics")
+        assert status == 200 and headers["Content-Type"].startswith("text/plain")
+        text = body.decode()
+        findings = sum(float(v) for v in re.findall(r"^auditor_findings\{[^}]*\} (\S+)$", text, re.M))
+        assert findings == cycle["findings"]
+        assert re.search(r'^auditor_cycles_total\{outcome="success"\} 1\.0$', text, re.M)
+        assert "//" not in "".join(line for line in text.splitlines() if not line.startswith("#"))  # no names
+        promtool = require_binary("promtool")
+        check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+        status, body, headers = served.get("/findings.json")
+        doc = json.loads(body)
+        assert status == 200 and headers["Content-Type"] == "application/json"
+        assert len([f for f in doc["findings"] if not f["exempted"]]) == cycle["findings"]
+        assert {"id", "rule", "severity", "asset", "first_seen", "age_seconds", "stale"} <= set(doc["findings"][0])
+
+        status, body, headers = served.get("/report")
+        html = body.decode()
+        assert status == 200 and headers["Content-Type"].startswith("text/html")
+        assert "Open findings by severity" in html and "Why:" in html
+        assert "default-src 'none'" in headers["Content-Security-Policy"]
+
+        assert served.get("/nope")[0] == 404
+        assert served.stop(signal.SIGTERM) == 0
+    stopped = [e for e in served.events if e.get("event") == "stopped"]
+    assert stopped and stopped[0]["cycle_abandoned"] is False
+
+
+def test_restart_keeps_first_seen_and_the_next_cycle_reports_the_drift_made(tmp_path: Path) -> None:
+    org, _ = example_org(tmp_path)
+    cfg = write_config(tmp_path / "config.yaml")
+    with Served(cfg) as served:
+        served.wait_event(lambda e: e.get("event") == "cycle", 60, "the first cycle")
+        first = {f["id"]: f for f in json.loads(served.get("/findings.json")[1])["findings"]}
+        assert served.stop(signal.SIGINT) == 0
+
+    drift = make_drift(org)
+    with Served(cfg) as served:
+        cycle = served.wait_event(lambda e: e.get("event") == "cycle", 60, "the cycle after the restart")
+        doc = json.loads(served.get("/findings.json")[1])
+        events = [e for e in served.events if e.get("event") == "drift"]
+    now = {f["id"]: f for f in doc["findings"]}
+    new, resolved = set(now) - set(first), set(first) - set(now)
+    assert new and resolved
+    # Exactly the drift made, no more: the unchanged findings are not reported as new after the restart.
+    assert (cycle["new"], cycle["resolved"]) == (len(new), len(resolved))
+    assert {(e["change"], e["finding"]) for e in events} == {("new", i) for i in new} | {("resolved", i) for i in
+                                                                                         resolved}
+    assert {e["asset"] for e in events} == {drift.made_public, drift.made_private}
+    assert {doc["drift"]["cycle"]} == {e["cycle"] for e in events}
+    for fid in set(now) & set(first):
+        assert now[fid]["first_seen"] == first[fid]["first_seen"]
+
+
+def test_health_before_the_first_cycle(tmp_path: Path) -> None:
+    example_org(tmp_path)
+    settings = load_settings(write_config(tmp_path / "config.yaml"))
+    store = Store(settings.state_path)
+    daemon = Daemon(settings, Auditor(settings, store))
+    host, port = daemon.start_http()
+    try:
+        base = f"http://{host}:{port}"
+        status, body, _ = http_get(base + "/readyz")
+        assert status == 503 and b"no cycle has completed" in body
+        assert http_get(base + "/healthz")[0] == 503  # the scheduler has not started
+        status, body, _ = http_get(base + "/report")
+        assert status == 200 and b"No cycle has completed yet" in body
+        assert b"auditor_up 0.0" in http_get(base + "/metrics")[1]
+    finally:
+        assert daemon.server is not None
+        daemon.server.shutdown()
+        daemon.server.server_close()
+        store.close()
+
+
+def test_once_runs_one_cycle_and_exits_with_its_outcome(tmp_path: Path) -> None:
+    org, _ = example_org(tmp_path)
+    cfg = write_config(tmp_path / "config.yaml")
+    run = [sys.executable, "-m", "auditor", "serve", "--config", str(cfg), "--once"]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["outcome"] == "success" and summary["new"] > 0 and summary["cycle"] == 1
+    (org / "broken.ndjson").write_text("{not json\n")
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    summary = json.loads(proc.stdout)
+    assert (summary["outcome"], summary["new"], summary["resolved"]) == ("partial", 0, 0)
+
+    # The history and findings commands read the same store.
+    hist = subprocess.run([sys.executable, "-m", "auditor", "history", "--config", str(cfg), "--format", "json"],
+                          capture_output=True, text=True, timeout=60)
+    cycles = json.loads(hist.stdout)
+    assert [c["outcome"] for c in cycles] == ["partial", "success"]
+    assert len(cycles[1]["drift"]) == cycles[1]["new"] and cycles[0]["incomplete"]
+    table = subprocess.run([sys.executable, "-m", "auditor", "findings", "--state", str(tmp_path / "state.db")],
+                           capture_output=True, text=True, timeout=60, env={"COLUMNS": "200", "PATH": "/usr/bin"})
+    assert table.returncode == 0 and f"{cycles[0]['findings']} open findings" in table.stdout
+    missing = subprocess.run([sys.executable, "-m", "auditor", "history", "--state", str(tmp_path / "nope.db")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no state file" in missing.stderr
