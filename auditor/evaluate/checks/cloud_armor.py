@@ -314,8 +314,16 @@ def unique_priorities(asset: Asset, params: NoParams, ctx: Context) -> Iterator[
             )
 
 
-@check("cloud_armor.no_shadowed_rules", params=NoParams, asset_types=[SECURITY_POLICY])
-def no_shadowed_rules(asset: Asset, params: NoParams, ctx: Context) -> Iterator[Violation]:
+class ShadowParams(Params):
+    open_rules_shadow: bool = Field(
+        default=False,
+        description="Count rules matching every address (`*`, /0) as shadowing. Off: they are no_open_allow's "
+        "business, and removing the rules below them along with them would change what the policy does.",
+    )
+
+
+@check("cloud_armor.no_shadowed_rules", params=ShadowParams, asset_types=[SECURITY_POLICY])
+def no_shadowed_rules(asset: Asset, params: ShadowParams, ctx: Context) -> Iterator[Violation]:
     """Rules that can never fire: every source range they match is matched first by higher-priority rules.
 
     Cloud Armor evaluates rules from the lowest priority number up and stops at the first match, so a rule whose
@@ -323,7 +331,10 @@ def no_shadowed_rules(asset: Asset, params: NoParams, ctx: Context) -> Iterator[
     cover it) is dead: a reviewer reading it believes in a protection that is not there. Only rules whose match is
     purely `srcIpRanges` are compared, on both sides: a rule with an `expr` match (CEL) cannot be judged, since
     what it matches is not a set of addresses. Rules in preview do not shadow (they do not stop evaluation), and
-    rules sharing one priority are left to `cloud_armor.unique_priorities`.
+    rules sharing one priority are left to `cloud_armor.unique_priorities`. A rule matching every address (an
+    allow-all or a deny-all above the default) shadows everything below it: by default it is not counted, since
+    `cloud_armor.no_open_allow` reports it and the fix is to remove it, not the rules it hides
+    (`open_rules_shadow: true` counts it).
 
     ```yaml
     - id: armor-no-shadowed-rules
@@ -352,7 +363,7 @@ def no_shadowed_rules(asset: Asset, params: NoParams, ctx: Context) -> Iterator[
                     rule_details(r, shadowed_by=by),
                 )
                 continue  # a dead rule adds nothing to what the rules above it already match
-        if not r.preview:
+        if not r.preview and (params.open_rules_shadow or not any(is_open(x) for x in r.src_ranges)):
             above.append((r, nets))
 
 

@@ -188,7 +188,9 @@ def test_no_shadowed_rules(tmp_path: Path) -> None:
     assert found[1700].details["shadowed_by"] == [1500]
     assert found[1100].details["action"] == "deny(403)" and found[1100].details["src_ranges"] == ["10.5.0.0/16"]
     everything = policy("star", rule(10, "allow", ["*"]), rule(20, "deny(403)", ["192.0.2.0/24"]), DENY_ALL)
-    assert [f.details["priority"] for f in scan(tmp_path, rules, everything)] == [20]
+    assert scan(tmp_path, rules, everything) == []  # the allow-all is no_open_allow's finding
+    counted = one_rule("cloud_armor.no_shadowed_rules", "{open_rules_shadow: true}")
+    assert [f.details["priority"] for f in scan(tmp_path, counted, everything)] == [20]
     ok = policy("ok", rule(10, "deny(403)", ["10.1.0.0/16"]), rule(20, "allow", ["10.0.0.0/8"]), DENY_ALL)
     assert scan(tmp_path, rules, ok) == []
 
