@@ -204,10 +204,10 @@ class PowerfulRoleParams(Params):
     context=[CLUSTER_ROLE],
 )
 def no_powerful_role_binding(asset: Asset, params: PowerfulRoleParams, ctx: Context) -> Iterator[Violation]:
-    """No binding of cluster-admin, or of any ClusterRole with wildcard verbs on wildcard resources, to subjects
-    other than Kubernetes' own.
+    """No binding of cluster-admin, or of a ClusterRole with `*` verbs on `*` resources, to non-system subjects.
 
-    The ClusterRoles are read as context (same cluster), so a custom `ml-platform-superuser` granting `*` on `*`
+    Kubernetes' own subjects (`system:` users and groups, system namespaces' service accounts) are left out. The
+    ClusterRoles are read as context (same cluster), so a custom `ml-platform-superuser` granting `*` on `*`
     is caught like cluster-admin, and aggregated roles are resolved. A RoleBinding of such a role is reported
     too: it is every permission in that namespace, secrets included.
 
@@ -281,9 +281,10 @@ class PublicSubjectsParams(Params):
     asset_types=[ROLE_BINDING, CLUSTER_ROLE_BINDING],
 )
 def no_public_subjects(asset: Asset, params: PublicSubjectsParams, ctx: Context) -> Iterator[Violation]:
-    """No binding to `system:anonymous`, `system:unauthenticated`, `system:authenticated` (every Google account,
-    on GKE) or `system:serviceaccounts` beyond the Kubernetes defaults.
+    """No grant to everyone (anonymous, unauthenticated, authenticated, all service accounts) beyond the defaults.
 
+    The subjects are `system:anonymous`, `system:unauthenticated`, `system:authenticated` (on GKE, every Google
+    account) and `system:serviceaccounts` (every service account of every tenant).
     The defaults are the bootstrap grants: system:basic-user, system:discovery and system:public-info-viewer to
     authenticated users, system:public-info-viewer to unauthenticated ones. They are a param, so a cluster whose
     provider adds its own can list them.
