@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -188,3 +189,58 @@ class Served:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# PromQL words that are not metric names.
+PROMQL_WORDS = frozenset(
+    """sum min max avg group stddev stdvar count count_values bottomk topk quantile by without on ignoring group_left
+    group_right offset bool and or unless abs absent absent_over_time ceil changes clamp clamp_max clamp_min
+    day_of_month day_of_week day_of_year days_in_month delta deriv exp floor histogram_count histogram_sum
+    histogram_fraction histogram_quantile holt_winters hour idelta increase irate label_join label_replace ln log2
+    log10 minute month predict_linear rate resets round scalar sgn sort sort_desc sqrt time timestamp vector year
+    avg_over_time min_over_time max_over_time sum_over_time count_over_time quantile_over_time stddev_over_time
+    stdvar_over_time last_over_time present_over_time inf nan""".split()  # noqa: SIM905 - a word list reads better
+)
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names an expression selects (strings, label matchers, durations and keywords removed)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
+    names = set(re.findall(r"(?<![\w$.:])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w(])", text))
+    return {n for n in names if n not in PROMQL_WORDS and not re.fullmatch(r"\d+[smhdwy]", n)}
+
+
+def scrape_metric_names(tmp_path: Path) -> set[str]:
+    """Every series name a real /metrics scrape of the daemon exposes after a cycle on the example organization
+    (families without samples, like the remediation ones, count by their TYPE line)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from auditor.cycle import Auditor
+    from auditor.daemon import Daemon
+    from auditor.settings import load_settings
+    from auditor.state import Store
+
+    example_org(tmp_path)
+    settings = load_settings(write_config(tmp_path / "config.yaml"))
+    store = Store(settings.state_path)
+    auditor = Auditor(settings, store)
+    auditor.run_cycle()
+    daemon = Daemon(settings, auditor)
+    host, port = daemon.start_http()
+    try:
+        status, body, _ = http_get(f"http://{host}:{port}/metrics")
+    finally:
+        assert daemon.server is not None
+        daemon.server.shutdown()
+        daemon.server.server_close()
+        store.close()
+    assert status == 200
+    names: set[str] = set()
+    for fam in text_string_to_metric_families(body.decode()):
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(fam.type, [""])
+        names.update(fam.name + s for s in suffixes)
+        names.update(s.name for s in fam.samples)
+    return names
