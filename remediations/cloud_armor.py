@@ -67,19 +67,23 @@ class CloudArmorWriter:
             raise ValueError("security policies are never created or deleted by a remediation")
         old = {int(r.get("priority", 0)): r for r in armor_rules_api(live.state)}
         want = {int(r.get("priority", 0)): r for r in armor_rules_api(new)}
+        from google.cloud import compute_v1
+
         p, sp = target.project, target.policy
         try:
             for prio in sorted(want):
                 rule = _rule_pb(want[prio])
                 if prio in old and prune(old[prio]) != prune(want[prio]):
-                    op = self.client.patch_rule(project=p, security_policy=sp, priority=prio,
-                                                security_policy_rule_resource=rule)
+                    op = self.client.patch_rule(request=compute_v1.PatchRuleSecurityPolicyRequest(
+                        project=p, security_policy=sp, priority=prio, security_policy_rule_resource=rule))
                 elif prio not in old:
-                    op = self.client.add_rule(project=p, security_policy=sp, security_policy_rule_resource=rule)
+                    op = self.client.add_rule(request=compute_v1.AddRuleSecurityPolicyRequest(
+                        project=p, security_policy=sp, security_policy_rule_resource=rule))
                 else:
                     continue
                 op.result(timeout=OPERATION_TIMEOUT)  # one rule at a time, in priority order
             for prio in sorted(set(old) - set(want)):
-                self.client.remove_rule(project=p, security_policy=sp, priority=prio).result(timeout=OPERATION_TIMEOUT)
+                self.client.remove_rule(request=compute_v1.RemoveRuleSecurityPolicyRequest(
+                    project=p, security_policy=sp, priority=prio)).result(timeout=OPERATION_TIMEOUT)
         except _CONFLICTS as exc:
             raise WriteConflict(str(exc)) from exc

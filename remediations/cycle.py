@@ -1,0 +1,180 @@
+"""Stage 6 in the daemon: after each cycle, plan; apply the `enforce` changes within the guards, on the leader only.
+
+`run_remediation(result, settings, state_path)` is called by the daemon's cycle when `remediation.enabled` is true
+(that switch is the operator's explicit approval for the daemon). It returns:
+- `counts`: {(rule, kind, outcome): n} for `auditor_remediations_total` (applied, skipped, conflict, refused, failed);
+- `plan`: the pending dry-run plan (rules in `dryrun` mode) as a dict, for `auditor_plan_changes` and /report;
+- `html` / `markdown`: that plan rendered for the report;
+- `apply`: what was applied this cycle (the apply report), `leader`: whether this replica may write.
+
+The state of the few assets with planned changes is read again: from the resources' own APIs when the sources are
+live (fresh tokens, a handful of calls), by a second pass over the files otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from auditor.logs import get_logger
+from auditor.model import Asset, Mode
+from auditor.scan import ScanResult
+from remediations.apply import ApplyReport, Outcome, WriterFactory, apply_plan
+from remediations.assets import collect_assets
+from remediations.guards import GuardConfig, GuardRefused
+from remediations.journal import Journal
+from remediations.kinds import IAM, family_of
+from remediations.leader import AlwaysLeader, Elector, FileLockElector, LeaseElector
+from remediations.plan import ACTIVE_MODES, Plan, build_plan, remediable
+from remediations.planning import plan_notes
+from remediations.render import render_html, render_markdown
+from remediations.targets import UnsupportedTarget, target_for
+from remediations.writers import writers
+
+log = get_logger("remediation")
+_electors: dict[tuple[str, ...], Elector] = {}
+_electors_lock = threading.Lock()
+
+
+def elector_for(settings: Any) -> Elector:
+    """One elector per configuration for the life of the process (a lock file stays held, a Lease is renewed)."""
+    le = settings.remediation.leader_election
+    if le.lease_name:
+        key: tuple[str, ...] = ("lease", le.lease_namespace or "", le.lease_name)
+    elif le.lock_file:
+        key = ("file", str(le.lock_file))
+    else:
+        key = ("none",)
+    with _electors_lock:
+        if key not in _electors:
+            if key[0] == "lease":
+                from remediations.rbac import kube_clients
+
+                api = kube_clients()("in-cluster")
+                _electors[key] = LeaseElector(api, le.lease_name, le.lease_namespace).start()
+            elif key[0] == "file":
+                _electors[key] = FileLockElector(key[1])
+            else:
+                _electors[key] = AlwaysLeader()
+        return _electors[key]
+
+
+def auditor_identities(settings: Any) -> list[str]:
+    """Members the auditor runs as: AUDITOR_IDENTITY (comma-separated), and the service account of its credentials."""
+    out = [m.strip() for m in os.environ.get("AUDITOR_IDENTITY", "").split(",") if m.strip()]
+    if not (settings.gcp_endpoint or os.environ.get("AUDITOR_GCP_ENDPOINT")):
+        try:
+            import google.auth
+
+            creds, _ = google.auth.default()
+            email = getattr(creds, "service_account_email", None)
+            if isinstance(email, str) and "@" in email:
+                out.append(f"serviceAccount:{email}")
+        except Exception as exc:  # no credentials here: the writes will fail anyway, with their own reason
+            log.debug("no_identity", error=str(exc))
+    return out
+
+
+def _live_assets(result: ScanResult, names: set[str], make: WriterFactory) -> dict[str, Asset]:
+    """The planned assets as their own APIs return them now."""
+    wanted: dict[str, tuple[str, str]] = {}
+    for f, rule in remediable(result.findings, result.rules, ACTIVE_MODES):
+        if f.asset in names:
+            wanted[f.asset] = (f.asset_type, family_of(rule.remediation or ""))
+    out: dict[str, Asset] = {}
+    for name, (asset_type, family) in sorted(wanted.items()):
+        try:
+            target = target_for(name, asset_type, family)
+            live = make(family).read(target)
+        except UnsupportedTarget:
+            continue  # the planner reports it
+        except Exception as exc:
+            log.warning("remediation_read_failed", asset=name, error=f"{type(exc).__name__}: {exc}")
+            continue
+        if live.state is None:
+            continue
+        if family == IAM:
+            out[name] = Asset(name, asset_type, iam_policy=live.state)
+        else:
+            out[name] = Asset(name, asset_type, resource=live.state)
+    return out
+
+
+def _assets(result: ScanResult, settings: Any, make: WriterFactory) -> Mapping[str, Asset]:
+    names = {f.asset for f, _ in remediable(result.findings, result.rules, ACTIVE_MODES)}
+    if not names:
+        return {}
+    if any("://" in s for s in settings.sources):
+        return _live_assets(result, names, make)
+    types = {f.asset_type for f in result.findings if f.asset in names}
+    return collect_assets(settings.sources, names, settings.sources_options(), asset_types=types)
+
+
+def _count(report: ApplyReport, plan: Plan) -> Counter[tuple[str, str, str]]:
+    counts: Counter[tuple[str, str, str]] = Counter()
+    by_id = {c.id: c for c in plan.changes}
+    for r in report.results:
+        change = by_id.get(r.change_id or "")
+        if change is None:
+            continue
+        for e in change.edits:
+            for rule in e.rules:
+                counts[(rule, e.kind, r.outcome.value)] += 1
+    return counts
+
+
+def run_remediation(
+    result: ScanResult,
+    settings: Any,
+    state_path: str | Path,
+    *,
+    writer_factory: WriterFactory | None = None,
+    elector: Elector | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    rem = settings.remediation
+    make = writer_factory or writers(gcp_endpoint=settings.gcp_endpoint)
+    cfg = GuardConfig(
+        auditor_identities=auditor_identities(settings),
+        protected_principals=list(rem.protected_principals),
+        max_changes_per_apply=rem.max_changes_per_apply,
+        max_changes_per_cycle=rem.max_changes_per_cycle,
+        plan_max_age_seconds=rem.plan_max_age_seconds,
+        enforce_only=True,
+    )
+    assets = _assets(result, settings, make)
+    notes = plan_notes(cfg)
+    pending = build_plan(result.findings, result.rules, assets, modes=[Mode.dryrun.value], now=now,
+                         sources=settings.sources, notes=notes)
+    enforce = build_plan(result.findings, result.rules, assets, modes=[Mode.enforce.value], now=now,
+                         sources=settings.sources, notes=notes)
+    counts: Counter[tuple[str, str, str]] = Counter()
+    out: dict[str, Any] = {"plan": pending.to_dict(), "html": render_html(pending, "Pending dry-run plan", True),
+                           "markdown": render_markdown(pending, "Pending dry-run plan"), "apply": None,
+                           "enforce_plan": enforce.id, "leader": None}
+    if enforce.changes:
+        leader = (elector or elector_for(settings)).is_leader()
+        out["leader"] = leader
+        if leader:
+            cap = min(rem.max_changes_per_cycle, rem.max_changes_per_apply)
+            with Journal(state_path) as journal:
+                try:
+                    report = apply_plan(enforce, make, journal, cfg, approved=bool(rem.enabled), actor="daemon",
+                                        cap=cap, now=now)
+                    counts.update(_count(report, enforce))
+                    out["apply"] = report.to_dict()
+                    log.info("remediation_applied", apply_id=report.apply_id, plan=enforce.id, **report.counts())
+                except GuardRefused as exc:
+                    log.warning("remediation_refused", plan=enforce.id, guard=exc.guard, reason=exc.reason)
+                    for c in enforce.changes:
+                        for e in c.edits:
+                            for rule in e.rules:
+                                counts[(rule, e.kind, Outcome.refused.value)] += 1
+                    out["apply"] = {"refused": str(exc)}
+    out["counts"] = dict(counts)
+    return out

@@ -1,0 +1,112 @@
+"""The daemon's remediation step: enforce changes applied within the guards on the leader, dry-run ones pending."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from auditor.evaluate.rulebook import load_rules
+from auditor.scan import run_scan
+from auditor.settings import Settings
+from remediations.cycle import run_remediation
+from remediations.leader import AlwaysLeader, FileLockElector
+from tests.fakes.gcp import FakeGcp
+from tests.remediations.conftest import ORG
+
+SOURCE = f"cai://{ORG}"
+RULES = """
+rules:
+  - id: armor-no-open-allow
+    check: cloud_armor.no_open_allow
+    severity: high
+    mode: enforce
+    remediation: cloud_armor.remove_rule
+  - id: armor-default-deny
+    check: cloud_armor.default_rule_denies
+    severity: high
+    mode: dryrun
+    remediation: cloud_armor.set_default_deny
+  - id: no-basic-roles
+    check: iam.banned_roles
+    severity: high
+    match: {asset_types: [cloudresourcemanager.googleapis.com/Project]}
+    params: {roles: [roles/editor]}
+    mode: audit
+    remediation: iam.remove_member
+"""
+
+
+@pytest.fixture
+def org(fake_gcp: FakeGcp, gcp_endpoint: str, repo: Path) -> FakeGcp:
+    fake_gcp.load(repo / "examples" / "org")
+    for name in list(fake_gcp.state.history):  # well-formed etags (see test_gcp_apply)
+        policy = (fake_gcp.state.asset(name) or {}).get("iamPolicy")
+        if policy and len(str(policy.get("etag", ""))) % 4:
+            policy["etag"] = base64.b64encode(hashlib.sha256(name.encode()).digest()[:8]).decode()
+            fake_gcp.state.update_asset(name, iamPolicy=policy)
+    return fake_gcp
+
+
+def _settings(rules: Path, tmp_path: Path, **remediation: Any) -> Settings:
+    return Settings(sources=[SOURCE], rules=[str(rules)], state_path=tmp_path / "state.db",
+                    remediation={"enabled": True, **remediation})
+
+
+def _cycle(settings: Settings, **kw: Any) -> dict[str, Any]:
+    result = run_scan(settings.sources, load_rules(settings.rules), settings.sources_options())
+    return run_remediation(result, settings, settings.state_path, **kw)
+
+
+def _open_rules(fake: FakeGcp) -> list[int]:
+    pol = fake.state.security_policy("ml-research-sandbox", "notebook-gateway")
+    return [int(r["priority"]) for r in pol["rules"]]
+
+
+def test_enforce_changes_applied_dryrun_pending(org: FakeGcp, write_rules: Any, tmp_path: Path) -> None:
+    settings = _settings(write_rules(RULES), tmp_path)
+    assert 500 in _open_rules(org)
+    out = _cycle(settings, elector=AlwaysLeader())
+    assert out["counts"] == {("armor-no-open-allow", "cloud_armor.remove_rule", "applied"): 1}
+    assert 500 not in _open_rules(org)
+    # The pending plan holds the dry-run changes only; audit rules plan nothing.
+    kinds = {(r, e["kind"]) for c in out["plan"]["changes"] for e in c["edits"] for r in e["rules"]}
+    assert kinds == {("armor-default-deny", "cloud_armor.set_default_deny")}
+    assert "make the default rule deny(403)" in out["html"] and out["html"].lstrip().startswith("<section")
+    # The next cycle has nothing left to enforce.
+    again = _cycle(settings, elector=AlwaysLeader())
+    assert again["counts"] == {} and again["apply"] is None
+
+
+def test_only_the_leader_writes(org: FakeGcp, write_rules: Any, tmp_path: Path) -> None:
+    settings = _settings(write_rules(RULES), tmp_path)
+    lock = str(tmp_path / "leader.lock")
+    other = FileLockElector(lock, "other-replica")
+    assert other.is_leader()
+    try:
+        out = _cycle(settings, elector=FileLockElector(lock, "this-replica"))
+        assert out["leader"] is False and out["counts"] == {}
+        assert 500 in _open_rules(org)
+    finally:
+        other.stop()
+    out = _cycle(settings, elector=FileLockElector(lock, "this-replica"))
+    assert out["leader"] is True and 500 not in _open_rules(org)
+
+
+def test_cycle_cap_refuses_and_writes_nothing(org: FakeGcp, write_rules: Any, tmp_path: Path) -> None:
+    settings = _settings(write_rules(RULES), tmp_path, max_changes_per_cycle=0)
+    out = _cycle(settings, elector=AlwaysLeader())
+    assert out["counts"] == {("armor-no-open-allow", "cloud_armor.remove_rule", "refused"): 1}
+    assert "max-changes-per-cycle" in out["apply"]["refused"]
+    assert 500 in _open_rules(org)
+
+
+def test_disabled_remediation_never_writes(org: FakeGcp, write_rules: Any, tmp_path: Path) -> None:
+    settings = _settings(write_rules(RULES), tmp_path, enabled=False)
+    out = _cycle(settings, elector=AlwaysLeader())
+    assert out["counts"] == {("armor-no-open-allow", "cloud_armor.remove_rule", "refused"): 1}
+    assert "explicit-apply" in out["apply"]["refused"]
+    assert 500 in _open_rules(org)
