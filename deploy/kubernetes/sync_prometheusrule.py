@@ -1,7 +1,8 @@
-"""Write deploy/kubernetes/cluster/prometheusrule.yaml from deploy/prometheus/alerts.yaml (the promtool-tested rules).
+"""Write the alert rule objects of deploy/kubernetes from deploy/prometheus/alerts.yaml (the promtool-tested rules).
 
-Stage: deploy. The PrometheusRule carries exactly the groups of the alerts file, so the alerts Prometheus Operator
-loads are the ones `promtool test rules` covers; tests/deploy/test_manifests.py fails when the two differ.
+Stage: deploy. cluster/prometheusrule.yaml (Prometheus Operator) and overlays/gmp/rules.yaml (Google Cloud Managed
+Service for Prometheus) carry exactly the groups of the alerts file, so the alerts a cluster loads are the ones
+`promtool test rules` covers; tests/deploy/test_manifests.py fails when they differ.
 
     .venv/bin/python deploy/kubernetes/sync_prometheusrule.py
 """
@@ -16,7 +17,10 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ALERTS = HERE.parent / "prometheus" / "alerts.yaml"
-TARGET = HERE / "cluster" / "prometheusrule.yaml"
+TARGETS = {
+    HERE / "cluster" / "prometheusrule.yaml": ("monitoring.coreos.com/v1", "PrometheusRule"),
+    HERE / "overlays" / "gmp" / "rules.yaml": ("monitoring.googleapis.com/v1", "Rules"),
+}
 
 HEADER = """\
 # Generated from deploy/prometheus/alerts.yaml by deploy/kubernetes/sync_prometheusrule.py: edit the alerts file,
@@ -31,10 +35,10 @@ def alert_groups(path: Path = ALERTS) -> list[Any]:
     return list(doc["groups"])
 
 
-def render(groups: list[Any]) -> str:
+def render(groups: list[Any], api_version: str = "monitoring.coreos.com/v1", kind: str = "PrometheusRule") -> str:
     rule = {
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "PrometheusRule",
+        "apiVersion": api_version,
+        "kind": kind,
         "metadata": {
             "name": "drift-auditor",
             "namespace": "drift-auditor",
@@ -46,8 +50,10 @@ def render(groups: list[Any]) -> str:
 
 
 def main() -> int:
-    TARGET.write_text(render(alert_groups()), encoding="utf-8")
-    print(f"wrote {TARGET.relative_to(HERE.parent.parent)}")
+    groups = alert_groups()
+    for target, (api_version, kind) in TARGETS.items():
+        target.write_text(render(groups, api_version, kind), encoding="utf-8")
+        print(f"wrote {target.relative_to(HERE.parent.parent)}")
     return 0
 
 

@@ -31,7 +31,11 @@ BUILDS = {
     "base": KUBE,
     "remediation": KUBE / "overlays" / "remediation",
     "sharded": KUBE / "overlays" / "sharded",
+    "gmp": KUBE / "overlays" / "gmp",
 }
+# How each build is monitored: (scrape config kind, alert rules kind).
+MONITORING = {"gmp": ("PodMonitoring", "Rules")}
+PROMETHEUS_OPERATOR = ("ServiceMonitor", "PrometheusRule")
 # Kinds the manifests may contain: the `kubernetes` model for built-in ones, None for the Prometheus Operator CRDs.
 MODELS: dict[tuple[str, str], str | None] = {
     ("v1", "Namespace"): "V1Namespace",
@@ -46,6 +50,8 @@ MODELS: dict[tuple[str, str], str | None] = {
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): None,
     ("monitoring.coreos.com/v1", "PrometheusRule"): None,
+    ("monitoring.googleapis.com/v1", "PodMonitoring"): None,
+    ("monitoring.googleapis.com/v1", "Rules"): None,
 }
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 READ_VERBS = {"get", "list", "watch"}
@@ -203,10 +209,24 @@ def test_build_gives_valid_kubernetes_objects(name: str) -> None:
         if obj["kind"] not in CLUSTER_SCOPED:
             assert obj["metadata"].get("namespace") == NAMESPACE, f"{where}: not in namespace {NAMESPACE}"
     kinds = {o["kind"] for o in objs}
-    assert {"Namespace", "ServiceAccount", "Deployment", "Service", "ServiceMonitor", "PrometheusRule"} <= kinds
+    monitoring = set(MONITORING.get(name, PROMETHEUS_OPERATOR))
+    assert {"Namespace", "ServiceAccount", "Deployment", "Service", *monitoring} <= kinds
+    # One way of monitoring per build: the other's CRDs may not exist in the cluster.
+    assert not ({*PROMETHEUS_OPERATOR, *MONITORING["gmp"]} - monitoring) & kinds
 
 
-@pytest.mark.parametrize("name", sorted(BUILDS))
+def test_pod_monitoring_scrapes_the_metrics_port_of_the_auditor_pods() -> None:
+    objs = build("gmp")
+    (pm,) = of_kind(objs, "PodMonitoring")
+    (dep,) = of_kind(objs, "Deployment")
+    assert pm["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    ports = {p["name"] for p in container(dep)["ports"]}
+    assert [(e["port"], e["path"]) for e in pm["spec"]["endpoints"]] == [("http", "/metrics")] and "http" in ports
+    # Managed collection names the job after the PodMonitoring: the job the alerts select.
+    assert pm["metadata"]["name"] in alert_jobs()
+
+
+@pytest.mark.parametrize("name", sorted(set(BUILDS) - set(MONITORING)))
 def test_service_monitor_scrapes_the_metrics_port_of_its_own_service(name: str) -> None:
     objs = build(name)
     monitors = of_kind(objs, "ServiceMonitor")
@@ -391,7 +411,7 @@ def test_audit_rbac_reads_what_the_collector_reads_and_nothing_else(name: str) -
 
 
 def _leader_lease_verbs() -> set[str] | None:
-    """The Kubernetes verbs remediations/leader.py uses on Leases (None until that module exists)."""
+    """The Kubernetes verbs remediations/leader.py uses on Leases (None while that module is not there)."""
     path = REPO / "remediations" / "leader.py"
     if not path.is_file():
         return None
@@ -413,9 +433,17 @@ def test_lease_role_is_namespaced_and_matches_the_leader_election_code() -> None
     verbs = grants[("coordination.k8s.io", "leases")]
     used = _leader_lease_verbs()
     if used is None:
-        assert verbs == {"get", "create", "update"}  # what a Lease-based election needs: read, take, renew
-    else:
-        assert used and used == verbs, f"remediations/leader.py uses {sorted(used)}, the Role grants {sorted(verbs)}"
+        # Read, create when absent, take over or renew with a merge patch carrying the resourceVersion.
+        assert verbs == {"get", "create", "patch"}
+        return
+    assert used, "remediations/leader.py makes no Lease call"
+    assert used == verbs, f"remediations/leader.py uses {sorted(used)}, the Role grants {sorted(verbs)}"
+    # The Lease holder is named after the pod (POD_NAME), so a takeover in the logs says which replica it was.
+    source = (REPO / "remediations" / "leader.py").read_text(encoding="utf-8")
+    if '"POD_NAME"' in source or "'POD_NAME'" in source:
+        for name in BUILDS:
+            for dep in of_kind(build(name), "Deployment"):
+                assert container_env(dep)["POD_NAME"] == "pod-0"  # resolved from metadata.name
 
 
 def _rbac_writer_verbs() -> set[str]:
@@ -463,16 +491,17 @@ def test_remediation_overlay_adds_exactly_the_writes_the_rbac_applier_makes() ->
 
 
 # -- alerts --------------------------------------------------------------------------------------------------------
-def test_prometheus_rule_carries_the_promtool_tested_alerts() -> None:
+@pytest.mark.parametrize(("name", "kind", "path"), [
+    ("base", "PrometheusRule", "cluster/prometheusrule.yaml"),
+    ("gmp", "Rules", "overlays/gmp/rules.yaml"),
+])
+def test_alert_rule_objects_carry_the_promtool_tested_alerts(name: str, kind: str, path: str) -> None:
     alerts = REPO / "deploy" / "prometheus" / "alerts.yaml"
-    rule = named(build("base"), "PrometheusRule", "drift-auditor")
-    if not alerts.is_file():
-        assert rule["spec"]["groups"] == []
-        return
     groups = yaml.safe_load(alerts.read_text(encoding="utf-8"))["groups"]
     assert groups, f"{alerts} has no rule groups"
+    rule = named(build(name), kind, "drift-auditor")
     assert rule["spec"]["groups"] == groups, (
-        "deploy/kubernetes/cluster/prometheusrule.yaml differs from deploy/prometheus/alerts.yaml; "
+        f"deploy/kubernetes/{path} differs from deploy/prometheus/alerts.yaml; "
         "run: .venv/bin/python deploy/kubernetes/sync_prometheusrule.py"
     )
     # The generator writes exactly the committed file.
@@ -481,8 +510,10 @@ def test_prometheus_rule_carries_the_promtool_tested_alerts() -> None:
         import sync_prometheusrule
     finally:
         sys.path.remove(str(KUBE))
-    committed = (KUBE / "cluster" / "prometheusrule.yaml").read_text(encoding="utf-8")
-    assert sync_prometheusrule.render(sync_prometheusrule.alert_groups(alerts)) == committed
+    api_version, generated_kind = sync_prometheusrule.TARGETS[KUBE / path]
+    assert generated_kind == kind
+    committed = (KUBE / path).read_text(encoding="utf-8")
+    assert sync_prometheusrule.render(sync_prometheusrule.alert_groups(alerts), api_version, kind) == committed
 
 
 # -- sharding ------------------------------------------------------------------------------------------------------

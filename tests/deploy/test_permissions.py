@@ -58,7 +58,9 @@ KEYWORDED: dict[tuple[str, str], list[tuple[str, ...]]] = {
     ("patch", "security_policy_resource"): [("compute.securityPolicies.update",), _COMPUTE_OP],
 }
 # Kubernetes API reads of a remote GKE cluster, when a module authorizes them with Google IAM instead of RBAC:
-# required only of a module that declares `container.*` permissions.
+# required only of a module that declares `container.*` permissions. Reaching a GKE cluster's API with a Google
+# identity takes container.clusters.get besides the permission of the read itself.
+_GKE_ACCESS = ("container.clusters.get",)
 GKE_CALLS: dict[str, str] = {
     "list_namespace": "container.namespaces.list",
     "list_role_for_all_namespaces": "container.roles.list",
@@ -95,18 +97,33 @@ def modules() -> Iterator[tuple[str, Path]]:
             yield name, path
 
 
+def _argument_names(call: ast.Call) -> set[str]:
+    """Keyword names of a call, including those of a request built inline (`request=XRequest(a=...)` or a dict)."""
+    names = {k.arg for k in call.keywords if k.arg}
+    for k in call.keywords:
+        if k.arg == "request" and isinstance(k.value, ast.Call):
+            names |= {kw.arg for kw in k.value.keywords if kw.arg}
+        elif k.arg == "request" and isinstance(k.value, ast.Dict):
+            names |= {key.value for key in k.value.keys if isinstance(key, ast.Constant) and isinstance(key.value, str)}
+    return names
+
+
 def google_calls(path: Path, module: str) -> list[Call]:
     out: list[Call] = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        # The Kubernetes client's list methods are often named in a table and called through getattr.
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in GKE_CALLS:
+            out.append(Call(module, node.lineno, node.value, ((GKE_CALLS[node.value],), _GKE_ACCESS)))
+            continue
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue
         method = node.func.attr
         needs = CALLS.get(method)
         if needs is None:
-            keywords = {k.arg for k in node.keywords}
-            needs = next((v for (m, kw), v in KEYWORDED.items() if m == method and kw in keywords), None)
+            names = _argument_names(node)
+            needs = next((v for (m, kw), v in KEYWORDED.items() if m == method and kw in names), None)
         if needs is None and method in GKE_CALLS:
-            needs = [(GKE_CALLS[method],)]
+            needs = [(GKE_CALLS[method],), _GKE_ACCESS]
         if needs is not None:
             out.append(Call(module, node.lineno, method, tuple(needs)))
     return out
