@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import EXAMPLES, SHARED_DATA
 from tests.fakes.gcp import fake_gcp, gcp_endpoint  # noqa: F401 - fixtures
+from tests.fakes.kube import kube_api, kubeconfig  # noqa: F401 - fixtures
 
 
 def _org_of(folder: Path) -> str:
