@@ -93,6 +93,12 @@ def projects() -> list[dict[str, Any]]:
     ))
     # clean projects
     for pid in ("shared-networking", "data-lake-prod"):
+        extra: dict[str, Any] = {}
+        if pid == "data-lake-prod":
+            # The organization enables every data access log for allServices; this project exempts the nightly
+            # bulk exporter from Cloud Storage DATA_READ logs to cut log volume (violation: an exemption not allowed).
+            extra["auditConfigs"] = [{"service": "storage.googleapis.com", "auditLogConfigs": [
+                {"logType": "DATA_READ", "exemptedMembers": [sa("bulk-export", "data-lake-prod")]}]}]
         out.append(iam_line(
             f"{CRM}/projects/{number(pid)}", PROJECT_TYPE,
             [
@@ -101,6 +107,7 @@ def projects() -> list[dict[str, Any]]:
                 *agents(pid),
             ],
             ancestors(pid),
+            **extra,
         ))
     return out
 
@@ -115,6 +122,7 @@ def service_accounts() -> list[dict[str, Any]]:
         ("gke-nodes", "ml-platform-prod", "GKE node pools"),
         ("inference", "ml-platform-prod", "Online inference"),
         ("notebook", "ml-research-sandbox", "Research notebooks"),
+        ("bulk-export", "data-lake-prod", "Nightly dataset exports"),
     ]
     for i, (name, project, display) in enumerate(accounts):
         email = f"{name}@{project}.iam.gserviceaccount.com"
@@ -151,7 +159,10 @@ def buckets() -> list[dict[str, Any]]:
     specs = [
         # name, project, bindings
         ("helix-training-datasets", "ml-training-prod",
-         [{"role": "roles/storage.objectViewer", "members": [sa("data-loader", "ml-training-prod")]}]),
+         [{"role": "roles/storage.objectViewer", "members": [
+             sa("data-loader", "ml-training-prod"),
+             # an intern's account, deleted when they left: the binding stays behind (violation)
+             f"deleted:user:summer-intern@{DOMAIN}?uid=118274653092837465012"]}]),
         ("helix-checkpoints", "ml-training-prod",
          [{"role": "roles/storage.objectAdmin", "members": [sa("trainer", "ml-training-prod")]}]),
         # a public dataset mirror: world-readable (violation)
@@ -160,12 +171,18 @@ def buckets() -> list[dict[str, Any]]:
         # public web assets of the model cards site: world-readable, exempted in the baseline
         ("helix-model-cards-site", "ml-platform-prod",
          [{"role": "roles/storage.objectViewer", "members": ["allUsers"]}]),
+        # a legacy export bucket still on fine-grained ACLs (violation: uniform bucket-level access off); its IAM
+        # policy is clean, which is the point: the ACLs are invisible to an IAM review
+        ("helix-legacy-exports", "data-lake-prod",
+         [{"role": "roles/storage.objectViewer", "members": [f"group:data-lake-prod-admins@{DOMAIN}"]}]),
     ]
     for name, project, bindings in specs:
         asset = f"//storage.googleapis.com/{name}"
+        uniform = name != "helix-legacy-exports"
         out.append(resource_line(asset, BUCKET_TYPE, {
             "name": name, "location": "US-CENTRAL1", "storageClass": "STANDARD",
-            "iamConfiguration": {"uniformBucketLevelAccess": {"enabled": True}},
+            "iamConfiguration": {"uniformBucketLevelAccess": {"enabled": uniform},
+                                 "bucketPolicyOnly": {"enabled": uniform}},
         }, ancestors(project), parent=f"{CRM}/projects/{number(project)}"))
         out.append(iam_line(asset, BUCKET_TYPE, bindings, ancestors(project)))
     return out
