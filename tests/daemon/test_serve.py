@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from auditor.cycle import Auditor
@@ -131,3 +133,56 @@ def test_once_runs_one_cycle_and_exits_with_its_outcome(tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "auditor", "history", "--state", str(tmp_path / "nope.db")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "no state file" in missing.stderr
+
+
+def test_sigterm_during_a_stuck_cycle_abandons_it_and_exits_0(tmp_path: Path) -> None:
+    # A Cloud Asset Inventory endpoint that accepts connections and never answers: the cycle hangs in collect.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        _, k8s = example_org(tmp_path)
+        cfg = write_config(
+            tmp_path / "config.yaml", sources=[str(k8s), "cai://organizations/583920174615"],
+            gcp_endpoint=f"http://127.0.0.1:{listener.getsockname()[1]}", source_options={"retry_attempts": 1},
+            schedule={"shutdown_grace_seconds": 1},
+        )
+        with Served(cfg) as served:
+            wait_until(lambda: accepted, 60, "the cycle to call the endpoint")
+            assert served.get("/readyz")[0] == 503  # the first cycle has not completed
+            assert served.stop(signal.SIGTERM) == 0
+        stopped = [e for e in served.events if e.get("event") == "stopped"]
+        assert stopped and stopped[0]["cycle_abandoned"] is True
+        assert served.cycles() == []
+        with Store(tmp_path / "state.db") as store:
+            assert store.cycles() == []  # nothing half-recorded
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
+def test_a_cycle_cancelled_before_it_reads_records_nothing(tmp_path: Path) -> None:
+    example_org(tmp_path)
+    settings = load_settings(write_config(tmp_path / "config.yaml"))
+    with Store(settings.state_path) as store:
+        auditor = Auditor(settings, store)
+        auditor.cancel.set()
+        out = auditor.run_cycle()
+        assert out.outcome == "abandoned" and out.recorded is None
+        assert store.cycles() == [] and auditor.published.cycles_completed == 0
