@@ -110,14 +110,18 @@ def _confirm(question: str, yes: bool) -> bool:
 
 def _print_report(report: ApplyReport) -> None:
     console = Console(stderr=False, emoji=False, highlight=False)
-    if report.results:
+    if console.is_terminal and report.results:
         table = Table(show_edge=False)
         for col in ("outcome", "resource", "changes", "reason"):
             table.add_column(col, overflow="fold")
         for r in report.results:
             table.add_row(r.outcome.value, r.resource, "; ".join(r.edits), r.reason)
         console.print(table)
-    console.print(report.summary_line())
+    else:  # one line per resource: readable in logs and by grep
+        for r in report.results:
+            reason = f" ({r.reason})" if r.reason else ""
+            click.echo(f"{r.outcome.value:9} {r.resource}: {'; '.join(r.edits)}{reason}")
+    click.echo(report.summary_line())
 
 
 @click.command("apply")
