@@ -320,6 +320,12 @@ def test_configuration_loads_as_each_pod_sees_it(name: str, pod_settings: Any) -
         assert le.lease_name and le.lease_namespace == dep["metadata"]["namespace"]
         assert s.remediation.enabled is (name == "remediation")
         assert s.log_format == "json"
+        # Timing: a rollout waits for the first cycle; SIGTERM lets a cycle finish (or be abandoned) before SIGKILL.
+        from auditor.daemon import ABANDON_WAIT_SECONDS
+
+        assert dep["spec"]["progressDeadlineSeconds"] > s.schedule.cycle_timeout_seconds
+        grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace > s.schedule.shutdown_grace_seconds + ABANDON_WAIT_SECONDS
 
 
 def _kubelet_configmap_volume(root: Path, data: dict[str, str]) -> None:
