@@ -107,15 +107,15 @@ def _binding_id(b: dict[str, Any]) -> tuple[str, str]:
 
 
 def iam_section(policy: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The bindings, members sorted, bindings sorted by role and condition."""
-    out = []
+    """The bindings, one per role and condition (IAM merges repeated ones), members sorted."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
     for b in (policy or {}).get("bindings") or ():
-        nb: dict[str, Any] = {"role": b.get("role"), "members": sorted(set(b.get("members") or ()))}
+        key = _binding_id(b)
+        nb = merged.setdefault(key, {"role": b.get("role"), "members": []})
         if b.get("condition"):
             nb["condition"] = prune(b["condition"])
-        if nb["members"]:
-            out.append(nb)
-    return sorted(out, key=_binding_id)
+        nb["members"] = sorted(set(nb["members"]) | set(b.get("members") or ()))
+    return [merged[k] for k in sorted(merged) if merged[k]["members"]]
 
 
 def _same_binding(b: dict[str, Any], role: str, condition: dict[str, Any] | None) -> bool:
