@@ -276,7 +276,7 @@ class Auditor:
         try:
             module = importlib.import_module(REMEDIATION_MODULE)
         except ModuleNotFoundError as exc:
-            if exc.name not in (REMEDIATION_MODULE, "remediations"):
+            if exc.name not in (REMEDIATION_MODULE, REMEDIATION_MODULE.split(".")[0]):
                 raise
             if not self._remediation_missing_logged:
                 self.log.warning("remediation_unavailable", reason=f"{REMEDIATION_MODULE} is not installed")

@@ -236,14 +236,38 @@ def test_a_rule_file_broken_after_start_fails_the_cycle_and_the_next_one_runs(tm
     auditor.store.close()
 
 
-def test_remediation_enabled_without_the_module_or_with_one(tmp_path: Path, logs: io.StringIO,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_remediation_step_publishes_the_pending_plan(tmp_path: Path, logs: io.StringIO) -> None:
     example_org(tmp_path)
     cfg = write_config(tmp_path / "config.yaml", remediation={"enabled": True})
     auditor = make_auditor(cfg)
     out = auditor.run_cycle()
-    assert out.outcome == "success"  # with or without the remediation step, the audit itself succeeds
-    assert "remediate" in out.durations
+    assert out.outcome == "success" and "remediate" in out.durations
+    assert out.remediation is not None and out.remediation.plan is not None
+    changes = out.remediation.plan["changes"]
+    assert changes  # the example organization has findings of rules in dryrun mode with a remediation
+    collector = AuditorCollector(lambda: auditor.published.view, auditor.histogram)
+    planned = samples(collector, "auditor_plan_changes")
+    edits = sum(len(e.get("rules") or c["rules"]) for c in changes for e in c["edits"])
+    assert sum(planned.values()) == edits
+    assert {dict(k)["rule"] for k in planned} <= {r.id for r in auditor.rules}
+    assert "Planned fixes" in auditor.published.report_html.decode()
+    assert json.loads(auditor.published.findings_json)["plan"]["id"] == out.remediation.plan["id"]
+    auditor.store.close()
+
+
+def test_remediation_enabled_without_the_step_still_audits(tmp_path: Path, logs: io.StringIO,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import auditor.cycle as cycle_module
+
+    example_org(tmp_path)
+    monkeypatch.setattr(cycle_module, "REMEDIATION_MODULE", "remediations.not_installed")
+    auditor = make_auditor(write_config(tmp_path / "config.yaml", remediation={"enabled": True}))
+    out = auditor.run_cycle()
+    assert out.outcome == "success" and out.remediation is None
+    assert [e["reason"] for e in events(logs, "remediation_unavailable")] == [
+        "remediations.not_installed is not installed"
+    ]
+    auditor.store.close()
 
 
 @pytest.mark.parametrize(
