@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 import threading
 import time
@@ -309,6 +308,7 @@ class Auditor:
             "cycle": latest.to_dict() if latest else None,
             "data_at": iso(view.data_at) if view.data_at else None,
             "stale": stale,
+            "last_success_at": iso(view.last_success_at) if view.last_success_at else None,
             "findings": [f.to_dict(now) for f in findings],
             "drift": {"cycle": last.id if last else None, "events": [e.to_dict() for e in drift]},
             "plan": self._remediation.plan if self._remediation else None,
@@ -323,6 +323,9 @@ class Auditor:
             sources=self.store.sources(),
             data_at=view.data_at,
             stale=stale,
+            last_success_at=view.last_success_at,
+            success_overdue=view.last_success_at is None
+            or now - view.last_success_at > self.settings.staleness.success_max_age_seconds,
             history=self.store.cycles(10),
             remediation_html=self._remediation.html if self._remediation else None,
             remediation_markdown=self._remediation.markdown if self._remediation else None,
@@ -393,15 +396,3 @@ def normalise_remediation(raw: Any) -> RemediationOutput:
     md = get("markdown", "report_markdown", "fragment_markdown")
     return RemediationOutput(counts, dict(plan) if plan is not None else None, html, md)
 
-
-def cycle_log_fields(out: CycleOutcome) -> dict[str, Any]:
-    """A short summary of an outcome (for `auditor serve --once` output)."""
-    rec = out.recorded
-    return {
-        "cycle": out.cycle_id,
-        "outcome": out.outcome,
-        "new": len(rec.new) if rec else 0,
-        "resolved": len(rec.resolved) if rec else 0,
-        "error": out.error,
-        "pid": os.getpid(),
-    }

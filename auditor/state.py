@@ -450,8 +450,8 @@ class Store:
         known = {
             r["id"]: r
             for r in db.execute(
-                "SELECT id, resolved_at, asset_type FROM findings WHERE id IN (SELECT value FROM json_each(?)) "
-                "OR resolved_at IS NULL",
+                "SELECT id, resolved_at, asset_type, exempted FROM findings "
+                "WHERE id IN (SELECT value FROM json_each(?)) OR resolved_at IS NULL",
                 (json.dumps(list(seen)),),
             )
         }
@@ -466,6 +466,15 @@ class Store:
             )
             if row is not None and row["resolved_at"] is None:
                 updates.append((*values, now, rec.cycle_id, fid))
+                if bool(row["exempted"]) != (f.exempted is not None):
+                    # An exemption expired (the finding counts again) or was granted (it stops counting): the set
+                    # of open, not exempted findings changed, which is what the drift counters and alerts follow.
+                    if f.exempted is None:
+                        change, why = "new", "exemption ended: "
+                    else:
+                        change, why = "resolved", f"exempted ({f.exempted.reason}, {f.exempted.owner}): "
+                    rec.drift.append(self._event(change, f.id, f.rule, f.severity.value, f.asset, f.asset_type, False,
+                                                 why + f.message, now, rec.cycle_id))
                 continue
             # New, or resolved earlier and back again: a new occurrence, first seen now.
             inserts.append((fid, *values, now, now, rec.cycle_id, rec.cycle_id))

@@ -63,6 +63,8 @@ def render_report(
     data_at: float | None,
     stale: bool,
     history: Sequence[CycleRecord] = (),
+    last_success_at: float | None = None,
+    success_overdue: bool = False,
     remediation_html: str | None = None,
     remediation_markdown: str | None = None,
     plan: dict[str, Any] | None = None,
@@ -93,6 +95,8 @@ def render_report(
         data_at=data_at,
         stale=stale,
         history=history,
+        last_success_at=last_success_at,
+        success_overdue=success_overdue,
         # The fragment is rendered by the remediation step's own autoescaped templates.
         remediation_html=Markup(remediation_html) if remediation_html else None,
         remediation_markdown=remediation_markdown,

@@ -16,7 +16,16 @@ from auditor.cycle import Auditor
 from auditor.daemon import Daemon
 from auditor.settings import load_settings
 from auditor.state import Store
-from tests.daemon.support import Served, example_org, http_get, make_drift, require_binary, wait_until, write_config
+from tests.daemon.support import (
+    REPO,
+    Served,
+    example_org,
+    http_get,
+    make_drift,
+    require_binary,
+    wait_until,
+    write_config,
+)
 
 
 def test_serve_answers_every_endpoint_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -186,3 +195,15 @@ def test_a_cycle_cancelled_before_it_reads_records_nothing(tmp_path: Path) -> No
         out = auditor.run_cycle()
         assert out.outcome == "abandoned" and out.recorded is None
         assert store.cycles() == [] and auditor.published.cycles_completed == 0
+
+
+def test_the_example_configuration_serves_the_example_organization_out_of_the_box(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "AUDITOR_STATE_PATH": str(tmp_path / "state.db"), "AUDITOR_LOG_FORMAT": "json"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "auditor", "serve", "--config", str(REPO / "examples" / "config.yaml"), "--once"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["outcome"] == "success" and summary["open"] > 0
+    assert (tmp_path / "state.db").is_file()  # AUDITOR_STATE_PATH won over the file

@@ -68,7 +68,8 @@ def test_banners_for_partial_failed_and_stale(tmp_path: Path) -> None:
     with Store(tmp_path / "s.db") as store:
         store.record_cycle(CycleInput(100, 101, "success", [f("public", "//a", "critical")]))
         store.record_cycle(CycleInput(200, 201, "partial", [], incomplete={"storage.googleapis.com/Bucket": "403"}))
-        html = render(store, rules, stale=True)
+        html = render(store, rules, stale=True, last_success_at=101.0, success_overdue=True)
+        assert "No successful cycle since 1970-01-01T00:01:41.000Z" in html
         assert "The last snapshot was partial" in html and "403" in html and "stale: not re-read" in html
         assert "The data is stale" in html
         store.record_cycle(CycleInput(300, 301, "failed", None, error="source org: no such file or folder"))

@@ -127,6 +127,23 @@ def test_exempted_findings_are_tracked_but_not_counted_as_drift(tmp_path: Path) 
         assert store.open_findings(include_exempted=False) == []
 
 
+def test_an_exemption_ending_or_starting_is_drift_of_the_open_findings(tmp_path: Path) -> None:
+    exempt, plain = finding("r1", "//a", exempt=True), finding("r1", "//a")
+    assert exempt.id == plain.id
+    with Store(tmp_path / "s.db") as store:
+        store.record_cycle(cycle(100, [exempt]))
+        ended = store.record_cycle(cycle(200, [plain]))  # the exemption expired: the finding counts again
+        assert [(e.change, e.exempted, e.message) for e in ended.drift] == [
+            ("new", False, "exemption ended: r1 on //a")
+        ]
+        granted = store.record_cycle(cycle(300, [exempt]))
+        assert [(e.change, e.message) for e in granted.drift] == [("resolved", "exempted (reason, team): r1 on //a")]
+        counters = {(lb["change"]): v for lb, v in store.counters("drift_events_total")}
+        assert counters == {"new": 1, "resolved": 1}
+        f = store.finding(plain.id)
+        assert f is not None and f.first_seen == 101 and f.resolved_at is None and f.exempted
+
+
 def test_restart_keeps_first_seen_and_reports_nothing_new(tmp_path: Path) -> None:
     a, b = finding("r1", "//a"), finding("r1", "//b")
     with Store(tmp_path / "s.db") as store:
