@@ -49,7 +49,9 @@ class AllowedBindingsParams(_Scoped):
 
 @check("config_validator.allowed_bindings", params=AllowedBindingsParams, iam=True)
 def allowed_bindings(asset: Asset, params: AllowedBindingsParams, ctx: Context) -> Iterator[Violation]:
-    """GCPIAMAllowedBindingsConstraintV3: for each binding whose role matches `role` and each of its members, in
+    """Members allowed or denied in the roles matching a glob (GCPIAMAllowedBindingsConstraintV3).
+
+    GCPIAMAllowedBindingsConstraintV3: for each binding whose role matches `role` and each of its members, in
     `denylist` mode a member matching any of `members` is a violation; in `allowlist` mode (the default) a member
     matching none is. Optional `assetType` and `assetNames` narrow the assets.
 
@@ -84,7 +86,9 @@ class AllowBanRolesParams(Params):
 
 @check("config_validator.allow_ban_roles", params=AllowBanRolesParams, iam=True)
 def allow_ban_roles(asset: Asset, params: AllowBanRolesParams, ctx: Context) -> Iterator[Violation]:
-    """GCPIAMAllowBanRolesConstraintV1: each binding whose role matches `roles` (mode `ban`) or matches none
+    """Roles allowed or banned (Config Validator GCPIAMAllowBanRolesConstraintV1).
+
+    GCPIAMAllowBanRolesConstraintV1: each binding whose role matches `roles` (mode `ban`) or matches none
     (mode `allow`, the default) is one violation (details `role`, `members`, `condition`; remediation
     iam.remove_binding).
 
@@ -122,7 +126,9 @@ def _in_domain(member: str, domains: list[str], sub: bool) -> bool:
 
 @check("config_validator.member_domains", params=MemberDomainsParams, iam=True)
 def member_domains(asset: Asset, params: MemberDomainsParams, ctx: Context) -> Iterator[Violation]:
-    """GCPIAMAllowedPolicyMemberDomainsConstraintV2: each distinct member of the policy whose text does not end with
+    """Members must belong to the listed domains (GCPIAMAllowedPolicyMemberDomainsConstraintV2).
+
+    GCPIAMAllowedPolicyMemberDomainsConstraintV2: each distinct member of the policy whose text does not end with
     `@domain` or `:domain` (or, with `allow_sub_domains`, the default, `.domain`) for some listed domain is one
     violation. Members whose type (the text before `:`) is in `member_type_allowlist` (default projectOwner,
     projectEditor, projectViewer) are skipped. Details: `member`, `roles` (every role it holds here).
@@ -159,7 +165,9 @@ class RequiredBindingsParams(_Scoped):
 
 @check("config_validator.required_bindings", params=RequiredBindingsParams, iam=True)
 def required_bindings(asset: Asset, params: RequiredBindingsParams, ctx: Context) -> Iterator[Violation]:
-    """GCPIAMRequiredBindingsConstraintV1: for each binding whose role matches `role`, each required member that
+    """Members the bindings of a role must include (GCPIAMRequiredBindingsConstraintV1).
+
+    GCPIAMRequiredBindingsConstraintV1: for each binding whose role matches `role`, each required member that
     matches none of the binding's members is one violation (`change: missing`). A policy with no binding of the
     role gives none, as in the template.
 
@@ -198,7 +206,9 @@ class AuditLogParams(Params):
 
 @check("config_validator.audit_log", params=AuditLogParams, iam=True, asset_types=HIERARCHY_TYPES)
 def audit_log(asset: Asset, params: AuditLogParams, ctx: Context) -> Iterator[Violation]:
-    """GCPIAMAuditLogConstraintV1: on organizations, folders and projects, each listed service that does not
+    """Audit log types every listed service must enable (GCPIAMAuditLogConstraintV1).
+
+    GCPIAMAuditLogConstraintV1: on organizations, folders and projects, each listed service that does not
     enable a listed log type is one violation per (service, log type), services compared literally (a config for
     `allServices` satisfies only `allServices`); each exempted member of a listed service that is not in
     `allowed_exemptions` is one violation per (service, log type, member). Reads both spellings and numeric log

@@ -102,7 +102,9 @@ class GkeIamParams(MemberFilter):
     context=[GKE_CLUSTER, *HIERARCHY_TYPES],
 )
 def gke_iam_reaches_clusters(asset: Asset, params: GkeIamParams, ctx: Context) -> Iterator[Violation]:
-    """An IAM grant of a GKE role (roles/container.admin, clusterAdmin, developer) on a project, folder or
+    """GKE roles granted on a project, folder or organization, with the clusters they reach.
+
+    An IAM grant of a GKE role (roles/container.admin, clusterAdmin, developer) on a project, folder or
     organization: its holder has that power inside every cluster below, whatever the clusters' RBAC says. Each
     finding lists the clusters it reaches (details `clusters`, `cluster_count`) next to `role`, `member` and
     `condition`. Grant such roles per cluster through RBAC (or on a dedicated project) instead.

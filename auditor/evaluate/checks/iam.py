@@ -239,7 +239,9 @@ def _org_index(ctx: Context) -> tuple[frozenset[str], frozenset[str]]:
 
 @check("iam.external_members", params=DomainParams, iam=True, context=[ORGANIZATION, PROJECT])
 def external_members(asset: Asset, params: DomainParams, ctx: Context) -> Iterator[Violation]:
-    """Members from outside the organization: the allowed domains are the organization's own domain (the display
+    """Members from outside the organization (its domain, its projects' service accounts).
+
+    Members from outside the organization: the allowed domains are the organization's own domain (the display
     name of the Organization assets in the snapshot) plus `domains`, and the service accounts, GKE Workload
     Identity members (`PROJECT.svc.id.goog[ns/ksa]`) and workload identity pool principals of every project in the
     snapshot are internal. Same params and exceptions as iam.allowed_domains. Without an Organization asset and
@@ -266,7 +268,9 @@ class BannedRolesParams(MemberFilter):
 
 @check("iam.banned_roles", params=BannedRolesParams, iam=True)
 def banned_roles(asset: Asset, params: BannedRolesParams, ctx: Context) -> Iterator[Violation]:
-    """Roles that must not be granted on the matched assets (one finding per member). Scope it per asset type with
+    """Roles that must not be granted on the matched assets (one finding per member).
+
+    Roles that must not be granted on the matched assets (one finding per member). Scope it per asset type with
     `match.asset_types`. Google's own grants (roles/editor of the Google APIs service agent and of the Compute
     Engine default service account, service-agent roles) are skipped unless `allow_google_managed: false`.
 
@@ -323,7 +327,9 @@ class RequiredBindingsParams(Params):
 
 @check("iam.required_bindings", params=RequiredBindingsParams, iam=True)
 def required_bindings(asset: Asset, params: RequiredBindingsParams, ctx: Context) -> Iterator[Violation]:
-    """The role must include the given members. A grant under a condition does not satisfy an unconditional
+    """A role must include the given members.
+
+    The role must include the given members. A grant under a condition does not satisfy an unconditional
     requirement (it may expire or apply to some resources only); name the condition's title to require it.
     One finding per missing member, with `change: missing` (remediation iam.add_member).
 
@@ -358,7 +364,9 @@ class SAAdminParams(MemberFilter):
 
 @check("iam.service_account_admin_roles", params=SAAdminParams, iam=True)
 def service_account_admin_roles(asset: Asset, params: SAAdminParams, ctx: Context) -> Iterator[Violation]:
-    """Service accounts must not hold admin-level roles (owner, editor, any `*Admin`/`*admin` role): a workload's
+    """Service accounts holding admin-level roles (owner, editor, *Admin, *admin).
+
+    Service accounts must not hold admin-level roles (owner, editor, any `*Admin`/`*admin` role): a workload's
     identity, often with keys or metadata-server tokens on many machines, should not administer anything.
     Google's own grants to its service agents and default accounts are skipped (`allow_google_managed`).
 
@@ -386,7 +394,9 @@ class ImpersonationParams(MemberFilter):
 
 @check("iam.project_level_impersonation", params=ImpersonationParams, iam=True, asset_types=HIERARCHY_TYPES)
 def project_level_impersonation(asset: Asset, params: ImpersonationParams, ctx: Context) -> Iterator[Violation]:
-    """roles/iam.serviceAccountUser and roles/iam.serviceAccountTokenCreator granted on a project, folder or
+    """Service account impersonation roles granted on a project, folder or organization.
+
+    roles/iam.serviceAccountUser and roles/iam.serviceAccountTokenCreator granted on a project, folder or
     organization let the holder act as every service account below it, including the most privileged one.
     Grant them on the one service account that is needed instead.
 
@@ -434,7 +444,9 @@ def _timestamp(value: Any) -> datetime | None:
 
 @check("iam.user_managed_keys", params=KeyParams, asset_types=[SERVICE_ACCOUNT_KEY])
 def user_managed_keys(asset: Asset, params: KeyParams, ctx: Context) -> Iterator[Violation]:
-    """User-managed service account keys (iam.googleapis.com/ServiceAccountKey with keyType USER_MANAGED, or 1):
+    """User-managed service account keys.
+
+    User-managed service account keys (iam.googleapis.com/ServiceAccountKey with keyType USER_MANAGED, or 1):
     long-lived credentials that leave Google's control. Use workload identity or short-lived tokens instead.
     Google-managed (SYSTEM_MANAGED) keys are never reported.
 
@@ -546,7 +558,9 @@ def ancestor_chain(asset: Asset, ctx: Context) -> list[str]:
 
 @check("iam.audit_logging", params=AuditLogParams, iam=True, asset_types=HIERARCHY_TYPES, context=HIERARCHY_TYPES)
 def audit_logging(asset: Asset, params: AuditLogParams, ctx: Context) -> Iterator[Violation]:
-    """Cloud Audit Logs: every listed service must have every listed log type enabled on organizations, folders
+    """Cloud Audit Logs on for the listed services and log types, with only allowed exemptions.
+
+    Cloud Audit Logs: every listed service must have every listed log type enabled on organizations, folders
     and projects, and only allowed members may be exempted. A config for `allServices` covers every service, and
     (with `inherited: true`) a log type enabled on an ancestor in the snapshot counts, as it does in Google Cloud.
     Reads `auditConfigs`/`audit_configs` in both spellings, log types as names or numbers (1, 2, 3).
