@@ -270,9 +270,9 @@ class BannedRolesParams(MemberFilter):
 def banned_roles(asset: Asset, params: BannedRolesParams, ctx: Context) -> Iterator[Violation]:
     """Roles that must not be granted on the matched assets (one finding per member).
 
-    Roles that must not be granted on the matched assets (one finding per member). Scope it per asset type with
-    `match.asset_types`. Google's own grants (roles/editor of the Google APIs service agent and of the Compute
-    Engine default service account, service-agent roles) are skipped unless `allow_google_managed: false`.
+    Scope it per asset type with `match.asset_types`. Google's own grants (roles/editor of the Google APIs service
+    agent and of the Compute Engine default service account, service-agent roles) are skipped unless
+    `allow_google_managed: false`.
 
     ```yaml
     - id: iam-no-primitive-roles-on-projects
@@ -329,7 +329,7 @@ class RequiredBindingsParams(Params):
 def required_bindings(asset: Asset, params: RequiredBindingsParams, ctx: Context) -> Iterator[Violation]:
     """A role must include the given members.
 
-    The role must include the given members. A grant under a condition does not satisfy an unconditional
+    A grant under a condition does not satisfy an unconditional
     requirement (it may expire or apply to some resources only); name the condition's title to require it.
     One finding per missing member, with `change: missing` (remediation iam.add_member).
 
@@ -446,7 +446,7 @@ def _timestamp(value: Any) -> datetime | None:
 def user_managed_keys(asset: Asset, params: KeyParams, ctx: Context) -> Iterator[Violation]:
     """User-managed service account keys.
 
-    User-managed service account keys (iam.googleapis.com/ServiceAccountKey with keyType USER_MANAGED, or 1):
+    iam.googleapis.com/ServiceAccountKey assets with keyType USER_MANAGED (or 1, as CAI REST sends enums):
     long-lived credentials that leave Google's control. Use workload identity or short-lived tokens instead.
     Google-managed (SYSTEM_MANAGED) keys are never reported.
 
