@@ -882,6 +882,11 @@ def _both_directions() -> list[Direction]:
 
 class HygieneParams(TenantParams):
     require_quota: bool = Field(default=True, description="A ResourceQuota in every tenant namespace.")
+    quota_resources: list[str] = Field(
+        default_factory=list,
+        description="Resource globs the quotas must limit (`requests.nvidia.com/gpu`): a quota on CPU alone does "
+        "not stop one tenant from taking every GPU.",
+    )
     default_deny: list[Direction] = Field(
         default_factory=_both_directions, description="Directions a default-deny NetworkPolicy covers."
     )
@@ -915,7 +920,8 @@ def denies_by_default(policy: dict[str, Any], direction: str) -> bool:
 def tenant_namespace_hygiene(asset: Asset, params: HygieneParams, ctx: Context) -> Iterator[Violation]:
     """Every tenant namespace has a ResourceQuota and a default-deny NetworkPolicy for ingress and egress.
 
-    Without a quota one tenant's job can take every GPU of the cluster; without default-deny network policies a
+    `quota_resources` lists what the quotas must limit (GPUs, TPUs). Without a quota one tenant's job can take
+    every GPU of the cluster; without default-deny network policies a
     tenant's pods reach (and are reached by) every other tenant's, whatever RBAC says. Default deny for a direction
     means a NetworkPolicy selecting every pod (`podSelector: {}`) whose policyTypes include it, with no rule for it
     (one policy for both directions, or one each). Read from `k8s.io/ResourceQuota` and
@@ -925,7 +931,10 @@ def tenant_namespace_hygiene(asset: Asset, params: HygieneParams, ctx: Context) 
     - id: rbac-tenant-namespace-hygiene
       check: rbac.tenant_namespace_hygiene
       severity: medium
-      params: {tenant_labels: [platform.example.com/tenant], default_deny: [Ingress, Egress]}
+      params:
+        tenant_labels: [platform.example.com/tenant]
+        quota_resources: [requests.nvidia.com/gpu]
+        default_deny: [Ingress, Egress]
     ```
     """
     ns = object_name(asset.resource, asset)
@@ -946,10 +955,20 @@ def tenant_namespace_hygiene(asset: Asset, params: HygieneParams, ctx: Context) 
         return ctx.memo(f"rbac.by_namespace.{asset_type}", build)
 
     base = {"namespace": ns, "tenant": tenant, "role": None, "binding": None, "subject": None}
-    if params.require_quota and not by_namespace(RESOURCE_QUOTA).get((cluster, ns)):
+    quotas = by_namespace(RESOURCE_QUOTA).get((cluster, ns), [])
+    if params.require_quota and not quotas:
         yield Violation(
             f"tenant {tenant}'s namespace {ns} has no ResourceQuota", "quota", {**base, "missing": "ResourceQuota"}
         )
+    elif quotas:
+        limited = {str(k) for q in quotas for k in ((q.get("spec") or {}).get("hard") or {})}
+        for res in params.quota_resources:
+            if not any(glob_match(res, k) for k in limited):
+                yield Violation(
+                    f"tenant {tenant}'s namespace {ns} has no quota on {res}",
+                    f"quota|{res}",
+                    {**base, "missing": f"ResourceQuota on {res}"},
+                )
     policies = by_namespace(NETWORK_POLICY).get((cluster, ns), [])
     for direction in params.default_deny:
         if not any(denies_by_default(p, direction) for p in policies):

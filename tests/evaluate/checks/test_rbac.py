@@ -353,6 +353,12 @@ def test_tenant_namespace_hygiene(tmp_path: Path) -> None:
     ingress_only = one_rule("rbac.tenant_namespace_hygiene",
                             "{tenant_labels: ['*/tenant'], require_quota: false, default_deny: [Ingress]}")
     assert {f.details["namespace"] for f in scan(tmp_path, ingress_only, objs)} == {"good", "bare"}
+    gpu = one_rule("rbac.tenant_namespace_hygiene",
+                   "{tenant_labels: ['*/tenant'], default_deny: [], quota_resources: ['requests.*/gpu']}")
+    assert sorted((f.details["namespace"], f.details["missing"]) for f in scan(tmp_path, gpu, objs)) == [
+        ("bare", "ResourceQuota"), ("good", "ResourceQuota"),  # the one in the other cluster
+        ("leaky", "ResourceQuota on requests.*/gpu"), ("split", "ResourceQuota on requests.*/gpu"),
+    ]
     with pytest.raises(RuleError, match="Ingress"):
         scan(tmp_path, one_rule("rbac.tenant_namespace_hygiene", "{default_deny: [ingress]}"), [])
 
