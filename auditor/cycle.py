@@ -353,7 +353,7 @@ class Auditor:
             fields["incomplete"] = out.result.incomplete_types()
         if out.error:
             fields["error"] = out.error
-        if out.remediation is not None:
+        if out.remediation is not None and out.remediation.counts:
             fields["remediation"] = {f"{r}/{k}/{o}": n for r, k, o, n in out.remediation.counts}
         level = "info" if out.outcome == "success" else "warning" if out.outcome == "partial" else "error"
         getattr(self.log, level)("cycle", **{k: v for k, v in fields.items() if v is not None})

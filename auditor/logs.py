@@ -17,6 +17,7 @@ import structlog
 
 _SECRET_KEY = re.compile(r"(pass(word)?|secret|token|authorization|credential|api[_-]?key|private[_-]?key)", re.I)
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s:]+(:[^/@\s]*)?@", re.I)
+_HANDLER_NAME = "drift-auditor"
 _BEARER = re.compile(r"(bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
 
 
@@ -78,8 +79,10 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         )
     )
+    handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace only our own handler: others (a test runner's capture, an embedding program's) stay.
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != _HANDLER_NAME] + [handler]
     root.setLevel(lvl)
     # APScheduler reports every run at INFO; our own `cycle` event says more.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
