@@ -151,6 +151,15 @@ def service_accounts() -> list[dict[str, Any]]:
           "members": ["serviceAccount:ml-platform-prod.svc.id.goog[tenant-vision/trainer]"]}],
         ancestors("ml-training-prod"),
     ))
+    # The serving pods act as the inference account, which holds no project role: a compliant Workload Identity
+    # mapping next to the trainer's (whose account is editor of ml-training-prod: violation).
+    inference = "inference@ml-platform-prod.iam.gserviceaccount.com"
+    out.append(iam_line(
+        f"//iam.googleapis.com/projects/ml-platform-prod/serviceAccounts/{inference}", SA_TYPE,
+        [{"role": "roles/iam.workloadIdentityUser",
+          "members": ["serviceAccount:ml-platform-prod.svc.id.goog[serving/inference]"]}],
+        ancestors("ml-platform-prod"),
+    ))
     return out
 
 

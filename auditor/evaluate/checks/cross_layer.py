@@ -146,3 +146,92 @@ def gke_iam_reaches_clusters(asset: Asset, params: GkeIamParams, ctx: Context) -
                 cluster_count=len(clusters),
                 level=level,
             )
+
+
+SERVICE_ACCOUNT = "iam.googleapis.com/ServiceAccount"
+WORKLOAD_IDENTITY_ROLES = ["roles/iam.workloadIdentityUser", "roles/iam.serviceAccountTokenCreator"]
+
+
+def _grants_by_member(ctx: Context) -> dict[str, list[tuple[str, str, str | None]]]:
+    """Member (normalized) -> (short resource name, role, condition title) of every hierarchy-level grant."""
+
+    def build() -> dict[str, list[tuple[str, str, str | None]]]:
+        out: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
+        policies, _ = hierarchy_index(ctx)
+        for short, a in policies.items():
+            for b in bindings(a.iam_policy):
+                for m in b.members:
+                    out[m.lower()].append((short, b.role, b.condition_title if b.condition else None))
+        return dict(out)
+
+    result: dict[str, list[tuple[str, str, str | None]]] = ctx.memo("cross_layer.grants_by_member", build)
+    return result
+
+
+def _service_account_email(asset: Asset) -> str | None:
+    email = asset.resource.get("email")
+    if isinstance(email, str) and "@" in email:
+        return email
+    tail = asset.name.rsplit("/", 1)[-1]
+    return tail if "@" in tail else None
+
+
+class WorkloadIdentityParams(MemberFilter):
+    roles: list[str] = Field(
+        default_factory=lambda: ["roles/owner", "roles/editor", "roles/*admin", "roles/*Admin"],
+        description="Role globs of the Google service account that make the mapping dangerous.",
+    )
+    binding_roles: list[str] = Field(
+        default_factory=lambda: list(WORKLOAD_IDENTITY_ROLES),
+        description="Roles on the service account that let a Kubernetes service account act as it.",
+    )
+
+
+@check(
+    "cross_layer.workload_identity_privileges",
+    params=WorkloadIdentityParams,
+    iam=True,
+    asset_types=[SERVICE_ACCOUNT],
+    context=list(HIERARCHY_TYPES),
+)
+def workload_identity_privileges(asset: Asset, params: WorkloadIdentityParams, ctx: Context) -> Iterator[Violation]:
+    """Kubernetes service accounts that can act as a Google service account holding admin-level roles.
+
+    GKE Workload Identity maps a Kubernetes service account (`serviceAccount:PROJECT.svc.id.goog[NS/KSA]`) to a
+    Google service account through roles/iam.workloadIdentityUser on the latter: every pod running as that KSA
+    in that namespace gets the Google account's roles. Reported on the Google service account, once per mapped
+    member, when the account holds a role matching `roles` on a project, folder or organization of the snapshot
+    (details `role` and `member` of the mapping, `condition`, and `grants`: the account's matching roles).
+
+    ```yaml
+    - id: gke-workload-identity-to-admin-accounts
+      check: cross_layer.workload_identity_privileges
+      severity: high
+      params: {roles: [roles/owner, roles/editor, "roles/*admin", "roles/*Admin"]}
+    ```
+    """
+    email = _service_account_email(asset)
+    if email is None:
+        return
+    grants = [
+        (where, role, cond)
+        for where, role, cond in _grants_by_member(ctx).get(f"serviceaccount:{email.lower()}", ())
+        if any_match(params.roles, role) and not params.skipped(f"serviceAccount:{email}", role)
+    ]
+    if not grants:
+        return
+    held = sorted({f"{role} on {where}" + (f" (condition: {cond})" if cond else "") for where, role, cond in grants})
+    for b in bindings(asset.iam_policy):
+        if not any_match(params.binding_roles, b.role):
+            continue
+        for m in b.members:
+            if ".svc.id.goog[" not in m or params.skipped(m, b.role):
+                continue
+            yield member_violation(
+                b,
+                m,
+                f"Kubernetes service account {m.split(':', 1)[-1]} acts as {email}, which holds {', '.join(held[:3])}"
+                + (f" and {len(held) - 3} more" if len(held) > 3 else ""),
+                service_account=email,
+                grants=held,
+            )

@@ -120,3 +120,45 @@ def _scan_assets(assets: list[Asset]) -> list[Finding]:
     result = Engine(rules).evaluate(assets)
     assert not result.errors
     return result.findings
+
+
+# -- Workload Identity ------------------------------------------------------------------------------------------------
+SA_TYPE = "iam.googleapis.com/ServiceAccount"
+
+
+def service_account(email: str, members: list[str], role: str = "roles/iam.workloadIdentityUser") -> Asset:
+    project_id = email.split("@")[1].split(".")[0]
+    return Asset(f"//iam.googleapis.com/projects/{project_id}/serviceAccounts/{email}", SA_TYPE,
+                 iam_policy={"bindings": [{"role": role, "members": members}]})
+
+
+def wi_scan(tmp_path: Path, *assets: Asset) -> list[Finding]:
+    f = tmp_path / "wi.yaml"
+    f.write_text("- {id: wi, check: cross_layer.workload_identity_privileges, severity: high}\n")
+    result = Engine(load_file(f)).evaluate(assets)
+    assert not result.errors, result.errors
+    return result.findings
+
+
+def test_workload_identity_to_an_admin_account(tmp_path: Path) -> None:
+    trainer = "trainer@ml-train.iam.gserviceaccount.com"
+    reader = "reader@ml-train.iam.gserviceaccount.com"
+    p = project("111", "ml-train", [
+        {"role": "roles/editor", "members": [f"serviceAccount:{trainer}"]},
+        {"role": "roles/storage.admin", "members": [f"serviceAccount:{trainer}"],
+         "condition": {"title": "ckpt", "expression": "true"}},
+        {"role": "roles/storage.objectViewer", "members": [f"serviceAccount:{reader}"]},
+    ])
+    ksa = "serviceAccount:ml-train.svc.id.goog[tenant-a/trainer]"
+    found = wi_scan(
+        tmp_path,
+        p,
+        service_account(trainer, [ksa, "group:ci@example.com"]),   # the group is not a Kubernetes identity
+        service_account(reader, ["serviceAccount:ml-train.svc.id.goog[tenant-a/reader]"]),  # compliant: viewer only
+    )
+    assert len(found) == 1
+    assert found[0].details["member"] == ksa and found[0].details["role"] == "roles/iam.workloadIdentityUser"
+    assert found[0].details["grants"] == ["roles/editor on projects/111",
+                                          "roles/storage.admin on projects/111 (condition: ckpt)"]
+    # without the project's policy in the snapshot there is nothing to say about the account's power
+    assert wi_scan(tmp_path, service_account(trainer, [ksa])) == []
