@@ -133,6 +133,14 @@ class CelParams(Params):
         self._names = frozenset(names)
         return self
 
+    def __getstate__(self) -> dict[Any, Any]:
+        # The compiled program and the CEL context are native objects that cannot be pickled (rules are sent to
+        # worker processes): they are dropped here and rebuilt on first use.
+        state = super().__getstate__()
+        private = dict(state.get("__pydantic_private__") or {})
+        private.update(_program=None, _ctx=None)
+        return {**state, "__pydantic_private__": private}
+
     def run(self, variables: dict[str, Any]) -> Any:
         # One context per rule, its variables replaced on each call: registering the extension functions costs
         # more than evaluating a typical expression. Every variable is set on every call, so none leaks over.
@@ -144,7 +152,10 @@ class CelParams(Params):
             ctx = self._ctx = _context(variables)
         else:
             ctx.update(variables)
-        return self._program.execute(ctx)
+        program = self._program
+        if program is None:
+            program = self._program = cel.compile(self.expression)
+        return program.execute(ctx)
 
     @property
     def per_member(self) -> bool:

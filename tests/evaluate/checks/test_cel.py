@@ -122,3 +122,13 @@ def test_non_boolean_result_is_an_evaluation_error_not_a_finding(tmp_path: Path)
     result = engine.evaluate([bucket("x", True)])
     assert result.findings == []
     assert len(result.errors) == 1 and "expected a bool" in result.errors[0].error
+
+
+def test_loaded_rule_survives_pickling_for_worker_processes(tmp_path: Path) -> None:
+    import pickle
+
+    engine = load(tmp_path, {"id": "ubla", "params": {"expression": '!dig(resource, "iamConfiguration.x", false)'}})
+    before = engine.evaluate([bucket("a", True)]).findings
+    copy = Engine(pickle.loads(pickle.dumps(engine.rules)))
+    after = copy.evaluate([bucket("a", True)]).findings
+    assert [f.id for f in before] == [f.id for f in after] and len(after) == 1
