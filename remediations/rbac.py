@@ -13,40 +13,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from auditor.errors import AuditorError
-from auditor.permissions import declare
 from remediations.apply import Live, WriteConflict
 from remediations.kinds import RBAC
 from remediations.targets import Target
 
-declare(
-    "remediations.rbac",
-    [
-        "container.clusters.get",
-        "container.roleBindings.get",
-        "container.roleBindings.update",
-        "container.roleBindings.delete",
-        "container.roleBindings.create",
-        "container.clusterRoleBindings.get",
-        "container.clusterRoleBindings.update",
-        "container.clusterRoleBindings.delete",
-        "container.clusterRoleBindings.create",
-        "container.roles.get",
-        "container.roles.update",
-        "container.roles.bind",
-        "container.roles.escalate",
-        "container.clusterRoles.get",
-        "container.clusterRoles.update",
-        "container.clusterRoles.bind",
-        "container.clusterRoles.escalate",
-        "container.leases.get",
-        "container.leases.create",
-        "container.leases.update",
-    ],
-    remediation=True,
-    why="patch and delete RBAC objects (Kubernetes asks for bind/escalate on the roles a binding or role it writes "
-    "refers to; create restores a deleted binding on rollback) and hold the leader Lease",
-)
-
+# The GKE permissions this applier needs (container.roles.*, roleBindings.*, leases.*, and bind/escalate) are listed
+# in the README rather than declared here: with in-cluster credentials they are Kubernetes RBAC verbs, not IAM.
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = 30
 _SERVER_FIELDS = ("resourceVersion", "uid", "creationTimestamp", "managedFields", "generation", "selfLink")
