@@ -17,6 +17,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -148,11 +149,11 @@ def run_remediation(
         enforce_only=True,
     )
     assets = _assets(result, settings, make)
-    notes = plan_notes(cfg)
+    # The pending plan's notes say what an operator's apply would refuse (so not "enforce-only").
     pending = build_plan(result.findings, result.rules, assets, modes=[Mode.dryrun.value], now=now,
-                         sources=settings.sources, notes=notes)
+                         sources=settings.sources, notes=plan_notes(replace(cfg, enforce_only=False)))
     enforce = build_plan(result.findings, result.rules, assets, modes=[Mode.enforce.value], now=now,
-                         sources=settings.sources, notes=notes)
+                         sources=settings.sources, notes=plan_notes(cfg))
     counts: Counter[tuple[str, str, str]] = Counter()
     out: dict[str, Any] = {"plan": pending.to_dict(), "html": render_html(pending, "Pending dry-run plan", True),
                            "markdown": render_markdown(pending, "Pending dry-run plan"), "apply": None,

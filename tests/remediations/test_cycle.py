@@ -76,6 +76,7 @@ def test_enforce_changes_applied_dryrun_pending(org: FakeGcp, write_rules: Any, 
     kinds = {(r, e["kind"]) for c in out["plan"]["changes"] for e in c["edits"] for r in e["rules"]}
     assert kinds == {("armor-default-deny", "cloud_armor.set_default_deny")}
     assert "make the default rule deny(403)" in out["html"] and out["html"].lstrip().startswith("<section")
+    assert all(not c["notes"] for c in out["plan"]["changes"]), "an operator's apply would not be refused"
     # The next cycle has nothing left to enforce.
     again = _cycle(settings, elector=AlwaysLeader())
     assert again["counts"] == {} and again["apply"] is None
