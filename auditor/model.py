@@ -45,7 +45,18 @@ class Asset:
     `ancestors` run from the asset upwards, as CAI lists them (`projects/1`, `folders/2`, `organizations/3`).
     """
 
-    __slots__ = ("_iam", "_iam_raw", "_res", "_res_raw", "ancestors", "asset_type", "name", "origin", "update_time")
+    __slots__ = (
+        "_held",
+        "_iam",
+        "_iam_raw",
+        "_res",
+        "_res_raw",
+        "ancestors",
+        "asset_type",
+        "name",
+        "origin",
+        "update_time",
+    )
 
     def __init__(
         self,
@@ -66,6 +77,7 @@ class Asset:
         self._res_raw: msgspec.Raw | None = None
         self._iam: dict[str, Any] | None = None
         self._iam_raw: msgspec.Raw | None = None
+        self._held = False
         if isinstance(resource, msgspec.Raw):
             self._res_raw = resource
         else:
@@ -80,7 +92,8 @@ class Asset:
         """The resource data (`resource.data` in CAI); an empty dict when the asset carries none."""
         if self._res is None:
             self._res = _json_decoder.decode(self._res_raw) if self._res_raw is not None else {}
-            self._res_raw = None
+            if not self._held:
+                self._res_raw = None
             if not isinstance(self._res, dict):
                 self._res = {}
         return self._res
@@ -94,10 +107,26 @@ class Asset:
         """The IAM policy as CAI gives it (either spelling); an empty dict when the asset carries none."""
         if self._iam is None:
             self._iam = _json_decoder.decode(self._iam_raw) if self._iam_raw is not None else {}
-            self._iam_raw = None
+            if not self._held:
+                self._iam_raw = None
             if not isinstance(self._iam, dict):
                 self._iam = {}
         return self._iam
+
+    def hold(self) -> None:
+        """Keep the raw JSON once decoded, so that `release` can later drop the decoded form.
+
+        The engine holds some assets until the end of a scan (context and deferred checks); between reads, each
+        then costs its JSON bytes rather than a tree of dicts several times larger.
+        """
+        self._held = True
+
+    def release(self) -> None:
+        """Forget the decoded resource and IAM policy where their raw JSON is kept (they decode again when read)."""
+        if self._res_raw is not None:
+            self._res = None
+        if self._iam_raw is not None:
+            self._iam = None
 
     @property
     def ancestry_path(self) -> str:

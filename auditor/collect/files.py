@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -60,6 +62,7 @@ _record_decoder = msgspec.json.Decoder(_Record)
 _any_decoder = msgspec.json.Decoder()
 _EXPORT_SUFFIXES = (".json", ".ndjson", ".jsonl", ".dump", ".gz")
 _YAML_SUFFIXES = (".yaml", ".yml")
+_BLOCK = 1 << 22  # NDJSON bytes read and decoded at a time
 
 
 def record_to_asset(rec: _Record, origin: str) -> Asset:
@@ -74,16 +77,35 @@ def record_to_asset(rec: _Record, origin: str) -> Asset:
     return Asset(
         name=rec.name,
         asset_type=asset_type,
-        resource=data if data and bytes(data) != b"null" else None,
-        iam_policy=iam if iam and bytes(iam) != b"null" else None,
+        resource=data if data and not _is_null(data) else None,
+        iam_policy=iam if iam and not _is_null(iam) else None,
         ancestors=tuple(rec.ancestors) if rec.ancestors else (),
         update_time=rec.update_time or rec.updateTime,
         origin=origin,
     )
 
 
+def _is_null(raw: msgspec.Raw) -> bool:
+    return len(raw) == 4 and bytes(raw) == b"null"
+
+
 def decode_record(line: bytes | str) -> _Record:
     return _record_decoder.decode(line)
+
+
+class _Bounded:
+    """Reads at most `left` bytes of a file (one range of an NDJSON export)."""
+
+    def __init__(self, fh: IO[bytes], left: int) -> None:
+        self.fh = fh
+        self.left = left
+
+    def read(self, n: int) -> bytes:
+        if self.left <= 0:
+            return b""
+        data = self.fh.read(min(n, self.left))
+        self.left -= len(data)
+        return data
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -101,6 +123,13 @@ class FileSource:
         self.uri = path
         self.options = options
         self.status = SourceStatus(source=path)
+        self._wanted: Callable[[str, bool], bool] | None = None
+        self._skipped_types: Counter[str] | None = None
+        self._verdicts: dict[tuple[str, bool], bool] = {}
+        self._next_line = 1
+        self.lines_read = 0
+        self._shared_ancestors: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._shared_types: dict[str, str] = {}
         p = Path(path)
         if not p.exists():
             raise SourceError(f"source {path}: no such file or folder")
@@ -115,13 +144,67 @@ class FileSource:
 
     def assets(self) -> Iterator[Asset]:
         for f in self.files:
-            name = f.name.lower().removesuffix(".gz")
-            if name.endswith(_YAML_SUFFIXES):
-                yield from self._yaml_file(f)
-            else:
-                yield from self._json_file(f)
+            yield from self.file_assets(f)
+        self.finish()
+
+    def file_assets(self, f: Path) -> Iterator[Asset]:
+        """The assets of one of the source's files (`assets` reads them all, then calls `finish`)."""
+        name = f.name.lower().removesuffix(".gz")
+        if name.endswith(_YAML_SUFFIXES):
+            yield from self._yaml_file(f)
+        else:
+            yield from self._json_file(f)
+
+    def finish(self) -> None:
+        """Mark the snapshot partial when malformed records were skipped."""
         if self.status.skipped:
             self.status.fail("*", f"{self.status.skipped} malformed record(s) skipped; first: {self.status.errors[0]}")
+
+    # -- parts of one NDJSON file, for readers in several processes ------------------------------------------------
+    def split(self, path: Path, parts: int, min_bytes: int = 8 << 20) -> list[tuple[int, int]] | None:
+        """Byte ranges of whole lines dividing an uncompressed NDJSON export into up to `parts` pieces of at least
+        `min_bytes`; None for anything else (gzip, a JSON document, a Kubernetes list, YAML)."""
+        if path.name.lower().endswith(_YAML_SUFFIXES):
+            return None
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            if fh.read(2) == b"\x1f\x8b":
+                return None
+            fh.seek(0)
+            stripped = fh.readline().strip()
+            if stripped:
+                try:
+                    head = _any_decoder.decode(stripped) if stripped.startswith(b"{") else None
+                except msgspec.DecodeError:
+                    head = None
+                if not isinstance(head, dict) or ("kind" in head and "items" in head) or "assets" in head:
+                    return None
+            parts = max(1, min(parts, size // max(min_bytes, 1)))
+            cuts = [0]
+            for i in range(1, parts):
+                fh.seek(size * i // parts)
+                fh.readline()  # to the end of the line the cut falls in
+                pos = fh.tell()
+                if cuts[-1] < pos < size:
+                    cuts.append(pos)
+        cuts.append(size)
+        return list(itertools.pairwise(cuts))
+
+    def range_assets(self, path: Path, start: int, end: int) -> Iterator[Asset]:
+        """The assets of the lines in bytes [start, end) of an NDJSON file (a range from `split`), numbered from 1.
+
+        Once the iterator is exhausted, `lines_read` holds the number of lines in the range.
+        """
+        self.lines_read = 0
+        with open(path, "rb") as raw:
+            raw.seek(start)
+            fh = _Bounded(raw, end - start)
+            yield from self._ndjson(path, fh, b"", 1)
+        self.lines_read = self._next_line - 1
+
+    def report(self, where: str, reason: str) -> None:
+        """A problem found elsewhere (by a reader in another process) about this source's data."""
+        self._problem(where, reason)
 
     # -- problems -------------------------------------------------------------------------------------------------
     def _problem(self, where: str, reason: str) -> None:
@@ -156,10 +239,109 @@ class FileSource:
             rest = fh.read()
         yield from self._document(path, first + rest)
 
-    def _ndjson(self, path: Path, fh: IO[bytes], first: bytes, lineno: int) -> Iterator[Asset]:
+    def _ndjson(self, path: Path, fh: IO[bytes] | _Bounded, first: bytes, lineno: int) -> Iterator[Asset]:
+        """NDJSON read in blocks of whole lines, one decoder call per block (see `_block`)."""
+        pending = first  # the start of a line not yet complete (or the first line, read by the caller)
+        while True:
+            data = fh.read(_BLOCK)
+            if not data:
+                break
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:  # a line longer than a block
+                pending += data
+                continue
+            start = 0
+            if pending:
+                start = data.find(b"\n") + 1
+                head = pending + data[:start]
+                n = head.count(b"\n")
+                yield from self._block(path, head, n, lineno)
+                lineno += n
+            n = data.count(b"\n", start, cut)
+            if n:
+                yield from self._block(path, memoryview(data)[start:cut], n, lineno)
+                lineno += n
+            pending = data[cut:]
+        if pending:
+            n = pending.count(b"\n") + (not pending.endswith(b"\n"))
+            yield from self._block(path, pending, n, lineno)
+            lineno += n
+        self._next_line = lineno
+
+    def select(self, wanted: Callable[[str, bool], bool], skipped: Counter[str]) -> None:
+        """Build only the assets `wanted(asset_type, has_iam_policy)` accepts; count the others in `skipped`.
+
+        The engine says what its rules read (Engine.wants); an NDJSON record of another type is checked for what
+        makes it malformed and counted, but never becomes an Asset. Other formats are unaffected.
+        """
+        self._wanted = wanted
+        self._skipped_types = skipped
+
+    def _block(self, path: Path, buf: bytes | memoryview, lines: int, lineno: int) -> Iterator[Asset]:
+        """The assets of `lines` whole lines starting at line `lineno`.
+
+        A block without a blank or bad line is decoded in one call; otherwise it is read line by line, so that each
+        problem is reported with its own line number.
+        """
+        try:
+            recs = _record_decoder.decode_lines(buf)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            recs = None
+        if recs is None or len(recs) != lines:
+            yield from self._lines(path, bytes(buf).split(b"\n")[:lines], lineno)
+            return
         status = self.status
-        line = first
-        while line:
+        wanted = self._wanted
+        skipped = self._skipped_types
+        verdicts: dict[tuple[str, bool], bool] = self._verdicts
+        shared: dict[tuple[str, ...], tuple[str, ...]] = self._shared_ancestors
+        shared_types: dict[str, str] = self._shared_types
+        for rec in recs:
+            asset_type = rec.asset_type or rec.assetType
+            if not rec.name or not asset_type:
+                where = f"{path}:{lineno}"
+                try:
+                    record_to_asset(rec, where)
+                except ValueError as exc:
+                    self._problem(where, str(exc))
+                lineno += 1
+                continue
+            iam = rec.iam_policy or rec.iamPolicy
+            has_iam = bool(iam) and not _is_null(iam)
+            if wanted is not None and skipped is not None:
+                verdict = verdicts.get((asset_type, has_iam))
+                if verdict is None:
+                    verdict = verdicts[(asset_type, has_iam)] = wanted(asset_type, has_iam)
+                if not verdict:
+                    skipped[asset_type] += 1
+                    status.assets += 1
+                    lineno += 1
+                    continue
+            data = rec.resource.data if rec.resource is not None else _NO_RAW
+            ancestors: tuple[str, ...] = ()
+            if rec.ancestors:
+                # one tuple per distinct ancestry: the assets a scan holds to its end share it
+                ancestors = tuple(rec.ancestors)
+                ancestors = shared.setdefault(ancestors, ancestors)
+                if len(shared) > 100_000:
+                    shared.clear()
+            # copies: the raw bytes would otherwise keep the whole block alive for as long as the asset lives
+            asset = Asset(
+                name=rec.name,
+                asset_type=shared_types.setdefault(asset_type, asset_type),
+                resource=data.copy() if data and not _is_null(data) else None,
+                iam_policy=iam.copy() if has_iam else None,
+                ancestors=ancestors,
+                update_time=rec.update_time or rec.updateTime,
+                origin=f"{path}:{lineno}",
+            )
+            status.assets += 1
+            lineno += 1
+            yield asset
+
+    def _lines(self, path: Path, lines: list[bytes], lineno: int) -> Iterator[Asset]:
+        status = self.status
+        for line in lines:
             if line.strip():
                 where = f"{path}:{lineno}"
                 try:
@@ -172,7 +354,6 @@ class FileSource:
                 else:
                     status.assets += 1
                     yield asset
-            line = fh.readline()
             lineno += 1
 
     def _document(self, path: Path, data: bytes) -> Iterator[Asset]:

@@ -9,13 +9,13 @@ an expired exemption no longer exempts and the finding says so.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from auditor.evaluate.globs import compile_glob
-from auditor.evaluate.registry import Context
+from auditor.evaluate.registry import Context, Violation
 from auditor.evaluate.rulebook import Exemption, LoadedRule
 from auditor.model import Asset, Exempted, Finding, finding_id
 
@@ -55,12 +55,35 @@ def _finding_order(f: Finding) -> tuple[int, str, str, str]:
     return (-f.severity.rank, f.rule, f.asset, f.id)
 
 
+def _all_ancestries(r: LoadedRule) -> bool:
+    return "**" in r.rule.match.ancestries and not r.rule.match.excluded_ancestries
+
+
+class _Rules(NamedTuple):
+    rules: tuple[LoadedRule, ...]
+    needs_path: bool  # some rule restricts ancestries: the asset's ancestry path is computed
+    keys: tuple[tuple[str, str], ...] | None  # check keys, when two rules share check and params
+
+
+class _Plan(NamedTuple):
+    """The rules for one asset type: streamed and deferred, for assets with and without an IAM policy."""
+
+    streamed_iam: _Rules
+    streamed: _Rules
+    deferred_iam: _Rules
+    deferred: _Rules
+    context: bool  # assets of this type are kept for checks with context
+
+
 class Engine:
     def __init__(self, rules: Iterable[LoadedRule], now: datetime | None = None) -> None:
         self.rules = list(rules)
         self.now = now or datetime.now(UTC)
         self._by_type: dict[str, tuple[tuple[LoadedRule, ...], tuple[LoadedRule, ...]]] = {}
+        self._plans: dict[str, _Plan] = {}
         self._context_types = frozenset(t for r in self.rules for t in r.spec.context_types)
+        # Rules that share a check and params give the same violations on an asset: the check runs once for them.
+        self._check_key = {id(r): (r.spec.name, r.params.model_dump_json()) for r in self.rules}
 
     # -- what the rules need --------------------------------------------------------------------------------------
     def asset_type_globs(self) -> frozenset[str]:
@@ -86,41 +109,74 @@ class Engine:
             self._by_type[asset_type] = hit
         return hit
 
-    # -- evaluation ------------------------------------------------------------------------------------------------
-    def evaluate(self, assets: Iterable[Asset]) -> Evaluation:
-        result = Evaluation()
-        ctx = Context(now=self.now)
-        deferred: list[tuple[Asset, tuple[LoadedRule, ...]]] = []
-        counts = result.assets_by_type
-        context_types = self._context_types
-        for asset in assets:
-            atype = asset.asset_type
-            counts[atype] += 1
-            streamed, later = self.rules_for(atype)
-            if atype in context_types:
-                ctx.by_type[atype].append(asset)
-            if later:
-                deferred.append((asset, later))
-            if streamed:
-                self._run(asset, streamed, ctx, result)
-        for asset, later in deferred:
-            self._run(asset, later, ctx, result)
-        result.findings.sort(key=_finding_order)
-        return result
+    def _plan(self, asset_type: str) -> _Plan:
+        """What to do with an asset of this type, with and without an IAM policy (computed once per type)."""
+        streamed, later = self.rules_for(asset_type)
 
-    def _run(self, asset: Asset, rules: tuple[LoadedRule, ...], ctx: Context, result: Evaluation) -> None:
-        path = asset.ancestry_path
-        for r in rules:
-            if r.spec.needs_iam and not asset.has_iam_policy:
+        def pick(rules: tuple[LoadedRule, ...], has_iam: bool) -> _Rules:
+            chosen = tuple(r for r in rules if has_iam or not r.spec.needs_iam)
+            keys = [self._check_key[id(r)] for r in chosen]
+            return _Rules(
+                chosen,
+                any(not _all_ancestries(r) for r in chosen),
+                tuple(keys) if len(set(keys)) < len(keys) else None,
+            )
+
+        plan = _Plan(
+            pick(streamed, True),
+            pick(streamed, False),
+            pick(later, True),
+            pick(later, False),
+            asset_type in self._context_types,
+        )
+        self._plans[asset_type] = plan
+        return plan
+
+    def wants(self, asset_type: str, has_iam_policy: bool) -> bool:
+        """Whether any rule reads (or keeps as context) an asset of this type; readers skip building the others."""
+        plan = self._plans.get(asset_type) or self._plan(asset_type)
+        if plan.context:
+            return True
+        if has_iam_policy:
+            return bool(plan.streamed_iam.rules or plan.deferred_iam.rules)
+        return bool(plan.streamed.rules or plan.deferred.rules)
+
+    # -- evaluation ------------------------------------------------------------------------------------------------
+    def evaluate(self, assets: Iterable[Asset], result: Evaluation | None = None) -> Evaluation:
+        """Evaluate a stream of assets. `result` may be given beforehand so that a reader that skips the assets
+        no rule reads counts them in `result.assets_by_type` as they stream by (see `wants`)."""
+        run = self.start(result)
+        run.feed(assets)
+        return run.finish()
+
+    def start(self, result: Evaluation | None = None, on_held: Callable[[Asset], None] | None = None) -> EvaluationRun:
+        """An evaluation fed piece by piece (`feed`, `absorb`) and closed by `finish`.
+
+        With `on_held`, the assets that checks with context need at the end are handed to it instead of being kept:
+        a worker evaluating part of a snapshot sends them to the process that finishes the evaluation.
+        """
+        return EvaluationRun(self, result if result is not None else Evaluation(), on_held)
+
+    def _run(self, asset: Asset, rules: _Rules, ctx: Context, result: Evaluation) -> None:
+        path = asset.ancestry_path if rules.needs_path else ""
+        memo: dict[tuple[str, str], list[Violation] | Exception] | None = {} if rules.keys is not None else None
+        for i, r in enumerate(rules.rules):
+            if rules.needs_path and not r.matches_ancestry(path):
                 continue
-            if not r.matches_ancestry(path):
+            outcome: list[Violation] | Exception | None = None
+            if memo is not None and rules.keys is not None:
+                outcome = memo.get(rules.keys[i])
+            if outcome is None:
+                try:
+                    outcome = list(r.spec.fn(asset, r.params, ctx))
+                except Exception as exc:  # a check must never take the scan down; the error is reported
+                    outcome = exc
+                if memo is not None and rules.keys is not None:
+                    memo[rules.keys[i]] = outcome
+            if isinstance(outcome, Exception):
+                result.errors.append(EvaluationError(r.id, asset.name, f"{type(outcome).__name__}: {outcome}"))
                 continue
-            try:
-                violations = list(r.spec.fn(asset, r.params, ctx))
-            except Exception as exc:  # a check must never take the scan down; the error is reported
-                result.errors.append(EvaluationError(r.id, asset.name, f"{type(exc).__name__}: {exc}"))
-                continue
-            for v in violations:
+            for v in outcome:
                 result.findings.append(self._finding(r, asset, v.message, v.key, v.details, result))
 
     def _finding(
@@ -167,3 +223,68 @@ class Engine:
             for i, e in enumerate(r.rule.exemptions)
             if result.exemption_hits[(r.id, i)] == 0
         ]
+
+
+class EvaluationRun:
+    """One evaluation in progress: streamed checks run as assets arrive, checks with context run in `finish`."""
+
+    def __init__(self, engine: Engine, result: Evaluation, on_held: Callable[[Asset], None] | None) -> None:
+        self.engine = engine
+        self.result = result
+        self.ctx = Context(now=engine.now)
+        self.deferred: list[tuple[Asset, _Rules]] = []
+        self.on_held = on_held
+
+    def feed(self, assets: Iterable[Asset]) -> None:
+        engine, result, ctx, deferred, on_held = self.engine, self.result, self.ctx, self.deferred, self.on_held
+        counts = result.assets_by_type
+        plans = engine._plans
+        for asset in assets:
+            atype = asset.asset_type
+            counts[atype] += 1
+            plan = plans.get(atype) or engine._plan(atype)
+            if asset.has_iam_policy:
+                streamed, later = plan.streamed_iam, plan.deferred_iam
+            else:
+                streamed, later = plan.streamed, plan.deferred
+            held = plan.context or bool(later.rules)
+            if held:
+                asset.hold()  # kept until the end: its JSON bytes, not the dicts a check decodes
+                if on_held is not None:
+                    on_held(asset)
+                else:
+                    if plan.context:
+                        ctx.by_type[atype].append(asset)
+                    if later.rules:
+                        deferred.append((asset, later))
+            if streamed.rules:
+                engine._run(asset, streamed, ctx, result)
+            if held:
+                asset.release()
+
+    def absorb(self, part: Evaluation, held: Iterable[Asset]) -> None:
+        """Add the outcome of another run over the next part of the stream (with `on_held`), in stream order."""
+        result = self.result
+        result.assets_by_type.update(part.assets_by_type)
+        result.findings.extend(part.findings)
+        result.errors.extend(part.errors)
+        result.exemption_hits.update(part.exemption_hits)
+        plans = self.engine._plans
+        for asset in held:
+            atype = asset.asset_type
+            plan = plans.get(atype) or self.engine._plan(atype)
+            later = plan.deferred_iam if asset.has_iam_policy else plan.deferred
+            if plan.context:
+                self.ctx.by_type[atype].append(asset)
+            if later.rules:
+                self.deferred.append((asset, later))
+
+    def finish(self) -> Evaluation:
+        """Run the checks with context, then order the findings."""
+        engine, result, ctx = self.engine, self.result, self.ctx
+        for asset, later in self.deferred:
+            engine._run(asset, later, ctx, result)
+            asset.release()
+        self.deferred = []
+        result.findings.sort(key=_finding_order)
+        return result

@@ -1,0 +1,146 @@
+"""Collect and evaluate over several processes: one large NDJSON export read in byte ranges, in parallel.
+
+Each worker reads whole lines of its range, skips what no rule reads, runs the streamed checks and returns its
+findings, counts and errors, together with the assets that checks with context need at the end. The parent absorbs
+the parts in file order, then runs the checks with context once over the whole snapshot, so the result is the one a
+single process gives: same findings in the same order, same counts, same problems with the same line numbers.
+
+Workers see line numbers counted from the start of their range; the parent renumbers what comes back (problems, and
+the `origin` of the assets it keeps), since the lines before a range are only counted once every range is read.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from auditor.collect import SourceOptions
+from auditor.collect.files import FileSource
+from auditor.errors import RuleError
+from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun
+from auditor.evaluate.registry import get_check
+from auditor.evaluate.rulebook import LoadedRule, Rule
+from auditor.model import Asset
+
+RANGES_PER_JOB = 4  # more ranges than processes, so that a slow range does not leave a core idle
+MIN_RANGE_BYTES = 8 << 20
+
+
+@dataclass
+class _Range:
+    path: str
+    start: int
+    end: int
+    cluster: str
+
+
+@dataclass
+class _Part:
+    evaluation: Evaluation
+    held: list[Asset]
+    lines: int
+    problems: list[tuple[int, str]] = field(default_factory=list)  # (line in the range, reason)
+
+
+_engine: Engine | None = None  # the worker's engine, built once per process
+
+
+def _init(rules: list[tuple[Rule, str]], now: datetime) -> None:
+    global _engine
+    loaded = []
+    for rule, origin in rules:
+        spec = get_check(rule.check)
+        if spec is None:
+            raise RuleError(f"{origin}: rule {rule.id}: check {rule.check!r} is not registered in a worker process")
+        loaded.append(LoadedRule(rule=rule, spec=spec, params=spec.params.model_validate(rule.params), origin=origin))
+    _engine = Engine(loaded, now=now)
+
+
+def _scan_range(job: _Range) -> _Part:
+    engine = _engine
+    assert engine is not None, "worker not initialised"
+    source = FileSource(job.path, SourceOptions(cluster=job.cluster))
+    evaluation = Evaluation()
+    source.select(engine.wants, evaluation.assets_by_type)
+    held: list[Asset] = []
+    run = engine.start(evaluation, on_held=held.append)
+    path = Path(job.path)
+    run.feed(source.range_assets(path, job.start, job.end))
+    prefix = f"{path}:"
+    problems = []
+    for msg in source.status.errors:  # "path:line: reason", as FileSource writes them
+        line, _, reason = msg[len(prefix) :].partition(": ")
+        problems.append((int(line), reason))
+    return _Part(evaluation=evaluation, held=held, lines=source.lines_read, problems=problems)
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # fork starts fast and inherits the loaded checks; it is unsafe once other threads run (a progress spinner)
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+class ParallelReader:
+    """Feeds an evaluation from sources, splitting each large NDJSON file over `jobs` processes."""
+
+    def __init__(self, engine: Engine, jobs: int, cluster: str) -> None:
+        self.engine = engine
+        self.jobs = max(1, jobs)
+        self.cluster = cluster
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> ParallelReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            rules = [(r.rule, r.origin) for r in self.engine.rules]
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.jobs, mp_context=_context(), initializer=_init, initargs=(rules, self.engine.now)
+            )
+        return self._pool
+
+    def feed(self, source: FileSource, run: EvaluationRun, on_asset: Callable[[int], None] | None) -> None:
+        """Every asset of the source, in order: large NDJSON files in parallel ranges, other files here."""
+        for f in source.files:
+            ranges = source.split(f, self.jobs * RANGES_PER_JOB, MIN_RANGE_BYTES)
+            if ranges is None or len(ranges) < 2:
+                run.feed(self._progress(source, source.file_assets(f), on_asset))
+                continue
+            jobs = [_Range(str(f), start, end, self.cluster) for start, end in ranges]
+            base = 1  # line number of the first line of the next range
+            for part in self._executor().map(_scan_range, jobs):
+                for line, reason in part.problems:
+                    source.report(f"{f}:{base + line - 1}", reason)
+                for asset in part.held:
+                    where, _, line_text = asset.origin.rpartition(":")
+                    asset.origin = f"{where}:{base + int(line_text) - 1}"
+                source.status.assets += sum(part.evaluation.assets_by_type.values())
+                run.absorb(part.evaluation, part.held)
+                base += part.lines
+                if on_asset is not None:
+                    on_asset(source.status.assets)
+        source.finish()
+
+    @staticmethod
+    def _progress(
+        source: FileSource, assets: Iterator[Asset], on_asset: Callable[[int], None] | None
+    ) -> Iterator[Asset]:
+        if on_asset is None:
+            yield from assets
+            return
+        for n, a in enumerate(assets, 1):
+            if n % 1000 == 0:
+                on_asset(source.status.assets)
+            yield a

@@ -1,0 +1,350 @@
+"""Benchmark of the evaluate stage at organization scale: a scan of a CAI export against the floor of decoding it.
+
+Generates (or reuses, under bench/data/) a synthetic organization of N assets and measures, each in a fresh
+subprocess so that peaks of resident memory do not mix:
+- floor: read the file and decode every line into typed objects with msgspec, doing nothing else
+  (`floor-envelope` does the same but leaves `resource.data` and `iam_policy` as raw bytes: what a lazy reader
+  must at least pay);
+- scan: `auditor.scan.run_scan` with the shipped baseline, in one process, and with `--jobs` processes;
+- cli: `auditor scan --format json -o FILE` end to end (interpreter start, rule loading, report writing);
+- rules-10 / rules-50: the scan with 10 and 50 rules (shipped rules cloned under new ids).
+
+    .venv/bin/python bench/run.py --assets 1000000 [--jobs 2] [--json] [--repeat 1] [--no-cli] [--no-rule-scaling]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.generate import GENERATOR_VERSION, generate  # noqa: E402
+
+DATA = REPO / "bench" / "data"
+BLOCK = 8 << 20  # bytes read at a time by the floor decoders
+
+
+# -- the floor: typed decoding and nothing else --------------------------------------------------------------------
+class FloorBinding(msgspec.Struct):
+    role: str = ""
+    members: list[str] = []
+    condition: dict[str, Any] | None = None
+
+
+class FloorAuditLogConfig(msgspec.Struct):
+    log_type: int | str | None = None
+    exempted_members: list[str] = []
+
+
+class FloorAuditConfig(msgspec.Struct):
+    service: str = ""
+    audit_log_configs: list[FloorAuditLogConfig] = []
+
+
+class FloorPolicy(msgspec.Struct):
+    version: int = 0
+    bindings: list[FloorBinding] = []
+    audit_configs: list[FloorAuditConfig] = []
+    etag: str = ""
+
+
+class FloorResource(msgspec.Struct):
+    version: str = ""
+    discovery_document_uri: str = ""
+    discovery_name: str = ""
+    parent: str | None = None
+    location: str | None = None
+    data: dict[str, Any] = {}
+
+
+class FloorAsset(msgspec.Struct):
+    name: str
+    asset_type: str
+    resource: FloorResource | None = None
+    iam_policy: FloorPolicy | None = None
+    ancestors: list[str] = []
+    update_time: str | None = None
+
+
+class EnvelopeResource(msgspec.Struct):
+    parent: str | None = None
+    data: msgspec.Raw = msgspec.Raw(b"")
+
+
+class EnvelopeAsset(msgspec.Struct):
+    name: str
+    asset_type: str
+    resource: EnvelopeResource | None = None
+    iam_policy: msgspec.Raw = msgspec.Raw(b"")
+    ancestors: list[str] = []
+    update_time: str | None = None
+
+
+def floor(path: Path, envelope: bool) -> int:
+    """Decode every line of the file into typed objects (in blocks, the fastest way msgspec offers); the count."""
+    decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(EnvelopeAsset if envelope else FloorAsset)
+    n = 0
+    tail = b""
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(BLOCK)
+            if not block:
+                break
+            buf = tail + block
+            cut = buf.rfind(b"\n") + 1
+            tail = buf[cut:]
+            n += len(decoder.decode_lines(buf[:cut]))
+    if tail.strip():
+        n += len(decoder.decode_lines(tail))
+    return n
+
+
+# -- one measurement, in this (fresh) process ----------------------------------------------------------------------
+def measure(kind: str, path: Path, rules_dir: str | None, jobs: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {}
+    if kind in ("floor", "floor-envelope"):
+        out["assets"] = floor(path, envelope=kind == "floor-envelope")
+    elif kind == "scan":
+        from auditor.evaluate.rulebook import load_rules
+        from auditor.scan import run_scan
+
+        rules = load_rules([rules_dir] if rules_dir else None)
+        t0 = time.perf_counter()  # rule loading is not part of the scan
+        result = run_scan([str(path)], rules, jobs=jobs) if jobs > 1 else run_scan([str(path)], rules)
+        out.update(assets=result.evaluation.assets, findings=len(result.findings), rules=len(rules))
+    else:
+        raise SystemExit(f"unknown measurement {kind!r}")
+    out["seconds"] = time.perf_counter() - t0
+    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # Worker processes (jobs > 1) are waited for before run_scan returns: this is the largest one's peak.
+    out["child_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return out
+
+
+def _subprocess(kind: str, path: Path, rules_dir: str | None = None, jobs: int = 1) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", kind, "--file", str(path), "--jobs", str(jobs)]
+    if rules_dir:
+        cmd += ["--rules", rules_dir]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"measurement {kind} failed:\n{proc.stderr}")
+    res: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return res
+
+
+def _cli(path: Path, jobs: int) -> dict[str, Any]:
+    """`auditor scan` end to end, timed from outside; the peak is the CLI process's own (and its workers')."""
+    auditor = Path(sys.executable).with_name("auditor")
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "findings.json"
+        cmd = [str(auditor), "scan", "--source", str(path), "--format", "json", "-o", str(report), "--fail-on", "never"]
+        if jobs > 1:
+            cmd += ["--jobs", str(jobs)]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        stderr = proc.stderr.read().decode() if proc.stderr else ""
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"auditor scan failed:\n{stderr}")
+        doc = json.loads(report.read_text())
+    # ru_maxrss of wait4 is the CLI process alone; its workers are its children and are not included here.
+    return {
+        "seconds": seconds,
+        "rss_mb": usage.ru_maxrss / 1024,
+        "child_rss_mb": 0.0,
+        "assets": doc["summary"]["assets"],
+        "findings": len(doc["findings"]),
+    }
+
+
+# -- rules for the scaling figure ----------------------------------------------------------------------------------
+def shipped_rule_dicts() -> list[dict[str, Any]]:
+    from auditor.evaluate.rulebook import rule_files, shipped_rules_dir
+
+    out: list[dict[str, Any]] = []
+    for f in rule_files([shipped_rules_dir()]):
+        for doc in yaml.safe_load_all(f.read_text(encoding="utf-8")):
+            items = doc.get("rules") if isinstance(doc, dict) else doc
+            if isinstance(items, list):
+                out.extend(r for r in items if isinstance(r, dict) and "id" in r)
+    if not out:
+        raise SystemExit("no shipped rules found to clone")
+    return out
+
+
+def write_cloned_rules(folder: Path, count: int) -> None:
+    """`count` rules: the shipped ones in turn, each copy under a new id."""
+    base = shipped_rule_dicts()
+    rules = []
+    for i in range(count):
+        r = dict(base[i % len(base)])
+        r["id"] = f"{r['id']}-bench-{i:03d}"
+        rules.append(r)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bench.yaml").write_text(yaml.safe_dump({"rules": rules}, sort_keys=False), encoding="utf-8")
+
+
+# -- the run -------------------------------------------------------------------------------------------------------
+def dataset(n: int, seed: int, compress: bool) -> Path:
+    path = DATA / f"org-{n}-s{seed}-v{GENERATOR_VERSION}.ndjson{'.gz' if compress else ''}"
+    meta = path.with_name(path.name + ".stats.json")
+    if not (path.exists() and meta.exists()):
+        sys.stderr.write(f"generating {n:,} assets into {path} ...\n")
+        stats = generate(n, path, seed=seed, compress=compress)
+        meta.write_text(json.dumps(stats.to_dict(), indent=2))
+    return path
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor()
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "system": platform.system()}
+
+
+def _row(name: str, m: dict[str, Any], size: int, jobs: int = 1) -> dict[str, Any]:
+    secs = m["seconds"]
+    peak = m["rss_mb"] + (jobs * m.get("child_rss_mb", 0.0) if jobs > 1 else 0.0)
+    return {
+        "name": name,
+        "seconds": round(secs, 3),
+        "assets": m.get("assets"),
+        "assets_per_s": round(m["assets"] / secs) if secs else None,
+        "mb_per_s": round(size / 1e6 / secs, 1) if secs else None,
+        "peak_rss_mb": round(peak, 1),
+        "findings": m.get("findings"),
+    }
+
+
+def best(kind: str, path: Path, repeat: int, rules_dir: str | None = None, jobs: int = 1) -> dict[str, Any]:
+    runs = [_subprocess(kind, path, rules_dir, jobs) for _ in range(repeat)]
+    return min(runs, key=lambda r: float(r["seconds"]))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    path = dataset(args.assets, args.seed, args.gzip)
+    size = path.stat().st_size
+    rows: list[dict[str, Any]] = []
+    log = sys.stderr.write
+    log("floor ...\n")
+    fl = best("floor", path, args.repeat)
+    rows.append(_row("floor: msgspec typed decode", fl, size))
+    env = best("floor-envelope", path, args.repeat)
+    rows.append(_row("floor: envelope only (raw payloads)", env, size))
+    log("scan ...\n")
+    scan1 = best("scan", path, args.repeat)
+    rows.append(_row("scan, 1 process (run_scan)", scan1, size))
+    scan_j = None
+    if args.jobs > 1:
+        scan_j = best("scan", path, args.repeat, jobs=args.jobs)
+        rows.append(_row(f"scan, --jobs {args.jobs} (run_scan)", scan_j, size, args.jobs))
+    if not args.no_cli:
+        log("cli ...\n")
+        rows.append(_row("auditor scan (CLI, end to end)", _cli(path, 1), size))
+        if args.jobs > 1:
+            rows.append(_row(f"auditor scan --jobs {args.jobs} (CLI)", _cli(path, args.jobs), size))
+    scaling: dict[str, Any] | None = None
+    if not args.no_rule_scaling:
+        log("rule scaling ...\n")
+        with tempfile.TemporaryDirectory() as tmp:
+            r10, r50 = Path(tmp) / "r10", Path(tmp) / "r50"
+            write_cloned_rules(r10, 10)
+            write_cloned_rules(r50, 50)
+            m10 = best("scan", path, args.repeat, str(r10))
+            m50 = best("scan", path, args.repeat, str(r50))
+        rows.append(_row("scan, 10 rules", m10, size))
+        rows.append(_row("scan, 50 rules", m50, size))
+        scaling = {
+            "seconds_10": round(m10["seconds"], 3),
+            "seconds_50": round(m50["seconds"], 3),
+            "added_percent": round(100 * (m50["seconds"] / m10["seconds"] - 1), 1),
+        }
+    return {
+        "machine": machine(),
+        "assets": args.assets,
+        "file": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path),
+        "file_mb": round(size / 1e6, 1),
+        "rules": scan1.get("rules"),
+        "rows": rows,
+        "ratio_scan_to_floor": round(scan1["seconds"] / fl["seconds"], 2),
+        "ratio_scan_to_envelope_floor": round(scan1["seconds"] / env["seconds"], 2),
+        "ratio_parallel_scan_to_floor": round(scan_j["seconds"] / fl["seconds"], 2) if scan_j else None,
+        "rule_scaling": scaling,
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        f"{report['assets']:,} assets, {report['file_mb']:,} MB ({report['file']}), {report['rules']} shipped rules",
+        f"machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}",
+        "",
+        f"{'measurement':<38} {'seconds':>8} {'assets/s':>10} {'MB/s':>7} {'peak MB':>8} {'findings':>9}",
+    ]
+    for r in report["rows"]:
+        findings = "" if r["findings"] is None else f"{r['findings']:,}"
+        lines.append(
+            f"{r['name']:<38} {r['seconds']:>8.2f} {r['assets_per_s']:>10,} {r['mb_per_s']:>7,.1f} "
+            f"{r['peak_rss_mb']:>8.0f} {findings:>9}"
+        )
+    lines.append("")
+    lines.append(f"ratio scan / floor: {report['ratio_scan_to_floor']}")
+    lines.append(f"ratio scan / envelope floor: {report['ratio_scan_to_envelope_floor']}")
+    if report["ratio_parallel_scan_to_floor"] is not None:
+        lines.append(f"ratio parallel scan / floor: {report['ratio_parallel_scan_to_floor']}")
+    s = report["rule_scaling"]
+    if s:
+        lines.append(f"10 -> 50 rules: {s['seconds_10']} s -> {s['seconds_50']} s ({s['added_percent']:+}%)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Scan speed and memory against the floor of decoding the export.")
+    ap.add_argument("--assets", "-n", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--gzip", action="store_true", help="benchmark a gzip-compressed export")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="processes for the parallel scan")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the fastest counts")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    ap.add_argument("--no-cli", action="store_true", help="skip the end-to-end CLI runs")
+    ap.add_argument("--no-rule-scaling", action="store_true", help="skip the 10 and 50 rules runs")
+    ap.add_argument("--clean", action="store_true", help="delete the cached generated files first")
+    ap.add_argument("--measure", help=argparse.SUPPRESS)
+    ap.add_argument("--file", help=argparse.SUPPRESS)
+    ap.add_argument("--rules", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.measure:
+        sys.stdout.write(json.dumps(measure(args.measure, Path(args.file), args.rules, args.jobs)) + "\n")
+        return 0
+    if args.clean and DATA.exists():
+        shutil.rmtree(DATA)
+    report = run(args)
+    sys.stdout.write((json.dumps(report, indent=2) if args.json else render(report)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
