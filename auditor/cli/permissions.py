@@ -4,6 +4,9 @@ Stage: deploy. Every collector (stage 1, collect) and every applier (stage 6, ap
 it calls with `auditor.permissions.declare(...)` at import time; this command imports them all and prints one
 custom role: YAML for `gcloud iam roles create --organization=ORG --file=FILE`, Terraform for
 `google_organization_iam_custom_role`, or JSON for scripts. `--remediation` adds what the appliers write with.
+`--config FILE` narrows the role to what that daemon configuration uses: the collectors of its sources (none for
+files, nor for `k8s://in-cluster`, which Kubernetes RBAC authorizes), the CAI export route only when a source
+asks for it, and the appliers only when `remediation.enabled` is set.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import pkgutil
 import re
 import sys
 from collections.abc import Iterable
+from urllib.parse import parse_qs, urlsplit
 
 import click
 import yaml
@@ -58,6 +62,44 @@ def load_declarations() -> list[Declaration]:
         for info in pkgutil.walk_packages(getattr(pkg, "__path__", []), prefix=f"{pkg_name}."):
             _import_optional(info.name)
     return declarations()
+
+
+def _scheme_modules() -> dict[str, str]:
+    """Source scheme (`cai`, `k8s`) -> the collector module that serves it (each defines `SCHEME`)."""
+    out: dict[str, str] = {}
+    for name in DECLARING_MODULES:
+        mod = sys.modules.get(name)
+        scheme = getattr(mod, "SCHEME", None)
+        if isinstance(scheme, str):
+            out[scheme] = name
+    return out
+
+
+def for_sources(decls: Iterable[Declaration], sources: Iterable[str]) -> list[Declaration]:
+    """The declarations a daemon reading `sources` needs (remediation ones are kept; `role_permissions` filters)."""
+    decls = list(decls)
+    schemes = _scheme_modules()
+    wanted: set[tuple[str, bool]] = set()  # (collector module, export route used)
+    for source in sources:
+        if "://" not in source:
+            continue  # files: no API
+        parts = urlsplit(source)
+        if parts.scheme == "k8s" and parts.netloc == "in-cluster":
+            continue  # the pod's own service account token, authorized by the Kubernetes RBAC in deploy/kubernetes
+        module = schemes.get(parts.scheme)
+        if module is None:
+            raise AuditorError(f"source {source!r}: no installed collector declares permissions for {parts.scheme}://")
+        wanted.add((module, "export" in parse_qs(parts.query)))
+    keep: list[Declaration] = []
+    for d in decls:
+        if d.remediation:
+            keep.append(d)
+            continue
+        # The export route's permissions (component named *export*) only for a source that asks for an export.
+        is_export = "export" in d.component.rsplit(".", 1)[-1]
+        if any(d.module == m and (export or not is_export) for m, export in wanted):
+            keep.append(d)
+    return keep
 
 
 def role_permissions(decls: Iterable[Declaration], *, remediation: bool) -> dict[str, list[Declaration]]:
@@ -155,21 +197,39 @@ def render_json(perms: dict[str, list[Declaration]], *, remediation: bool, role_
     default=None,
     help=f"Custom role ID (default {DEFAULT_ROLE_ID}, or {DEFAULT_REMEDIATION_ROLE_ID} with --remediation).",
 )
-def command(remediation: bool, fmt: str, role_id: str | None) -> None:
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Only what this daemon configuration uses (its sources; remediation when enabled there).",
+)
+def command(remediation: bool, fmt: str, role_id: str | None, config_path: str | None) -> None:
     """Print the least-privilege custom role for the auditor's Google service account.
 
     \b
     auditor permissions > role.yaml
     gcloud iam roles create driftAuditor --organization=ORG_ID --file=role.yaml
+    auditor permissions --config deploy/kubernetes/app/config.yaml   # just what that deployment reads
     auditor permissions --remediation --format terraform > role.tf
     """
+    decls = load_declarations()
+    if config_path is not None:
+        from auditor.settings import load_settings
+
+        settings = load_settings(config_path)
+        remediation = remediation or settings.remediation.enabled
+        decls = for_sources(decls, settings.sources)
     role_id = role_id or (DEFAULT_REMEDIATION_ROLE_ID if remediation else DEFAULT_ROLE_ID)
     if not _ROLE_ID.match(role_id):
         raise AuditorError(
             f"--role-id {role_id!r}: a custom role ID is 3 to 64 letters, digits, underscores and periods"
         )
-    perms = role_permissions(load_declarations(), remediation=remediation)
+    perms = role_permissions(decls, remediation=remediation)
     if not perms:
+        if config_path is not None:
+            raise AuditorError(f"{config_path}: its sources call no Google Cloud API, so no role is needed")
         raise AuditorError(
             "no Google Cloud permissions are declared: the live collectors (auditor.collect.asset_inventory) "
             "and the remediation appliers are not installed"

@@ -240,3 +240,53 @@ def test_every_format_names_each_permission_once(fmt: str) -> None:
     out = _run("--remediation", "--format", fmt)
     for perm in _expected(load_declarations(), remediation=True):
         assert len(re.findall(rf"(?<![\w.]){re.escape(perm)}(?![\w.])", out)) == 1, perm
+
+
+# -- narrowed to one configuration ---------------------------------------------------------------------------------
+def _perms_of(module: str, *, export: bool) -> set[str]:
+    return {
+        p
+        for d in load_declarations()
+        if d.module == module and not d.remediation and (export or "export" not in d.component.rsplit(".", 1)[-1])
+        for p in d.permissions
+    }
+
+
+def _config(tmp_path: Path, sources: list[str], remediation: bool = False) -> str:
+    path = tmp_path / "config.yaml"
+    doc = {"sources": sources, "remediation": {"enabled": remediation}}
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return str(path)
+
+
+def test_the_deployed_configuration_needs_only_the_cai_listing() -> None:
+    # deploy/kubernetes reads the organization through CAI and the cluster through its own RBAC (in-cluster).
+    out = _run("--config", str(REPO / "deploy" / "kubernetes" / "app" / "config.yaml"))
+    perms = set(yaml.safe_load(out)["includedPermissions"])
+    assert perms == _perms_of("auditor.collect.asset_inventory", export=False) and perms
+    assert perms < set(yaml.safe_load(_run())["includedPermissions"])
+
+
+def test_export_route_and_remote_clusters_add_their_permissions(tmp_path: Path) -> None:
+    if "auditor.collect.kubernetes_api" not in {d.module for d in load_declarations()}:
+        pytest.skip("the Kubernetes API collector is not in this tree")
+    cfg = _config(tmp_path, ["cai://folders/123?export=gs://bucket/cai", "k8s://gke_proj_europe-west1_prod"])
+    perms = set(yaml.safe_load(_run("--config", cfg))["includedPermissions"])
+    expected = _perms_of("auditor.collect.asset_inventory", export=True) | _perms_of(
+        "auditor.collect.kubernetes_api", export=False
+    )
+    assert perms == expected
+    assert "container.clusters.get" in perms
+
+
+def test_enabled_remediation_in_the_configuration_adds_the_writes(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, ["cai://organizations/1", "k8s://in-cluster"], remediation=True)
+    doc = yaml.safe_load(_run("--config", cfg))
+    writes = {p for d in load_declarations() if d.remediation for p in d.permissions}
+    assert writes <= set(doc["includedPermissions"]) and "audit and remediation" in doc["title"]
+
+
+def test_a_configuration_that_calls_no_google_api_gets_no_role(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, [str(tmp_path / "export.ndjson"), "k8s://in-cluster"])
+    result = CliRunner().invoke(cli, ["permissions", "--config", cfg])
+    assert result.exit_code == 2 and "no role is needed" in result.output
