@@ -139,7 +139,12 @@ class Auditor:
         self.clock = clock
         self.log = get_logger("auditor.cycle")
         # Loaded once at start so a broken rule file refuses to start (exit 2); reloaded each cycle for edits.
-        self.rules: list[LoadedRule] = load_rules(settings.rules or None)
+        try:
+            self.rules: list[LoadedRule] = load_rules(settings.rules or None)
+        except AuditorError:
+            raise
+        except Exception as exc:  # an unreadable file (not UTF-8, permissions): refuse to start, on one line
+            raise AuditorError(f"rules: {type(exc).__name__}: {exc}") from None
         self.histogram = StageHistogram()
         self.cancel = threading.Event()
         self._cycle_lock = threading.Lock()

@@ -7,12 +7,14 @@ import io
 import json
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from auditor.cycle import Auditor, error_code, normalise_remediation
+from auditor.errors import AuditorError
 from auditor.evaluate.rulebook import load_rules
 from auditor.logs import configure
 from auditor.report.metrics import AuditorCollector
@@ -294,3 +296,51 @@ def test_remediation_results_in_several_shapes_are_understood() -> None:
     )
     assert a.counts == b.counts == [("r", "iam.remove_member", "applied", 2)]
     assert a.plan == b.plan == plan and a.html == b.html == "<p>x</p>"
+
+
+def test_an_unexpected_error_is_logged_counted_and_the_next_cycle_runs(tmp_path: Path, logs: io.StringIO) -> None:
+    example_org(tmp_path)
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "public.yaml").write_text(f"- {{id: {PUBLIC_RULE}, check: iam.forbidden_members, severity: critical, "
+                                       "params: {members: [allUsers]}}\n")
+    auditor = make_auditor(write_config(tmp_path / "config.yaml", rules=[str(rules)]))
+    assert auditor.run_cycle().outcome == "success"
+    (rules / "binary.yaml").write_bytes(b"\xff\xfe\x00 not text")  # a file nobody meant to put there
+    out = auditor.run_cycle()
+    assert out.outcome == "failed" and out.error is not None and "UnicodeDecodeError" in out.error
+    errors = events(logs, "cycle_error")
+    assert errors and "Traceback" in errors[-1]["exception"]  # a bug-like failure keeps its traceback in the log
+    (rules / "binary.yaml").unlink()
+    assert auditor.run_cycle().outcome == "success"
+    collector = AuditorCollector(lambda: auditor.published.view, auditor.histogram)
+    assert samples(collector, "auditor_cycles_total")[(("outcome", "failed"),)] == 1
+    auditor.store.close()
+    # The same file at start refuses to start, with one line.
+    (rules / "binary.yaml").write_bytes(b"\xff\xfe\x00 not text")
+    with pytest.raises(AuditorError, match="rules: UnicodeDecodeError"):
+        make_auditor(write_config(tmp_path / "config.yaml", rules=[str(rules)]))
+
+
+def test_cron_schedule_with_jitter(tmp_path: Path) -> None:
+    from apscheduler.triggers.cron import CronTrigger
+
+    from auditor.daemon import Daemon
+
+    example_org(tmp_path)
+    cfg = write_config(tmp_path / "config.yaml",
+                       schedule={"cron": "*/15 * * * *", "jitter_seconds": 20, "timezone": "Europe/Paris"})
+    auditor = make_auditor(cfg)
+    trigger = Daemon(auditor.settings, auditor).trigger()
+    assert isinstance(trigger, CronTrigger) and trigger.jitter == 20
+    start = datetime(2030, 1, 1, 10, 1, tzinfo=UTC)
+    fire = trigger.get_next_fire_time(None, start)
+    # The next quarter hour (cron minutes are the same in Paris and UTC), plus up to 20 s of jitter.
+    expected = datetime(2030, 1, 1, 10, 15, tzinfo=UTC)
+    assert fire is not None and expected <= fire <= expected + timedelta(seconds=20)
+    hourly = write_config(tmp_path / "config.yaml", schedule={"cron": "0 9 * * *", "jitter_seconds": 0,
+                                                              "timezone": "Europe/Paris"})
+    auditor.settings = load_settings(hourly)
+    daily = Daemon(auditor.settings, auditor).trigger().get_next_fire_time(None, start)
+    assert daily == datetime(2030, 1, 2, 8, 0, tzinfo=UTC)  # 09:00 in Paris is 08:00 UTC in winter
+    auditor.store.close()
