@@ -1,9 +1,10 @@
 """Stage 6, apply: IAM policy writes through each resource's own API.
 
-Organizations, folders and projects through Resource Manager v3; service accounts through the IAM API (see
-`auditor.collect.gcp_clients`). The policy is read with requestedPolicyVersion 3, so conditional bindings come
-back as they are and are written back untouched; the write carries the etag read, so a concurrent change is
-refused by the API (409 ABORTED) instead of being lost.
+Organizations, folders and projects through Resource Manager v3; service accounts through the IAM API; buckets
+through the Cloud Storage JSON API (see `auditor.collect.gcp_clients`). The policy is read with
+requestedPolicyVersion 3, so conditional bindings come back as they are and are written back untouched; the write
+carries the etag read, so a concurrent change is refused by the API (409 ABORTED, 412 for buckets) instead of
+being lost.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ declare(
         "resourcemanager.projects.setIamPolicy",
         "iam.serviceAccounts.getIamPolicy",
         "iam.serviceAccounts.setIamPolicy",
+        "storage.buckets.getIamPolicy",
+        "storage.buckets.setIamPolicy",
     ],
     remediation=True,
     why="re-read IAM policies (version 3) and write the planned bindings with the etag",
@@ -61,14 +64,20 @@ class IamWriter:
         self._clients: dict[str, Any] = {}
 
     def _client(self, target: Target) -> Any:
-        key = target.resource.split("/", 1)[0] if target.api != "iam_admin" else "sa"
+        key = {"iam_admin": "sa", "storage": "storage"}.get(target.api) or target.resource.split("/", 1)[0]
         if key not in self._clients:
-            self._clients[key] = gcp_clients.iam_policy_client_for(target.resource, self.endpoint)
+            if target.api == "storage":
+                self._clients[key] = gcp_clients.storage_client(self.endpoint)
+            else:
+                self._clients[key] = gcp_clients.iam_policy_client_for(target.resource, self.endpoint)
         return self._clients[key]
 
     def read(self, target: Target) -> Live:
         client = self._client(target)
-        if target.api == "iam_admin":
+        if target.api == "storage":
+            pol = client.bucket(target.name).get_iam_policy(requested_policy_version=POLICY_VERSION)
+            policy = {k: v for k, v in pol.to_api_repr().items() if k in ("etag", "version", "bindings")}
+        elif target.api == "iam_admin":
             policy = client.get_iam_policy(target.resource, requested_policy_version=POLICY_VERSION)
         else:
             pb = client.get_iam_policy(
@@ -87,7 +96,11 @@ class IamWriter:
             policy["etag"] = live.token
         client = self._client(target)
         try:
-            if target.api == "iam_admin":
+            if target.api == "storage":
+                from google.api_core.iam import Policy
+
+                client.bucket(target.name).set_iam_policy(Policy.from_api_repr(policy))
+            elif target.api == "iam_admin":
                 client.set_iam_policy(target.resource, policy)
             else:
                 client.set_iam_policy(request={"resource": target.resource, "policy": _policy_pb(policy)})

@@ -32,6 +32,7 @@ TOKEN_FIELDS = {IAM: "etag", CLOUD_ARMOR: "fingerprint", RBAC: "resourceVersion"
 
 _CRM = re.compile(r"^//cloudresourcemanager\.googleapis\.com/((?:organizations|folders|projects)/[^/]+)$")
 _SA = re.compile(r"^//iam\.googleapis\.com/(projects/[^/]+/serviceAccounts/[^/]+)$")
+_BUCKET = re.compile(r"^//storage\.googleapis\.com/([a-z0-9][a-z0-9._-]*)$")
 _ARMOR = re.compile(r"^//compute\.googleapis\.com/projects/([^/]+)/global/securityPolicies/([^/]+)$")
 
 
@@ -43,8 +44,8 @@ class UnsupportedTarget(ValueError):
 class Target:
     """The object an applier reads and writes.
 
-    api: `resourcemanager` (organizations, folders, projects), `iam_admin` (service accounts), `compute` (security
-    policies) or `kubernetes`. `resource` is the name that API takes: `projects/123`,
+    api: `resourcemanager` (organizations, folders, projects), `iam_admin` (service accounts), `storage` (buckets),
+    `compute` (security policies) or `kubernetes`. `resource` is the name that API takes: `projects/123`,
     `projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com`, `projects/p/global/securityPolicies/n`, or
     `<cluster>/<Kind>/<namespace>/<name>` for Kubernetes objects.
     """
@@ -76,8 +77,12 @@ def target_for(asset_name: str, asset_type: str, family: str) -> Target:
         m = _SA.match(asset_name)
         if m:
             return Target(IAM, "iam_admin", m.group(1))
+        m = _BUCKET.match(asset_name)
+        if m:
+            return Target(IAM, "storage", f"projects/_/buckets/{m.group(1)}", name=m.group(1))
         raise UnsupportedTarget(
-            f"IAM remediation supports organizations, folders, projects and service accounts, not {asset_type}"
+            "IAM remediation supports organizations, folders, projects, service accounts and buckets, "
+            f"not {asset_type}"
         )
     if family == CLOUD_ARMOR:
         m = _ARMOR.match(asset_name)

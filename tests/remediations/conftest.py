@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.gcp import fake_gcp, gcp_endpoint  # noqa: F401 - fixtures
+from tests.fakes.gcp import gcp_endpoint  # noqa: F401 - fixture
+from tests.fakes.gcp_extra import fake_gcp  # noqa: F401 - fixture: the fake with bucket IAM
 from tests.remediations.kube import kube  # noqa: F401 - fixture
 
 ORG = "organizations/583920174615"

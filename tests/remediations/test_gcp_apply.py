@@ -227,12 +227,56 @@ def test_conditional_member_is_removed_from_the_conditional_binding_only(
   remediation: iam.remove_member
 """)
     _, plan = make_plan(rules)
-    (change,) = plan.changes
+    (change,) = [c for c in plan.changes if c.target.resource == PROJECT]
     assert change.edits[0].args["condition"] == cond
     with Journal(tmp_path / "state.db") as journal:
-        report = apply_plan(plan, writers(), journal, GuardConfig(), approved=True)
+        report = apply_plan(plan, writers(), journal, GuardConfig(), approved=True, changes=[change])
     assert report.ok, report.to_dict()
     viewers = [b for b in iam_of(org, PROJECT)["bindings"] if b["role"] == "roles/viewer"]
     assert sorted((b["members"], bool(b.get("condition"))) for b in viewers) == [
         (["domain:helix-ml.example"], False), (["user:keep@helix-ml.example"], False),
         (["user:keep@helix-ml.example"], True)]
+
+
+PUBLIC = """
+- id: no-public
+  check: iam.forbidden_members
+  severity: critical
+  params: {members: [allUsers, allAuthenticatedUsers]}
+  mode: dryrun
+  remediation: iam.remove_member
+"""
+
+
+def _bucket_policy(fake: FakeGcp, bucket: str) -> dict[str, Any]:
+    return dict((fake.state.asset(f"//storage.googleapis.com/{bucket}") or {}).get("iamPolicy") or {})
+
+
+def test_public_bucket_fixed_through_the_storage_api_and_rolled_back(
+    org: FakeGcp, write_rules: Any, tmp_path: Path
+) -> None:
+    rules = write_rules(PUBLIC)
+    scan0, plan = make_plan(rules)
+    buckets = sorted(c.target.name or "" for c in plan.changes if c.target.api == "storage")
+    assert buckets == ["helix-model-cards-site", "helix-open-datasets-mirror"]
+    # The dataset has no applier: the plan says so instead of dropping the finding.
+    assert [s["asset"] for s in plan.skipped] == [
+        "//bigquery.googleapis.com/projects/data-lake-prod/datasets/eval_results"]
+    before = {b: _bucket_policy(org, b) for b in buckets}
+    # One bucket changes between plan and apply: a conflict there, the other is fixed.
+    moved = dict(before[buckets[1]], etag="BwAAAAAAAHM=")
+    org.state.update_asset(f"//storage.googleapis.com/{buckets[1]}", iamPolicy=moved)
+    with Journal(tmp_path / "state.db") as journal:
+        report = apply_plan(plan, writers(), journal, GuardConfig(), approved=True)
+        outcome = {r.resource.rsplit("/", 1)[-1]: r.outcome for r in report.results}
+        assert outcome == {buckets[0]: Outcome.applied, buckets[1]: Outcome.conflict}
+        assert len(org.calls("PUT", r"/iam$")) == 1
+        fixed = _bucket_policy(org, buckets[0])
+        assert not any(m.startswith("all") for b in fixed["bindings"] for m in b["members"])
+        assert iam_section(fixed) == next(c.after for c in plan.changes if c.target.name == buckets[0])
+        remaining = {f.asset for f in scan(rules).findings}
+        assert f"//storage.googleapis.com/{buckets[0]}" not in remaining
+        assert f"//storage.googleapis.com/{buckets[1]}" in remaining
+        back = rollback(report.apply_id or "", writers(), journal, GuardConfig(), approved=True)
+        assert back.ok and back.counts()["applied"] == 1
+    assert iam_section(_bucket_policy(org, buckets[0])) == iam_section(before[buckets[0]])
