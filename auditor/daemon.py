@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -43,6 +44,10 @@ ABANDON_WAIT_SECONDS = 5.0
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     daemon: Daemon
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -145,8 +150,9 @@ class Daemon:
 
     def start_http(self) -> tuple[str, int]:
         host, port = self.settings.listen_address
+        server_class = _Server6 if ":" in host else _Server
         try:
-            server = _Server((host, port), _Handler)
+            server = server_class((host, port), _Handler)
         except OSError as exc:
             raise AuditorError(f"listen {self.settings.listen}: {exc.strerror or exc}") from None
         server.daemon = self

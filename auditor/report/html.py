@@ -21,6 +21,8 @@ from auditor.evaluate.rulebook import LoadedRule
 from auditor.model import SEVERITIES
 from auditor.state import CycleRecord, DriftEvent, SourceState, StoredFinding, iso
 
+MAX_ROWS = 200  # per rule, and drift events: a page a person can read; /findings.json holds everything
+
 _env = Environment(
     loader=PackageLoader("auditor.report", "templates"),
     autoescape=select_autoescape(["html", "j2"], default=True),
@@ -68,7 +70,9 @@ def render_report(
     remediation_html: str | None = None,
     remediation_markdown: str | None = None,
     plan: dict[str, Any] | None = None,
+    max_rows: int = MAX_ROWS,
 ) -> str:
+    """The report page. Long lists are cut at `max_rows` per rule (and for drift); /findings.json has them all."""
     now = time.time() if now is None else now
     by_rule = {r.id: r.rule for r in rules}
     groups: dict[str, dict[str, list[StoredFinding]]] = defaultdict(lambda: defaultdict(list))
@@ -86,6 +90,7 @@ def render_report(
         drift_cycle=drift_cycle,
         new=[e for e in drift if e.change == "new"],
         resolved=[e for e in drift if e.change == "resolved"],
+        max_rows=max_rows,
         severities=severities,
         counts={s: sum(len(v) for v in g.values()) for s, g in severities},
         total=sum(1 for f in findings if not f.exempted),

@@ -12,6 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from auditor.cycle import Auditor
 from auditor.daemon import Daemon
 from auditor.settings import load_settings
@@ -207,3 +209,38 @@ def test_the_example_configuration_serves_the_example_organization_out_of_the_bo
     summary = json.loads(proc.stdout)
     assert summary["outcome"] == "success" and summary["open"] > 0
     assert (tmp_path / "state.db").is_file()  # AUDITOR_STATE_PATH won over the file
+
+
+def test_listens_on_ipv6_loopback(tmp_path: Path) -> None:
+    probe = socket.socket(socket.AF_INET6)
+    try:
+        probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    finally:
+        probe.close()
+    example_org(tmp_path)
+    settings = load_settings(write_config(tmp_path / "config.yaml", listen="[::1]:0"))
+    with Store(settings.state_path) as store:
+        daemon = Daemon(settings, Auditor(settings, store))
+        host, port = daemon.start_http()
+        try:
+            status, body, _ = http_get(f"http://[{host}]:{port}/readyz")
+            assert host == "::1" and status == 503 and body.startswith(b"not ready")
+        finally:
+            assert daemon.server is not None
+            daemon.server.shutdown()
+            daemon.server.server_close()
+
+
+def test_a_port_in_use_is_refused_on_one_line(tmp_path: Path) -> None:
+    example_org(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        cfg = write_config(tmp_path / "config.yaml", listen=f"127.0.0.1:{port}")
+        proc = subprocess.run([sys.executable, "-m", "auditor", "serve", "--config", str(cfg)],
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: listen 127.0.0.1:{port}:")

@@ -101,3 +101,13 @@ def test_before_any_cycle() -> None:
 
 def test_age_reads_at_a_glance() -> None:
     assert [age(s) for s in (5, 125, 7300, 3 * 86400 + 4 * 3600, None)] == ["5s", "2m", "2h 1m", "3d 4h", "-"]
+
+
+def test_long_lists_are_cut_for_people_and_say_where_the_rest_is(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    with Store(tmp_path / "s.db") as store:
+        store.record_cycle(CycleInput(100, 101, "success", [f("public", f"//b/{i}", "critical") for i in range(12)]))
+        html = render(store, rules, max_rows=5)
+    assert html.count("public finding on //b/") == 10  # 5 in the drift table, 5 in the findings table
+    assert "7 more drift events" in html and "7 more findings of this rule in /findings.json" in html
