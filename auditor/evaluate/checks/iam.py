@@ -624,8 +624,12 @@ class DesiredBinding(BaseModel):
 
 
 class DesiredStateParams(MemberFilter):
-    assets: list[str] = Field(default_factory=lambda: ["**"], description="Asset name globs this state applies to.")
-    bindings: list[DesiredBinding] = Field(description="The exact bindings the policy must have.")
+    assets: list[str] = Field(default_factory=lambda: ["**"], description="Asset name globs `bindings` applies to.")
+    bindings: list[DesiredBinding] | None = Field(default=None, description="The exact bindings the policy must have.")
+    resources: dict[str, list[DesiredBinding]] | None = Field(
+        default=None,
+        description="A stack of many resources: asset name glob -> its exact bindings (the first matching glob wins).",
+    )
     managed_roles: list[str] = Field(
         default_factory=lambda: ["**"],
         description="Role globs this state is authoritative for; bindings of other roles are left alone.",
@@ -633,10 +637,21 @@ class DesiredStateParams(MemberFilter):
 
     @model_validator(mode="after")
     def _roles_managed(self) -> DesiredStateParams:
-        for b in self.bindings:
+        if (self.bindings is None) == (self.resources is None):
+            raise ValueError("give either bindings (with assets) or resources, not both")
+        declared = list(self.bindings or ()) + [b for bs in (self.resources or {}).values() for b in bs]
+        for b in declared:
             if not any_match(self.managed_roles, b.role):
                 raise ValueError(f"desired role {b.role} is not covered by managed_roles {self.managed_roles}")
         return self
+
+    def desired_for(self, asset_name: str) -> list[DesiredBinding] | None:
+        if self.resources is not None:
+            for glob, declared in self.resources.items():
+                if any_match([glob], asset_name):
+                    return declared
+            return None
+        return self.bindings if any_match(self.assets, asset_name) else None
 
 
 def _norm(member: str) -> str:
@@ -698,14 +713,15 @@ def desired_bindings(asset: Asset, params: DesiredStateParams, ctx: Context) -> 
     member the policy has beyond the declaration (`change: extra`, remediation iam.remove_member), per role and
     condition (a conditional binding is identified by its role and condition title; a declared condition whose
     expression differs from the live one is reported once per binding). Only roles matching `managed_roles` are
-    compared; Google's own grants are never extra (`allow_google_managed`).
+    compared; Google's own grants are never extra (`allow_google_managed`). One resource set takes `assets` (globs)
+    and `bindings`; a stack of many takes `resources: {asset-name-glob: [bindings]}`.
 
     ```yaml
     - id: ml-train-project-iam
       check: iam.desired_bindings
       severity: high
       mode: dryrun
-      remediation: iam.remove_member           # extra members; a separate rule with iam.add_member adds missing ones
+      remediation: iam.remove_member           # the plan adds missing and removes extra members (details.change)
       match: {asset_types: [cloudresourcemanager.googleapis.com/Project]}
       params:
         assets: ["//cloudresourcemanager.googleapis.com/projects/ml-train"]
@@ -716,12 +732,23 @@ def desired_bindings(asset: Asset, params: DesiredStateParams, ctx: Context) -> 
           - role: roles/aiplatform.user
             members: ["group:ml-researchers@example.com"]
             condition: {title: business-hours, expression: "request.time.getHours('Europe/Paris') < 20"}
+    - id: dataset-buckets-iam
+      check: iam.desired_bindings
+      severity: high
+      match: {asset_types: [storage.googleapis.com/Bucket]}
+      params:
+        resources:
+          "//storage.googleapis.com/ml-datasets-*":
+            - {role: roles/storage.objectViewer, members: ["group:ml-researchers@example.com"]}
+          "//storage.googleapis.com/ml-checkpoints":
+            - {role: roles/storage.objectAdmin, members: ["serviceAccount:trainer@ml-train.iam.gserviceaccount.com"]}
     ```
     """
-    if not any_match(params.assets, asset.name):
+    declared = params.desired_for(asset.name)
+    if declared is None:
         return
     actual, actual_expr = _actual_state(asset.iam_policy, params.managed_roles)
-    desired, desired_expr = _desired_state(params.bindings)
+    desired, desired_expr = _desired_state(declared)
     for bid in sorted(set(actual) | set(desired), key=lambda x: (x[0], x[1] or "")):
         want = desired.get(bid, {})
         have = actual.get(bid, {})

@@ -68,7 +68,7 @@ def org(*bindings: dict[str, Any], domain: str = "example.com", audit: list[Any]
 
 def scan(tmp_path: Path, rules: list[dict[str, Any]], *assets: Asset, now: datetime | None = None) -> list[Finding]:
     f = tmp_path / "rules.yaml"
-    f.write_text(yaml.safe_dump([{"severity": "high", **r} for r in rules]))
+    f.write_text(yaml.safe_dump([{"severity": "high", **r} for r in rules], sort_keys=False))
     result = Engine(load_file(f), now=now).evaluate(assets)
     assert not result.errors, result.errors
     return result.findings
@@ -492,3 +492,23 @@ def test_docstring_example_loads(tmp_path: Path, name: str) -> None:
     f.write_text(textwrap.dedent(docstring_examples()[name]))
     loaded = load_file(f)
     assert loaded and {r.rule.check for r in loaded} == {name}
+
+
+def test_desired_state_stack_of_resources(tmp_path: Path) -> None:
+    stack = {"id": "stack", "check": "iam.desired_bindings", "params": {"resources": {
+        # the first glob that matches wins, in the order written
+        "//storage.googleapis.com/datasets-*": [{"role": "roles/storage.objectViewer",
+                                                 "members": ["group:ml@example.com"]}],
+        "//storage.googleapis.com/**": [],   # every other bucket: no binding at all
+    }}}
+    ok = bucket("datasets-a", b("roles/storage.objectViewer", "group:ml@example.com"))
+    drifted = bucket("datasets-b", b("roles/storage.objectViewer", "group:ml@example.com", "allUsers"))
+    other = bucket("scratch", b("roles/storage.admin", "user:dev@example.com"))
+    found = scan(tmp_path, [stack], ok, drifted, other)
+    assert {(f.asset.rsplit("/", 1)[1], f.details["member"], f.details["change"]) for f in found} == {
+        ("datasets-b", "allUsers", "extra"), ("scratch", "user:dev@example.com", "extra")}
+    both = {**stack, "params": {**stack["params"], "bindings": []}}
+    f = tmp_path / "r.yaml"
+    f.write_text(yaml.safe_dump([{"severity": "high", **both}]))
+    with pytest.raises(RuleError, match=r"rule stack: params: .*or resources, not both"):
+        load_file(f)
