@@ -256,7 +256,7 @@ def test_public_bucket_fixed_through_the_storage_api_and_rolled_back(
     org: FakeGcp, write_rules: Any, tmp_path: Path
 ) -> None:
     rules = write_rules(PUBLIC)
-    scan0, plan = make_plan(rules)
+    _, plan = make_plan(rules)
     buckets = sorted(c.target.name or "" for c in plan.changes if c.target.api == "storage")
     assert buckets == ["helix-model-cards-site", "helix-open-datasets-mirror"]
     # The dataset has no applier: the plan says so instead of dropping the finding.
