@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -623,6 +623,10 @@ class DesiredBinding(BaseModel):
     condition: ConditionSpec | None = None
 
 
+Change = Literal["missing", "extra", "condition_changed"]
+CHANGES: tuple[Change, ...] = ("missing", "extra", "condition_changed")
+
+
 class DesiredStateParams(MemberFilter):
     assets: list[str] = Field(default_factory=lambda: ["**"], description="Asset name globs `bindings` applies to.")
     bindings: list[DesiredBinding] | None = Field(default=None, description="The exact bindings the policy must have.")
@@ -633,6 +637,11 @@ class DesiredStateParams(MemberFilter):
     managed_roles: list[str] = Field(
         default_factory=lambda: ["**"],
         description="Role globs this state is authoritative for; bindings of other roles are left alone.",
+    )
+    changes: list[Change] = Field(
+        default_factory=lambda: list(CHANGES),
+        description="The kinds of drift reported (a rule per remediation: extra -> iam.remove_member, "
+        "missing -> iam.add_member).",
     )
 
     @model_validator(mode="after")
@@ -721,9 +730,10 @@ def desired_bindings(asset: Asset, params: DesiredStateParams, ctx: Context) -> 
       check: iam.desired_bindings
       severity: high
       mode: dryrun
-      remediation: iam.remove_member           # the plan adds missing and removes extra members (details.change)
-      match: {asset_types: [cloudresourcemanager.googleapis.com/Project]}
-      params:
+      remediation: iam.remove_member           # plans the removal of extra members; a twin rule with
+      match: {asset_types: [cloudresourcemanager.googleapis.com/Project]}   # changes: [missing] and
+      params:                                                              # iam.add_member adds the missing ones
+        changes: [extra, condition_changed]
         assets: ["//cloudresourcemanager.googleapis.com/projects/ml-train"]
         managed_roles: ["roles/storage.*", "roles/aiplatform.*"]
         bindings:
@@ -752,13 +762,17 @@ def desired_bindings(asset: Asset, params: DesiredStateParams, ctx: Context) -> 
     for bid in sorted(set(actual) | set(desired), key=lambda x: (x[0], x[1] or "")):
         want = desired.get(bid, {})
         have = actual.get(bid, {})
-        for norm, m in sorted(want.items()):
-            if norm not in have:
-                yield _drift(bid, m, "missing")
-        for norm, m in sorted(have.items()):
-            if norm not in want and not params.skipped(m, bid[0]):
-                yield _drift(bid, m, "extra")
+        if "missing" in params.changes:
+            for norm, m in sorted(want.items()):
+                if norm not in have:
+                    yield _drift(bid, m, "missing")
+        if "extra" in params.changes:
+            for norm, m in sorted(have.items()):
+                if norm not in want and not params.skipped(m, bid[0]):
+                    yield _drift(bid, m, "extra")
         expected = desired_expr.get(bid)
+        if "condition_changed" not in params.changes:
+            continue
         if bid[1] is not None and bid in actual and expected is not None and actual_expr.get(bid) != expected:
             yield Violation(
                 f"the condition {bid[1]!r} of {bid[0]} has expression {actual_expr.get(bid)!r}, expected {expected!r}",

@@ -408,6 +408,9 @@ def test_desired_state_drift(tmp_path: Path) -> None:
         ("roles/aiplatform.user", None, "until-2027", "condition_changed"),
     }
     assert len({f.id for f in found}) == len(found)
+    # one rule per remediation: the extra members for iam.remove_member, the missing ones for iam.add_member
+    only_extra = {**DESIRED, "params": {**DESIRED["params"], "changes": ["extra"]}}
+    assert {f.details["change"] for f in scan(tmp_path, [only_extra], p)} == {"extra"}
 
 
 def test_desired_state_params_are_checked_at_load(tmp_path: Path) -> None:
