@@ -13,6 +13,7 @@ start, a bug) is recorded as `failed`, logged with its reason, counted, and leav
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import re
@@ -72,6 +73,7 @@ class Published:
     findings_json: bytes
     report_html: bytes
     cycles_completed: int
+    findings_doc: dict[str, Any] = field(default_factory=dict)  # findings_json before encoding, for filtered views
 
 
 _CODES = (
@@ -228,8 +230,7 @@ class Auditor:
             except Exception as exc:
                 self.log.exception("cycle_error", stage="record", error=f"{type(exc).__name__}: {exc}")
         self.cycles_completed += 1
-        self.published = Published(self.published.view, self.published.findings_json, self.published.report_html,
-                                   self.cycles_completed)
+        self.published = dataclasses.replace(self.published, cycles_completed=self.cycles_completed)
         self._log_cycle(out)
         return out
 
@@ -336,7 +337,7 @@ class Auditor:
             remediation_markdown=self._remediation.markdown if self._remediation else None,
             plan=self._remediation.plan if self._remediation else None,
         )
-        return Published(view, json.dumps(doc, default=str).encode(), html.encode(), self.cycles_completed)
+        return Published(view, json.dumps(doc, default=str).encode(), html.encode(), self.cycles_completed, doc)
 
     def _log_cycle(self, out: CycleOutcome) -> None:
         rec = out.recorded

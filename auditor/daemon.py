@@ -3,20 +3,24 @@
 - One job, `max_instances=1` and coalesced (a slow cycle never overlaps the next; missed runs collapse into one),
   with jitter, the first run at start.
 - HTTP (stdlib ThreadingHTTPServer): /metrics, /healthz (alive: the scheduler runs and no cycle is stuck past
-  schedule.cycle_timeout_seconds), /readyz (ready after the first completed cycle), /findings.json, /report.
-  Responses are prebuilt after each cycle, so a request never waits on a cycle or touches the sources.
+  schedule.cycle_timeout_seconds), /readyz (ready after the first completed cycle), /findings.json (filters:
+  severity, rule, asset_type, stale, exempted), /report. Responses are prebuilt after each cycle, so a request
+  never waits on a cycle or touches the sources.
 - SIGTERM/SIGINT: stop scheduling; a running cycle gets schedule.shutdown_grace_seconds to finish, then it is
   abandoned (it stops at the next asset batch and records nothing, so the store stays consistent); exit 0.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import sys
 import threading
 import time
+import urllib.parse
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +38,7 @@ from prometheus_client.registry import CollectorRegistry
 from auditor.cycle import Auditor
 from auditor.errors import AuditorError
 from auditor.logs import get_logger
+from auditor.model import SEVERITIES
 from auditor.report.metrics import AuditorCollector, make_registry
 from auditor.settings import Settings
 
@@ -76,7 +81,18 @@ class _Handler(BaseHTTPRequestHandler):
                 body = b"ready\n" if ok else b"not ready: no cycle has completed yet\n"
                 self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", body, head)
             elif path == "/findings.json":
-                self._send(HTTPStatus.OK, "application/json", d.auditor.published.findings_json, head)
+                published = d.auditor.published
+                query = urllib.parse.parse_qs(self.path.partition("?")[2])
+                if not query:
+                    self._send(HTTPStatus.OK, "application/json", published.findings_json, head)
+                    return
+                try:
+                    keep = finding_filter(query)
+                except ValueError as exc:
+                    self._send(HTTPStatus.BAD_REQUEST, "text/plain", f"{exc}\n".encode(), head)
+                    return
+                doc = dict(published.findings_doc, findings=[f for f in published.findings_doc["findings"] if keep(f)])
+                self._send(HTTPStatus.OK, "application/json", json.dumps(doc).encode(), head)
             elif path == "/report":
                 self._send(HTTPStatus.OK, "text/html; charset=utf-8", d.auditor.published.report_html, head)
             elif path == "/":
@@ -103,6 +119,41 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         get_logger("auditor.http").debug("request", client=self.client_address[0], line=format % args)
+
+
+_FILTERS = ("severity", "rule", "asset_type", "stale", "exempted")
+
+
+def finding_filter(query: dict[str, list[str]]) -> Callable[[dict[str, Any]], bool]:
+    """/findings.json?severity=high&rule=a&rule=b&asset_type=...&stale=true&exempted=false"""
+    unknown = sorted(set(query) - set(_FILTERS))
+    if unknown:
+        raise ValueError(f"unknown filter(s) {', '.join(unknown)}; known: {', '.join(_FILTERS)}")
+    min_rank = -1
+    if "severity" in query:
+        sev = query["severity"][-1]
+        if sev not in SEVERITIES:
+            raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}")
+        min_rank = SEVERITIES.index(sev)
+    rules = set(query.get("rule", []))
+    types = set(query.get("asset_type", []))
+    flags: dict[str, bool] = {}
+    for name in ("stale", "exempted"):
+        if name in query:
+            value = query[name][-1].lower()
+            if value not in ("true", "false"):
+                raise ValueError(f"{name} must be true or false")
+            flags[name] = value == "true"
+
+    def keep(f: dict[str, Any]) -> bool:
+        return (
+            SEVERITIES.index(f["severity"]) >= min_rank
+            and (not rules or f["rule"] in rules)
+            and (not types or f["asset_type"] in types)
+            and all(bool(f[k]) == v for k, v in flags.items())
+        )
+
+    return keep
 
 
 class Daemon:

@@ -58,6 +58,16 @@ def test_serve_answers_every_endpoint_and_stops_cleanly_on_sigterm(tmp_path: Pat
         assert status == 200 and headers["Content-Type"] == "application/json"
         assert len([f for f in doc["findings"] if not f["exempted"]]) == cycle["findings"]
         assert {"id", "rule", "severity", "asset", "first_seen", "age_seconds", "stale"} <= set(doc["findings"][0])
+        critical = json.loads(served.get("/findings.json?severity=critical&exempted=false")[1])["findings"]
+        assert critical and {f["severity"] for f in critical} == {"critical"}
+        assert len(critical) == cycle["by_severity"]["critical"]
+        rule = doc["findings"][-1]["rule"]
+        by_rule = json.loads(served.get(f"/findings.json?rule={rule}")[1])["findings"]
+        assert [f["id"] for f in by_rule] == [f["id"] for f in doc["findings"] if f["rule"] == rule]
+        status, body, _ = served.get("/findings.json?stale=maybe")
+        assert status == 400 and body == b"stale must be true or false\n"
+        status, body, _ = served.get("/findings.json?owner=me")
+        assert status == 400 and body.startswith(b"unknown filter(s) owner")
 
         status, body, headers = served.get("/report")
         html = body.decode()
