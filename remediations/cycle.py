@@ -30,7 +30,7 @@ from remediations.assets import collect_assets
 from remediations.guards import GuardConfig, GuardRefused
 from remediations.journal import Journal
 from remediations.kinds import IAM, family_of
-from remediations.leader import AlwaysLeader, Elector, FileLockElector, LeaseElector
+from remediations.leader import Elector, FileLockElector, LeaseElector
 from remediations.plan import ACTIVE_MODES, Plan, build_plan, remediable
 from remediations.planning import plan_notes
 from remediations.render import render_html, render_markdown
@@ -42,26 +42,44 @@ _electors: dict[tuple[str, ...], Elector] = {}
 _electors_lock = threading.Lock()
 
 
+DEFAULT_LEASE = "drift-auditor"
+_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _pod_namespace() -> str:
+    ns = os.environ.get("POD_NAMESPACE")
+    if ns:
+        return ns
+    try:
+        return _SA_NAMESPACE.read_text(encoding="utf-8").strip() or "default"
+    except OSError:
+        return "default"
+
+
 def elector_for(settings: Any) -> Elector:
-    """One elector per configuration for the life of the process (a lock file stays held, a Lease is renewed)."""
+    """One elector per configuration for the life of the process (a lock file stays held, a Lease is renewed).
+
+    The configured Lease or lock file; with neither, a Lease named `drift-auditor` in the pod's namespace when
+    running in a cluster, else a lock file beside the state file (replicas sharing a state volume share it).
+    """
     le = settings.remediation.leader_election
     if le.lease_name:
-        key: tuple[str, ...] = ("lease", le.lease_namespace or "", le.lease_name)
+        key: tuple[str, ...] = ("lease", le.lease_namespace or _pod_namespace(), le.lease_name)
     elif le.lock_file:
         key = ("file", str(le.lock_file))
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        key = ("lease", _pod_namespace(), DEFAULT_LEASE)
     else:
-        key = ("none",)
+        key = ("file", f"{settings.state_path}.remediation.lock")
     with _electors_lock:
         if key not in _electors:
             if key[0] == "lease":
                 from remediations.rbac import kube_clients
 
                 api = kube_clients()("in-cluster")
-                _electors[key] = LeaseElector(api, le.lease_name, le.lease_namespace).start()
-            elif key[0] == "file":
-                _electors[key] = FileLockElector(key[1])
+                _electors[key] = LeaseElector(api, key[2], key[1]).start()
             else:
-                _electors[key] = AlwaysLeader()
+                _electors[key] = FileLockElector(key[1])
         return _electors[key]
 
 

@@ -12,7 +12,7 @@ import pytest
 from auditor.evaluate.rulebook import load_rules
 from auditor.scan import run_scan
 from auditor.settings import Settings
-from remediations.cycle import run_remediation
+from remediations.cycle import elector_for, run_remediation
 from remediations.leader import AlwaysLeader, FileLockElector
 from tests.fakes.gcp import FakeGcp
 from tests.remediations.conftest import ORG
@@ -111,3 +111,17 @@ def test_disabled_remediation_never_writes(org: FakeGcp, write_rules: Any, tmp_p
     assert out["counts"] == {("armor-no-open-allow", "cloud_armor.remove_rule", "refused"): 1}
     assert "explicit-apply" in out["apply"]["refused"]
     assert 500 in _open_rules(org)
+
+
+def test_default_election_is_a_lock_file_beside_the_state_file(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    settings = Settings(sources=["unused"], state_path=tmp_path / "state.db")
+    elector = elector_for(settings)
+    assert isinstance(elector, FileLockElector) and elector.path == f"{tmp_path / 'state.db'}.remediation.lock"
+    other = FileLockElector(elector.path, "other-replica")
+    try:
+        assert elector.is_leader() and not other.is_leader()
+        assert elector_for(settings) is elector, "one elector per process holds the lock across cycles"
+    finally:
+        elector.stop()
+        other.stop()
