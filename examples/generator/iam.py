@@ -177,7 +177,8 @@ def buckets() -> list[dict[str, Any]]:
         # a public dataset mirror: world-readable (violation)
         ("helix-open-datasets-mirror", "ml-research-sandbox",
          [{"role": "roles/storage.objectViewer", "members": ["allUsers"]}]),
-        # public web assets of the model cards site: world-readable, exempted in the baseline
+        # public web assets of the model cards site: world-readable on purpose; the shipped baseline reports it
+        # (a team exempts it in its own copy of rules/iam.yaml, with owner, ticket and expiry)
         ("helix-model-cards-site", "ml-platform-prod",
          [{"role": "roles/storage.objectViewer", "members": ["allUsers"]}]),
         # a legacy export bucket still on fine-grained ACLs (violation: uniform bucket-level access off); its IAM
