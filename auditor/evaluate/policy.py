@@ -106,6 +106,8 @@ def armor_rules(policy: dict[str, Any]) -> list[ArmorRule]:
         match = r.get("match") or {}
         config = match.get("config") or {}
         ranges = config.get("srcIpRanges") or config.get("srcIpRange") or ()
+        if isinstance(ranges, str):  # a hand-written policy with one range, not a list of one
+            ranges = [ranges]
         expr = (match.get("expr") or {}).get("expression")
         try:
             priority = int(r.get("priority", DEFAULT_RULE_PRIORITY))
@@ -114,8 +116,8 @@ def armor_rules(policy: dict[str, Any]) -> list[ArmorRule]:
         out.append(
             ArmorRule(
                 priority=priority,
-                action=str(r.get("action", "")),
-                preview=bool(r.get("preview", False)),
+                action=str(r.get("action") or ""),
+                preview=r.get("preview") is True or str(r.get("preview")).lower() == "true",
                 src_ranges=tuple(str(x) for x in ranges),
                 expression=expr,
                 description=str(r.get("description") or ""),

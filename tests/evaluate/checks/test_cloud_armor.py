@@ -67,6 +67,15 @@ def test_default_rule_denies(tmp_path: Path) -> None:
     assert "preview" in found["preview"].message and found["preview"].details["preview"] is True
 
 
+def test_hand_written_spellings(tmp_path: Path) -> None:
+    """A string for a one-range list and a string boolean, as hand-written or templated policies have them."""
+    odd = rule(100, "allow", preview="false")  # type: ignore[arg-type]
+    odd["match"]["config"]["srcIpRanges"] = "0.0.0.0/0"
+    found = scan(tmp_path, one_rule("cloud_armor.no_open_allow"), policy("p", odd, DENY_ALL))
+    assert [f.details for f in found] == [{"priority": 100, "action": "allow", "src_ranges": ["0.0.0.0/0"]}]
+    assert scan(tmp_path, one_rule("cloud_armor.no_preview_rules"), policy("p", odd, DENY_ALL)) == []
+
+
 # -- open allow -----------------------------------------------------------------------------------------------------
 def test_no_open_allow(tmp_path: Path) -> None:
     rules = one_rule("cloud_armor.no_open_allow")
