@@ -200,3 +200,14 @@ def test_plan_and_report_for_the_example_organization(repo: Path, tmp_path: Path
         assert c.diff, c.resource
     md = render_markdown(plan)
     assert all(c.resource in md for c in plan.changes)
+
+
+def test_exempted_findings_are_never_planned(tmp_path: Path) -> None:
+    rules = PUBLIC.replace("{mode}", "enforce") + (
+        "  exemptions:\n"
+        f"    - {{resource: \"{PROJECT}\", reason: public docs, owner: web, details: {{condition: temp}}}}\n"
+    )
+    (change,) = _plan(tmp_path, rules).changes
+    # The conditional binding's finding is exempted: only the plain binding is changed.
+    assert [e.describe() for e in change.edits] == ["remove allUsers from roles/viewer"]
+    assert {"role": "roles/viewer", "members": ["allUsers"], "condition": COND} in change.after
