@@ -10,7 +10,8 @@ The IAM service-account policy methods have no REST transport in `google-cloud-i
 so `ServiceAccountIamClient` is a small REST client over google-auth's `AuthorizedSession` that raises the same
 `google.api_core.exceptions` as the generated clients.
 
-Remediations import these builders too: `asset_client`, `organizations_client`, `folders_client`,
+`authorized_session` and `base_url` serve the hot path that reads ListAssets pages as raw JSON
+(auditor/collect/asset_inventory.py explains why). Remediations import these builders too: `asset_client`, `organizations_client`, `folders_client`,
 `projects_client`, `service_account_iam_client`, `security_policies_client`, `global_operations_client`,
 `storage_client`, and `iam_policy_client_for(resource)` which picks the right one for a resource name.
 """
@@ -133,6 +134,19 @@ def storage_client(endpoint: Endpoint | str | None = None) -> Any:
         kwargs["client_options"] = {"api_endpoint": ep.url}
         kwargs["project"] = "local"
     return storage.Client(**kwargs)
+
+
+ASSET_DEFAULT_ENDPOINT = "https://cloudasset.googleapis.com"
+
+
+def authorized_session(endpoint: Endpoint | str | None = None) -> AuthorizedSession:
+    """A requests session that signs calls with the endpoint's credentials (refreshing tokens as needed)."""
+    return AuthorizedSession(credentials(_endpoint(endpoint)))
+
+
+def base_url(endpoint: Endpoint | str | None, default: str) -> str:
+    """The URL REST calls go to: the local endpoint when set, else the service's public endpoint."""
+    return _endpoint(endpoint).url or default
 
 
 class ServiceAccountIamClient:

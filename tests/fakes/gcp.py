@@ -257,6 +257,7 @@ class FakeGcpState:
         self.compute_operations: dict[str, dict[str, Any]] = {}
         self.objects: dict[tuple[str, str], bytes] = {}  # (bucket, object) -> bytes, the fake Cloud Storage
         self.export_delay_polls = 1  # operations report done after this many polls
+        self.version = 0  # bumped on every change
         self._counter = itertools.count(1)
         self.created = _now() - timedelta(days=1)
 
@@ -319,6 +320,7 @@ class FakeGcpState:
         """Record a new version of an asset (API spelling). `merge` keeps the parts the new record lacks."""
         at = at or _now()
         with self.lock:
+            self.version += 1  # listings cached for paging are keyed by it
             versions = self.history.setdefault(asset["name"], [])
             new = copy.deepcopy(asset)
             if merge and versions and versions[-1].asset is not None:
@@ -352,14 +354,17 @@ class FakeGcpState:
             return copy.deepcopy(found) if found is not None else None
 
     def snapshot(self, at: datetime) -> list[dict[str, Any]]:
-        """Every asset as it was at `at`, sorted by name."""
-        with self.lock:
-            names = sorted(self.history)
+        """Every asset as it was at `at`, sorted by name (shared, not copied: callers must not modify them)."""
         out = []
-        for name in names:
-            a = self.asset(name, at)
-            if a is not None:
-                out.append(a)
+        with self.lock:
+            for name in sorted(self.history):
+                found = None
+                for v in self.history[name]:
+                    if v.at > at:
+                        break
+                    found = v.asset
+                if found is not None:
+                    out.append(found)
         return out
 
     def update_asset(self, name: str, **parts: Any) -> dict[str, Any]:
@@ -623,6 +628,7 @@ class FakeGcp:
         self.max_page_size = max_page_size
         self.faults: list[Fault] = []
         self.requests: list[RecordedRequest] = []
+        self._listings: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -748,7 +754,16 @@ class FakeGcp:
             read_time = _parse_ts(rt) if rt else _now()
             if read_time > _now() + timedelta(seconds=5):
                 raise ApiError(400, "read_time must not be in the future")
-        assets = self._select(parent, content, types, read_time)
+        key = (fingerprint, _ts(read_time), self.state.version)
+        with self._lock:
+            assets = self._listings.get(key)
+        if assets is None:
+            assets = self._select(parent, content, types, read_time)
+            with self._lock:
+                # The pages of one listing slice one selection, as the real API pages one snapshot.
+                self._listings[key] = assets
+                while len(self._listings) > 32:
+                    self._listings.pop(next(iter(self._listings)))
         chunk = assets[offset : offset + page_size]
         out: dict[str, Any] = {"readTime": _ts(read_time), "assets": chunk}
         if offset + page_size < len(assets):
