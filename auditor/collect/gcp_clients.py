@@ -11,9 +11,10 @@ so `ServiceAccountIamClient` is a small REST client over google-auth's `Authoriz
 `google.api_core.exceptions` as the generated clients.
 
 `authorized_session` and `base_url` serve the hot path that reads ListAssets pages as raw JSON
-(auditor/collect/asset_inventory.py explains why). Remediations import these builders too: `asset_client`, `organizations_client`, `folders_client`,
-`projects_client`, `service_account_iam_client`, `security_policies_client`, `global_operations_client`,
-`storage_client`, and `iam_policy_client_for(resource)` which picks the right one for a resource name.
+(auditor/collect/asset_inventory.py explains why). Remediations import these builders too: `asset_client`,
+`organizations_client`, `folders_client`, `projects_client`, `service_account_iam_client`,
+`security_policies_client`, `global_operations_client`, `storage_client`, and `iam_policy_client_for(resource)`
+which picks the right one for a resource name.
 """
 
 from __future__ import annotations
