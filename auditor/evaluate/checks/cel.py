@@ -9,7 +9,8 @@ into an assertion that must hold).
 from __future__ import annotations
 
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import cel
@@ -17,10 +18,11 @@ from cel.stdlib import add_stdlib_to_context
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from auditor.evaluate.policy import Binding, bindings
+from auditor.evaluate.principals import google_grants, is_google_managed, parse_member
 from auditor.evaluate.registry import Context, Params, Violation, check
 from auditor.model import Asset
 
-ASSET_VARIABLES = ("asset", "name", "type", "resource", "iam_policy", "ancestors", "project")
+ASSET_VARIABLES = ("asset", "name", "type", "resource", "iam_policy", "ancestors", "project", "now")
 BINDING_VARIABLES = ("binding", "role", "members", "condition")
 MEMBER_VARIABLES = ("member",)
 TEMPLATE_FIELDS = frozenset({"name", "type", "project", "role", "member", "members", "condition", "result"})
@@ -40,8 +42,22 @@ def dig(obj: Any, path: str, default: Any = None) -> Any:
     return cur
 
 
+def _member_domain(member: str) -> str:
+    return parse_member(str(member)).domain or ""
+
+
+# Our own functions, next to the CEL standard library: the knowledge of Google-managed identities is the same as
+# the IAM checks' (auditor.evaluate.principals).
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "dig": dig,
+    "google_managed": lambda member: is_google_managed(str(member)),
+    "google_grants": lambda member, role: google_grants(str(member), str(role)),
+    "member_domain": _member_domain,
+}
+
+
 def _context(variables: dict[str, Any]) -> cel.Context:
-    ctx = cel.Context(variables=variables, functions={"dig": dig})
+    ctx = cel.Context(variables=variables, functions=dict(FUNCTIONS))
     add_stdlib_to_context(ctx)
     return ctx
 
@@ -115,7 +131,7 @@ class CelParams(Params):
         # like the `m` of `members.exists(m, ...)` are listed by variables() too, so they cannot be told apart
         # statically). Errors about missing fields are expected on empty data and ignored.
         sample: dict[str, Any] = {"asset": {}, "name": "", "type": "", "resource": {}, "iam_policy": {},
-                                  "ancestors": [], "project": ""}
+                                  "ancestors": [], "project": "", "now": datetime.now(UTC)}
         if self.per != "asset":
             sample.update({"binding": {}, "role": "", "members": [], "condition": {}})
         if per_member:
@@ -177,12 +193,14 @@ def _verdict(params: CelParams, variables: dict[str, Any]) -> tuple[bool, Any]:
 def cel_check(asset: Asset, params: CelParams, ctx: Context) -> Iterator[Violation]:
     """A rule written in CEL (Common Expression Language): the expression is true when the asset violates the rule.
 
-    Variables: `name`, `type`, `resource` (the resource data), `iam_policy`, `ancestors`, `project`, and `asset`
-    (all of them in one map). With `per: binding` the expression runs on each IAM binding with `binding`, `role`,
-    `members`, `condition`; if it names `member` (or with `per: member`) it runs on each member of each binding.
-    Functions: the CEL standard library, cel-go's string/list/math extensions, and `dig(map, "a.b.c", default)`
-    for nested fields that may be absent. Findings on a member carry `role`, `member`, `condition` like the IAM
-    checks (so `iam.remove_member` can plan them).
+    Variables: `name`, `type`, `resource` (the resource data), `iam_policy`, `ancestors`, `project`, `asset`
+    (all of them in one map) and `now` (the evaluation time, a timestamp). With `per: binding` the expression runs
+    on each IAM binding with `binding`, `role`, `members`, `condition`; if it names `member` (or with
+    `per: member`) it runs on each member of each binding. Functions: the CEL standard library, cel-go's
+    string/list/math extensions, `dig(map, "a.b.c", default)` for nested fields that may be absent,
+    `google_managed(member)`, `google_grants(member, role)` (the roles Google gives its own service agents) and
+    `member_domain(member)`. Findings on a member carry `role`, `member`, `condition` like the IAM checks (so
+    `iam.remove_member` can plan them).
 
     ```yaml
     - id: ml-buckets-uniform-access
@@ -202,6 +220,7 @@ def cel_check(asset: Asset, params: CelParams, ctx: Context) -> Iterator[Violati
     ```
     """
     base = _asset_vars(asset)
+    base["now"] = ctx.now
     values: dict[str, Any] = {"name": asset.name, "type": asset.asset_type, "project": base["project"]}
     if params.per == "asset":
         hit, result = _verdict(params, base)

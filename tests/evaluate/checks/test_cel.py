@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,25 @@ def test_loaded_rule_survives_pickling_for_worker_processes(tmp_path: Path) -> N
     copy = Engine(pickle.loads(pickle.dumps(engine.rules)))
     after = copy.evaluate([bucket("a", True)]).findings
     assert [f.id for f in before] == [f.id for f in after] and len(after) == 1
+
+
+def test_now_and_the_principal_functions(tmp_path: Path) -> None:
+    engine = load(
+        tmp_path,
+        {"id": "old-keys", "params": {"expression": 'timestamp(resource.validAfterTime) < now - duration("2160h")'},
+         "match": {"asset_types": ["iam.googleapis.com/ServiceAccountKey"]}},
+        {"id": "outsiders", "params": {
+            "per": "member",
+            "expression": '!google_managed(member) && member_domain(member) != "example.com"'}},
+    )
+    engine.now = datetime(2026, 11, 1, tzinfo=UTC)
+    old = Asset("//iam.googleapis.com/k/old", "iam.googleapis.com/ServiceAccountKey",
+                resource={"validAfterTime": "2026-01-01T00:00:00Z"})
+    new = Asset("//iam.googleapis.com/k/new", "iam.googleapis.com/ServiceAccountKey",
+                resource={"validAfterTime": "2026-10-01T00:00:00Z"})
+    policy = bucket("b", True, [{"role": "roles/editor", "members": [
+        "user:a@example.com", "user:eve@gmail.com", "serviceAccount:1@cloudservices.gserviceaccount.com"]}])
+    result = engine.evaluate([old, new, policy])
+    assert not result.errors
+    assert {(f.rule, f.asset.rsplit("/", 1)[1], f.details.get("member")) for f in result.findings} == {
+        ("old-keys", "old", None), ("outsiders", "b", "user:eve@gmail.com")}
