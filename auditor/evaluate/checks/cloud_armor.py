@@ -538,7 +538,8 @@ def desired_state(asset: Asset, params: DesiredStateParams, ctx: Context) -> Ite
     Drift is every missing rule (a declared priority absent), every extra rule (a priority not declared) and every
     changed rule (action, preview, source ranges, expression, or rateLimitOptions when declared, differ). Rules are
     matched by priority; descriptions are not compared. The default rule is compared only when declared (every
-    policy has one). Policies are selected by their name (glob); the first matching entry applies.
+    policy has one). Policies are selected by their name (glob); the first matching entry applies. Two projects
+    with policies of one name are told apart by the rule's `match.ancestries`.
 
     ```yaml
     - id: armor-inference-api-as-declared

@@ -629,7 +629,9 @@ def tenant_role_dangerous_rules(asset: Asset, params: DangerousRulesParams, ctx:
     the role shows), reading `secrets` (unless restricted to named secrets), `pods/exec`, `pods/attach`,
     `nodes/proxy` (the kubelet API, every pod of the node) and `serviceaccounts/token` (minting tokens). Subresource
     wildcards (`pods/*`) and API group wildcards are understood. One finding per Role, whose details carry the
-    offending rules and `desired_rules` (the Role without them) for `rbac.replace_role_rules`.
+    offending rules and `desired_rules` (the Role without them) for `rbac.replace_role_rules`. ClusterRoles bound
+    in a tenant namespace (admin, edit) are the platform's choice and not judged here: Kubernetes refuses a tenant
+    a binding to a role with more than it holds, and cluster-wide wildcards are `rbac.no_powerful_role_binding`'s.
 
     ```yaml
     - id: rbac-tenant-role-dangerous-rules
