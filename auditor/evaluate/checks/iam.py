@@ -188,6 +188,8 @@ def _outside(member: str, role: str, params: DomainParams, domains: frozenset[st
 def _domain_violations(
     asset: Asset, params: DomainParams, domains: frozenset[str], projects: frozenset[str]
 ) -> Iterator[Violation]:
+    listed = sorted(domains)
+    allowed = ", ".join(listed[:3]) + (f" and {len(listed) - 3} more domains" if len(listed) > 3 else "")
     for b in bindings(asset.iam_policy):
         if not any_match(params.roles, b.role):
             continue
@@ -195,7 +197,7 @@ def _domain_violations(
             if _outside(m, b.role, params, domains, projects):
                 parsed = parse_member(m)
                 where = f"domain {parsed.domain}" if parsed.domain else "no domain"
-                yield member_violation(b, m, f"{m} ({where}) holds {b.role} but is outside the allowed domains")
+                yield member_violation(b, m, f"{m} ({where}) holds {b.role} but is outside {allowed}")
 
 
 @check("iam.allowed_domains", params=DomainParams, iam=True)
