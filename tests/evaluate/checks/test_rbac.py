@@ -394,3 +394,12 @@ def test_docstring_example_loads(tmp_path: Path, name: str) -> None:
     f = tmp_path / "example.yaml"
     f.write_text(textwrap.dedent(docstring_examples()[name]))
     assert [r.rule.check for r in load_file(f)] == [name]
+
+
+@pytest.mark.parametrize("pack", ["rbac.yaml", "cloud_armor.yaml"])
+def test_shipped_pack_rules_are_documented_and_dry_run_only_with_a_remediation(pack: str) -> None:
+    rules = load_file(shipped_rules_dir() / pack)
+    assert rules
+    for r in rules:
+        assert len(r.rule.description) > 30 and len(r.rule.rationale) > 100, r.id
+        assert r.rule.mode.value == ("dryrun" if r.rule.remediation else "audit"), r.id
