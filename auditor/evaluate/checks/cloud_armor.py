@@ -180,6 +180,8 @@ class OpenAllowParams(Params):
 def no_open_allow(asset: Asset, params: OpenAllowParams, ctx: Context) -> Iterator[Violation]:
     """No rule other than the default may let every source address in (`*`, `0.0.0.0/0`, `::/0`).
 
+    Ranges that together cover a whole address family (`0.0.0.0/1` and `128.0.0.0/1`) count as open.
+
     `throttle` and `rate_based_ban` rules count: requests under their limit are allowed, so a rate limit on `*`
     above a default deny lets everyone in. Rules matched by a CEL expression are not judged (an expression cannot
     be read as a set of addresses). A deliberate exception goes in the rule's `exemptions`, narrowed with
@@ -198,6 +200,9 @@ def no_open_allow(asset: Asset, params: OpenAllowParams, ctx: Context) -> Iterat
         if r.is_default or r.action not in params.actions:
             continue
         opened = [s for s in r.src_ranges if is_open(s, params.open_ranges)]
+        nets = [n for s in r.src_ranges for n in (parse_range(s) or ())]
+        if not opened and any(covered(every, nets) for every in _EVERYTHING):
+            opened = list(r.src_ranges)  # halves that together are every address: 0.0.0.0/1 and 128.0.0.0/1
         if opened:
             how = " (requests under the rate limit are allowed)" if r.action in RATE_LIMIT_ACTIONS else ""
             yield Violation(

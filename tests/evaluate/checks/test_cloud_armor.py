@@ -87,14 +87,15 @@ def test_no_open_allow(tmp_path: Path) -> None:
         rule(400, "deny(403)", ["*"]),  # denying everyone is fine
         rule(500, "throttle", ["*"], rateLimitOptions={"conformAction": "allow"}),
         rule(600, "allow", expr="inIpRange(origin.ip, '0.0.0.0/0')"),  # an expression is not judged
+        rule(700, "allow", ["0.0.0.0/1", "128.0.0.0/1"]),  # two halves are everyone too
         rule(DEFAULT, "allow", ["*"]),  # the default rule is another check's business
     )
     found = {f.details["priority"]: f for f in scan(tmp_path, rules, p)}
-    assert sorted(found) == [200, 300, 500]
+    assert sorted(found) == [200, 300, 500, 700]
     assert found[200].details["src_ranges"] == ["192.0.2.0/24", "0.0.0.0/0"]
     assert "rate limit" in found[500].message
     only_allow = one_rule("cloud_armor.no_open_allow", "{actions: [allow]}")
-    assert sorted(f.details["priority"] for f in scan(tmp_path, only_allow, p)) == [200, 300]
+    assert sorted(f.details["priority"] for f in scan(tmp_path, only_allow, p)) == [200, 300, 700]
     assert scan(tmp_path, rules, policy("ok", rule(100, "allow", ["10.0.0.0/8"]), DENY_ALL)) == []
 
 
