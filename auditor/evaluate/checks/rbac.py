@@ -253,6 +253,8 @@ DEFAULT_PUBLIC_GRANTS: dict[str, list[str]] = {
     # The bootstrap bindings every cluster has (kube-apiserver's RBAC defaults).
     "system:authenticated": ["system:basic-user", "system:discovery", "system:public-info-viewer"],
     "system:unauthenticated": ["system:public-info-viewer"],
+    # Kubernetes 1.20+: service accounts read the OIDC issuer discovery document (workload identity federation).
+    "system:serviceaccounts": ["system:service-account-issuer-discovery"],
 }
 
 
@@ -286,8 +288,9 @@ def no_public_subjects(asset: Asset, params: PublicSubjectsParams, ctx: Context)
     The subjects are `system:anonymous`, `system:unauthenticated`, `system:authenticated` (on GKE, every Google
     account) and `system:serviceaccounts` (every service account of every tenant).
     The defaults are the bootstrap grants: system:basic-user, system:discovery and system:public-info-viewer to
-    authenticated users, system:public-info-viewer to unauthenticated ones. They are a param, so a cluster whose
-    provider adds its own can list them.
+    authenticated users, system:public-info-viewer to unauthenticated ones (clusters created before Kubernetes 1.14
+    may still grant them system:discovery: reported), system:service-account-issuer-discovery to all service
+    accounts. They are a param, so a cluster whose provider adds its own can list them.
 
     ```yaml
     - id: rbac-no-anonymous-access

@@ -37,6 +37,24 @@ items:
 """
 
 
+# The two bootstrap bindings of newer releases that the cluster-role-bindings.yaml at hand predates (SOURCES.md).
+NEWER_BOOTSTRAP_BINDINGS = """\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: rbac.authorization.k8s.io/v1
+  kind: ClusterRoleBinding
+  metadata: {name: "system:monitoring", labels: {kubernetes.io/bootstrapping: rbac-defaults}}
+  roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:monitoring"}
+  subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:monitoring"}]
+- apiVersion: rbac.authorization.k8s.io/v1
+  kind: ClusterRoleBinding
+  metadata: {name: "system:service-account-issuer-discovery", labels: {kubernetes.io/bootstrapping: rbac-defaults}}
+  roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:service-account-issuer-discovery"}
+  subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:serviceaccounts"}]
+"""
+
+
 def scan(source: Path, rules: Path) -> ScanResult:
     return run_scan([str(source)], load_file(rules), SourceOptions(cluster=CLUSTER, strict=True))
 
@@ -64,6 +82,11 @@ def test_silence_holds_when_system_bindings_are_judged_too(shared_data: Path, tm
     judged = tmp_path / "rbac.yaml"
     judged.write_text(yaml.safe_dump(doc))
     assert scan(shared_data / "k8s-bootstrap-rbac", judged).findings == []
+    newer = tmp_path / "newer"
+    shutil.copytree(shared_data / "k8s-bootstrap-rbac", newer)
+    (newer / "newer-bindings.yaml").write_text(NEWER_BOOTSTRAP_BINDINGS)
+    assert scan(newer, judged).findings == []
+    assert scan(newer, rbac_pack()).findings == []
     # ...and without the defaults, the bootstrap bindings to system:authenticated/unauthenticated are reported.
     public["params"]["default_grants"] = {}
     judged.write_text(yaml.safe_dump(doc))

@@ -122,6 +122,7 @@ def test_no_public_subjects(tmp_path: Path) -> None:
         crb("all-google", "edit", "Group:system:authenticated"),
         crb("unauth-discovery", "system:discovery", "Group:system:unauthenticated"),  # not a default any more
         rb("all-sa", "team-a", "Role", "reader", "Group:system:serviceaccounts"),
+        crb("issuer", "system:service-account-issuer-discovery", "Group:system:serviceaccounts"),  # 1.20+ default
         crb("system:custom", "view", "Group:system:authenticated"),
     )
     rules = one_rule("rbac.no_public_subjects")
