@@ -225,7 +225,7 @@ class Auditor:
             self.histogram.observe(stage, seconds)
         if out.cycle_id is not None:
             try:
-                self.store.update_durations(out.cycle_id, durations, out.ended_at)
+                self.store.update_durations(out.cycle_id, durations)
                 self.store.prune(s.history_days * 86400.0, now=out.ended_at)
             except Exception as exc:
                 self.log.exception("cycle_error", stage="record", error=f"{type(exc).__name__}: {exc}")

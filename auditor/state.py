@@ -551,10 +551,10 @@ class Store:
             [(n, c.ended_at, t) for t, n in c.assets_by_type.items() if t not in keep],
         )
 
-    def update_durations(self, cycle_id: int, durations: Mapping[str, float], ended_at: float) -> None:
+    def update_durations(self, cycle_id: int, durations: Mapping[str, float]) -> None:
+        """The stage durations, known once the cycle has reported (its ended_at stays the time it was recorded)."""
         with self._lock, transaction(self._conn) as db:
-            db.execute("UPDATE cycles SET durations = ?, ended_at = ? WHERE id = ?",
-                       (json.dumps(dict(durations)), ended_at, cycle_id))
+            db.execute("UPDATE cycles SET durations = ? WHERE id = ?", (json.dumps(dict(durations)), cycle_id))
 
     def bump(self, metric: str, labels: Mapping[str, str], by: float = 1.0) -> None:
         """Add to a persistent counter (used by the remediation step for auditor_remediations_total)."""
