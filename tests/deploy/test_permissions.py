@@ -57,6 +57,11 @@ KEYWORDED: dict[tuple[str, str], list[tuple[str, ...]]] = {
     ("list", "project"): [("compute.securityPolicies.list",)],
     ("patch", "security_policy_resource"): [("compute.securityPolicies.update",), _COMPUTE_OP],
 }
+# REST paths called directly (regular expressions over the literal text of a string or f-string) -> the method.
+REST_PATHS: dict[str, str] = {
+    r"/v1/.*/assets$": "list_assets",  # GET https://cloudasset.googleapis.com/v1/{parent}/assets
+    r":exportAssets$": "export_assets",  # POST .../v1/{parent}:exportAssets
+}
 # Kubernetes API reads of a remote GKE cluster, when a module authorizes them with Google IAM instead of RBAC:
 # required only of a module that declares `container.*` permissions. Reaching a GKE cluster's API with a Google
 # identity takes container.clusters.get besides the permission of the read itself.
@@ -108,24 +113,38 @@ def _argument_names(call: ast.Call) -> set[str]:
     return names
 
 
+def _text(node: ast.AST) -> str | None:
+    """The literal text of a string or f-string (placeholders dropped), else None."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str))
+    return None
+
+
 def google_calls(path: Path, module: str) -> list[Call]:
     out: list[Call] = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        # The Kubernetes client's list methods are often named in a table and called through getattr.
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in GKE_CALLS:
-            out.append(Call(module, node.lineno, node.value, ((GKE_CALLS[node.value],), _GKE_ACCESS)))
-            continue
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-            continue
-        method = node.func.attr
-        needs = CALLS.get(method)
-        if needs is None:
-            names = _argument_names(node)
+        line = getattr(node, "lineno", 0)
+        text = _text(node)
+        if text is not None:
+            # The Kubernetes client's list methods are often named in a table and called through getattr.
+            if text in GKE_CALLS:
+                out.append(Call(module, line, text, ((GKE_CALLS[text],), _GKE_ACCESS)))
+            # A REST call made without the generated client (e.g. ListAssets decoded straight into typed pages).
+            for pattern, method in REST_PATHS.items():
+                if re.search(pattern, text):
+                    out.append(Call(module, line, method, tuple(CALLS[method])))
+        elif isinstance(node, ast.Attribute) and node.attr in CALLS:
+            # Called, or taken as a bound method to call later: either way the code uses it.
+            out.append(Call(module, line, node.attr, tuple(CALLS[node.attr])))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            method, names = node.func.attr, _argument_names(node)
             needs = next((v for (m, kw), v in KEYWORDED.items() if m == method and kw in names), None)
-        if needs is None and method in GKE_CALLS:
-            needs = [(GKE_CALLS[method],), _GKE_ACCESS]
-        if needs is not None:
-            out.append(Call(module, node.lineno, method, tuple(needs)))
+            if needs is None and method in GKE_CALLS:
+                needs = [(GKE_CALLS[method],), _GKE_ACCESS]
+            if needs is not None:
+                out.append(Call(module, line, method, tuple(needs)))
     return out
 
 
