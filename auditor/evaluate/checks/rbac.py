@@ -149,14 +149,21 @@ class ClusterRoles:
 
     def __init__(self, assets: Iterable[Asset]) -> None:
         self.by_cluster: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self._effective: dict[tuple[str, str], list[dict[str, Any]] | None] = {}
         for a in assets:
             self.by_cluster[cluster_of(a.name)][object_name(a.resource, a)] = a.resource
 
     def get(self, cluster: str, name: str) -> dict[str, Any] | None:
         return self.by_cluster.get(cluster, {}).get(name)
 
-    def rules(self, cluster: str, name: str, _depth: int = 0) -> list[dict[str, Any]] | None:
+    def rules(self, cluster: str, name: str) -> list[dict[str, Any]] | None:
         """The effective rules of a ClusterRole, or None when the cluster has no such role (or it was not read)."""
+        key = (cluster, name)
+        if key not in self._effective:  # thousands of bindings name the same few roles (admin, edit, view)
+            self._effective[key] = self._resolve(cluster, name, 0)
+        return self._effective[key]
+
+    def _resolve(self, cluster: str, name: str, _depth: int) -> list[dict[str, Any]] | None:
         role = self.get(cluster, name)
         if role is None:
             return None
@@ -168,7 +175,7 @@ class ClusterRoles:
                     continue
                 labels = meta(other).get("labels") or {}
                 if any(_labels_match(labels, sel) for sel in agg.get("clusterRoleSelectors") or ()):
-                    out.extend(self.rules(cluster, other_name, _depth + 1) or ())
+                    out.extend(self._resolve(cluster, other_name, _depth + 1) or ())
         return out
 
 
