@@ -552,3 +552,23 @@ def test_shards_split_the_scope_and_keep_to_their_own_pods(pod_settings: Any) ->
     # The cluster-wide objects exist once.
     for kind in ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "PrometheusRule"):
         assert len(of_kind(objs, kind)) == len(of_kind(build("base"), kind)), kind
+
+
+# -- the auditor against its own baseline ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(BUILDS))
+def test_the_auditor_deployment_passes_its_own_baseline(name: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from auditor.cli import cli
+
+    manifest = tmp_path / f"{name}.yaml"
+    manifest.write_text(yaml.safe_dump_all(build(name)), encoding="utf-8")
+    result = CliRunner().invoke(
+        cli,
+        ["scan", "--source", str(manifest), "--cluster", "projects/p/locations/l/clusters/c", "--format", "json",
+         "--fail-on", "info"],
+    )
+    report = json.loads(result.output)
+    # The RBAC objects and the namespace are read as assets, and the shipped rules find nothing wrong with them.
+    assert report["summary"]["assets"] >= 5
+    assert report["findings"] == [] and result.exit_code == 0, report["findings"]
