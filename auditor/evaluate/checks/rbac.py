@@ -150,6 +150,7 @@ class ClusterRoles:
     def __init__(self, assets: Iterable[Asset]) -> None:
         self.by_cluster: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         self._effective: dict[tuple[str, str], list[dict[str, Any]] | None] = {}
+        self._wildcard: dict[tuple[str, str], bool] = {}
         for a in assets:
             self.by_cluster[cluster_of(a.name)][object_name(a.resource, a)] = a.resource
 
@@ -162,6 +163,14 @@ class ClusterRoles:
         if key not in self._effective:  # thousands of bindings name the same few roles (admin, edit, view)
             self._effective[key] = self._resolve(cluster, name, 0)
         return self._effective[key]
+
+    def is_wildcard(self, cluster: str, name: str) -> bool:
+        """Whether the ClusterRole grants every verb on every resource (False when it was not read)."""
+        key = (cluster, name)
+        hit = self._wildcard.get(key)
+        if hit is None:
+            hit = self._wildcard[key] = any(is_wildcard_rule(r) for r in self.rules(cluster, name) or ())
+        return hit
 
     def _resolve(self, cluster: str, name: str, _depth: int) -> list[dict[str, Any]] | None:
         role = self.get(cluster, name)
@@ -238,8 +247,7 @@ def no_powerful_role_binding(asset: Asset, params: PowerfulRoleParams, ctx: Cont
     if not any_match(params.roles, role):
         if not params.wildcard_roles:
             return
-        rules = _cluster_roles(ctx).rules(cluster_of(asset.name), role)
-        if not rules or not any(is_wildcard_rule(r) for r in rules):
+        if not _cluster_roles(ctx).is_wildcard(cluster_of(asset.name), role):
             return
         why = "every verb on every resource"
     ns = binding_namespace(asset)
@@ -429,10 +437,12 @@ class Tenancy:
     def _user_tenants(self, cluster: str, who: str) -> set[str]:
         out = {t for t, globs in self.params.tenants.items() if any_match(globs, who)}
         if self.params.tenant_subjects:
-            for t in self.tenants.get(cluster, ()):
-                for pattern in self.params.tenant_subjects:
-                    if "{tenant}" in pattern and t not in who:
-                        continue  # cheap filter: the tenant's name must appear in the subject to match
+            tenants = self.tenants.get(cluster, set())
+            named = [t for t in tenants if t in who]  # a {tenant} pattern can only match a name the subject holds
+            for pattern in self.params.tenant_subjects:
+                for t in named if "{tenant}" in pattern else tenants:
+                    if t in out:
+                        continue
                     spots = self.namespaces_of(cluster, t) if "{namespace}" in pattern else {""}
                     if any((not n or n in who) and glob_match(_fill(pattern, t, n), who) for n in spots):
                         out.add(t)
