@@ -16,6 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from auditor.collect.retry import RetryPolicy
 from auditor.errors import AuditorError
 from remediations.edits import EditError, apply_edits, section
 from remediations.guards import GuardConfig, check_approval, check_cap, check_change, check_plan_age
@@ -40,6 +41,10 @@ class Live:
     token: str | None
 
 
+# Transient API errors (429, 5xx, timeouts) are retried per API call by each writer, honouring Retry-After.
+DEFAULT_RETRY = RetryPolicy(attempts=4, initial=0.5, maximum=10.0)
+
+
 class WriteConflict(Exception):
     """The API refused the write because the token is stale (409 ABORTED, 412, Kubernetes 409 Conflict)."""
 
@@ -53,7 +58,6 @@ class Writer(Protocol):
 
 
 WriterFactory = Callable[[str], Writer]  # family -> writer
-
 
 @dataclass
 class ChangeResult:
@@ -136,11 +140,27 @@ def _guarded_write(
     try:
         writer.write(target, live, new)
     except WriteConflict as exc:
-        journal.finish(entry, "conflict", reason=str(exc))
-        result.outcome, result.reason = Outcome.conflict, f"the API refused the token: {exc}"
-        return result
+        # A retried write whose first attempt went through sees its own change as a conflict: recognise it.
+        try:
+            mine = section(family, writer.read(target).state) == section(family, new)
+        except Exception:
+            mine = False
+        if not mine:
+            journal.finish(entry, "conflict", reason=str(exc))
+            result.outcome, result.reason = Outcome.conflict, f"the API refused the token: {exc}"
+            return result
     except Exception as exc:  # any API or network error: reported, the other changes go on
-        journal.finish(entry, "failed", reason=_describe(exc))
+        # Part of the change may have been written (Cloud Armor writes rule by rule): journal what is there now,
+        # so a rollback can restore the before-state.
+        try:
+            partial = writer.read(target)
+        except Exception:
+            partial = None
+        if partial is not None and section(family, partial.state) != section(family, live.state):
+            journal.finish(entry, "failed", after=partial.state, token_after=partial.token, reason=_describe(exc))
+            result.token_after = partial.token
+        else:
+            journal.finish(entry, "failed", reason=_describe(exc))
         result.outcome, result.reason = Outcome.failed, f"write failed: {_describe(exc)}"
         return result
     try:

@@ -15,8 +15,9 @@ from typing import Any
 from google.api_core import exceptions as gexc
 
 from auditor.collect import gcp_clients
+from auditor.collect.retry import RetryPolicy
 from auditor.permissions import declare
-from remediations.apply import Live, WriteConflict
+from remediations.apply import DEFAULT_RETRY, Live, WriteConflict
 from remediations.edits import armor_rule_api, armor_rules_api, prune
 from remediations.kinds import CLOUD_ARMOR
 from remediations.targets import Target
@@ -32,6 +33,10 @@ OPERATION_TIMEOUT = 120.0
 _CONFLICTS = (gexc.PreconditionFailed, gexc.Conflict, gexc.FailedPrecondition)
 
 
+class ConcurrentChange(Exception):
+    """The security policy changed between two rule writes of one change."""
+
+
 def _rule_pb(rule: dict[str, Any]) -> Any:
     from google.cloud import compute_v1
 
@@ -42,8 +47,9 @@ def _rule_pb(rule: dict[str, Any]) -> Any:
 class CloudArmorWriter:
     family = CLOUD_ARMOR
 
-    def __init__(self, endpoint: gcp_clients.Endpoint | str | None = None) -> None:
+    def __init__(self, endpoint: gcp_clients.Endpoint | str | None = None, retry: RetryPolicy | None = None) -> None:
         self.endpoint = endpoint
+        self.retry = retry or DEFAULT_RETRY
         self._client: Any = None
 
     @property
@@ -56,7 +62,7 @@ class CloudArmorWriter:
         from google.cloud import compute_v1
 
         try:
-            pb = self.client.get(project=target.project, security_policy=target.policy)
+            pb = self.retry.call(lambda: self.client.get(project=target.project, security_policy=target.policy))
         except gexc.NotFound:
             return Live(None, None)
         policy = json.loads(compute_v1.SecurityPolicy.to_json(pb))
@@ -70,20 +76,37 @@ class CloudArmorWriter:
         from google.cloud import compute_v1
 
         p, sp = target.project, target.policy
+        ops: list[tuple[str, int, Any]] = []
+        for prio in sorted(want):
+            if prio in old and prune(old[prio]) != prune(want[prio]):
+                ops.append(("patch", prio, compute_v1.PatchRuleSecurityPolicyRequest(
+                    project=p, security_policy=sp, priority=prio, security_policy_rule_resource=_rule_pb(want[prio]))))
+            elif prio not in old:
+                ops.append(("add", prio, compute_v1.AddRuleSecurityPolicyRequest(
+                    project=p, security_policy=sp, security_policy_rule_resource=_rule_pb(want[prio]))))
+        for prio in sorted(set(old) - set(want)):
+            ops.append(("remove", prio, compute_v1.RemoveRuleSecurityPolicyRequest(
+                project=p, security_policy=sp, priority=prio)))
+        expected = {prio: prune(r) for prio, r in old.items()}
         try:
-            for prio in sorted(want):
-                rule = _rule_pb(want[prio])
-                if prio in old and prune(old[prio]) != prune(want[prio]):
-                    op = self.client.patch_rule(request=compute_v1.PatchRuleSecurityPolicyRequest(
-                        project=p, security_policy=sp, priority=prio, security_policy_rule_resource=rule))
-                elif prio not in old:
-                    op = self.client.add_rule(request=compute_v1.AddRuleSecurityPolicyRequest(
-                        project=p, security_policy=sp, security_policy_rule_resource=rule))
+            for n, (verb, prio, request) in enumerate(ops):
+                if n:
+                    # No fingerprint on rule writes: before each further write, the policy must be exactly what the
+                    # writes so far made it, or someone else is changing it and the rest is not written.
+                    now = {int(r.get("priority", 0)): prune(r) for r in armor_rules_api(self.read(target).state)}
+                    if now != expected:
+                        raise ConcurrentChange(
+                            f"the policy changed while its rules were written ({n} of {len(ops)} written); "
+                            "the rest was not written"
+                        )
+                method = {"patch": self.client.patch_rule, "add": self.client.add_rule,
+                          "remove": self.client.remove_rule}[verb]
+                # Retried per call: a refused request was not done; the operation is polled on its own.
+                op = self.retry.call(lambda m=method, r=request: m(request=r))  # type: ignore[misc]
+                self.retry.call(lambda o=op: o.result(timeout=OPERATION_TIMEOUT))  # type: ignore[misc]
+                if verb == "remove":
+                    expected.pop(prio, None)
                 else:
-                    continue
-                op.result(timeout=OPERATION_TIMEOUT)  # one rule at a time, in priority order
-            for prio in sorted(set(old) - set(want)):
-                self.client.remove_rule(request=compute_v1.RemoveRuleSecurityPolicyRequest(
-                    project=p, security_policy=sp, priority=prio)).result(timeout=OPERATION_TIMEOUT)
+                    expected[prio] = prune(want[prio])
         except _CONFLICTS as exc:
             raise WriteConflict(str(exc)) from exc

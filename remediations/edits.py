@@ -183,7 +183,9 @@ def _armor_apply(policy: dict[str, Any], e: Edit) -> None:
         rule["action"] = a["action"]
     elif e.kind == "cloud_armor.add_rule":
         desired = armor_rule_api(a["rule"])
-        by_prio[int(desired["priority"])] = desired
+        prio = int(desired["priority"])
+        # Over an existing rule this is a patchRule, which keeps the fields the desired rule does not name.
+        by_prio[prio] = {**by_prio[prio], **desired} if prio in by_prio else desired
     elif e.kind == "cloud_armor.remove_rule":
         if int(a["priority"]) == DEFAULT_RULE_PRIORITY:
             raise EditError("the default rule cannot be removed (set it to deny instead)")

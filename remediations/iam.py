@@ -14,8 +14,9 @@ from typing import Any
 from google.api_core import exceptions as gexc
 
 from auditor.collect import gcp_clients
+from auditor.collect.retry import RetryPolicy
 from auditor.permissions import declare
-from remediations.apply import Live, WriteConflict
+from remediations.apply import DEFAULT_RETRY, Live, WriteConflict
 from remediations.kinds import IAM
 from remediations.targets import Target
 
@@ -58,9 +59,10 @@ def _policy_pb(d: dict[str, Any]) -> Any:
 class IamWriter:
     family = IAM
 
-    def __init__(self, endpoint: gcp_clients.Endpoint | str | None = None) -> None:
+    def __init__(self, endpoint: gcp_clients.Endpoint | str | None = None, retry: RetryPolicy | None = None) -> None:
         self.endpoint = gcp_clients.resolve_endpoint(endpoint) if not isinstance(endpoint, gcp_clients.Endpoint) \
             else endpoint
+        self.retry = retry or DEFAULT_RETRY
         self._clients: dict[str, Any] = {}
 
     def _client(self, target: Target) -> Any:
@@ -73,6 +75,9 @@ class IamWriter:
         return self._clients[key]
 
     def read(self, target: Target) -> Live:
+        return self.retry.call(lambda: self._read(target))
+
+    def _read(self, target: Target) -> Live:
         client = self._client(target)
         if target.api == "storage":
             pol = client.bucket(target.name).get_iam_policy(requested_policy_version=POLICY_VERSION)
@@ -94,15 +99,18 @@ class IamWriter:
         }
         if live.token:
             policy["etag"] = live.token
-        client = self._client(target)
         try:
-            if target.api == "storage":
-                from google.api_core.iam import Policy
-
-                client.bucket(target.name).set_iam_policy(Policy.from_api_repr(policy))
-            elif target.api == "iam_admin":
-                client.set_iam_policy(target.resource, policy)
-            else:
-                client.set_iam_policy(request={"resource": target.resource, "policy": _policy_pb(policy)})
+            self.retry.call(lambda: self._write(target, policy))
         except _CONFLICTS as exc:
             raise WriteConflict(str(exc.message if hasattr(exc, "message") else exc)) from exc
+
+    def _write(self, target: Target, policy: dict[str, Any]) -> None:
+        client = self._client(target)
+        if target.api == "storage":
+            from google.api_core.iam import Policy
+
+            client.bucket(target.name).set_iam_policy(Policy.from_api_repr(policy))
+        elif target.api == "iam_admin":
+            client.set_iam_policy(target.resource, policy)
+        else:
+            client.set_iam_policy(request={"resource": target.resource, "policy": _policy_pb(policy)})

@@ -298,6 +298,38 @@ def _iam_edit(kind: str, d: Mapping[str, Any], rule: Rule, asset: Asset, base: d
     return Edit(kind, args, **base)
 
 
+# Which desired-state `change` each Cloud Armor remediation answers (None: findings of non-desired-state checks).
+_ARMOR_CHANGES: dict[str, tuple[str | None, ...]] = {
+    "cloud_armor.add_rule": (None, "missing", "changed"),
+    "cloud_armor.remove_rule": (None, "extra"),
+    "cloud_armor.set_rule_action": (None, "changed"),
+    "cloud_armor.set_default_deny": (None, "missing", "changed", "extra"),
+}
+
+
+def _armor_edit(kind: str, d: Mapping[str, Any], base: dict[str, Any]) -> Edit:
+    change = d.get("change")
+    if change not in _ARMOR_CHANGES[kind]:
+        raise EditError(f"{kind} does not answer a {change!r} finding")
+    if kind == "cloud_armor.set_default_deny":
+        return Edit(kind, {"priority": DEFAULT_RULE_PRIORITY, "action": DENY}, **base)
+    desired = _desired(d, "desired", "desired_rule", "rule")
+    priority = d.get("priority")
+    if priority is None and isinstance(desired, dict):
+        priority = desired.get("priority")
+    if priority is None:
+        raise EditError("the finding has no priority")
+    if kind == "cloud_armor.add_rule":
+        # A desired rule at a priority that has another rule replaces it (a `changed` finding).
+        if not isinstance(desired, dict):
+            raise EditError("the finding carries no desired rule to add")
+        return Edit(kind, {"rule": {**desired, "priority": int(priority)}}, **base)
+    if kind == "cloud_armor.remove_rule":
+        return Edit(kind, {"priority": int(priority)}, **base)
+    action = desired.get("action") if isinstance(desired, dict) else None
+    return Edit(kind, {"priority": int(priority), "action": action or d.get("desired_action") or DENY}, **base)
+
+
 def edit_for(f: Finding, rule: Rule, asset: Asset) -> Edit:
     """The edit a finding asks for; EditError says why it cannot be planned."""
     kind = rule.remediation or ""
@@ -306,22 +338,7 @@ def edit_for(f: Finding, rule: Rule, asset: Asset) -> Edit:
     if kind.startswith("iam."):
         return _iam_edit(kind, d, rule, asset, base)
     if kind.startswith("cloud_armor."):
-        desired = _desired(d, "desired", "desired_rule", "rule")
-        priority = d.get("priority")
-        if priority is None and isinstance(desired, dict):
-            priority = desired.get("priority")
-        if kind == "cloud_armor.set_default_deny":
-            return Edit(kind, {"priority": DEFAULT_RULE_PRIORITY, "action": DENY}, **base)
-        if priority is None:
-            raise EditError("the finding has no priority")
-        if kind == "cloud_armor.add_rule":
-            if not isinstance(desired, dict):
-                raise EditError("the finding carries no desired rule to add")
-            return Edit(kind, {"rule": {**desired, "priority": int(priority)}}, **base)
-        if kind == "cloud_armor.remove_rule":
-            return Edit(kind, {"priority": int(priority)}, **base)
-        action = (desired or {}).get("action") if isinstance(desired, dict) else None
-        return Edit(kind, {"priority": int(priority), "action": action or d.get("desired_action") or DENY}, **base)
+        return _armor_edit(kind, d, base)
     if kind.startswith("rbac."):
         obj = asset.resource
         is_role = asset.asset_type.endswith(("/Role", "/ClusterRole"))

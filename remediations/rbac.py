@@ -12,8 +12,9 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from auditor.collect.retry import RetryPolicy
 from auditor.errors import AuditorError
-from remediations.apply import Live, WriteConflict
+from remediations.apply import DEFAULT_RETRY, Live, WriteConflict
 from remediations.kinds import RBAC
 from remediations.targets import Target
 
@@ -55,11 +56,20 @@ def kube_clients(contexts: Mapping[str, str] | None = None) -> ApiClientFactory:
     return factory
 
 
+class KubeApiError(AuditorError):
+    """A Kubernetes API error other than a conflict; `status` lets the retry policy tell transient ones apart."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class RbacWriter:
     family = RBAC
 
-    def __init__(self, clients: ApiClientFactory) -> None:
+    def __init__(self, clients: ApiClientFactory, retry: RetryPolicy | None = None) -> None:
         self.clients = clients
+        self.retry = retry or DEFAULT_RETRY
 
     def _api(self, target: Target) -> Any:
         from kubernetes import client
@@ -77,8 +87,8 @@ class RbacWriter:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            resp = self._call(target, "read", name=target.name, _preload_content=False,
-                              _request_timeout=REQUEST_TIMEOUT)
+            resp = self.retry.call(lambda: self._call(target, "read", name=target.name, _preload_content=False,
+                                                      _request_timeout=REQUEST_TIMEOUT))
         except ApiException as exc:
             if exc.status == 404:
                 return Live(None, None)
@@ -87,6 +97,9 @@ class RbacWriter:
         return Live(obj, (obj.get("metadata") or {}).get("resourceVersion"))
 
     def write(self, target: Target, live: Live, new: dict[str, Any] | None) -> None:
+        self.retry.call(lambda: self._write(target, live, new))
+
+    def _write(self, target: Target, live: Live, new: dict[str, Any] | None) -> None:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
@@ -116,7 +129,7 @@ class RbacWriter:
         except ApiException as exc:
             if exc.status == 409:
                 raise WriteConflict(f"409 Conflict: {_k8s_message(exc)}") from exc
-            raise AuditorError(f"Kubernetes API {exc.status}: {_k8s_message(exc)}") from exc
+            raise KubeApiError(exc.status, f"Kubernetes API {exc.status}: {_k8s_message(exc)}") from exc
 
 
 def _k8s_message(exc: Any) -> str:
