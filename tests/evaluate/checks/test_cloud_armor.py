@@ -395,3 +395,19 @@ def test_docstring_example_loads(tmp_path: Path, name: str) -> None:
     f.write_text(textwrap.dedent(docstring_examples("cloud_armor.")[name]))
     loaded = load_file(f)
     assert [r.rule.check for r in loaded] == [name]
+
+
+@pytest.mark.parametrize(
+    ("check", "params", "message"),
+    [
+        ("cloud_armor.default_rule_denies", "{strict: true}", "params.strict: Extra inputs are not permitted"),
+        ("cloud_armor.no_open_allow", "{actions: allow}", "params.actions: Input should be a valid list"),
+        ("cloud_armor.no_preview_rules", "{action: [allow]}", "params.action: Extra inputs are not permitted"),
+        ("cloud_armor.unique_priorities", "{x: 1}", "params.x: Extra inputs are not permitted"),
+        ("cloud_armor.no_shadowed_rules", "{open_rules_shadow: sometimes}", "params.open_rules_shadow: Input should"),
+    ],
+)
+def test_params_errors_name_the_rule_line_and_field(tmp_path: Path, check: str, params: str, message: str) -> None:
+    with pytest.raises(RuleError) as exc:
+        scan(tmp_path, one_rule(check, params))
+    assert "rules.yaml:1: rule r:" in str(exc.value) and message in str(exc.value)

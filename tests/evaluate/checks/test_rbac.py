@@ -404,3 +404,21 @@ def test_shipped_pack_rules_are_documented_and_dry_run_only_with_a_remediation(p
     for r in rules:
         assert len(r.rule.description) > 30 and len(r.rule.rationale) > 100, r.id
         assert r.rule.mode.value == ("dryrun" if r.rule.remediation else "audit"), r.id
+
+
+@pytest.mark.parametrize(
+    ("check", "params", "message"),
+    [
+        ("rbac.no_powerful_role_binding", "{roles: cluster-admin}", "params.roles: Input should be a valid list"),
+        ("rbac.no_public_subjects", "{default_grants: [a]}", "params.default_grants: Input should be a valid dict"),
+        ("rbac.tenant_isolation", "{tenant_label: tenant}", "params.tenant_label: Extra inputs are not permitted"),
+        ("rbac.no_tenant_cluster_binding", "{allowed_roles: 3}", "params.allowed_roles: Input should be a valid list"),
+        ("rbac.tenant_role_dangerous_rules", "{sensitive_resources: [{verbs: [get]}]}",
+         "params.sensitive_resources[0].resource: Field required"),
+        ("rbac.tenant_namespace_hygiene", "{require_quota: maybe}", "params.require_quota: Input should be a valid"),
+    ],
+)
+def test_params_errors_name_the_rule_line_and_field(tmp_path: Path, check: str, params: str, message: str) -> None:
+    with pytest.raises(RuleError) as exc:
+        scan(tmp_path, one_rule(check, params), [])
+    assert "rules.yaml:1: rule r:" in str(exc.value) and message in str(exc.value)
