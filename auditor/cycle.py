@@ -352,6 +352,7 @@ class Auditor:
             "new": len(rec.new) if rec else 0,
             "resolved": len(rec.resolved) if rec else 0,
             "still_open": rec.still_open if rec else None,
+            "open": rec.open if rec else None,
             "stale": rec.stale if rec else None,
             "durations": {k: round(v, 4) for k, v in out.durations.items()},
         }

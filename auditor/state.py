@@ -310,6 +310,7 @@ class Recorded:
     drift: list[DriftEvent] = field(default_factory=list)
     still_open: int = 0
     stale: int = 0
+    open: int = 0  # open, not exempted findings after this cycle (stale ones included): what the metrics show
 
     @property
     def new(self) -> list[DriftEvent]:
@@ -412,7 +413,7 @@ class Store:
                 )
             }
             assets = db.execute("SELECT coalesce(sum(count), 0) FROM asset_counts").fetchone()[0]
-            rec.stale = totals[2]
+            rec.open, rec.stale = totals[0], totals[2]
             db.execute(
                 "UPDATE cycles SET findings = ?, exempted = ?, stale = ?, new = ?, resolved = ?, by_severity = ?, "
                 "assets = ? WHERE id = ?",

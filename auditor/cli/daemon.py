@@ -39,7 +39,7 @@ def command(config: str | None, once: bool) -> None:
             "outcome": out.outcome,
             "new": len(out.recorded.new) if out.recorded else 0,
             "resolved": len(out.recorded.resolved) if out.recorded else 0,
-            "open": out.recorded.still_open + len(out.recorded.new) if out.recorded else None,
+            "open": out.recorded.open if out.recorded else None,
             "error": out.error,
         }
         click.echo(json.dumps(summary))

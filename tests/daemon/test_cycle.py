@@ -190,6 +190,8 @@ def test_malformed_records_make_a_partial_cycle_that_resolves_nothing(tmp_path: 
     stale = [f for f in auditor.store.open_findings() if f.stale]
     assert {f.asset for f in stale} == {drift.made_private}
     assert open_before <= {f.id for f in auditor.store.open_findings()}
+    # The cycle event says how many are open now, stale ones included: the number the metrics show.
+    assert events(logs, "cycle")[-1]["open"] == len(auditor.store.open_findings(include_exempted=False))
     collector = AuditorCollector(lambda: auditor.published.view, auditor.histogram)
     assert samples(collector, "auditor_cycles_total")[(("outcome", "partial"),)] == 1
     assert list(samples(collector, "auditor_source_errors_total")) == [
