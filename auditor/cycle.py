@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from auditor.errors import AuditorError
+from auditor.errors import AuditorError, SourceError
 from auditor.evaluate.rulebook import LoadedRule, load_rules
 from auditor.logs import get_logger
 from auditor.model import SourceStatus
@@ -62,6 +62,7 @@ class CycleOutcome:
     result: ScanResult | None = None
     recorded: Recorded | None = None
     error: str | None = None
+    source_failed: bool = False  # the error came from opening or reading a source
     remediation: RemediationOutput | None = None
 
 
@@ -186,6 +187,8 @@ class Auditor:
             out.outcome = "success" if out.result.complete else "partial"
         except CycleAbandoned:
             out.outcome = "abandoned"
+        except SourceError as exc:
+            out.error, out.source_failed = str(exc), True
         except AuditorError as exc:
             out.error = str(exc)
         except Exception as exc:  # a bug must not stop the daemon; it is logged with its traceback and counted
@@ -238,7 +241,10 @@ class Auditor:
         r = out.result
         specs = list(self.settings.sources)
         if r is None:
+            # A source that cannot be opened is a source error (counted, named); a broken rule file or a bug is not:
+            # the sources were not read, so their state is left as it was.
             source = _source_for(out.error or "", specs)
+            failed_source = out.source_failed or source != "unknown"
             return CycleInput(
                 started_at=out.started_at,
                 ended_at=self.clock(),
@@ -246,8 +252,9 @@ class Auditor:
                 findings=None,
                 rules=len(self.rules),
                 durations=dict(out.durations),
-                sources=[{"source": spec, "complete": False, "failed": [], "error": out.error} for spec in specs],
-                source_errors=[(source, error_code(out.error or ""))],
+                sources=[{"source": source, "complete": False, "failed": [], "error": out.error}]
+                if failed_source and source != "unknown" else [],
+                source_errors=[(source, error_code(out.error or ""))] if failed_source else [],
                 error=out.error,
             )
         statuses = dict(zip(specs, r.sources, strict=False))

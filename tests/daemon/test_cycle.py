@@ -233,6 +233,9 @@ def test_a_rule_file_broken_after_start_fails_the_cycle_and_the_next_one_runs(tm
     out = auditor.run_cycle()
     assert out.outcome == "failed" and out.error is not None and "no.such.check" in out.error
     assert auditor.store.open_findings()  # kept
+    # A rule problem is not a collection problem: no source error is counted, the sources' state is untouched.
+    assert auditor.store.counters("source_errors_total") == []
+    assert all(s.last_error is None for s in auditor.store.sources())
     rules.write_text(f"- {{id: {PUBLIC_RULE}, check: iam.forbidden_members, severity: critical, "
                      "params: {members: [allUsers]}}\n")
     assert auditor.run_cycle().outcome == "success"
