@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +27,6 @@ from remediations.edits import (
     Edit,
     EditError,
     apply_edits,
-    armor_rules_api,
     canonical_json,
     condition_title,
     diff_items,
@@ -330,6 +329,38 @@ def _armor_edit(kind: str, d: Mapping[str, Any], base: dict[str, Any]) -> Edit:
     return Edit(kind, {"priority": int(priority), "action": action or d.get("desired_action") or DENY}, **base)
 
 
+def _subject_edits(obj: dict[str, Any], d: Mapping[str, Any], base: dict[str, Any]) -> list[Edit]:
+    """The subject the finding names; for a desired-state binding (`desired` body), every subject beyond it."""
+    ns = (obj.get("metadata") or {}).get("namespace")
+    subjects = list(obj.get("subjects") or ())
+    who = d.get("subject")
+    if who:
+        for s in subjects:
+            if subject_name(s, ns) == who:
+                return [Edit("rbac.remove_subject", {"subject": s, "subject_name": who}, **base)]
+        raise EditError(f"subject {who!r} is not in the binding")
+    desired = d.get("desired")
+    if not isinstance(desired, dict) or "subjects" not in desired:
+        raise EditError("the finding names no subject")
+    want_ref, have_ref = desired.get("roleRef") or {}, obj.get("roleRef") or {}
+    if want_ref and (want_ref.get("kind"), want_ref.get("name")) != (have_ref.get("kind"), have_ref.get("name")):
+        raise EditError("the binding's roleRef differs from the declared one (a roleRef cannot be changed)")
+    keep = {subject_name(s, ns) for s in desired.get("subjects") or ()}
+    extra = [s for s in subjects if subject_name(s, ns) not in keep]
+    if not extra:
+        raise EditError("the binding lacks declared subjects; rbac.remove_subject only removes")
+    return [Edit("rbac.remove_subject", {"subject": s, "subject_name": subject_name(s, ns)}, **base) for s in extra]
+
+
+def edits_for(f: Finding, rule: Rule, asset: Asset) -> list[Edit]:
+    """The edits a finding asks for (usually one); EditError says why it cannot be planned."""
+    kind = rule.remediation or ""
+    if kind == "rbac.remove_subject" and asset.asset_type.endswith("Binding"):
+        base = {"rules": [rule.id], "modes": [f.mode.value], "findings": [f.id]}
+        return _subject_edits(asset.resource, f.details or {}, base)
+    return [edit_for(f, rule, asset)]
+
+
 def edit_for(f: Finding, rule: Rule, asset: Asset) -> Edit:
     """The edit a finding asks for; EditError says why it cannot be planned."""
     kind = rule.remediation or ""
@@ -340,7 +371,6 @@ def edit_for(f: Finding, rule: Rule, asset: Asset) -> Edit:
     if kind.startswith("cloud_armor."):
         return _armor_edit(kind, d, base)
     if kind.startswith("rbac."):
-        obj = asset.resource
         is_role = asset.asset_type.endswith(("/Role", "/ClusterRole"))
         if kind == "rbac.replace_role_rules" and not is_role:
             raise EditError(f"{kind} changes Roles and ClusterRoles, not {asset.asset_type}")
@@ -348,13 +378,6 @@ def edit_for(f: Finding, rule: Rule, asset: Asset) -> Edit:
             raise EditError(f"{kind} changes RoleBindings and ClusterRoleBindings, not {asset.asset_type}")
         if kind == "rbac.delete_binding":
             return Edit(kind, {}, **base)
-        if kind == "rbac.remove_subject":
-            who = d.get("subject")
-            ns = (obj.get("metadata") or {}).get("namespace")
-            for s in obj.get("subjects") or ():
-                if subject_name(s, ns) == who:
-                    return Edit(kind, {"subject": s, "subject_name": who}, **base)
-            raise EditError(f"subject {who!r} is not in the binding")
         if kind == "rbac.replace_role_rules":
             rules = _desired(d, "desired_rules", "desired")
             if isinstance(rules, dict):
@@ -400,7 +423,7 @@ def build_plan(
     modes: Iterable[str] = ACTIVE_MODES,
     now: datetime | None = None,
     sources: Iterable[str] = (),
-    notes: Any = None,
+    notes: Callable[[Change], Iterable[str]] | None = None,
 ) -> Plan:
     """The plan for the findings. `assets` holds (at least) the assets the findings point to.
 
@@ -421,7 +444,7 @@ def build_plan(
             continue
         try:
             target_for(asset.name, asset.asset_type, family_of(rule.remediation or ""))
-            per_asset.setdefault(asset.name, []).append(edit_for(f, rule, asset))
+            per_asset.setdefault(asset.name, []).extend(edits_for(f, rule, asset))
         except (UnsupportedTarget, EditError) as exc:
             skip(f, str(exc))
     changes: list[Change] = []
@@ -464,7 +487,3 @@ def build_plan(
     return Plan(changes=changes, created_at=now or datetime.now(UTC), skipped=skipped, sources=list(sources),
                 modes=modes)
 
-
-def planned_armor_rules(state: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Compute API spelling of a security policy's rules (re-exported for the applier and tests)."""
-    return armor_rules_api(state)

@@ -210,3 +210,65 @@ def test_rollback_refuses_where_the_resource_changed_again(
     assert "changed again" in outcomes["alice-admin"].reason
     assert outcomes["bob-admin"].outcome == Outcome.applied
     assert kube.get("ClusterRoleBinding", "alice-admin") == changed
+
+
+TENANT = """
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: team-a, labels: {tenant: a}, resourceVersion: "20"}
+- apiVersion: rbac.authorization.k8s.io/v1
+  kind: Role
+  metadata: {name: trainer, namespace: team-a, resourceVersion: "21"}
+  rules:
+  - {apiGroups: [batch], resources: [jobs], verbs: [get, list, create]}
+- apiVersion: rbac.authorization.k8s.io/v1
+  kind: RoleBinding
+  metadata: {name: trainer, namespace: team-a, resourceVersion: "22"}
+  roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: trainer}
+  subjects:
+  - {kind: ServiceAccount, name: trainer, namespace: team-a}
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: intruder@example.com}
+"""
+
+TENANT_RULES = """
+- id: tenant-rbac-as-declared
+  check: rbac.tenant_desired_state
+  severity: high
+  mode: dryrun
+  remediation: {remediation}
+  params:
+    tenant_labels: [tenant]
+    roles:
+      trainer:
+        - {apiGroups: [batch], resources: [jobs], verbs: [get, list]}
+    role_bindings:
+      trainer: {role: trainer, subjects: ["ServiceAccount:{namespace}/trainer"]}
+"""
+
+
+def test_tenant_desired_state_subjects_and_rules(kube: KubeServer, tmp_path: Path, write_rules: Any) -> None:
+    import yaml
+
+    listing = tmp_path / "tenant.yaml"
+    listing.write_text(TENANT, encoding="utf-8")
+    for obj in yaml.safe_load(TENANT)["items"]:
+        kube.put(obj, keep_version=True)
+    rules = [write_rules(TENANT_RULES.replace("{remediation}", "rbac.remove_subject")),
+             write_rules(TENANT_RULES.replace("{remediation}", "rbac.replace_role_rules").replace(
+                 "tenant-rbac-as-declared", "tenant-roles-as-declared"))]
+    _, plan = _plan([str(listing)], rules)
+    edits = sorted((c.target.kind, e.describe()) for c in plan.changes for e in c.edits)
+    assert edits == [("Role", "replace the rules with the 1 desired rules"),
+                     ("RoleBinding", "remove subject User:intruder@example.com")]
+    with Journal(tmp_path / "state.db") as journal:
+        report = apply_plan(plan, _writers(kube), journal, GuardConfig(), approved=True)
+    assert report.ok, report.to_dict()
+    binding = kube.get("RoleBinding", "trainer", "team-a") or {}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "trainer", "namespace": "team-a"}]
+    role = kube.get("Role", "trainer", "team-a") or {}
+    assert role["rules"] == [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list"]}]
+    after = _scan([str(kube.export(tmp_path / "after.yaml"))], rules)
+    assert not after.findings
