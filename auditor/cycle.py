@@ -281,6 +281,7 @@ class Auditor:
             durations=dict(out.durations),
             sources=sources,
             source_errors=errors,
+            rule_ids=frozenset(rule.id for rule in r.rules),
         )
 
     # -- remediation (optional) --------------------------------------------------------------------------------------
@@ -361,6 +362,7 @@ class Auditor:
             "still_open": rec.still_open if rec else None,
             "open": rec.open if rec else None,
             "stale": rec.stale if rec else None,
+            "retired": rec.retired if rec and rec.retired else None,
             "durations": {k: round(v, 4) for k, v in out.durations.items()},
         }
         if out.result is not None and not out.result.complete:

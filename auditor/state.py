@@ -8,6 +8,7 @@ Drift is computed when a cycle is recorded, against the findings still open in t
 - a finding seen now and not open before is `new` (also one that was resolved and came back);
 - an open finding not seen now is `resolved`, unless its asset type was not read completely this cycle
   (ScanResult.incomplete_types(); "*" means every type): then it stays open and is marked stale;
+- an open finding whose rule is no longer loaded is closed without a drift event (the organization did not change);
 - the rest are still open: their last-seen time moves, their first-seen time never does.
 Counters behind the Prometheus counters (cycles, drift events, source errors, remediations) live here too, so
 they survive restarts and never go backwards.
@@ -311,6 +312,7 @@ class Recorded:
     still_open: int = 0
     stale: int = 0
     open: int = 0  # open, not exempted findings after this cycle (stale ones included): what the metrics show
+    retired: int = 0  # closed because their rule is no longer loaded (not drift)
 
     @property
     def new(self) -> list[DriftEvent]:
@@ -349,6 +351,7 @@ class CycleInput:
     durations: dict[str, float] = field(default_factory=dict)
     sources: list[dict[str, Any]] = field(default_factory=list)
     source_errors: list[tuple[str, str]] = field(default_factory=list)  # (source, code) to count
+    rule_ids: frozenset[str] | None = None  # the rules loaded: findings of other rules are retired, not resolved
     error: str | None = None
 
 
@@ -451,7 +454,7 @@ class Store:
         known = {
             r["id"]: r
             for r in db.execute(
-                "SELECT id, resolved_at, asset_type, exempted FROM findings "
+                "SELECT id, resolved_at, asset_type, exempted, rule FROM findings "
                 "WHERE id IN (SELECT value FROM json_each(?)) OR resolved_at IS NULL",
                 (json.dumps(list(seen)),),
             )
@@ -499,14 +502,20 @@ class Store:
             inserts,
         )
         gone = [r["id"] for r in known.values() if r["resolved_at"] is None and r["id"] not in seen]
-        stale_ids, resolved_ids = [], []
+        stale_ids, resolved_ids, retired = [], [], []
         for fid in gone:
+            if c.rule_ids is not None and known[fid]["rule"] not in c.rule_ids:
+                # Its rule was removed from the rule files: nothing changed in the organization, so it is closed
+                # without a drift event (no "resolved" alert for a rule someone deleted).
+                retired.append((now, fid))
             # Not seen, but its type was not read completely: absence of evidence, so it stays open (stale).
-            if every_type or known[fid]["asset_type"] in c.incomplete:
+            elif every_type or known[fid]["asset_type"] in c.incomplete:
                 stale_ids.append((fid,))
             else:
                 resolved_ids.append(fid)
         db.executemany("UPDATE findings SET stale = 1 WHERE id = ?", stale_ids)
+        db.executemany("UPDATE findings SET resolved_at = ?, stale = 0 WHERE id = ?", retired)
+        rec.retired = len(retired)
         for fid in resolved_ids:
             r = db.execute(
                 "UPDATE findings SET resolved_at = ?, stale = 0 WHERE id = ? "

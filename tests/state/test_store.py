@@ -144,6 +144,17 @@ def test_an_exemption_ending_or_starting_is_drift_of_the_open_findings(tmp_path:
         assert f is not None and f.first_seen == 101 and f.resolved_at is None and f.exempted
 
 
+def test_findings_of_a_removed_rule_are_retired_not_resolved(tmp_path: Path) -> None:
+    a, b = finding("r1", "//a"), finding("r2", "//b")
+    with Store(tmp_path / "s.db") as store:
+        store.record_cycle(cycle(100, [a, b], rule_ids=frozenset({"r1", "r2"})))
+        rec = store.record_cycle(cycle(200, [a], rule_ids=frozenset({"r1"})))
+        assert rec.drift == [] and rec.retired == 1
+        gone = store.finding(b.id)
+        assert gone is not None and gone.resolved_at == 201
+        assert [f.id for f in store.open_findings()] == [a.id]
+
+
 def test_restart_keeps_first_seen_and_reports_nothing_new(tmp_path: Path) -> None:
     a, b = finding("r1", "//a"), finding("r1", "//b")
     with Store(tmp_path / "s.db") as store:
