@@ -41,6 +41,33 @@ def _guard_options(fn: click.decorators.FC) -> click.decorators.FC:
     return fn
 
 
+def _config_option(fn: click.decorators.FC) -> click.decorators.FC:
+    return click.option(
+        "--config", "-c", "config", type=click.Path(dir_okay=False), default=None,
+        help="The daemon's configuration: its state file, remediation guards and Google endpoint are the defaults.",
+    )(fn)
+
+
+class _Defaults:
+    """What --config gives (the daemon's settings); the command's own options win."""
+
+    def __init__(self, config: str | None) -> None:
+        self.state_path = DEFAULT_STATE
+        self.protected: list[str] = []
+        self.max_changes = 50
+        self.max_age = 3600
+        self.gcp_endpoint: str | None = None
+        if config is not None:
+            from auditor.settings import load_settings
+
+            s = load_settings(config)
+            self.state_path = str(s.state_path)
+            self.protected = list(s.remediation.protected_principals)
+            self.max_changes = s.remediation.max_changes_per_apply
+            self.max_age = s.remediation.plan_max_age_seconds
+            self.gcp_endpoint = s.gcp_endpoint
+
+
 def _split(values: tuple[str, ...]) -> list[str]:
     return [v.strip() for x in values for v in x.split(",") if v.strip()]
 
@@ -127,22 +154,24 @@ def _print_report(report: ApplyReport) -> None:
 @click.command("apply")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--yes", "-y", is_flag=True, help="Approve without asking (required without a terminal).")
-@click.option("--max-changes", type=click.IntRange(min=0), default=50, show_default=True,
-              help="Refuse a plan with more changes than this.")
-@click.option("--max-age", type=click.IntRange(min=1), default=3600, show_default=True,
-              help="Refuse a plan older than this many seconds.")
-@click.option("--state", "state_path", type=click.Path(dir_okay=False), default=DEFAULT_STATE, show_default=True,
-              envvar="AUDITOR_STATE_PATH", help="The SQLite state file that holds the journal.")
+@click.option("--max-changes", type=click.IntRange(min=0), default=None,
+              help="Refuse a plan with more changes than this (default 50, or remediation.max_changes_per_apply).")
+@click.option("--max-age", type=click.IntRange(min=1), default=None,
+              help="Refuse a plan older than this many seconds (default 3600, or remediation.plan_max_age_seconds).")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None, envvar="AUDITOR_STATE_PATH",
+              help=f"The SQLite state file that holds the journal (default {DEFAULT_STATE}, or the config's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome of each change as JSON.")
+@_config_option
 @_guard_options
 @_kube_option
 def apply_command(
     plan_file: str,
     yes: bool,
-    max_changes: int,
-    max_age: int,
-    state_path: str,
+    max_changes: int | None,
+    max_age: int | None,
+    state_path: str | None,
     as_json: bool,
+    config: str | None,
     protected: tuple[str, ...],
     identities: tuple[str, ...],
     kube_contexts: tuple[str, ...],
@@ -161,11 +190,13 @@ def apply_command(
     if not approved:
         click.echo("not applied")
         sys.exit(1)
-    cfg = GuardConfig(auditor_identities=_split(identities), protected_principals=_split(protected),
-                      plan_max_age_seconds=max_age)
-    with Journal(state_path) as journal:
-        report = apply_plan(plan, writers(kube_contexts=_kube_contexts(kube_contexts)), journal, cfg,
-                            approved=approved, actor="operator", cap=max_changes)
+    d = _Defaults(config)
+    cfg = GuardConfig(auditor_identities=_split(identities), protected_principals=d.protected + _split(protected),
+                      plan_max_age_seconds=max_age if max_age is not None else d.max_age)
+    with Journal(state_path or d.state_path) as journal:
+        report = apply_plan(plan, writers(d.gcp_endpoint, _kube_contexts(kube_contexts)), journal, cfg,
+                            approved=approved, actor="operator",
+                            cap=max_changes if max_changes is not None else d.max_changes)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -177,21 +208,25 @@ def apply_command(
 @click.command("rollback")
 @click.argument("apply_id", required=False)
 @click.option("--yes", "-y", is_flag=True, help="Approve without asking (required without a terminal).")
-@click.option("--state", "state_path", type=click.Path(dir_okay=False), default=DEFAULT_STATE, show_default=True,
-              envvar="AUDITOR_STATE_PATH", help="The SQLite state file that holds the journal.")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None, envvar="AUDITOR_STATE_PATH",
+              help=f"The SQLite state file that holds the journal (default {DEFAULT_STATE}, or the config's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome of each change as JSON.")
+@_config_option
 @_guard_options
 @_kube_option
 def rollback_command(
     apply_id: str | None,
     yes: bool,
-    state_path: str,
+    state_path: str | None,
     as_json: bool,
+    config: str | None,
     protected: tuple[str, ...],
     identities: tuple[str, ...],
     kube_contexts: tuple[str, ...],
 ) -> None:
     """Restore what an apply changed (without APPLY_ID: list the recent applies)."""
+    d = _Defaults(config)
+    state_path = state_path or d.state_path
     if not Path(state_path).exists():
         raise AuditorError(f"{state_path}: no state file (pass --state)")
     with Journal(state_path) as journal:
@@ -214,8 +249,8 @@ def rollback_command(
         if not approved:
             click.echo("not rolled back")
             sys.exit(1)
-        cfg = GuardConfig(auditor_identities=_split(identities), protected_principals=_split(protected))
-        report = rollback(apply_id, writers(kube_contexts=_kube_contexts(kube_contexts)), journal, cfg,
+        cfg = GuardConfig(auditor_identities=_split(identities), protected_principals=d.protected + _split(protected))
+        report = rollback(apply_id, writers(d.gcp_endpoint, _kube_contexts(kube_contexts)), journal, cfg,
                           approved=approved)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))

@@ -102,3 +102,26 @@ def test_apply_refuses_bad_plans(org: FakeGcp, write_rules: Any, tmp_path: Path)
     res = _plan(tmp_path, write_rules(RULES), "--report", str(tmp_path / "plan.pdf"))
     assert res.exit_code == 2 and "Markdown (.md) or HTML (.html)" in res.output
     assert not org.calls("POST", r"/(addRule|patchRule|removeRule)$")
+
+
+def test_apply_takes_guards_and_state_from_the_daemon_config(
+    org: FakeGcp, write_rules: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    rules = write_rules("""
+- id: no-editors
+  check: iam.banned_roles
+  severity: high
+  match: {asset_types: [cloudresourcemanager.googleapis.com/Project]}
+  params: {roles: [roles/editor]}
+  mode: dryrun
+  remediation: iam.remove_member
+""")
+    config = tmp_path / "auditor.yaml"
+    config.write_text(f"sources: ['cai://{ORG}']\nstate_path: daemon.db\n"
+                      "remediation:\n  protected_principals: ['group:ml-researchers@helix-ml.example']\n",
+                      encoding="utf-8")
+    assert _plan(tmp_path, rules).exit_code == 0
+    res = _run("apply", str(tmp_path / "plan.json"), "--config", str(config), "--yes")
+    assert res.exit_code == 1, res.output
+    assert "protected-principal: group:ml-researchers@helix-ml.example is protected" in res.output
+    assert (tmp_path / "daemon.db").exists(), "the journal is in the daemon's state file"
