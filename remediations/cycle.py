@@ -7,8 +7,7 @@
 - `html` / `markdown`: that plan rendered for the report;
 - `apply`: what was applied this cycle (the apply report), `leader`: whether this replica may write.
 
-The state of the few assets with planned changes is read again: from the resources' own APIs when the sources are
-live (fresh tokens, a handful of calls), by a second pass over the files otherwise.
+The state of the few assets with planned changes is read again (see `remediations.planning.planned_assets`).
 """
 
 from __future__ import annotations
@@ -16,25 +15,21 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from auditor.logs import get_logger
-from auditor.model import Asset, Mode
+from auditor.model import Mode
 from auditor.scan import ScanResult
 from remediations.apply import ApplyReport, Outcome, WriterFactory, apply_plan
-from remediations.assets import collect_assets
 from remediations.guards import GuardConfig, GuardRefused
 from remediations.journal import Journal
-from remediations.kinds import IAM, family_of
 from remediations.leader import Elector, FileLockElector, LeaseElector
-from remediations.plan import ACTIVE_MODES, Plan, build_plan, remediable
-from remediations.planning import plan_notes
+from remediations.plan import Plan, build_plan
+from remediations.planning import plan_notes, planned_assets
 from remediations.render import render_html, render_markdown
-from remediations.targets import UnsupportedTarget, target_for
 from remediations.writers import writers
 
 log = get_logger("remediation")
@@ -99,41 +94,6 @@ def auditor_identities(settings: Any) -> list[str]:
     return out
 
 
-def _live_assets(result: ScanResult, names: set[str], make: WriterFactory) -> dict[str, Asset]:
-    """The planned assets as their own APIs return them now."""
-    wanted: dict[str, tuple[str, str]] = {}
-    for f, rule in remediable(result.findings, result.rules, ACTIVE_MODES):
-        if f.asset in names:
-            wanted[f.asset] = (f.asset_type, family_of(rule.remediation or ""))
-    out: dict[str, Asset] = {}
-    for name, (asset_type, family) in sorted(wanted.items()):
-        try:
-            target = target_for(name, asset_type, family)
-            live = make(family).read(target)
-        except UnsupportedTarget:
-            continue  # the planner reports it
-        except Exception as exc:
-            log.warning("remediation_read_failed", asset=name, error=f"{type(exc).__name__}: {exc}")
-            continue
-        if live.state is None:
-            continue
-        if family == IAM:
-            out[name] = Asset(name, asset_type, iam_policy=live.state)
-        else:
-            out[name] = Asset(name, asset_type, resource=live.state)
-    return out
-
-
-def _assets(result: ScanResult, settings: Any, make: WriterFactory) -> Mapping[str, Asset]:
-    names = {f.asset for f, _ in remediable(result.findings, result.rules, ACTIVE_MODES)}
-    if not names:
-        return {}
-    if any("://" in s for s in settings.sources):
-        return _live_assets(result, names, make)
-    types = {f.asset_type for f in result.findings if f.asset in names}
-    return collect_assets(settings.sources, names, settings.sources_options(), asset_types=types)
-
-
 def _count(report: ApplyReport, plan: Plan) -> Counter[tuple[str, str, str]]:
     counts: Counter[tuple[str, str, str]] = Counter()
     by_id = {c.id: c for c in plan.changes}
@@ -166,7 +126,7 @@ def run_remediation(
         plan_max_age_seconds=rem.plan_max_age_seconds,
         enforce_only=True,
     )
-    assets = _assets(result, settings, make)
+    assets = planned_assets(result, settings.sources, settings.sources_options(), make)
     # The pending plan's notes say what an operator's apply would refuse (so not "enforce-only").
     pending = build_plan(result.findings, result.rules, assets, modes=[Mode.dryrun.value], now=now,
                          sources=settings.sources, notes=plan_notes(replace(cfg, enforce_only=False)))

@@ -440,7 +440,7 @@ def build_plan(
     for f, rule in remediable(findings, rules, modes):
         asset = assets.get(f.asset)
         if asset is None:
-            skip(f, "the asset was not found in the sources")
+            skip(f, "the asset could not be read again (gone from the sources, or its API refused: see the log)")
             continue
         try:
             target_for(asset.name, asset.asset_type, family_of(rule.remediation or ""))

@@ -1,7 +1,8 @@
 """Stage 6, plan: from a scan to a plan, shared by `auditor plan` and the daemon's cycle.
 
-The scan gives the findings; the few assets with planned changes are read again (a second pass over the sources,
-or whatever `assets` the caller already has), and the guards annotate each change with what apply would refuse.
+The scan gives the findings; the few assets with planned changes are read again (from their own APIs for live
+sources, by a second pass over files, or whatever `assets` the caller already has), and the guards annotate each
+change with what apply would refuse. Building the plan itself (`remediations.plan`) is pure.
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ from datetime import datetime
 from typing import Any
 
 from auditor.collect import SourceOptions
+from auditor.logs import get_logger
 from auditor.model import Asset
 from auditor.scan import ScanResult
+from remediations.apply import WriterFactory
 from remediations.assets import collect_assets
 from remediations.guards import GuardConfig, check_change
-from remediations.kinds import CLOUD_ARMOR, IAM
-from remediations.plan import ACTIVE_MODES, Change, Plan, build_plan, needed_assets
+from remediations.kinds import CLOUD_ARMOR, IAM, family_of
+from remediations.plan import ACTIVE_MODES, Change, Plan, build_plan, needed_assets, remediable
+from remediations.targets import UnsupportedTarget, target_for
+
+log = get_logger("remediation")
 
 
 def _state(family: str, sec: Any) -> dict[str, Any] | None:
@@ -36,6 +42,49 @@ def plan_notes(cfg: GuardConfig) -> Any:
     return notes
 
 
+def _live_assets(result: ScanResult, names: set[str], make: WriterFactory) -> dict[str, Asset]:
+    """The planned assets as their own APIs return them now."""
+    wanted: dict[str, tuple[str, str]] = {}
+    for f, rule in remediable(result.findings, result.rules, ACTIVE_MODES):
+        if f.asset in names:
+            wanted[f.asset] = (f.asset_type, family_of(rule.remediation or ""))
+    out: dict[str, Asset] = {}
+    for name, (asset_type, family) in sorted(wanted.items()):
+        try:
+            target = target_for(name, asset_type, family)
+            live = make(family).read(target)
+        except UnsupportedTarget:
+            continue  # the planner reports it
+        except Exception as exc:  # reported by the planner as "not found in the sources", logged with the cause
+            log.warning("remediation_read_failed", asset=name, error=f"{type(exc).__name__}: {exc}")
+            continue
+        if live.state is None:
+            continue
+        if family == IAM:
+            out[name] = Asset(name, asset_type, iam_policy=live.state)
+        else:
+            out[name] = Asset(name, asset_type, resource=live.state)
+    return out
+
+
+def planned_assets(
+    result: ScanResult,
+    source_specs: Iterable[str],
+    options: SourceOptions | None = None,
+    live: WriterFactory | None = None,
+) -> Mapping[str, Asset]:
+    """The assets with planned changes: read from their own APIs when a source is live and `live` writers are given
+    (fresh tokens, a handful of calls instead of a second listing), else by a second pass over the sources."""
+    specs = list(source_specs)
+    names = needed_assets(result.findings, result.rules, ACTIVE_MODES)
+    if not names:
+        return {}
+    if live is not None and any("://" in s for s in specs):
+        return _live_assets(result, names, live)
+    types = {f.asset_type for f in result.findings if f.asset in names}
+    return collect_assets(specs, names, options, asset_types=types)
+
+
 def plan_from_scan(
     result: ScanResult,
     source_specs: Iterable[str],
@@ -44,13 +93,12 @@ def plan_from_scan(
     modes: Iterable[str] = ACTIVE_MODES,
     guard_config: GuardConfig | None = None,
     assets: Mapping[str, Asset] | None = None,
+    live: WriterFactory | None = None,
     now: datetime | None = None,
 ) -> Plan:
     specs = list(source_specs)
     modes = list(modes)
     if assets is None:
-        names = needed_assets(result.findings, result.rules, modes)
-        types = {f.asset_type for f in result.findings if f.asset in names}
-        assets = collect_assets(specs, names, options, asset_types=types)
+        assets = planned_assets(result, specs, options, live)
     return build_plan(result.findings, result.rules, assets, modes=modes, now=now, sources=specs,
                       notes=plan_notes(guard_config) if guard_config is not None else None)

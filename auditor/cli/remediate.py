@@ -96,6 +96,7 @@ def _kube_option(fn: click.decorators.FC) -> click.decorators.FC:
 @_guard_options
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="The plan file (JSON).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Also write the review report: .md or .html.")
+@_kube_option
 def plan_command(
     sources: tuple[str, ...],
     cluster: str,
@@ -106,13 +107,19 @@ def plan_command(
     identities: tuple[str, ...],
     output: str,
     report: str | None,
+    kube_contexts: tuple[str, ...],
 ) -> None:
-    """Plan the fixes for the findings of rules in dryrun or enforce mode that name a remediation."""
+    """Plan the fixes for the findings of rules in dryrun or enforce mode that name a remediation.
+
+    The resources with planned changes are read again: from their own APIs when a source is live (cai://, k8s://),
+    so the plan carries their current tokens; by a second pass over the files otherwise (offline).
+    """
     if report and not report.endswith((".md", ".markdown", ".html", ".htm")):
         raise AuditorError(f"--report {report}: the report is Markdown (.md) or HTML (.html)")
     result = do_scan(sources, rules_paths, cluster, strict, require_complete)
     cfg = GuardConfig(auditor_identities=_split(identities), protected_principals=_split(protected))
-    plan = plan_from_scan(result, sources, SourceOptions(cluster=cluster, strict=strict), guard_config=cfg)
+    plan = plan_from_scan(result, sources, SourceOptions(cluster=cluster, strict=strict), guard_config=cfg,
+                          live=writers(kube_contexts=_kube_contexts(kube_contexts)))
     plan.write(output)
     if report:
         text = render_html(plan) if report.endswith((".html", ".htm")) else render_markdown(plan)
