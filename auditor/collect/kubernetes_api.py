@@ -46,22 +46,6 @@ IN_CLUSTER = "in-cluster"
 DEFAULT_PAGE_SIZE = 500
 REQUEST_TIMEOUT = (10.0, 120.0)  # connect, read (seconds)
 
-declare(
-    "collect.kubernetes_api",
-    [
-        "container.clusters.get",
-        "container.namespaces.list",
-        "container.roles.list",
-        "container.roleBindings.list",
-        "container.clusterRoles.list",
-        "container.clusterRoleBindings.list",
-        "container.networkPolicies.list",
-        "container.resourceQuotas.list",
-    ],
-    why="read RBAC, namespaces, network policies and quotas from GKE clusters (k8s:// sources); outside GKE the "
-    "same reads need a ClusterRole with list on these resources",
-)
-
 
 @dataclass(frozen=True)
 class Kind:
@@ -76,6 +60,11 @@ class Kind:
     @property
     def asset_type(self) -> str:
         return ASSET_KINDS[self.kind][0]
+
+    @property
+    def gke_permission(self) -> str:
+        """The GKE IAM permission that lets a Google identity list this kind, e.g. `container.roleBindings.list`."""
+        return f"container.{self.kind[0].lower()}{self.kind[1:]}s.list".replace("Policys", "Policies")
 
 
 KINDS: tuple[Kind, ...] = (
@@ -92,6 +81,14 @@ KINDS: tuple[Kind, ...] = (
          "networkpolicies.networking.k8s.io"),
     Kind("ResourceQuota", "v1", "CoreV1Api", "list_resource_quota_for_all_namespaces", "resourcequotas"),
 )  # fmt: skip
+
+
+declare(
+    "collect.kubernetes_api",
+    ["container.clusters.get", *(k.gke_permission for k in KINDS)],
+    why="read RBAC, namespaces, network policies and quotas from GKE clusters (k8s:// sources); outside GKE the "
+    "same reads need a ClusterRole with list on these resources",
+)
 
 
 def kinds_for(globs: frozenset[str] | None) -> list[Kind]:
@@ -123,8 +120,8 @@ def describe_error(exc: BaseException, kind: Kind, where: str) -> str:
     if status in (401, 403):
         return (
             f"{status} listing {kind.kind} objects from {where}: the auditor's account lacks `list` on "
-            f"{kind.resource} (cluster-wide; on GKE also the IAM permission container."
-            f"{kind.resource.split('.')[0]}.list); the API said: {message}"
+            f"{kind.resource} (cluster-wide; on GKE also the IAM permission {kind.gke_permission}); "
+            f"the API said: {message}"
         )
     if status == 410:
         return f"listing {kind.kind} objects from {where}: the continue token expired twice (410 Gone): {message}"

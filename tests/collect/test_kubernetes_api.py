@@ -173,7 +173,7 @@ def test_partial_in_json_and_require_complete(kube_api: KubeServer, cluster: str
     [failed] = report["sources"][0]["failed"]
     assert failed["asset_type"] == "rbac.authorization.k8s.io/ClusterRoleBinding"
     assert "lacks `list` on clusterrolebindings.rbac.authorization.k8s.io" in failed["reason"]
-    assert "container.clusterrolebindings.list" in failed["reason"]
+    assert "container.clusterRoleBindings.list" in failed["reason"]
     assert len(kube_api.list_requests("clusterrolebindings")) == 1  # a 403 is not retried
     code, _, err = scan_json("--source", f"k8s://{cluster}", "--require-complete")
     assert code == 2 and "partial snapshot" in err and "Traceback" not in err
