@@ -34,12 +34,14 @@ request per content type instead of one per 1000 assets.
 
 URI options (query string; `SourceOptions.extra` keys in brackets give the same from the config file):
 `rpm` [cai_requests_per_minute], `concurrency` [cai_concurrency], `page_size` [cai_page_size],
-`read_time` [cai_read_time], `export` [cai_export], `export_timeout` [cai_export_timeout, seconds];
+`read_time` [cai_read_time], `export` [cai_export], `export_timeout` [cai_export_timeout, seconds],
+`timeout` [cai_timeout, seconds a page may take before it is retried];
 endpoint: `AUDITOR_GCP_ENDPOINT` or [gcp_endpoint]; retries: [retry_attempts], [retry_initial], [retry_maximum].
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import re
 import tempfile
@@ -61,11 +63,14 @@ from auditor.errors import SourceError
 from auditor.model import Asset, SourceStatus
 from auditor.permissions import declare
 
+log = logging.getLogger(__name__)  # the daemon routes it through structlog; the CLI prints warnings on stderr
+
 SCHEME = "cai"
 PAGE_SIZE = 1000  # the most ListAssets serves per page
 DEFAULT_RPM = 100.0
 DEFAULT_CONCURRENCY = 4
 DEFAULT_EXPORT_TIMEOUT = 3600.0
+DEFAULT_TIMEOUT = 120.0  # seconds to wait for one page
 ALL_TYPES = "*"
 
 # Enum values as the REST client sends them (google.cloud.asset_v1.ContentType).
@@ -193,7 +198,7 @@ class AssetInventorySource:
             )
         self.scope = scope
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query, keep_blank_values=True).items()}
-        known = {"rpm", "concurrency", "page_size", "read_time", "export", "export_timeout"}
+        known = {"rpm", "concurrency", "page_size", "read_time", "export", "export_timeout", "timeout"}
         unknown = sorted(set(query) - known)
         if unknown:
             raise SourceError(
@@ -216,6 +221,7 @@ class AssetInventorySource:
         self.read_time = setting("read_time", "cai_read_time", None, _parse_time)
         self.export = setting("export", "cai_export", None, str)
         self.export_timeout = setting("export_timeout", "cai_export_timeout", DEFAULT_EXPORT_TIMEOUT, float)
+        self.timeout = setting("timeout", "cai_timeout", DEFAULT_TIMEOUT, float)
         if self.rpm <= 0 or self.concurrency < 1 or not 1 <= self.page_size <= PAGE_SIZE:
             raise SourceError(f"source {uri}: rpm must be > 0, concurrency >= 1, page_size between 1 and {PAGE_SIZE}")
         if self.export is not None and not self.export.startswith("gs://"):
@@ -275,7 +281,9 @@ class AssetInventorySource:
             except _Stop:
                 return
             except Exception as exc:  # recorded as an incomplete type; never takes the other listings down
-                self.status.fail(listing.glob, describe_error(exc, listing.content, str(listing), self.scope))
+                reason = describe_error(exc, listing.content, str(listing), self.scope)
+                log.warning("%s: %s not read completely: %s", self.uri, listing, reason)
+                self.status.fail(listing.glob, reason)
             try:
                 put(("done", listing))
             except _Stop:
@@ -349,7 +357,7 @@ class AssetInventorySource:
             self.budget.acquire()
             with self._lock:
                 self.requests += 1
-            resp = session().get(url, params=params, timeout=(10.0, 120.0))
+            resp = session().get(url, params=params, timeout=(min(10.0, self.timeout), self.timeout))
             if resp.status_code >= 400:
                 raise gexc.from_http_response(resp)
             try:
@@ -358,7 +366,7 @@ class AssetInventorySource:
                 # A truncated or garbled page: worth another try, like a dropped connection.
                 raise gexc.InternalServerError(f"unreadable ListAssets page ({exc})") from exc
 
-        page: _Page = self.retry.call(call)
+        page: _Page = self.retry.call(call, on_retry=self._log_retry("ListAssets"))
         return page
 
     @staticmethod
@@ -428,7 +436,9 @@ class AssetInventorySource:
                 path = path.with_name(path.name + ".json")  # so the file reader takes it as an export
             blob = storage.bucket(bucket).blob(name)
             # Cloud Storage has its own quota: downloads are retried but do not spend the CAI budget.
-            self.retry.call(lambda: blob.download_to_filename(str(path)))
+            self.retry.call(
+                lambda: blob.download_to_filename(str(path)), on_retry=self._log_retry(f"reading {uri}")
+            )
             if path.stat().st_size == 0:
                 return
             reader = FileSource(str(path), self.options)
@@ -446,9 +456,19 @@ class AssetInventorySource:
                 self.requests += 1
             return fn()
 
-        return self.retry.call(call)
+        return self.retry.call(call, on_retry=self._log_retry("ExportAssets"))
+
+    def _log_retry(self, what: str) -> Callable[[int, BaseException, float], None]:
+        def log_it(attempt: int, exc: BaseException, wait: float) -> None:
+            log.warning(
+                "%s: %s failed (%s), attempt %d of %d; retrying in %.1f s",
+                self.uri, what, describe_error(exc, "", what, self.scope), attempt, self.retry.attempts, wait,
+            )
+
+        return log_it
 
     def _fail_all(self, listings: list[Listing], reason: str) -> None:
+        log.warning("%s: %s", self.uri, reason)
         for listing in listings:
             self.status.fail(listing.glob, reason)
 

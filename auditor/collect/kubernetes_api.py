@@ -16,16 +16,18 @@ a GKE context name `gke_P_L_C` (what `gcloud container clusters get-credentials`
 `projects/P/locations/L/clusters/C`; else the context name itself.
 
 Options (query string): `cluster`, `page_size` (1-5000), `kubeconfig` (a path; default $KUBECONFIG or
-~/.kube/config). Transient errors (429 honouring Retry-After, 5xx, connection resets, timeouts) are retried per page
-with the shared policy (auditor/collect/retry.py); the client's own urllib3 retries are turned off so there is one
-policy. A page that keeps failing, a 403 (naming the verb and resource the auditor's RBAC lacks) or a continue token
-that expires twice marks that kind incomplete in the source status; the other kinds are still read.
+~/.kube/config), `timeout` (seconds a page may take, default 120). Transient errors (429 honouring Retry-After,
+5xx, connection resets, timeouts) are retried per page with the shared policy (auditor/collect/retry.py); the
+client's own urllib3 retries are turned off so there is one policy. A page that keeps failing, a 403 (naming the
+verb and resource the auditor's RBAC lacks) or a continue token that expires twice marks that kind incomplete in
+the source status; the other kinds are still read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -44,7 +46,9 @@ from auditor.permissions import declare
 SCHEME = "k8s"
 IN_CLUSTER = "in-cluster"
 DEFAULT_PAGE_SIZE = 500
-REQUEST_TIMEOUT = (10.0, 120.0)  # connect, read (seconds)
+DEFAULT_TIMEOUT = 120.0  # seconds a page may take before it is retried
+
+log = logging.getLogger(__name__)  # the daemon routes it through structlog; the CLI prints warnings on stderr
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,7 @@ class KubernetesApiSource:
         if not self.context:
             raise SourceError(f"source {uri}: expected k8s://CONTEXT (a kubeconfig context) or k8s://in-cluster")
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query, keep_blank_values=True).items()}
-        known = {"cluster", "page_size", "kubeconfig"}
+        known = {"cluster", "page_size", "kubeconfig", "timeout"}
         unknown = sorted(set(query) - known)
         if unknown:
             raise SourceError(
@@ -155,6 +159,10 @@ class KubernetesApiSource:
         if not 1 <= self.page_size <= 5000:
             raise SourceError(f"source {uri}: page_size must be between 1 and 5000")
         self.kubeconfig = query.get("kubeconfig") or os.environ.get("KUBECONFIG") or None
+        try:
+            self.timeout = float(str(query.get("timeout") or options.extra.get("k8s_timeout") or DEFAULT_TIMEOUT))
+        except ValueError as exc:
+            raise SourceError(f"source {uri}: timeout must be a number of seconds ({exc})") from exc
         if query.get("cluster"):
             self.cluster = query["cluster"]
         elif options.cluster and options.cluster != "local":
@@ -232,7 +240,9 @@ class KubernetesApiSource:
                     restarts += 1
                     token, page_no = None, 0
                     continue
-                self.status.fail(kind.asset_type, describe_error(exc, kind, self._where()))
+                reason = describe_error(exc, kind, self._where())
+                log.warning("%s: %s not read completely: %s", self.uri, kind.kind, reason)
+                self.status.fail(kind.asset_type, reason)
                 return
             page_no += 1
             origin = f"{self.uri} {kind.kind} page {page_no}"
@@ -261,7 +271,7 @@ class KubernetesApiSource:
             kwargs: dict[str, Any] = {
                 "limit": self.page_size,
                 "_preload_content": False,
-                "_request_timeout": REQUEST_TIMEOUT,
+                "_request_timeout": (min(10.0, self.timeout), self.timeout),
             }
             if token:
                 kwargs["_continue"] = token
@@ -274,7 +284,13 @@ class KubernetesApiSource:
                 raise ValueError("the API answered a list with something that is not a JSON object")
             return doc
 
-        return self.retry.call(call)
+        def log_retry(attempt: int, exc: BaseException, wait: float) -> None:
+            log.warning(
+                "%s: listing failed (%s), attempt %d of %d; retrying in %.1f s",
+                self.uri, status_of(exc) or type(exc).__name__, attempt, self.retry.attempts, wait,
+            )
+
+        return self.retry.call(call, on_retry=log_retry)
 
     def _where(self) -> str:
         return "the in-cluster API server" if self.context == IN_CLUSTER else f"context {self.context}"

@@ -199,3 +199,13 @@ def test_globs_become_cai_expressions_and_listings() -> None:
     assert [(x.content, x.glob) for x in plan] == [("RESOURCE", SECURITY_POLICY), ("IAM_POLICY", "*")]
     assert [x.content for x in plan_listings(frozenset({PROJECT}), needs_iam=False)] == ["RESOURCE"]
     assert isinstance(open_source("cai://projects/my-proj-1", SourceOptions()), AssetInventorySource)
+
+
+def test_a_page_that_times_out_is_asked_again(fake_gcp: FakeGcp, org: str, caplog: pytest.LogCaptureFixture) -> None:
+    fake_gcp.inject(Fault(status=None, times=1, delay=1.0, content_type="RESOURCE"))
+    src = open_source(f"{org}?timeout=0.3", fast({"needs_iam": False, "resource_types": [SECURITY_POLICY]}))
+    with caplog.at_level("WARNING", logger="auditor.collect.asset_inventory"):
+        assets = list(src.assets())
+    assert src.status.complete and assets and all(a.asset_type == SECURITY_POLICY for a in assets)
+    assert len(fake_gcp.list_asset_calls()) == 2
+    assert any("ListAssets failed" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)

@@ -211,3 +211,9 @@ def test_cluster_names() -> None:
         "projects/a/locations/b/clusters/c"
     )
     assert KubernetesApiSource("k8s://x", SourceOptions(cluster="training")).cluster == "training"
+
+
+def test_in_cluster_outside_a_pod_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    code, _, err = scan_json("--source", "k8s://in-cluster")
+    assert code == 2 and "not running in a Kubernetes pod" in err and "Traceback" not in err
