@@ -99,6 +99,24 @@ def test_prometheus_scrapes_findings_and_cycle_metrics(tmp_path: Path) -> None:
             # Nothing says the auditor is down while it is up.
             firing = {r["name"] for r in rules if r["state"] == "firing"}
             assert not firing & {"AuditorDown", "AuditorMetricsMissing", "AuditorCollectionErrors"}
+
+            # Every dashboard query runs against the real data; the state and health panels show something
+            # (rates need two scrapes that saw the counters grow).
+            wait_until(lambda: (value(base, "sum(rate(auditor_cycle_duration_seconds_count[1m]))") or 0) > 0, 60,
+                       "cycle counters to grow between scrapes")
+            dashboard = json.loads((REPO / "deploy" / "grafana" / "drift-auditor.json").read_text())
+            results = {}
+            for panel in dashboard["panels"]:
+                for target in panel.get("targets", []):
+                    expr = target["expr"]
+                    for var, val in (("$__rate_interval", "1m"), ("$__range", "10m"), ("$project", ".*"),
+                                     ("$severity", ".*")):
+                        expr = expr.replace(var, val)
+                    results.setdefault(panel["title"], []).extend(query(base, expr))
+            for title in ("Open critical findings", "Open findings by severity", "Open findings by rule",
+                          "Data age", "Auditors up", "Data freshness", "Assets in the snapshot",
+                          "Cycle duration by stage (p90)", "Errors and cycle outcomes"):
+                assert results[title], f"dashboard panel {title!r} shows no data"
         finally:
             proc.terminate()
             try:
