@@ -125,7 +125,7 @@ def test_a_lost_permission_keeps_the_last_good_numbers(tmp_path: Path, fake: Fak
 
 
 def test_sigterm_during_a_slow_listing_lets_the_cycle_finish(tmp_path: Path, fake: FakeGcp) -> None:
-    fake.inject(Fault(status=None, delay=2.0, times=1))
+    fake.inject(Fault(status=None, delay=3.0, times=1))
     cfg = live_config(tmp_path, fake, schedule={"shutdown_grace_seconds": 30})
     with Served(cfg) as served:
         wait_until(lambda: fake.requests, 60, "the cycle to start listing")
