@@ -19,7 +19,14 @@ from typing import Any, Protocol
 from auditor.collect.retry import RetryPolicy
 from auditor.errors import AuditorError
 from remediations.edits import EditError, apply_edits, section
-from remediations.guards import GuardConfig, check_approval, check_cap, check_change, check_plan_age
+from remediations.guards import (
+    GuardConfig,
+    check_approval,
+    check_cap,
+    check_change,
+    check_plan_age,
+    partition_edits,
+)
 from remediations.journal import Journal
 from remediations.plan import Change, Plan
 from remediations.targets import Target
@@ -70,6 +77,8 @@ class ChangeResult:
     reason: str = ""
     token_before: str | None = None
     token_after: str | None = None
+    # Edits a guard refused while the others of the change were written: {edit, kind, rules, reason}.
+    refused_edits: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +91,7 @@ class ChangeResult:
             "reason": self.reason,
             "token_before": self.token_before,
             "token_after": self.token_after,
+            "refused_edits": self.refused_edits,
         }
 
 
@@ -97,10 +107,14 @@ class ApplyReport:
         return {o.value: c.get(o.value, 0) for o in Outcome}
 
     @property
+    def refused_edits(self) -> int:
+        return sum(len(r.refused_edits) for r in self.results)
+
+    @property
     def ok(self) -> bool:
-        """Nothing conflicted, was refused or failed."""
+        """Nothing conflicted, was refused (not even one edit of an applied change) or failed."""
         c = self.counts()
-        return c["conflict"] == 0 and c["refused"] == 0 and c["failed"] == 0
+        return c["conflict"] == 0 and c["refused"] == 0 and c["failed"] == 0 and self.refused_edits == 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,13 +122,15 @@ class ApplyReport:
             "plan_id": self.plan_id,
             "action": self.action,
             "counts": self.counts(),
+            "refused_edits": self.refused_edits,
             "results": [r.to_dict() for r in self.results],
         }
 
     def summary_line(self) -> str:
         c = self.counts()
         parts = ", ".join(f"{v} {k}" for k, v in c.items())
-        return f"{self.action} {self.apply_id or '(nothing written)'} of plan {self.plan_id}: {parts}"
+        extra = f" ({self.refused_edits} edit(s) of applied changes refused)" if self.refused_edits else ""
+        return f"{self.action} {self.apply_id or '(nothing written)'} of plan {self.plan_id}: {parts}{extra}"
 
 
 def _describe(e: Exception) -> str:
@@ -190,12 +206,20 @@ def apply_change(change: Change, writer: Writer, cfg: GuardConfig, journal: Jour
         result.reason = f"cannot read the live resource: {_describe(exc)}"
         return result
     try:
-        new = apply_edits(family, live.state, change.edits)
+        # Edits the live state already satisfies are done (re-running an applied plan changes nothing).
+        todo = [e for e in change.edits
+                if section(family, apply_edits(family, live.state, [e])) != section(family, live.state)]
+        new = apply_edits(family, live.state, todo)
     except EditError as exc:
         result.reason = f"cannot make the change to the live state: {exc}"
         return result
-    if section(family, new) == section(family, live.state):
+    if not todo or section(family, new) == section(family, live.state):
         result.outcome, result.reason = Outcome.skipped, "the live resource already is in the planned state"
+        return result
+    accepted, refused = partition_edits(family, change.target, live.state, todo, cfg)
+    if not accepted:
+        reasons = dict.fromkeys(str(r) for _, why in refused for r in why)
+        result.outcome, result.reason = Outcome.refused, "; ".join(reasons)
         return result
     if change.token is not None and live.token != change.token:
         result.outcome = Outcome.conflict
@@ -205,10 +229,14 @@ def apply_change(change: Change, writer: Writer, cfg: GuardConfig, journal: Jour
         result.outcome = Outcome.conflict
         result.reason = "the live state differs from the planned before-state: changed since the plan"
         return result
-    refusals = check_change(family, change.target, live.state, new, change.edits, cfg)
-    if refusals:
-        result.outcome, result.reason = Outcome.refused, "; ".join(str(r) for r in refusals)
-        return result
+    result.edits = [e.describe() for e in accepted]
+    if refused:
+        new = apply_edits(family, live.state, accepted)
+        result.refused_edits = [
+            {"edit": e.describe(), "kind": e.kind, "rules": e.rules, "reason": "; ".join(str(r) for r in why)}
+            for e, why in refused
+        ]
+        result.reason = "refused: " + "; ".join(f"{x['edit']} ({x['reason']})" for x in result.refused_edits)
     return _guarded_write(writer=writer, target=change.target, family=family, live=live, new=new, result=result,
                           journal=journal, apply_id=apply_id, change_id=change.id)
 

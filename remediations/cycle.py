@@ -101,9 +101,11 @@ def _count(report: ApplyReport, plan: Plan) -> Counter[tuple[str, str, str]]:
         change = by_id.get(r.change_id or "")
         if change is None:
             continue
+        refused = {x["edit"] for x in r.refused_edits}
         for e in change.edits:
+            outcome = Outcome.refused.value if e.describe() in refused else r.outcome.value
             for rule in e.rules:
-                counts[(rule, e.kind, r.outcome.value)] += 1
+                counts[(rule, e.kind, outcome)] += 1
     return counts
 
 

@@ -181,3 +181,27 @@ def check_change(
             elif protected and any_match(protected, who):
                 refusals.append(Refusal("protected-principal", f"{who} is protected and is never removed"))
     return refusals
+
+
+def partition_edits(
+    family: str, target: Target, before: dict[str, Any] | None, edits: Iterable[Any], cfg: GuardConfig
+) -> tuple[list[Any], list[tuple[Any, list[Refusal]]]]:
+    """The edits that may be written, and those a guard refuses (with why), taken one at a time in plan order.
+
+    Refusing one edit does not refuse its neighbours: removing the last owner is refused, removing the other
+    members of the same policy still goes ahead. Each edit is judged on the state the accepted ones leave.
+    """
+    from remediations.edits import apply_edits
+
+    accepted: list[Any] = []
+    refused: list[tuple[Any, list[Refusal]]] = []
+    state = before
+    for e in edits:
+        after = apply_edits(family, state, [e])
+        why = check_change(family, target, state, after, [e], cfg)
+        if why:
+            refused.append((e, why))
+        else:
+            accepted.append(e)
+            state = after
+    return accepted, refused

@@ -7,7 +7,7 @@ change with what apply would refuse. Building the plan itself (`remediations.pla
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +17,7 @@ from auditor.model import Asset
 from auditor.scan import ScanResult
 from remediations.apply import WriterFactory
 from remediations.assets import collect_assets
-from remediations.guards import GuardConfig, check_change
+from remediations.guards import GuardConfig, partition_edits
 from remediations.kinds import CLOUD_ARMOR, IAM, family_of
 from remediations.plan import ACTIVE_MODES, Change, Plan, build_plan, needed_assets, remediable
 from remediations.targets import UnsupportedTarget, target_for
@@ -33,11 +33,13 @@ def _state(family: str, sec: Any) -> dict[str, Any] | None:
     return sec if isinstance(sec, dict) else None
 
 
-def plan_notes(cfg: GuardConfig) -> Any:
+def plan_notes(cfg: GuardConfig) -> Callable[[Change], list[str]]:
+    """What apply will refuse in a change, edit by edit (the other edits of the change still go ahead)."""
+
     def notes(change: Change) -> list[str]:
-        refusals = check_change(change.family, change.target, _state(change.family, change.before),
-                                _state(change.family, change.after), change.edits, cfg)
-        return [str(r) for r in refusals]
+        _, refused = partition_edits(change.family, change.target, _state(change.family, change.before),
+                                     change.edits, cfg)
+        return [f"{e.describe()}: {'; '.join(str(r) for r in why)}" for e, why in refused]
 
     return notes
 

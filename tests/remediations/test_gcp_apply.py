@@ -104,21 +104,24 @@ def test_plan_applies_findings_gone_journal_and_rollback(org: FakeGcp, write_rul
         report = apply_plan(plan, writers(), journal, GuardConfig(), approved=True)
         outcomes = {r.resource: r for r in report.results}
         assert set(outcomes) == planned
-        # The one project whose only owner the rule would remove is refused, with the reason; the rest applied.
-        refused = {r for r, x in outcomes.items() if x.outcome == Outcome.refused}
-        assert refused == {c.resource for c in plan.changes if c.notes}
-        for r in refused:
-            assert "last-owner" in outcomes[r].reason and "roles/owner" in outcomes[r].reason
-        applied = {r for r, x in outcomes.items() if x.outcome == Outcome.applied}
-        assert applied == planned - refused and applied
-
-        # The findings the applied changes answer are gone on the next scan; the refused ones remain.
-        after_ids = {f.id for f in scan(rules).findings}
+        assert {r.outcome for r in outcomes.values()} == {Outcome.applied}, report.to_dict()
+        # Removing the only owner of a project is refused, with the reason; the other edits of that policy and of
+        # the other resources are written. The plan said so beforehand.
+        refused_findings: set[str] = set()
         for c in plan.changes:
-            if c.resource in applied:
-                assert not set(c.findings) & after_ids, c.resource
-            else:
-                assert set(c.findings) <= after_ids
+            refused = {x["edit"]: x["reason"] for x in outcomes[c.resource].refused_edits}
+            assert sorted(refused) == sorted(n.split(": ", 1)[0] for n in c.notes)
+            for e in c.edits:
+                if e.describe() in refused:
+                    assert refused[e.describe()].startswith("last-owner:") and "roles/owner" in e.describe()
+                    refused_findings.update(e.findings)
+        assert refused_findings and not report.ok
+        applied = planned
+
+        # The findings the applied edits answer are gone on the next scan; the refused ones remain.
+        after_ids = {f.id for f in scan(rules).findings}
+        assert not (answered - refused_findings) & after_ids
+        assert refused_findings <= after_ids
 
         # The journal holds the exact before-state and the state read back after.
         entries = {e.resource: e for e in journal.entries(report.apply_id or "")}
@@ -135,7 +138,8 @@ def test_plan_applies_findings_gone_journal_and_rollback(org: FakeGcp, write_rul
         # Re-running the applied plan changes nothing.
         calls = set_iam_calls(org)
         again = apply_plan(plan, writers(), journal, GuardConfig(), approved=True)
-        assert {r.outcome for r in again.results if r.resource in applied} == {Outcome.skipped}
+        again_by = {r.resource: r.outcome for r in again.results}
+        assert again_by == {c.resource: Outcome.refused if c.notes else Outcome.skipped for c in plan.changes}
         assert set_iam_calls(org) == calls
 
         # Rollback restores the exact before-state.

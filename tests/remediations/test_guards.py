@@ -204,3 +204,19 @@ def test_system_rbac_objects_and_subjects_are_never_touched(kube: KubeServer, tm
         "system-rbac: Group:system:nodes is a Kubernetes system subject and is never removed")
     assert len(kube.k.writes) == writes
 
+
+
+def test_a_refused_edit_does_not_hold_back_the_others(guarded: Path, fake_gcp: FakeGcp, tmp_path: Path) -> None:
+    rule = _rule(["user:solo-owner@example.com", "user:dev@example.com"], ["roles/owner", "roles/editor"])
+    plan = _plan(guarded, rule, tmp_path)
+    (change,) = plan.changes
+    assert change.notes == ["remove user:solo-owner@example.com from roles/owner: last-owner: the change would "
+                            "leave projects/guarded with no roles/owner"]
+    report = _apply(plan, tmp_path, GuardConfig())
+    (result,) = report.results
+    assert result.outcome == Outcome.applied and not report.ok
+    assert result.edits == ["remove user:dev@example.com from roles/editor"]
+    assert [x["edit"] for x in result.refused_edits] == ["remove user:solo-owner@example.com from roles/owner"]
+    policy = fake_gcp.state.get_policy(PROJECT, 3)
+    members = {m for b in policy["bindings"] for m in b["members"]}
+    assert "user:solo-owner@example.com" in members and "user:dev@example.com" not in members
