@@ -228,7 +228,7 @@ class AssetInventorySource:
             raise SourceError(f"source {uri}: export must be a Cloud Storage URI (gs://bucket/prefix)")
         self.endpoint = gcp_clients.resolve_endpoint(extra.get("gcp_endpoint") or None)  # type: ignore[arg-type]
         self.retry = RetryPolicy.from_settings(extra)
-        self.budget = RateBudget(self.rpm)
+        self.budget = shared_budget(self.endpoint.url or "google", self.rpm)
         needs_iam = bool(extra.get("needs_iam", True))
         self.listings = plan_listings(
             options.asset_types,
@@ -471,6 +471,20 @@ class AssetInventorySource:
         log.warning("%s: %s", self.uri, reason)
         for listing in listings:
             self.status.fail(listing.glob, reason)
+
+
+_budgets: dict[tuple[str, float], RateBudget] = {}
+_budgets_lock = threading.Lock()
+
+
+def shared_budget(endpoint: str, per_minute: float) -> RateBudget:
+    """One budget per endpoint and rate for the whole process: CAI's quota belongs to the consumer project, not to
+    one source, so two `cai://` sources of a scan, and consecutive daemon cycles, draw from the same bucket."""
+    with _budgets_lock:
+        budget = _budgets.get((endpoint, per_minute))
+        if budget is None:
+            budget = _budgets[(endpoint, per_minute)] = RateBudget(per_minute)
+        return budget
 
 
 def _globs(value: object) -> frozenset[str] | None:

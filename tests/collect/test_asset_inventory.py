@@ -209,3 +209,10 @@ def test_a_page_that_times_out_is_asked_again(fake_gcp: FakeGcp, org: str, caplo
     assert src.status.complete and assets and all(a.asset_type == SECURITY_POLICY for a in assets)
     assert len(fake_gcp.list_asset_calls()) == 2
     assert any("ListAssets failed" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)
+
+
+def test_sources_of_one_process_share_the_request_budget(gcp_endpoint: str) -> None:
+    first = AssetInventorySource("cai://organizations/1", SourceOptions())
+    second = AssetInventorySource("cai://folders/2?concurrency=2", SourceOptions())
+    assert first.budget is second.budget  # one consumer project, one quota
+    assert AssetInventorySource("cai://folders/2?rpm=50", SourceOptions()).budget is not first.budget

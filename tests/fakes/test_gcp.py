@@ -199,3 +199,26 @@ def test_export_writes_objects_read_back_through_storage(loaded: FakeGcp) -> Non
     blob = gcp_clients.storage_client(loaded.url).bucket("exports").blob("iam.json")
     lines = [json.loads(x) for x in blob.download_as_bytes().decode().splitlines()]
     assert len(lines) == 22 and all("iam_policy" in x and "asset_type" in x for x in lines)
+
+
+def test_runs_as_a_command(shared_data: Path) -> None:
+    import subprocess
+    import sys
+
+    import requests
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.gcp", "--port", "0", "--load", str(shared_data / "cai")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        url = line.split(" on ", 1)[1].split(" ", 1)[0]
+        assert "assets" in line
+        page = requests.get(f"{url}/v1/{ORG}/assets", params={"contentType": "2"}, timeout=10).json()
+        assert len(page["assets"]) == 22
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
