@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -199,6 +200,10 @@ class Daemon:
             return cron
         return IntervalTrigger(seconds=sch.interval_seconds, jitter=sch.jitter_seconds or None, timezone=UTC)
 
+    def schedule(self) -> Job:
+        """The audit job: one at a time, missed runs coalesced, the first one now."""
+        return self.scheduler.add_job(self._job, self.trigger(), id=JOB_ID, next_run_time=datetime.now(UTC))
+
     def start_http(self) -> tuple[str, int]:
         host, port = self.settings.listen_address
         server_class = _Server6 if ":" in host else _Server
@@ -227,7 +232,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_signal)
         host, port = self.start_http()
         sch = self.settings.schedule
-        self.scheduler.add_job(self._job, self.trigger(), id=JOB_ID, next_run_time=datetime.now(UTC))
+        self.schedule()
         self.scheduler.start()
         self.log.info(
             "listening", host=host, port=port, sources=list(self.settings.sources),

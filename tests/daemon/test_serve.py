@@ -254,3 +254,22 @@ def test_a_port_in_use_is_refused_on_one_line(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: listen 127.0.0.1:{port}:")
+
+
+def test_the_job_runs_one_cycle_at_a_time_coalesced_with_jitter_first_now(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    example_org(tmp_path)
+    settings = load_settings(write_config(tmp_path / "config.yaml",
+                                          schedule={"interval_seconds": 600, "jitter_seconds": 45}))
+    with Store(settings.state_path) as store:
+        daemon = Daemon(settings, Auditor(settings, store))
+        job = daemon.schedule()
+        daemon.scheduler.start(paused=True)
+        try:
+            job = daemon.scheduler.get_job(job.id)
+            assert job.max_instances == 1 and job.coalesce is True and job.misfire_grace_time is None
+            assert job.trigger.interval == timedelta(seconds=600) and job.trigger.jitter == 45
+            assert abs(job.next_run_time - datetime.now(UTC)) < timedelta(seconds=60)  # the first run: at start
+        finally:
+            daemon.scheduler.shutdown(wait=False)
