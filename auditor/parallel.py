@@ -12,7 +12,7 @@ the `origin` of the assets it keeps), since the lines before a range are only co
 from __future__ import annotations
 
 import multiprocessing
-import threading
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -80,10 +80,11 @@ def _scan_range(job: _Range) -> _Part:
 
 
 def _context() -> multiprocessing.context.BaseContext:
-    # fork starts fast and inherits the loaded checks; it is unsafe once other threads run (a progress spinner)
-    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
+    # On Linux, fork: workers start at once, with the checks the parent registered, and without running the
+    # caller's main module again (spawn would, so a script calling run_scan(jobs=...) would need a __main__ guard).
+    # The workers only read files and run checks: no lock another parent thread may hold (a progress spinner's
+    # console) is touched in them.
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
 
 
 class ParallelReader:

@@ -39,3 +39,14 @@ def source_options(fn: F) -> F:
         "--require-complete", is_flag=True, help="A partial snapshot (a type not read completely) is an error (exit 2)."
     )(fn)
     return fn
+
+
+def jobs_option(fn: F) -> F:
+    return click.option(
+        "--jobs",
+        "-j",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="Processes that read and evaluate large NDJSON exports in parallel (same result as one).",
+    )(fn)

@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from auditor.cli.options import rules_option, source_options
+from auditor.cli.options import jobs_option, rules_option, source_options
 from auditor.collect import SourceOptions
 from auditor.errors import AuditorError
 from auditor.evaluate.rulebook import load_rules
@@ -37,7 +37,12 @@ def _problem_printer(console: Console) -> Callable[[str], None]:
 
 
 def do_scan(
-    sources: tuple[str, ...], rules_paths: tuple[str, ...], cluster: str, strict: bool, require_complete: bool
+    sources: tuple[str, ...],
+    rules_paths: tuple[str, ...],
+    cluster: str,
+    strict: bool,
+    require_complete: bool,
+    jobs: int = 1,
 ) -> ScanResult:
     if not sources:
         raise AuditorError("no --source given (a CAI export file or folder, a Kubernetes list, cai://..., k8s://...)")
@@ -46,9 +51,11 @@ def do_scan(
     options = SourceOptions(cluster=cluster, strict=strict, on_problem=_problem_printer(err))
     if err.is_terminal:
         with err.status("scanning...") as status:
-            result = run_scan(list(sources), rules, options, on_progress=lambda n: status.update(f"{n:,} assets read"))
+            result = run_scan(
+                list(sources), rules, options, on_progress=lambda n: status.update(f"{n:,} assets read"), jobs=jobs
+            )
     else:
-        result = run_scan(list(sources), rules, options)
+        result = run_scan(list(sources), rules, options, jobs=jobs)
     if require_complete and not result.complete:
         failed = "; ".join(f"{t}: {r}" for t, r in sorted(result.incomplete_types().items()))
         raise AuditorError(f"partial snapshot: {failed}")
@@ -58,6 +65,7 @@ def do_scan(
 @click.command("scan")
 @source_options
 @rules_option
+@jobs_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report to this file.")
 @click.option(
@@ -73,12 +81,13 @@ def command(
     strict: bool,
     require_complete: bool,
     rules_paths: tuple[str, ...],
+    jobs: int,
     fmt: str,
     output: str | None,
     fail_on: str,
 ) -> None:
     """Scan assets against the baseline rules and report the findings."""
-    result = do_scan(sources, rules_paths, cluster, strict, require_complete)
+    result = do_scan(sources, rules_paths, cluster, strict, require_complete, jobs)
     if fmt == "json":
         text = render_json(result)
     elif fmt == "markdown":

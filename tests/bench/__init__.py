@@ -1,0 +1,1 @@
+"""Tests of the benchmark tooling and of the parallel scan it measures."""

@@ -1,0 +1,99 @@
+"""A scan over several processes gives exactly what one process gives: findings, order, counts, problems."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from auditor.collect import SourceOptions
+from auditor.collect.files import FileSource
+from auditor.evaluate.rulebook import load_rules
+from auditor.parallel import MIN_RANGE_BYTES
+from auditor.scan import run_scan
+from bench.generate import generate
+
+NOW = datetime(2026, 11, 26, tzinfo=UTC)
+BAD_LINES = {
+    "{not json\n": "malformed asset line",
+    '{"asset_type": "storage.googleapis.com/Bucket"}\n': "asset has no 'name'",
+}
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, str]]:
+    """A generated organization large enough to be split in several ranges, with bad and blank lines in it."""
+    path = tmp_path_factory.mktemp("org") / "org.ndjson"
+    generate(14000, path, seed=11)
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert path.stat().st_size > 2 * MIN_RANGE_BYTES
+    for at, line in zip((3, len(lines) // 2, len(lines) - 5), [*BAD_LINES, "\n"], strict=True):
+        lines.insert(at, line.encode())
+    bad = {n: BAD_LINES[line.decode()] for n, line in enumerate(lines, 1) if line.decode() in BAD_LINES}
+    path.write_bytes(b"".join(lines))
+    return path, bad
+
+
+def _scan(path: Path, jobs: int) -> tuple[dict, list[str]]:
+    problems: list[str] = []
+    result = run_scan([str(path)], load_rules(), SourceOptions(on_problem=problems.append), now=NOW, jobs=jobs)
+    doc = result.to_dict()
+    doc["assets_by_type"] = list(result.evaluation.assets_by_type.items())
+    doc["exemption_hits"] = sorted(result.evaluation.exemption_hits.items())
+    return doc, problems
+
+
+def test_parallel_and_serial_scans_are_identical(export: tuple[Path, dict[int, str]]) -> None:
+    path, bad = export
+    serial, serial_problems = _scan(path, 1)
+    parallel, parallel_problems = _scan(path, 2)
+    assert serial["findings"], "the generated organization violates the baseline"
+    assert parallel == serial
+    assert parallel_problems == serial_problems
+    # the bad lines are reported with their own line numbers, in the range after the first too
+    assert [p.split(": ", 1)[0] for p in parallel_problems] == [f"{path}:{n}" for n in sorted(bad)]
+    assert all(reason in p for p, reason in zip(parallel_problems, [bad[n] for n in sorted(bad)], strict=True))
+    assert parallel["summary"]["assets"] == 14000 and not parallel["complete"]
+
+
+def test_ranges_cover_the_file_at_line_boundaries(export: tuple[Path, dict[int, str]]) -> None:
+    path, _ = export
+    source = FileSource(str(path), SourceOptions())
+    ranges = source.split(path, 8, MIN_RANGE_BYTES)
+    assert ranges is not None and len(ranges) >= 2
+    data = path.read_bytes()
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
+    assert all(a[1] == b[0] and data[b[0] - 1 : b[0]] == b"\n" for a, b in itertools.pairwise(ranges))
+    names = []
+    for start, end in ranges:
+        names += [a.name for a in source.range_assets(path, start, end)]
+    assert names == [a.name for a in FileSource(str(path), SourceOptions()).assets()]
+
+
+def test_only_plain_ndjson_is_split(tmp_path: Path) -> None:
+    listing = tmp_path / "listing.json"
+    listing.write_text(json.dumps({"assets": [{"name": "//x/1", "assetType": "t"}]}) + "\n" + " " * 100)
+    assert FileSource(str(listing), SourceOptions()).split(listing, 4, 1) is None
+    packed = tmp_path / "org.ndjson.gz"
+    generate(50, packed, compress=True)
+    assert FileSource(str(packed), SourceOptions()).split(packed, 4, 1) is None
+
+
+def test_cli_jobs_gives_the_same_report(export: tuple[Path, dict[int, str]], tmp_path: Path) -> None:
+    path, _ = export
+    docs = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"report-{jobs}.json"
+        cmd = [sys.executable, "-m", "auditor", "scan", "--source", str(path), "--jobs", jobs, "--format", "json"]
+        proc = subprocess.run([*cmd, "-o", str(out), "--fail-on", "never"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(out.read_text())
+        doc.pop("scanned_at")
+        docs.append(doc)
+    assert docs[0] == docs[1]
+    assert docs[0]["findings"]
