@@ -22,6 +22,7 @@ from remediations.kinds import IAM, RBAC
 from remediations.targets import Target
 
 OWNER_ROLE = "roles/owner"
+PUBLIC_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
 
 # Google-managed service agents and default service accounts Google creates and relies on.
 SERVICE_AGENT_PATTERNS = tuple(
@@ -151,6 +152,9 @@ def check_change(
         for role, _, m in sorted(touched):
             if is_service_agent(m):
                 refusals.append(Refusal("service-agent", f"{m} is a Google-managed service agent ({role})"))
+        for role, _, m in sorted(a - b):
+            if m in PUBLIC_MEMBERS:
+                refusals.append(Refusal("public-member", f"a remediation never grants {role} to {m}"))
         resource = target.resource
         if target.api == "iam_admin" and is_service_agent("serviceAccount:" + resource.rsplit("/", 1)[-1]):
             refusals.append(Refusal("service-agent", f"{resource} is a Google-managed service agent"))

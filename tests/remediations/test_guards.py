@@ -220,3 +220,17 @@ def test_a_refused_edit_does_not_hold_back_the_others(guarded: Path, fake_gcp: F
     policy = fake_gcp.state.get_policy(PROJECT, 3)
     members = {m for b in policy["bindings"] for m in b["members"]}
     assert "user:solo-owner@example.com" in members and "user:dev@example.com" not in members
+
+
+def test_a_remediation_never_grants_public_access(guarded: Path, fake_gcp: FakeGcp, tmp_path: Path) -> None:
+    rule = ("- {id: declared, check: iam.required_bindings, severity: high, mode: dryrun, remediation: iam.add_member,"
+            " params: {role: roles/viewer, members: [allUsers, 'user:reader@example.com']}}")
+    plan = _plan(guarded, rule, tmp_path)
+    report = _apply(plan, tmp_path, GuardConfig())
+    (result,) = report.results
+    assert result.edits == ["add user:reader@example.com to roles/viewer"]
+    assert result.refused_edits == [{"edit": "add allUsers to roles/viewer", "kind": "iam.add_member",
+                                     "rules": ["declared"],
+                                     "reason": "public-member: a remediation never grants roles/viewer to allUsers"}]
+    viewers = [b for b in fake_gcp.state.get_policy(PROJECT, 3)["bindings"] if b["role"] == "roles/viewer"]
+    assert viewers == [{"role": "roles/viewer", "members": ["user:reader@example.com"]}]
