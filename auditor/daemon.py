@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 import os
 import signal
@@ -81,6 +83,15 @@ class _Handler(BaseHTTPRequestHandler):
                 ok = d.auditor.published.cycles_completed > 0
                 body = b"ready\n" if ok else b"not ready: no cycle has completed yet\n"
                 self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", body, head)
+            elif path in PROTECTED and not d.authorized(self.headers.get("Authorization", "")):
+                self.send_response(HTTPStatus.UNAUTHORIZED)
+                self.send_header("WWW-Authenticate", 'Basic realm="drift-auditor", charset="UTF-8"')
+                self.send_header("Content-Type", "text/plain")
+                body = b"this report names resources: give the report token (Bearer, or Basic as the password)\n"
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
             elif path == "/findings.json":
                 published = d.auditor.published
                 query = urllib.parse.parse_qs(self.path.partition("?")[2])
@@ -157,6 +168,9 @@ def finding_filter(query: dict[str, list[str]]) -> Callable[[dict[str, Any]], bo
     return keep
 
 
+PROTECTED = ("/report", "/findings.json")  # they name resources and members; /metrics and the probes never do
+
+
 class Daemon:
     def __init__(self, settings: Settings, auditor: Auditor) -> None:
         self.settings = settings
@@ -177,6 +191,22 @@ class Daemon:
     def _add_process_metrics(registry: CollectorRegistry) -> None:
         # Memory and CPU of the daemon itself (process_*): standard, label-free, useful when a big org grows.
         ProcessCollector(registry=registry)
+
+    def authorized(self, header: str) -> bool:
+        """No token configured: open (bind to loopback or restrict by network). Else Bearer or Basic password."""
+        token = self.settings.report_token
+        if token is None:
+            return True
+        scheme, _, value = header.partition(" ")
+        given = ""
+        if scheme.lower() == "bearer":
+            given = value.strip()
+        elif scheme.lower() == "basic":
+            try:
+                given = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+            except (ValueError, UnicodeDecodeError):
+                return False
+        return bool(given) and hmac.compare_digest(given.encode(), token.get_secret_value().encode())
 
     # -- health --------------------------------------------------------------------------------------------------
     def alive(self) -> bool:

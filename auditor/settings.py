@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
@@ -164,6 +164,10 @@ class Settings(BaseSettings):
         description="Options for live sources (cai_requests_per_minute, cai_page_size, retry_attempts, ...).",
     )
     history_days: int = Field(90, ge=1, description="Cycles, drift events and resolved findings kept this long.")
+    report_token: SecretStr | None = Field(
+        None, description="When set, /report and /findings.json require it (Bearer, or Basic with it as password)."
+    )
+    report_token_file: Path | None = Field(None, description="Read report_token from this file (a mounted secret).")
     staleness: Staleness = Field(default_factory=Staleness)  # type: ignore[arg-type]
     remediation: Remediation = Field(default_factory=Remediation)  # type: ignore[arg-type]
 
@@ -191,6 +195,20 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _FileSettings(settings_cls))
 
+    @model_validator(mode="after")
+    def _token_file(self) -> Settings:
+        if self.report_token_file is not None:
+            if self.report_token is not None:
+                raise ValueError("report_token and report_token_file: set one, not both")
+            try:
+                token = self.report_token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"report_token_file {self.report_token_file}: {exc.strerror or exc}") from None
+            if not token:
+                raise ValueError(f"report_token_file {self.report_token_file} is empty")
+            self.report_token = SecretStr(token)
+        return self
+
     @property
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.listen)
@@ -217,8 +235,9 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> None:
     for key in ("sources", "rules"):
         if isinstance(data.get(key), list):
             data[key] = [fix(p) for p in data[key]]
-    if "state_path" in data:
-        data["state_path"] = fix(data["state_path"])
+    for key in ("state_path", "report_token_file"):
+        if key in data:
+            data[key] = fix(data[key])
     rem = data.get("remediation")
     if isinstance(rem, dict) and isinstance(rem.get("leader_election"), dict) and "lock_file" in rem["leader_election"]:
         rem["leader_election"]["lock_file"] = fix(rem["leader_election"]["lock_file"])

@@ -3,6 +3,7 @@ drift across a restart, signals, and `--once`."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import signal
@@ -10,6 +11,8 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -273,3 +276,35 @@ def test_the_job_runs_one_cycle_at_a_time_coalesced_with_jitter_first_now(tmp_pa
             assert abs(job.next_run_time - datetime.now(UTC)) < timedelta(seconds=60)  # the first run: at start
         finally:
             daemon.scheduler.shutdown(wait=False)
+
+
+def test_report_token_guards_the_pages_that_name_resources(tmp_path: Path) -> None:
+    example_org(tmp_path)
+    (tmp_path / "token").write_text("s3cret-token\n")
+    settings = load_settings(write_config(tmp_path / "config.yaml", report_token_file=str(tmp_path / "token")))
+    assert "s3cret" not in repr(settings)
+
+    def get(path: str, auth: str | None = None) -> int:
+        req = urllib.request.Request(f"http://{host}:{port}{path}", headers={"Authorization": auth} if auth else {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    with Store(settings.state_path) as store:
+        daemon = Daemon(settings, Auditor(settings, store))
+        host, port = daemon.start_http()
+        try:
+            basic = "Basic " + base64.b64encode(b"anyone:s3cret-token").decode()
+            for path in ("/report", "/findings.json"):
+                assert get(path) == 401
+                assert get(path, "Bearer wrong") == 401
+                assert get(path, "Basic !!!") == 401
+                assert get(path, "Bearer s3cret-token") == 200
+                assert get(path, basic) == 200
+            assert get("/metrics") == 200 and get("/readyz") == 503  # metrics and probes stay open
+        finally:
+            assert daemon.server is not None
+            daemon.server.shutdown()
+            daemon.server.server_close()

@@ -110,3 +110,16 @@ def test_serve_refuses_an_invalid_file_with_exit_2_and_one_line(tmp_path: Path) 
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: {cfg}:3: schedule.interval_seconds: Input should be a valid integer")
     assert "Traceback" not in proc.stderr
+
+
+def test_report_token_from_a_file_next_to_the_configuration(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("  abc  \n")
+    s = load_settings(write(tmp_path, "sources: [a]\nreport_token_file: token\n"))
+    assert s.report_token is not None and s.report_token.get_secret_value() == "abc"
+    (tmp_path / "token").write_text("\n")
+    with pytest.raises(ConfigError, match=r"report_token_file .* is empty"):
+        load_settings(write(tmp_path, "sources: [a]\nreport_token_file: token\n"))
+    with pytest.raises(ConfigError, match="set one, not both"):
+        load_settings(write(tmp_path, "sources: [a]\nreport_token: x\nreport_token_file: token\n"))
+    with pytest.raises(ConfigError, match="No such file"):
+        load_settings(write(tmp_path, "sources: [a]\nreport_token_file: missing\n"))
