@@ -2,9 +2,9 @@
 
 For each change: re-read the resource from its own API (not from CAI, which can lag); if the live state already
 has what the change asks for, skip it (re-running an applied plan changes nothing); if the live token is not the
-planned one, report a conflict and write nothing; run the guards on the live before-state and the after-state;
-journal the before-state; write with the token; read back and verify; journal the after-state. One resource's
-failure never stops the others.
+planned one, report a conflict and write nothing; run the guards, edit by edit, on the live state (a refused edit
+does not hold back the others); journal the before-state; write with the token; read back and verify; journal the
+after-state. One resource's failure never stops the others.
 """
 
 from __future__ import annotations
@@ -182,7 +182,8 @@ def _guarded_write(
     try:
         back = writer.read(target)
     except Exception as exc:
-        journal.finish(entry, "failed", reason=f"read back: {_describe(exc)}")
+        # Written, so journal what was written: a rollback can restore the before-state if nothing else changed.
+        journal.finish(entry, "failed", after=new, reason=f"read back: {_describe(exc)}")
         result.outcome, result.reason = Outcome.failed, f"written, but the read back failed: {_describe(exc)}"
         return result
     result.token_after = back.token
