@@ -2,8 +2,9 @@
 
 Each apply (and each rollback) gets an id; each resource it writes gets a row with the full before-state, written
 before the write, and the after-state read back once it is verified. A row left `started` means the process
-stopped mid-write: the before-state is there for a rollback. The tables are this module's own (created if absent,
-with their own schema version row), so the journal lives beside the state store without depending on it.
+stopped mid-write: the before-state is there for a rollback. The tables are this module's own, versioned under
+the component "remediations.journal" in the state file's `schema_versions` (see `auditor.state.migrate`), so the
+journal lives in the daemon's state file without touching its tables.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import AuditorError
+from auditor.state import connect, migrate
 
-SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 10_000
+COMPONENT = "remediations.journal"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS remediation_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+# One entry per schema version; a new version appends a migration, never edits an old one.
+_V1 = """
 CREATE TABLE IF NOT EXISTS remediation_applies (
     apply_id TEXT PRIMARY KEY,
     plan_id TEXT,
@@ -48,13 +49,14 @@ CREATE TABLE IF NOT EXISTS remediation_journal (
     token_after TEXT,
     before TEXT,
     after TEXT,
-    outcome TEXT NOT NULL,           -- started | applied | failed
+    outcome TEXT NOT NULL,           -- started | applied | conflict | failed
     reason TEXT,
     started_at TEXT NOT NULL,
     finished_at TEXT
 );
 CREATE INDEX IF NOT EXISTS remediation_journal_apply ON remediation_journal(apply_id);
 """
+MIGRATIONS = (_V1,)
 
 
 def _now() -> str:
@@ -91,23 +93,12 @@ class Entry:
 class Journal:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if self.path.parent and not self.path.parent.exists():
-            raise AuditorError(f"{self.path}: the folder of the state file does not exist")
+        self.db = connect(self.path)
         try:
-            self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-            self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(_SCHEMA)
-            row = self.db.execute("SELECT value FROM remediation_meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                self.db.execute("INSERT INTO remediation_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise AuditorError(
-                    f"{self.path}: the remediation journal has schema version {row[0]}, newer than this auditor "
-                    f"understands ({SCHEMA_VERSION}); upgrade the auditor"
-                )
+            migrate(self.db, COMPONENT, MIGRATIONS)
         except sqlite3.DatabaseError as exc:
-            raise AuditorError(f"{self.path}: cannot open the state file: {exc}") from None
+            self.db.close()
+            raise AuditorError(f"{self.path}: cannot create the remediation journal: {exc}") from None
 
     def close(self) -> None:
         self.db.close()
