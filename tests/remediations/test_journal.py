@@ -41,5 +41,5 @@ def test_a_newer_journal_schema_is_refused(tmp_path: Path) -> None:
     db.execute("UPDATE schema_versions SET version = 9 WHERE component = ?", (COMPONENT,))
     db.commit()
     db.close()
-    with pytest.raises(AuditorError, match="remediations.journal schema version 9, newer than this version knows"):
+    with pytest.raises(AuditorError, match=r"remediations\.journal schema version 9, newer than this version knows"):
         Journal(path)
