@@ -363,6 +363,7 @@ class Auditor:
             "open": rec.open if rec else None,
             "stale": rec.stale if rec else None,
             "retired": rec.retired if rec and rec.retired else None,
+            "baseline": True if rec and rec.baseline else None,
             "durations": {k: round(v, 4) for k, v in out.durations.items()},
         }
         if out.result is not None and not out.result.complete:

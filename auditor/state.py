@@ -10,6 +10,7 @@ Drift is computed when a cycle is recorded, against the findings still open in t
   (ScanResult.incomplete_types(); "*" means every type): then it stays open and is marked stale;
 - an open finding whose rule is no longer loaded is closed without a drift event (the organization did not change);
 - the rest are still open: their last-seen time moves, their first-seen time never does.
+The first cycle that records findings is the baseline: stored and logged, not counted as drift.
 Counters behind the Prometheus counters (cycles, drift events, source errors, remediations) live here too, so
 they survive restarts and never go backwards.
 """
@@ -313,6 +314,7 @@ class Recorded:
     stale: int = 0
     open: int = 0  # open, not exempted findings after this cycle (stale ones included): what the metrics show
     retired: int = 0  # closed because their rule is no longer loaded (not drift)
+    baseline: bool = False  # the first cycle with findings: its "new" findings are not counted as drift
 
     @property
     def new(self) -> list[DriftEvent]:
@@ -530,9 +532,15 @@ class Store:
             [(e.cycle_id, e.at, e.change, e.finding_id, e.rule, e.severity, e.asset, e.asset_type, int(e.exempted),
               e.message) for e in rec.drift],
         )
+        # The first cycle that records findings is the baseline: its findings are stored and logged as new, but they
+        # are what the organization already was, not drift, so the counters (and the alerts on them) stay quiet; a
+        # lost state file does not page for every existing finding either.
+        rec.baseline = db.execute(
+            "SELECT 1 FROM cycles WHERE id < ? AND outcome != 'failed' LIMIT 1", (rec.cycle_id,)
+        ).fetchone() is None
         for e in rec.drift:
             # Exempted findings coming and going are bookkeeping, not drift anyone should be paged for.
-            if not e.exempted:
+            if not e.exempted and not rec.baseline:
                 self._bump(db, "drift_events_total", {"rule": e.rule, "severity": e.severity, "change": e.change})
         rec.still_open = len(updates)
 

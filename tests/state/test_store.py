@@ -51,12 +51,28 @@ def test_drift_new_resolved_and_still_open(tmp_path: Path) -> None:
         last, events = store.last_drift()
         assert last is not None and last.id == second.cycle_id
         assert sorted((e.change, e.rule) for e in events) == [("new", "r2"), ("resolved", "r1")]
+        # The first cycle is the baseline: only the second cycle's drift is counted.
+        assert first.baseline and not second.baseline
         counters = {tuple(sorted(lb.items())): v for lb, v in store.counters("drift_events_total")}
-        assert counters[(("change", "new"), ("rule", "r1"), ("severity", "high"))] == 2
-        assert counters[(("change", "resolved"), ("rule", "r1"), ("severity", "high"))] == 1
-        assert counters[(("change", "new"), ("rule", "r2"), ("severity", "critical"))] == 1
+        assert counters == {
+            (("change", "resolved"), ("rule", "r1"), ("severity", "high")): 1,
+            (("change", "new"), ("rule", "r2"), ("severity", "critical")): 1,
+        }
         cycles = store.cycles()
         assert [(c.id, c.new, c.resolved, c.findings) for c in cycles] == [(2, 1, 1, 2), (1, 2, 0, 2)]
+
+
+def test_the_baseline_is_the_first_cycle_that_records_findings(tmp_path: Path) -> None:
+    a = finding("r1", "//a")
+    with Store(tmp_path / "s.db") as store:
+        failed = store.record_cycle(cycle(50, None, outcome="failed", error="x"))
+        assert failed.drift == []
+        first = store.record_cycle(cycle(100, [a]))
+        assert first.baseline and [e.change for e in first.new] == ["new"]
+        assert store.counters("drift_events_total") == []
+        b = finding("r1", "//b")
+        assert not store.record_cycle(cycle(200, [a, b])).baseline
+        assert store.counters("drift_events_total") == [({"change": "new", "rule": "r1", "severity": "high"}, 1.0)]
 
 
 def test_a_finding_that_comes_back_is_new_again_with_a_new_first_seen(tmp_path: Path) -> None:
