@@ -1,8 +1,8 @@
 """Stage 4, findings -> state: the SQLite store of cycles, the finding lifecycle and drift between cycles.
 
-One file, WAL mode (the HTTP threads read while a cycle writes). Each component versions its own tables in
-`schema_versions` (this module: "auditor.state"; the remediation journal keeps its tables in the same file under
-its own component name), so migrations never touch tables they do not own.
+One file, WAL mode (`auditor history` and `auditor findings` read while the daemon writes). This module versions its
+tables in `schema_versions` under "auditor.state" (`migrate` serves any component the same way); the remediation
+journal keeps its own tables in the same file, and no migration here touches a table it does not own.
 
 Drift is computed when a cycle is recorded, against the findings still open in the store:
 - a finding seen now and not open before is `new` (also one that was resolved and came back);
