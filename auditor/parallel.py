@@ -48,6 +48,8 @@ class _Part:
 
 
 _engine: Engine | None = None  # the worker's engine, built once per process
+_finishing: EvaluationRun | None = None  # the run whose checks with context forked workers share
+MIN_DEFERRED = 2000  # fewer held assets than this are evaluated in the parent
 
 
 def _init(rules: list[tuple[Rule, str]], now: datetime) -> None:
@@ -145,3 +147,38 @@ class ParallelReader:
             if n % 1000 == 0:
                 on_asset(source.status.assets)
             yield a
+
+
+def _deferred_range(bounds: tuple[int, int]) -> Evaluation:
+    run = _finishing
+    assert run is not None, "worker not forked from a finishing run"
+    part = Evaluation()
+    for asset, later in run.deferred[bounds[0] : bounds[1]]:
+        run.engine._run(asset, later, run.ctx, part)
+    return part
+
+
+def finish(run: EvaluationRun, jobs: int) -> Evaluation:
+    """`run.finish()`, with the checks with context spread over `jobs` forked processes.
+
+    Forked after the whole snapshot is read, the workers share the context and the held assets with the parent
+    (nothing is copied to them); each evaluates a slice of the held assets and returns its findings, which are
+    taken in slice order: the order one process gives.
+    """
+    global _finishing
+    n = len(run.deferred)
+    if jobs < 2 or n < MIN_DEFERRED or sys.platform != "linux":
+        return run.finish()
+    slices = jobs * RANGES_PER_JOB
+    bounds = [(i * n // slices, (i + 1) * n // slices) for i in range(slices)]
+    _finishing = run
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            for part in pool.map(_deferred_range, bounds):
+                run.result.findings.extend(part.findings)
+                run.result.errors.extend(part.errors)
+                run.result.exemption_hits.update(part.exemption_hits)
+    finally:
+        _finishing = None
+    run.deferred = []
+    return run.finish()

@@ -98,7 +98,7 @@ def _parallel(
     on_progress: Callable[[int], None] | None,
 ) -> None:
     from auditor.collect.files import FileSource
-    from auditor.parallel import ParallelReader
+    from auditor.parallel import ParallelReader, finish
 
     run = engine.start(evaluation)
     with ParallelReader(engine, jobs, cluster) as reader:
@@ -107,7 +107,7 @@ def _parallel(
                 reader.feed(source, run, on_progress)
             else:
                 run.feed(_chain([source], on_progress))
-    run.finish()
+    finish(run, jobs)
 
 
 def run_scan(

@@ -125,7 +125,7 @@ class FileSource:
         self.status = SourceStatus(source=path)
         self._wanted: Callable[[str, bool], bool] | None = None
         self._skipped_types: Counter[str] | None = None
-        self._verdicts: dict[tuple[str, bool], bool] = {}
+        self._verdicts: tuple[dict[str, bool], dict[str, bool]] = ({}, {})  # [has IAM policy][asset type]
         self._next_line = 1
         self.lines_read = 0
         self._shared_ancestors: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -293,7 +293,7 @@ class FileSource:
         status = self.status
         wanted = self._wanted
         skipped = self._skipped_types
-        verdicts: dict[tuple[str, bool], bool] = self._verdicts
+        verdicts = self._verdicts
         shared: dict[tuple[str, ...], tuple[str, ...]] = self._shared_ancestors
         shared_types: dict[str, str] = self._shared_types
         for rec in recs:
@@ -307,11 +307,12 @@ class FileSource:
                 lineno += 1
                 continue
             iam = rec.iam_policy or rec.iamPolicy
-            has_iam = bool(iam) and not _is_null(iam)
+            has_iam = len(iam) > 0 and (len(iam) != 4 or bytes(iam) != b"null")
             if wanted is not None and skipped is not None:
-                verdict = verdicts.get((asset_type, has_iam))
+                known = verdicts[has_iam]
+                verdict = known.get(asset_type)
                 if verdict is None:
-                    verdict = verdicts[(asset_type, has_iam)] = wanted(asset_type, has_iam)
+                    verdict = known[asset_type] = wanted(asset_type, has_iam)
                 if not verdict:
                     skipped[asset_type] += 1
                     status.assets += 1
