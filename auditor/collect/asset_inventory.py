@@ -4,11 +4,14 @@ What is read: only the asset types the loaded rules need. `SourceOptions.asset_t
 become the RE2 expressions CAI accepts in `assetTypes` (`*` -> `[^/]*`). A `*` glob means "every type": for the
 IAM_POLICY content type that is one listing with no type filter, which CAI supports and which returns only the
 assets that carry a policy. RESOURCE is listed for the resource globs, IAM_POLICY for the IAM globs when any
-loaded check reads IAM (`extra["needs_iam"]`). When the caller says which globs need which part
-(`extra["resource_types"]`, `extra["iam_types"]`), each content type lists only those.
+loaded check reads IAM (`extra["needs_iam"]`). Before reading, the scan hands the source `Engine.wants` (see
+`select`): a listing that no rule reads is dropped, and a `*` listing becomes one per named type unless a rule reads
+that part of every type (the shipped IAM rules read the IAM policy of every type, but the resources of a few).
+`extra["resource_types"]` and `extra["iam_types"]` narrow each content type further when a caller knows better.
 
-How: one listing per (content type, asset type glob), page size 1000, all pinned to one `read_time` (the server's
-time of the first page, or `read_time=` given), run by a bounded pool of threads (`concurrency`, default 4) under
+How: one listing per (content type, asset type glob), grouped into at most `concurrency` (default 4) ListAssets
+listings per content type (a listing costs a request even when it finds nothing), page size 1000, all pinned to
+one `read_time` (the server's time of the first page, or `read_time=` given), run by a bounded pool of threads under
 one requests-per-minute budget (`rpm`, default 100: CAI's default quota per consumer project). Each page is
 retried on its own (auditor/collect/retry.py), so a failure on page 40 does not re-read pages 1-39. Assets are
 handed to the engine as pages arrive, through a bounded queue (memory stays flat).
@@ -47,6 +50,7 @@ import re
 import tempfile
 import threading
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -136,6 +140,42 @@ class Listing:
         return f"{self.glob} ({self.content})"
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Listings of one content type read together: one ListAssets listing with all their `assetTypes`."""
+
+    listings: tuple[Listing, ...]
+
+    @property
+    def content(self) -> str:
+        return self.listings[0].content
+
+    @property
+    def asset_types(self) -> list[str]:
+        return [t for x in self.listings for t in x.asset_types]
+
+    def __str__(self) -> str:
+        return f"{', '.join(x.glob for x in self.listings)} ({self.content})"
+
+
+def batch_listings(listings: list[Listing], concurrency: int) -> list[Batch]:
+    """Listings grouped into at most `concurrency` batches per content type (a `*` listing stays alone).
+
+    Every listing costs at least one request, so thirty small types listed one by one cost thirty requests where
+    four batches cost four; with more than a page of assets, pages dominate either way. A batch that fails marks
+    each of its types incomplete, so completeness stays per type.
+    """
+    out: list[Batch] = []
+    for content in (RESOURCE, IAM_POLICY):
+        mine = [x for x in listings if x.content == content]
+        if any(x.glob == ALL_TYPES for x in mine):
+            out.append(Batch((Listing(content, ALL_TYPES),)))
+            continue
+        n = min(concurrency, len(mine))
+        out.extend(Batch(tuple(mine[i::n])) for i in range(n))
+    return out
+
+
 def plan_listings(
     globs: frozenset[str] | None,
     needs_iam: bool,
@@ -155,6 +195,38 @@ def plan_listings(
         else:
             out.extend(Listing(content, g) for g in sorted(chosen))
     return out
+
+
+# An asset type no rule names: what the rules want of it is what they want of every type they do not name.
+PROBE_TYPE = "auditor.invalid/AnyOtherType"
+
+
+def _wildcard(glob: str) -> bool:
+    return any(c in glob for c in "*?")
+
+
+def refine_listings(
+    listings: list[Listing], chosen: dict[str, frozenset[str]], wanted: Callable[[str, bool], bool]
+) -> list[Listing]:
+    """Drop the listings no rule reads, asking the engine (`Engine.wants(asset_type, has_iam_policy)`).
+
+    A `*` listing stays only if some rule reads that part of an asset type it does not name (an IAM rule on every
+    type keeps the IAM_POLICY `*` listing, but not the RESOURCE one); otherwise it becomes one listing per named
+    glob. A listing for an exact type stays only if a rule reads that part of it. Partial globs
+    (`compute.googleapis.com/*`) are kept: a probe could not stand for every type they match.
+    """
+    out: list[Listing] = []
+    for listing in listings:
+        iam = listing.content == IAM_POLICY
+        if listing.glob == ALL_TYPES:
+            if wanted(PROBE_TYPE, iam):
+                out.append(listing)
+                continue
+            named = sorted(g for g in chosen.get(listing.content, frozenset()) if g not in ("*", "**"))
+            out.extend(Listing(listing.content, g) for g in named if _wildcard(g) or wanted(g, iam))
+        elif _wildcard(listing.glob) or wanted(listing.glob, iam):
+            out.append(listing)
+    return list(dict.fromkeys(out))
 
 
 def describe_error(
@@ -230,14 +302,18 @@ class AssetInventorySource:
         self.retry = RetryPolicy.from_settings(extra)
         self.budget = shared_budget(self.endpoint.url or "google", self.rpm)
         needs_iam = bool(extra.get("needs_iam", True))
-        self.listings = plan_listings(
-            options.asset_types,
-            needs_iam,
-            _globs(extra.get("resource_types")),
-            _globs(extra.get("iam_types")),
-        )
+        every = options.asset_types if options.asset_types is not None else frozenset({ALL_TYPES})
+        self._chosen = {
+            RESOURCE: _globs(extra.get("resource_types")) or every,
+            IAM_POLICY: (_globs(extra.get("iam_types")) or every) if needs_iam else frozenset(),
+        }
+        self.listings = plan_listings(options.asset_types, needs_iam, self._chosen[RESOURCE], self._chosen[IAM_POLICY])
         self.requests = 0  # API requests made, for logs and tests
         self._lock = threading.Lock()
+
+    def select(self, wanted: Callable[[str, bool], bool], skipped: Counter[str]) -> None:
+        """Called by the scan with `Engine.wants` before reading: list only what some rule reads."""
+        self.listings = refine_listings(self.listings, self._chosen, wanted)
 
     # -- public -----------------------------------------------------------------------------------------------------
     def assets(self) -> Iterator[Asset]:
@@ -275,25 +351,27 @@ class AssetInventorySource:
                     continue
             raise _Stop
 
-        def work(listing: Listing) -> None:
+        def work(batch: Batch) -> None:
             try:
-                self._run_listing(f"{base}/v1/{self.scope}/assets", session, listing, read_time, gate, put, stop)
+                self._run_listing(f"{base}/v1/{self.scope}/assets", session, batch, read_time, gate, put, stop)
             except _Stop:
                 return
-            except Exception as exc:  # recorded as an incomplete type; never takes the other listings down
-                reason = describe_error(exc, listing.content, str(listing), self.scope)
-                log.warning("%s: %s not read completely: %s", self.uri, listing, reason)
-                self.status.fail(listing.glob, reason)
+            except Exception as exc:  # recorded as incomplete types; never takes the other listings down
+                reason = describe_error(exc, batch.content, str(batch), self.scope)
+                log.warning("%s: %s not read completely: %s", self.uri, batch, reason)
+                for listing in batch.listings:
+                    self.status.fail(listing.glob, reason)
             try:
-                put(("done", listing))
+                put(("done", batch))
             except _Stop:
                 return
 
-        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(self.listings)), thread_name_prefix="cai")
+        batches = batch_listings(self.listings, self.concurrency)
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(batches)), thread_name_prefix="cai")
         try:
-            for listing in self.listings:
-                pool.submit(work, listing)
-            remaining = len(self.listings)
+            for batch in batches:
+                pool.submit(work, batch)
+            remaining = len(batches)
             while remaining:
                 kind, payload = out.get()
                 if kind == "done":
@@ -314,7 +392,7 @@ class AssetInventorySource:
         self,
         url: str,
         session: Callable[[], Any],
-        listing: Listing,
+        listing: Batch,
         read_time: list[str | None],
         gate: threading.Lock,
         put: Callable[[tuple[str, Any]], None],

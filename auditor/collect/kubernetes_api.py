@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -173,6 +174,10 @@ class KubernetesApiSource:
         self.retry = RetryPolicy.from_settings(options.extra)
         self.requests = 0
         self._api_client: Any = None
+
+    def select(self, wanted: Callable[[str, bool], bool], skipped: Counter[str]) -> None:
+        """Called by the scan with `Engine.wants` before reading: list only the kinds some rule reads."""
+        self.kinds = [k for k in self.kinds if wanted(k.asset_type, False)]
 
     # -- connection -------------------------------------------------------------------------------------------------
     def api_client(self) -> Any:
