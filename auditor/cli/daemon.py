@@ -16,7 +16,8 @@ from auditor.settings import load_settings
     help="YAML configuration file. Every key can also come from AUDITOR_* environment variables.",
 )
 @click.option("--once", is_flag=True, help="Run one cycle, print its summary as JSON, and exit (cron, CI).")
-def command(config: str | None, once: bool) -> None:
+@click.option("--check", is_flag=True, help="Validate the configuration and the rules, print a summary, and exit.")
+def command(config: str | None, once: bool, check: bool) -> None:
     """Run audit cycles on a schedule and serve /metrics, /report, /findings.json, /healthz and /readyz.
 
     With --once: exit 0 when the cycle read everything, 1 when it was partial or failed.
@@ -28,6 +29,17 @@ def command(config: str | None, once: bool) -> None:
     from auditor.state import Store
 
     settings = load_settings(config)
+    if check:
+        from auditor.evaluate.rulebook import load_rules
+
+        rules = load_rules(settings.rules or None)
+        sch = settings.schedule
+        click.echo(
+            f"configuration OK: {len(settings.sources)} source(s), {len(rules)} rule(s), "
+            f"schedule {sch.cron or f'every {sch.interval_seconds}s'}, state {settings.state_path}, "
+            f"listen {settings.listen}, remediation {'on' if settings.remediation.enabled else 'off'}"
+        )
+        return
     configure(settings.log_format, settings.log_level)
     store = Store(settings.state_path)
     auditor = Auditor(settings, store)

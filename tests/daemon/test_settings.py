@@ -123,3 +123,17 @@ def test_report_token_from_a_file_next_to_the_configuration(tmp_path: Path) -> N
         load_settings(write(tmp_path, "sources: [a]\nreport_token: x\nreport_token_file: token\n"))
     with pytest.raises(ConfigError, match="No such file"):
         load_settings(write(tmp_path, "sources: [a]\nreport_token_file: missing\n"))
+
+
+def test_serve_check_validates_without_starting(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "sources: [a, b]\nschedule: {cron: '*/5 * * * *'}\nstate_path: s.db\n")
+    proc = subprocess.run([sys.executable, "-m", "auditor", "serve", "--config", str(cfg), "--check"],
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("configuration OK: 2 source(s), ")
+    assert "schedule */5 * * * *" in proc.stdout and not (tmp_path / "s.db").exists()
+    (tmp_path / "rules.yaml").write_text("- {id: x, check: no.such, severity: high}\n")
+    cfg = write(tmp_path, "sources: [a]\nrules: [rules.yaml]\n")
+    proc = subprocess.run([sys.executable, "-m", "auditor", "serve", "--config", str(cfg), "--check"],
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2 and "unknown check 'no.such'" in proc.stderr
