@@ -217,3 +217,15 @@ def test_in_cluster_outside_a_pod_is_a_clear_error(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     code, _, err = scan_json("--source", "k8s://in-cluster")
     assert code == 2 and "not running in a Kubernetes pod" in err and "Traceback" not in err
+
+
+def test_a_scan_lists_only_the_kinds_some_rule_reads(kube_api: KubeServer, cluster: str) -> None:
+    from auditor.scan import run_scan
+
+    rules = load_rules(None)
+    result = run_scan([f"k8s://{cluster}"], rules, SourceOptions(cluster=CLUSTER))
+    assert result.complete and result.findings
+    engine = Engine(rules)
+    read = {k.kind for k in KINDS if engine.wants(k.asset_type, False)}
+    plurals = {r["plural"] for r in kube_api.list_requests()}
+    assert plurals == {k.resource.split(".")[0] for k in KINDS if k.kind in read}
