@@ -74,7 +74,6 @@ class Published:
     findings_json: bytes
     report_html: bytes
     cycles_completed: int
-    findings_doc: dict[str, Any] = field(default_factory=dict)  # findings_json before encoding, for filtered views
 
 
 _CODES = (
@@ -345,7 +344,7 @@ class Auditor:
             remediation_markdown=self._remediation.markdown if self._remediation else None,
             plan=self._remediation.plan if self._remediation else None,
         )
-        return Published(view, json.dumps(doc, default=str).encode(), html.encode(), self.cycles_completed, doc)
+        return Published(view, json.dumps(doc, default=str).encode(), html.encode(), self.cycles_completed)
 
     def _log_cycle(self, out: CycleOutcome) -> None:
         rec = out.recorded
