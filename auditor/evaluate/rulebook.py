@@ -301,11 +301,20 @@ def shipped_rules_dir() -> Path:
     return here.parent / "rules"
 
 
+def _hidden(path: Path, root: Path) -> bool:
+    """Dot files and folders: editor backups, and the `..data` copies a ConfigMap volume holds beside the files."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def rule_files(paths: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix in RULE_FILE_SUFFIXES and f.is_file()))
+            out.extend(
+                sorted(
+                    f for f in p.rglob("*") if f.suffix in RULE_FILE_SUFFIXES and f.is_file() and not _hidden(f, p)
+                )
+            )
         elif p.is_file():
             out.append(p)
         else:

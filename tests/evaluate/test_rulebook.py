@@ -124,3 +124,13 @@ def test_schema_lists_every_check() -> None:
     schema = rule_schema()
     checks = schema["$defs"]["Rule"]["properties"]["check"]["enum"]
     assert "iam.forbidden_members" in checks
+
+
+def test_folder_skips_hidden_copies_of_a_configmap_mount(tmp_path: Path) -> None:
+    """A ConfigMap volume holds each file twice: `name.yaml` -> `..data/name.yaml`. Only the visible one counts."""
+    data = tmp_path / "..2026_11_26_06_00_00.123"
+    data.mkdir()
+    write(data, GOOD)
+    (tmp_path / "..data").symlink_to(data.name)
+    (tmp_path / "rules.yaml").symlink_to("..data/rules.yaml")
+    assert [r.id for r in load_rules([tmp_path])] == ["no-public", "no-owner"]
