@@ -15,6 +15,7 @@ subprocess so that peaks of resident memory do not mix:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -38,6 +39,7 @@ from bench.generate import GENERATOR_VERSION, generate  # noqa: E402
 
 DATA = REPO / "bench" / "data"
 BLOCK = 8 << 20  # bytes read at a time by the floor decoders
+BASE_RULES = 10  # the rule-count figure: these shipped rules, then cloned up to 50
 
 
 # -- the floor: typed decoding and nothing else --------------------------------------------------------------------
@@ -118,6 +120,7 @@ def floor(path: Path, envelope: bool) -> int:
 # -- one measurement, in this (fresh) process ----------------------------------------------------------------------
 def measure(kind: str, path: Path, rules_dir: str | None, jobs: int) -> dict[str, Any]:
     t0 = time.perf_counter()
+    c0 = time.process_time()
     out: dict[str, Any] = {}
     if kind in ("floor", "floor-envelope"):
         out["assets"] = floor(path, envelope=kind == "floor-envelope")
@@ -127,14 +130,18 @@ def measure(kind: str, path: Path, rules_dir: str | None, jobs: int) -> dict[str
 
         rules = load_rules([rules_dir] if rules_dir else None)
         t0 = time.perf_counter()  # rule loading is not part of the scan
-        result = run_scan([str(path)], rules, jobs=jobs) if jobs > 1 else run_scan([str(path)], rules)
+        c0 = time.process_time()
+        result = run_scan([str(path)], rules, jobs=jobs)
         out.update(assets=result.evaluation.assets, findings=len(result.findings), rules=len(rules))
     else:
         raise SystemExit(f"unknown measurement {kind!r}")
     out["seconds"] = time.perf_counter() - t0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of this process and of its workers: unlike wall time, not inflated by other load on the machine
+    out["cpu_seconds"] = time.process_time() - c0 + children.ru_utime + children.ru_stime
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # Worker processes (jobs > 1) are waited for before run_scan returns: this is the largest one's peak.
-    out["child_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    out["child_rss_mb"] = children.ru_maxrss / 1024
     return out
 
 
@@ -168,6 +175,7 @@ def _cli(path: Path, jobs: int) -> dict[str, Any]:
     # ru_maxrss of wait4 is the CLI process alone; its workers are its children and are not included here.
     return {
         "seconds": seconds,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "rss_mb": usage.ru_maxrss / 1024,
         "child_rss_mb": 0.0,
         "assets": doc["summary"]["assets"],
@@ -176,30 +184,66 @@ def _cli(path: Path, jobs: int) -> dict[str, Any]:
 
 
 # -- rules for the scaling figure ----------------------------------------------------------------------------------
-def shipped_rule_dicts() -> list[dict[str, Any]]:
+def shipped_rule_dicts(count: int = BASE_RULES) -> list[dict[str, Any]]:
+    """`count` shipped rules, taken in turn from each rule file so that every domain is represented."""
     from auditor.evaluate.rulebook import rule_files, shipped_rules_dir
 
-    out: list[dict[str, Any]] = []
+    per_file: list[list[dict[str, Any]]] = []
     for f in rule_files([shipped_rules_dir()]):
+        rules: list[dict[str, Any]] = []
         for doc in yaml.safe_load_all(f.read_text(encoding="utf-8")):
             items = doc.get("rules") if isinstance(doc, dict) else doc
             if isinstance(items, list):
-                out.extend(r for r in items if isinstance(r, dict) and "id" in r)
+                rules.extend(r for r in items if isinstance(r, dict) and "id" in r)
+        per_file.append(rules)
+    out: list[dict[str, Any]] = []
+    for group in itertools.zip_longest(*per_file):
+        out.extend(r for r in group if r is not None)
     if not out:
         raise SystemExit("no shipped rules found to clone")
-    return out
+    return out[:count]
 
 
-def write_cloned_rules(folder: Path, count: int) -> None:
-    """`count` rules: the shipped ones in turn, each copy under a new id."""
+def _distinct(check: str, params: dict[str, Any], i: int) -> dict[str, Any] | None:
+    """The params with a value that matches nothing added to a list of strings (a member, role or range that does
+    not occur in the generated organization): about the same work, other params. None when the check refuses every
+    such change (its params are then kept: an identical clone)."""
+    from auditor.evaluate.registry import get_check
+
+    spec = get_check(check)
+    if spec is None:
+        return None
+    for k, v in params.items():
+        if not (isinstance(v, list) and v and all(isinstance(x, str) for x in v)):
+            continue
+        for extra in (f"bench-clone-{i}", f"192.0.2.{i % 250}/32"):
+            candidate = {**params, k: [*v, extra]}
+            try:
+                spec.params.model_validate(candidate)
+            except ValueError:
+                continue
+            return candidate
+    return None
+
+
+def write_cloned_rules(folder: Path, count: int, distinct: bool = False) -> int:
+    """`count` rules: BASE_RULES shipped ones, then copies of them in turn under new ids (with `distinct`, other
+    params where the check allows it); the number of copies with other params."""
     base = shipped_rule_dicts()
     rules = []
+    distinct_count = 0
     for i in range(count):
         r = dict(base[i % len(base)])
         r["id"] = f"{r['id']}-bench-{i:03d}"
+        if distinct and i >= len(base) and isinstance(r.get("params"), dict):
+            changed = _distinct(str(r["check"]), r["params"], i)
+            if changed is not None:
+                r["params"] = changed
+                distinct_count += 1
         rules.append(r)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "bench.yaml").write_text(yaml.safe_dump({"rules": rules}, sort_keys=False), encoding="utf-8")
+    return distinct_count
 
 
 # -- the run -------------------------------------------------------------------------------------------------------
@@ -231,6 +275,7 @@ def _row(name: str, m: dict[str, Any], size: int, jobs: int = 1) -> dict[str, An
     return {
         "name": name,
         "seconds": round(secs, 3),
+        "cpu_seconds": round(m.get("cpu_seconds", 0.0), 3),
         "assets": m.get("assets"),
         "assets_per_s": round(m["assets"] / secs) if secs else None,
         "mb_per_s": round(size / 1e6 / secs, 1) if secs else None,
@@ -270,17 +315,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_rule_scaling:
         log("rule scaling ...\n")
         with tempfile.TemporaryDirectory() as tmp:
-            r10, r50 = Path(tmp) / "r10", Path(tmp) / "r50"
+            r10, r50, r50d = Path(tmp) / "r10", Path(tmp) / "r50", Path(tmp) / "r50d"
             write_cloned_rules(r10, 10)
             write_cloned_rules(r50, 50)
+            distinct = write_cloned_rules(r50d, 50, distinct=True)
             m10 = best("scan", path, args.repeat, str(r10))
             m50 = best("scan", path, args.repeat, str(r50))
+            m50d = best("scan", path, args.repeat, str(r50d))
         rows.append(_row("scan, 10 rules", m10, size))
-        rows.append(_row("scan, 50 rules", m50, size))
+        rows.append(_row("scan, 50 rules (identical clones)", m50, size))
+        rows.append(_row("scan, 50 rules (distinct params)", m50d, size))
         scaling = {
             "seconds_10": round(m10["seconds"], 3),
             "seconds_50": round(m50["seconds"], 3),
+            "seconds_50_distinct": round(m50d["seconds"], 3),
+            "clones_with_distinct_params": distinct,
             "added_percent": round(100 * (m50["seconds"] / m10["seconds"] - 1), 1),
+            "added_percent_distinct": round(100 * (m50d["seconds"] / m10["seconds"] - 1), 1),
+            "added_percent_cpu": round(100 * (m50["cpu_seconds"] / m10["cpu_seconds"] - 1), 1),
+            "added_percent_distinct_cpu": round(100 * (m50d["cpu_seconds"] / m10["cpu_seconds"] - 1), 1),
         }
     return {
         "machine": machine(),
@@ -290,6 +343,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rules": scan1.get("rules"),
         "rows": rows,
         "ratio_scan_to_floor": round(scan1["seconds"] / fl["seconds"], 2),
+        "ratio_scan_to_floor_cpu": round(scan1["cpu_seconds"] / fl["cpu_seconds"], 2),
         "ratio_scan_to_envelope_floor": round(scan1["seconds"] / env["seconds"], 2),
         "ratio_parallel_scan_to_floor": round(scan_j["seconds"] / fl["seconds"], 2) if scan_j else None,
         "rule_scaling": scaling,
@@ -302,22 +356,27 @@ def render(report: dict[str, Any]) -> str:
         f"{report['assets']:,} assets, {report['file_mb']:,} MB ({report['file']}), {report['rules']} shipped rules",
         f"machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}",
         "",
-        f"{'measurement':<38} {'seconds':>8} {'assets/s':>10} {'MB/s':>7} {'peak MB':>8} {'findings':>9}",
+        f"{'measurement':<40} {'seconds':>8} {'cpu s':>7} {'assets/s':>10} {'MB/s':>7} {'peak MB':>8} {'findings':>9}",
     ]
     for r in report["rows"]:
         findings = "" if r["findings"] is None else f"{r['findings']:,}"
         lines.append(
-            f"{r['name']:<38} {r['seconds']:>8.2f} {r['assets_per_s']:>10,} {r['mb_per_s']:>7,.1f} "
-            f"{r['peak_rss_mb']:>8.0f} {findings:>9}"
+            f"{r['name']:<40} {r['seconds']:>8.2f} {r['cpu_seconds']:>7.2f} {r['assets_per_s']:>10,} "
+            f"{r['mb_per_s']:>7,.1f} {r['peak_rss_mb']:>8.0f} {findings:>9}"
         )
     lines.append("")
-    lines.append(f"ratio scan / floor: {report['ratio_scan_to_floor']}")
+    lines.append(f"ratio scan / floor: {report['ratio_scan_to_floor']} (CPU time: {report['ratio_scan_to_floor_cpu']})")
     lines.append(f"ratio scan / envelope floor: {report['ratio_scan_to_envelope_floor']}")
     if report["ratio_parallel_scan_to_floor"] is not None:
         lines.append(f"ratio parallel scan / floor: {report['ratio_parallel_scan_to_floor']}")
     s = report["rule_scaling"]
     if s:
-        lines.append(f"10 -> 50 rules: {s['seconds_10']} s -> {s['seconds_50']} s ({s['added_percent']:+}%)")
+        lines.append(
+            f"10 -> 50 rules: {s['seconds_10']} s -> {s['seconds_50']} s ({s['added_percent']:+}%, CPU "
+            f"{s['added_percent_cpu']:+}%) identical clones; -> {s['seconds_50_distinct']} s "
+            f"({s['added_percent_distinct']:+}%, CPU {s['added_percent_distinct_cpu']:+}%) with distinct params "
+            f"({s['clones_with_distinct_params']} of the 40 copies)"
+        )
     return "\n".join(lines)
 
 
