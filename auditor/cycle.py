@@ -373,6 +373,12 @@ class Auditor:
             fields["remediation"] = {f"{r}/{k}/{o}": n for r, k, o, n in out.remediation.counts}
         level = "info" if out.outcome == "success" else "warning" if out.outcome == "partial" else "error"
         getattr(self.log, level)("cycle", **{k: v for k, v in fields.items() if v is not None})
+        if rec is not None and rec.baseline:
+            # The first findings are the state the organization was already in, not changes: one summary event
+            # instead of one line per finding (they are all in the store, /findings.json and /report).
+            self.log.info("baseline", cycle=rec.cycle_id, findings=len(rec.new),
+                          exempted=sum(1 for e in rec.new if e.exempted))
+            return
         for e in rec.drift if rec else ():
             self.log.info(
                 "drift", cycle=e.cycle_id, change=e.change, rule=e.rule, severity=e.severity, asset=e.asset,

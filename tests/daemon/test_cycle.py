@@ -138,7 +138,8 @@ def test_restart_keeps_first_seen_and_reports_nothing_new(tmp_path: Path, logs: 
     out = again.run_cycle()
     assert out.recorded is not None and out.recorded.drift == []
     assert {f.id: f.first_seen for f in again.store.open_findings()} == first_seen
-    assert events(logs, "drift")[-1]["cycle"] == 1  # no drift logged by the second process
+    assert events(logs, "drift") == []  # the first cycle is a baseline, the second changed nothing
+    assert [(e["cycle"], e["findings"]) for e in events(logs, "baseline")] == [(1, len(first_seen))]
     again.store.close()
 
 
