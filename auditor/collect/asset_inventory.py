@@ -44,11 +44,13 @@ endpoint: `AUDITOR_GCP_ENDPOINT` or [gcp_endpoint]; retries: [retry_attempts], [
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import re
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -310,6 +312,7 @@ class AssetInventorySource:
         self.listings = plan_listings(options.asset_types, needs_iam, self._chosen[RESOURCE], self._chosen[IAM_POLICY])
         self.requests = 0  # API requests made, for logs and tests
         self._lock = threading.Lock()
+        self._stop = threading.Event()
 
     def select(self, wanted: Callable[[str, bool], bool], skipped: Counter[str]) -> None:
         """Called by the scan with `Engine.wants` before reading: list only what some rule reads."""
@@ -338,7 +341,7 @@ class AssetInventorySource:
 
         sessions: list[Any] = []
         out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=self.concurrency * 2)
-        stop = threading.Event()
+        stop = self._stop = threading.Event()
         gate = threading.Lock()  # the first request fixes the read time; the others wait for it
         read_time: list[str | None] = [_fmt_time(self.read_time) if self.read_time else None]
 
@@ -432,6 +435,8 @@ class AssetInventorySource:
         from google.api_core import exceptions as gexc
 
         def call() -> _Page:
+            if self._stop.is_set():  # the scan stopped reading (an error downstream, a shutdown): no more requests
+                raise _Stop
             self.budget.acquire()
             with self._lock:
                 self.requests += 1
@@ -444,7 +449,7 @@ class AssetInventorySource:
                 # A truncated or garbled page: worth another try, like a dropped connection.
                 raise gexc.InternalServerError(f"unreadable ListAssets page ({exc})") from exc
 
-        page: _Page = self.retry.call(call, on_retry=self._log_retry("ListAssets"))
+        page: _Page = self._retry_until_stopped().call(call, on_retry=self._log_retry("ListAssets"))
         return page
 
     @staticmethod
@@ -535,6 +540,17 @@ class AssetInventorySource:
             return fn()
 
         return self.retry.call(call, on_retry=self._log_retry("ExportAssets"))
+
+    def _retry_until_stopped(self) -> RetryPolicy:
+        """The retry policy whose waits end early when the scan stops reading (a retry may wait up to a minute)."""
+        if self.retry.sleep is not time.sleep:
+            return self.retry  # a caller's own sleep (tests record the waits)
+        stop = self._stop
+
+        def sleep(seconds: float) -> None:
+            stop.wait(seconds)
+
+        return dataclasses.replace(self.retry, sleep=sleep)
 
     def _log_retry(self, what: str) -> Callable[[int, BaseException, float], None]:
         def log_it(attempt: int, exc: BaseException, wait: float) -> None:

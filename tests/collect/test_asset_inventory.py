@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,17 @@ def test_a_failed_batch_marks_each_of_its_types(fake_gcp: FakeGcp, org: str) -> 
     assert len(batches) == 2 and sorted(t for b in batches for t in b) == sorted(types)
     failed_batch = next(b for b in batches if SECURITY_POLICY in b)
     assert sorted(src.status.failed_types) == sorted(failed_batch)  # the other batch was read in full
+
+
+def test_closing_the_stream_cuts_a_long_retry_wait_short(fake_gcp: FakeGcp, org: str) -> None:
+    fake_gcp.max_page_size = 1
+    fake_gcp.inject(Fault(status=429, times=None, page=2, retry_after=60))  # page 2 asks for a minute's wait
+    src = open_source(org, SourceOptions(extra={"needs_iam": False, "resource_types": [SECURITY_POLICY]}))
+    stream = src.assets()
+    assert next(iter(stream)).asset_type == SECURITY_POLICY
+    for _ in range(1000):  # the worker asks for page 2 right away, then waits out the Retry-After
+        if len(fake_gcp.list_asset_calls()) >= 2:
+            break
+        time.sleep(0.01)
+    stream.close()  # type: ignore[attr-defined]  # returns at once instead of after the minute
+    assert [c.status for c in fake_gcp.list_asset_calls()] == [200, 429]  # and nothing was asked after
