@@ -327,7 +327,7 @@ def rollback(
             result.outcome = Outcome.conflict
             result.reason = "the resource changed again since the apply; restore it by hand from the journal"
             continue
-        refusals = check_change(e.family, target, live.state, e.before, [], cfg)
+        refusals = check_change(e.family, target, live.state, e.before, [], cfg, restoring=True)
         if refusals:
             result.outcome, result.reason = Outcome.refused, "; ".join(str(r) for r in refusals)
             continue

@@ -136,8 +136,14 @@ def check_change(
     after: dict[str, Any] | None,
     edits: Iterable[Any],
     cfg: GuardConfig,
+    *,
+    restoring: bool = False,
 ) -> list[Refusal]:
-    """Every guard the write from `before` to `after` (live states) breaks; empty when it may go ahead."""
+    """Every guard the write from `before` to `after` (live states) breaks; empty when it may go ahead.
+
+    `restoring`: a rollback writing back a journaled before-state; it may grant again what was there (public
+    members included), everything else is guarded as any write.
+    """
     refusals: list[Refusal] = []
     edits = list(edits)
     if cfg.enforce_only:
@@ -153,7 +159,7 @@ def check_change(
             if is_service_agent(m):
                 refusals.append(Refusal("service-agent", f"{m} is a Google-managed service agent ({role})"))
         for role, _, m in sorted(a - b):
-            if m in PUBLIC_MEMBERS:
+            if m in PUBLIC_MEMBERS and not restoring:
                 refusals.append(Refusal("public-member", f"a remediation never grants {role} to {m}"))
         resource = target.resource
         if target.api == "iam_admin" and is_service_agent("serviceAccount:" + resource.rsplit("/", 1)[-1]):
