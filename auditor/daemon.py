@@ -84,14 +84,9 @@ class _Handler(BaseHTTPRequestHandler):
                 body = b"ready\n" if ok else b"not ready: no cycle has completed yet\n"
                 self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", body, head)
             elif path in PROTECTED and not d.authorized(self.headers.get("Authorization", "")):
-                self.send_response(HTTPStatus.UNAUTHORIZED)
-                self.send_header("WWW-Authenticate", 'Basic realm="drift-auditor", charset="UTF-8"')
-                self.send_header("Content-Type", "text/plain")
                 body = b"this report names resources: give the report token (Bearer, or Basic as the password)\n"
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
+                self._send(HTTPStatus.UNAUTHORIZED, "text/plain", body, head,
+                           {"WWW-Authenticate": 'Basic realm="drift-auditor", charset="UTF-8"'})
             elif path == "/findings.json":
                 published = d.auditor.published
                 query = urllib.parse.parse_qs(self.path.partition("?")[2])
@@ -117,9 +112,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n", head)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away
+        except Exception as exc:  # a bug answers 500 and is logged in the daemon's format, never kills the server
+            get_logger("auditor.http").exception("request_error", path=path, error=f"{type(exc).__name__}: {exc}")
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"internal error\n", head)
 
-    def _send(self, status: HTTPStatus, ctype: str, body: bytes, head: bool) -> None:
+    def _send(self, status: HTTPStatus, ctype: str, body: bytes, head: bool,
+              headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
