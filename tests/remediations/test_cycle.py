@@ -125,3 +125,27 @@ def test_default_election_is_a_lock_file_beside_the_state_file(tmp_path: Path, m
     finally:
         elector.stop()
         other.stop()
+
+
+def test_daemon_cycle_exports_remediation_metrics_and_report(
+    org: FakeGcp, write_rules: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Through the daemon's own cycle: counters, the pending-plan gauge and the plan on /report."""
+    from auditor.cycle import Auditor
+    from auditor.state import Store
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    settings = _settings(write_rules(RULES), tmp_path)
+    store = Store(settings.state_path)
+    try:
+        auditor = Auditor(settings, store)
+        out = auditor.run_cycle()
+        assert out.outcome == "success", out.error
+        counters = {(lb["rule"], lb["kind"], lb["outcome"]): v for lb, v in store.counters("remediations_total")}
+        assert counters == {("armor-no-open-allow", "cloud_armor.remove_rule", "applied"): 1}
+        assert auditor.published.view.plan_changes == (("armor-default-deny", "cloud_armor.set_default_deny", 1),)
+        html = auditor.published.report_html.decode()
+        assert "make the default rule deny(403)" in html
+        assert 500 not in _open_rules(org)
+    finally:
+        store.close()
