@@ -284,3 +284,32 @@ def test_public_bucket_fixed_through_the_storage_api_and_rolled_back(
         back = rollback(report.apply_id or "", writers(), journal, GuardConfig(), approved=True)
         assert back.ok and back.counts()["applied"] == 1
     assert iam_section(_bucket_policy(org, buckets[0])) == iam_section(before[buckets[0]])
+
+
+SA = "projects/ml-training-prod/serviceAccounts/trainer@ml-training-prod.iam.gserviceaccount.com"
+WI_MEMBER = "serviceAccount:ml-platform-prod.svc.id.goog[tenant-vision/trainer]"
+
+
+def test_service_account_policy_through_the_iam_api(org: FakeGcp, write_rules: Any, tmp_path: Path) -> None:
+    rules = write_rules(f"""
+- id: no-workload-identity-on-trainer
+  check: iam.forbidden_members
+  severity: high
+  match: {{asset_types: [iam.googleapis.com/ServiceAccount]}}
+  params: {{members: ["{WI_MEMBER}"]}}
+  mode: dryrun
+  remediation: iam.remove_binding
+""")
+    _, plan = make_plan(rules)
+    (change,) = plan.changes
+    assert change.target.api == "iam_admin" and change.target.resource == SA
+    before = iam_of(org, SA)
+    with Journal(tmp_path / "state.db") as journal:
+        report = apply_plan(plan, writers(), journal, GuardConfig(), approved=True)
+        assert report.ok, report.to_dict()
+        assert org.calls("POST", r"/v1/projects/ml-training-prod/serviceAccounts/.*:setIamPolicy$")
+        assert iam_of(org, SA).get("bindings") in (None, [])
+        assert not scan(rules).findings
+        back = rollback(report.apply_id or "", writers(), journal, GuardConfig(), approved=True)
+        assert back.ok, back.to_dict()
+    assert iam_of(org, SA)["bindings"] == before["bindings"]
