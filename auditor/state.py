@@ -113,6 +113,10 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
+    # v2: the baseline cycle is marked, so history and the report do not present it as drift.
+    """
+    ALTER TABLE cycles ADD COLUMN baseline INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 
@@ -280,10 +284,12 @@ class CycleRecord:
     durations: dict[str, float]
     sources: list[dict[str, Any]]
     error: str | None
+    baseline: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "baseline": self.baseline,
             "started_at": iso(self.started_at),
             "ended_at": iso(self.ended_at) if self.ended_at else None,
             "outcome": self.outcome,
@@ -538,6 +544,7 @@ class Store:
         rec.baseline = db.execute(
             "SELECT 1 FROM cycles WHERE id < ? AND outcome != 'failed' LIMIT 1", (rec.cycle_id,)
         ).fetchone() is None
+        db.execute("UPDATE cycles SET baseline = ? WHERE id = ?", (int(rec.baseline), rec.cycle_id))
         for e in rec.drift:
             # Exempted findings coming and going are bookkeeping, not drift anyone should be paged for.
             if not e.exempted and not rec.baseline:
@@ -712,4 +719,5 @@ def _cycle(r: sqlite3.Row) -> CycleRecord:
         durations=json.loads(r["durations"]),
         sources=json.loads(r["sources"]),
         error=r["error"],
+        baseline=bool(r["baseline"]),
     )

@@ -72,6 +72,9 @@ def history(state: str | None, config: str | None, fmt: str, limit: int, drift: 
                       str(c.new), str(c.resolved), str(c.stale), seconds)
     console.print(table)
     for c in cycles:
+        if c.baseline:
+            console.print(f"cycle {c.id} is the baseline: {c.new} finding(s) already there, not drift")
+            continue
         if not events.get(c.id):
             continue
         t = Table(title=f"drift in cycle {c.id}", title_justify="left")

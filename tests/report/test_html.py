@@ -107,7 +107,19 @@ def test_long_lists_are_cut_for_people_and_say_where_the_rest_is(tmp_path: Path)
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     with Store(tmp_path / "s.db") as store:
+        store.record_cycle(CycleInput(50, 51, "success", []))  # the baseline
         store.record_cycle(CycleInput(100, 101, "success", [f("public", f"//b/{i}", "critical") for i in range(12)]))
         html = render(store, rules, max_rows=5)
     assert html.count("public finding on //b/") == 10  # 5 in the drift table, 5 in the findings table
     assert "7 more drift events" in html and "7 more findings of this rule in /findings.json" in html
+
+
+def test_the_baseline_cycle_is_not_presented_as_drift(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    with Store(tmp_path / "s.db") as store:
+        store.record_cycle(CycleInput(100, 101, "success", [f("public", "//a", "critical"), f("owners", "//b",
+                                                                                               "medium")]))
+        html = render(store, rules)
+    assert "is the baseline" in html and "2 finding(s) were already there" in html
+    assert "new</span>" not in html  # no drift table

@@ -69,6 +69,7 @@ def test_the_baseline_is_the_first_cycle_that_records_findings(tmp_path: Path) -
         assert failed.drift == []
         first = store.record_cycle(cycle(100, [a]))
         assert first.baseline and [e.change for e in first.new] == ["new"]
+        assert [c.baseline for c in store.cycles()] == [True, False]
         assert store.counters("drift_events_total") == []
         b = finding("r1", "//b")
         assert not store.record_cycle(cycle(200, [a, b])).baseline
@@ -197,6 +198,22 @@ def test_file_is_wal_and_keeps_tables_of_other_components(tmp_path: Path) -> Non
     assert check.execute("SELECT note FROM journal").fetchall() == [("applied",)]
     versions = dict(check.execute("SELECT component, version FROM schema_versions").fetchall())
     assert versions == {COMPONENT: len(MIGRATIONS), "remediations.journal": 1}
+    check.close()
+
+
+def test_a_state_file_of_the_first_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    old = connect(path)
+    assert migrate(old, COMPONENT, MIGRATIONS[:1]) == 1
+    old.execute("INSERT INTO cycles (started_at, ended_at, outcome, complete) VALUES (1, 2, 'success', 1)")
+    old.close()
+    with Store(path) as store:
+        assert [(c.id, c.baseline) for c in store.cycles()] == [(1, False)]  # kept, with the new column's default
+        rec = store.record_cycle(cycle(100, [finding("r1", "//a")]))
+        assert not rec.baseline  # a cycle existed before: this one is drift
+    check = sqlite3.connect(path)
+    assert check.execute("SELECT version FROM schema_versions WHERE component = ?", (COMPONENT,)).fetchone() == (
+        len(MIGRATIONS),)
     check.close()
 
 
