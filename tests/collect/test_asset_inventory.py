@@ -261,3 +261,18 @@ def test_closing_the_stream_cuts_a_long_retry_wait_short(fake_gcp: FakeGcp, org:
         time.sleep(0.01)
     stream.close()  # type: ignore[attr-defined]  # returns at once instead of after the minute
     assert [c.status for c in fake_gcp.list_asset_calls()] == [200, 429]  # and nothing was asked after
+
+
+def test_a_folder_scope_reads_only_what_lies_under_it(
+    fake_gcp: FakeGcp, org: str, example_org: tuple[Path, str]
+) -> None:
+    files = list(iter_file_assets(example_org[0]))
+    folders = Counter(a for x in files for a in x.ancestors if a.startswith("folders/"))
+    if not folders:
+        pytest.skip("the example organization has no folders")
+    folder = folders.most_common(1)[0][0]
+    src = open_source(f"cai://{folder}", fast({"needs_iam": True}))
+    got = Counter((a.name, a.has_iam_policy) for a in src.assets())
+    want = Counter((a.name, a.has_iam_policy) for a in files if folder in a.ancestors)
+    assert src.status.complete and got == want and len(want) < len(files)
+    assert all(c.path == f"/v1/{folder}/assets" for c in fake_gcp.list_asset_calls())
