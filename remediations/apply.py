@@ -9,6 +9,7 @@ after-state. One resource's failure never stops the others.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -134,6 +135,14 @@ class ApplyReport:
 
 
 def _describe(e: Exception) -> str:
+    """One line for an error: a Google API error as its status and message (and the permission it lacks)."""
+    message = getattr(e, "message", None)
+    if isinstance(message, str) and isinstance(getattr(e, "code", None), int):
+        meta = getattr(e, "metadata", None)
+        perm = meta.get("permission") if isinstance(meta, dict) else None
+        lacking = f" (lacks {perm})" if perm else ""
+        message = re.sub(r"^(GET|POST|PUT|PATCH|DELETE) \S+: ", "", message.strip())  # the REST transport's prefix
+        return f"{type(e).__name__} {e.code}: {message}{lacking}"[:500]  # type: ignore[attr-defined]
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {msg}"[:500]
 

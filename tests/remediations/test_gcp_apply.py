@@ -313,3 +313,47 @@ def test_service_account_policy_through_the_iam_api(org: FakeGcp, write_rules: A
         back = rollback(report.apply_id or "", writers(), journal, GuardConfig(), approved=True)
         assert back.ok, back.to_dict()
     assert iam_of(org, SA)["bindings"] == before["bindings"]
+
+
+def test_a_failure_on_one_resource_does_not_stop_the_others(org: FakeGcp, write_rules: Any, tmp_path: Path) -> None:
+    from tests.fakes.gcp import Fault
+
+    _, plan = make_plan(write_rules(RULES))
+    org.inject(Fault(status=403, times=None, method="POST", path=rf"/{PROJECT}:setIamPolicy$",
+                     permission="resourcemanager.projects.setIamPolicy"))
+    with Journal(tmp_path / "state.db") as journal:
+        report = apply_plan(plan, writers(), journal, GuardConfig(), approved=True)
+        by = {r.resource: r for r in report.results}
+        failed = by[f"//cloudresourcemanager.googleapis.com/{PROJECT}"]
+        assert failed.outcome == Outcome.failed
+        assert failed.reason == ("write failed: Forbidden 403: The caller does not have permission "
+                                 "(lacks resourcemanager.projects.setIamPolicy)")
+        others = [r for name, r in by.items() if not name.endswith(PROJECT)]
+        assert others and {r.outcome for r in others} == {Outcome.applied}
+        entry = next(e for e in journal.entries(report.apply_id or "") if e.resource.endswith(PROJECT))
+        assert entry.outcome == "failed" and entry.after is None, "nothing was written there"
+    assert report.counts()["failed"] == 1 and not report.ok
+
+
+def test_the_api_refusing_a_stale_etag_is_a_conflict(org: FakeGcp, write_rules: Any, tmp_path: Path) -> None:
+    """The etag moves after the applier's re-read: setIamPolicy answers 409 ABORTED; nothing is written."""
+    from remediations.iam import IamWriter
+
+    _, plan = make_plan(write_rules(RULES))
+    change = next(c for c in plan.changes if c.target.resource == PROJECT)
+
+    class Racing(IamWriter):
+        def write(self, target: Any, live: Any, new: Any) -> None:
+            policy = iam_of(org, PROJECT)
+            policy["bindings"].append({"role": "roles/viewer", "members": ["user:racer@helix-ml.example"]})
+            org.state.set_policy(PROJECT, policy)  # a concurrent writer wins the race
+            super().write(target, live, new)
+
+    with Journal(tmp_path / "state.db") as journal:
+        report = apply_plan(plan, lambda family: Racing(), journal, GuardConfig(), approved=True, changes=[change])
+        (result,) = report.results
+        assert result.outcome == Outcome.conflict and "concurrent policy changes" in result.reason
+        (entry,) = journal.entries(report.apply_id or "")
+        assert entry.outcome == "conflict"
+    editors = [m for b in iam_of(org, PROJECT)["bindings"] if b["role"] == "roles/editor" for m in b["members"]]
+    assert "group:ml-researchers@helix-ml.example" in editors
