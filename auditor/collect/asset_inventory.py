@@ -354,16 +354,30 @@ class AssetInventorySource:
                     continue
             raise _Stop
 
-        def work(batch: Batch) -> None:
+        url = f"{base}/v1/{self.scope}/assets"
+
+        def read(batch: Batch) -> None:
+            pages: list[int] = [0]
             try:
-                self._run_listing(f"{base}/v1/{self.scope}/assets", session, batch, read_time, gate, put, stop)
+                self._run_listing(url, session, batch, read_time, gate, put, stop, pages)
             except _Stop:
-                return
+                raise
             except Exception as exc:  # recorded as incomplete types; never takes the other listings down
+                if status_of(exc) == 400 and pages[0] == 0 and len(batch.listings) > 1:
+                    # CAI refuses a whole listing for one type it does not know: read the others on their own.
+                    for listing in batch.listings:
+                        read(Batch((listing,)))
+                    return
                 reason = describe_error(exc, batch.content, str(batch), self.scope)
                 log.warning("%s: %s not read completely: %s", self.uri, batch, reason)
                 for listing in batch.listings:
                     self.status.fail(listing.glob, reason)
+
+        def work(batch: Batch) -> None:
+            try:
+                read(batch)
+            except _Stop:
+                return
             try:
                 put(("done", batch))
             except _Stop:
@@ -400,6 +414,7 @@ class AssetInventorySource:
         gate: threading.Lock,
         put: Callable[[tuple[str, Any]], None],
         stop: threading.Event,
+        pages: list[int],
     ) -> None:
         token = ""
         page_no = 0
@@ -424,6 +439,7 @@ class AssetInventorySource:
             if page is None:
                 page = self._page(session, url, [*params, ("readTime", str(read_time[0]))])
             page_no += 1
+            pages[0] = page_no
             origin = f"{self.uri} {listing} page {page_no}"
             put(("assets", [self._asset(raw, origin) for raw in page.assets]))
             token = page.nextPageToken

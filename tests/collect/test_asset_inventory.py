@@ -276,3 +276,16 @@ def test_a_folder_scope_reads_only_what_lies_under_it(
     want = Counter((a.name, a.has_iam_policy) for a in files if folder in a.ancestors)
     assert src.status.complete and got == want and len(want) < len(files)
     assert all(c.path == f"/v1/{folder}/assets" for c in fake_gcp.list_asset_calls())
+
+
+def test_a_type_cai_refuses_does_not_sink_its_batch(fake_gcp: FakeGcp, org: str) -> None:
+    unknown = "example.googleapis.com/NoSuchThing"
+    fake_gcp.inject(Fault(status=400, times=None, asset_type=unknown, message=f"Invalid asset type: {unknown}"))
+    types = [SECURITY_POLICY, unknown]
+    src = open_source(f"{org}?concurrency=1", fast({"needs_iam": False, "resource_types": types}))
+    assets = list(src.assets())
+    assert list(src.status.failed_types) == [unknown] and "Invalid asset type" in src.status.failed_types[unknown]
+    assert assets and {a.asset_type for a in assets} == {SECURITY_POLICY}
+    assert [c.query["assetTypes"] for c in fake_gcp.list_asset_calls()] == [
+        sorted(types), [SECURITY_POLICY], [unknown]
+    ]
