@@ -78,9 +78,17 @@ def elector_for(settings: Any) -> Elector:
         return _electors[key]
 
 
+_credential_identity: list[str] | None = None
+
+
 def auditor_identities(settings: Any) -> list[str]:
-    """Members the auditor runs as: AUDITOR_IDENTITY (comma-separated), and the service account of its credentials."""
+    """Members the auditor runs as: AUDITOR_IDENTITY (comma-separated), and the service account of its credentials
+    (looked up once per process)."""
+    global _credential_identity
     out = [m.strip() for m in os.environ.get("AUDITOR_IDENTITY", "").split(",") if m.strip()]
+    if _credential_identity is not None:
+        return out + _credential_identity
+    _credential_identity = []
     if not (settings.gcp_endpoint or os.environ.get("AUDITOR_GCP_ENDPOINT")):
         try:
             import google.auth
@@ -88,10 +96,10 @@ def auditor_identities(settings: Any) -> list[str]:
             creds, _ = google.auth.default()
             email = getattr(creds, "service_account_email", None)
             if isinstance(email, str) and "@" in email:
-                out.append(f"serviceAccount:{email}")
+                _credential_identity.append(f"serviceAccount:{email}")
         except Exception as exc:  # no credentials here: the writes will fail anyway, with their own reason
             log.debug("no_identity", error=str(exc))
-    return out
+    return out + _credential_identity
 
 
 def _count(report: ApplyReport, plan: Plan) -> Counter[tuple[str, str, str]]:
