@@ -95,6 +95,11 @@ def auditor_identities(settings: Any) -> list[str]:
 
             creds, _ = google.auth.default()
             email = getattr(creds, "service_account_email", None)
+            if email == "default":  # GKE metadata credentials name the account once refreshed
+                from google.auth.transport.requests import Request
+
+                creds.refresh(Request())
+                email = getattr(creds, "service_account_email", None)
             if isinstance(email, str) and "@" in email:
                 _credential_identity.append(f"serviceAccount:{email}")
         except Exception as exc:  # no credentials here: the writes will fail anyway, with their own reason
