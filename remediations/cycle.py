@@ -12,6 +12,7 @@ The state of the few assets with planned changes is read again (see `remediation
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from collections import Counter
@@ -72,13 +73,24 @@ def elector_for(settings: Any) -> Elector:
                 from remediations.rbac import kube_clients
 
                 api = kube_clients()("in-cluster")
-                _electors[key] = LeaseElector(api, key[2], key[1]).start()
+                elector = LeaseElector(api, key[2], key[1]).start()
+                # On a clean exit (SIGTERM handled by the daemon) the Lease is handed over at once, not on expiry.
+                atexit.register(elector.stop)
+                _electors[key] = elector
             else:
                 _electors[key] = FileLockElector(key[1])
         return _electors[key]
 
 
 _credential_identity: list[str] | None = None
+
+
+def stop_electors() -> None:
+    """Give up leadership (release the Lease, unlock the file): for the daemon's shutdown."""
+    with _electors_lock:
+        for elector in _electors.values():
+            elector.stop()
+        _electors.clear()
 
 
 def auditor_identities(settings: Any) -> list[str]:
