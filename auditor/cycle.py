@@ -317,6 +317,7 @@ class Auditor:
         findings = self.store.open_findings()
         stale = view.data_at is None or now - view.data_at > self.settings.staleness.snapshot_max_age_seconds
         doc = {
+            "scope": self.settings.scope or None,
             "generated_at": iso(now),
             "cycle": latest.to_dict() if latest else None,
             "data_at": iso(view.data_at) if view.data_at else None,
@@ -350,6 +351,7 @@ class Auditor:
         rec = out.recorded
         summary = out.result.summary() if out.result else {}
         fields: dict[str, Any] = {
+            "scope": self.settings.scope or None,
             "cycle": out.cycle_id,
             "outcome": out.outcome,
             "assets": summary.get("assets"),

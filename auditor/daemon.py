@@ -186,7 +186,10 @@ class Daemon:
             executors={"default": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
-        self.registry = make_registry(AuditorCollector(lambda: auditor.published.view, auditor.histogram, self.alive))
+        scope = {"scope": settings.scope} if settings.scope else None
+        self.registry = make_registry(
+            AuditorCollector(lambda: auditor.published.view, auditor.histogram, self.alive, const_labels=scope)
+        )
         self._add_process_metrics(self.registry)
         self.server: _Server | None = None
         self.address: tuple[str, int] | None = None

@@ -158,6 +158,12 @@ class Settings(BaseSettings):
     listen: str = Field("127.0.0.1:9477", description="host:port of the HTTP server (/metrics, /report, ...).")
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    scope: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9._:/-]*$",
+        description="What this replica audits when the organization is sharded (e.g. folders/123): a constant "
+        "`scope` label on every metric, and a key of /findings.json and of each cycle log event.",
+    )
     gcp_endpoint: str | None = Field(None, description="Google API endpoint override (tests, private endpoints).")
     source_options: dict[str, Any] = Field(
         default_factory=dict,

@@ -174,7 +174,9 @@ class AuditorCollector(Collector):
         histogram: StageHistogram,
         up: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
+        const_labels: dict[str, str] | None = None,
     ) -> None:
+        self._const = dict(const_labels or {})
         self._view = view
         self._histogram = histogram
         self._up = up
@@ -184,6 +186,15 @@ class AuditorCollector(Collector):
         return iter(())  # families depend on the data; nothing to check at registration
 
     def collect(self) -> Iterator[Metric]:
+        """Every family, with the constant labels (the shard's `scope`) added to each sample."""
+        if not self._const:
+            yield from self._families()
+            return
+        for family in self._families():
+            family.samples = [s._replace(labels={**s.labels, **self._const}) for s in family.samples]
+            yield family
+
+    def _families(self) -> Iterator[Metric]:
         v = self._view()
         now = self._clock()
         by_type = ["rule", "severity", "asset_type", "mode"]

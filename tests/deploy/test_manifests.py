@@ -545,6 +545,8 @@ def test_shards_split_the_scope_and_keep_to_their_own_pods(pod_settings: Any) ->
         svc = [x for x in of_kind(objs, "Service") if x["spec"]["selector"].items() <= pod_labels.items()]
         assert len(svc) == 1
         scopes.add(svc[0]["metadata"]["labels"]["drift-auditor/scope"])
+        # The daemon labels its own series with the same scope (the ServiceMonitor honours it).
+        assert s.scope == svc[0]["metadata"]["labels"]["drift-auditor/scope"]
     # Exactly one shard reads this cluster; each shard elects its own leader; each has its own scope label.
     assert in_cluster == 1
     assert len(leases) == len(scopes) == len(deps)

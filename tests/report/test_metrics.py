@@ -150,3 +150,22 @@ def test_histogram_remediation_and_plan_metrics_pass_promtool(tmp_path: Path) ->
     proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     store.close()
+
+
+def test_a_shard_labels_every_series_with_its_scope(tmp_path: Path) -> None:
+    store, rules, _ = setup(tmp_path)
+    store.record_cycle(CycleInput(100, 101, "success", [finding("public", "//storage.googleapis.com/a", "critical")],
+                                  assets_by_type={"storage.googleapis.com/Bucket": 1},
+                                  sources=[{"source": "org", "complete": True, "data_at": 90.0}]))
+    view = build_view(store, rules, ["org"])
+    plain = collect(AuditorCollector(lambda: view, StageHistogram(), clock=lambda: 1000.0))
+    scoped = collect(AuditorCollector(lambda: view, StageHistogram(), clock=lambda: 1000.0,
+                                      const_labels={"scope": "folders/42"}))
+    assert set(plain) == set(scoped)
+    for name, series in plain.items():
+        assert {tuple(sorted((*labels, ("scope", "folders/42")))) for labels in series} == set(scoped[name]), name
+    text = generate_latest(make_registry(AuditorCollector(lambda: view, StageHistogram(),
+                                                          const_labels={"scope": "folders/42"}))).decode()
+    assert 'auditor_findings{asset_type="storage.googleapis.com/Bucket",mode="dryrun",rule="public",' \
+           'scope="folders/42",severity="critical"} 1.0' in text
+    store.close()
