@@ -13,7 +13,8 @@ the client and rewrites timestamps.
 The cluster the assets are named after, first found of:
 `k8s://CONTEXT?cluster=projects/P/locations/L/clusters/C`; `--cluster` (SourceOptions.cluster) when not `local`;
 a GKE context name `gke_P_L_C` (what `gcloud container clusters get-credentials` writes), read as
-`projects/P/locations/L/clusters/C`; else the context name itself.
+`projects/P/locations/L/clusters/C`; in a pod (`k8s://in-cluster`) on GKE, the metadata server's project,
+cluster-location and cluster-name; else the context name itself.
 
 Options (query string): `cluster`, `page_size` (1-5000), `kubeconfig` (a path; default $KUBECONFIG or
 ~/.kube/config), `timeout` (seconds a page may take, default 120). Transient errors (429 honouring Retry-After,
@@ -111,6 +112,26 @@ def cluster_from_context(context: str) -> str:
     return context
 
 
+def gke_cluster_from_metadata(timeout: float = 2.0) -> str | None:
+    """`projects/P/locations/L/clusters/C` of the GKE cluster this pod runs in, from the metadata server
+    (`GCE_METADATA_HOST` overrides its address, as for google-auth), or None off GKE."""
+    import requests
+
+    host = os.environ.get("GCE_METADATA_HOST") or os.environ.get("GCE_METADATA_IP") or "metadata.google.internal"
+    base = f"http://{host}/computeMetadata/v1"
+    values: list[str] = []
+    try:
+        for path in ("project/project-id", "instance/attributes/cluster-location", "instance/attributes/cluster-name"):
+            resp = requests.get(f"{base}/{path}", headers={"Metadata-Flavor": "Google"}, timeout=timeout)
+            if resp.status_code != 200 or not resp.text.strip():
+                return None
+            values.append(resp.text.strip())
+    except requests.RequestException:
+        return None
+    project, location, name = values
+    return f"projects/{project}/locations/{location}/clusters/{name}"
+
+
 def describe_error(exc: BaseException, kind: Kind, where: str) -> str:
     status = status_of(exc)
     reason = getattr(exc, "reason", None)
@@ -170,6 +191,8 @@ class KubernetesApiSource:
             self.cluster = options.cluster
         else:
             self.cluster = cluster_from_context(self.context)
+        # In a pod with no cluster given, the GKE metadata server names the cluster when the reading starts.
+        self._detect_cluster = self.context == IN_CLUSTER and self.cluster == IN_CLUSTER
         self.kinds = kinds_for(options.asset_types)
         self.retry = RetryPolicy.from_settings(options.extra)
         self.requests = 0
@@ -215,10 +238,27 @@ class KubernetesApiSource:
         return f"no context {self.context!r} in kubeconfig {where} (contexts: {names})"
 
     # -- reading ----------------------------------------------------------------------------------------------------
+    def resolve_cluster(self) -> str:
+        """The cluster the assets are named after; in a GKE pod without one given, asked of the metadata server."""
+        if self._detect_cluster:
+            self._detect_cluster = False
+            found = gke_cluster_from_metadata()
+            if found is not None:
+                self.cluster = found
+            else:
+                log.warning(
+                    "%s: not on GKE (no metadata server) and no cluster given: assets are named after cluster %r; "
+                    "set --cluster or ?cluster=projects/P/locations/L/clusters/C",
+                    self.uri,
+                    self.cluster,
+                )
+        return self.cluster
+
     def assets(self) -> Iterator[Asset]:
         if not self.kinds:
             return
-        api_client = self.api_client()
+        api_client = self.api_client()  # first: outside a pod this fails before the metadata server is asked
+        self.resolve_cluster()
         from kubernetes import client
 
         for kind in self.kinds:

@@ -229,3 +229,42 @@ def test_a_scan_lists_only_the_kinds_some_rule_reads(kube_api: KubeServer, clust
     read = {k.kind for k in KINDS if engine.wants(k.asset_type, False)}
     plurals = {r["plural"] for r in kube_api.list_requests()}
     assert plurals == {k.resource.split(".")[0] for k in KINDS if k.kind in read}
+
+
+def test_in_cluster_on_gke_names_the_cluster_from_the_metadata_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    answers = {
+        "/computeMetadata/v1/project/project-id": "ml-prod",
+        "/computeMetadata/v1/instance/attributes/cluster-location": "us-central1",
+        "/computeMetadata/v1/instance/attributes/cluster-name": "training",
+    }
+
+    class Metadata(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = answers.get(self.path, "") if self.headers.get("Metadata-Flavor") == "Google" else ""
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Metadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("GCE_METADATA_HOST", f"127.0.0.1:{server.server_address[1]}")
+        src = KubernetesApiSource("k8s://in-cluster", SourceOptions())
+        assert src.resolve_cluster() == "projects/ml-prod/locations/us-central1/clusters/training"
+        given = KubernetesApiSource("k8s://in-cluster?cluster=other", SourceOptions())
+        assert given.resolve_cluster() == "other"  # a cluster given wins
+    finally:
+        server.shutdown()
+        server.server_close()
+    with socket.socket() as s:  # a port nobody listens on: off GKE
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("GCE_METADATA_HOST", f"127.0.0.1:{s.getsockname()[1]}")
+    assert KubernetesApiSource("k8s://in-cluster", SourceOptions()).resolve_cluster() == "in-cluster"
