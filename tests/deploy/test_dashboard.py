@@ -100,6 +100,17 @@ def test_queries_read_only_metrics_the_daemon_exports(tmp_path: Path) -> None:
 
 def test_queries_group_only_by_bounded_labels() -> None:
     for title, expr in exprs():
-        for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+        # `without (instance, pod)` drops labels (one value per scope out of its replicas); `by` keeps them.
+        for group in re.findall(r"\bby\s*\(([^)]*)\)", expr):
             labels = {x.strip() for x in group.split(",") if x.strip()}
             assert labels <= BOUNDED_LABELS, f"{title}: {labels - BOUNDED_LABELS}"
+
+
+def test_replicas_of_one_scope_are_counted_once() -> None:
+    """Two replicas audit the same scope: findings, assets and drift are taken once per scope before summing."""
+    for title, expr in exprs():
+        for metric in ("auditor_findings", "auditor_assets", "auditor_plan_changes", "auditor_drift_events_total",
+                       "auditor_remediations_total"):
+            for m in re.finditer(rf"\b{metric}\{{", expr):
+                before = expr[: m.start()]
+                assert re.search(r"max without \(instance, pod\) \((increase\()?$", before), f"{title}: {expr}"
