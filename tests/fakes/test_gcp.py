@@ -222,3 +222,22 @@ def test_runs_as_a_command(shared_data: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_endpoint_settings_and_client_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from auditor.errors import AuditorError
+
+    monkeypatch.setenv("AUDITOR_GCP_ENDPOINT", "http://127.0.0.1:9/")
+    assert gcp_clients.resolve_endpoint().url == "http://127.0.0.1:9"
+    assert gcp_clients.resolve_endpoint("http://127.0.0.1:7").url == "http://127.0.0.1:7"  # the config file wins
+    with pytest.raises(AuditorError, match="must be an http"):
+        gcp_clients.resolve_endpoint("127.0.0.1:7")
+    for resource, kind in [
+        ("organizations/1", "OrganizationsClient"),
+        ("//cloudresourcemanager.googleapis.com/folders/2", "FoldersClient"),
+        ("projects/p", "ProjectsClient"),
+        ("projects/p/serviceAccounts/a@p.iam.gserviceaccount.com", "ServiceAccountIamClient"),
+    ]:
+        assert type(gcp_clients.iam_policy_client_for(resource)).__name__ == kind
+    with pytest.raises(AuditorError, match="no IAM policy client"):
+        gcp_clients.iam_policy_client_for("//storage.googleapis.com/bucket")
