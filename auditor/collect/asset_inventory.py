@@ -305,9 +305,10 @@ class AssetInventorySource:
         self.budget = shared_budget(self.endpoint.url or "google", self.rpm)
         needs_iam = bool(extra.get("needs_iam", True))
         every = options.asset_types if options.asset_types is not None else frozenset({ALL_TYPES})
-        self._chosen = {
-            RESOURCE: _globs(extra.get("resource_types")) or every,
-            IAM_POLICY: (_globs(extra.get("iam_types")) or every) if needs_iam else frozenset(),
+        resource_globs, iam_globs = _globs(extra.get("resource_types")), _globs(extra.get("iam_types"))
+        self._chosen = {  # an explicit empty list lists nothing of that content type
+            RESOURCE: every if resource_globs is None else resource_globs,
+            IAM_POLICY: (every if iam_globs is None else iam_globs) if needs_iam else frozenset(),
         }
         self.listings = plan_listings(options.asset_types, needs_iam, self._chosen[RESOURCE], self._chosen[IAM_POLICY])
         self.requests = 0  # API requests made, for logs and tests

@@ -23,6 +23,7 @@ from tests.fakes.gcp import FakeGcp, Fault
 
 SECURITY_POLICY = "compute.googleapis.com/SecurityPolicy"
 PROJECT = "cloudresourcemanager.googleapis.com/Project"
+ORG_TYPE = "cloudresourcemanager.googleapis.com/Organization"
 
 
 def scan_json(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str]:
@@ -289,3 +290,19 @@ def test_a_type_cai_refuses_does_not_sink_its_batch(fake_gcp: FakeGcp, org: str)
     assert [c.query["assetTypes"] for c in fake_gcp.list_asset_calls()] == [
         sorted(types), [SECURITY_POLICY], [unknown]
     ]
+
+
+def test_read_time_reads_the_past(fake_gcp: FakeGcp, org: str) -> None:
+    [org_asset] = [a for a in fake_gcp.state.snapshot(fake_gcp.state.created) if a["assetType"] == ORG_TYPE]
+    before = fake_gcp.state.created.isoformat().replace("+00:00", "Z")
+    policy = dict(org_asset["iamPolicy"])
+    policy["bindings"] = [*policy.get("bindings", []), {"role": "roles/owner", "members": ["user:mallory@example.com"]}]
+    fake_gcp.state.update_asset(org_asset["name"], iamPolicy=policy)
+    options = fast({"needs_iam": True, "resource_types": [], "iam_types": [ORG_TYPE]})
+    now = [a for a in open_source(org, options).assets() if a.has_iam_policy]
+    then_src = open_source(f"{org}?read_time={before}", options)
+    then = [a for a in then_src.assets() if a.has_iam_policy]
+    members = lambda assets: {m for a in assets for b in a.iam_policy["bindings"] for m in b["members"]}  # noqa: E731
+    assert "user:mallory@example.com" in members(now) and "user:mallory@example.com" not in members(then)
+    assert then_src.status.read_time is not None and then_src.status.read_time.startswith(before[:19])
+    assert all(c.content_type == "IAM_POLICY" for c in fake_gcp.list_asset_calls())  # resource_types: [] lists none
