@@ -44,6 +44,7 @@ endpoint: `AUDITOR_GCP_ENDPOINT` or [gcp_endpoint]; retries: [retry_attempts], [
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import queue
@@ -314,6 +315,7 @@ class AssetInventorySource:
         self.requests = 0  # API requests made, for logs and tests
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._first_problem = ""
 
     def select(self, wanted: Callable[[str, bool], bool], skipped: Counter[str]) -> None:
         """Called by the scan with `Engine.wants` before reading: list only what some rule reads."""
@@ -361,7 +363,7 @@ class AssetInventorySource:
             pages: list[int] = [0]
             try:
                 self._run_listing(url, session, batch, read_time, gate, put, stop, pages)
-            except _Stop:
+            except (_Stop, SourceError):
                 raise
             except Exception as exc:  # recorded as incomplete types; never takes the other listings down
                 if status_of(exc) == 400 and pages[0] == 0 and len(batch.listings) > 1:
@@ -379,6 +381,10 @@ class AssetInventorySource:
                 read(batch)
             except _Stop:
                 return
+            except SourceError as exc:  # --strict: a malformed record ends the scan, in the reading thread
+                with contextlib.suppress(_Stop):
+                    put(("error", exc))
+                return
             try:
                 put(("done", batch))
             except _Stop:
@@ -395,6 +401,8 @@ class AssetInventorySource:
                 if kind == "done":
                     remaining -= 1
                     continue
+                if kind == "error":
+                    raise payload
                 for asset in payload:
                     self.status.assets += 1
                     yield asset
@@ -416,6 +424,26 @@ class AssetInventorySource:
         put: Callable[[tuple[str, Any]], None],
         stop: threading.Event,
         pages: list[int],
+    ) -> None:
+        bad = [0]
+        try:
+            self._read_pages(url, session, listing, read_time, gate, put, stop, pages, bad)
+        finally:
+            if bad[0]:
+                for x in listing.listings:
+                    self.status.fail(x.glob, f"{bad[0]} malformed asset(s) skipped; first: {self._first_problem}")
+
+    def _read_pages(
+        self,
+        url: str,
+        session: Callable[[], Any],
+        listing: Batch,
+        read_time: list[str | None],
+        gate: threading.Lock,
+        put: Callable[[tuple[str, Any]], None],
+        stop: threading.Event,
+        pages: list[int],
+        bad: list[int],
     ) -> None:
         token = ""
         page_no = 0
@@ -442,7 +470,15 @@ class AssetInventorySource:
             page_no += 1
             pages[0] = page_no
             origin = f"{self.uri} {listing} page {page_no}"
-            put(("assets", [self._asset(raw, origin) for raw in page.assets]))
+            assets = []
+            for i, raw in enumerate(page.assets):
+                try:
+                    assets.append(self._asset(raw, origin))
+                except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                    # One bad record is reported and skipped, as in a file; its types are then incomplete.
+                    self._problem(f"{origin} item {i}", str(exc))
+                    bad[0] += 1
+            put(("assets", assets))
             token = page.nextPageToken
             if not token:
                 return
@@ -557,6 +593,17 @@ class AssetInventorySource:
             return fn()
 
         return self.retry.call(call, on_retry=self._log_retry("ExportAssets"))
+
+    def _problem(self, where: str, reason: str) -> None:
+        msg = f"{where}: {reason}"
+        if self.options.strict:
+            raise SourceError(msg)
+        with self._lock:
+            self.status.skipped += 1
+            self.status.errors.append(msg)
+            self._first_problem = self._first_problem or msg
+        if self.options.on_problem is not None:
+            self.options.on_problem(msg)
 
     def _retry_until_stopped(self) -> RetryPolicy:
         """The retry policy whose waits end early when the scan stops reading (a retry may wait up to a minute)."""

@@ -16,6 +16,7 @@ from auditor.cli import cli
 from auditor.collect import SourceOptions, open_source
 from auditor.collect.asset_inventory import AssetInventorySource, glob_to_cai, plan_listings
 from auditor.collect.files import iter_file_assets
+from auditor.errors import SourceError
 from auditor.evaluate.engine import Engine
 from auditor.evaluate.rulebook import load_rules
 from auditor.scan import run_scan
@@ -306,3 +307,23 @@ def test_read_time_reads_the_past(fake_gcp: FakeGcp, org: str) -> None:
     assert "user:mallory@example.com" in members(now) and "user:mallory@example.com" not in members(then)
     assert then_src.status.read_time is not None and then_src.status.read_time.startswith(before[:19])
     assert all(c.content_type == "IAM_POLICY" for c in fake_gcp.list_asset_calls())  # resource_types: [] lists none
+
+
+def test_a_malformed_asset_is_skipped_and_reported_or_fatal_when_strict(fake_gcp: FakeGcp, org: str) -> None:
+    from tests.fakes.gcp import _Version
+
+    bad = "//compute.googleapis.com/projects/p/global/securityPolicies/broken"
+    fake_gcp.state.history[bad] = [_Version(fake_gcp.state.created, {"name": bad, "assetType": SECURITY_POLICY,
+                                                                     "resource": "not an object"})]
+    seen: list[str] = []
+    options = fast({"needs_iam": False, "resource_types": [SECURITY_POLICY]})
+    options.on_problem = seen.append
+    src = open_source(org, options)
+    assets = list(src.assets())
+    assert assets and bad not in {a.name for a in assets}
+    assert src.status.skipped == 1 and len(seen) == 1 and "page 1 item" in seen[0]
+    assert "malformed asset(s) skipped" in src.status.failed_types[SECURITY_POLICY]
+    strict = fast({"needs_iam": False, "resource_types": [SECURITY_POLICY]})
+    strict.strict = True
+    with pytest.raises(SourceError, match="page 1 item"):
+        list(open_source(org, strict).assets())
