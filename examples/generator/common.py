@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import random
 from typing import Any
@@ -46,7 +47,8 @@ def ancestors(project: str | None = None, folder: str | None = None) -> list[str
 
 
 def etag(*parts: str) -> str:
-    return "Bw" + hashlib.sha256("/".join(parts).encode()).hexdigest()[:10] + "="
+    """A stable etag or fingerprint, base64 of 8 bytes like the real ones (the clients carry them as bytes)."""
+    return base64.b64encode(hashlib.sha256("/".join(parts).encode()).digest()[:8]).decode()
 
 
 def resource_line(
