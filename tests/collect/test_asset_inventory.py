@@ -327,3 +327,13 @@ def test_a_malformed_asset_is_skipped_and_reported_or_fatal_when_strict(fake_gcp
     strict.strict = True
     with pytest.raises(SourceError, match="page 1 item"):
         list(open_source(org, strict).assets())
+
+
+def test_a_refused_export_names_the_export_permission(fake_gcp: FakeGcp, org: str) -> None:
+    fake_gcp.inject(Fault(status=403, times=None, path=r":exportAssets$", content_type="IAM_POLICY", error_info=False))
+    src = open_source(f"{org}?export=gs://audit/x", fast())
+    assets = list(src.assets())
+    assert assets and not any(a.has_iam_policy for a in assets)  # the resources were exported and read
+    assert list(src.status.failed_types) == ["*"]
+    assert "cloudasset.assets.exportIamPolicy" in src.status.failed_types["*"]
+    assert len(fake_gcp.calls("POST", r":exportAssets$")) == 2  # a 403 is not retried
