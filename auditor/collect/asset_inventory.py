@@ -12,7 +12,8 @@ that part of every type (the shipped IAM rules read the IAM policy of every type
 How: one listing per (content type, asset type glob), grouped into at most `concurrency` (default 4) ListAssets
 listings per content type (a listing costs a request even when it finds nothing), page size 1000, all pinned to
 one `read_time` (the server's time of the first page, or `read_time=` given), run by a bounded pool of threads under
-one requests-per-minute budget (`rpm`, default 100: CAI's default quota per consumer project). Each page is
+one requests-per-minute budget (`rpm`, default 100: CAI's default quota per consumer project), shared by every
+`cai://` source of the process. Each page is
 retried on its own (auditor/collect/retry.py), so a failure on page 40 does not re-read pages 1-39. Assets are
 handed to the engine as pages arrive, through a bounded queue (memory stays flat).
 
@@ -98,6 +99,7 @@ declare(
     why="the export route (cai://...?export=gs://...): ExportAssets, then read the written objects; the Cloud "
     "Asset service agent also needs storage.objects.create on the bucket",
 )
+
 
 class _Page(msgspec.Struct):
     """One ListAssets answer; each asset stays raw until the offline reader's decoder takes it."""
