@@ -7,7 +7,6 @@ the plan was built from stale data. Pure: no client library is imported here.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,22 +22,6 @@ from remediations.targets import Target
 
 OWNER_ROLE = "roles/owner"
 PUBLIC_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
-
-# Google-managed service agents and default service accounts Google creates and relies on.
-SERVICE_AGENT_PATTERNS = tuple(
-    re.compile(p)
-    for p in (
-        r"^[^@]+@gcp-sa-[a-z0-9-]+\.iam\.gserviceaccount\.com$",
-        r"^[^@]+@cloudservices\.gserviceaccount\.com$",
-        r"^[^@]+-compute@developer\.gserviceaccount\.com$",
-        r"^service-[0-9]+@[a-z0-9.-]+\.gserviceaccount\.com$",
-        r"^[^@]+@cloudbuild\.gserviceaccount\.com$",
-        r"^[^@]+@container-engine-robot\.iam\.gserviceaccount\.com$",
-        r"^[^@]+@compute-system\.iam\.gserviceaccount\.com$",
-        r"^[^@]+@cloudcomposer-accounts\.iam\.gserviceaccount\.com$",
-    )
-)
-
 
 class GuardRefused(AuditorError):
     """The whole apply is refused before anything is read or written."""
@@ -70,12 +53,11 @@ class GuardConfig:
 
 
 def is_service_agent(member: str) -> bool:
-    """`serviceAccount:...` members Google manages (service agents, the default compute account, ...)."""
-    email = member.split(":", 1)[1] if ":" in member else member
-    email = email.split("?uid=", 1)[0]
-    if member.startswith("deleted:"):
-        return False
-    return is_google_managed(member) or any(p.match(email) for p in SERVICE_AGENT_PATTERNS)
+    """Members Google creates and manages (service agents, default service accounts): never removed.
+
+    The one list of such identities lives in auditor.evaluate.principals, which the checks use to stay quiet.
+    """
+    return is_google_managed(member)
 
 
 # Not identities but "everyone": taking them out of a binding someone created is the fix, never a risk.

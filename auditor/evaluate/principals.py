@@ -92,6 +92,7 @@ _SERVICE_AGENT_PATTERNS = tuple(
         r"[a-z0-9-]+@gcp-sa-[a-z0-9-]+\.iam\.gserviceaccount\.com",
         r"[a-z0-9-]+@container-engine-robot\.iam\.gserviceaccount\.com",
         r"[a-z0-9-]+@compute-system\.iam\.gserviceaccount\.com",
+        r"[a-z0-9-]+@cloudcomposer-accounts\.iam\.gserviceaccount\.com",
         # the Google APIs service agent
         r"\d+@cloudservices\.gserviceaccount\.com",
         # Google's own system accounts (legacy log sink writer cloud-logs@system.gserviceaccount.com, ...)
