@@ -620,6 +620,10 @@ class AssetInventorySource:
 
     def _log_retry(self, what: str) -> Callable[[int, BaseException, float], None]:
         def log_it(attempt: int, exc: BaseException, wait: float) -> None:
+            if status_of(exc) == 429 and self.retry.sleep is time.sleep:
+                # The quota is spent: every listing waits, not only this one. (A caller's own sleep, as in tests,
+                # does not let time pass, so the shared budget is then left alone.)
+                self.budget.hold(wait)
             log.warning(
                 "%s: %s failed (%s), attempt %d of %d; retrying in %.1f s",
                 self.uri, what, describe_error(exc, "", what, self.scope), attempt, self.retry.attempts, wait,

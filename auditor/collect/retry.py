@@ -166,9 +166,27 @@ class RateBudget:
         self.lock = threading.Lock()
         self.sleep = sleep
         self.waited = 0.0  # total seconds spent waiting for the budget, for the logs
+        self.paused_until = 0.0
+
+    def hold(self, seconds: float) -> None:
+        """Nobody sends for `seconds`: the server said the quota is spent (a 429), for every thread, not one."""
+        with self.lock:
+            self.paused_until = max(self.paused_until, time.monotonic() + seconds)
 
     def acquire(self) -> None:
         while True:
+            with self.lock:
+                now = time.monotonic()
+                if now < self.paused_until:
+                    wait = self.paused_until - now
+                    self.waited += wait
+                    self.updated = self.paused_until  # no tokens pile up while on hold
+                    self.tokens = min(self.tokens, 1.0)
+                else:
+                    wait = 0.0
+            if wait:
+                self.sleep(wait)
+                continue
             with self.lock:
                 now = time.monotonic()
                 self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)

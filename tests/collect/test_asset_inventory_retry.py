@@ -87,3 +87,19 @@ def test_budget_paces_requests_after_the_burst() -> None:
         budget.acquire()
     assert slept and all(0 < s <= 0.0101 for s in slept)
     assert budget.waited == pytest.approx(sum(slept))
+
+
+def test_a_hold_stops_every_caller_for_its_time() -> None:
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        time.sleep(s)
+
+    budget = RateBudget(per_minute=60000, burst=100, sleep=sleep)
+    budget.acquire()
+    assert slept == []
+    budget.hold(0.05)  # a 429 said: nobody sends for 50 ms
+    budget.acquire()
+    assert slept and 0 < sum(slept) <= 0.051  # waited out the hold (never longer)
+    assert budget.tokens <= 1.0  # no burst piled up while on hold
