@@ -551,7 +551,13 @@ class AssetInventorySource:
             try:
                 result = op.result(timeout=self.export_timeout)
             except Exception as exc:
-                self._fail_all(listings, describe_error(exc, content, f"export of {content}", self.scope, True))
+                # The call was accepted: what failed is the export itself (often the service agent's access to
+                # the bucket), not the caller's permission.
+                message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                reason = f"export of {content} to {self.export} failed: {message}"
+                if "storage.objects" in message:
+                    reason += " (grant the Cloud Asset service agent roles/storage.objectCreator on the bucket)"
+                self._fail_all(listings, reason)
                 continue
             uris = list(result.output_result.gcs_result.uris)
             storage = storage or gcp_clients.storage_client(self.endpoint)

@@ -337,3 +337,16 @@ def test_a_refused_export_names_the_export_permission(fake_gcp: FakeGcp, org: st
     assert list(src.status.failed_types) == ["*"]
     assert "cloudasset.assets.exportIamPolicy" in src.status.failed_types["*"]
     assert len(fake_gcp.calls("POST", r":exportAssets$")) == 2  # a 403 is not retried
+
+
+def test_an_export_that_fails_in_its_operation_says_why(fake_gcp: FakeGcp, org: str) -> None:
+    fake_gcp.export_error = {
+        "code": 7,
+        "message": "service-1@gcp-sa-cloudasset.iam.gserviceaccount.com does not have storage.objects.create access",
+    }
+    src = open_source(f"{org}?export=gs://audit/x", fast())
+    assert list(src.assets()) == []
+    assert set(src.status.failed_types) == {x.glob for x in src.listings}
+    for reason in src.status.failed_types.values():
+        assert "storage.objects.create" in reason and "roles/storage.objectCreator" in reason
+        assert "the caller lacks" not in reason  # the call went through; the service agent could not write

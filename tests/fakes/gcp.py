@@ -629,6 +629,9 @@ class FakeGcp:
         self.faults: list[Fault] = []
         self.requests: list[RecordedRequest] = []
         self._listings: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+        # An export operation that ends in this google.rpc.Status, as when the Cloud Asset service agent may not
+        # write to the bucket: {"code": 7, "message": "..."}.
+        self.export_error: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -847,7 +850,10 @@ class FakeGcp:
             op["_polls"] += 1
             if op["_polls"] >= self.state.export_delay_polls:
                 op["done"] = True
-                op["response"] = op["_result"]
+                if self.export_error is not None:
+                    op["error"] = self.export_error
+                else:
+                    op["response"] = op["_result"]
             return _public_op(op)
 
     # -- Cloud Storage (read side) ----------------------------------------------------------------------------------
