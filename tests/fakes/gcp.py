@@ -1124,7 +1124,7 @@ def gcp_endpoint(fake_gcp: FakeGcp, monkeypatch: pytest.MonkeyPatch) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m tests.fakes.gcp", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--port", type=int, default=8089)
+    ap.add_argument("--port", type=int, default=8089, help="0 picks a free port (printed)")
     ap.add_argument("--load", nargs="*", default=[], help="CAI export files or folders, Compute API responses")
     ap.add_argument("--max-page-size", type=int, default=CAI_MAX_PAGE)
     args = ap.parse_args(argv)

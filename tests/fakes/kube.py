@@ -13,7 +13,9 @@ remediations rely on and kmock lacks:
 
 The server runs on its own event loop in a thread, so synchronous code (the kubernetes client) can call it.
 `KubeServer.kubeconfig(path, context)` writes a kubeconfig that points a context at it.
-Fixtures: `kube_api` (a started, empty server; `kube_api.load(...)` objects or YAML files).
+Fixtures: `kube_api` (a started, empty server; `kube_api.load(...)` objects or YAML files) and `kubeconfig`.
+By hand: `python -m tests.fakes.kube --kubeconfig /tmp/kubeconfig --load examples/k8s`, then
+`KUBECONFIG=/tmp/kubeconfig auditor scan --source k8s://fake`.
 """
 
 from __future__ import annotations
@@ -435,3 +437,26 @@ def kubeconfig(kube_api: KubeServer, tmp_path: Path, monkeypatch: pytest.MonkeyP
     path = kube_api.kubeconfig(tmp_path / "kubeconfig", context="fake")
     monkeypatch.setenv("KUBECONFIG", str(path))
     return "fake"
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser(prog="python -m tests.fakes.kube", description="A Kubernetes API fake (kmock).")
+    ap.add_argument("--kubeconfig", required=True, type=Path, help="write a kubeconfig (context `fake`) here")
+    ap.add_argument("--load", nargs="*", default=[], help="Kubernetes list files or folders (YAML/JSON)")
+    args = ap.parse_args(argv)
+    server = KubeServer().start()
+    n = server.load(*args.load)
+    server.kubeconfig(args.kubeconfig, context="fake")
+    print(f"Kubernetes fake on {server.url} ({n} objects); KUBECONFIG={args.kubeconfig} context fake", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
