@@ -71,3 +71,24 @@ def test_faults_with_retry_after(kube_api: KubeServer, api: Any) -> None:
         rbac.list_role_for_all_namespaces()
     assert err.value.status == 429 and err.value.headers["Retry-After"] == "2"
     assert rbac.list_role_for_all_namespaces().items == []
+
+
+def test_runs_as_a_command(tmp_path: Path, shared_data: Path) -> None:
+    import subprocess
+    import sys
+
+    kc = tmp_path / "kubeconfig"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.kube", "--kubeconfig", str(kc), "--load",
+         str(shared_data / "k8s-bootstrap-rbac" / "namespace-roles.yaml")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "(7 objects)" in proc.stdout.readline()
+        api = config.new_client_from_config(config_file=str(kc), context="fake")
+        assert len(client.RbacAuthorizationV1Api(api).list_role_for_all_namespaces().items) == 7
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
