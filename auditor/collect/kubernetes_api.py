@@ -143,7 +143,12 @@ def describe_error(exc: BaseException, kind: Kind, where: str) -> str:
         except (ValueError, AttributeError):
             message = body.decode(errors="replace") if isinstance(body, bytes) else body
     message = message or str(reason or exc)
-    if status in (401, 403):
+    if status == 401:
+        return (
+            f"401 listing {kind.kind} objects from {where}: the credentials were refused (an expired token, or a "
+            f"kubeconfig for another cluster); the API said: {message}"
+        )
+    if status == 403:
         return (
             f"{status} listing {kind.kind} objects from {where}: the auditor's account lacks `list` on "
             f"{kind.resource} (cluster-wide; on GKE also the IAM permission {kind.gke_permission}); "
