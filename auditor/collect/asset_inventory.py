@@ -144,6 +144,13 @@ class Listing:
     def __str__(self) -> str:
         return f"{self.glob} ({self.content})"
 
+    @property
+    def failure_key(self) -> str:
+        """The asset type recorded as incomplete when this listing fails: the type itself, or `*` for a partial glob
+        (`compute.googleapis.com/*`), since the record is matched by exact type and every type it stands for must
+        stay unresolved; the reason names the glob."""
+        return self.glob if not _wildcard(self.glob) else ALL_TYPES
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -376,7 +383,7 @@ class AssetInventorySource:
                 reason = describe_error(exc, batch.content, str(batch), self.scope)
                 log.warning("%s: %s not read completely: %s", self.uri, batch, reason)
                 for listing in batch.listings:
-                    self.status.fail(listing.glob, reason)
+                    self.status.fail(listing.failure_key, reason)
 
         def work(batch: Batch) -> None:
             try:
@@ -432,8 +439,9 @@ class AssetInventorySource:
             self._read_pages(url, session, listing, read_time, gate, put, stop, pages, bad)
         finally:
             if bad[0]:
+                reason = f"{bad[0]} malformed asset(s) skipped; first: {self._first_problem}"
                 for x in listing.listings:
-                    self.status.fail(x.glob, f"{bad[0]} malformed asset(s) skipped; first: {self._first_problem}")
+                    self.status.fail(x.failure_key, reason)
 
     def _read_pages(
         self,
@@ -640,7 +648,7 @@ class AssetInventorySource:
     def _fail_all(self, listings: list[Listing], reason: str) -> None:
         log.warning("%s: %s", self.uri, reason)
         for listing in listings:
-            self.status.fail(listing.glob, reason)
+            self.status.fail(listing.failure_key, reason)
 
 
 _budgets: dict[tuple[str, float], RateBudget] = {}

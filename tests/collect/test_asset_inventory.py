@@ -350,3 +350,12 @@ def test_an_export_that_fails_in_its_operation_says_why(fake_gcp: FakeGcp, org: 
     for reason in src.status.failed_types.values():
         assert "storage.objects.create" in reason and "roles/storage.objectCreator" in reason
         assert "the caller lacks" not in reason  # the call went through; the service agent could not write
+
+
+def test_a_failed_partial_glob_leaves_every_type_unresolved(fake_gcp: FakeGcp, org: str) -> None:
+    rbac = "rbac.authorization.k8s.io/*"
+    fake_gcp.inject(Fault(status=500, times=None, path="assets$", message="backend down"))
+    src = open_source(org, fast({"needs_iam": False, "resource_types": [rbac], "retry_attempts": 1}))
+    list(src.assets())
+    # The state store matches incomplete types exactly: `*` keeps every RBAC finding open; the reason names the glob.
+    assert list(src.status.failed_types) == ["*"] and rbac in src.status.failed_types["*"]
