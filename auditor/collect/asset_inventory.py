@@ -241,12 +241,24 @@ def refine_listings(
     return list(dict.fromkeys(out))
 
 
+def api_message(exc: BaseException) -> str:
+    """What the API said, without the method and URL google-api-core puts in front of it."""
+    resp = getattr(exc, "response", None)
+    try:
+        payload = resp.json() if resp is not None else None
+    except Exception:  # not an HTTP answer (an operation's error), or not JSON
+        payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict) and payload["error"].get("message"):
+        return str(payload["error"]["message"])
+    return str(getattr(exc, "message", None) or exc)
+
+
 def describe_error(
     exc: BaseException, content: str, what: str, scope: str, export: bool = False, permission: str | None = None
 ) -> str:
     """One line saying what failed and, for a 403, which permission the caller lacks."""
     status = status_of(exc)
-    message = getattr(exc, "message", None) or str(exc)
+    message = api_message(exc)
     if status == 403:
         metadata = getattr(exc, "metadata", None)
         named = metadata.get("permission") if isinstance(metadata, dict) else None
@@ -561,7 +573,7 @@ class AssetInventorySource:
             except Exception as exc:
                 # The call was accepted: what failed is the export itself (often the service agent's access to
                 # the bucket), not the caller's permission.
-                message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                message = api_message(exc) or type(exc).__name__
                 reason = f"export of {content} to {self.export} failed: {message}"
                 if "storage.objects" in message:
                     reason += " (grant the Cloud Asset service agent roles/storage.objectCreator on the bucket)"
