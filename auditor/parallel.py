@@ -15,13 +15,14 @@ import multiprocessing
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from auditor.collect import SourceOptions
 from auditor.collect.files import FileSource
-from auditor.errors import RuleError
+from auditor.errors import AuditorError, RuleError
 from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun
 from auditor.evaluate.registry import get_check
 from auditor.evaluate.rulebook import LoadedRule, Rule
@@ -89,6 +90,13 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
 
 
+def _parts(pool: ProcessPoolExecutor, jobs: list[_Range]) -> Iterator[_Part]:
+    try:
+        yield from pool.map(_scan_range, jobs)
+    except BrokenProcessPool as exc:
+        raise AuditorError(f"a scan worker process died ({exc}); out of memory? retry with fewer --jobs") from exc
+
+
 class ParallelReader:
     """Feeds an evaluation from sources, splitting each large NDJSON file over `jobs` processes."""
 
@@ -123,7 +131,7 @@ class ParallelReader:
                 continue
             jobs = [_Range(str(f), start, end, self.cluster) for start, end in ranges]
             base = 1  # line number of the first line of the next range
-            for part in self._executor().map(_scan_range, jobs):
+            for part in _parts(self._executor(), jobs):
                 for line, reason in part.problems:
                     source.report(f"{f}:{base + line - 1}", reason)
                 for asset in part.held:
@@ -174,10 +182,15 @@ def finish(run: EvaluationRun, jobs: int) -> Evaluation:
     _finishing = run
     try:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-            for part in pool.map(_deferred_range, bounds):
-                run.result.findings.extend(part.findings)
-                run.result.errors.extend(part.errors)
-                run.result.exemption_hits.update(part.exemption_hits)
+            try:
+                for part in pool.map(_deferred_range, bounds):
+                    run.result.findings.extend(part.findings)
+                    run.result.errors.extend(part.errors)
+                    run.result.exemption_hits.update(part.exemption_hits)
+            except BrokenProcessPool as exc:
+                raise AuditorError(
+                    f"a scan worker process died ({exc}); out of memory? retry with fewer --jobs"
+                ) from exc
     finally:
         _finishing = None
     run.deferred = []

@@ -133,6 +133,8 @@ def measure(kind: str, path: Path, rules_dir: str | None, jobs: int) -> dict[str
         c0 = time.process_time()
         result = run_scan([str(path)], rules, jobs=jobs)
         out.update(assets=result.evaluation.assets, findings=len(result.findings), rules=len(rules))
+    elif kind == "rule-costs":
+        out["rule_seconds"] = rule_costs(path, rules_dir)
     else:
         raise SystemExit(f"unknown measurement {kind!r}")
     out["seconds"] = time.perf_counter() - t0
@@ -143,6 +145,32 @@ def measure(kind: str, path: Path, rules_dir: str | None, jobs: int) -> dict[str
     # Worker processes (jobs > 1) are waited for before run_scan returns: this is the largest one's peak.
     out["child_rss_mb"] = children.ru_maxrss / 1024
     return out
+
+
+def rule_costs(path: Path, rules_dir: str | None) -> dict[str, float]:
+    """CPU seconds spent in each rule's check over the whole file (the checks timed one call at a time)."""
+    import dataclasses
+
+    from auditor.evaluate.rulebook import load_rules
+    from auditor.scan import run_scan
+
+    spent: dict[str, float] = {}
+    rules = load_rules([rules_dir] if rules_dir else None)
+    for r in rules:
+        fn = r.spec.fn
+
+        def timed(asset: Any, params: Any, ctx: Any, _fn: Any = fn, _id: str = r.id) -> list[Any]:
+            t = time.process_time()
+            try:
+                return list(_fn(asset, params, ctx))
+            finally:
+                spent[_id] = spent.get(_id, 0.0) + time.process_time() - t
+
+        r.spec = dataclasses.replace(r.spec, fn=timed)
+    t0 = time.process_time()
+    run_scan([str(path)], rules)
+    spent["(everything else: reading, decoding, engine)"] = time.process_time() - t0 - sum(spent.values())
+    return {k: round(v, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
 
 
 def _subprocess(kind: str, path: Path, rules_dir: str | None = None, jobs: int = 1) -> dict[str, Any]:
@@ -391,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-cli", action="store_true", help="skip the end-to-end CLI runs")
     ap.add_argument("--no-rule-scaling", action="store_true", help="skip the 10 and 50 rules runs")
     ap.add_argument("--clean", action="store_true", help="delete the cached generated files first")
+    ap.add_argument("--rule-costs", action="store_true", help="only: CPU seconds spent in each shipped rule's check")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     ap.add_argument("--file", help=argparse.SUPPRESS)
     ap.add_argument("--rules", help=argparse.SUPPRESS)
@@ -400,6 +429,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.clean and DATA.exists():
         shutil.rmtree(DATA)
+    if args.rule_costs:
+        path = dataset(args.assets, args.seed, args.gzip)
+        costs = _subprocess("rule-costs", path)["rule_seconds"]
+        if args.json:
+            sys.stdout.write(json.dumps(costs, indent=2) + "\n")
+        else:
+            sys.stdout.write("".join(f"{v:>9.2f} s  {k}\n" for k, v in costs.items()))
+        return 0
     report = run(args)
     sys.stdout.write((json.dumps(report, indent=2) if args.json else render(report)) + "\n")
     return 0
