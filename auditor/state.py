@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import AuditorError
+from auditor.evaluate.globs import compile_glob
 from auditor.model import Finding
 
 COMPONENT = "auditor.state"
@@ -468,6 +469,8 @@ class Store:
             )
         }
         every_type = "*" in c.incomplete
+        # Sources report what they could not read as asset types or globs (`compute.googleapis.com/*`).
+        unread = [compile_glob(t) for t in c.incomplete]
         updates, inserts = [], []
         for fid, f in seen.items():
             exemption = json.dumps(_exemption(f)) if f.exempted or f.expired_exemption else None
@@ -517,7 +520,7 @@ class Store:
                 # without a drift event (no "resolved" alert for a rule someone deleted).
                 retired.append((now, fid))
             # Not seen, but its type was not read completely: absence of evidence, so it stays open (stale).
-            elif every_type or known[fid]["asset_type"] in c.incomplete:
+            elif every_type or any(p.match(known[fid]["asset_type"]) for p in unread):
                 stale_ids.append((fid,))
             else:
                 resolved_ids.append(fid)
@@ -558,10 +561,8 @@ class Store:
 
     def _record_assets(self, db: sqlite3.Connection, c: CycleInput) -> None:
         """Asset counts of the snapshot; types not read completely keep their last good count."""
-        if "*" in c.incomplete:
-            keep = {r[0] for r in db.execute("SELECT asset_type FROM asset_counts")}
-        else:
-            keep = set(c.incomplete)
+        unread = [compile_glob(t) for t in c.incomplete]
+        keep = {r[0] for r in db.execute("SELECT asset_type FROM asset_counts") if any(p.match(r[0]) for p in unread)}
         db.execute(
             "DELETE FROM asset_counts WHERE asset_type NOT IN (SELECT value FROM json_each(?))",
             (json.dumps(sorted(keep)),),

@@ -95,7 +95,7 @@ declare(
 )
 declare(
     "collect.asset_inventory_export",
-    [*EXPORT_PERMISSION.values(), "storage.objects.get", "storage.objects.list"],
+    [*EXPORT_PERMISSION.values(), "storage.objects.get"],
     why="the export route (cai://...?export=gs://...): ExportAssets, then read the written objects; the Cloud "
     "Asset service agent also needs storage.objects.create on the bucket",
 )

@@ -116,6 +116,17 @@ def test_every_type_incomplete_resolves_nothing(tmp_path: Path) -> None:
         assert store.asset_counts() == {BUCKET: 1, PROJECT: 1}
 
 
+def test_a_glob_of_unread_types_keeps_their_findings_open(tmp_path: Path) -> None:
+    """A source that failed on `storage.googleapis.com/*` says nothing about buckets: their findings stay open."""
+    bucket, project = finding("r1", "//bucket"), finding("r2", "//project", atype=PROJECT)
+    with Store(tmp_path / "s.db") as store:
+        store.record_cycle(cycle(100, [bucket, project], assets_by_type={BUCKET: 5, PROJECT: 3}))
+        rec = store.record_cycle(cycle(200, [], outcome="partial", incomplete={"storage.googleapis.com/*": "src: 503"},
+                                       assets_by_type={PROJECT: 3}))
+        assert [e.asset for e in rec.resolved] == ["//project"] and rec.stale == 1
+        assert store.asset_counts() == {BUCKET: 5, PROJECT: 3}
+
+
 def test_failed_cycle_changes_no_finding_and_is_counted(tmp_path: Path) -> None:
     a = finding("r1", "//a")
     with Store(tmp_path / "s.db") as store:
