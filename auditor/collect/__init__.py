@@ -40,6 +40,18 @@ class Source(Protocol):
     def assets(self) -> Iterator[Asset]: ...
 
 
+def skip_record(status: SourceStatus, options: SourceOptions, where: str, reason: str) -> str:
+    """A malformed record: fatal with --strict; otherwise counted and kept in the status, and shown at once."""
+    msg = f"{where}: {reason}"
+    if options.strict:
+        raise SourceError(msg)
+    status.skipped += 1
+    status.errors.append(msg)
+    if options.on_problem is not None:
+        options.on_problem(msg)
+    return msg
+
+
 SourceFactory = Callable[[str, SourceOptions], Source]
 _schemes: dict[str, SourceFactory] = {}
 

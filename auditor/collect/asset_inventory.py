@@ -64,7 +64,7 @@ from typing import Any
 
 import msgspec
 
-from auditor.collect import SourceOptions, gcp_clients, register_scheme
+from auditor.collect import SourceOptions, gcp_clients, register_scheme, skip_record
 from auditor.collect.files import FileSource, decode_record, record_to_asset
 from auditor.collect.retry import RateBudget, RetryPolicy, status_of
 from auditor.errors import SourceError
@@ -623,15 +623,9 @@ class AssetInventorySource:
         return self.retry.call(call, on_retry=self._log_retry("ExportAssets"))
 
     def _problem(self, where: str, reason: str) -> None:
-        msg = f"{where}: {reason}"
-        if self.options.strict:
-            raise SourceError(msg)
-        with self._lock:
-            self.status.skipped += 1
-            self.status.errors.append(msg)
+        with self._lock:  # pages are decoded on several threads
+            msg = skip_record(self.status, self.options, where, reason)
             self._first_problem = self._first_problem or msg
-        if self.options.on_problem is not None:
-            self.options.on_problem(msg)
 
     def _retry_until_stopped(self) -> RetryPolicy:
         """The retry policy whose waits end early when the scan stops reading (a retry may wait up to a minute)."""

@@ -21,7 +21,7 @@ from typing import IO, Any
 import msgspec
 import yaml
 
-from auditor.collect import SourceOptions
+from auditor.collect import SourceOptions, skip_record
 from auditor.collect.k8s_objects import object_asset
 from auditor.errors import SourceError
 from auditor.model import Asset, SourceStatus
@@ -208,13 +208,7 @@ class FileSource:
 
     # -- problems -------------------------------------------------------------------------------------------------
     def _problem(self, where: str, reason: str) -> None:
-        msg = f"{where}: {reason}"
-        if self.options.strict:
-            raise SourceError(msg)
-        self.status.skipped += 1
-        self.status.errors.append(msg)
-        if self.options.on_problem is not None:
-            self.options.on_problem(msg)
+        skip_record(self.status, self.options, where, reason)
 
     # -- CAI exports and JSON documents ----------------------------------------------------------------------------
     def _json_file(self, path: Path) -> Iterator[Asset]:

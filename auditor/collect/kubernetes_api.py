@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from auditor.collect import SourceOptions, register_scheme
+from auditor.collect import SourceOptions, register_scheme, skip_record
 from auditor.collect.k8s_objects import KINDS as ASSET_KINDS
 from auditor.collect.k8s_objects import object_asset
 from auditor.collect.retry import RetryPolicy, status_of
@@ -346,13 +346,7 @@ class KubernetesApiSource:
         return "the in-cluster API server" if self.context == IN_CLUSTER else f"context {self.context}"
 
     def _problem(self, where: str, reason: str) -> None:
-        msg = f"{where}: {reason}"
-        if self.options.strict:
-            raise SourceError(msg)
-        self.status.skipped += 1
-        self.status.errors.append(msg)
-        if self.options.on_problem is not None:
-            self.options.on_problem(msg)
+        skip_record(self.status, self.options, where, reason)
 
 
 def open_kubernetes_api(uri: str, options: SourceOptions) -> KubernetesApiSource:
