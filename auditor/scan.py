@@ -84,8 +84,8 @@ def _chain(sources: list[Source], on_asset: Callable[[int], None] | None) -> Ite
         return
     for n, a in enumerate(stream, 1):
         if n % 1000 == 0:
-            # readers may skip assets no rule reads: the count read so far is theirs
-            on_asset(sum(s.status.assets for s in sources))
+            # readers may skip assets no rule reads: the count read so far is theirs when they keep one
+            on_asset(max(n, sum(s.status.assets for s in sources)))
         yield a
 
 
