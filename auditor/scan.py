@@ -98,7 +98,7 @@ def _parallel(
     on_progress: Callable[[int], None] | None,
 ) -> None:
     from auditor.collect.files import FileSource
-    from auditor.parallel import ParallelReader, finish
+    from auditor.parallel import ParallelReader
 
     run = engine.start(evaluation)
     with ParallelReader(engine, jobs, cluster) as reader:
@@ -107,7 +107,7 @@ def _parallel(
                 reader.feed(source, run, on_progress)
             else:
                 run.feed(_chain([source], on_progress))
-    finish(run, jobs)
+    run.finish()
 
 
 def run_scan(
