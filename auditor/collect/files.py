@@ -290,6 +290,7 @@ class FileSource:
         verdicts = self._verdicts
         shared: dict[tuple[str, ...], tuple[str, ...]] = self._shared_ancestors
         shared_types: dict[str, str] = self._shared_types
+        prefix = f"{path}:"
         for rec in recs:
             asset_type = rec.asset_type or rec.assetType
             if not rec.name or not asset_type:
@@ -328,7 +329,7 @@ class FileSource:
                 iam_policy=iam.copy() if has_iam else None,
                 ancestors=ancestors,
                 update_time=rec.update_time or rec.updateTime,
-                origin=f"{path}:{lineno}",
+                origin=f"{prefix}{lineno}",
             )
             status.assets += 1
             lineno += 1
