@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
@@ -37,8 +38,12 @@ _EVERYTHING: tuple[IPNetwork, ...] = (ipaddress.ip_network("0.0.0.0/0"), ipaddre
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=65536)
 def parse_range(text: str) -> tuple[IPNetwork, ...] | None:
-    """`*` is every IPv4 and IPv6 address; a bare address is a /32 or /128; None when it is not an address."""
+    """`*` is every IPv4 and IPv6 address; a bare address is a /32 or /128; None when it is not an address.
+
+    Cached: the same ranges (trusted ranges, offices, `*`) recur in every policy of an organization.
+    """
     text = text.strip()
     if text == "*":
         return _EVERYTHING
@@ -80,13 +85,23 @@ def normalized_ranges(texts: Iterable[str]) -> list[str]:
     return sorted(out)
 
 
+@lru_cache(maxsize=4096)
+def _collapsed(by: tuple[IPNetwork, ...]) -> tuple[tuple[int, int, int], ...]:
+    """The union of `by` as (version, first, last) address intervals, collapsed once per distinct set."""
+    out: list[tuple[int, int, int]] = []
+    for version in (4, 6):
+        nets = [b for b in by if b.version == version]
+        out.extend(
+            (version, int(c.network_address), int(c.broadcast_address))
+            for c in ipaddress.collapse_addresses(nets)  # type: ignore[type-var]
+        )
+    return tuple(out)
+
+
 def covered(net: IPNetwork, by: Iterable[IPNetwork]) -> bool:
     """Whether `net` lies inside the union of `by` (collapsed, so two adjacent halves cover their parent)."""
-    if isinstance(net, ipaddress.IPv4Network):
-        v4 = ipaddress.collapse_addresses(b for b in by if isinstance(b, ipaddress.IPv4Network))
-        return any(net.subnet_of(c) for c in v4)
-    v6 = ipaddress.collapse_addresses(b for b in by if isinstance(b, ipaddress.IPv6Network))
-    return any(net.subnet_of(c) for c in v6)
+    first, last, version = int(net.network_address), int(net.broadcast_address), net.version
+    return any(v == version and lo <= first and last <= hi for v, lo, hi in _collapsed(tuple(by)))
 
 
 def only_source_ip_match(r: ArmorRule) -> bool:
