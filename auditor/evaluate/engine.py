@@ -55,6 +55,13 @@ def _finding_order(f: Finding) -> tuple[int, str, str, str]:
     return (-f.severity.rank, f.rule, f.asset, f.id)
 
 
+def _params_key(r: LoadedRule) -> str:
+    try:
+        return r.params.model_dump_json()
+    except Exception:  # params that do not serialise (a compiled object): this rule shares its check with none
+        return f"rule:{r.id}"
+
+
 def _all_ancestries(r: LoadedRule) -> bool:
     return "**" in r.rule.match.ancestries and not r.rule.match.excluded_ancestries
 
@@ -83,7 +90,7 @@ class Engine:
         self._plans: dict[str, _Plan] = {}
         self._context_types = frozenset(t for r in self.rules for t in r.spec.context_types)
         # Rules that share a check and params give the same violations on an asset: the check runs once for them.
-        self._check_key = {id(r): (r.spec.name, r.params.model_dump_json()) for r in self.rules}
+        self._check_key = {id(r): (r.spec.name, _params_key(r)) for r in self.rules}
 
     # -- what the rules need --------------------------------------------------------------------------------------
     def asset_type_globs(self) -> frozenset[str]:
