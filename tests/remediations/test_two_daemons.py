@@ -84,7 +84,7 @@ def _open_rule_present(fake: FakeGcp) -> bool:
 
 
 def test_only_the_leader_applies_and_the_other_takes_over(
-    fake_gcp: FakeGcp, gcp_endpoint: str, kube: KubeServer, repo: Path, tmp_path: Path, write_rules: object
+    fake_gcp: FakeGcp, gcp_endpoint: str, kube: KubeServer, repo: Path, tmp_path: Path
 ) -> None:
     fake_gcp.load(repo / "examples" / "org")
     rules = tmp_path / "rules.yaml"
