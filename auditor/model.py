@@ -219,6 +219,7 @@ class SourceStatus:
     failed_types: dict[str, str] = field(default_factory=dict)  # asset type ("*" for all) -> reason
     errors: list[str] = field(default_factory=list)
     read_time: str | None = None  # the moment the data describes (CAI read_time), when known
+    requests: int = 0  # API requests a live source made (pages, retries included)
 
     def fail(self, asset_type: str, reason: str) -> None:
         self.complete = False
@@ -233,6 +234,7 @@ class SourceStatus:
             "failed": [{"asset_type": t, "reason": r} for t, r in sorted(self.failed_types.items())],
             "errors": self.errors[:50],
             "read_time": self.read_time,
+            "requests": self.requests,
         }
 
 

@@ -333,7 +333,6 @@ class AssetInventorySource:
             IAM_POLICY: (every if iam_globs is None else iam_globs) if needs_iam else frozenset(),
         }
         self.listings = plan_listings(options.asset_types, needs_iam, self._chosen[RESOURCE], self._chosen[IAM_POLICY])
-        self.requests = 0  # API requests made, for logs and tests
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._first_problem = ""
@@ -343,6 +342,11 @@ class AssetInventorySource:
         self.listings = refine_listings(self.listings, self._chosen, wanted)
 
     # -- public -----------------------------------------------------------------------------------------------------
+    @property
+    def requests(self) -> int:
+        """API requests made so far (also in the status, for reports)."""
+        return self.status.requests
+
     def assets(self) -> Iterator[Asset]:
         if not self.listings:
             return
@@ -514,7 +518,7 @@ class AssetInventorySource:
                 raise _Stop
             self.budget.acquire()
             with self._lock:
-                self.requests += 1
+                self.status.requests += 1
             resp = session().get(url, params=params, timeout=(min(10.0, self.timeout), self.timeout))
             if resp.status_code >= 400:
                 raise gexc.from_http_response(resp)
@@ -617,7 +621,7 @@ class AssetInventorySource:
         def call() -> Any:
             self.budget.acquire()
             with self._lock:
-                self.requests += 1
+                self.status.requests += 1
             return fn()
 
         return self.retry.call(call, on_retry=self._log_retry("ExportAssets"))

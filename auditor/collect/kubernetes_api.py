@@ -200,7 +200,6 @@ class KubernetesApiSource:
         self._detect_cluster = self.context == IN_CLUSTER and self.cluster == IN_CLUSTER
         self.kinds = kinds_for(options.asset_types)
         self.retry = RetryPolicy.from_settings(options.extra)
-        self.requests = 0
         self._api_client: Any = None
 
     def select(self, wanted: Callable[[str, bool], bool], skipped: Counter[str]) -> None:
@@ -258,6 +257,11 @@ class KubernetesApiSource:
                     self.cluster,
                 )
         return self.cluster
+
+    @property
+    def requests(self) -> int:
+        """API requests made so far (also in the status, for reports)."""
+        return self.status.requests
 
     def assets(self) -> Iterator[Asset]:
         if not self.kinds:
@@ -317,7 +321,7 @@ class KubernetesApiSource:
 
     def _page(self, list_fn: Callable[..., Any], token: str | None) -> dict[str, Any]:
         def call() -> dict[str, Any]:
-            self.requests += 1
+            self.status.requests += 1
             kwargs: dict[str, Any] = {
                 "limit": self.page_size,
                 "_preload_content": False,

@@ -51,7 +51,9 @@ def finding_keys(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     return sorted((f["id"], f["rule"], f["asset"]) for f in report["findings"])
 
 
-def test_live_scan_gives_the_same_findings_as_the_files(org: str, example_org: tuple[Path, str]) -> None:
+def test_live_scan_gives_the_same_findings_as_the_files(
+    fake_gcp: FakeGcp, org: str, example_org: tuple[Path, str]
+) -> None:
     code, live, err = scan_json("--source", f"{org}?rpm=60000")
     assert code == 0, err
     _, offline, _ = scan_json("--source", str(example_org[0]))
@@ -60,6 +62,8 @@ def test_live_scan_gives_the_same_findings_as_the_files(org: str, example_org: t
     # Everything but the asset count: the live scan lists only the types the rules read, the files hold all.
     assert {**live["summary"], "assets": 0} == {**offline["summary"], "assets": 0}
     assert 0 < live["summary"]["assets"] < offline["summary"]["assets"]
+    # The report says how many API requests the snapshot cost (the fake counted the same).
+    assert live["sources"][0]["requests"] == len(fake_gcp.list_asset_calls()) > 0
 
 
 def test_only_the_parts_the_rules_read_are_listed(fake_gcp: FakeGcp, org: str) -> None:
