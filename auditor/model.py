@@ -155,6 +155,38 @@ class Asset:
     def __repr__(self) -> str:
         return f"Asset({self.asset_type} {self.name})"
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickled as its parts, raw JSON as bytes: compact and quick to load for a process that receives many.
+        res: Any = bytes(self._res_raw) if self._res_raw is not None else self._res
+        iam: Any = bytes(self._iam_raw) if self._iam_raw is not None else self._iam
+        return (
+            _restore_asset,
+            (self.name, self.asset_type, res, iam, self.ancestors, self.update_time, self.origin, self._held),
+        )
+
+
+def _restore_asset(
+    name: str,
+    asset_type: str,
+    res: bytes | dict[str, Any] | None,
+    iam: bytes | dict[str, Any] | None,
+    ancestors: tuple[str, ...],
+    update_time: str | None,
+    origin: str,
+    held: bool,
+) -> Asset:
+    asset = Asset(
+        name,
+        asset_type,
+        msgspec.Raw(res) if isinstance(res, bytes) else res,
+        msgspec.Raw(iam) if isinstance(iam, bytes) else iam,
+        ancestors,
+        update_time,
+        origin,
+    )
+    asset._held = held
+    return asset
+
 
 def finding_id(rule: str, asset: str, key: str) -> str:
     """A stable id: the same rule, asset and detail give the same id in every cycle."""
