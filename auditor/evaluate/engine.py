@@ -70,6 +70,7 @@ class _Rules(NamedTuple):
     rules: tuple[LoadedRule, ...]
     needs_path: bool  # some rule restricts ancestries: the asset's ancestry path is computed
     keys: tuple[tuple[str, str], ...] | None  # check keys, when two rules share check and params
+    distinct: tuple[tuple[tuple[str, str], LoadedRule], ...] = ()  # then: the first rule of each check key
 
 
 class _Plan(NamedTuple):
@@ -123,11 +124,12 @@ class Engine:
         def pick(rules: tuple[LoadedRule, ...], has_iam: bool) -> _Rules:
             chosen = tuple(r for r in rules if has_iam or not r.spec.needs_iam)
             keys = [self._check_key[id(r)] for r in chosen]
-            return _Rules(
-                chosen,
-                any(not _all_ancestries(r) for r in chosen),
-                tuple(keys) if len(set(keys)) < len(keys) else None,
-            )
+            if len(set(keys)) == len(keys):
+                return _Rules(chosen, any(not _all_ancestries(r) for r in chosen), None)
+            first: dict[tuple[str, str], LoadedRule] = {}
+            for k, r in zip(keys, chosen, strict=True):
+                first.setdefault(k, r)
+            return _Rules(chosen, any(not _all_ancestries(r) for r in chosen), tuple(keys), tuple(first.items()))
 
         plan = _Plan(
             pick(streamed, True),
@@ -175,8 +177,21 @@ class Engine:
                 for v in violations:
                     result.findings.append(self._finding(r, asset, v.message, v.key, v.details, result))
             return
+        memo: dict[tuple[str, str], list[Violation] | Exception] | None = None
+        if rules.keys is not None and not rules.needs_path:
+            # Each distinct check once; when none finds anything (most assets), the rules sharing them have nothing
+            # to report either. Otherwise the rules are gone through in order with these outcomes.
+            memo = {}
+            for key, r in rules.distinct:
+                try:
+                    memo[key] = list(r.spec.fn(asset, r.params, ctx))
+                except Exception as exc:  # reported below, for each rule that shares the check
+                    memo[key] = exc
+            if not any(memo.values()):
+                return
         path = asset.ancestry_path if rules.needs_path else ""
-        memo: dict[tuple[str, str], list[Violation] | Exception] | None = {} if rules.keys is not None else None
+        if memo is None and rules.keys is not None:
+            memo = {}
         for i, r in enumerate(rules.rules):
             if rules.needs_path and not r.matches_ancestry(path):
                 continue
