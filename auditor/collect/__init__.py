@@ -63,8 +63,8 @@ def register_scheme(scheme: str, factory: SourceFactory) -> None:
 def open_source(spec: str, options: SourceOptions | None = None) -> Source:
     """The source named by `spec` (a path, or `scheme://...`)."""
     options = options or SourceOptions()
-    _load_live_sources()
     if "://" in spec:
+        _load_live_sources()  # only for live sources: the Google client libraries take a while to import
         scheme = spec.split("://", 1)[0]
         factory = _schemes.get(scheme)
         if factory is None:
