@@ -305,6 +305,12 @@ class Daemon:
             # for this cycle), so leave without waiting for the worker thread.
             sys.stderr.flush()
             os._exit(0)
+        if self.settings.remediation.enabled:
+            # No cycle runs any more: hand the Lease over now rather than on its expiry (a stuck cycle, above,
+            # keeps it until it expires, since it might still be writing).
+            from remediations.cycle import stop_electors
+
+            stop_electors()
         self.auditor.store.close()
         return 0
 

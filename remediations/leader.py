@@ -189,8 +189,9 @@ class LeaseElector:
         if self._thread is not None:
             self._thread.join(timeout=self.renew_every + 5)
             self._thread = None
-        if self._leader_until is not None:
-            self._release()
+        # Released whenever the Lease names this replica, even if the last renewal lost a race (a 409 between the
+        # renewing thread and a cycle's own check leaves `_leader_until` unset while the Lease is still ours).
+        self._release()
         self._leader_until = None
 
     def _release(self) -> None:
