@@ -7,8 +7,6 @@ what was sent, so nothing was lost between the manifests, the models and the API
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +16,7 @@ from kmock._internal import parsing
 from kubernetes import client as k8s
 
 from tests.deploy.test_manifests import BUILDS, MODELS, build, to_model
+from tests.fakes.kube import KubeServer
 
 # kind -> (API class, create method, read method); namespaced when the method name says so.
 TYPED: dict[str, tuple[Callable[[k8s.ApiClient], Any], str, str]] = {
@@ -58,50 +57,14 @@ def _parse_path_with_namespaces(original: Callable[[str], Any]) -> Callable[[str
     return parse
 
 
-class KubeServer:
-    """kmock's Kubernetes emulator on 127.0.0.1, run on its own event loop in a thread for the synchronous client."""
-
-    def __init__(self) -> None:
-        self.url = ""
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kmock", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("kmock did not start within 10 s")
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._main())
-        self._loop.close()
-
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
-            self.url = str(server.url).rstrip("/")
-            self._ready.set()
-            await self._stop.wait()
-
-    def api_client(self) -> k8s.ApiClient:
-        cfg = k8s.Configuration()
-        cfg.host = self.url
-        return k8s.ApiClient(cfg)
-
-    def close(self) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-
 @pytest.fixture
 def kube(monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeServer]:
     monkeypatch.setattr(parsing, "parse_path", _parse_path_with_namespaces(parsing.parse_path))
-    server = KubeServer()
+    server = KubeServer(emulator=kmock.KubernetesEmulator).start()
     try:
         yield server
     finally:
-        server.close()
+        server.stop()
 
 
 def _create_and_read(api: k8s.ApiClient, obj: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -316,11 +316,15 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
 
 
 class KubeServer:
-    """A `KubeApi` served on 127.0.0.1 from a thread with its own event loop."""
+    """A kmock emulator (`KubeApi` by default) served on 127.0.0.1 from a thread with its own event loop.
 
-    def __init__(self) -> None:
+    Other test packages serve their own emulator subclass through it (`KubeServer(emulator=...)`).
+    """
+
+    def __init__(self, emulator: Callable[[], Any] | None = None) -> None:
+        self._emulator = emulator or KubeApi
         self.loop = asyncio.new_event_loop()
-        self.api: KubeApi | None = None
+        self.api: Any = None
         self.url = ""
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -339,7 +343,7 @@ class KubeServer:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with KubeApi() as api, kmock.Server(api, host="127.0.0.1") as server:
+        async with self._emulator() as api, kmock.Server(api, host="127.0.0.1") as server:
             self.api = api
             self.url = str(server.url).rstrip("/")
             self._ready.set()
@@ -355,6 +359,14 @@ class KubeServer:
         if self._stop is not None and self._thread.is_alive():
             self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=10)
+
+    def api_client(self) -> Any:
+        """A kubernetes ApiClient for this server (no credentials: kmock accepts any)."""
+        from kubernetes import client
+
+        cfg = client.Configuration()
+        cfg.host = self.url
+        return client.ApiClient(cfg)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=20)

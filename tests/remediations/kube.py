@@ -8,11 +8,9 @@ in a thread, so the synchronous `kubernetes` client can call it from a test.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import itertools
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,8 @@ import pytest
 import yaml
 from kmock._internal.enums import action
 from kmock._internal.k8s import KubernetesError
+
+from tests.fakes.kube import KubeServer as FakeKubeServer
 
 GROUP, VERSION = "rbac.authorization.k8s.io", "v1"
 PLURALS = {"Role": "roles", "RoleBinding": "rolebindings", "ClusterRole": "clusterroles",
@@ -79,42 +79,20 @@ def _conflict(request: Any) -> KubernetesError:
     )
 
 
-class KubeServer:
-    """A VersionedKube served on 127.0.0.1 from a background thread."""
+class KubeServer(FakeKubeServer):
+    """A VersionedKube served on 127.0.0.1 from a background thread, with helpers for the appliers' tests."""
 
     def __init__(self) -> None:
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self.url = ""
-        self.emulator: VersionedKube | None = None
-        self._thread = threading.Thread(target=self._run, name="kmock", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("kmock did not start")
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._main())
-        self._loop.close()
-
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
-        async with VersionedKube() as emulator, kmock.Server(emulator) as server:
-            self.emulator = emulator
-            self.url = str(server.url).rstrip("/")
-            self._ready.set()
-            await self._stop.wait()
+        super().__init__(emulator=VersionedKube)
+        self.start()
 
     def close(self) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+        self.stop()
 
     @property
     def k(self) -> VersionedKube:
-        assert self.emulator is not None
-        return self.emulator
+        assert isinstance(self.api, VersionedKube)
+        return self.api
 
     def put(self, obj: dict[str, Any], keep_version: bool = False) -> dict[str, Any]:
         """Store an object (as `kubectl apply` would), with a fresh resourceVersion unless `keep_version`."""
@@ -138,7 +116,8 @@ class KubeServer:
                 n += 1
         return n
 
-    def objects(self) -> list[dict[str, Any]]:
+    def stored(self) -> list[dict[str, Any]]:
+        """Every object kmock holds (not deleted), as stored."""
         out = []
         for key in list(self.k.objects):
             obj = self.k.objects[key]
@@ -148,7 +127,7 @@ class KubeServer:
 
     def export(self, path: Path) -> Path:
         """Every object as a `kubectl get -o yaml` List, for a scan of the cluster as it is now."""
-        path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": self.objects()}),
+        path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": self.stored()}),
                         encoding="utf-8")
         return path
 
@@ -158,14 +137,6 @@ class KubeServer:
         if key not in self.k.objects or self.k.objects[key].deleted:
             return None
         return copy.deepcopy(dict(self.k.objects[key].raw))
-
-    def api_client(self) -> Any:
-        from kubernetes import client
-
-        cfg = client.Configuration()
-        cfg.host = self.url
-        return client.ApiClient(cfg)
-
 
 @pytest.fixture
 def kube() -> Iterator[KubeServer]:

@@ -42,7 +42,7 @@ def _bare(obj: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _by_key(kube: KubeServer) -> dict[tuple[str, str | None, str], dict[str, Any]]:
-    return {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in kube.objects()}
+    return {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in kube.stored()}
 
 
 def test_example_cluster_plan_applies_rescan_and_rollback(kube: KubeServer, repo: Path, tmp_path: Path) -> None:
