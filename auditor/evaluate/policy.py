@@ -43,6 +43,14 @@ def binding_key(b: Binding, member: str | None = None) -> str:
 
 
 LOG_TYPES = ("ADMIN_READ", "DATA_WRITE", "DATA_READ")
+
+
+def known_log_types(v: list[str]) -> list[str]:
+    """Validator for rule params naming audit log types."""
+    bad = [t for t in v if t not in LOG_TYPES]
+    if bad:
+        raise ValueError(f"unknown log types {bad}; known: {', '.join(LOG_TYPES)}")
+    return v
 _LOG_TYPE_NUMBERS = {0: "LOG_TYPE_UNSPECIFIED", 1: "ADMIN_READ", 2: "DATA_WRITE", 3: "DATA_READ"}
 
 

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 
 from auditor.evaluate.checks.iam import HIERARCHY_TYPES, member_violation
 from auditor.evaluate.globs import any_match, any_member_match, glob_match, member_match
-from auditor.evaluate.policy import LOG_TYPES, audit_log_configs, binding_key, bindings
+from auditor.evaluate.policy import audit_log_configs, binding_key, bindings, known_log_types
 from auditor.evaluate.registry import Context, Params, Violation, check
 from auditor.model import Asset
 
@@ -195,13 +195,7 @@ class AuditLogParams(Params):
     log_types: list[str] = Field(min_length=1)
     allowed_exemptions: list[str] = Field(default_factory=list)
 
-    @field_validator("log_types")
-    @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        bad = [t for t in v if t not in LOG_TYPES]
-        if bad:
-            raise ValueError(f"unknown log types {bad}; known: {', '.join(LOG_TYPES)}")
-        return v
+    _known = field_validator("log_types")(known_log_types)
 
 
 @check("config_validator.audit_log", params=AuditLogParams, iam=True, asset_types=HIERARCHY_TYPES)

@@ -23,7 +23,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from auditor.evaluate.globs import compile_glob
-from auditor.evaluate.policy import LOG_TYPES, Binding, audit_log_configs, binding_details, binding_key, bindings
+from auditor.evaluate.policy import (
+    LOG_TYPES,
+    Binding,
+    audit_log_configs,
+    binding_details,
+    binding_key,
+    bindings,
+    known_log_types,
+)
 from auditor.evaluate.principals import (
     google_grants,
     in_domains,
@@ -501,13 +509,7 @@ class AuditLogParams(Params):
         description="A log type enabled on an ancestor folder or organization (in the snapshot) counts as enabled.",
     )
 
-    @field_validator("log_types")
-    @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        bad = [t for t in v if t not in LOG_TYPES]
-        if bad:
-            raise ValueError(f"unknown log types {bad}; known: {', '.join(LOG_TYPES)}")
-        return v
+    _known = field_validator("log_types")(known_log_types)
 
 
 def _short_name(asset: Asset) -> str:
