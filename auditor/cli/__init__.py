@@ -44,15 +44,9 @@ def cli() -> None:
 
 
 for _name in _COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(_name)
-    except ModuleNotFoundError as _exc:
-        if _exc.name != _name:
-            raise
-        continue
-    for _cmd in getattr(_mod, "commands", [getattr(_mod, "command", None)]):
-        if _cmd is not None:
-            cli.add_command(_cmd)
+    _mod = importlib.import_module(_name)
+    for _cmd in getattr(_mod, "commands", None) or [_mod.command]:
+        cli.add_command(_cmd)
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from auditor.permissions import Declaration, declarations
 # Packages whose modules may declare permissions: every module in them is imported, so a new collector or
 # applier is picked up without a change here.
 DECLARING_PACKAGES = ("auditor.collect", "remediations")
-# Imported by name too: the live collectors are optional modules of auditor.collect.
+# The live collectors, which serve the source schemes a configuration names.
 DECLARING_MODULES = ("auditor.collect.asset_inventory", "auditor.collect.kubernetes_api")
 
 DEFAULT_ROLE_ID = "driftAuditor"
@@ -39,28 +39,12 @@ _ROLE_ID = re.compile(r"^[A-Za-z0-9_.]{3,64}$")
 _PERMISSION = re.compile(r"^[a-z][a-zA-Z0-9]*(\.[a-zA-Z][a-zA-Z0-9]*){2,}$")
 
 
-def _import_optional(name: str) -> None:
-    try:
-        importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        # Only the module itself may be missing (a collector not installed); a missing dependency is a real error.
-        if exc.name != name:
-            raise
-
-
 def load_declarations() -> list[Declaration]:
-    """Import every module that may declare permissions, then return all declarations."""
-    for name in DECLARING_MODULES:
-        _import_optional(name)
+    """Import every module of the declaring packages (their `declare()` calls run), then return all declarations."""
     for pkg_name in DECLARING_PACKAGES:
-        try:
-            pkg = importlib.import_module(pkg_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != pkg_name:
-                raise
-            continue
-        for info in pkgutil.walk_packages(getattr(pkg, "__path__", []), prefix=f"{pkg_name}."):
-            _import_optional(info.name)
+        pkg = importlib.import_module(pkg_name)
+        for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg_name}."):
+            importlib.import_module(info.name)
     return declarations()
 
 

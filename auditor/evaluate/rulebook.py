@@ -136,13 +136,8 @@ def _converter_for(doc: dict[str, Any]) -> DocumentConverter | None:
 
 
 def _load_converters() -> None:
-    import importlib
-
-    try:
-        importlib.import_module("auditor.evaluate.constraints")
-    except ModuleNotFoundError as exc:
-        if exc.name != "auditor.evaluate.constraints":
-            raise
+    # Imported here, not at the top: the constraints module registers itself through this one.
+    import auditor.evaluate.constraints  # noqa: F401
 
 
 # -- YAML with line numbers -------------------------------------------------------------------------------------------
