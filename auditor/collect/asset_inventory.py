@@ -146,10 +146,9 @@ class Listing:
 
     @property
     def failure_key(self) -> str:
-        """The asset type recorded as incomplete when this listing fails: the type itself, or `*` for a partial glob
-        (`compute.googleapis.com/*`), since the record is matched by exact type and every type it stands for must
-        stay unresolved; the reason names the glob."""
-        return self.glob if not _wildcard(self.glob) else ALL_TYPES
+        """The asset type recorded as incomplete when this listing fails: the type or glob it lists
+        (`compute.googleapis.com/*`); the state store keeps open every finding of a type the glob matches."""
+        return self.glob
 
 
 @dataclass(frozen=True)
