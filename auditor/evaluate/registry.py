@@ -8,7 +8,7 @@ engine must keep for it. Checks with context are evaluated once the whole snapsh
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
@@ -121,7 +121,3 @@ def get_check(name: str) -> CheckSpec | None:
 def all_checks() -> dict[str, CheckSpec]:
     _load_builtin_checks()
     return dict(sorted(_checks.items()))
-
-
-def iter_checks() -> Iterator[CheckSpec]:
-    yield from all_checks().values()
