@@ -7,10 +7,10 @@ check that reads them pays for the decoding. Assets that no rule needs are never
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -36,6 +36,7 @@ class Mode(StrEnum):
 
 
 _json_decoder = msgspec.json.Decoder()
+T = TypeVar("T")
 
 
 class Asset:
@@ -46,6 +47,7 @@ class Asset:
     """
 
     __slots__ = (
+        "_derived",
         "_held",
         "_iam",
         "_iam_raw",
@@ -78,6 +80,7 @@ class Asset:
         self._iam: dict[str, Any] | None = None
         self._iam_raw: msgspec.Raw | None = None
         self._held = False
+        self._derived: dict[str, Any] | None = None
         if isinstance(resource, msgspec.Raw):
             self._res_raw = resource
         else:
@@ -113,6 +116,18 @@ class Asset:
                 self._iam = {}
         return self._iam
 
+    def derived(self, key: str, build: Callable[[Asset], T]) -> T:
+        """What `build` makes of this asset, made once: the parsed bindings or Cloud Armor rules that several
+        checks read. Dropped with the decoded forms by `release`."""
+        cache = self._derived
+        if cache is None:
+            cache = self._derived = {}
+        elif key in cache:
+            hit: T = cache[key]
+            return hit
+        value = cache[key] = build(self)
+        return value
+
     def hold(self) -> None:
         """Keep the raw JSON once decoded, so that `release` can later drop the decoded form.
 
@@ -122,7 +137,9 @@ class Asset:
         self._held = True
 
     def release(self) -> None:
-        """Forget the decoded resource and IAM policy where their raw JSON is kept (they decode again when read)."""
+        """Forget the decoded resource and IAM policy where their raw JSON is kept (they decode again when read),
+        and what was derived from them."""
+        self._derived = None
         if self._res_raw is not None:
             self._res = None
         if self._iam_raw is not None:

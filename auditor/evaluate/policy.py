@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from auditor.model import Asset
+
 DEFAULT_RULE_PRIORITY = 2147483647
 
 
@@ -25,6 +27,15 @@ def bindings(policy: dict[str, Any]) -> Iterator[Binding]:
         if not isinstance(b, dict):
             continue
         yield Binding(str(b.get("role", "")), tuple(b.get("members") or ()), b.get("condition") or None)
+
+
+def _bindings_of(asset: Asset) -> tuple[Binding, ...]:
+    return tuple(bindings(asset.iam_policy))
+
+
+def asset_bindings(asset: Asset) -> tuple[Binding, ...]:
+    """The bindings of an asset's IAM policy, parsed once for every check that reads them."""
+    return asset.derived("policy.bindings", _bindings_of)
 
 
 def binding_details(b: Binding, member: str | None = None) -> dict[str, Any]:
@@ -103,6 +114,24 @@ class ArmorRule(NamedTuple):
     @property
     def denies(self) -> bool:
         return self.action.startswith("deny")
+
+
+def _armor_rules_of(asset: Asset) -> tuple[ArmorRule, ...]:
+    return tuple(armor_rules(asset.resource))
+
+
+def asset_armor_rules(asset: Asset) -> tuple[ArmorRule, ...]:
+    """The rules of a security policy asset, by priority, parsed once for every check that reads them."""
+    return asset.derived("policy.armor_rules", _armor_rules_of)
+
+
+def _audit_log_configs_of(asset: Asset) -> tuple[AuditLogConfig, ...]:
+    return tuple(audit_log_configs(asset.iam_policy))
+
+
+def asset_audit_log_configs(asset: Asset) -> tuple[AuditLogConfig, ...]:
+    """The audit log configs of an asset's IAM policy, parsed once."""
+    return asset.derived("policy.audit_log_configs", _audit_log_configs_of)
 
 
 def armor_rules(policy: dict[str, Any]) -> list[ArmorRule]:

@@ -8,7 +8,7 @@ engine must keep for it. Checks with context are evaluated once the whole snapsh
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
@@ -42,8 +42,12 @@ class Context:
     by_type: dict[str, list[Asset]] = field(default_factory=lambda: defaultdict(list))
     _index: dict[str, Any] = field(default_factory=dict)
 
-    def assets(self, asset_type: str) -> list[Asset]:
-        return self.by_type.get(asset_type, [])
+    def assets(self, asset_type: str) -> Iterator[Asset]:
+        """The kept assets of a context type. Each one's decoded form is dropped when the next is asked for (it
+        decodes again if read again): the indexes built from them keep what they need, not every decoded object."""
+        for a in self.by_type.get(asset_type, ()):
+            yield a
+            a.release()
 
     def memo(self, key: str, build: Callable[[], Any]) -> Any:
         """Per-snapshot cache for indexes that checks derive from the context (built once, on first use)."""

@@ -17,7 +17,7 @@ import cel
 from cel.stdlib import add_stdlib_to_context
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from auditor.evaluate.policy import Binding, bindings
+from auditor.evaluate.policy import Binding, asset_bindings
 from auditor.evaluate.principals import google_grants, is_google_managed, parse_member
 from auditor.evaluate.registry import Context, Params, Violation, check
 from auditor.model import Asset
@@ -238,7 +238,7 @@ def cel_check(asset: Asset, params: CelParams, ctx: Context) -> Iterator[Violati
         if hit:
             yield Violation(_fmt(params.message, {**values, "result": result}), "", {"result": result})
         return
-    for b in bindings(asset.iam_policy):
+    for b in asset_bindings(asset):
         bvars = {**base, **_binding_vars(b)}
         title = b.condition_title if b.condition else None
         bvalues = {**values, "role": b.role, "members": ", ".join(b.members), "condition": title or ""}

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from auditor.evaluate.globs import any_match, glob_match
-from auditor.evaluate.policy import DEFAULT_RULE_PRIORITY, ArmorRule, armor_rules
+from auditor.evaluate.policy import DEFAULT_RULE_PRIORITY, ArmorRule, asset_armor_rules
 from auditor.evaluate.registry import Context, NoParams, Params, Violation, check
 from auditor.model import Asset
 
@@ -157,7 +157,7 @@ def default_rule_denies(asset: Asset, params: NoParams, ctx: Context) -> Iterato
       remediation: cloud_armor.set_default_deny
     ```
     """
-    rules = armor_rules(asset.resource)
+    rules = asset_armor_rules(asset)
     default = next((r for r in rules if r.is_default), None)
     if default is None:
         yield Violation(
@@ -211,7 +211,7 @@ def no_open_allow(asset: Asset, params: OpenAllowParams, ctx: Context) -> Iterat
       remediation: cloud_armor.remove_rule
     ```
     """
-    for r in armor_rules(asset.resource):
+    for r in asset_armor_rules(asset):
         if r.is_default or r.action not in params.actions:
             continue
         opened = [s for s in r.src_ranges if is_open(s, params.open_ranges)]
@@ -262,7 +262,7 @@ def trusted_source_ranges(asset: Asset, params: TrustedRangesParams, ctx: Contex
     ```
     """
     trusted = [n for t in params.trusted_ranges for n in (parse_range(t) or ())]
-    for r in armor_rules(asset.resource):
+    for r in asset_armor_rules(asset):
         if r.is_default or r.action not in params.actions or r.expression is not None:
             continue
         untrusted = []
@@ -296,7 +296,7 @@ def no_preview_rules(asset: Asset, params: PreviewParams, ctx: Context) -> Itera
       params: {actions: ["deny*", throttle, rate_based_ban]}
     ```
     """
-    for r in armor_rules(asset.resource):
+    for r in asset_armor_rules(asset):
         if r.preview and any_match(params.actions, r.action):
             yield Violation(
                 f"rule {r.priority} ({r.action}) is in preview: it is logged, not enforced",
@@ -318,7 +318,7 @@ def unique_priorities(asset: Asset, params: NoParams, ctx: Context) -> Iterator[
     ```
     """
     by_priority: dict[int, list[ArmorRule]] = defaultdict(list)
-    for r in armor_rules(asset.resource):
+    for r in asset_armor_rules(asset):
         by_priority[r.priority].append(r)
     for priority, rs in sorted(by_priority.items()):
         if len(rs) > 1:
@@ -365,7 +365,7 @@ def no_shadowed_rules(asset: Asset, params: ShadowParams, ctx: Context) -> Itera
     ```
     """
     above: list[tuple[ArmorRule, list[IPNetwork]]] = []  # enforced rules that can fire, lowest number first
-    for r in armor_rules(asset.resource):
+    for r in asset_armor_rules(asset):
         if not only_source_ip_match(r):
             continue
         nets = parse_ranges(r.src_ranges)
@@ -517,7 +517,7 @@ def required_rules(asset: Asset, params: RequiredRulesParams, ctx: Context) -> I
               description: threat-intel deny list
     ```
     """
-    rules = armor_rules(asset.resource)
+    rules = asset_armor_rules(asset)
     for req in params.rules:
         if any(req.satisfied_by(r) for r in rules):
             continue
@@ -578,7 +578,7 @@ def desired_state(asset: Asset, params: DesiredStateParams, ctx: Context) -> Ite
     if desired is None:
         return
     actual: dict[int, ArmorRule] = {}
-    for r in armor_rules(asset.resource):
+    for r in asset_armor_rules(asset):
         actual.setdefault(r.priority, r)
     wanted = {d.priority: d for d in desired}
     for priority in sorted(set(actual) | set(wanted)):

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 
 from auditor.evaluate.checks.iam import HIERARCHY_TYPES, member_violation
 from auditor.evaluate.globs import any_match, any_member_match, glob_match, member_match
-from auditor.evaluate.policy import audit_log_configs, binding_key, bindings, known_log_types
+from auditor.evaluate.policy import asset_audit_log_configs, asset_bindings, binding_key, known_log_types
 from auditor.evaluate.registry import Context, Params, Violation, check
 from auditor.model import Asset
 
@@ -64,7 +64,7 @@ def allowed_bindings(asset: Asset, params: AllowedBindingsParams, ctx: Context) 
     """
     if not params.in_scope(asset):
         return
-    for b in bindings(asset.iam_policy):
+    for b in asset_bindings(asset):
         if not glob_match(params.role, b.role):
             continue
         for m in b.members:
@@ -99,7 +99,7 @@ def allow_ban_roles(asset: Asset, params: AllowBanRolesParams, ctx: Context) -> 
       params: {mode: ban, roles: [roles/owner, roles/editor]}
     ```
     """
-    for b in bindings(asset.iam_policy):
+    for b in asset_bindings(asset):
         if any_match(params.roles, b.role) != params.ban:
             continue
         why = "is banned" if params.ban else "is not an allowed role"
@@ -141,7 +141,7 @@ def member_domains(asset: Asset, params: MemberDomainsParams, ctx: Context) -> I
     ```
     """
     roles: dict[str, list[str]] = {}
-    for b in bindings(asset.iam_policy):
+    for b in asset_bindings(asset):
         for m in b.members:
             roles.setdefault(m, [])
             if b.role not in roles[m]:
@@ -180,7 +180,7 @@ def required_bindings(asset: Asset, params: RequiredBindingsParams, ctx: Context
     """
     if not params.in_scope(asset):
         return
-    for b in bindings(asset.iam_policy):
+    for b in asset_bindings(asset):
         if not glob_match(params.role, b.role):
             continue
         for required in params.members:
@@ -216,7 +216,7 @@ def audit_log(asset: Asset, params: AuditLogParams, ctx: Context) -> Iterator[Vi
       params: {services: [allServices], log_types: [ADMIN_READ, DATA_READ, DATA_WRITE], allowed_exemptions: []}
     ```
     """
-    configs = audit_log_configs(asset.iam_policy)
+    configs = asset_audit_log_configs(asset)
     enabled = {(c.service, c.log_type) for c in configs}
     for service in params.services:
         for log_type in params.log_types:

@@ -24,7 +24,7 @@ from pydantic import Field
 from auditor.collect.k8s_objects import GKE_CLUSTER
 from auditor.evaluate.checks.iam import HIERARCHY_TYPES, PROJECT, MemberFilter, hierarchy_index, member_violation
 from auditor.evaluate.globs import any_match
-from auditor.evaluate.policy import bindings
+from auditor.evaluate.policy import asset_bindings
 from auditor.evaluate.registry import Context, Violation, check
 from auditor.model import Asset
 
@@ -131,7 +131,7 @@ def gke_iam_reaches_clusters(asset: Asset, params: GkeIamParams, ctx: Context) -
         return
     level = asset.asset_type.rsplit("/", 1)[-1].lower()
     reach = ", ".join(clusters[:3]) + (f" and {len(clusters) - 3} more" if len(clusters) > 3 else "")
-    for b in bindings(asset.iam_policy):
+    for b in asset_bindings(asset):
         if not any_match(params.roles, b.role):
             continue
         for m in b.members:
@@ -159,7 +159,7 @@ def _grants_by_member(ctx: Context) -> dict[str, list[tuple[str, str, str | None
         out: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
         policies, _ = hierarchy_index(ctx)
         for short, a in policies.items():
-            for b in bindings(a.iam_policy):
+            for b in asset_bindings(a):
                 for m in b.members:
                     out[m.lower()].append((short, b.role, b.condition_title if b.condition else None))
         return dict(out)
@@ -221,7 +221,7 @@ def workload_identity_privileges(asset: Asset, params: WorkloadIdentityParams, c
     if not grants:
         return
     held = sorted({f"{role} on {where}" + (f" (condition: {cond})" if cond else "") for where, role, cond in grants})
-    for b in bindings(asset.iam_policy):
+    for b in asset_bindings(asset):
         if not any_match(params.binding_roles, b.role):
             continue
         for m in b.members:

@@ -26,7 +26,8 @@ from auditor.evaluate.globs import compile_glob
 from auditor.evaluate.policy import (
     LOG_TYPES,
     Binding,
-    audit_log_configs,
+    asset_audit_log_configs,
+    asset_bindings,
     binding_details,
     binding_key,
     bindings,
@@ -117,7 +118,7 @@ def forbidden_members(asset: Asset, params: ForbiddenMembersParams, ctx: Context
         except_members: []              # optional member globs
     ```
     """
-    for b in bindings(asset.iam_policy):
+    for b in asset_bindings(asset):
         if not any_match(params.roles, b.role):
             continue
         for m in b.members:
@@ -144,7 +145,7 @@ def allowed_members(asset: Asset, params: AllowedMembersParams, ctx: Context) ->
         members: ["group:platform-admins@example.com", "group:break-glass@example.com"]
     ```
     """
-    for b in bindings(asset.iam_policy):
+    for b in asset_bindings(asset):
         if not any_match(params.roles, b.role):
             continue
         for m in b.members:
@@ -198,7 +199,7 @@ def _domain_violations(
 ) -> Iterator[Violation]:
     listed = sorted(domains)
     allowed = ", ".join(listed[:3]) + (f" and {len(listed) - 3} more domains" if len(listed) > 3 else "")
-    for b in bindings(asset.iam_policy):
+    for b in asset_bindings(asset):
         if not any_match(params.roles, b.role):
             continue
         for m in b.members:
@@ -294,7 +295,7 @@ def banned_roles(asset: Asset, params: BannedRolesParams, ctx: Context) -> Itera
         except_members: ["group:break-glass@example.com"]
     ```
     """
-    for b in bindings(asset.iam_policy):
+    for b in asset_bindings(asset):
         if not any_match(params.roles, b.role):
             continue
         for m in b.members:
@@ -319,7 +320,7 @@ def allowed_roles(asset: Asset, params: AllowedRolesParams, ctx: Context) -> Ite
         roles: [roles/storage.objectViewer, roles/storage.legacyBucket*, "roles/storage.object*"]
     ```
     """
-    for b in bindings(asset.iam_policy):
+    for b in asset_bindings(asset):
         if any_match(params.roles, b.role):
             continue
         for m in b.members:
@@ -352,7 +353,7 @@ def required_bindings(asset: Asset, params: RequiredBindingsParams, ctx: Context
     ```
     """
     present: set[str] = set()
-    for b in bindings(asset.iam_policy):
+    for b in asset_bindings(asset):
         if b.role == params.role and (b.condition_title if b.condition else None) == params.condition:
             present.update(_norm(m) for m in b.members)
     for m in params.members:
@@ -389,7 +390,7 @@ def service_account_admin_roles(asset: Asset, params: SAAdminParams, ctx: Contex
         except_members: ["serviceAccount:terraform@seed-project.iam.gserviceaccount.com"]
     ```
     """
-    for b in bindings(asset.iam_policy):
+    for b in asset_bindings(asset):
         if not any_match(params.roles, b.role):
             continue
         for m in b.members:
@@ -418,7 +419,7 @@ def project_level_impersonation(asset: Asset, params: ImpersonationParams, ctx: 
     ```
     """
     level = asset.asset_type.rsplit("/", 1)[-1].lower()
-    for b in bindings(asset.iam_policy):
+    for b in asset_bindings(asset):
         if not any_match(params.roles, b.role):
             continue
         for m in b.members:
@@ -587,7 +588,7 @@ def audit_logging(asset: Asset, params: AuditLogParams, ctx: Context) -> Iterato
                 sources.append(policies[name])
     enabled: set[tuple[str, str]] = set()
     for src in sources:
-        for c in audit_log_configs(src.iam_policy):
+        for c in asset_audit_log_configs(src):
             enabled.add((c.service, c.log_type))
     for service in params.services:
         for log_type in params.log_types:
@@ -599,7 +600,7 @@ def audit_logging(asset: Asset, params: AuditLogParams, ctx: Context) -> Iterato
                 {"service": service, "log_type": log_type, "change": "missing"},
             )
     # Exemptions are read on this asset's own policy only: its ancestors report their own.
-    for c in audit_log_configs(asset.iam_policy):
+    for c in asset_audit_log_configs(asset):
         if c.service not in params.services and "allServices" not in params.services and c.service != "allServices":
             continue
         for m in c.exempted_members:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -152,7 +152,12 @@ class ClusterRoles:
         self._effective: dict[tuple[str, str], list[dict[str, Any]] | None] = {}
         self._wildcard: dict[tuple[str, str], bool] = {}
         for a in assets:
-            self.by_cluster[cluster_of(a.name)][object_name(a.resource, a)] = a.resource
+            obj = a.resource
+            # What resolving and aggregating need, not the whole object (annotations, managed fields...)
+            slim = {"metadata": {"labels": meta(obj).get("labels") or {}}, "rules": obj.get("rules") or []}
+            if obj.get("aggregationRule"):
+                slim["aggregationRule"] = obj["aggregationRule"]
+            self.by_cluster[cluster_of(a.name)][object_name(obj, a)] = slim
 
     def get(self, cluster: str, name: str) -> dict[str, Any] | None:
         return self.by_cluster.get(cluster, {}).get(name)
@@ -933,6 +938,18 @@ def denies_by_default(policy: dict[str, Any], direction: str) -> bool:
     return direction in _policy_types(spec) and not spec.get(direction.lower())
 
 
+_Where = tuple[str, str]  # (cluster, namespace)
+_Kept = list[frozenset[str]]  # one entry per object of the namespace
+
+
+def _quota_limits(quota: dict[str, Any]) -> frozenset[str]:
+    return frozenset(str(k) for k in ((quota.get("spec") or {}).get("hard") or {}))
+
+
+def _default_denies(policy: dict[str, Any]) -> frozenset[str]:
+    return frozenset(d for d in ("Ingress", "Egress") if denies_by_default(policy, d))
+
+
 @check(
     "rbac.tenant_namespace_hygiene",
     params=HygieneParams,
@@ -965,25 +982,26 @@ def tenant_namespace_hygiene(asset: Asset, params: HygieneParams, ctx: Context) 
     if tenant is None:
         return
 
-    def by_namespace(asset_type: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
-        def build() -> dict[tuple[str, str], list[dict[str, Any]]]:
-            out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    def by_namespace(asset_type: str, keep: Callable[[dict[str, Any]], frozenset[str]]) -> dict[_Where, _Kept]:
+        def build() -> dict[_Where, _Kept]:
+            # per namespace, what each object says (a quota's limited resources, a policy's default-deny
+            # directions) rather than the objects: tens of thousands of them are read
+            out: dict[_Where, _Kept] = defaultdict(list)
             for a in ctx.assets(asset_type):
-                out[(cluster_of(a.name), str(meta(a.resource).get("namespace") or namespace_of(a.name)))].append(
-                    a.resource
-                )
+                obj = a.resource
+                out[(cluster_of(a.name), str(meta(obj).get("namespace") or namespace_of(a.name)))].append(keep(obj))
             return out
 
         return ctx.memo(f"rbac.by_namespace.{asset_type}", build)
 
     base = {"namespace": ns, "tenant": tenant, "role": None, "binding": None, "subject": None}
-    quotas = by_namespace(RESOURCE_QUOTA).get((cluster, ns), [])
+    quotas = by_namespace(RESOURCE_QUOTA, _quota_limits).get((cluster, ns), [])
     if params.require_quota and not quotas:
         yield Violation(
             f"tenant {tenant}'s namespace {ns} has no ResourceQuota", "quota", {**base, "missing": "ResourceQuota"}
         )
     elif quotas:
-        limited = {str(k) for q in quotas for k in ((q.get("spec") or {}).get("hard") or {})}
+        limited = frozenset[str]().union(*quotas)
         for res in params.quota_resources:
             if not any(glob_match(res, k) for k in limited):
                 yield Violation(
@@ -991,9 +1009,9 @@ def tenant_namespace_hygiene(asset: Asset, params: HygieneParams, ctx: Context) 
                     f"quota|{res}",
                     {**base, "missing": f"ResourceQuota on {res}"},
                 )
-    policies = by_namespace(NETWORK_POLICY).get((cluster, ns), [])
+    denied = frozenset[str]().union(*by_namespace(NETWORK_POLICY, _default_denies).get((cluster, ns), []))
     for direction in params.default_deny:
-        if not any(denies_by_default(p, direction) for p in policies):
+        if direction not in denied:
             yield Violation(
                 f"tenant {tenant}'s namespace {ns} has no default-deny NetworkPolicy for {direction.lower()}",
                 f"default-deny|{direction}",
