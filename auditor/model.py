@@ -36,6 +36,8 @@ class Mode(StrEnum):
 
 
 _json_decoder = msgspec.json.Decoder()
+# Undecoded JSON: a msgspec.Raw as a reader decoded it, or bytes (one object where a Raw is two: what a scan keeps)
+Json = msgspec.Raw | bytes
 T = TypeVar("T")
 
 
@@ -51,12 +53,13 @@ class Asset:
         "_held",
         "_iam",
         "_iam_raw",
+        "_line",
+        "_origin",
         "_res",
         "_res_raw",
         "ancestors",
         "asset_type",
         "name",
-        "origin",
         "update_time",
     )
 
@@ -64,31 +67,49 @@ class Asset:
         self,
         name: str,
         asset_type: str,
-        resource: dict[str, Any] | msgspec.Raw | None = None,
-        iam_policy: dict[str, Any] | msgspec.Raw | None = None,
+        resource: dict[str, Any] | Json | None = None,
+        iam_policy: dict[str, Any] | Json | None = None,
         ancestors: tuple[str, ...] = (),
         update_time: str | None = None,
         origin: str = "",
+        line: int = 0,
     ) -> None:
         self.name = name
         self.asset_type = asset_type
         self.ancestors = ancestors
         self.update_time = update_time
-        self.origin = origin  # where it was read: "file:line" or the source URI, for error messages
+        # Where it was read, for messages: a source URI, or a file and a line number kept apart (the file's name is
+        # one string shared by every asset read from it) and joined only when asked for.
+        self._origin = origin
+        self._line = line
         self._res: dict[str, Any] | None = None
-        self._res_raw: msgspec.Raw | None = None
+        self._res_raw: Json | None = None
         self._iam: dict[str, Any] | None = None
-        self._iam_raw: msgspec.Raw | None = None
+        self._iam_raw: Json | None = None
         self._held = False
         self._derived: dict[str, Any] | None = None
-        if isinstance(resource, msgspec.Raw):
+        if isinstance(resource, Json):
             self._res_raw = resource
         else:
             self._res = resource
-        if isinstance(iam_policy, msgspec.Raw):
+        if isinstance(iam_policy, Json):
             self._iam_raw = iam_policy
         else:
             self._iam = iam_policy
+
+    @property
+    def origin(self) -> str:
+        """Where the asset was read: `file:line`, or the source URI."""
+        return f"{self._origin}:{self._line}" if self._line else self._origin
+
+    @origin.setter
+    def origin(self, value: str) -> None:
+        self._origin, self._line = value, 0
+
+    def renumber(self, offset: int) -> None:
+        """Move the line the asset was read at by `offset` (a worker numbered it from the start of its range)."""
+        if self._line:
+            self._line += offset
 
     @property
     def resource(self) -> dict[str, Any]:
@@ -127,6 +148,11 @@ class Asset:
             return hit
         value = cache[key] = build(self)
         return value
+
+    def stub(self) -> Asset:
+        """The asset without its payload (name, type, ancestors and origin shared): what a check that reads only
+        names needs to keep."""
+        return Asset(self.name, self.asset_type, ancestors=self.ancestors, origin=self._origin, line=self._line)
 
     def hold(self) -> None:
         """Keep the raw JSON once decoded, so that `release` can later drop the decoded form.
@@ -178,7 +204,8 @@ class Asset:
         iam: Any = bytes(self._iam_raw) if self._iam_raw is not None else self._iam
         return (
             _restore_asset,
-            (self.name, self.asset_type, res, iam, self.ancestors, self.update_time, self.origin, self._held),
+            (self.name, self.asset_type, res, iam, self.ancestors, self.update_time, self._origin, self._line,
+             self._held),
         )
 
 
@@ -190,17 +217,10 @@ def _restore_asset(
     ancestors: tuple[str, ...],
     update_time: str | None,
     origin: str,
+    line: int,
     held: bool,
 ) -> Asset:
-    asset = Asset(
-        name,
-        asset_type,
-        msgspec.Raw(res) if isinstance(res, bytes) else res,
-        msgspec.Raw(iam) if isinstance(iam, bytes) else iam,
-        ancestors,
-        update_time,
-        origin,
-    )
+    asset = Asset(name, asset_type, res, iam, ancestors, update_time, origin, line)
     asset._held = held
     return asset
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from auditor.collect import SourceOptions
 from auditor.collect.files import FileSource
 from auditor.errors import AuditorError, RuleError
-from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun
+from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun, Held
 from auditor.evaluate.registry import get_check
 from auditor.evaluate.rulebook import LoadedRule, Rule
 from auditor.model import Asset
@@ -46,7 +46,7 @@ class _Range:
 @dataclass
 class _Part:
     evaluation: Evaluation
-    held: list[Asset]
+    held: list[Held]
     lines: int
     problems: list[tuple[int, str]] = field(default_factory=list)  # (line in the range, reason)
 
@@ -71,7 +71,7 @@ def _scan_range(job: _Range) -> _Part:
     source = FileSource(job.path, SourceOptions(cluster=job.cluster))
     evaluation = Evaluation()
     source.select(engine.wants, evaluation.assets_by_type)
-    held: list[Asset] = []
+    held: list[Held] = []
     run = engine.start(evaluation, on_held=held.append)
     path = Path(job.path)
     run.feed(source.range_assets(path, job.start, job.end))
@@ -135,9 +135,8 @@ class ParallelReader:
             for part in _parts(self._executor(), jobs):
                 for line, reason in part.problems:
                     source.report(f"{f}:{base + line - 1}", reason)
-                for asset in part.held:
-                    where, _, line_text = asset.origin.rpartition(":")
-                    asset.origin = f"{where}:{base + int(line_text) - 1}"
+                for asset, _ in part.held:
+                    asset.renumber(base - 1)
                 source.status.assets += sum(part.evaluation.assets_by_type.values())
                 run.absorb(part.evaluation, part.held)
                 base += part.lines

@@ -65,8 +65,9 @@ _YAML_SUFFIXES = (".yaml", ".yml")
 _BLOCK = 1 << 22  # NDJSON bytes read and decoded at a time
 
 
-def record_to_asset(rec: _Record, origin: str) -> Asset:
-    """The Asset for one decoded record; ValueError names what is missing."""
+def record_to_asset(rec: _Record, origin: str, line: int = 0) -> Asset:
+    """The Asset for one decoded record (read at `origin`, or at line `line` of file `origin`); ValueError names
+    what is missing."""
     asset_type = rec.asset_type or rec.assetType
     if not rec.name:
         raise ValueError("asset has no 'name'")
@@ -82,6 +83,7 @@ def record_to_asset(rec: _Record, origin: str) -> Asset:
         ancestors=tuple(rec.ancestors) if rec.ancestors else (),
         update_time=rec.update_time or rec.updateTime,
         origin=origin,
+        line=line,
     )
 
 
@@ -290,7 +292,7 @@ class FileSource:
         verdicts = self._verdicts
         shared: dict[tuple[str, ...], tuple[str, ...]] = self._shared_ancestors
         shared_types: dict[str, str] = self._shared_types
-        prefix = f"{path}:"
+        where_file = str(path)
         for rec in recs:
             asset_type = rec.asset_type or rec.assetType
             if not rec.name or not asset_type:
@@ -325,11 +327,12 @@ class FileSource:
             asset = Asset(
                 name=rec.name,
                 asset_type=shared_types.setdefault(asset_type, asset_type),
-                resource=data.copy() if data and not _is_null(data) else None,
-                iam_policy=iam.copy() if has_iam else None,
+                resource=bytes(data) if data and not _is_null(data) else None,
+                iam_policy=bytes(iam) if has_iam else None,
                 ancestors=ancestors,
                 update_time=rec.update_time or rec.updateTime,
-                origin=f"{prefix}{lineno}",
+                origin=where_file,
+                line=lineno,
             )
             status.assets += 1
             lineno += 1
@@ -342,7 +345,7 @@ class FileSource:
                 where = f"{path}:{lineno}"
                 try:
                     rec = _record_decoder.decode(line)
-                    asset = record_to_asset(rec, where)
+                    asset = record_to_asset(rec, str(path), lineno)
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     self._problem(where, f"malformed asset line ({exc})")
                 except ValueError as exc:

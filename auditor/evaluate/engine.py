@@ -73,6 +73,10 @@ class _Rules(NamedTuple):
     distinct: tuple[tuple[tuple[str, str], LoadedRule], ...] = ()  # then: the first rule of each check key
 
 
+# What checks with context keep of an asset type's assets
+NO_CONTEXT, NAMES, WHOLE = 0, 1, 2
+
+
 class _Plan(NamedTuple):
     """The rules for one asset type: streamed and deferred, for assets with and without an IAM policy."""
 
@@ -80,7 +84,7 @@ class _Plan(NamedTuple):
     streamed: _Rules
     deferred_iam: _Rules
     deferred: _Rules
-    context: bool  # assets of this type are kept for checks with context
+    context: int  # NO_CONTEXT, NAMES (a stub with the asset's name is kept) or WHOLE (the asset is kept)
 
 
 class Engine:
@@ -90,13 +94,16 @@ class Engine:
         self._by_type: dict[str, tuple[tuple[LoadedRule, ...], tuple[LoadedRule, ...]]] = {}
         self._plans: dict[str, _Plan] = {}
         self._context_types = frozenset(t for r in self.rules for t in r.spec.context_types)
+        self._name_types = frozenset(t for r in self.rules for t in r.spec.context_names) - self._context_types
         # Rules that share a check and params give the same violations on an asset: the check runs once for them.
         self._check_key = {id(r): (r.spec.name, _params_key(r)) for r in self.rules}
+        self._index = {id(r): i for i, r in enumerate(self.rules)}
+        self._subsets: dict[tuple[int, ...], _Rules] = {}
 
     # -- what the rules need --------------------------------------------------------------------------------------
     def asset_type_globs(self) -> frozenset[str]:
         """Every asset type a loaded rule can read (globs); live sources list only these."""
-        out: set[str] = set(self._context_types)
+        out: set[str] = set(self._context_types | self._name_types)
         for r in self.rules:
             for t in r.rule.match.asset_types:
                 if t in ("*", "**"):
@@ -122,29 +129,47 @@ class Engine:
         streamed, later = self.rules_for(asset_type)
 
         def pick(rules: tuple[LoadedRule, ...], has_iam: bool) -> _Rules:
-            chosen = tuple(r for r in rules if has_iam or not r.spec.needs_iam)
-            keys = [self._check_key[id(r)] for r in chosen]
-            if len(set(keys)) == len(keys):
-                return _Rules(chosen, any(not _all_ancestries(r) for r in chosen), None)
-            first: dict[tuple[str, str], LoadedRule] = {}
-            for k, r in zip(keys, chosen, strict=True):
-                first.setdefault(k, r)
-            return _Rules(chosen, any(not _all_ancestries(r) for r in chosen), tuple(keys), tuple(first.items()))
+            return self._rules(tuple(r for r in rules if has_iam or not r.spec.needs_iam))
 
-        plan = _Plan(
-            pick(streamed, True),
-            pick(streamed, False),
-            pick(later, True),
-            pick(later, False),
-            asset_type in self._context_types,
-        )
+        context = WHOLE if asset_type in self._context_types else NAMES if asset_type in self._name_types else 0
+        plan = _Plan(pick(streamed, True), pick(streamed, False), pick(later, True), pick(later, False), context)
         self._plans[asset_type] = plan
         return plan
+
+    def _rules(self, chosen: tuple[LoadedRule, ...]) -> _Rules:
+        keys = [self._check_key[id(r)] for r in chosen]
+        if len(set(keys)) == len(keys):
+            return _Rules(chosen, any(not _all_ancestries(r) for r in chosen), None)
+        first: dict[tuple[str, str], LoadedRule] = {}
+        for k, r in zip(keys, chosen, strict=True):
+            first.setdefault(k, r)
+        return _Rules(chosen, any(not _all_ancestries(r) for r in chosen), tuple(keys), tuple(first.items()))
+
+    def subset(self, indices: tuple[int, ...]) -> _Rules:
+        """The rules at these positions of `self.rules` (made once per distinct subset)."""
+        hit = self._subsets.get(indices)
+        if hit is None:
+            hit = self._subsets[indices] = self._rules(tuple(self.rules[i] for i in indices))
+        return hit
+
+    def screen(self, asset: Asset, later: _Rules, ctx: Context) -> tuple[int, ...]:
+        """The positions of the deferred rules that may still report on this asset (see CheckSpec.screen)."""
+        kept: list[int] = []
+        for r in later.rules:
+            test = r.spec.screen
+            if test is not None:
+                try:
+                    if not test(asset, r.params, ctx):
+                        continue
+                except Exception:  # kept: the check itself reports the error when it runs at the end
+                    pass
+            kept.append(self._index[id(r)])
+        return tuple(kept)
 
     def wants(self, asset_type: str, has_iam_policy: bool) -> bool:
         """Whether any rule reads (or keeps as context) an asset of this type; readers skip building the others."""
         plan = self._plans.get(asset_type) or self._plan(asset_type)
-        if plan.context:
+        if plan.context != NO_CONTEXT:
             return True
         if has_iam_policy:
             return bool(plan.streamed_iam.rules or plan.deferred_iam.rules)
@@ -158,11 +183,12 @@ class Engine:
         run.feed(assets)
         return run.finish()
 
-    def start(self, result: Evaluation | None = None, on_held: Callable[[Asset], None] | None = None) -> EvaluationRun:
+    def start(self, result: Evaluation | None = None, on_held: Callable[[Held], None] | None = None) -> EvaluationRun:
         """An evaluation fed piece by piece (`feed`, `absorb`) and closed by `finish`.
 
-        With `on_held`, the assets that checks with context need at the end are handed to it instead of being kept:
-        a worker evaluating part of a snapshot sends them to the process that finishes the evaluation.
+        With `on_held`, the assets that checks with context need at the end are handed to it instead of being kept
+        (with the positions of the deferred rules still to run on them): a worker evaluating part of a snapshot
+        sends them to the process that finishes the evaluation.
         """
         return EvaluationRun(self, result if result is not None else Evaluation(), on_held)
 
@@ -257,10 +283,13 @@ class Engine:
         ]
 
 
+Held = tuple[Asset, tuple[int, ...]]  # a kept asset, and the positions of the deferred rules to run on it
+
+
 class EvaluationRun:
     """One evaluation in progress: streamed checks run as assets arrive, checks with context run in `finish`."""
 
-    def __init__(self, engine: Engine, result: Evaluation, on_held: Callable[[Asset], None] | None) -> None:
+    def __init__(self, engine: Engine, result: Evaluation, on_held: Callable[[Held], None] | None) -> None:
         self.engine = engine
         self.result = result
         self.ctx = Context(now=engine.now)
@@ -271,6 +300,7 @@ class EvaluationRun:
         engine, result, ctx, deferred, on_held = self.engine, self.result, self.ctx, self.deferred, self.on_held
         counts = result.assets_by_type
         plans = engine._plans
+        by_type = ctx.by_type
         for asset in assets:
             atype = asset.asset_type
             counts[atype] += 1
@@ -279,22 +309,32 @@ class EvaluationRun:
                 streamed, later = plan.streamed_iam, plan.deferred_iam
             else:
                 streamed, later = plan.streamed, plan.deferred
-            held = plan.context or bool(later.rules)
-            if held:
-                asset.hold()  # kept until the end: its JSON bytes, not the dicts a check decodes
-                if on_held is not None:
-                    on_held(asset)
-                else:
-                    if plan.context:
-                        ctx.by_type[atype].append(asset)
-                    if later.rules:
-                        deferred.append((asset, later))
+            context = plan.context
+            if context == WHOLE or later.rules:
+                asset.hold()  # perhaps kept until the end: then its JSON bytes, not the dicts a check decodes
+            if context == WHOLE:
+                # before the screens run, which may read the context seen so far (this asset included)
+                by_type[atype].append(asset)
             if streamed.rules:
                 engine._run(asset, streamed, ctx, result)
-            if held:
-                asset.release()
+            kept: tuple[int, ...] = ()
+            if later.rules:
+                kept = engine.screen(asset, later, ctx)
+            if context == NO_CONTEXT and not kept:
+                continue
+            entry = asset
+            if context == NAMES:
+                # only its name is read at the end, unless a deferred rule still needs the whole asset: then a stub
+                # without payload (sharing the name string) stands for it
+                entry = asset if kept else asset.stub()
+                by_type[atype].append(entry)
+            if on_held is not None:
+                on_held((entry, kept))  # a worker: the parent keeps it (this run's context only served the screens)
+            elif kept:
+                deferred.append((asset, engine.subset(kept)))
+            asset.release()
 
-    def absorb(self, part: Evaluation, held: Iterable[Asset]) -> None:
+    def absorb(self, part: Evaluation, held: Iterable[Held]) -> None:
         """Add the outcome of another run over the next part of the stream (with `on_held`), in stream order."""
         result = self.result
         result.assets_by_type.update(part.assets_by_type)
@@ -302,14 +342,13 @@ class EvaluationRun:
         result.errors.extend(part.errors)
         result.exemption_hits.update(part.exemption_hits)
         plans = self.engine._plans
-        for asset in held:
+        for asset, kept in held:
             atype = asset.asset_type
             plan = plans.get(atype) or self.engine._plan(atype)
-            later = plan.deferred_iam if asset.has_iam_policy else plan.deferred
-            if plan.context:
+            if plan.context != NO_CONTEXT:
                 self.ctx.by_type[atype].append(asset)
-            if later.rules:
-                self.deferred.append((asset, later))
+            if kept:
+                self.deferred.append((asset, self.engine.subset(kept)))
 
     def finish(self) -> Evaluation:
         """Run the checks with context, then order the findings."""

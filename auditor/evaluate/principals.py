@@ -28,6 +28,7 @@ domain; checks that reason about domains skip them by default.
 from __future__ import annotations
 
 import re
+from collections.abc import Set as AbstractSet
 from typing import NamedTuple
 
 PUBLIC_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
@@ -205,7 +206,7 @@ def service_account_project(member: str) -> str | None:
     return project or None
 
 
-def in_domains(member: str, domains: frozenset[str] | set[str], allow_sub_domains: bool) -> bool:
+def in_domains(member: str, domains: AbstractSet[str], allow_sub_domains: bool) -> bool:
     """Whether the member's domain is one of `domains` (or, when allowed, a sub-domain of one)."""
     domain = parse_member(member).domain
     if not domain:

@@ -58,6 +58,7 @@ class Context:
 
 P = TypeVar("P", bound=Params)
 CheckFn = Callable[[Asset, Any, Context], Iterable[Violation]]
+ScreenFn = Callable[[Asset, Any, Context], bool]
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,16 @@ class CheckSpec:
     needs_iam: bool
     context_types: tuple[str, ...]
     doc: str
+    # Context types of which the check reads only the names (the engine keeps a name, not the object).
+    context_names: tuple[str, ...] = ()
+    # For a check with context: whether an asset may still give a violation once the whole snapshot is read,
+    # judged as it streams by (with the context seen so far). False must be final whatever context comes later:
+    # the engine then forgets the asset instead of keeping it to the end.
+    screen: ScreenFn | None = None
 
     @property
     def deferred(self) -> bool:
-        return bool(self.context_types)
+        return bool(self.context_types or self.context_names)
 
 
 _checks: dict[str, CheckSpec] = {}
@@ -85,8 +92,14 @@ def check(
     asset_types: Iterable[str] = ("*",),
     iam: bool = False,
     context: Iterable[str] = (),
+    context_names: Iterable[str] = (),
+    screen: Callable[[Asset, P, Context], bool] | None = None,
 ) -> Callable[[Callable[[Asset, P, Context], Iterable[Violation]]], Callable[[Asset, P, Context], Iterable[Violation]]]:
-    """Register a check. `iam=True`: it reads the IAM policy, and only assets that carry one are given to it."""
+    """Register a check. `iam=True`: it reads the IAM policy, and only assets that carry one are given to it.
+
+    `context`: asset types the check reads besides its own asset (it then runs once the snapshot is read);
+    `context_names`: types of which it reads only the names; `screen`: see CheckSpec.
+    """
 
     def deco(
         fn: Callable[[Asset, P, Context], Iterable[Violation]],
@@ -101,6 +114,8 @@ def check(
             needs_iam=iam,
             context_types=tuple(context),
             doc=(fn.__doc__ or "").strip(),
+            context_names=tuple(t for t in context_names if t not in context),
+            screen=screen,
         )
         return fn
 

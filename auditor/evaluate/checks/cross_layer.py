@@ -94,12 +94,25 @@ class GkeIamParams(MemberFilter):
     )
 
 
+def _grants(asset: Asset, params: MemberFilter, roles: list[str], member: str = "") -> bool:
+    """Screen: whether the policy grants one of `roles` to a member (containing `member`) the rule judges."""
+    return any(
+        any_match(roles, b.role) and any(member in m and not params.skipped(m, b.role) for m in b.members)
+        for b in asset_bindings(asset)
+    )
+
+
+def _screen_gke_grants(asset: Asset, params: GkeIamParams, ctx: Context) -> bool:
+    return _grants(asset, params, params.roles)
+
+
 @check(
     "cross_layer.gke_iam_reaches_clusters",
     params=GkeIamParams,
     iam=True,
     asset_types=HIERARCHY_TYPES,
     context=[GKE_CLUSTER, *HIERARCHY_TYPES],
+    screen=_screen_gke_grants,
 )
 def gke_iam_reaches_clusters(asset: Asset, params: GkeIamParams, ctx: Context) -> Iterator[Violation]:
     """GKE roles granted on a project, folder or organization, with the clusters they reach.
@@ -187,12 +200,17 @@ class WorkloadIdentityParams(MemberFilter):
     )
 
 
+def _screen_workload_identity(asset: Asset, params: WorkloadIdentityParams, ctx: Context) -> bool:
+    return _service_account_email(asset) is not None and _grants(asset, params, params.binding_roles, ".svc.id.goog[")
+
+
 @check(
     "cross_layer.workload_identity_privileges",
     params=WorkloadIdentityParams,
     iam=True,
     asset_types=[SERVICE_ACCOUNT],
     context=list(HIERARCHY_TYPES),
+    screen=_screen_workload_identity,
 )
 def workload_identity_privileges(asset: Asset, params: WorkloadIdentityParams, ctx: Context) -> Iterator[Violation]:
     """Kubernetes service accounts that can act as a Google service account holding admin-level roles.

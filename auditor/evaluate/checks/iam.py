@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal
@@ -175,7 +176,9 @@ class DomainParams(MemberFilter):
         return [d.lower().lstrip("@.") for d in v]
 
 
-def _outside(member: str, role: str, params: DomainParams, domains: frozenset[str], projects: frozenset[str]) -> bool:
+def _outside(
+    member: str, role: str, params: DomainParams, domains: AbstractSet[str], projects: AbstractSet[str]
+) -> bool:
     if not params.include_public and is_public(member):
         return False
     if params.allow_convenience_members and is_convenience_member(member):
@@ -195,7 +198,7 @@ def _outside(member: str, role: str, params: DomainParams, domains: frozenset[st
 
 
 def _domain_violations(
-    asset: Asset, params: DomainParams, domains: frozenset[str], projects: frozenset[str]
+    asset: Asset, params: DomainParams, domains: AbstractSet[str], projects: AbstractSet[str]
 ) -> Iterator[Violation]:
     listed = sorted(domains)
     allowed = ", ".join(listed[:3]) + (f" and {len(listed) - 3} more domains" if len(listed) > 3 else "")
@@ -233,22 +236,70 @@ def allowed_domains(asset: Asset, params: DomainParams, ctx: Context) -> Iterato
     yield from _domain_violations(asset, params, frozenset(params.domains), frozenset())
 
 
+def _org_domain(org: Asset) -> str | None:
+    name = str(org.resource.get("displayName") or "").lower()
+    return name if "." in name and " " not in name else None  # an organization's display name is its primary domain
+
+
+def _project_ids(project: Asset) -> Iterator[str]:
+    for k in ("projectId", "projectNumber"):
+        if project.resource.get(k):
+            yield str(project.resource[k])
+
+
 def _org_index(ctx: Context) -> tuple[frozenset[str], frozenset[str]]:
     def build() -> tuple[frozenset[str], frozenset[str]]:
-        domains = set()
-        for org in ctx.assets(ORGANIZATION):
-            name = str(org.resource.get("displayName") or "").lower()
-            if "." in name and " " not in name:  # an organization's display name is its primary domain
-                domains.add(name)
-        projects = {str(p.resource[k]) for p in ctx.assets(PROJECT) for k in ("projectId", "projectNumber")
-                    if p.resource.get(k)}
+        domains = {d for org in ctx.assets(ORGANIZATION) if (d := _org_domain(org))}
+        projects = {i for p in ctx.assets(PROJECT) for i in _project_ids(p)}
         return frozenset(domains), frozenset(projects)
 
     result: tuple[frozenset[str], frozenset[str]] = ctx.memo("iam.org_index", build)
     return result
 
 
-@check("iam.external_members", params=DomainParams, iam=True, context=[ORGANIZATION, PROJECT])
+class _OrgSoFar:
+    """The organization's domains and projects among the context assets read so far, grown as they stream by."""
+
+    def __init__(self) -> None:
+        self.domains: frozenset[str] = frozenset()  # one or two: replaced when one is added
+        self.projects: set[str] = set()
+        self._seen = {ORGANIZATION: 0, PROJECT: 0}
+
+    def update(self, ctx: Context) -> _OrgSoFar:
+        for t, add in ((ORGANIZATION, self._add_org), (PROJECT, self._add_project)):
+            kept = ctx.by_type.get(t, ())
+            if len(kept) > self._seen[t]:
+                for a in kept[self._seen[t] :]:
+                    add(a)
+                    a.release()
+                self._seen[t] = len(kept)
+        return self
+
+    def _add_org(self, org: Asset) -> None:
+        if d := _org_domain(org):
+            self.domains = self.domains | {d}
+
+    def _add_project(self, project: Asset) -> None:
+        self.projects.update(_project_ids(project))
+
+
+def _screen_external(asset: Asset, params: DomainParams, ctx: Context) -> bool:
+    """Whether a member is outside the domains and projects seen so far: more of them can only make fewer members
+    external, so an asset without such a member has none at the end either."""
+    seen: _OrgSoFar = ctx.memo("iam.org_so_far", _OrgSoFar).update(ctx)
+    domains = seen.domains.union(params.domains)
+    if not domains:
+        return bool(asset_bindings(asset))  # nothing to compare with yet: an Organization may come later
+    return next(_domain_violations(asset, params, domains, seen.projects), None) is not None
+
+
+@check(
+    "iam.external_members",
+    params=DomainParams,
+    iam=True,
+    context=[ORGANIZATION, PROJECT],
+    screen=_screen_external,
+)
 def external_members(asset: Asset, params: DomainParams, ctx: Context) -> Iterator[Violation]:
     """Members from outside the organization (its domain, its projects' service accounts).
 

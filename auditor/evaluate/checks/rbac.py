@@ -101,6 +101,10 @@ def binding_namespace(asset: Asset) -> str | None:
     return str(meta(asset.resource).get("namespace") or namespace_of(asset.name) or "") or None
 
 
+def _role_name(binding: dict[str, Any]) -> str:
+    return str((binding.get("roleRef") or {}).get("name", ""))
+
+
 def subjects(obj: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for s in obj.get("subjects") or () if isinstance(s, dict)]
 
@@ -218,11 +222,28 @@ class PowerfulRoleParams(Params):
     system_namespaces: list[str] = Field(default_factory=lambda: list(SYSTEM_NAMESPACES))
 
 
+def _may_be_powerful(asset: Asset, params: PowerfulRoleParams, ctx: Context) -> bool:
+    """Screen: a binding of a ClusterRole that is, or may be (wildcards are resolved at the end), too powerful,
+    to a subject that is not Kubernetes' own nor allowed."""
+    obj = asset.resource
+    if is_system_object(obj) or (obj.get("roleRef") or {}).get("kind") != "ClusterRole":
+        return False
+    if not params.wildcard_roles and not any_match(params.roles, _role_name(obj)):
+        return False
+    ns = binding_namespace(asset)
+    return any(
+        not is_system_subject(s, ns, params.system_namespaces)
+        and not (params.allowed_subjects and any_match(params.allowed_subjects, subject_name(s, ns)))
+        for s in subjects(obj)
+    )
+
+
 @check(
     "rbac.no_powerful_role_binding",
     params=PowerfulRoleParams,
     asset_types=[ROLE_BINDING, CLUSTER_ROLE_BINDING],
     context=[CLUSTER_ROLE],
+    screen=_may_be_powerful,
 )
 def no_powerful_role_binding(asset: Asset, params: PowerfulRoleParams, ctx: Context) -> Iterator[Violation]:
     """No binding of cluster-admin, or of a ClusterRole with `*` verbs on `*` resources, to non-system subjects.
@@ -454,15 +475,40 @@ class Tenancy:
         return out
 
     def is_exempt(self, s: dict[str, Any], ns: str | None) -> bool:
-        """System subjects and the platform team's, never judged as tenant subjects."""
-        if is_system_subject(s, ns, self.params.system_namespaces):
-            return True
-        return bool(self.params.platform_subjects) and any_match(self.params.platform_subjects, subject_name(s, ns))
+        return exempt_subject(self.params, s, ns)
+
+    def own_tenant(self, asset: Asset) -> str | None:
+        """A Namespace's tenant, from its own labels or name (what `tenant_of` says of it, without the context)."""
+        ns = object_name(asset.resource, asset)
+        return self._from_labels(ns, meta(asset.resource).get("labels") or {}) or self._from_name(ns)
+
+
+def exempt_subject(params: TenantParams, s: dict[str, Any], ns: str | None) -> bool:
+    """System subjects and the platform team's, never judged as tenant subjects."""
+    if is_system_subject(s, ns, params.system_namespaces):
+        return True
+    return bool(params.platform_subjects) and any_match(params.platform_subjects, subject_name(s, ns))
+
+
+def _judged_subjects(asset: Asset, params: TenantParams) -> bool:
+    """Screen: a binding that is not Kubernetes' own and binds a subject that is neither system nor platform."""
+    obj = asset.resource
+    if is_system_object(obj):
+        return False
+    ns = binding_namespace(asset)
+    return any(not exempt_subject(params, s, ns) for s in subjects(obj))
 
 
 # Namespaced objects whose namespaces may be tenants known by name only (no Namespace asset was read).
 _NAMESPACED = (ROLE, ROLE_BINDING, RESOURCE_QUOTA, NETWORK_POLICY)
-TENANT_CONTEXT = [NAMESPACE, ROLE, ROLE_BINDING]
+# Tenancy reads the Namespaces (labels), and the names of the Roles and RoleBindings (namespaces known by name only).
+TENANT_CONTEXT = [NAMESPACE]
+TENANT_CONTEXT_NAMES = [ROLE, ROLE_BINDING]
+
+
+def _tenant_names(ctx: Context, params: TenantParams) -> Tenancy:
+    """A Tenancy without namespaces: what a Namespace's own labels and name say (for screens, as assets stream)."""
+    return ctx.memo(f"rbac.tenant_names.{id(params)}", lambda: Tenancy(params, ()))
 
 
 def _tenancy(ctx: Context, params: TenantParams) -> Tenancy:
@@ -477,7 +523,18 @@ def _tenancy(ctx: Context, params: TenantParams) -> Tenancy:
     return ctx.memo(f"rbac.tenancy.{id(params)}", build)
 
 
-@check("rbac.tenant_isolation", params=TenantParams, asset_types=[ROLE_BINDING], context=TENANT_CONTEXT)
+def _screen_isolation(asset: Asset, params: TenantParams, ctx: Context) -> bool:
+    return _judged_subjects(asset, params)
+
+
+@check(
+    "rbac.tenant_isolation",
+    params=TenantParams,
+    asset_types=[ROLE_BINDING],
+    context=TENANT_CONTEXT,
+    context_names=TENANT_CONTEXT_NAMES,
+    screen=_screen_isolation,
+)
 def tenant_isolation(asset: Asset, params: TenantParams, ctx: Context) -> Iterator[Violation]:
     """A RoleBinding in a tenant namespace binds only that tenant's subjects.
 
@@ -534,11 +591,18 @@ class TenantClusterBindingParams(TenantParams):
     )
 
 
+def _screen_tenant_cluster_binding(asset: Asset, params: TenantClusterBindingParams, ctx: Context) -> bool:
+    role = _role_name(asset.resource)
+    return _judged_subjects(asset, params) and not (params.allowed_roles and any_match(params.allowed_roles, role))
+
+
 @check(
     "rbac.no_tenant_cluster_binding",
     params=TenantClusterBindingParams,
     asset_types=[CLUSTER_ROLE_BINDING],
     context=TENANT_CONTEXT,
+    context_names=TENANT_CONTEXT_NAMES,
+    screen=_screen_tenant_cluster_binding,
 )
 def no_tenant_cluster_binding(asset: Asset, params: TenantClusterBindingParams, ctx: Context) -> Iterator[Violation]:
     """No tenant subject in a ClusterRoleBinding: whatever it grants, it grants in every tenant's namespace.
@@ -562,7 +626,7 @@ def no_tenant_cluster_binding(asset: Asset, params: TenantClusterBindingParams, 
     obj = asset.resource
     if is_system_object(obj):
         return
-    role = str((obj.get("roleRef") or {}).get("name", ""))
+    role = _role_name(obj)
     if params.allowed_roles and any_match(params.allowed_roles, role):
         return
     tenancy = _tenancy(ctx, params)
@@ -646,7 +710,28 @@ def dangerous_reasons(rule: dict[str, Any], params: DangerousRulesParams) -> lis
     return out
 
 
-@check("rbac.tenant_role_dangerous_rules", params=DangerousRulesParams, asset_types=[ROLE], context=TENANT_CONTEXT)
+def _dangerous_rules(asset: Asset, params: DangerousRulesParams) -> list[tuple[int, dict[str, Any], list[str]]]:
+    """(index, rule, reasons) of every dangerous rule of a Role: what makes it a finding in a tenant's namespace."""
+    out = []
+    for i, r in enumerate(r for r in asset.resource.get("rules") or () if isinstance(r, dict)):
+        why = dangerous_reasons(r, params)
+        if why:
+            out.append((i, r, why))
+    return out
+
+
+def _screen_dangerous_rules(asset: Asset, params: DangerousRulesParams, ctx: Context) -> bool:
+    return not is_system_object(asset.resource) and bool(_dangerous_rules(asset, params))
+
+
+@check(
+    "rbac.tenant_role_dangerous_rules",
+    params=DangerousRulesParams,
+    asset_types=[ROLE],
+    context=TENANT_CONTEXT,
+    context_names=TENANT_CONTEXT_NAMES,
+    screen=_screen_dangerous_rules,
+)
 def tenant_role_dangerous_rules(asset: Asset, params: DangerousRulesParams, ctx: Context) -> Iterator[Violation]:
     """Roles in tenant namespaces grant nothing that breaks out of the tenant or reads what it should not.
 
@@ -682,11 +767,9 @@ def tenant_role_dangerous_rules(asset: Asset, params: DangerousRulesParams, ctx:
     rules = [r for r in obj.get("rules") or () if isinstance(r, dict)]
     offending: list[dict[str, Any]] = []
     found: set[str] = set()
-    for i, r in enumerate(rules):
-        why = dangerous_reasons(r, params)
-        if why:
-            offending.append({"index": i, "rule": r, "reasons": why})
-            found.update(why)
+    for i, r, why in _dangerous_rules(asset, params):
+        offending.append({"index": i, "rule": r, "reasons": why})
+        found.update(why)
     if not offending:
         return
     role = object_name(obj, asset)
@@ -795,7 +878,8 @@ def _index(ctx: Context, asset_type: str) -> dict[tuple[str, str], set[str]]:
     "rbac.tenant_desired_state",
     params=TenantDesiredStateParams,
     asset_types=[NAMESPACE, ROLE, ROLE_BINDING],
-    context=[NAMESPACE, ROLE, ROLE_BINDING],
+    context=TENANT_CONTEXT,
+    context_names=TENANT_CONTEXT_NAMES,
 )
 def tenant_desired_state(asset: Asset, params: TenantDesiredStateParams, ctx: Context) -> Iterator[Violation]:
     """Every tenant namespace has exactly the declared Roles and RoleBindings, and nothing else.
@@ -950,11 +1034,16 @@ def _default_denies(policy: dict[str, Any]) -> frozenset[str]:
     return frozenset(d for d in ("Ingress", "Egress") if denies_by_default(policy, d))
 
 
+def _screen_hygiene(asset: Asset, params: HygieneParams, ctx: Context) -> bool:
+    return _tenant_names(ctx, params).own_tenant(asset) is not None
+
+
 @check(
     "rbac.tenant_namespace_hygiene",
     params=HygieneParams,
     asset_types=[NAMESPACE],
     context=[NAMESPACE, RESOURCE_QUOTA, NETWORK_POLICY],
+    screen=_screen_hygiene,
 )
 def tenant_namespace_hygiene(asset: Asset, params: HygieneParams, ctx: Context) -> Iterator[Violation]:
     """Every tenant namespace has a ResourceQuota and a default-deny NetworkPolicy for ingress and egress.
