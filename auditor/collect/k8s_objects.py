@@ -74,12 +74,18 @@ def object_asset(obj: dict[str, Any], cluster: str, origin: str = "") -> Asset |
     )
 
 
+_clusters: dict[str, str] = {}
+
+
 def cluster_of(asset_name: str) -> str:
     """`//container.googleapis.com/.../clusters/C` for the name of any asset inside a cluster."""
     head, sep, _ = asset_name.partition("/k8s/")
     if not sep:
         head, sep, _ = asset_name.partition("/k8s")
-    return head
+    # one string per cluster: indexes keyed by cluster hold tens of thousands of keys naming a few clusters
+    if len(_clusters) > 100_000:
+        _clusters.clear()
+    return _clusters.setdefault(head, head)
 
 
 def namespace_of(asset_name: str) -> str | None:

@@ -508,7 +508,15 @@ TENANT_CONTEXT_NAMES = [ROLE, ROLE_BINDING]
 
 def _tenant_names(ctx: Context, params: TenantParams) -> Tenancy:
     """A Tenancy without namespaces: what a Namespace's own labels and name say (for screens, as assets stream)."""
-    return ctx.memo(f"rbac.tenant_names.{id(params)}", lambda: Tenancy(params, ()))
+    return ctx.memo(f"rbac.tenant_names.{_tenancy_key(ctx, params)}", lambda: Tenancy(params, ()))
+
+
+def _tenancy_key(ctx: Context, params: TenantParams) -> str:
+    """Rules whose tenancy params agree share one Tenancy (their other params do not matter to it)."""
+    key: str = ctx.memo(
+        f"rbac.tenancy_key.{id(params)}", lambda: params.model_dump_json(include=set(TenantParams.model_fields))
+    )
+    return key
 
 
 def _tenancy(ctx: Context, params: TenantParams) -> Tenancy:
@@ -520,7 +528,7 @@ def _tenancy(ctx: Context, params: TenantParams) -> Tenancy:
                     tenancy.tenant_of(cluster_of(a.name), namespace_of(a.name))
         return tenancy
 
-    return ctx.memo(f"rbac.tenancy.{id(params)}", build)
+    return ctx.memo(f"rbac.tenancy.{_tenancy_key(ctx, params)}", build)
 
 
 def _screen_isolation(asset: Asset, params: TenantParams, ctx: Context) -> bool:
@@ -1076,9 +1084,13 @@ def tenant_namespace_hygiene(asset: Asset, params: HygieneParams, ctx: Context) 
             # per namespace, what each object says (a quota's limited resources, a policy's default-deny
             # directions) rather than the objects: tens of thousands of them are read
             out: dict[_Where, _Kept] = defaultdict(list)
+            seen: dict[frozenset[str], frozenset[str]] = {}  # most objects say the same: one copy of each answer
             for a in ctx.assets(asset_type):
                 obj = a.resource
-                out[(cluster_of(a.name), str(meta(obj).get("namespace") or namespace_of(a.name)))].append(keep(obj))
+                said = keep(obj)
+                out[(cluster_of(a.name), str(meta(obj).get("namespace") or namespace_of(a.name)))].append(
+                    seen.setdefault(said, said)
+                )
             return out
 
         return ctx.memo(f"rbac.by_namespace.{asset_type}", build)
