@@ -35,12 +35,12 @@ except AttributeError:  # pragma: no cover
 _NO_RAW = msgspec.Raw(b"")  # msgspec cannot make Raw optional; an empty Raw means "absent"
 
 
-class _Resource(msgspec.Struct):
+class _Resource(msgspec.Struct, gc=False):
     data: msgspec.Raw = _NO_RAW
     parent: str | None = None
 
 
-class _Record(msgspec.Struct):
+class _Record(msgspec.Struct, gc=False):
     """One CAI asset line in either spelling; unknown keys are skipped without being decoded."""
 
     name: str | None = None
@@ -105,7 +105,8 @@ class _Bounded:
     def read(self, n: int) -> bytes:
         if self.left <= 0:
             return b""
-        data = self.fh.read(min(n, self.left))
+        read = self.fh.read1 if isinstance(self.fh, io.BufferedReader) else self.fh.read
+        data = read(min(n, self.left))
         self.left -= len(data)
         return data
 
@@ -238,8 +239,10 @@ class FileSource:
     def _ndjson(self, path: Path, fh: IO[bytes] | _Bounded, first: bytes, lineno: int) -> Iterator[Asset]:
         """NDJSON read in blocks of whole lines, one decoder call per block (see `_block`)."""
         pending = first  # the start of a line not yet complete (or the first line, read by the caller)
+        # read1: one read into a fresh block, not a read into the file's buffer and a copy out of it (half the time)
+        read = getattr(fh, "read1", fh.read)
         while True:
-            data = fh.read(_BLOCK)
+            data = read(_BLOCK)
             if not data:
                 break
             cut = data.rfind(b"\n") + 1
