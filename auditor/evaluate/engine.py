@@ -341,14 +341,19 @@ class EvaluationRun:
         result.findings.extend(part.findings)
         result.errors.extend(part.errors)
         result.exemption_hits.update(part.exemption_hits)
-        plans = self.engine._plans
+        engine, ctx = self.engine, self.ctx
+        plans = engine._plans
         for asset, kept in held:
             atype = asset.asset_type
-            plan = plans.get(atype) or self.engine._plan(atype)
+            plan = plans.get(atype) or engine._plan(atype)
             if plan.context != NO_CONTEXT:
-                self.ctx.by_type[atype].append(asset)
+                ctx.by_type[atype].append(asset)
             if kept:
-                self.deferred.append((asset, self.engine.subset(kept)))
+                # Screened again: the worker saw the context of its own part, this run has seen everything before.
+                kept = engine.screen(asset, engine.subset(kept), ctx)
+                if kept:
+                    self.deferred.append((asset, engine.subset(kept)))
+                asset.release()
 
     def finish(self) -> Evaluation:
         """Run the checks with context, then order the findings."""

@@ -198,18 +198,31 @@ def _outside(
 
 
 def _domain_violations(
-    asset: Asset, params: DomainParams, domains: AbstractSet[str], projects: AbstractSet[str]
+    asset: Asset, params: DomainParams, domains: AbstractSet[str], projects: AbstractSet[str], inside: set[str]
 ) -> Iterator[Violation]:
+    """`inside`: members known to be inside (the same groups and accounts recur in thousands of policies); it
+    grows here. Domains and projects can only be added to, never removed, while it is in use."""
     listed = sorted(domains)
     allowed = ", ".join(listed[:3]) + (f" and {len(listed) - 3} more domains" if len(listed) > 3 else "")
     for b in asset_bindings(asset):
         if not any_match(params.roles, b.role):
             continue
         for m in b.members:
+            if m in inside:
+                continue
             if _outside(m, b.role, params, domains, projects):
                 parsed = parse_member(m)
                 where = f"domain {parsed.domain}" if parsed.domain else "no domain"
                 yield member_violation(b, m, f"{m} ({where}) holds {b.role} but is outside {allowed}")
+            else:
+                if len(inside) >= 20_000:
+                    inside.clear()
+                inside.add(m)
+
+
+def _inside(ctx: Context, params: DomainParams, key: str) -> set[str]:
+    found: set[str] = ctx.memo(f"iam.inside.{key}.{id(params)}", set)
+    return found
 
 
 @check("iam.allowed_domains", params=DomainParams, iam=True)
@@ -233,7 +246,7 @@ def allowed_domains(asset: Asset, params: DomainParams, ctx: Context) -> Iterato
         allowed_members: ["serviceAccount:ci@vendor-build.iam.gserviceaccount.com"]
     ```
     """
-    yield from _domain_violations(asset, params, frozenset(params.domains), frozenset())
+    yield from _domain_violations(asset, params, frozenset(params.domains), frozenset(), _inside(ctx, params, "fixed"))
 
 
 def _org_domain(org: Asset) -> str | None:
@@ -290,7 +303,8 @@ def _screen_external(asset: Asset, params: DomainParams, ctx: Context) -> bool:
     domains = seen.domains.union(params.domains)
     if not domains:
         return bool(asset_bindings(asset))  # nothing to compare with yet: an Organization may come later
-    return next(_domain_violations(asset, params, domains, seen.projects), None) is not None
+    inside = _inside(ctx, params, "org")
+    return next(_domain_violations(asset, params, domains, seen.projects, inside), None) is not None
 
 
 @check(
@@ -320,7 +334,7 @@ def external_members(asset: Asset, params: DomainParams, ctx: Context) -> Iterat
     domains = org_domains | frozenset(params.domains)
     if not domains:
         return
-    yield from _domain_violations(asset, params, domains, projects)
+    yield from _domain_violations(asset, params, domains, projects, _inside(ctx, params, "org"))
 
 
 # -- roles ------------------------------------------------------------------------------------------------------------
