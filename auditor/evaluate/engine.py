@@ -88,9 +88,11 @@ class _Plan(NamedTuple):
 
 
 class Engine:
-    def __init__(self, rules: Iterable[LoadedRule], now: datetime | None = None) -> None:
+    def __init__(self, rules: Iterable[LoadedRule], now: datetime | None = None, *, screens: bool = True) -> None:
+        """`screens=False` keeps every asset a deferred rule reads until the end (same findings, more memory)."""
         self.rules = list(rules)
         self.now = now or datetime.now(UTC)
+        self.screens = screens
         self._by_type: dict[str, tuple[tuple[LoadedRule, ...], tuple[LoadedRule, ...]]] = {}
         self._plans: dict[str, _Plan] = {}
         self._context_types = frozenset(t for r in self.rules for t in r.spec.context_types)
@@ -156,7 +158,7 @@ class Engine:
         """The positions of the deferred rules that may still report on this asset (see CheckSpec.screen)."""
         kept: list[int] = []
         for r in later.rules:
-            test = r.spec.screen
+            test = r.spec.screen if self.screens else None
             if test is not None:
                 try:
                     if not test(asset, r.params, ctx):

@@ -1,0 +1,189 @@
+"""Screens: checks with context let go of the assets that cannot give a finding, without changing any finding."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from auditor.collect.files import iter_file_assets
+from auditor.evaluate.engine import Engine
+from auditor.evaluate.rulebook import load_file, load_rules
+from auditor.model import Asset
+from bench.generate import generate
+
+NOW = datetime(2026, 11, 26, tzinfo=UTC)
+ORG = "cloudresourcemanager.googleapis.com/Organization"
+PROJECT = "cloudresourcemanager.googleapis.com/Project"
+BUCKET = "storage.googleapis.com/Bucket"
+ROLE = "rbac.authorization.k8s.io/Role"
+ROLE_BINDING = "rbac.authorization.k8s.io/RoleBinding"
+CLUSTER = "//container.googleapis.com/projects/p/locations/l/clusters/c/k8s"
+
+
+def _json(obj: Any) -> msgspec.Raw:
+    return msgspec.Raw(msgspec.json.encode(obj))
+
+
+def _findings(engine: Engine, assets: list[Asset]) -> tuple[list[dict[str, Any]], int]:
+    """The findings (as reported) and how many assets were kept for the end."""
+    run = engine.start()
+    run.feed(assets)
+    kept = len(run.deferred)
+    result = run.finish()
+    assert not result.errors
+    return [f.to_dict() for f in result.findings], kept
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLE_CLUSTER = "projects/ml-platform-prod/locations/us-central1/clusters/training"
+
+
+@pytest.fixture(scope="module")
+def organization(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("org") / "org.ndjson"
+    generate(6000, path, seed=5)
+    return path
+
+
+def test_screens_never_change_the_findings_of_the_example() -> None:
+    """The bundled example triggers every shipped rule, tenancy and external members included."""
+    assets = [*iter_file_assets(EXAMPLE / "org"), *iter_file_assets(EXAMPLE / "k8s", cluster=EXAMPLE_CLUSTER)]
+    rules = load_rules()
+    for arranged in (assets, assets[::-1]):
+        screened, _ = _findings(Engine(rules, now=NOW), arranged)
+        everything, _ = _findings(Engine(rules, now=NOW, screens=False), arranged)
+        assert {f["rule"] for f in screened} == {r.id for r in rules}
+        assert screened == everything
+
+
+@pytest.mark.parametrize("order", ["as exported", "reversed", "shuffled"])
+def test_screens_never_change_findings(organization: Path, order: str) -> None:
+    """Whatever order the context arrives in (before or after what it judges), the findings are the same."""
+    assets = list(iter_file_assets(organization))
+    if order == "reversed":
+        assets.reverse()
+    elif order == "shuffled":
+        random.Random(3).shuffle(assets)
+    rules = load_rules()
+    screened, kept_screened = _findings(Engine(rules, now=NOW), assets)
+    everything, kept_all = _findings(Engine(rules, now=NOW, screens=False), assets)
+    assert screened, "the generated organization violates the baseline"
+    assert screened == everything
+    assert kept_screened <= kept_all
+    if order == "as exported":  # the organization and projects come first: most assets are let go at once
+        assert kept_screened < kept_all / 2
+
+
+def _org(domain: str) -> Asset:
+    return Asset("//cloudresourcemanager.googleapis.com/organizations/1", ORG, _json({"displayName": domain}))
+
+
+def _project(pid: str) -> Asset:
+    return Asset(
+        f"//cloudresourcemanager.googleapis.com/projects/{pid}-number",
+        PROJECT,
+        _json({"projectId": pid, "projectNumber": f"{pid}-number"}),
+        ancestors=(f"projects/{pid}-number", "organizations/1"),
+    )
+
+
+def _bucket(name: str, members: Any) -> Asset:
+    return Asset(
+        f"//storage.googleapis.com/{name}",
+        BUCKET,
+        iam_policy=_json({"bindings": [{"role": "roles/storage.objectViewer", "members": members}]}),
+        ancestors=("projects/ml-number", "organizations/1"),
+    )
+
+
+def _external_rules(tmp_path: Path) -> Engine:
+    p = tmp_path / "r.yaml"
+    p.write_text("rules:\n  - {id: external, check: iam.external_members, severity: high}\n")
+    return Engine(load_file(p), now=NOW)
+
+
+def test_external_members_are_judged_against_the_organization_seen_so_far(tmp_path: Path) -> None:
+    insiders = ["user:ana@example.com", "serviceAccount:trainer@ml.iam.gserviceaccount.com"]
+    inside = _bucket("inside", insiders)
+    outside = _bucket("outside", ["user:ana@example.com", "user:bob@gmail.com"])
+    engine = _external_rules(tmp_path)
+
+    run = engine.start()
+    run.feed([_org("example.com"), _project("ml"), inside, outside])
+    assert [a.name for a, _ in run.deferred] == [outside.name]  # only a policy with an outsider waits for the end
+    result = run.finish()
+    assert [(f.asset, f.details["member"]) for f in result.findings] == [(outside.name, "user:bob@gmail.com")]
+
+    # The organization and the project read last: nothing could be decided early, the findings are the same.
+    late = engine.start()
+    late.feed([_bucket("inside", insiders), outside, _project("ml"), _org("example.com")])
+    assert len(late.deferred) == 2
+    assert [(f.asset, f.details["member"]) for f in late.finish().findings] == [(outside.name, "user:bob@gmail.com")]
+
+
+def test_a_screen_that_fails_keeps_the_asset_and_the_check_reports_the_error(tmp_path: Path) -> None:
+    broken = Asset("//storage.googleapis.com/broken", BUCKET, iam_policy=_json({"bindings": 5}))
+    run = _external_rules(tmp_path).start()
+    run.feed([_org("example.com"), broken])
+    assert [a.name for a, _ in run.deferred] == [broken.name]
+    result = run.finish()
+    assert [(e.rule, e.asset) for e in result.errors] == [("external", broken.name)]
+    assert "TypeError" in result.errors[0].error
+
+
+def _k8s(asset_type: str, ns: str, name: str, body: dict[str, Any]) -> Asset:
+    plural = {ROLE: "roles", ROLE_BINDING: "rolebindings"}[asset_type]
+    body = {"metadata": {"name": name, "namespace": ns}, **body}
+    return Asset(f"{CLUSTER}/namespaces/{ns}/rbac.authorization.k8s.io/{plural}/{name}", asset_type, _json(body))
+
+
+def test_roles_are_kept_as_names_when_only_their_names_are_read(tmp_path: Path) -> None:
+    """Tenancy by namespace name reads the names of Roles and RoleBindings: a harmless Role is kept as a stub."""
+    p = tmp_path / "r.yaml"
+    p.write_text(
+        "rules:\n"
+        "  - id: isolation\n"
+        "    check: rbac.tenant_isolation\n"
+        "    severity: high\n"
+        "    params: {tenant_namespaces: ['team-*']}\n"
+        "  - id: dangerous\n"
+        "    check: rbac.tenant_role_dangerous_rules\n"
+        "    severity: high\n"
+        "    params: {tenant_namespaces: ['team-*']}\n"
+    )
+    engine = Engine(load_file(p), now=NOW)
+    harmless = _k8s(ROLE, "team-a", "reader", {"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
+    exec_rule = {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["*"]}
+    dangerous = _k8s(ROLE, "team-a", "exec", {"rules": [exec_rule]})
+    crossing = _k8s(
+        ROLE_BINDING,
+        "team-a",
+        "borrowed",
+        {
+            "roleRef": {"kind": "Role", "name": "reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "runner", "namespace": "team-b"}],
+        },
+    )
+    own = _k8s(
+        ROLE_BINDING,
+        "team-b",
+        "system-only",
+        {"roleRef": {"kind": "Role", "name": "reader"}, "subjects": [{"kind": "Group", "name": "system:masters"}]},
+    )
+    run = engine.start()
+    run.feed([harmless, dangerous, crossing, own])
+    roles = run.ctx.by_type[ROLE]
+    assert [r.name for r in roles] == [harmless.name, dangerous.name]
+    assert roles[0] is not harmless and roles[0]._res_raw is None and roles[0]._res is None  # a stub
+    assert roles[1] is dangerous  # kept whole: a deferred rule still reads it
+    assert [a.name for a, _ in run.deferred] == [dangerous.name, crossing.name]
+    result = run.finish()
+    assert sorted((f.rule, f.asset) for f in result.findings) == [
+        ("dangerous", dangerous.name),
+        ("isolation", crossing.name),
+    ]
