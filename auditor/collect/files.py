@@ -33,6 +33,7 @@ except AttributeError:  # pragma: no cover
 
 
 _NO_RAW = msgspec.Raw(b"")  # msgspec cannot make Raw optional; an empty Raw means "absent"
+_NULL = msgspec.Raw(b"null")
 
 
 class _Resource(msgspec.Struct, gc=False):
@@ -296,6 +297,8 @@ class FileSource:
         shared: dict[tuple[str, ...], tuple[str, ...]] = self._shared_ancestors
         shared_types: dict[str, str] = self._shared_types
         where_file = str(path)
+        out: list[Asset] = []
+        skips: dict[str, int] = {}  # added to `skipped` once per block: this loop runs for every line of an export
         for rec in recs:
             asset_type = rec.asset_type or rec.assetType
             if not rec.name or not asset_type:
@@ -307,15 +310,14 @@ class FileSource:
                 lineno += 1
                 continue
             iam = rec.iam_policy or rec.iamPolicy
-            has_iam = len(iam) > 0 and (len(iam) != 4 or bytes(iam) != b"null")
-            if wanted is not None and skipped is not None:
+            has_iam = bool(iam) and iam != _NULL
+            if wanted is not None:
                 known = verdicts[has_iam]
                 verdict = known.get(asset_type)
                 if verdict is None:
                     verdict = known[asset_type] = wanted(asset_type, has_iam)
                 if not verdict:
-                    skipped[asset_type] += 1
-                    status.assets += 1
+                    skips[asset_type] = skips.get(asset_type, 0) + 1
                     lineno += 1
                     continue
             data = rec.resource.data if rec.resource is not None else _NO_RAW
@@ -327,19 +329,23 @@ class FileSource:
                 if len(shared) > 100_000:
                     shared.clear()
             # copies: the raw bytes would otherwise keep the whole block alive for as long as the asset lives
-            asset = Asset(
-                name=rec.name,
-                asset_type=shared_types.setdefault(asset_type, asset_type),
-                resource=bytes(data) if data and not _is_null(data) else None,
-                iam_policy=bytes(iam) if has_iam else None,
-                ancestors=ancestors,
-                update_time=rec.update_time or rec.updateTime,
-                origin=where_file,
-                line=lineno,
+            out.append(
+                Asset(
+                    name=rec.name,
+                    asset_type=shared_types.setdefault(asset_type, asset_type),
+                    resource=bytes(data) if data and data != _NULL else None,
+                    iam_policy=bytes(iam) if has_iam else None,
+                    ancestors=ancestors,
+                    update_time=rec.update_time or rec.updateTime,
+                    origin=where_file,
+                    line=lineno,
+                )
             )
-            status.assets += 1
             lineno += 1
-            yield asset
+        if skips and skipped is not None:
+            skipped.update(skips)
+        status.assets += len(out) + sum(skips.values())
+        yield from out
 
     def _lines(self, path: Path, lines: list[bytes], lineno: int) -> Iterator[Asset]:
         status = self.status
