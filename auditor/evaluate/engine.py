@@ -154,17 +154,27 @@ class Engine:
             hit = self._subsets[indices] = self._rules(tuple(self.rules[i] for i in indices))
         return hit
 
-    def screen(self, asset: Asset, later: _Rules, ctx: Context) -> tuple[int, ...]:
-        """The positions of the deferred rules that may still report on this asset (see CheckSpec.screen)."""
+    def screen(self, asset: Asset, later: _Rules, ctx: Context, again: bool = False) -> tuple[int, ...]:
+        """The positions of the deferred rules that may still report on this asset (see CheckSpec.screen).
+
+        `again`: the asset passed these screens elsewhere, with less context: only screens that read it run again.
+        """
         kept: list[int] = []
-        for r in later.rules:
-            test = r.spec.screen if self.screens else None
+        passed: dict[tuple[str, str], bool] = {}  # rules sharing a check and params share its screen's answer
+        for i, r in enumerate(later.rules):
+            test = r.spec.screen if self.screens and (not again or r.spec.screen_reads_context) else None
             if test is not None:
-                try:
-                    if not test(asset, r.params, ctx):
-                        continue
-                except Exception:  # kept: the check itself reports the error when it runs at the end
-                    pass
+                key = later.keys[i] if later.keys is not None else None
+                ok = passed.get(key) if key is not None else None
+                if ok is None:
+                    try:
+                        ok = bool(test(asset, r.params, ctx))
+                    except Exception:  # kept: the check itself reports the error when it runs at the end
+                        ok = True
+                    if key is not None:
+                        passed[key] = ok
+                if not ok:
+                    continue
             kept.append(self._index[id(r)])
         return tuple(kept)
 
@@ -352,10 +362,13 @@ class EvaluationRun:
                 ctx.by_type[atype].append(asset)
             if kept:
                 # Screened again: the worker saw the context of its own part, this run has seen everything before.
-                kept = engine.screen(asset, engine.subset(kept), ctx)
+                later = engine.subset(kept)
+                if any(r.spec.screen_reads_context for r in later.rules):
+                    kept = engine.screen(asset, later, ctx, again=True)
+                    later = engine.subset(kept)
+                    asset.release()
                 if kept:
-                    self.deferred.append((asset, engine.subset(kept)))
-                asset.release()
+                    self.deferred.append((asset, later))
 
     def finish(self) -> Evaluation:
         """Run the checks with context, then order the findings."""

@@ -15,21 +15,36 @@ Matcher = re.Pattern[str]
 
 @lru_cache(maxsize=4096)
 def compile_glob(pattern: str, sep: str = "/") -> Matcher:
+    return re.compile("(?s:" + _translate(pattern, sep, line=False) + r")\Z")
+
+
+@lru_cache(maxsize=1024)
+def compile_line_globs(patterns: tuple[str, ...], sep: str = "/") -> Matcher | None:
+    """One expression that finds a line matching any of the globs in a text of lines (None for no globs): many
+    strings (every member of a policy) tested in one search. No match spans two lines."""
+    if not patterns:
+        return None
+    return re.compile("(?m:^(?:" + "|".join(_translate(p, sep, line=True) for p in patterns) + ")$)")
+
+
+def _translate(pattern: str, sep: str, line: bool) -> str:
+    """A glob as a regular expression; with `line`, none of its wildcards matches a line break."""
+    anything = "[^\\n]" if line else "."
     if pattern in ("*", "**"):
-        return re.compile(r"(?s:.*)\Z")
+        return f"{anything}*"
     out: list[str] = []
     i = 0
-    not_sep = f"[^{re.escape(sep)}]"
+    not_sep = f"[^{re.escape(sep)}\\n]" if line else f"[^{re.escape(sep)}]"
     while i < len(pattern):
         c = pattern[i]
         if c == "*":
             if pattern.startswith("**", i):
                 # `a/**/b` also matches `a/b`
                 if pattern.startswith(f"**{sep}", i) and (i == 0 or pattern[i - 1] == sep):
-                    out.append(f"(?:.*{re.escape(sep)})?")
+                    out.append(f"(?:{anything}*{re.escape(sep)})?")
                     i += 3
                     continue
-                out.append(".*")
+                out.append(f"{anything}*")
                 i += 2
                 continue
             out.append(f"{not_sep}*")
@@ -38,7 +53,7 @@ def compile_glob(pattern: str, sep: str = "/") -> Matcher:
         else:
             out.append(re.escape(c))
         i += 1
-    return re.compile("(?s:" + "".join(out) + r")\Z")
+    return "".join(out)
 
 
 def glob_match(pattern: str, text: str, sep: str = "/") -> bool:

@@ -76,6 +76,9 @@ class CheckSpec:
     # judged as it streams by (with the context seen so far). False must be final whatever context comes later:
     # the engine then forgets the asset instead of keeping it to the end.
     screen: ScreenFn | None = None
+    # The screen reads the context seen so far (not only the asset and params): a process that has seen more of
+    # the snapshot may let go of what it kept.
+    screen_reads_context: bool = False
 
     @property
     def deferred(self) -> bool:
@@ -94,6 +97,7 @@ def check(
     context: Iterable[str] = (),
     context_names: Iterable[str] = (),
     screen: Callable[[Asset, P, Context], bool] | None = None,
+    screen_reads_context: bool = False,
 ) -> Callable[[Callable[[Asset, P, Context], Iterable[Violation]]], Callable[[Asset, P, Context], Iterable[Violation]]]:
     """Register a check. `iam=True`: it reads the IAM policy, and only assets that carry one are given to it.
 
@@ -116,6 +120,7 @@ def check(
             doc=(fn.__doc__ or "").strip(),
             context_names=tuple(t for t in context_names if t not in context),
             screen=screen,
+            screen_reads_context=screen_reads_context,
         )
         return fn
 

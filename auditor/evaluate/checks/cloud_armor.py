@@ -104,6 +104,28 @@ def covered(net: IPNetwork, by: Iterable[IPNetwork]) -> bool:
     return any(v == version and lo <= first and last <= hi for v, lo, hi in _collapsed(tuple(by)))
 
 
+@lru_cache(maxsize=4096)
+def _union(texts: tuple[str, ...]) -> tuple[tuple[int, int, int], ...]:
+    return _collapsed(tuple(n for t in texts for n in (parse_range(t) or ())))
+
+
+@lru_cache(maxsize=65536)
+def within(text: str, texts: tuple[str, ...]) -> bool:
+    """Whether the range `text` lies inside the union of the ranges `texts` (False when it is not an address).
+
+    Keyed by the strings: an organization's policies repeat the same ranges, and hashing strings is cheap where
+    hashing address objects is not.
+    """
+    nets = parse_range(text)
+    if nets is None:
+        return False
+    spans = _union(texts)
+    return all(
+        any(v == n.version and lo <= int(n.network_address) and int(n.broadcast_address) <= hi for v, lo, hi in spans)
+        for n in nets
+    )
+
+
 def only_source_ip_match(r: ArmorRule) -> bool:
     """The rule matches on source ranges alone (SRC_IPS_V1), not on a CEL expression or anything else."""
     match = r.raw.get("match") or {}
@@ -215,8 +237,7 @@ def no_open_allow(asset: Asset, params: OpenAllowParams, ctx: Context) -> Iterat
         if r.is_default or r.action not in params.actions:
             continue
         opened = [s for s in r.src_ranges if is_open(s, params.open_ranges)]
-        nets = [n for s in r.src_ranges for n in (parse_range(s) or ())]
-        if not opened and any(covered(every, nets) for every in _EVERYTHING):
+        if not opened and r.src_ranges and (within("0.0.0.0/0", r.src_ranges) or within("::/0", r.src_ranges)):
             opened = list(r.src_ranges)  # halves that together are every address: 0.0.0.0/1 and 128.0.0.0/1
         if opened:
             how = " (requests under the rate limit are allowed)" if r.action in RATE_LIMIT_ACTIONS else ""
@@ -261,15 +282,11 @@ def trusted_source_ranges(asset: Asset, params: TrustedRangesParams, ctx: Contex
         trusted_ranges: [203.0.113.0/24, 198.51.100.0/24, "2001:db8:100::/48"]
     ```
     """
-    trusted = [n for t in params.trusted_ranges for n in (parse_range(t) or ())]
+    trusted = tuple(params.trusted_ranges)
     for r in asset_armor_rules(asset):
         if r.is_default or r.action not in params.actions or r.expression is not None:
             continue
-        untrusted = []
-        for s in r.src_ranges:
-            nets = parse_range(s)
-            if nets is None or not all(covered(n, trusted) for n in nets):
-                untrusted.append(s)
+        untrusted = [s for s in r.src_ranges if not within(s, trusted)]
         if untrusted:
             yield Violation(
                 f"rule {r.priority} ({r.action}) lets in {', '.join(untrusted)}, outside the trusted ranges",
@@ -373,8 +390,8 @@ def no_shadowed_rules(asset: Asset, params: ShadowParams, ctx: Context) -> Itera
             continue
         earlier = [(a, an) for a, an in above if a.priority < r.priority]
         if not r.is_default and earlier:
-            cover = [n for _, an in earlier for n in an]
-            if all(covered(n, cover) for n in nets):
+            cover = tuple(t for a, _ in earlier for t in a.src_ranges)
+            if all(within(t, cover) for t in r.src_ranges):
                 by = [a.priority for a, an in earlier if any(x.overlaps(n) for x in an for n in nets)]
                 yield Violation(
                     f"rule {r.priority} ({r.action}) never fires: its sources are all matched first by "

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from auditor.evaluate.globs import compile_glob
+from auditor.evaluate.globs import compile_glob, compile_line_globs
 from auditor.evaluate.policy import (
     LOG_TYPES,
     Binding,
@@ -76,6 +76,22 @@ def any_member_match(patterns: Sequence[str], member: str) -> bool:
     return rx is not None and rx.match(member) is not None
 
 
+def _members_text(asset: Asset) -> str | None:
+    members = [m for b in asset_bindings(asset) for m in b.members]
+    # A member with a line break (never a real one) cannot be searched for in lines: None, judged one by one.
+    return None if any("\n" in m for m in members) else "\n".join(members)
+
+
+def may_hold_member(patterns: Sequence[str], asset: Asset) -> bool:
+    """Whether a member of the asset's policy may match one of the member globs: one search over all its members,
+    made before the checks go through them one by one (most policies hold none of a deny list's members)."""
+    rx = compile_line_globs(tuple(patterns), ".")
+    if rx is None:
+        return False
+    text: str | None = asset.derived("iam.members_text", _members_text)
+    return text is None or rx.search(text) is not None
+
+
 def _when(b: Binding) -> str:
     return f" (condition: {b.condition_title})" if b.condition else ""
 
@@ -119,6 +135,8 @@ def forbidden_members(asset: Asset, params: ForbiddenMembersParams, ctx: Context
         except_members: []              # optional member globs
     ```
     """
+    if not may_hold_member(params.members, asset):
+        return
     for b in asset_bindings(asset):
         if not any_match(params.roles, b.role):
             continue
@@ -313,6 +331,7 @@ def _screen_external(asset: Asset, params: DomainParams, ctx: Context) -> bool:
     iam=True,
     context=[ORGANIZATION, PROJECT],
     screen=_screen_external,
+    screen_reads_context=True,
 )
 def external_members(asset: Asset, params: DomainParams, ctx: Context) -> Iterator[Violation]:
     """Members from outside the organization (its domain, its projects' service accounts).
