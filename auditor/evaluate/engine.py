@@ -8,14 +8,15 @@ an expired exemption no longer exempts and the finding says so.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, NamedTuple
 
-from auditor.evaluate.globs import compile_glob
-from auditor.evaluate.registry import Context, Violation
+from auditor.evaluate.globs import compile_glob, compile_line_globs
+from auditor.evaluate.registry import Context, Prefilter, Violation
 from auditor.evaluate.rulebook import Exemption, LoadedRule
 from auditor.model import Asset, Exempted, Finding, finding_id
 
@@ -66,11 +67,55 @@ def _all_ancestries(r: LoadedRule) -> bool:
     return "**" in r.rule.match.ancestries and not r.rule.match.excluded_ancestries
 
 
+class _Filter(NamedTuple):
+    """The rules of one check with a prefilter, and the union of their globs (None: no glob, nothing matches)."""
+
+    prefilter: Prefilter
+    union: re.Pattern[str] | None
+    rules: frozenset[int]  # id() of the rules it decides for
+    each: tuple[tuple[int, re.Pattern[str] | None], ...]  # and each one's own globs, asked when the union matches
+
+
 class _Rules(NamedTuple):
     rules: tuple[LoadedRule, ...]
     needs_path: bool  # some rule restricts ancestries: the asset's ancestry path is computed
     keys: tuple[tuple[str, str], ...] | None  # check keys, when two rules share check and params
     distinct: tuple[tuple[tuple[str, str], LoadedRule], ...] = ()  # then: the first rule of each check key
+    filters: tuple[_Filter, ...] = ()
+
+
+def _filters(rules: tuple[LoadedRule, ...]) -> tuple[_Filter, ...]:
+    groups: dict[str, list[tuple[LoadedRule, tuple[str, ...]]]] = {}
+    for r in rules:
+        pf = r.spec.prefilter
+        globs = pf.globs(r.params) if pf is not None else None
+        if globs is not None:
+            groups.setdefault(r.spec.name, []).append((r, tuple(globs)))
+    out = []
+    for members in groups.values():
+        pf = members[0][0].spec.prefilter
+        assert pf is not None
+        union = compile_line_globs(tuple(dict.fromkeys(g for _, globs in members for g in globs)), pf.sep)
+        each = tuple((id(r), compile_line_globs(globs, pf.sep)) for r, globs in members)
+        out.append(_Filter(pf, union, frozenset(id(r) for r, _ in members), each if len(each) > 1 else ()))
+    return tuple(out)
+
+
+def _skipped(asset: Asset, filters: tuple[_Filter, ...]) -> frozenset[int]:
+    """id() of the rules whose prefilter finds nothing of theirs in the asset: they would report nothing."""
+    out: frozenset[int] = frozenset()
+    for f in filters:
+        try:
+            text = asset.derived(f.prefilter.key, f.prefilter.text)
+        except Exception:  # malformed data: the rules run, and their checks report what is wrong
+            continue
+        if text is None:
+            continue
+        if f.union is None or f.union.search(text) is None:
+            out = out | f.rules
+        elif f.each:  # something matched: which of the rules does it concern (seldom asked)
+            out = out | {rid for rid, rx in f.each if rx is None or rx.search(text) is None}
+    return out
 
 
 # What checks with context keep of an asset type's assets
@@ -88,11 +133,12 @@ class _Plan(NamedTuple):
 
 
 class Engine:
-    def __init__(self, rules: Iterable[LoadedRule], now: datetime | None = None, *, screens: bool = True) -> None:
-        """`screens=False` keeps every asset a deferred rule reads until the end (same findings, more memory)."""
+    def __init__(self, rules: Iterable[LoadedRule], now: datetime | None = None, *, shortcuts: bool = True) -> None:
+        """`shortcuts=False` turns off screens and prefilters: every rule runs on every asset it reads, and every
+        asset a deferred rule reads is kept to the end (the same findings, slower and with more memory)."""
         self.rules = list(rules)
         self.now = now or datetime.now(UTC)
-        self.screens = screens
+        self.shortcuts = shortcuts
         self._by_type: dict[str, tuple[tuple[LoadedRule, ...], tuple[LoadedRule, ...]]] = {}
         self._plans: dict[str, _Plan] = {}
         self._context_types = frozenset(t for r in self.rules for t in r.spec.context_types)
@@ -140,12 +186,14 @@ class Engine:
 
     def _rules(self, chosen: tuple[LoadedRule, ...]) -> _Rules:
         keys = [self._check_key[id(r)] for r in chosen]
+        filters = _filters(chosen)
+        needs_path = any(not _all_ancestries(r) for r in chosen)
         if len(set(keys)) == len(keys):
-            return _Rules(chosen, any(not _all_ancestries(r) for r in chosen), None)
+            return _Rules(chosen, needs_path, None, (), filters)
         first: dict[tuple[str, str], LoadedRule] = {}
         for k, r in zip(keys, chosen, strict=True):
             first.setdefault(k, r)
-        return _Rules(chosen, any(not _all_ancestries(r) for r in chosen), tuple(keys), tuple(first.items()))
+        return _Rules(chosen, needs_path, tuple(keys), tuple(first.items()), filters)
 
     def subset(self, indices: tuple[int, ...]) -> _Rules:
         """The rules at these positions of `self.rules` (made once per distinct subset)."""
@@ -161,8 +209,11 @@ class Engine:
         """
         kept: list[int] = []
         passed: dict[tuple[str, str], bool] = {}  # rules sharing a check and params share its screen's answer
+        skip = _skipped(asset, later.filters) if later.filters and self.shortcuts else frozenset()
         for i, r in enumerate(later.rules):
-            test = r.spec.screen if self.screens and (not again or r.spec.screen_reads_context) else None
+            if id(r) in skip:
+                continue
+            test = r.spec.screen if self.shortcuts and (not again or r.spec.screen_reads_context) else None
             if test is not None:
                 key = later.keys[i] if later.keys is not None else None
                 ok = passed.get(key) if key is not None else None
@@ -205,8 +256,11 @@ class Engine:
         return EvaluationRun(self, result if result is not None else Evaluation(), on_held)
 
     def _run(self, asset: Asset, rules: _Rules, ctx: Context, result: Evaluation) -> None:
+        skip = _skipped(asset, rules.filters) if rules.filters and self.shortcuts else frozenset()
         if rules.keys is None and not rules.needs_path:  # the usual case, kept lean: it runs for every asset
             for r in rules.rules:
+                if id(r) in skip:
+                    continue
                 try:
                     violations = list(r.spec.fn(asset, r.params, ctx))
                 except Exception as exc:  # a check must never take the scan down; the error is reported
@@ -221,6 +275,9 @@ class Engine:
             # to report either. Otherwise the rules are gone through in order with these outcomes.
             memo = {}
             for key, r in rules.distinct:
+                if id(r) in skip:  # rules sharing the key share the params, and the prefilter's answer
+                    memo[key] = []
+                    continue
                 try:
                     memo[key] = list(r.spec.fn(asset, r.params, ctx))
                 except Exception as exc:  # reported below, for each rule that shares the check
@@ -231,7 +288,7 @@ class Engine:
         if memo is None and rules.keys is not None:
             memo = {}
         for i, r in enumerate(rules.rules):
-            if rules.needs_path and not r.matches_ancestry(path):
+            if id(r) in skip or (rules.needs_path and not r.matches_ancestry(path)):
                 continue
             outcome: list[Violation] | Exception | None = None
             if memo is not None and rules.keys is not None:

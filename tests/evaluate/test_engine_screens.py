@@ -1,4 +1,8 @@
-"""Screens: checks with context let go of the assets that cannot give a finding, without changing any finding."""
+"""Screens and prefilters: the engine skips work that cannot give a finding, without changing any finding.
+
+Screens let checks with context forget assets as they stream by; prefilters skip every rule of a check at once
+when none of their globs matches the asset's members, roles or subjects.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import msgspec
 import pytest
 
 from auditor.collect.files import iter_file_assets
-from auditor.evaluate.engine import Engine
+from auditor.evaluate.engine import Engine, _skipped
 from auditor.evaluate.rulebook import load_file, load_rules
 from auditor.model import Asset
 from bench.generate import generate
@@ -56,7 +60,7 @@ def test_screens_never_change_the_findings_of_the_example() -> None:
     rules = load_rules()
     for arranged in (assets, assets[::-1]):
         screened, _ = _findings(Engine(rules, now=NOW), arranged)
-        everything, _ = _findings(Engine(rules, now=NOW, screens=False), arranged)
+        everything, _ = _findings(Engine(rules, now=NOW, shortcuts=False), arranged)
         assert {f["rule"] for f in screened} == {r.id for r in rules}
         assert screened == everything
 
@@ -71,7 +75,7 @@ def test_screens_never_change_findings(organization: Path, order: str) -> None:
         random.Random(3).shuffle(assets)
     rules = load_rules()
     screened, kept_screened = _findings(Engine(rules, now=NOW), assets)
-    everything, kept_all = _findings(Engine(rules, now=NOW, screens=False), assets)
+    everything, kept_all = _findings(Engine(rules, now=NOW, shortcuts=False), assets)
     assert screened, "the generated organization violates the baseline"
     assert screened == everything
     assert kept_screened <= kept_all
@@ -187,3 +191,28 @@ def test_roles_are_kept_as_names_when_only_their_names_are_read(tmp_path: Path) 
         ("dangerous", dangerous.name),
         ("isolation", crossing.name),
     ]
+
+
+def test_a_prefilter_skips_only_the_rules_that_cannot_report(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text(
+        "rules:\n"
+        + "".join(
+            f"  - {{id: deny-{i}, check: iam.forbidden_members, severity: high, params: {{members: ['{m}']}}}}\n"
+            for i, m in enumerate(["allUsers", "user:*@example.com", "user:**@gmail.com", "group:ml-?@example.com"])
+        )
+        + "  - {id: banned, check: iam.banned_roles, severity: high, params: {roles: ['roles/owner']}}\n"
+    )
+    engine = Engine(load_file(p), now=NOW)
+    policy = _bucket("b", ["user:ana@example.com", "group:ml-7@example.com", "user:bob@mail.example.org"])
+    plan = engine._plan(BUCKET).streamed_iam
+    skipped = {r.id for r in plan.rules if id(r) in _skipped(policy, plan.filters)}
+    assert skipped == {"deny-0", "deny-2", "banned"}
+    result = engine.evaluate([policy])
+    assert sorted((f.rule, f.details["member"]) for f in result.findings) == [
+        ("deny-1", "user:ana@example.com"),
+        ("deny-3", "group:ml-7@example.com"),
+    ]
+    # a policy the prefilter cannot read is judged rule by rule, and each rule reports the problem
+    broken = Asset("//storage.googleapis.com/broken", BUCKET, iam_policy=_json({"bindings": 5}))
+    assert sorted(e.rule for e in engine.evaluate([broken]).errors) == ["banned", *(f"deny-{i}" for i in range(4))]

@@ -22,7 +22,14 @@ from collections.abc import Iterator
 from pydantic import Field
 
 from auditor.collect.k8s_objects import GKE_CLUSTER
-from auditor.evaluate.checks.iam import HIERARCHY_TYPES, PROJECT, MemberFilter, hierarchy_index, member_violation
+from auditor.evaluate.checks.iam import (
+    HIERARCHY_TYPES,
+    PROJECT,
+    MemberFilter,
+    hierarchy_index,
+    member_violation,
+    roles_prefilter,
+)
 from auditor.evaluate.globs import any_match
 from auditor.evaluate.policy import asset_bindings
 from auditor.evaluate.registry import Context, Violation, check
@@ -113,6 +120,7 @@ def _screen_gke_grants(asset: Asset, params: GkeIamParams, ctx: Context) -> bool
     asset_types=HIERARCHY_TYPES,
     context=[GKE_CLUSTER, *HIERARCHY_TYPES],
     screen=_screen_gke_grants,
+    prefilter=roles_prefilter(lambda p: p.roles),
 )
 def gke_iam_reaches_clusters(asset: Asset, params: GkeIamParams, ctx: Context) -> Iterator[Violation]:
     """GKE roles granted on a project, folder or organization, with the clusters they reach.
@@ -211,6 +219,7 @@ def _screen_workload_identity(asset: Asset, params: WorkloadIdentityParams, ctx:
     asset_types=[SERVICE_ACCOUNT],
     context=list(HIERARCHY_TYPES),
     screen=_screen_workload_identity,
+    prefilter=roles_prefilter(lambda p: p.binding_roles),
 )
 def workload_identity_privileges(asset: Asset, params: WorkloadIdentityParams, ctx: Context) -> Iterator[Violation]:
     """Kubernetes service accounts that can act as a Google service account holding admin-level roles.

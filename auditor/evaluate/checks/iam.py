@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from auditor.evaluate.globs import compile_glob, compile_line_globs
+from auditor.evaluate.globs import compile_glob
 from auditor.evaluate.policy import (
     LOG_TYPES,
     Binding,
@@ -43,7 +43,7 @@ from auditor.evaluate.principals import (
     parse_member,
     service_account_project,
 )
-from auditor.evaluate.registry import Context, Params, Violation, check
+from auditor.evaluate.registry import Context, Params, Prefilter, Violation, check
 from auditor.model import Asset
 
 ORGANIZATION = "cloudresourcemanager.googleapis.com/Organization"
@@ -76,20 +76,32 @@ def any_member_match(patterns: Sequence[str], member: str) -> bool:
     return rx is not None and rx.match(member) is not None
 
 
+def _lines(values: Iterable[str]) -> str | None:
+    values = list(values)
+    # A value with a line break (never a real member or role) cannot be searched for in lines: None, run the rules.
+    return None if any("\n" in v for v in values) else "\n".join(values)
+
+
 def _members_text(asset: Asset) -> str | None:
-    members = [m for b in asset_bindings(asset) for m in b.members]
-    # A member with a line break (never a real one) cannot be searched for in lines: None, judged one by one.
-    return None if any("\n" in m for m in members) else "\n".join(members)
+    return _lines(m for b in asset_bindings(asset) for m in b.members)
 
 
-def may_hold_member(patterns: Sequence[str], asset: Asset) -> bool:
-    """Whether a member of the asset's policy may match one of the member globs: one search over all its members,
-    made before the checks go through them one by one (most policies hold none of a deny list's members)."""
-    rx = compile_line_globs(tuple(patterns), ".")
-    if rx is None:
-        return False
-    text: str | None = asset.derived("iam.members_text", _members_text)
-    return text is None or rx.search(text) is not None
+def _roles_text(asset: Asset) -> str | None:
+    return _lines(b.role for b in asset_bindings(asset))
+
+
+MEMBER_LINES = "iam.members"
+ROLE_LINES = "iam.roles"
+
+
+def members_prefilter(globs: Callable[[Any], Sequence[str] | None]) -> Prefilter:
+    """For a check that reports only members matching `globs(params)`."""
+    return Prefilter(MEMBER_LINES, _members_text, globs, ".")
+
+
+def roles_prefilter(globs: Callable[[Any], Sequence[str] | None]) -> Prefilter:
+    """For a check that reports only on bindings whose role matches `globs(params)`."""
+    return Prefilter(ROLE_LINES, _roles_text, globs, "/")
 
 
 def _when(b: Binding) -> str:
@@ -121,7 +133,12 @@ class ForbiddenMembersParams(Params):
     except_members: list[str] = Field(default_factory=list, description="Member globs never reported.")
 
 
-@check("iam.forbidden_members", params=ForbiddenMembersParams, iam=True)
+@check(
+    "iam.forbidden_members",
+    params=ForbiddenMembersParams,
+    iam=True,
+    prefilter=members_prefilter(lambda p: p.members),
+)
 def forbidden_members(asset: Asset, params: ForbiddenMembersParams, ctx: Context) -> Iterator[Violation]:
     """Members that must never appear in an IAM policy (a deny list of member globs), in any role or in the listed ones.
 
@@ -135,8 +152,6 @@ def forbidden_members(asset: Asset, params: ForbiddenMembersParams, ctx: Context
         except_members: []              # optional member globs
     ```
     """
-    if not may_hold_member(params.members, asset):
-        return
     for b in asset_bindings(asset):
         if not any_match(params.roles, b.role):
             continue
@@ -361,7 +376,7 @@ class BannedRolesParams(MemberFilter):
     roles: list[str] = Field(min_length=1, description="Role globs that must not be granted.")
 
 
-@check("iam.banned_roles", params=BannedRolesParams, iam=True)
+@check("iam.banned_roles", params=BannedRolesParams, iam=True, prefilter=roles_prefilter(lambda p: p.roles))
 def banned_roles(asset: Asset, params: BannedRolesParams, ctx: Context) -> Iterator[Violation]:
     """Roles that must not be granted on the matched assets (one finding per member).
 

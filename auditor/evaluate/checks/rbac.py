@@ -34,7 +34,7 @@ from auditor.collect.k8s_objects import (
     namespace_of,
 )
 from auditor.evaluate.globs import any_match, glob_match
-from auditor.evaluate.registry import Context, Params, Violation, check
+from auditor.evaluate.registry import Context, Params, Prefilter, Violation, check
 from auditor.model import Asset
 
 SYSTEM_NAMESPACES = ["kube-system", "kube-public", "kube-node-lease", "gke-*", "gmp-*"]
@@ -318,10 +318,17 @@ class PublicSubjectsParams(Params):
     )
 
 
+def _subject_names(asset: Asset) -> str | None:
+    names = [str(s.get("name", "")) for s in subjects(asset.resource)]
+    return None if any("\n" in n for n in names) else "\n".join(names)
+
+
 @check(
     "rbac.no_public_subjects",
     params=PublicSubjectsParams,
     asset_types=[ROLE_BINDING, CLUSTER_ROLE_BINDING],
+    # names, not globs: a glob matches at least the name it is, so the prefilter lets every binding it must through
+    prefilter=Prefilter("rbac.subject_names", _subject_names, lambda p: p.subjects),
 )
 def no_public_subjects(asset: Asset, params: PublicSubjectsParams, ctx: Context) -> Iterator[Violation]:
     """No grant to everyone (anonymous, unauthenticated, authenticated, all service accounts) beyond the defaults.
