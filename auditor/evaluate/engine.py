@@ -1,9 +1,12 @@
 """The engine: each asset is evaluated only against the rules that can match its type.
 
 Rules are indexed by asset type (computed once per type seen, then a dict lookup per asset). Checks without
-context run as the assets stream by; checks with context (tenant isolation needs the Namespaces) keep just the
-assets they need and run when the stream ends. Exemptions turn a finding into an exempted one (never dropped);
-an expired exemption no longer exempts and the finding says so.
+context run as the assets stream by; checks with context (tenant isolation needs the Namespaces) run when the
+stream ends, on the assets their screens kept (an asset a screen rules out is forgotten at once), with the context
+types kept whole or, where only names are read, as stubs. Rules of one check share its prefilter: one search over
+an asset's members, roles or subjects skips every rule none of whose globs matches. Rules sharing a check and
+params run it once. Exemptions turn a finding into an exempted one (never dropped); an expired exemption no longer
+exempts and the finding says so.
 """
 
 from __future__ import annotations
