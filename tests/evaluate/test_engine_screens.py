@@ -216,3 +216,41 @@ def test_a_prefilter_skips_only_the_rules_that_cannot_report(tmp_path: Path) -> 
     # a policy the prefilter cannot read is judged rule by rule, and each rule reports the problem
     broken = Asset("//storage.googleapis.com/broken", BUCKET, iam_policy=_json({"bindings": 5}))
     assert sorted(e.rule for e in engine.evaluate([broken]).errors) == ["banned", *(f"deny-{i}" for i in range(4))]
+
+
+def _namespace(name: str, tenant: str | None) -> Asset:
+    labels = {"tenant": tenant} if tenant else {}
+    body = {"metadata": {"name": name, "labels": labels}}
+    return Asset(f"{CLUSTER}/namespaces/{name}", "k8s.io/Namespace", _json(body))
+
+
+def _binding(ns: str, name: str, *subjects: dict[str, str]) -> Asset:
+    return _k8s(ROLE_BINDING, ns, name, {"roleRef": {"kind": "Role", "name": "trainer"}, "subjects": list(subjects)})
+
+
+def test_tenant_bindings_are_judged_against_the_namespaces_read_so_far(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text(
+        "rules:\n"
+        "  - id: isolation\n"
+        "    check: rbac.tenant_isolation\n"
+        "    severity: high\n"
+        "    params: {tenant_labels: [tenant], tenant_subjects: ['Group:ml-{tenant}@example.com']}\n"
+    )
+    engine = Engine(load_file(p), now=NOW)
+    own = _binding("vision-dev", "own", {"kind": "Group", "name": "ml-vision@example.com"},
+                   {"kind": "ServiceAccount", "name": "trainer", "namespace": "vision-dev"})
+    crossing = _binding("vision-dev", "crossing", {"kind": "Group", "name": "ml-speech@example.com"})
+    other_sa = _binding("vision-dev", "other-sa", {"kind": "ServiceAccount", "name": "x", "namespace": "speech-dev"})
+    unread = _binding("nlp-dev", "unread", {"kind": "Group", "name": "ml-nlp@example.com"})
+    namespaces = [_namespace("vision-dev", "vision"), _namespace("speech-dev", "speech"), _namespace("nlp-dev", "nlp")]
+
+    run = engine.start()
+    run.feed([namespaces[0], own, crossing, other_sa, unread, *namespaces[1:]])
+    # `own` belongs for sure; `crossing` may not; `other_sa`'s namespace and `unread`'s own were not read yet
+    assert [a.name for a, _ in run.deferred] == [crossing.name, other_sa.name, unread.name]
+    found = sorted((f.asset.rsplit("/", 1)[1], f.details["subject"]) for f in run.finish().findings)
+    assert found == [("crossing", "Group:ml-speech@example.com"), ("other-sa", "ServiceAccount:speech-dev/x")]
+    unscreened = Engine(load_file(p), now=NOW, shortcuts=False)
+    everything = unscreened.evaluate([namespaces[0], own, crossing, other_sa, unread, *namespaces[1:]])
+    assert sorted((f.asset.rsplit("/", 1)[1], f.details["subject"]) for f in everything.findings) == found

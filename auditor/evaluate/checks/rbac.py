@@ -409,19 +409,23 @@ class Tenancy:
         self.tenants: dict[str, set[str]] = defaultdict(set)  # cluster -> tenants
         # (cluster, user or group) -> its tenants: one binding after another names the same groups
         self._user_cache: dict[tuple[str, str], frozenset[str]] = {}
+        self.read: set[tuple[str, str]] = set()  # (cluster, namespace) of every Namespace read
         for a in namespaces:
-            ns = object_name(a.resource, a)
-            cluster = cluster_of(a.name)
-            tenant = self._from_labels(ns, meta(a.resource).get("labels") or {})
-            if tenant is None:
-                tenant = self._from_name(ns)
-            if tenant is not None:
-                self.labelled[(cluster, ns)] = tenant
-                self.namespaces[(cluster, tenant)].add(ns)
-                self.tenants[cluster].add(tenant)
-        for t in params.tenants:
-            for cluster in list(self.tenants):
-                self.tenants[cluster].add(t)
+            self.add_namespace(a)
+
+    def add_namespace(self, a: Asset) -> None:
+        ns = object_name(a.resource, a)
+        cluster = cluster_of(a.name)
+        self.read.add((cluster, ns))
+        tenant = self._from_labels(ns, meta(a.resource).get("labels") or {})
+        if tenant is None:
+            tenant = self._from_name(ns)
+        if tenant is not None:
+            self.labelled[(cluster, ns)] = tenant
+            self.namespaces[(cluster, tenant)].add(ns)
+            if tenant not in self.tenants[cluster]:
+                self.tenants[cluster].update([tenant, *self.params.tenants])
+                self._user_cache.clear()
 
     def _from_labels(self, ns: str, labels: dict[str, Any]) -> str | None:
         if any_match(self.params.excluded_namespaces, ns):
@@ -538,8 +542,47 @@ def _tenancy(ctx: Context, params: TenantParams) -> Tenancy:
     return ctx.memo(f"rbac.tenancy.{_tenancy_key(ctx, params)}", build)
 
 
+class _TenancySoFar:
+    """A Tenancy of the Namespaces read so far, grown as they stream by (for screens)."""
+
+    def __init__(self, params: TenantParams) -> None:
+        self.tenancy = Tenancy(params, ())
+        self._seen = 0
+
+    def update(self, ctx: Context) -> Tenancy:
+        kept = ctx.by_type.get(NAMESPACE, ())
+        if len(kept) > self._seen:
+            for a in kept[self._seen :]:
+                self.tenancy.add_namespace(a)
+                a.release()
+            self._seen = len(kept)
+        return self.tenancy
+
+
 def _screen_isolation(asset: Asset, params: TenantParams, ctx: Context) -> bool:
-    return _judged_subjects(asset, params)
+    """Kept unless every judged subject belongs to the tenant of the binding's namespace, by the Namespaces read
+    so far: once a Namespace is read its tenant is known, and more Namespaces only add tenants and namespaces to
+    what a subject may belong to, never take one away."""
+    if not _judged_subjects(asset, params):
+        return False
+    so_far = ctx.memo(f"rbac.tenancy_so_far.{_tenancy_key(ctx, params)}", lambda: _TenancySoFar(params))
+    tenancy: Tenancy = so_far.update(ctx)
+    cluster = cluster_of(asset.name)
+    ns = binding_namespace(asset)
+    if ns is None or (cluster, ns) not in tenancy.read:
+        return True  # its Namespace is yet to come: its labels may name its tenant
+    tenant = tenancy.tenant_of(cluster, ns)
+    if tenant is None:
+        return False
+    for s in subjects(asset.resource):
+        if tenancy.is_exempt(s, ns):
+            continue
+        sa = service_account_of(s, ns)
+        if sa is not None and sa[0] != ns and (cluster, sa[0]) not in tenancy.read:
+            return True  # a service account of a namespace whose tenant is yet to be read
+        if tenant not in tenancy.subject_tenants(cluster, s, ns):
+            return True
+    return False
 
 
 @check(
