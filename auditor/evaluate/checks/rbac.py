@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field, field_validator
 
@@ -148,53 +148,54 @@ def _labels_match(labels: dict[str, Any], selector: dict[str, Any]) -> bool:
     return True
 
 
+class _ClusterRole(NamedTuple):
+    """What deciding whether a ClusterRole grants everything needs of it (not its rules: thousands are read)."""
+
+    labels: dict[str, Any]
+    selectors: tuple[dict[str, Any], ...]  # aggregationRule.clusterRoleSelectors
+    wildcard: bool  # one of its own rules grants every verb on every resource
+
+
 class ClusterRoles:
     """The ClusterRoles of every cluster, with aggregated roles (admin, edit, view...) resolved."""
 
     def __init__(self, assets: Iterable[Asset]) -> None:
-        self.by_cluster: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-        self._effective: dict[tuple[str, str], list[dict[str, Any]] | None] = {}
+        self.by_cluster: dict[str, dict[str, _ClusterRole]] = defaultdict(dict)
         self._wildcard: dict[tuple[str, str], bool] = {}
         for a in assets:
             obj = a.resource
-            # What resolving and aggregating need, not the whole object (annotations, managed fields...)
-            slim = {"metadata": {"labels": meta(obj).get("labels") or {}}, "rules": obj.get("rules") or []}
-            if obj.get("aggregationRule"):
-                slim["aggregationRule"] = obj["aggregationRule"]
-            self.by_cluster[cluster_of(a.name)][object_name(obj, a)] = slim
-
-    def get(self, cluster: str, name: str) -> dict[str, Any] | None:
-        return self.by_cluster.get(cluster, {}).get(name)
-
-    def rules(self, cluster: str, name: str) -> list[dict[str, Any]] | None:
-        """The effective rules of a ClusterRole, or None when the cluster has no such role (or it was not read)."""
-        key = (cluster, name)
-        if key not in self._effective:  # thousands of bindings name the same few roles (admin, edit, view)
-            self._effective[key] = self._resolve(cluster, name, 0)
-        return self._effective[key]
+            agg = obj.get("aggregationRule")
+            selectors = (agg.get("clusterRoleSelectors") or ()) if isinstance(agg, dict) else ()
+            self.by_cluster[cluster_of(a.name)][object_name(obj, a)] = _ClusterRole(
+                meta(obj).get("labels") or {},
+                tuple(sel for sel in selectors if isinstance(sel, dict)),
+                any(is_wildcard_rule(r) for r in obj.get("rules") or () if isinstance(r, dict)),
+            )
 
     def is_wildcard(self, cluster: str, name: str) -> bool:
-        """Whether the ClusterRole grants every verb on every resource (False when it was not read)."""
+        """Whether the ClusterRole grants every verb on every resource, counting the rules it aggregates (False
+        when it was not read)."""
         key = (cluster, name)
         hit = self._wildcard.get(key)
-        if hit is None:
-            hit = self._wildcard[key] = any(is_wildcard_rule(r) for r in self.rules(cluster, name) or ())
+        if hit is None:  # thousands of bindings name the same few roles (admin, edit, view)
+            hit = self._wildcard[key] = self._resolve(cluster, name, 0)
         return hit
 
-    def _resolve(self, cluster: str, name: str, _depth: int) -> list[dict[str, Any]] | None:
-        role = self.get(cluster, name)
+    def _resolve(self, cluster: str, name: str, depth: int) -> bool:
+        roles = self.by_cluster.get(cluster, {})
+        role = roles.get(name)
         if role is None:
-            return None
-        out = [r for r in role.get("rules") or () if isinstance(r, dict)]
-        agg = role.get("aggregationRule") or {}
-        if agg and _depth < 5:
-            for other_name, other in self.by_cluster.get(cluster, {}).items():
-                if other_name == name:
-                    continue
-                labels = meta(other).get("labels") or {}
-                if any(_labels_match(labels, sel) for sel in agg.get("clusterRoleSelectors") or ()):
-                    out.extend(self._resolve(cluster, other_name, _depth + 1) or ())
-        return out
+            return False
+        if role.wildcard:
+            return True
+        if not role.selectors or depth >= 5:
+            return False
+        return any(
+            other_name != name
+            and any(_labels_match(other.labels, sel) for sel in role.selectors)
+            and self._resolve(cluster, other_name, depth + 1)
+            for other_name, other in roles.items()
+        )
 
 
 def _cluster_roles(ctx: Context) -> ClusterRoles:
@@ -532,7 +533,8 @@ def _tenancy_key(ctx: Context, params: TenantParams) -> str:
 
 def _tenancy(ctx: Context, params: TenantParams) -> Tenancy:
     def build() -> Tenancy:
-        tenancy = Tenancy(params, ctx.assets(NAMESPACE))
+        # the one the screens grew as the Namespaces streamed by, given the rest of them
+        tenancy = _tenancy_so_far(ctx, params)
         if params.tenant_namespaces:
             for t in _NAMESPACED:
                 for a in ctx.assets(t):
@@ -559,14 +561,18 @@ class _TenancySoFar:
         return self.tenancy
 
 
+def _tenancy_so_far(ctx: Context, params: TenantParams) -> Tenancy:
+    so_far: _TenancySoFar = ctx.memo(f"rbac.tenancy_so_far.{_tenancy_key(ctx, params)}", lambda: _TenancySoFar(params))
+    return so_far.update(ctx)
+
+
 def _screen_isolation(asset: Asset, params: TenantParams, ctx: Context) -> bool:
     """Kept unless every judged subject belongs to the tenant of the binding's namespace, by the Namespaces read
     so far: once a Namespace is read its tenant is known, and more Namespaces only add tenants and namespaces to
     what a subject may belong to, never take one away."""
     if not _judged_subjects(asset, params):
         return False
-    so_far = ctx.memo(f"rbac.tenancy_so_far.{_tenancy_key(ctx, params)}", lambda: _TenancySoFar(params))
-    tenancy: Tenancy = so_far.update(ctx)
+    tenancy = _tenancy_so_far(ctx, params)
     cluster = cluster_of(asset.name)
     ns = binding_namespace(asset)
     if ns is None or (cluster, ns) not in tenancy.read:
