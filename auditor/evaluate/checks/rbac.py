@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from functools import cached_property
 from typing import Any, Literal, NamedTuple
 
 from pydantic import Field, field_validator
@@ -222,10 +223,23 @@ class PowerfulRoleParams(Params):
     )
     system_namespaces: list[str] = Field(default_factory=lambda: list(SYSTEM_NAMESPACES))
 
+    @cached_property
+    def screen_key(self) -> str:
+        """The params the screen reads: rules that differ only in `roles` (with wildcards on) screen alike."""
+        read = {"wildcard_roles", "allowed_subjects", "system_namespaces"}
+        if not self.wildcard_roles:
+            read.add("roles")
+        return "rbac.powerful." + self.model_dump_json(include=read)
+
 
 def _may_be_powerful(asset: Asset, params: PowerfulRoleParams, ctx: Context) -> bool:
     """Screen: a binding of a ClusterRole that is, or may be (wildcards are resolved at the end), too powerful,
     to a subject that is not Kubernetes' own nor allowed."""
+    answer: bool = asset.derived(params.screen_key, lambda a: _powerful_candidate(a, params))
+    return answer
+
+
+def _powerful_candidate(asset: Asset, params: PowerfulRoleParams) -> bool:
     obj = asset.resource
     if is_system_object(obj) or (obj.get("roleRef") or {}).get("kind") != "ClusterRole":
         return False
