@@ -260,6 +260,8 @@ class Engine:
 
     def _run(self, asset: Asset, rules: _Rules, ctx: Context, result: Evaluation) -> None:
         skip = _skipped(asset, rules.filters) if rules.filters and self.shortcuts else frozenset()
+        if len(skip) == len(rules.rules):  # every rule's prefilter said no (or there are none)
+            return
         if rules.keys is None and not rules.needs_path:  # the usual case, kept lean: it runs for every asset
             for r in rules.rules:
                 if id(r) in skip:
