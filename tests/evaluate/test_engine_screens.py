@@ -105,10 +105,14 @@ def _bucket(name: str, members: Any) -> Asset:
     )
 
 
-def _external_rules(tmp_path: Path) -> Engine:
+def _engine(tmp_path: Path, rules_yaml: str, shortcuts: bool = True) -> Engine:
     p = tmp_path / "r.yaml"
-    p.write_text("rules:\n  - {id: external, check: iam.external_members, severity: high}\n")
-    return Engine(load_file(p), now=NOW)
+    p.write_text(rules_yaml)
+    return Engine(load_file(p), now=NOW, shortcuts=shortcuts)
+
+
+def _external_rules(tmp_path: Path) -> Engine:
+    return _engine(tmp_path, "rules:\n  - {id: external, check: iam.external_members, severity: high}\n")
 
 
 def test_external_members_are_judged_against_the_organization_seen_so_far(tmp_path: Path) -> None:
@@ -148,8 +152,7 @@ def _k8s(asset_type: str, ns: str, name: str, body: dict[str, Any]) -> Asset:
 
 def test_roles_are_kept_as_names_when_only_their_names_are_read(tmp_path: Path) -> None:
     """Tenancy by namespace name reads the names of Roles and RoleBindings: a harmless Role is kept as a stub."""
-    p = tmp_path / "r.yaml"
-    p.write_text(
+    rules = (
         "rules:\n"
         "  - id: isolation\n"
         "    check: rbac.tenant_isolation\n"
@@ -160,7 +163,7 @@ def test_roles_are_kept_as_names_when_only_their_names_are_read(tmp_path: Path) 
         "    severity: high\n"
         "    params: {tenant_namespaces: ['team-*']}\n"
     )
-    engine = Engine(load_file(p), now=NOW)
+    engine = _engine(tmp_path, rules)
     harmless = _k8s(ROLE, "team-a", "reader", {"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
     exec_rule = {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["*"]}
     dangerous = _k8s(ROLE, "team-a", "exec", {"rules": [exec_rule]})
@@ -194,8 +197,7 @@ def test_roles_are_kept_as_names_when_only_their_names_are_read(tmp_path: Path) 
 
 
 def test_a_prefilter_skips_only_the_rules_that_cannot_report(tmp_path: Path) -> None:
-    p = tmp_path / "r.yaml"
-    p.write_text(
+    rules = (
         "rules:\n"
         + "".join(
             f"  - {{id: deny-{i}, check: iam.forbidden_members, severity: high, params: {{members: ['{m}']}}}}\n"
@@ -203,7 +205,7 @@ def test_a_prefilter_skips_only_the_rules_that_cannot_report(tmp_path: Path) -> 
         )
         + "  - {id: banned, check: iam.banned_roles, severity: high, params: {roles: ['roles/owner']}}\n"
     )
-    engine = Engine(load_file(p), now=NOW)
+    engine = _engine(tmp_path, rules)
     policy = _bucket("b", ["user:ana@example.com", "group:ml-7@example.com", "user:bob@mail.example.org"])
     plan = engine._plan(BUCKET).streamed_iam
     skipped = {r.id for r in plan.rules if id(r) in _skipped(policy, plan.filters)}
@@ -229,15 +231,14 @@ def _binding(ns: str, name: str, *subjects: dict[str, str]) -> Asset:
 
 
 def test_tenant_bindings_are_judged_against_the_namespaces_read_so_far(tmp_path: Path) -> None:
-    p = tmp_path / "r.yaml"
-    p.write_text(
+    rules = (
         "rules:\n"
         "  - id: isolation\n"
         "    check: rbac.tenant_isolation\n"
         "    severity: high\n"
         "    params: {tenant_labels: [tenant], tenant_subjects: ['Group:ml-{tenant}@example.com']}\n"
     )
-    engine = Engine(load_file(p), now=NOW)
+    engine = _engine(tmp_path, rules)
     own = _binding("vision-dev", "own", {"kind": "Group", "name": "ml-vision@example.com"},
                    {"kind": "ServiceAccount", "name": "trainer", "namespace": "vision-dev"})
     crossing = _binding("vision-dev", "crossing", {"kind": "Group", "name": "ml-speech@example.com"})
@@ -251,6 +252,6 @@ def test_tenant_bindings_are_judged_against_the_namespaces_read_so_far(tmp_path:
     assert [a.name for a, _ in run.deferred] == [crossing.name, other_sa.name, unread.name]
     found = sorted((f.asset.rsplit("/", 1)[1], f.details["subject"]) for f in run.finish().findings)
     assert found == [("crossing", "Group:ml-speech@example.com"), ("other-sa", "ServiceAccount:speech-dev/x")]
-    unscreened = Engine(load_file(p), now=NOW, shortcuts=False)
+    unscreened = _engine(tmp_path, rules, shortcuts=False)
     everything = unscreened.evaluate([namespaces[0], own, crossing, other_sa, unread, *namespaces[1:]])
     assert sorted((f.asset.rsplit("/", 1)[1], f.details["subject"]) for f in everything.findings) == found
