@@ -182,7 +182,14 @@ class Auditor:
                 self.rules = load_rules(s.rules or None)
             except AuditorError as exc:
                 raise AuditorError(f"rules: {exc}") from None
-            out.result = run_scan(list(s.sources), self.rules, s.sources_options(), on_progress=self._check_cancel)
+            out.result = run_scan(
+                list(s.sources),
+                self.rules,
+                s.sources_options(),
+                on_progress=self._check_cancel,
+                jobs=s.jobs,
+                threaded=True,  # the daemon's scheduler, server and elector threads run on
+            )
             out.outcome = "success" if out.result.complete else "partial"
         except CycleAbandoned:
             out.outcome = "abandoned"

@@ -14,6 +14,7 @@ the `origin` of the assets it keeps), since the lines before a range are only co
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import sys
 from collections.abc import Callable, Iterator
@@ -56,6 +57,10 @@ _engine: Engine | None = None  # the worker's engine, built once per process
 
 def _init(rules: list[tuple[Rule, str]], now: datetime) -> None:
     global _engine
+    from auditor.scan import GC_THRESHOLD
+
+    # a worker does nothing but read and evaluate: the collector's pace of a scan (a forked worker inherits it)
+    gc.set_threshold(max(GC_THRESHOLD, gc.get_threshold()[0]), *gc.get_threshold()[1:])
     loaded = []
     for rule, origin in rules:
         spec = get_check(rule.check)
@@ -83,12 +88,20 @@ def _scan_range(job: _Range) -> _Part:
     return _Part(evaluation=evaluation, held=held, lines=source.lines_read, problems=problems)
 
 
-def _context() -> multiprocessing.context.BaseContext:
+def _context(threaded: bool) -> multiprocessing.context.BaseContext:
     # On Linux, fork: workers start at once, with the checks the parent registered, and without running the
     # caller's main module again (spawn would, so a script calling run_scan(jobs=...) would need a __main__ guard).
     # The workers only read files and run checks: no lock another parent thread may hold (a progress spinner's
-    # console) is touched in them.
-    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    # console) is touched in them. A process running many threads for good (the daemon: scheduler, HTTP server,
+    # leader election) uses a fork server instead: workers are forked from a clean single-threaded process that
+    # imported the engine once, so no lock or state of those threads reaches them.
+    if sys.platform != "linux":
+        return multiprocessing.get_context("spawn")
+    if threaded:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["auditor.parallel"])
+        return ctx
+    return multiprocessing.get_context("fork")
 
 
 def _parts(pool: ProcessPoolExecutor, jobs: list[_Range]) -> Iterator[_Part]:
@@ -101,10 +114,11 @@ def _parts(pool: ProcessPoolExecutor, jobs: list[_Range]) -> Iterator[_Part]:
 class ParallelReader:
     """Feeds an evaluation from sources, splitting each large NDJSON file over `jobs` processes."""
 
-    def __init__(self, engine: Engine, jobs: int, cluster: str) -> None:
+    def __init__(self, engine: Engine, jobs: int, cluster: str, threaded: bool = False) -> None:
         self.engine = engine
         self.jobs = max(1, jobs)
         self.cluster = cluster
+        self.threaded = threaded
         self._pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> ParallelReader:
@@ -119,7 +133,10 @@ class ParallelReader:
         if self._pool is None:
             rules = [(r.rule, r.origin) for r in self.engine.rules]
             self._pool = ProcessPoolExecutor(
-                max_workers=self.jobs, mp_context=_context(), initializer=_init, initargs=(rules, self.engine.now)
+                max_workers=self.jobs,
+                mp_context=_context(self.threaded),
+                initializer=_init,
+                initargs=(rules, self.engine.now),
             )
         return self._pool
 

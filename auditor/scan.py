@@ -129,12 +129,13 @@ def _parallel(
     jobs: int,
     cluster: str,
     on_progress: Callable[[int], None] | None,
+    threaded: bool,
 ) -> None:
     from auditor.collect.files import FileSource
     from auditor.parallel import ParallelReader
 
     run = engine.start(evaluation)
-    with ParallelReader(engine, jobs, cluster) as reader:
+    with ParallelReader(engine, jobs, cluster, threaded) as reader:
         for source in sources:
             if isinstance(source, FileSource):
                 reader.feed(source, run, on_progress)
@@ -151,11 +152,13 @@ def run_scan(
     now: datetime | None = None,
     on_progress: Callable[[int], None] | None = None,
     jobs: int = 1,
+    threaded: bool = False,
 ) -> ScanResult:
     """Scan the named sources with the given rules. Sources that cannot be opened raise SourceError.
 
     With `jobs` > 1, large uncompressed NDJSON exports are read and evaluated in that many processes (same result;
-    a malformed line is then reported once its range is read). `--strict` scans stay in one process.
+    a malformed line is then reported once its range is read). `--strict` scans stay in one process. `threaded`:
+    the caller runs other threads for good (the daemon), and workers come from a fork server (auditor/parallel.py).
     """
     options = options or SourceOptions()
     engine = Engine(rules, now=now)
@@ -171,7 +174,7 @@ def run_scan(
             select(engine.wants, evaluation.assets_by_type)
     with fewer_collections():
         if jobs > 1 and not options.strict:
-            _parallel(engine, sources, evaluation, jobs, options.cluster, on_progress)
+            _parallel(engine, sources, evaluation, jobs, options.cluster, on_progress, threaded)
         else:
             engine.evaluate(_chain(sources, on_progress), evaluation)
     elapsed = time.perf_counter() - t0

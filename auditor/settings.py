@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     rules: list[str] = Field(default_factory=list, description="Rule files or folders; empty: the shipped baseline.")
     cluster: str = Field("local", description="Cluster name for Kubernetes objects read from files.")
     strict: bool = Field(False, description="A malformed record fails the source instead of being skipped.")
+    jobs: int = Field(
+        1, ge=1, le=64, description="Processes reading a large uncompressed NDJSON export (as `auditor scan --jobs`)."
+    )
     schedule: Schedule = Field(default_factory=Schedule)  # type: ignore[arg-type]
     state_path: Path = Field(Path("drift-auditor.db"), description="The SQLite state file.")
     listen: str = Field("127.0.0.1:9477", description="host:port of the HTTP server (/metrics, /report, ...).")

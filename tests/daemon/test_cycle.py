@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,10 +18,12 @@ from auditor.cycle import Auditor, error_code, normalise_remediation
 from auditor.errors import AuditorError
 from auditor.evaluate.rulebook import load_rules
 from auditor.logs import configure
+from auditor.parallel import MIN_RANGE_BYTES
 from auditor.report.metrics import AuditorCollector
 from auditor.scan import run_scan
 from auditor.settings import load_settings
 from auditor.state import Store
+from bench.generate import generate
 from tests.daemon.support import PUBLIC_RULE, example_org, free_port, make_drift, write_config
 
 
@@ -352,3 +355,20 @@ def test_cron_schedule_with_jitter(tmp_path: Path) -> None:
     daily = Daemon(auditor.settings, auditor).trigger().get_next_fire_time(None, start)
     assert daily == datetime(2030, 1, 2, 8, 0, tzinfo=UTC)  # 09:00 in Paris is 08:00 UTC in winter
     auditor.store.close()
+
+
+def test_a_cycle_with_jobs_reads_a_large_export_in_worker_processes(tmp_path: Path, logs: io.StringIO) -> None:
+    """`jobs: 2` in the daemon: workers come from a fork server (the daemon runs threads), and the cycle finds
+    exactly what one process finds."""
+    export = tmp_path / "org" / "org.ndjson"
+    export.parent.mkdir()
+    generate(14000, export, seed=11)
+    assert export.stat().st_size > 2 * MIN_RANGE_BYTES  # large enough to be split
+    one = run_scan([str(export)], load_rules(), load_settings(write_config(tmp_path / "c1.yaml")).sources_options())
+    cfg = write_config(tmp_path / "config.yaml", sources=[str(export)], jobs=2)
+    auditor = make_auditor(cfg)
+    assert auditor.settings.jobs == 2
+    out = auditor.run_cycle()
+    assert out.outcome == "success" and out.result is not None
+    assert [f.id for f in out.result.findings] == [f.id for f in one.findings] and one.findings
+    assert multiprocessing.active_children() == []  # the workers are gone once the cycle ends
