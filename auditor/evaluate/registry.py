@@ -120,7 +120,8 @@ def check(
     """Register a check. `iam=True`: it reads the IAM policy, and only assets that carry one are given to it.
 
     `context`: asset types the check reads besides its own asset (it then runs once the snapshot is read);
-    `context_names`: types of which it reads only the names; `screen`: see CheckSpec.
+    `context_names`: types of which it reads only the names; `screen`, `screen_reads_context`: see CheckSpec;
+    `prefilter`: see Prefilter.
     """
 
     def deco(
