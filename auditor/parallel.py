@@ -1,9 +1,11 @@
-"""Collect and evaluate over several processes: one large NDJSON export read in byte ranges, in parallel.
+"""Collect and evaluate over several processes: a large NDJSON export read in byte ranges, in parallel, and the
+shards of a sharded export (plain or gzip) read a whole file per worker.
 
-Each worker reads whole lines of its range, skips what no rule reads, runs the streamed checks and returns its
-findings, counts and errors, together with the assets that checks with context need at the end. The parent absorbs
-the parts in file order, then runs the checks with context once over the whole snapshot, so the result is the one a
-single process gives: same findings in the same order, same counts, same problems with the same line numbers.
+Each worker reads whole lines of its range (or its whole file), skips what no rule reads, runs the streamed checks
+and returns its findings, counts and errors, together with the assets that checks with context need at the end. The
+parent absorbs the parts in file order, then runs the checks with context once over the whole snapshot, so the
+result is the one a single process gives: same findings in the same order, same counts, same problems with the same
+line numbers.
 
 The checks with context stay in the parent: run in forked workers, they took 3 s off a million-asset scan but
 more than doubled its memory (each worker copied the pages of the snapshot it touched and built its own indexes).
@@ -40,7 +42,7 @@ MIN_RANGE_BYTES = 8 << 20
 class _Range:
     path: str
     start: int
-    end: int
+    end: int  # -1: the whole file (a shard, perhaps compressed)
     cluster: str
 
 
@@ -79,7 +81,7 @@ def _scan_range(job: _Range) -> _Part:
     held: list[Held] = []
     run = engine.start(evaluation, on_held=held.append)
     path = Path(job.path)
-    run.feed(source.range_assets(path, job.start, job.end))
+    run.feed(source.file_assets(path) if job.end < 0 else source.range_assets(path, job.start, job.end))
     prefix = f"{path}:"
     problems = []
     for msg in source.status.errors:  # "path:line: reason", as FileSource writes them
@@ -142,24 +144,57 @@ class ParallelReader:
 
     def feed(self, source: FileSource, run: EvaluationRun, on_asset: Callable[[int], None] | None) -> None:
         """Every asset of the source, in order: large NDJSON files in parallel ranges, other files here."""
+        plan = self._plan(source)
+        batch: list[_Range] = []  # consecutive files' jobs, run together so that small shards share the workers
+        for f, jobs in plan:
+            if jobs is not None:
+                batch += jobs
+                continue
+            self._run(batch, source, run, on_asset)
+            batch = []
+            run.feed(self._progress(source, source.file_assets(f), on_asset))
+        self._run(batch, source, run, on_asset)
+        source.finish()
+
+    def _plan(self, source: FileSource) -> list[tuple[Path, list[_Range] | None]]:
+        """Each file with its jobs: byte ranges of a large uncompressed NDJSON file, the whole file for an NDJSON
+        shard (gzip or not), None for what is read here (JSON documents, Kubernetes lists, and everything when the
+        files to share out are too small to be worth a worker)."""
+        out: list[tuple[Path, list[_Range] | None]] = []
+        shared = 0
         for f in source.files:
             ranges = source.split(f, self.jobs * RANGES_PER_JOB, MIN_RANGE_BYTES)
-            if ranges is None or len(ranges) < 2:
-                run.feed(self._progress(source, source.file_assets(f), on_asset))
+            if ranges is not None and len(ranges) > 1:
+                out.append((f, [_Range(str(f), start, end, self.cluster) for start, end in ranges]))
+            elif source.is_ndjson(f):
+                out.append((f, [_Range(str(f), 0, -1, self.cluster)]))
+            else:
+                out.append((f, None))
                 continue
-            jobs = [_Range(str(f), start, end, self.cluster) for start, end in ranges]
-            base = 1  # line number of the first line of the next range
-            for part in _parts(self._executor(), jobs):
-                for line, reason in part.problems:
-                    source.report(f"{f}:{base + line - 1}", reason)
-                for asset, _ in part.held:
-                    asset.renumber(base - 1)
-                source.status.assets += sum(part.evaluation.assets_by_type.values())
-                run.absorb(part.evaluation, part.held)
-                base += part.lines
-                if on_asset is not None:
-                    on_asset(source.status.assets)
-        source.finish()
+            shared += f.stat().st_size
+        if shared < 2 * MIN_RANGE_BYTES:
+            return [(f, None) for f, _ in out]
+        return out
+
+    def _run(
+        self, jobs: list[_Range], source: FileSource, run: EvaluationRun, on_asset: Callable[[int], None] | None
+    ) -> None:
+        """Run the jobs in the workers; absorb their parts in order, numbering lines per file."""
+        if not jobs:
+            return
+        base, path = 1, ""  # line number of the first line of the next range of `path`
+        for job, part in zip(jobs, _parts(self._executor(), jobs), strict=True):
+            if job.path != path:
+                base, path = 1, job.path
+            for line, reason in part.problems:
+                source.report(f"{path}:{base + line - 1}", reason)
+            for asset, _ in part.held:
+                asset.renumber(base - 1)
+            source.status.assets += sum(part.evaluation.assets_by_type.values())
+            run.absorb(part.evaluation, part.held)
+            base += part.lines
+            if on_asset is not None:
+                on_asset(source.status.assets)
 
     @staticmethod
     def _progress(

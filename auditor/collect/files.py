@@ -165,24 +165,35 @@ class FileSource:
             self.status.fail("*", f"{self.status.skipped} malformed record(s) skipped; first: {self.status.errors[0]}")
 
     # -- parts of one NDJSON file, for readers in several processes ------------------------------------------------
+    def is_ndjson(self, path: Path) -> bool:
+        """Whether the file (gzip or not) reads as NDJSON: its first line is one asset, not a document's start."""
+        if path.name.lower().removesuffix(".gz").endswith(_YAML_SUFFIXES):
+            return False
+        try:
+            with _open(path) as fh:
+                stripped = fh.readline().strip()
+        except (OSError, EOFError):
+            return False  # read where it is reported: in one process
+        if not stripped:
+            return True
+        try:
+            head = _any_decoder.decode(stripped) if stripped.startswith(b"{") else None
+        except msgspec.DecodeError:
+            return False
+        return isinstance(head, dict) and not ("kind" in head and "items" in head) and "assets" not in head
+
+    @staticmethod
+    def is_gzip(path: Path) -> bool:
+        with open(path, "rb") as fh:
+            return fh.read(2) == b"\x1f\x8b"
+
     def split(self, path: Path, parts: int, min_bytes: int = 8 << 20) -> list[tuple[int, int]] | None:
         """Byte ranges of whole lines dividing an uncompressed NDJSON export into up to `parts` pieces of at least
         `min_bytes`; None for anything else (gzip, a JSON document, a Kubernetes list, YAML)."""
-        if path.name.lower().endswith(_YAML_SUFFIXES):
+        if self.is_gzip(path) or not self.is_ndjson(path):
             return None
         size = path.stat().st_size
         with open(path, "rb") as fh:
-            if fh.read(2) == b"\x1f\x8b":
-                return None
-            fh.seek(0)
-            stripped = fh.readline().strip()
-            if stripped:
-                try:
-                    head = _any_decoder.decode(stripped) if stripped.startswith(b"{") else None
-                except msgspec.DecodeError:
-                    head = None
-                if not isinstance(head, dict) or ("kind" in head and "items" in head) or "assets" in head:
-                    return None
             parts = max(1, min(parts, size // max(min_bytes, 1)))
             cuts = [0]
             for i in range(1, parts):

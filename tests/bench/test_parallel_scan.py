@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import subprocess
@@ -13,8 +14,9 @@ import pytest
 
 from auditor.collect import SourceOptions
 from auditor.collect.files import FileSource
+from auditor.evaluate.engine import Engine
 from auditor.evaluate.rulebook import load_rules
-from auditor.parallel import MIN_RANGE_BYTES
+from auditor.parallel import MIN_RANGE_BYTES, ParallelReader
 from auditor.scan import run_scan
 from bench.generate import generate
 
@@ -111,3 +113,30 @@ def test_mixed_sources_with_jobs_match_one_process(tmp_path: Path, shared_data: 
     parallel, _ = _scan(folder, 2)
     assert parallel == serial
     assert parallel["summary"]["assets"] > 3000
+
+
+def test_a_sharded_export_is_read_a_shard_per_worker(export: tuple[Path, dict[int, str]], tmp_path: Path) -> None:
+    """The shards of an export (plain or gzip) each go to a worker whole; a Kubernetes list between them is read
+    in the parent, in its place; results, problems and their line numbers are those of one process."""
+    path, _ = export
+    lines = path.read_bytes().splitlines(keepends=True)
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    a, b = len(lines) * 9 // 20, len(lines) * 11 // 20  # the plain shards must weigh enough to be worth workers
+    (folder / "part-0.ndjson").write_bytes(b"".join(lines[:a]))
+    (folder / "part-1.ndjson.gz").write_bytes(gzip.compress(b"".join(lines[a:b])))
+    (folder / "part-1b.yaml").write_text("apiVersion: v1\nkind: List\nitems: []\n")
+    (folder / "part-2.ndjson").write_bytes(b"".join([lines[b], b"{broken\n", *lines[b + 1 :]]))
+    source = FileSource(str(folder), SourceOptions())
+    plan = ParallelReader(Engine(load_rules()), 2, "local")._plan(source)
+    assert [(f.name, None if jobs is None else [(j.start, j.end) for j in jobs]) for f, jobs in plan] == [
+        ("part-0.ndjson", [(0, -1)]),
+        ("part-1.ndjson.gz", [(0, -1)]),
+        ("part-1b.yaml", None),
+        ("part-2.ndjson", [(0, -1)]),
+    ]
+    serial, serial_problems = _scan(folder, 1)
+    parallel, parallel_problems = _scan(folder, 2)
+    assert parallel == serial and serial["findings"]
+    assert parallel_problems == serial_problems
+    assert [p.split(": ", 1)[0] for p in parallel_problems][-1] == f"{folder / 'part-2.ndjson'}:2"
