@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import msgspec
 
@@ -1041,7 +1041,7 @@ def generate(n_assets: int, output: str | Path, *, seed: int = 7, compress: bool
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as raw:
-        fh: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) if compress else raw
+        fh = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0)) if compress else raw
         writer = _Writer(fh, n_assets)
         with contextlib.suppress(_Full):
             _Org(writer, random.Random(seed)).run()
@@ -1055,7 +1055,7 @@ def iter_lines(path: str | Path) -> Iterator[bytes]:
     """The lines of a generated file, gzip or not (for tests)."""
     with open(path, "rb") as raw:
         gz = raw.read(2) == b"\x1f\x8b"
-    fh: IO[bytes] = gzip.open(path, "rb") if gz else open(path, "rb")  # noqa: SIM115 - closed below
+    fh = cast(IO[bytes], gzip.open(path, "rb")) if gz else open(path, "rb")  # noqa: SIM115 - closed below
     with fh:
         yield from fh
 

@@ -148,7 +148,7 @@ def measure(kind: str, path: Path, rules_dir: str | None, jobs: int) -> dict[str
 
 
 def rule_costs(path: Path, rules_dir: str | None) -> dict[str, float]:
-    """CPU seconds spent in each rule's check over the whole file (the checks timed one call at a time)."""
+    """CPU seconds spent in each rule's check and screen over the whole file (timed one call at a time)."""
     import dataclasses
 
     from auditor.evaluate.rulebook import load_rules
@@ -157,7 +157,7 @@ def rule_costs(path: Path, rules_dir: str | None) -> dict[str, float]:
     spent: dict[str, float] = {}
     rules = load_rules([rules_dir] if rules_dir else None)
     for r in rules:
-        fn = r.spec.fn
+        fn, screen = r.spec.fn, r.spec.screen
 
         def timed(asset: Any, params: Any, ctx: Any, _fn: Any = fn, _id: str = r.id) -> list[Any]:
             t = time.process_time()
@@ -166,7 +166,14 @@ def rule_costs(path: Path, rules_dir: str | None) -> dict[str, float]:
             finally:
                 spent[_id] = spent.get(_id, 0.0) + time.process_time() - t
 
-        r.spec = dataclasses.replace(r.spec, fn=timed)
+        def timed_screen(asset: Any, params: Any, ctx: Any, _fn: Any = screen, _id: str = r.id) -> bool:
+            t = time.process_time()
+            try:
+                return bool(_fn(asset, params, ctx))
+            finally:
+                spent[_id] = spent.get(_id, 0.0) + time.process_time() - t
+
+        r.spec = dataclasses.replace(r.spec, fn=timed, screen=timed_screen if screen is not None else None)
     t0 = time.process_time()
     run_scan([str(path)], rules)
     spent["(everything else: reading, decoding, engine)"] = time.process_time() - t0 - sum(spent.values())
