@@ -57,7 +57,7 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -274,6 +274,19 @@ def describe_error(
     return f"{type(exc).__name__} for {what}: {message}"
 
 
+@dataclass
+class _Reading:
+    """What the listings of one ListAssets read share: the URL, an HTTP session per thread, the hand-over to the
+    consumer, the stop flag, and the read time the first page fixes (the others wait for it behind `gate`)."""
+
+    url: str
+    session: Callable[[], Any]
+    put: Callable[[tuple[str, Any]], None]
+    stop: threading.Event
+    read_time: str | None
+    gate: threading.Lock = field(default_factory=threading.Lock)
+
+
 class _Stop(Exception):
     """The consumer went away; workers end quietly."""
 
@@ -369,8 +382,6 @@ class AssetInventorySource:
         sessions: list[Any] = []
         out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=self.concurrency * 2)
         stop = self._stop = threading.Event()
-        gate = threading.Lock()  # the first request fixes the read time; the others wait for it
-        read_time: list[str | None] = [_fmt_time(self.read_time) if self.read_time else None]
 
         def put(item: tuple[str, Any]) -> None:
             while not stop.is_set():
@@ -381,12 +392,14 @@ class AssetInventorySource:
                     continue
             raise _Stop
 
-        url = f"{base}/v1/{self.scope}/assets"
+        reading = _Reading(
+            f"{base}/v1/{self.scope}/assets", session, put, stop, _fmt_time(self.read_time) if self.read_time else None
+        )
 
         def read(batch: Batch) -> None:
             pages: list[int] = [0]
             try:
-                self._run_listing(url, session, batch, read_time, gate, put, stop, pages)
+                self._run_listing(reading, batch, pages)
             except (_Stop, SourceError):
                 raise
             except Exception as exc:  # recorded as incomplete types; never takes the other listings down
@@ -435,45 +448,24 @@ class AssetInventorySource:
             pool.shutdown(wait=True, cancel_futures=True)
             for s in sessions:
                 s.close()
-        if read_time[0] is not None:
-            self.status.read_time = read_time[0]
+        if reading.read_time is not None:
+            self.status.read_time = reading.read_time
 
-    def _run_listing(
-        self,
-        url: str,
-        session: Callable[[], Any],
-        listing: Batch,
-        read_time: list[str | None],
-        gate: threading.Lock,
-        put: Callable[[tuple[str, Any]], None],
-        stop: threading.Event,
-        pages: list[int],
-    ) -> None:
+    def _run_listing(self, reading: _Reading, listing: Batch, pages: list[int]) -> None:
         bad = [0]
         try:
-            self._read_pages(url, session, listing, read_time, gate, put, stop, pages, bad)
+            self._read_pages(reading, listing, pages, bad)
         finally:
             if bad[0]:
                 reason = f"{bad[0]} malformed asset(s) skipped; first: {self._first_problem}"
                 for x in listing.listings:
                     self.status.fail(x.failure_key, reason)
 
-    def _read_pages(
-        self,
-        url: str,
-        session: Callable[[], Any],
-        listing: Batch,
-        read_time: list[str | None],
-        gate: threading.Lock,
-        put: Callable[[tuple[str, Any]], None],
-        stop: threading.Event,
-        pages: list[int],
-        bad: list[int],
-    ) -> None:
+    def _read_pages(self, reading: _Reading, listing: Batch, pages: list[int], bad: list[int]) -> None:
         token = ""
         page_no = 0
         while True:
-            if stop.is_set():
+            if reading.stop.is_set():
                 raise _Stop
             # The parameters the google-cloud-asset REST client sends (enums as integers).
             params: list[tuple[str, str]] = [("assetTypes", t) for t in listing.asset_types]
@@ -485,13 +477,13 @@ class AssetInventorySource:
             if token:
                 params.append(("pageToken", token))
             page = None
-            if read_time[0] is None:
-                with gate:  # held only by the one request that fixes the read time
-                    if read_time[0] is None:
-                        page = self._page(session, url, params)
-                        read_time[0] = page.readTime or _fmt_time(datetime.now(UTC))
+            if reading.read_time is None:
+                with reading.gate:  # held only by the one request that fixes the read time
+                    if reading.read_time is None:
+                        page = self._page(reading.session, reading.url, params)
+                        reading.read_time = page.readTime or _fmt_time(datetime.now(UTC))
             if page is None:
-                page = self._page(session, url, [*params, ("readTime", str(read_time[0]))])
+                page = self._page(reading.session, reading.url, [*params, ("readTime", str(reading.read_time))])
             page_no += 1
             pages[0] = page_no
             origin = f"{self.uri} {listing} page {page_no}"
@@ -503,7 +495,7 @@ class AssetInventorySource:
                     # One bad record is reported and skipped, as in a file; its types are then incomplete.
                     self._problem(f"{origin} item {i}", str(exc))
                     bad[0] += 1
-            put(("assets", assets))
+            reading.put(("assets", assets))
             token = page.nextPageToken
             if not token:
                 return
