@@ -26,6 +26,7 @@ from auditor.evaluate.checks.iam import (
     HIERARCHY_TYPES,
     PROJECT,
     MemberFilter,
+    grants,
     hierarchy_index,
     member_violation,
     roles_prefilter,
@@ -101,16 +102,13 @@ class GkeIamParams(MemberFilter):
     )
 
 
-def _grants(asset: Asset, params: MemberFilter, roles: list[str], member: str = "") -> bool:
+def _grants_to(asset: Asset, params: MemberFilter, roles: list[str], member: str = "") -> bool:
     """Screen: whether the policy grants one of `roles` to a member (containing `member`) the rule judges."""
-    return any(
-        any_match(roles, b.role) and any(member in m and not params.skipped(m, b.role) for m in b.members)
-        for b in asset_bindings(asset)
-    )
+    return any(member in m and not params.skipped(m, b.role) for b, m in grants(asset, roles))
 
 
 def _screen_gke_grants(asset: Asset, params: GkeIamParams, ctx: Context) -> bool:
-    return _grants(asset, params, params.roles)
+    return _grants_to(asset, params, params.roles)
 
 
 @check(
@@ -152,21 +150,18 @@ def gke_iam_reaches_clusters(asset: Asset, params: GkeIamParams, ctx: Context) -
         return
     level = asset.asset_type.rsplit("/", 1)[-1].lower()
     reach = ", ".join(clusters[:3]) + (f" and {len(clusters) - 3} more" if len(clusters) > 3 else "")
-    for b in asset_bindings(asset):
-        if not any_match(params.roles, b.role):
+    for b, m in grants(asset, params.roles):
+        if params.skipped(m, b.role):
             continue
-        for m in b.members:
-            if params.skipped(m, b.role):
-                continue
-            what = f"{len(clusters)} cluster(s): {reach}" if clusters else "every cluster created in it"
-            yield member_violation(
-                b,
-                m,
-                f"{m} holds {b.role} on the {level}, which gives it that power inside {what}",
-                clusters=clusters,
-                cluster_count=len(clusters),
-                level=level,
-            )
+        what = f"{len(clusters)} cluster(s): {reach}" if clusters else "every cluster created in it"
+        yield member_violation(
+            b,
+            m,
+            f"{m} holds {b.role} on the {level}, which gives it that power inside {what}",
+            clusters=clusters,
+            cluster_count=len(clusters),
+            level=level,
+        )
 
 
 SERVICE_ACCOUNT = "iam.googleapis.com/ServiceAccount"
@@ -209,7 +204,9 @@ class WorkloadIdentityParams(MemberFilter):
 
 
 def _screen_workload_identity(asset: Asset, params: WorkloadIdentityParams, ctx: Context) -> bool:
-    return _service_account_email(asset) is not None and _grants(asset, params, params.binding_roles, ".svc.id.goog[")
+    if _service_account_email(asset) is None:
+        return False
+    return _grants_to(asset, params, params.binding_roles, ".svc.id.goog[")
 
 
 @check(
@@ -240,25 +237,22 @@ def workload_identity_privileges(asset: Asset, params: WorkloadIdentityParams, c
     email = _service_account_email(asset)
     if email is None:
         return
-    grants = [
+    powers = [
         (where, role, cond)
         for where, role, cond in _grants_by_member(ctx).get(f"serviceaccount:{email.lower()}", ())
         if any_match(params.roles, role) and not params.skipped(f"serviceAccount:{email}", role)
     ]
-    if not grants:
+    if not powers:
         return
-    held = sorted({f"{role} on {where}" + (f" (condition: {cond})" if cond else "") for where, role, cond in grants})
-    for b in asset_bindings(asset):
-        if not any_match(params.binding_roles, b.role):
+    held = sorted({f"{role} on {where}" + (f" (condition: {cond})" if cond else "") for where, role, cond in powers})
+    for b, m in grants(asset, params.binding_roles):
+        if ".svc.id.goog[" not in m or params.skipped(m, b.role):
             continue
-        for m in b.members:
-            if ".svc.id.goog[" not in m or params.skipped(m, b.role):
-                continue
-            yield member_violation(
-                b,
-                m,
-                f"Kubernetes service account {m.split(':', 1)[-1]} acts as {email}, which holds {', '.join(held[:3])}"
-                + (f" and {len(held) - 3} more" if len(held) > 3 else ""),
-                service_account=email,
-                grants=held,
-            )
+        yield member_violation(
+            b,
+            m,
+            f"Kubernetes service account {m.split(':', 1)[-1]} acts as {email}, which holds {', '.join(held[:3])}"
+            + (f" and {len(held) - 3} more" if len(held) > 3 else ""),
+            service_account=email,
+            grants=held,
+        )

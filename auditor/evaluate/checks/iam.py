@@ -76,6 +76,14 @@ def any_member_match(patterns: Sequence[str], member: str) -> bool:
     return rx is not None and rx.match(member) is not None
 
 
+def grants(asset: Asset, roles: Sequence[str]) -> Iterator[tuple[Binding, str]]:
+    """(binding, member) for every member of the asset's bindings whose role matches one of the role globs."""
+    for b in asset_bindings(asset):
+        if any_match(roles, b.role):
+            for m in b.members:
+                yield b, m
+
+
 def _lines(values: Iterable[str]) -> str | None:
     values = list(values)
     # A value with a line break (never a real member or role) cannot be searched for in lines: None, run the rules.
@@ -152,12 +160,9 @@ def forbidden_members(asset: Asset, params: ForbiddenMembersParams, ctx: Context
         except_members: []              # optional member globs
     ```
     """
-    for b in asset_bindings(asset):
-        if not any_match(params.roles, b.role):
-            continue
-        for m in b.members:
-            if any_member_match(params.members, m) and not any_member_match(params.except_members, m):
-                yield member_violation(b, m, f"{m} holds {b.role}")
+    for b, m in grants(asset, params.roles):
+        if any_member_match(params.members, m) and not any_member_match(params.except_members, m):
+            yield member_violation(b, m, f"{m} holds {b.role}")
 
 
 class AllowedMembersParams(MemberFilter):
@@ -179,13 +184,10 @@ def allowed_members(asset: Asset, params: AllowedMembersParams, ctx: Context) ->
         members: ["group:platform-admins@example.com", "group:break-glass@example.com"]
     ```
     """
-    for b in asset_bindings(asset):
-        if not any_match(params.roles, b.role):
+    for b, m in grants(asset, params.roles):
+        if any_member_match(params.members, m) or params.skipped(m, b.role):
             continue
-        for m in b.members:
-            if any_member_match(params.members, m) or params.skipped(m, b.role):
-                continue
-            yield member_violation(b, m, f"{m} holds {b.role} but is not an allowed member")
+        yield member_violation(b, m, f"{m} holds {b.role} but is not an allowed member")
 
 
 class DomainParams(MemberFilter):
@@ -237,20 +239,17 @@ def _domain_violations(
     grows here. Domains and projects can only be added to, never removed, while it is in use."""
     listed = sorted(domains)
     allowed = ", ".join(listed[:3]) + (f" and {len(listed) - 3} more domains" if len(listed) > 3 else "")
-    for b in asset_bindings(asset):
-        if not any_match(params.roles, b.role):
+    for b, m in grants(asset, params.roles):
+        if m in inside:
             continue
-        for m in b.members:
-            if m in inside:
-                continue
-            if _outside(m, b.role, params, domains, projects):
-                parsed = parse_member(m)
-                where = f"domain {parsed.domain}" if parsed.domain else "no domain"
-                yield member_violation(b, m, f"{m} ({where}) holds {b.role} but is outside {allowed}")
-            else:
-                if len(inside) >= 20_000:
-                    inside.clear()
-                inside.add(m)
+        if _outside(m, b.role, params, domains, projects):
+            parsed = parse_member(m)
+            where = f"domain {parsed.domain}" if parsed.domain else "no domain"
+            yield member_violation(b, m, f"{m} ({where}) holds {b.role} but is outside {allowed}")
+        else:
+            if len(inside) >= 20_000:
+                inside.clear()
+            inside.add(m)
 
 
 def _inside(ctx: Context, params: DomainParams, key: str) -> set[str]:
@@ -394,12 +393,9 @@ def banned_roles(asset: Asset, params: BannedRolesParams, ctx: Context) -> Itera
         except_members: ["group:break-glass@example.com"]
     ```
     """
-    for b in asset_bindings(asset):
-        if not any_match(params.roles, b.role):
-            continue
-        for m in b.members:
-            if not params.skipped(m, b.role):
-                yield member_violation(b, m, f"{m} holds banned role {b.role}")
+    for b, m in grants(asset, params.roles):
+        if not params.skipped(m, b.role):
+            yield member_violation(b, m, f"{m} holds banned role {b.role}")
 
 
 class AllowedRolesParams(MemberFilter):
@@ -489,13 +485,10 @@ def service_account_admin_roles(asset: Asset, params: SAAdminParams, ctx: Contex
         except_members: ["serviceAccount:terraform@seed-project.iam.gserviceaccount.com"]
     ```
     """
-    for b in asset_bindings(asset):
-        if not any_match(params.roles, b.role):
+    for b, m in grants(asset, params.roles):
+        if parse_member(m).type != "serviceAccount" or params.skipped(m, b.role):
             continue
-        for m in b.members:
-            if parse_member(m).type != "serviceAccount" or params.skipped(m, b.role):
-                continue
-            yield member_violation(b, m, f"service account {parse_member(m).value} holds admin-level role {b.role}")
+        yield member_violation(b, m, f"service account {parse_member(m).value} holds admin-level role {b.role}")
 
 
 class ImpersonationParams(MemberFilter):
@@ -518,14 +511,11 @@ def project_level_impersonation(asset: Asset, params: ImpersonationParams, ctx: 
     ```
     """
     level = asset.asset_type.rsplit("/", 1)[-1].lower()
-    for b in asset_bindings(asset):
-        if not any_match(params.roles, b.role):
-            continue
-        for m in b.members:
-            if not params.skipped(m, b.role):
-                yield member_violation(
-                    b, m, f"{m} holds {b.role} on the {level}: it can act as every service account in it", level=level
-                )
+    for b, m in grants(asset, params.roles):
+        if not params.skipped(m, b.role):
+            yield member_violation(
+                b, m, f"{m} holds {b.role} on the {level}: it can act as every service account in it", level=level
+            )
 
 
 class KeyParams(Params):
