@@ -11,21 +11,10 @@ from click.testing import CliRunner
 
 from auditor.cli import cli
 from tests.fakes.gcp import FakeGcp
-from tests.remediations.conftest import ORG
+from tests.remediations.conftest import ORG, remediation_rules
 from tests.remediations.test_cycle import org  # noqa: F401 - fixture
 
-RULES = """
-- id: armor-no-open-allow
-  check: cloud_armor.no_open_allow
-  severity: high
-  mode: dryrun
-  remediation: cloud_armor.remove_rule
-- id: armor-default-deny
-  check: cloud_armor.default_rule_denies
-  severity: high
-  mode: dryrun
-  remediation: cloud_armor.set_default_deny
-"""
+RULES = remediation_rules(open_allow="dryrun")
 
 
 def _run(*args: str, input: str | None = None) -> Any:

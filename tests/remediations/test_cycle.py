@@ -13,29 +13,10 @@ from auditor.settings import Settings
 from remediations.cycle import elector_for, run_remediation
 from remediations.leader import AlwaysLeader, FileLockElector
 from tests.fakes.gcp import FakeGcp
-from tests.remediations.conftest import ORG
+from tests.remediations.conftest import ORG, remediation_rules
 
 SOURCE = f"cai://{ORG}"
-RULES = """
-rules:
-  - id: armor-no-open-allow
-    check: cloud_armor.no_open_allow
-    severity: high
-    mode: enforce
-    remediation: cloud_armor.remove_rule
-  - id: armor-default-deny
-    check: cloud_armor.default_rule_denies
-    severity: high
-    mode: dryrun
-    remediation: cloud_armor.set_default_deny
-  - id: no-basic-roles
-    check: iam.banned_roles
-    severity: high
-    match: {asset_types: [cloudresourcemanager.googleapis.com/Project]}
-    params: {roles: [roles/editor]}
-    mode: audit
-    remediation: iam.remove_member
-"""
+RULES = remediation_rules(basic_roles=["roles/editor"], basic_roles_mode="audit")
 
 
 @pytest.fixture

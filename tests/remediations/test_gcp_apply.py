@@ -22,32 +22,13 @@ from remediations.plan import Plan
 from remediations.planning import plan_from_scan
 from remediations.writers import writers
 from tests.fakes.gcp import FakeGcp
-from tests.remediations.conftest import ORG
+from tests.remediations.conftest import ORG, remediation_rules
 
 SOURCE = f"cai://{ORG}"
 PROJECT = "projects/401000000003"
 POLICY = ("ml-research-sandbox", "notebook-gateway")
 
-RULES = """
-rules:
-  - id: no-basic-roles
-    check: iam.banned_roles
-    severity: high
-    match: {asset_types: [cloudresourcemanager.googleapis.com/Project]}
-    params: {roles: [roles/owner, roles/editor]}
-    mode: dryrun
-    remediation: iam.remove_member
-  - id: armor-no-open-allow
-    check: cloud_armor.no_open_allow
-    severity: high
-    mode: enforce
-    remediation: cloud_armor.remove_rule
-  - id: armor-default-deny
-    check: cloud_armor.default_rule_denies
-    severity: high
-    mode: dryrun
-    remediation: cloud_armor.set_default_deny
-"""
+RULES = remediation_rules(basic_roles=["roles/owner", "roles/editor"])
 
 
 @pytest.fixture

@@ -13,17 +13,10 @@ import yaml
 
 from tests.daemon.support import Served, wait_until
 from tests.fakes.gcp import FakeGcp
-from tests.remediations.conftest import ORG
+from tests.remediations.conftest import ORG, remediation_rules
 from tests.remediations.kube import KubeServer
 
-RULES = """
-rules:
-  - id: armor-no-open-allow
-    check: cloud_armor.no_open_allow
-    severity: high
-    mode: enforce
-    remediation: cloud_armor.remove_rule
-"""
+RULES = remediation_rules(default_deny=None)
 POLICY = ("ml-research-sandbox", "notebook-gateway")
 OPEN_RULE = 500
 
