@@ -530,6 +530,21 @@ _NAMESPACED = (ROLE, ROLE_BINDING, RESOURCE_QUOTA, NETWORK_POLICY)
 # Tenancy reads the Namespaces (labels), and the names of the Roles and RoleBindings (namespaces known by name only).
 TENANT_CONTEXT = [NAMESPACE]
 TENANT_CONTEXT_NAMES = [ROLE, ROLE_BINDING]
+_Check = Callable[[Asset, Any, Context], Iterable[Violation]]
+
+
+def tenant_check(
+    name: str, *, params: type[TenantParams], asset_types: list[str], screen: Callable[..., bool] | None = None
+) -> Callable[[_Check], _Check]:
+    """Register a check that judges against tenancy: it reads the tenancy context."""
+    return check(
+        name,
+        params=params,
+        asset_types=asset_types,
+        context=TENANT_CONTEXT,
+        context_names=TENANT_CONTEXT_NAMES,
+        screen=screen,
+    )
 
 
 def _tenant_names(ctx: Context, params: TenantParams) -> Tenancy:
@@ -605,14 +620,7 @@ def _screen_isolation(asset: Asset, params: TenantParams, ctx: Context) -> bool:
     return False
 
 
-@check(
-    "rbac.tenant_isolation",
-    params=TenantParams,
-    asset_types=[ROLE_BINDING],
-    context=TENANT_CONTEXT,
-    context_names=TENANT_CONTEXT_NAMES,
-    screen=_screen_isolation,
-)
+@tenant_check("rbac.tenant_isolation", params=TenantParams, asset_types=[ROLE_BINDING], screen=_screen_isolation)
 def tenant_isolation(asset: Asset, params: TenantParams, ctx: Context) -> Iterator[Violation]:
     """A RoleBinding in a tenant namespace binds only that tenant's subjects.
 
@@ -674,12 +682,10 @@ def _screen_tenant_cluster_binding(asset: Asset, params: TenantClusterBindingPar
     return _judged_subjects(asset, params) and not (params.allowed_roles and any_match(params.allowed_roles, role))
 
 
-@check(
+@tenant_check(
     "rbac.no_tenant_cluster_binding",
     params=TenantClusterBindingParams,
     asset_types=[CLUSTER_ROLE_BINDING],
-    context=TENANT_CONTEXT,
-    context_names=TENANT_CONTEXT_NAMES,
     screen=_screen_tenant_cluster_binding,
 )
 def no_tenant_cluster_binding(asset: Asset, params: TenantClusterBindingParams, ctx: Context) -> Iterator[Violation]:
@@ -802,12 +808,10 @@ def _screen_dangerous_rules(asset: Asset, params: DangerousRulesParams, ctx: Con
     return not is_system_object(asset.resource) and bool(_dangerous_rules(asset, params))
 
 
-@check(
+@tenant_check(
     "rbac.tenant_role_dangerous_rules",
     params=DangerousRulesParams,
     asset_types=[ROLE],
-    context=TENANT_CONTEXT,
-    context_names=TENANT_CONTEXT_NAMES,
     screen=_screen_dangerous_rules,
 )
 def tenant_role_dangerous_rules(asset: Asset, params: DangerousRulesParams, ctx: Context) -> Iterator[Violation]:
@@ -952,13 +956,7 @@ def _index(ctx: Context, asset_type: str) -> dict[tuple[str, str], set[str]]:
     return ctx.memo(f"rbac.index.{asset_type}", build)
 
 
-@check(
-    "rbac.tenant_desired_state",
-    params=TenantDesiredStateParams,
-    asset_types=[NAMESPACE, ROLE, ROLE_BINDING],
-    context=TENANT_CONTEXT,
-    context_names=TENANT_CONTEXT_NAMES,
-)
+@tenant_check("rbac.tenant_desired_state", params=TenantDesiredStateParams, asset_types=[NAMESPACE, ROLE, ROLE_BINDING])
 def tenant_desired_state(asset: Asset, params: TenantDesiredStateParams, ctx: Context) -> Iterator[Violation]:
     """Every tenant namespace has exactly the declared Roles and RoleBindings, and nothing else.
 
