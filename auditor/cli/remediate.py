@@ -142,6 +142,16 @@ def _confirm(question: str, yes: bool) -> bool:
     return click.confirm(question, default=False)
 
 
+def _finish(report: ApplyReport, as_json: bool) -> None:
+    """Print what an apply or a rollback did; exit 1 unless every change went through."""
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_report(report)
+    if not report.ok:
+        sys.exit(1)
+
+
 def _print_report(report: ApplyReport) -> None:
     console = Console(stderr=False, emoji=False, highlight=False)
     if console.is_terminal and report.results:
@@ -204,12 +214,7 @@ def apply_command(
         report = apply_plan(plan, writers(d.gcp_endpoint, _kube_contexts(kube_contexts)), journal, cfg,
                             approved=approved, actor="operator",
                             cap=max_changes if max_changes is not None else d.max_changes)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        _print_report(report)
-    if not report.ok:
-        sys.exit(1)
+    _finish(report, as_json)
 
 
 @click.command("rollback")
@@ -259,12 +264,7 @@ def rollback_command(
         cfg = GuardConfig(auditor_identities=_split(identities), protected_principals=d.protected + _split(protected))
         report = rollback(apply_id, writers(d.gcp_endpoint, _kube_contexts(kube_contexts)), journal, cfg,
                           approved=approved)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        _print_report(report)
-    if not report.ok:
-        sys.exit(1)
+    _finish(report, as_json)
 
 
 commands = [plan_command, apply_command, rollback_command]
