@@ -41,11 +41,24 @@ class Context:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     by_type: dict[str, list[Asset]] = field(default_factory=lambda: defaultdict(list))
     _index: dict[str, Any] = field(default_factory=dict)
+    _read_up_to: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def assets(self, asset_type: str) -> Iterator[Asset]:
         """The kept assets of a context type. Each one's decoded form is dropped when the next is asked for (it
         decodes again if read again): the indexes built from them keep what they need, not every decoded object."""
         for a in self.by_type.get(asset_type, ()):
+            yield a
+            a.release()
+
+    def arrived(self, asset_type: str, reader: str) -> Iterator[Asset]:
+        """The assets of a context type kept since `reader` last asked, each once per reader: what a screen's index
+        grows by as the stream goes. Decoded forms are dropped as with `assets`."""
+        kept = self.by_type.get(asset_type, ())
+        start = self._read_up_to.get((reader, asset_type), 0)
+        if len(kept) <= start:
+            return
+        self._read_up_to[(reader, asset_type)] = len(kept)
+        for a in kept[start:]:
             yield a
             a.release()
 

@@ -308,24 +308,14 @@ class _OrgSoFar:
     def __init__(self) -> None:
         self.domains: frozenset[str] = frozenset()  # one or two: replaced when one is added
         self.projects: set[str] = set()
-        self._seen = {ORGANIZATION: 0, PROJECT: 0}
 
     def update(self, ctx: Context) -> _OrgSoFar:
-        for t, add in ((ORGANIZATION, self._add_org), (PROJECT, self._add_project)):
-            kept = ctx.by_type.get(t, ())
-            if len(kept) > self._seen[t]:
-                for a in kept[self._seen[t] :]:
-                    add(a)
-                    a.release()
-                self._seen[t] = len(kept)
+        for org in ctx.arrived(ORGANIZATION, "iam.org_so_far"):
+            if d := _org_domain(org):
+                self.domains = self.domains | {d}
+        for project in ctx.arrived(PROJECT, "iam.org_so_far"):
+            self.projects.update(_project_ids(project))
         return self
-
-    def _add_org(self, org: Asset) -> None:
-        if d := _org_domain(org):
-            self.domains = self.domains | {d}
-
-    def _add_project(self, project: Asset) -> None:
-        self.projects.update(_project_ids(project))
 
 
 def _screen_external(asset: Asset, params: DomainParams, ctx: Context) -> bool:

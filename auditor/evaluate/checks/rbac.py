@@ -576,22 +576,19 @@ def _tenancy(ctx: Context, params: TenantParams) -> Tenancy:
 class _TenancySoFar:
     """A Tenancy of the Namespaces read so far, grown as they stream by (for screens)."""
 
-    def __init__(self, params: TenantParams) -> None:
+    def __init__(self, params: TenantParams, reader: str) -> None:
         self.tenancy = Tenancy(params, ())
-        self._seen = 0
+        self.reader = reader
 
     def update(self, ctx: Context) -> Tenancy:
-        kept = ctx.by_type.get(NAMESPACE, ())
-        if len(kept) > self._seen:
-            for a in kept[self._seen :]:
-                self.tenancy.add_namespace(a)
-                a.release()
-            self._seen = len(kept)
+        for a in ctx.arrived(NAMESPACE, self.reader):
+            self.tenancy.add_namespace(a)
         return self.tenancy
 
 
 def _tenancy_so_far(ctx: Context, params: TenantParams) -> Tenancy:
-    so_far: _TenancySoFar = ctx.memo(f"rbac.tenancy_so_far.{_tenancy_key(ctx, params)}", lambda: _TenancySoFar(params))
+    key = f"rbac.tenancy_so_far.{_tenancy_key(ctx, params)}"
+    so_far: _TenancySoFar = ctx.memo(key, lambda: _TenancySoFar(params, key))
     return so_far.update(ctx)
 
 
