@@ -163,14 +163,14 @@ class ParallelReader:
         out: list[tuple[Path, list[_Range] | None]] = []
         shared = 0
         for f in source.files:
-            ranges = source.split(f, self.jobs * RANGES_PER_JOB, MIN_RANGE_BYTES)
-            if ranges is not None and len(ranges) > 1:
-                out.append((f, [_Range(str(f), start, end, self.cluster) for start, end in ranges]))
-            elif source.is_ndjson(f):
-                out.append((f, [_Range(str(f), 0, -1, self.cluster)]))
-            else:
+            if not source.is_ndjson(f):
                 out.append((f, None))
                 continue
+            ranges = [] if source.is_gzip(f) else source.cut(f, self.jobs * RANGES_PER_JOB, MIN_RANGE_BYTES)
+            if len(ranges) > 1:
+                out.append((f, [_Range(str(f), start, end, self.cluster) for start, end in ranges]))
+            else:
+                out.append((f, [_Range(str(f), 0, -1, self.cluster)]))
             shared += f.stat().st_size
         if shared < 2 * MIN_RANGE_BYTES:
             return [(f, None) for f, _ in out]

@@ -192,6 +192,11 @@ class FileSource:
         `min_bytes`; None for anything else (gzip, a JSON document, a Kubernetes list, YAML)."""
         if self.is_gzip(path) or not self.is_ndjson(path):
             return None
+        return self.cut(path, parts, min_bytes)
+
+    @staticmethod
+    def cut(path: Path, parts: int, min_bytes: int) -> list[tuple[int, int]]:
+        """`split` for a file already known to be uncompressed NDJSON."""
         size = path.stat().st_size
         with open(path, "rb") as fh:
             parts = max(1, min(parts, size // max(min_bytes, 1)))
