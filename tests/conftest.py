@@ -1,4 +1,4 @@
-"""Fixtures shared by every test package: paths to the repository's data and the shared real-world samples."""
+"""Fixtures shared by every test package: paths to the repository's data and the real public samples in tests/data."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+DATA = REPO / "tests" / "data"
 EXAMPLES = REPO / "examples"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"the shared samples are expected beside the repository, at {SHARED_DATA}")
-    return SHARED_DATA
+def public_data() -> Path:
+    """Real public samples copied into the repository (tests/data/SOURCES.md says where each comes from)."""
+    return DATA
 
 
 @pytest.fixture(scope="session")

@@ -156,13 +156,15 @@ class RateBudget:
     minute's quota in the first second and then stall; over any minute the rate stays near `per_minute`.
     """
 
-    def __init__(self, per_minute: float, burst: float | None = None, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, per_minute: float, burst: float | None = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic):
         if per_minute <= 0:
             raise ValueError("a requests-per-minute budget must be positive")
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, burst if burst is not None else per_minute / 6.0)
         self.tokens = self.capacity
-        self.updated = time.monotonic()
+        self.clock = clock  # tests pass a clock that only their sleep advances: no test depends on the machine's pace
+        self.updated = clock()
         self.lock = threading.Lock()
         self.sleep = sleep
         self.waited = 0.0  # total seconds spent waiting for the budget, for the logs
@@ -171,12 +173,12 @@ class RateBudget:
     def hold(self, seconds: float) -> None:
         """Nobody sends for `seconds`: the server said the quota is spent (a 429), for every thread, not one."""
         with self.lock:
-            self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+            self.paused_until = max(self.paused_until, self.clock() + seconds)
 
     def acquire(self) -> None:
         while True:
             with self.lock:
-                now = time.monotonic()
+                now = self.clock()
                 if now < self.paused_until:
                     wait = self.paused_until - now
                     self.waited += wait
@@ -188,11 +190,11 @@ class RateBudget:
                 self.sleep(wait)
                 continue
             with self.lock:
-                now = time.monotonic()
+                now = self.clock()
                 self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
                 self.updated = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
+                if self.tokens >= 1 - 1e-9:  # a refill of exactly one token may land a rounding error short of 1
+                    self.tokens = max(0.0, self.tokens - 1)
                     return
                 wait = (1 - self.tokens) / self.rate
                 self.waited += wait

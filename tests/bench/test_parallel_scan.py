@@ -101,13 +101,13 @@ def test_cli_jobs_gives_the_same_report(export: tuple[Path, dict[int, str]], tmp
     assert docs[0]["findings"]
 
 
-def test_mixed_sources_with_jobs_match_one_process(tmp_path: Path, shared_data: Path) -> None:
+def test_mixed_sources_with_jobs_match_one_process(tmp_path: Path, public_data: Path) -> None:
     """Small exports, gzip and Kubernetes lists are read in the parent, in their order, beside split files."""
     folder = tmp_path / "org"
     folder.mkdir()
     generate(1500, folder / "a.ndjson", seed=2)
     generate(1500, folder / "b.ndjson.gz", seed=3, compress=True)
-    rbac = shared_data / "k8s-bootstrap-rbac" / "cluster-role-bindings.yaml"
+    rbac = public_data / "k8s-bootstrap-rbac" / "cluster-role-bindings.yaml"
     (folder / "c.yaml").write_bytes(rbac.read_bytes())
     serial, _ = _scan(folder, 1)
     parallel, _ = _scan(folder, 2)

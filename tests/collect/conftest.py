@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES, SHARED_DATA
+from tests.conftest import DATA, EXAMPLES
 from tests.fakes.gcp import fake_gcp, gcp_endpoint  # noqa: F401 - fixtures
 from tests.fakes.kube import kube_api, kubeconfig  # noqa: F401 - fixtures
 
@@ -29,7 +29,7 @@ def example_org(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     folder = EXAMPLES / "org"
     if folder.is_dir() and any(folder.glob("*.ndjson")):
         return folder, _org_of(folder)
-    src = SHARED_DATA / "cai"
+    src = DATA / "cai"
     org = _org_of(src)
     out = tmp_path_factory.mktemp("org")
     for f in sorted(src.iterdir()):

@@ -154,13 +154,13 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
         read(f)
 
 
-def test_shared_cai_dumps_and_bootstrap_rbac_read_completely(shared_data: Path) -> None:
-    assets, src = read(shared_data / "cai")
+def test_shared_cai_dumps_and_bootstrap_rbac_read_completely(public_data: Path) -> None:
+    assets, src = read(public_data / "cai")
     assert src.status.complete and src.status.skipped == 0
     by_type = {a.asset_type for a in assets}
     assert "compute.googleapis.com/SecurityPolicy" in by_type
     assert sum(1 for a in assets if a.has_iam_policy) == 22
-    rbac, src = read(shared_data / "k8s-bootstrap-rbac")
+    rbac, src = read(public_data / "k8s-bootstrap-rbac")
     assert src.status.complete
     assert len(rbac) == 31 + 10 + 38 + 38 + 7 + 7
 

@@ -62,10 +62,10 @@ items:
 
 
 @pytest.fixture
-def cluster_files(tmp_path: Path, shared_data: Path) -> list[Path]:
+def cluster_files(tmp_path: Path, public_data: Path) -> list[Path]:
     tenants = tmp_path / "tenants.yaml"
     tenants.write_text(TENANTS, encoding="utf-8")
-    files = [shared_data / "k8s-bootstrap-rbac", tenants]
+    files = [public_data / "k8s-bootstrap-rbac", tenants]
     example = EXAMPLES / "k8s"
     if example.is_dir() and any(example.glob("*.yaml")):
         files.append(example)

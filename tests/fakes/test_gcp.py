@@ -16,8 +16,8 @@ ORG = "organizations/111222333"
 
 
 @pytest.fixture
-def loaded(fake_gcp: FakeGcp, shared_data: Path) -> FakeGcp:
-    fake_gcp.load(shared_data / "cai", shared_data / "cloud-armor")
+def loaded(fake_gcp: FakeGcp, public_data: Path) -> FakeGcp:
+    fake_gcp.load(public_data / "cai", public_data / "cloud-armor")
     return fake_gcp
 
 
@@ -26,11 +26,11 @@ def _list(client: object, fake: FakeGcp, content: int, types: list[str] | None =
     return list(client.list_assets(request=req, retry=None))  # type: ignore[attr-defined]
 
 
-def test_list_assets_pages_and_counts(loaded: FakeGcp, shared_data: Path) -> None:
+def test_list_assets_pages_and_counts(loaded: FakeGcp, public_data: Path) -> None:
     loaded.max_page_size = 25
     client = gcp_clients.asset_client(loaded.url)
     assets = _list(client, loaded, asset_v1.ContentType.RESOURCE)
-    lines = (shared_data / "cai" / "forseti_mock_cai_resources.dump").read_text().splitlines()
+    lines = (public_data / "cai" / "forseti_mock_cai_resources.dump").read_text().splitlines()
     records = [json.loads(x) for x in lines if x.strip()]
     # Assets whose ancestors name another organization are not under ORG; those without ancestors are served.
     names = {r["name"] for r in records if ORG in r.get("ancestors", [ORG])}
@@ -201,14 +201,14 @@ def test_export_writes_objects_read_back_through_storage(loaded: FakeGcp) -> Non
     assert len(lines) == 22 and all("iam_policy" in x and "asset_type" in x for x in lines)
 
 
-def test_runs_as_a_command(shared_data: Path) -> None:
+def test_runs_as_a_command(public_data: Path) -> None:
     import subprocess
     import sys
 
     import requests
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.gcp", "--port", "0", "--load", str(shared_data / "cai")],
+        [sys.executable, "-m", "tests.fakes.gcp", "--port", "0", "--load", str(public_data / "cai")],
         stdout=subprocess.PIPE,
         text=True,
     )

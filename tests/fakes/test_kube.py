@@ -17,8 +17,8 @@ def api(kube_api: KubeServer, tmp_path: Path) -> Any:
     return config.new_client_from_config(config_file=str(path), context="fake")
 
 
-def test_stale_resource_version_is_a_conflict(kube_api: KubeServer, api: Any, shared_data: Path) -> None:
-    kube_api.load(shared_data / "k8s-bootstrap-rbac" / "cluster-roles.yaml")
+def test_stale_resource_version_is_a_conflict(kube_api: KubeServer, api: Any, public_data: Path) -> None:
+    kube_api.load(public_data / "k8s-bootstrap-rbac" / "cluster-roles.yaml")
     rbac = client.RbacAuthorizationV1Api(api)
     before = rbac.read_cluster_role("view")
     before.metadata.labels = {**(before.metadata.labels or {}), "audited": "yes"}
@@ -47,8 +47,8 @@ def test_namespaces_create_read_patch_delete(kube_api: KubeServer, api: Any) -> 
     assert core.list_namespace().items == []
 
 
-def test_lists_page_with_limit_and_continue(kube_api: KubeServer, api: Any, shared_data: Path) -> None:
-    n = kube_api.load(shared_data / "k8s-bootstrap-rbac" / "controller-roles.yaml")
+def test_lists_page_with_limit_and_continue(kube_api: KubeServer, api: Any, public_data: Path) -> None:
+    n = kube_api.load(public_data / "k8s-bootstrap-rbac" / "controller-roles.yaml")
     rbac = client.RbacAuthorizationV1Api(api)
     names, token, pages = [], None, 0
     while True:
@@ -73,14 +73,14 @@ def test_faults_with_retry_after(kube_api: KubeServer, api: Any) -> None:
     assert rbac.list_role_for_all_namespaces().items == []
 
 
-def test_runs_as_a_command(tmp_path: Path, shared_data: Path) -> None:
+def test_runs_as_a_command(tmp_path: Path, public_data: Path) -> None:
     import subprocess
     import sys
 
     kc = tmp_path / "kubeconfig"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.fakes.kube", "--kubeconfig", str(kc), "--load",
-         str(shared_data / "k8s-bootstrap-rbac" / "namespace-roles.yaml")],
+         str(public_data / "k8s-bootstrap-rbac" / "namespace-roles.yaml")],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -1,6 +1,6 @@
 """The shipped RBAC pack is silent on the real Kubernetes bootstrap RBAC, and not because it sees nothing.
 
-The files in shared/data/k8s-bootstrap-rbac/ are the kube-apiserver's default roles and bindings (testdata of the
+The files in tests/data/k8s-bootstrap-rbac/ are the kube-apiserver's default roles and bindings (testdata of the
 Kubernetes project), read through the real file reader. They are not mutually consistent (SOURCES.md there): a
 controller binding names a ClusterRole that is not in the set, which must not turn into an error or a finding.
 """
@@ -63,8 +63,8 @@ def rbac_pack() -> Path:
     return shipped_rules_dir() / "rbac.yaml"
 
 
-def test_shipped_rbac_pack_is_silent_on_bootstrap_rbac(shared_data: Path) -> None:
-    result = scan(shared_data / "k8s-bootstrap-rbac", rbac_pack())
+def test_shipped_rbac_pack_is_silent_on_bootstrap_rbac(public_data: Path) -> None:
+    result = scan(public_data / "k8s-bootstrap-rbac", rbac_pack())
     assert result.complete
     assert [f.message for f in result.findings] == []
     assert result.evaluation.errors == []
@@ -74,23 +74,23 @@ def test_shipped_rbac_pack_is_silent_on_bootstrap_rbac(shared_data: Path) -> Non
     assert counts[ROLE] == 7 and counts[ROLE_BINDING] == 7
 
 
-def test_silence_holds_when_system_bindings_are_judged_too(shared_data: Path, tmp_path: Path) -> None:
+def test_silence_holds_when_system_bindings_are_judged_too(public_data: Path, tmp_path: Path) -> None:
     """With `system:` bindings judged, the default grants param is what keeps the bootstrap bindings quiet."""
     doc = yaml.safe_load(rbac_pack().read_text())
     public = next(r for r in doc["rules"] if r["check"] == "rbac.no_public_subjects")
     public["params"]["include_system_objects"] = True
     judged = tmp_path / "rbac.yaml"
     judged.write_text(yaml.safe_dump(doc))
-    assert scan(shared_data / "k8s-bootstrap-rbac", judged).findings == []
+    assert scan(public_data / "k8s-bootstrap-rbac", judged).findings == []
     newer = tmp_path / "newer"
-    shutil.copytree(shared_data / "k8s-bootstrap-rbac", newer)
+    shutil.copytree(public_data / "k8s-bootstrap-rbac", newer)
     (newer / "newer-bindings.yaml").write_text(NEWER_BOOTSTRAP_BINDINGS)
     assert scan(newer, judged).findings == []
     assert scan(newer, rbac_pack()).findings == []
     # ...and without the defaults, the bootstrap bindings to system:authenticated/unauthenticated are reported.
     public["params"]["default_grants"] = {}
     judged.write_text(yaml.safe_dump(doc))
-    found = {(f.details["binding"], f.details["subject"]) for f in scan(shared_data / "k8s-bootstrap-rbac",
+    found = {(f.details["binding"], f.details["subject"]) for f in scan(public_data / "k8s-bootstrap-rbac",
                                                                         judged).findings}
     assert found == {
         ("system:basic-user", "Group:system:authenticated"),
@@ -100,9 +100,9 @@ def test_silence_holds_when_system_bindings_are_judged_too(shared_data: Path, tm
     }
 
 
-def test_shipped_rbac_pack_fires_on_one_bad_binding_among_bootstrap_rbac(shared_data: Path, tmp_path: Path) -> None:
+def test_shipped_rbac_pack_fires_on_one_bad_binding_among_bootstrap_rbac(public_data: Path, tmp_path: Path) -> None:
     folder = tmp_path / "rbac"
-    shutil.copytree(shared_data / "k8s-bootstrap-rbac", folder)
+    shutil.copytree(public_data / "k8s-bootstrap-rbac", folder)
     (folder / "zz-bad-bindings.yaml").write_text(BAD_BINDINGS)
     result = scan(folder, rbac_pack())
     found = sorted((f.rule, f.details["binding"], f.details["subject"]) for f in result.findings)

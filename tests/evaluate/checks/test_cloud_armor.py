@@ -343,8 +343,8 @@ def shipped_armor() -> Engine:
     return Engine(load_file(shipped_rules_dir() / "cloud_armor.yaml"))
 
 
-def test_shipped_pack_on_recorded_api_responses(shared_data: Path) -> None:
-    assets = recorded_policies(shared_data / "cloud-armor")
+def test_shipped_pack_on_recorded_api_responses(public_data: Path) -> None:
+    assets = recorded_policies(public_data / "cloud-armor")
     assert len(assets) == 4
     result = shipped_armor().evaluate(assets)
     assert not result.errors
@@ -359,8 +359,8 @@ def test_shipped_pack_on_recorded_api_responses(shared_data: Path) -> None:
     assert by_policy["test-policy"] == {"armor-rate-limit-required"}
 
 
-def test_shipped_pack_on_cai_dump_singular_spelling(shared_data: Path) -> None:
-    assets = [a for a in iter_file_assets(shared_data / "cai" / "forseti_mock_cai_resources.dump")
+def test_shipped_pack_on_cai_dump_singular_spelling(public_data: Path) -> None:
+    assets = [a for a in iter_file_assets(public_data / "cai" / "forseti_mock_cai_resources.dump")
               if a.asset_type == POLICY]
     assert len(assets) == 1 and "rule" in assets[0].resource
     found = shipped_armor().evaluate(assets).findings

@@ -99,9 +99,9 @@ def test_compliant_and_without_clusters(tmp_path: Path) -> None:
     assert excepted == []
 
 
-def test_forseti_dump_ties_the_cluster_to_its_project(shared_data: Path) -> None:
+def test_forseti_dump_ties_the_cluster_to_its_project(public_data: Path) -> None:
     # The dump names the cluster //container.googleapis.com/v1/projects/project1/... and the project by number 1041.
-    f = shared_data / "cai"
+    f = public_data / "cai"
     assets = list(iter_file_assets(f))
     granted = next(a for a in assets if a.name.endswith("projects/1041") and a.has_iam_policy)
     policy = dict(granted.iam_policy)

@@ -429,9 +429,9 @@ def test_wrong_param_type_is_refused_with_rule_id(tmp_path: Path) -> None:
 
 
 # -- the shipped pack on real dumps -----------------------------------------------------------------------------------
-def test_shipped_iam_pack_on_forseti_dumps(shared_data: Path) -> None:
+def test_shipped_iam_pack_on_forseti_dumps(public_data: Path) -> None:
     rules = [r for r in load_rules([shipped_rules_dir()]) if r.rule.check.startswith(("iam.", "cel", "cross_layer."))]
-    assets = list(iter_file_assets(shared_data / "cai"))
+    assets = list(iter_file_assets(public_data / "cai"))
     result = Engine(rules).evaluate(assets)
     assert not result.errors
     by_rule: dict[str, list[Finding]] = {}
