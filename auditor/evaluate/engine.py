@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from auditor.evaluate.globs import compile_glob, compile_line_globs
 from auditor.evaluate.registry import Context, Prefilter, Violation
@@ -272,7 +272,7 @@ class Engine:
                     result.errors.append(EvaluationError(r.id, asset.name, f"{type(exc).__name__}: {exc}"))
                     continue
                 for v in violations:
-                    result.findings.append(self._finding(r, asset, v.message, v.key, v.details, result))
+                    result.findings.append(self._finding(r, asset, v, result))
             return
         memo: dict[tuple[str, str], list[Violation] | Exception] | None = None
         if rules.keys is not None and not rules.needs_path:
@@ -309,12 +309,14 @@ class Engine:
                 result.errors.append(EvaluationError(r.id, asset.name, f"{type(outcome).__name__}: {outcome}"))
                 continue
             for v in outcome:
-                result.findings.append(self._finding(r, asset, v.message, v.key, v.details, result))
+                result.findings.append(self._finding(r, asset, v, result))
 
-    def _finding(
-        self, r: LoadedRule, asset: Asset, message: str, key: str, details: dict[str, Any], result: Evaluation
-    ) -> Finding:
+    def _finding(self, r: LoadedRule, asset: Asset, v: Violation, result: Evaluation) -> Finding:
         rule = r.rule
+        message, key, details = v.message, v.key, v.details
+        severity = rule.severity
+        if v.severity is not None and v.severity.rank < severity.rank:
+            severity = v.severity
         exempted = expired = None
         for i, e in enumerate(rule.exemptions):
             if not compile_glob(e.resource).match(asset.name):
@@ -333,7 +335,7 @@ class Engine:
             id=finding_id(rule.id, asset.name, key),
             rule=rule.id,
             check=rule.check,
-            severity=rule.severity,
+            severity=severity,
             mode=rule.mode,
             asset=asset.name,
             asset_type=asset.asset_type,

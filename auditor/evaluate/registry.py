@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from auditor.model import Asset
+from auditor.model import Asset, Severity
 
 
 class Params(BaseModel):
@@ -32,6 +32,9 @@ class Violation(NamedTuple):
     message: str
     key: str = ""  # what distinguishes two violations of one rule on one asset (member, role, priority...)
     details: dict[str, Any] = {}
+    # At most this severity (the rule's when None or higher): a check whose findings differ in reach (a role with
+    # some powers is less than one with every permission) grades them below the rule's severity.
+    severity: Severity | None = None
 
 
 @dataclass

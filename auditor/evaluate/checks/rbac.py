@@ -35,8 +35,19 @@ from auditor.collect.k8s_objects import (
     namespace_of,
 )
 from auditor.evaluate.globs import any_match, glob_match
+from auditor.evaluate.rbac_rules import (
+    NOTHING,
+    POWERS,
+    Reach,
+    group_matches,
+    is_everything,
+    names_restricted,
+    reach,
+    resource_matches,
+    union,
+)
 from auditor.evaluate.registry import Context, Params, Prefilter, Violation, check
-from auditor.model import Asset
+from auditor.model import Asset, Severity
 
 SYSTEM_NAMESPACES = ["kube-system", "kube-public", "kube-node-lease", "gke-*", "gmp-*"]
 NON_TENANT_NAMESPACES = ["kube-*", "default", "gke-*", "gmp-*", "istio-system", "config-management-system"]
@@ -150,11 +161,11 @@ def _labels_match(labels: dict[str, Any], selector: dict[str, Any]) -> bool:
 
 
 class _ClusterRole(NamedTuple):
-    """What deciding whether a ClusterRole grants everything needs of it (not its rules: thousands are read)."""
+    """What judging a ClusterRole's reach needs of it (not its rules: thousands are read)."""
 
     labels: dict[str, Any]
     selectors: tuple[dict[str, Any], ...]  # aggregationRule.clusterRoleSelectors
-    wildcard: bool  # one of its own rules grants every verb on every resource
+    reach: Reach  # what its own rules grant
 
 
 class ClusterRoles:
@@ -162,61 +173,72 @@ class ClusterRoles:
 
     def __init__(self, assets: Iterable[Asset]) -> None:
         self.by_cluster: dict[str, dict[str, _ClusterRole]] = defaultdict(dict)
-        self._wildcard: dict[tuple[str, str], bool] = {}
+        self._reach: dict[tuple[str, str], Reach] = {}
         for a in assets:
             obj = a.resource
             agg = obj.get("aggregationRule")
             selectors = (agg.get("clusterRoleSelectors") or ()) if isinstance(agg, dict) else ()
+            labels = meta(obj).get("labels")
+            rules = obj.get("rules")
             self.by_cluster[cluster_of(a.name)][object_name(obj, a)] = _ClusterRole(
-                meta(obj).get("labels") or {},
-                tuple(sel for sel in selectors if isinstance(sel, dict)),
-                any(is_wildcard_rule(r) for r in obj.get("rules") or () if isinstance(r, dict)),
+                labels if isinstance(labels, dict) else {},
+                tuple(sel for sel in selectors if isinstance(sel, dict)) if isinstance(selectors, list) else (),
+                reach(rules if isinstance(rules, list) else ()),
             )
 
-    def is_wildcard(self, cluster: str, name: str) -> bool:
-        """Whether the ClusterRole grants every verb on every resource, counting the rules it aggregates (False
-        when it was not read)."""
+    def reach(self, cluster: str, name: str) -> Reach:
+        """What the ClusterRole grants, counting the roles its aggregationRule selects (nothing when not read)."""
         key = (cluster, name)
-        hit = self._wildcard.get(key)
+        hit = self._reach.get(key)
         if hit is None:  # thousands of bindings name the same few roles (admin, edit, view)
-            hit = self._wildcard[key] = self._resolve(cluster, name, 0)
+            hit = self._reach[key] = self._resolve(cluster, name, frozenset())
         return hit
 
-    def _resolve(self, cluster: str, name: str, depth: int) -> bool:
+    def is_wildcard(self, cluster: str, name: str) -> bool:
+        """Whether the ClusterRole grants every verb on every resource, aggregation resolved."""
+        return self.reach(cluster, name).everything
+
+    def _resolve(self, cluster: str, name: str, seen: frozenset[str]) -> Reach:
         roles = self.by_cluster.get(cluster, {})
         role = roles.get(name)
         if role is None:
-            return False
-        if role.wildcard:
-            return True
-        if not role.selectors or depth >= 5:
-            return False
-        return any(
-            other_name != name
-            and any(_labels_match(other.labels, sel) for sel in role.selectors)
-            and self._resolve(cluster, other_name, depth + 1)
+            return NOTHING
+        if not role.selectors or len(seen) >= 8:
+            return role.reach
+        seen = seen | {name}
+        # The aggregation controller fills the role's rules with those of every ClusterRole its selectors match.
+        parts = [
+            self._resolve(cluster, other_name, seen)
             for other_name, other in roles.items()
-        )
+            if other_name not in seen and any(_labels_match(other.labels, sel) for sel in role.selectors)
+        ]
+        return union([role.reach, *parts])
 
 
 def _cluster_roles(ctx: Context) -> ClusterRoles:
     return ctx.memo("rbac.cluster_roles", lambda: ClusterRoles(ctx.assets(CLUSTER_ROLE)))
 
 
-def _has(values: Any, wanted: str) -> bool:
-    return isinstance(values, list) and wanted in values
-
-
 def is_wildcard_rule(rule: dict[str, Any]) -> bool:
-    """Every verb on every resource: `verbs: ["*"]` and `resources: ["*"]`."""
-    return _has(rule.get("verbs"), "*") and _has(rule.get("resources"), "*")
+    """Every verb on every resource of every API group (see auditor.evaluate.rbac_rules)."""
+    return is_everything(rule)
 
 
 # -- cluster-wide power -----------------------------------------------------------------------------------------------
 class PowerfulRoleParams(Params):
     roles: list[str] = Field(default_factory=lambda: ["cluster-admin"], description="ClusterRole name globs.")
     wildcard_roles: bool = Field(
-        default=True, description="Also any ClusterRole granting every verb on every resource (aggregation resolved)."
+        default=True,
+        description="Also any ClusterRole granting every verb on every resource of every API group (aggregation "
+        "resolved).",
+    )
+    powerful_roles: bool = Field(
+        default=True,
+        description="Also any ClusterRole granting a power (reading secrets, pods/exec, pods/attach, nodes/proxy, "
+        "minting tokens, escalate, bind, impersonate, every non-resource URL), at `powerful_severity`.",
+    )
+    powerful_severity: Severity = Field(
+        default=Severity.high, description="Severity (at most the rule's) of a binding of a role with powers only."
     )
     allowed_subjects: list[str] = Field(
         default_factory=list, description="Subject globs (`User:*`, `Group:platform-admins`) allowed to hold them."
@@ -226,8 +248,8 @@ class PowerfulRoleParams(Params):
     @cached_property
     def screen_key(self) -> str:
         """The params the screen reads: rules that differ only in `roles` (with wildcards on) screen alike."""
-        read = {"wildcard_roles", "allowed_subjects", "system_namespaces"}
-        if not self.wildcard_roles:
+        read = {"wildcard_roles", "powerful_roles", "allowed_subjects", "system_namespaces"}
+        if not self.wildcard_roles and not self.powerful_roles:
             read.add("roles")
         return "rbac.powerful." + self.model_dump_json(include=read)
 
@@ -243,7 +265,7 @@ def _powerful_candidate(asset: Asset, params: PowerfulRoleParams) -> bool:
     obj = asset.resource
     if is_system_object(obj) or (obj.get("roleRef") or {}).get("kind") != "ClusterRole":
         return False
-    if not params.wildcard_roles and not any_match(params.roles, _role_name(obj)):
+    if not params.wildcard_roles and not params.powerful_roles and not any_match(params.roles, _role_name(obj)):
         return False
     ns = binding_namespace(asset)
     return any(
@@ -261,12 +283,16 @@ def _powerful_candidate(asset: Asset, params: PowerfulRoleParams) -> bool:
     screen=_may_be_powerful,
 )
 def no_powerful_role_binding(asset: Asset, params: PowerfulRoleParams, ctx: Context) -> Iterator[Violation]:
-    """No binding of cluster-admin, or of a ClusterRole with `*` verbs on `*` resources, to non-system subjects.
+    """No binding of cluster-admin, or of a ClusterRole with every permission or a power, to non-system subjects.
 
     Kubernetes' own subjects (`system:` users and groups, system namespaces' service accounts) are left out. The
-    ClusterRoles are read as context (same cluster), so a custom `ml-platform-superuser` granting `*` on `*`
-    is caught like cluster-admin, and aggregated roles are resolved. A RoleBinding of such a role is reported
-    too: it is every permission in that namespace, secrets included.
+    ClusterRoles are read as context (same cluster) with Kubernetes' matching rules (auditor.evaluate.rbac_rules):
+    a custom `ml-platform-superuser` granting `*` verbs on `*` resources of `*` API groups is caught like
+    cluster-admin, aggregated roles are resolved from the labelled roles of the snapshot, and `*` on `*` within
+    one API group (a controller's own custom resources) is not "every resource". A role that grants a power
+    (reading secrets not restricted by name, pods/exec or attach, nodes/proxy, minting tokens, escalate, bind,
+    impersonate, every non-resource URL) is reported at `powerful_severity` (high by default, at most the rule's),
+    naming the powers. A RoleBinding of such a role is reported too: it holds them in that namespace.
 
     ```yaml
     - id: rbac-no-cluster-admin-for-humans
@@ -285,12 +311,18 @@ def no_powerful_role_binding(asset: Asset, params: PowerfulRoleParams, ctx: Cont
         return
     role = str(ref.get("name", ""))
     why = "every permission"
+    cap: Severity | None = None
     if not any_match(params.roles, role):
-        if not params.wildcard_roles:
+        if not params.wildcard_roles and not params.powerful_roles:
             return
-        if not _cluster_roles(ctx).is_wildcard(cluster_of(asset.name), role):
+        granted = _cluster_roles(ctx).reach(cluster_of(asset.name), role)
+        if params.wildcard_roles and granted.everything:
+            why = "every verb on every resource"
+        elif params.powerful_roles and granted.powers:
+            why = ", ".join(sorted(granted.powers))
+            cap = params.powerful_severity
+        else:
             return
-        why = "every verb on every resource"
     ns = binding_namespace(asset)
     for s in subjects(obj):
         if is_system_subject(s, ns, params.system_namespaces):
@@ -302,6 +334,7 @@ def no_powerful_role_binding(asset: Asset, params: PowerfulRoleParams, ctx: Cont
             f"{who} is bound to ClusterRole {role} ({why}) {where(asset)}",
             who,
             binding_details(asset, who),
+            cap,
         )
 
 
@@ -752,22 +785,22 @@ class DangerousRulesParams(TenantParams):
     sensitive_resources: list[SensitiveResource] = Field(default_factory=_default_sensitive)
 
 
-def _resource_matches(granted: str, wanted: str) -> bool:
-    """RBAC resource matching: exact, `*`, `pods/*` (every subresource of pods), `*/exec`."""
-    if granted in ("*", wanted):
+def _verb_applies(rule: dict[str, Any], verb: str) -> bool:
+    """An explicitly granted verb that means something on the rule's resources (escalate on configmaps grants
+    nothing; escalate, bind and impersonate act on the resources Kubernetes checks them on)."""
+    if verb not in [str(v) for v in rule.get("verbs") or ()]:
+        return False
+    targets = [p for p in POWERS if verb in p.verbs]
+    if not targets:  # a verb of the operator's own list: granted is enough
         return True
-    if granted.endswith("/*") and "/" in wanted:
-        return wanted.split("/", 1)[0] == granted[:-2]
-    if granted.startswith("*/") and "/" in wanted:
-        return wanted.split("/", 1)[1] == granted[2:]
-    return False
+    return any(group_matches(rule, p.group) and any(resource_matches(rule, r) for r in p.resources) for p in targets)
 
 
 def dangerous_reasons(rule: dict[str, Any], params: DangerousRulesParams) -> list[str]:
-    """Why one PolicyRule is dangerous in a tenant's hands (empty when it is not)."""
+    """Why one PolicyRule is dangerous in a tenant's hands (empty when it is not); resources, groups and
+    resourceNames are matched as Kubernetes matches them (auditor.evaluate.rbac_rules)."""
     verbs = [str(v) for v in rule.get("verbs") or ()]
     resources = [str(r) for r in rule.get("resources") or ()]
-    groups = [str(g) for g in rule.get("apiGroups") or ()]
     out: list[str] = []
     if params.wildcards:
         if "*" in verbs:
@@ -775,16 +808,14 @@ def dangerous_reasons(rule: dict[str, Any], params: DangerousRulesParams) -> lis
         if "*" in resources:
             out.append("every resource (*)")
     for v in params.dangerous_verbs:
-        if v in verbs:
+        if _verb_applies(rule, v):
             out.append(f"verb {v}")
+    # Under a reported resource wildcard each sensitive resource would only repeat it.
+    granted = {**rule, "resources": [r for r in resources if not (params.wildcards and r == "*")]}
     for sr in params.sensitive_resources:
-        # Under a reported resource wildcard each sensitive resource would only repeat it.
-        granted = [r for r in resources if not (params.wildcards and r == "*")]
-        if not any(_resource_matches(r, sr.resource) for r in granted):
+        if not resource_matches(granted, sr.resource) or not group_matches(rule, sr.api_group):
             continue
-        if "*" not in groups and sr.api_group not in groups:
-            continue
-        if sr.allow_named and rule.get("resourceNames"):
+        if sr.allow_named and names_restricted(rule):
             continue
         if "*" in sr.verbs or "*" in verbs or set(verbs) & set(sr.verbs):
             out.append(f"{sr.resource} ({', '.join(v for v in verbs if v == '*' or v in sr.verbs or '*' in sr.verbs)})")

@@ -111,3 +111,34 @@ def test_shipped_rbac_pack_fires_on_one_bad_binding_among_bootstrap_rbac(public_
         ("rbac-no-public-subjects", "everyone-edits", "Group:system:authenticated"),
     ]
     assert all(f.asset.startswith(f"//container.googleapis.com/{CLUSTER}/k8s/") for f in result.findings)
+
+
+HUMAN_BINDINGS = """\
+apiVersion: v1
+kind: List
+items:
+""" + "".join(
+    f"""- apiVersion: rbac.authorization.k8s.io/v1
+  kind: ClusterRoleBinding
+  metadata: {{name: dana-{role}}}
+  roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role}}}
+  subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: dana@example.com}}]
+"""
+    for role in ("admin", "edit", "view", "system:aggregate-to-view", "system:controller:job-controller")
+)
+
+
+def test_bootstrap_aggregated_roles_have_their_real_reach(public_data: Path, tmp_path: Path) -> None:
+    """admin and edit carry no rules of their own in the bootstrap file: their reach is aggregated from the roles
+    labelled aggregate-to-admin / aggregate-to-edit (secrets, pods/exec, impersonating service accounts). view
+    reads no secrets; a controller's role creates pods but holds none of the powers."""
+    folder = tmp_path / "rbac"
+    shutil.copytree(public_data / "k8s-bootstrap-rbac", folder)
+    (folder / "zz-humans.yaml").write_text(HUMAN_BINDINGS)
+    result = scan(folder, rbac_pack())
+    powerful = {f.details["binding"]: f for f in result.findings if f.rule == "rbac-no-cluster-admin-for-humans"}
+    assert sorted(powerful) == ["dana-admin", "dana-edit"]
+    for f in powerful.values():
+        assert f.severity == "high"  # powers, not every permission: below the rule's critical
+        assert "read secrets" in f.message and "exec into pods" in f.message and "impersonate" in f.message
+        assert "every verb on every resource" not in f.message

@@ -109,9 +109,58 @@ def test_no_powerful_role_binding(tmp_path: Path) -> None:
     ]
     assert found[("ns-admin", "User:bob@example.com")].details["namespace"] == "team-a"
     assert found[("lead-admin", "User:alice@example.com")].details["role"] == "cluster-admin"
-    assert "every verb on every resource" in found[("ci-super", "ServiceAccount:ci/deployer")].message
-    allowed = one_rule("rbac.no_powerful_role_binding", "{wildcard_roles: false, allowed_subjects: ['User:*']}")
+    # `*` on `*` of the core group only: not every resource, but secrets, exec and tokens (named, graded below)
+    ci = found[("ci-super", "ServiceAccount:ci/deployer")].message
+    assert "every verb on every resource" not in ci
+    assert "read secrets" in ci and "exec into pods" in ci and "mint service account tokens" in ci
+    assert "every verb on every resource" in found[("platform", "Group:platform@example.com")].message
+    allowed = one_rule(
+        "rbac.no_powerful_role_binding", "{wildcard_roles: false, powerful_roles: false, allowed_subjects: ['User:*']}"
+    )
     assert [f.details["binding"] for f in scan(tmp_path, allowed, objs)] == []
+
+
+# A controller's own ClusterRole, shaped as operators ship them (Kubeflow's training-operator, cert-manager): `*` on
+# `*` inside its API groups, and reads of core objects.
+CONTROLLER = k8s("ClusterRole", "training-operator", rules=[
+    {"apiGroups": ["kubeflow.org"], "resources": ["*"], "verbs": ["*"]},
+    {"apiGroups": [""], "resources": ["pods", "services", "events"], "verbs": ["*"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"]},
+])
+NAMED_READER = k8s("ClusterRole", "ca-reader", rules=[
+    {"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["get"], "resourceNames": ["ca-bundle"]}])
+RBAC_GROUP_STAR = k8s("ClusterRole", "rbac-manager", rules=[
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["*"], "verbs": ["*"]}])
+EXEC_ANY = k8s("ClusterRole", "debugger", rules=[
+    {"apiGroups": [""], "resources": ["*/exec"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["pods/*"], "verbs": ["get"]}])  # `pods/*` is no wildcard in Kubernetes
+URLS = k8s("ClusterRole", "all-urls", rules=[{"nonResourceURLs": ["*"], "verbs": ["*"]}])
+
+
+def test_powerful_role_reach_follows_kubernetes_matching(tmp_path: Path) -> None:
+    objs = assets(
+        CONTROLLER, NAMED_READER, RBAC_GROUP_STAR, EXEC_ANY, URLS, CLUSTER_ADMIN,
+        crb("op", "training-operator", "ServiceAccount:kubeflow/training-operator"),
+        crb("ca", "ca-reader", "Group:everyone@example.com"),
+        crb("rbac", "rbac-manager", "User:dana@example.com"),
+        crb("debug", "debugger", "User:erin@example.com"),
+        crb("urls", "all-urls", "User:frank@example.com"),
+        crb("root", "cluster-admin", "User:root@example.com"),
+    )
+    rule = "- {id: r, check: rbac.no_powerful_role_binding, severity: critical}\n"
+    found = {f.details["binding"]: f for f in scan(tmp_path, rule, objs)}
+    assert sorted(found) == ["debug", "rbac", "root", "urls"]  # the controller and the named read are not
+    assert "escalate" in found["rbac"].message and "bind" in found["rbac"].message
+    assert "every verb on every resource" not in found["rbac"].message
+    assert "exec into pods" in found["debug"].message  # `*/exec` is a subresource wildcard
+    assert "every non-resource URL" in found["urls"].message
+    # Severity is the reach: every permission keeps the rule's, powers only are graded to powerful_severity
+    assert found["root"].severity == "critical"
+    assert {found[b].severity for b in ("debug", "rbac", "urls")} == {"high"}
+    medium = rule.replace("}", ", params: {powerful_severity: medium}}")
+    assert {f.details["binding"]: f.severity for f in scan(tmp_path, medium, objs)}["rbac"] == "medium"
+    only_all = rule.replace("}", ", params: {powerful_roles: false}}")
+    assert sorted(f.details["binding"] for f in scan(tmp_path, only_all, objs)) == ["root"]
 
 
 def test_no_public_subjects(tmp_path: Path) -> None:
@@ -221,7 +270,7 @@ def test_tenant_role_dangerous_rules(tmp_path: Path) -> None:
         k8s("Role", "operator", "nlp", rules=[
             *safe,
             {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
-            {"apiGroups": [""], "resources": ["pods/*"], "verbs": ["create"]},  # pods/exec via a wildcard
+            {"apiGroups": [""], "resources": ["*/exec"], "verbs": ["create"]},  # pods/exec via a wildcard
             {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["escalate", "bind"]},
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]},
             {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
@@ -230,6 +279,10 @@ def test_tenant_role_dangerous_rules(tmp_path: Path) -> None:
             rules=[{"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"]}]),
         k8s("Role", "other-group-secrets", "nlp", rules=[  # a CRD named secrets in another group
             {"apiGroups": ["vault.example.com"], "resources": ["secrets"], "verbs": ["get"]}]),
+        k8s("Role", "harmless", "nlp", rules=[
+            {"apiGroups": [""], "resources": ["pods/*"], "verbs": ["create"]},  # no wildcard in Kubernetes
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["escalate", "bind"]},  # means nothing there
+        ]),
         k8s("Role", "admin", "shared", rules=[{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]),  # no tenant
     )
     found = {f.details["role"]: f for f in scan(tmp_path, one_rule("rbac.tenant_role_dangerous_rules", TENANCY),
