@@ -35,11 +35,13 @@ from auditor.evaluate.policy import (
     known_log_types,
 )
 from auditor.evaluate.principals import (
+    default_service_account_kind,
     google_grants,
     in_domains,
     is_convenience_member,
     is_google_managed,
     is_public,
+    is_service_agent,
     parse_member,
     service_account_project,
 )
@@ -479,6 +481,55 @@ def service_account_admin_roles(asset: Asset, params: SAAdminParams, ctx: Contex
         if parse_member(m).type != "serviceAccount" or params.skipped(m, b.role):
             continue
         yield member_violation(b, m, f"service account {parse_member(m).value} holds admin-level role {b.role}")
+
+
+DEFAULT_SA_KINDS = ["Compute Engine default service account", "App Engine default service account"]
+
+
+class DefaultSABasicRolesParams(Params):
+    roles: list[str] = Field(
+        default_factory=lambda: ["roles/owner", "roles/editor"], description="Role globs (the basic roles)."
+    )
+    kinds: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SA_KINDS),
+        description="Which default service accounts: `Compute Engine default service account`, `App Engine default "
+        "service account`, `Cloud Build legacy service account`.",
+    )
+    except_members: list[str] = Field(default_factory=list, description="Member globs never reported.")
+
+
+@check(
+    "iam.default_service_account_basic_roles",
+    params=DefaultSABasicRolesParams,
+    iam=True,
+    prefilter=roles_prefilter(lambda p: p.roles),
+)
+def default_service_account_basic_roles(
+    asset: Asset, params: DefaultSABasicRolesParams, ctx: Context
+) -> Iterator[Violation]:
+    """Google's default service accounts holding basic roles (CIS GCP Foundations: default service accounts should
+    not hold basic roles).
+
+    The Compute Engine default service account (`PROJECT_NUMBER-compute@developer.gserviceaccount.com`) and the
+    App Engine default service account (`PROJECT_ID@appspot.gserviceaccount.com`) are created with roles/editor
+    on their project; every VM, GKE node pool and App Engine app that runs as them holds it. The other checks
+    leave this grant alone because Google makes it: this one reports it on its own, so that it can be judged (and
+    exempted) apart. Service agents are never reported.
+
+    ```yaml
+    - id: iam-default-service-accounts-no-basic-roles
+      check: iam.default_service_account_basic_roles
+      severity: medium
+      params: {roles: [roles/owner, roles/editor]}
+    ```
+    """
+    for b, m in grants(asset, params.roles):
+        kind = default_service_account_kind(m)
+        if kind is None or kind not in params.kinds or is_service_agent(m):
+            continue
+        if params.except_members and any_member_match(params.except_members, m):
+            continue
+        yield member_violation(b, m, f"{m} ({kind}) holds basic role {b.role}", kind=kind)
 
 
 class ImpersonationParams(MemberFilter):

@@ -243,6 +243,40 @@ def test_banned_roles_skip_google_grants_and_keep_others(tmp_path: Path) -> None
     assert scan(tmp_path, rules, compliant) == []
 
 
+def test_default_service_accounts_with_basic_roles_have_their_own_rule(tmp_path: Path) -> None:
+    """CIS GCP Foundations: default service accounts should not hold basic roles. Google's grant of editor to the
+    default compute account is not iam.banned_roles' finding, but it is this rule's, exemptible like any other."""
+    shipped = [r for r in load_rules([shipped_rules_dir()]) if r.id == "iam-default-service-accounts-no-basic-roles"]
+    assert [r.rule.severity for r in shipped] == ["medium"]
+    p = project(
+        "7",
+        b("roles/editor", "serviceAccount:7-compute@developer.gserviceaccount.com",
+          "serviceAccount:7@cloudservices.gserviceaccount.com",  # the Google APIs service agent: never reported
+          "serviceAccount:p7@appspot.gserviceaccount.com"),
+        b("roles/owner", "serviceAccount:service-7@gcp-sa-aiplatform.iam.gserviceaccount.com",  # a service agent
+          "serviceAccount:7-compute@developer.gserviceaccount.com"),
+        b("roles/viewer", "serviceAccount:8-compute@developer.gserviceaccount.com"),  # not a basic role it bans
+        b("roles/editor", "serviceAccount:trainer@p7.iam.gserviceaccount.com"),  # user-managed: other rules' matter
+    )
+    found = Engine(shipped).evaluate([p]).findings
+    assert sorted((f.details["role"], f.details["member"], f.severity) for f in found) == [
+        ("roles/editor", "serviceAccount:7-compute@developer.gserviceaccount.com", "medium"),
+        ("roles/editor", "serviceAccount:p7@appspot.gserviceaccount.com", "medium"),
+        ("roles/owner", "serviceAccount:7-compute@developer.gserviceaccount.com", "medium"),
+    ]
+    assert {f.details["kind"] for f in found} == {
+        "Compute Engine default service account", "App Engine default service account"}
+    exempt = [{"id": "d", "check": "iam.default_service_account_basic_roles", "severity": "medium",
+               "exemptions": [{"resource": f"{CRM}projects/7", "reason": "legacy VMs until migrated",
+                               "owner": "platform", "details": {"member": "serviceAccount:*-compute@**"}}]}]
+    found = scan(tmp_path, exempt, p)
+    assert len(found) == 3 and {f.details["member"] for f in found if f.exempted} == {
+        "serviceAccount:7-compute@developer.gserviceaccount.com"}
+    only_compute = [{"id": "d", "check": "iam.default_service_account_basic_roles",
+                     "params": {"kinds": ["Compute Engine default service account"], "roles": ["roles/owner"]}}]
+    assert [f.details["role"] for f in scan(tmp_path, only_compute, p)] == ["roles/owner"]
+
+
 def test_allowed_roles_per_asset_type(tmp_path: Path) -> None:
     rules = [{"id": "r", "check": "iam.allowed_roles", "match": {"asset_types": [BUCKET]},
               "params": {"roles": ["roles/storage.object*", "roles/storage.legacy*"]}}]
@@ -428,6 +462,9 @@ def test_wrong_param_type_is_refused_with_rule_id(tmp_path: Path) -> None:
         load_file(f)
 
 
+DEFAULT_COMPUTE_ACCOUNTS = [("1041", "1"), ("1042", "2"), ("1043", "3"), ("1044", "4")]
+
+
 # -- the shipped pack on real dumps -----------------------------------------------------------------------------------
 def test_shipped_iam_pack_on_forseti_dumps(public_data: Path) -> None:
     rules = [r for r in load_rules([shipped_rules_dir()]) if r.rule.check.startswith(("iam.", "cel", "cross_layer."))]
@@ -438,8 +475,14 @@ def test_shipped_iam_pack_on_forseti_dumps(public_data: Path) -> None:
     for f in result.findings:
         by_rule.setdefault(f.rule, []).append(f)
     primitive = by_rule["iam-no-primitive-roles-on-projects"]
-    # Google's own editors (N@cloudservices, N-compute@developer) on every project are not findings...
-    members = [f.details["member"] for f in result.findings if "member" in f.details]
+    # Google's own editors (N@cloudservices, N-compute@developer) on every project are not findings of the other
+    # rules; the default compute account's editor grant is its own rule's (medium), the service agents' nobody's
+    defaults = by_rule.pop("iam-default-service-accounts-no-basic-roles")
+    assert {(f.asset.rsplit("/", 1)[1], f.details["member"], f.details["role"], f.severity) for f in defaults} == {
+        (p, f"serviceAccount:{n}-compute@developer.gserviceaccount.com", "roles/editor", "medium")
+        for p, n in DEFAULT_COMPUTE_ACCOUNTS
+    }
+    members = [f.details["member"] for fs in by_rule.values() for f in fs if "member" in f.details]
     assert members and not any(is_google_managed(m) for m in members)
     # ...the human owners are: a_user and c_grp own each of the 4 projects
     assert {(f.asset.rsplit("/", 1)[1], f.details["member"]) for f in primitive} == {
@@ -472,8 +515,13 @@ def test_example_org_triggers_every_iam_rule_next_to_compliant_assets(repo: Path
     assert {f.rule for f in result.findings} == {r.id for r in rules}
     with_policy = {a.name for a in assets if a.has_iam_policy}
     assert with_policy - {f.asset for f in result.findings}, "compliant assets sit next to the violations"
-    # Google's own grants in the example (service agents, the Google APIs agent with editor) are never findings
-    assert not any(is_google_managed(str(f.details.get("member", ""))) for f in result.findings)
+    # Google's own grants in the example (service agents, the Google APIs agent with editor) are never findings,
+    # but for the default compute account's editor grant under its own rule
+    assert not any(
+        is_google_managed(str(f.details.get("member", "")))
+        for f in result.findings
+        if f.rule != "iam-default-service-accounts-no-basic-roles"
+    )
 
 
 def docstring_examples() -> dict[str, str]:
