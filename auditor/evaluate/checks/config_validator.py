@@ -19,7 +19,13 @@ from pydantic import Field, field_validator
 
 from auditor.evaluate.checks.iam import HIERARCHY_TYPES, member_violation
 from auditor.evaluate.globs import any_match, any_member_match, glob_match, member_match
-from auditor.evaluate.policy import asset_audit_log_configs, asset_bindings, binding_key, known_log_types
+from auditor.evaluate.policy import (
+    AuditLogConfig,
+    asset_audit_log_configs,
+    asset_bindings,
+    binding_key,
+    known_log_types,
+)
 from auditor.evaluate.registry import Context, Params, Violation, check
 from auditor.model import Asset
 
@@ -27,20 +33,29 @@ CONVENIENCE_DEFAULT = ["projectOwner", "projectEditor", "projectViewer"]
 
 
 class _Scoped(Params):
-    assetType: str | None = Field(default=None, description="Only assets of this type (glob).")
-    assetNames: list[str] | None = Field(default=None, description="Only assets whose name matches (globs).")
+    assetType: str | None = Field(
+        default=None, description="Only assets of exactly this type (the template compares with `==`)."
+    )
+    assetNames: list[str] = Field(
+        default_factory=list, description="Only assets whose name matches one of these globs; empty or absent: all."
+    )
 
     def in_scope(self, asset: Asset) -> bool:
-        if self.assetType is not None and not glob_match(self.assetType, asset.asset_type):
+        # check_asset_type: `params.assetType == asset.asset_type`; is_included: an empty list includes every asset
+        if self.assetType is not None and self.assetType != asset.asset_type:
             return False
-        return self.assetNames is None or any_match(self.assetNames, asset.name)
+        return not self.assetNames or any_match(self.assetNames, asset.name)
 
 
 # -- GCPIAMAllowedBindingsConstraintV3 ---------------------------------------------------------------------------------
 class AllowedBindingsParams(_Scoped):
     mode: Literal["allowlist", "denylist", "whitelist", "blacklist"] = "allowlist"
     role: str = Field(min_length=1, description="Role glob.")
-    members: list[str] = Field(description="Member globs.")
+    members: list[str] = Field(
+        default_factory=list,
+        description="Member globs. Empty or absent, as in the template: in allowlist mode no member is allowed, in "
+        "denylist mode none is denied.",
+    )
 
     @property
     def deny(self) -> bool:
@@ -160,7 +175,9 @@ def member_domains(asset: Asset, params: MemberDomainsParams, ctx: Context) -> I
 # -- GCPIAMRequiredBindingsConstraintV1 --------------------------------------------------------------------------------
 class RequiredBindingsParams(_Scoped):
     role: str = Field(min_length=1, description="Role glob.")
-    members: list[str] = Field(min_length=1, description="Required members (globs).")
+    members: list[str] = Field(
+        default_factory=list, description="Required members (globs); empty, as in the template, requires none."
+    )
 
 
 @check("config_validator.required_bindings", params=RequiredBindingsParams, iam=True)
@@ -193,21 +210,44 @@ def required_bindings(asset: Asset, params: RequiredBindingsParams, ctx: Context
 class AuditLogParams(Params):
     services: list[str] = Field(min_length=1)
     log_types: list[str] = Field(min_length=1)
-    allowed_exemptions: list[str] = Field(default_factory=list)
+    allowed_exemptions: list[str] | None = Field(
+        default=None,
+        description="Members that may be exempted. Absent: any exemption is accepted; a list (even empty): an "
+        "exempted member outside it disqualifies the service's config, as in the template.",
+    )
 
     _known = field_validator("log_types")(known_log_types)
 
 
+def _service_gaps(configs: tuple[AuditLogConfig, ...], service: str, params: AuditLogParams) -> list[str]:
+    """Why the audit config of one listed service does not satisfy the constraint (empty when it does)."""
+    mine = [c for c in configs if c.service == service]
+    if not mine:
+        return ["no audit config"]
+    got = {c.log_type for c in mine}
+    out = [f"{t} not enabled" for t in params.log_types if t not in got]
+    if params.allowed_exemptions is not None:
+        for c in mine:
+            out.extend(
+                f"{m} exempted from {c.log_type}"
+                for m in c.exempted_members
+                if not any_member_match(params.allowed_exemptions, m)
+            )
+    return out
+
+
 @check("config_validator.audit_log", params=AuditLogParams, iam=True, asset_types=HIERARCHY_TYPES)
 def audit_log(asset: Asset, params: AuditLogParams, ctx: Context) -> Iterator[Violation]:
-    """Audit log types every listed service must enable (GCPIAMAuditLogConstraintV1).
+    """Audit logs an organization, folder or project must enable (GCPIAMAuditLogConstraintV1).
 
-    GCPIAMAuditLogConstraintV1: on organizations, folders and projects, each listed service that does not
-    enable a listed log type is one violation per (service, log type), services compared literally (a config for
-    `allServices` satisfies only `allServices`); each exempted member of a listed service that is not in
-    `allowed_exemptions` is one violation per (service, log type, member). Reads both spellings and numeric log
-    types (1 ADMIN_READ, 2 DATA_WRITE, 3 DATA_READ). iam.audit_logging is the variant that understands
-    allServices and inheritance.
+    GCPIAMAuditLogConstraintV1, as its rego reads: an organization, folder or project is one violation when none
+    of its audit configs satisfies the constraint. A config satisfies it when its service is one of `services`
+    (compared literally: a config for `allServices` is the `allServices` entry, not every service), it enables
+    every one of `log_types`, and, when `allowed_exemptions` is given, exempts no member outside it. Details name
+    each listed service's gaps. Reads both spellings and numeric log types (1 ADMIN_READ, 2 DATA_WRITE,
+    3 DATA_READ). One deliberate difference: a log config without `exemptedMembers` exempts nobody (the rego,
+    reading an absent field, would reject such a config). iam.audit_logging is the variant that checks every
+    service and understands allServices and inheritance.
 
     ```yaml
     - id: audit-everything
@@ -217,23 +257,16 @@ def audit_log(asset: Asset, params: AuditLogParams, ctx: Context) -> Iterator[Vi
     ```
     """
     configs = asset_audit_log_configs(asset)
-    enabled = {(c.service, c.log_type) for c in configs}
+    gaps: dict[str, list[str]] = {}
     for service in params.services:
-        for log_type in params.log_types:
-            if (service, log_type) not in enabled:
-                yield Violation(
-                    f"{log_type} audit logs are not enabled for {service}",
-                    f"missing|{service}|{log_type}",
-                    {"service": service, "log_type": log_type, "change": "missing"},
-                )
-    for c in configs:
-        if c.service not in params.services:
-            continue
-        for m in c.exempted_members:
-            if any_member_match(params.allowed_exemptions, m):
-                continue
-            yield Violation(
-                f"{m} is exempted from {c.log_type} audit logs of {c.service} and is not an allowed exemption",
-                f"exempt|{c.service}|{c.log_type}|{m}",
-                {"service": c.service, "log_type": c.log_type, "member": m},
-            )
+        why = _service_gaps(configs, service, params)
+        if not why:
+            return
+        gaps[service] = why
+    listed = ", ".join(params.services)
+    detail = "; ".join(f"{svc}: {', '.join(why)}" for svc, why in gaps.items())
+    yield Violation(
+        f"IAM policy for {asset.name} does not have correct audit logs enabled in service(s) {listed} ({detail})",
+        "audit-configs",
+        {"services": list(params.services), "log_types": list(params.log_types), "gaps": gaps},
+    )
