@@ -153,6 +153,7 @@ class Auditor:
         self.running_since: float | None = None
         self.cycles_completed = 0
         self._plan_changes: list[tuple[str, str, int]] = []
+        self._rule_evaluated: dict[str, int] | None = None  # rule id -> 1/0 for the last cycle (None before it)
         self._remediation: RemediationOutput | None = None
         self._remediation_missing_logged = False
         self.published = self._publish()
@@ -201,6 +202,10 @@ class Auditor:
             out.error = f"{type(exc).__name__}: {exc}"
             self.log.exception("cycle_error", stage="collect_evaluate", error=out.error)
         durations["collect_evaluate"] = time.perf_counter() - t
+        unevaluated = {n.rule_id for n in out.result.evaluation.not_evaluated} if out.result is not None else None
+        self._rule_evaluated = {
+            rule.id: 0 if unevaluated is None or rule.id in unevaluated else 1 for rule in self.rules
+        }
         if out.outcome == "abandoned" or self.cancel.is_set():
             out.outcome = "abandoned"
             out.ended_at = self.clock()
@@ -317,7 +322,7 @@ class Auditor:
 
     # -- publishing --------------------------------------------------------------------------------------------------
     def _publish(self) -> Published:
-        view = build_view(self.store, self.rules, self.settings.sources, self._plan_changes)
+        view = build_view(self.store, self.rules, self.settings.sources, self._plan_changes, self._rule_evaluated)
         now = self.clock()
         last, drift = self.store.last_drift()
         latest = self.store.last_cycle()

@@ -19,9 +19,9 @@ from datetime import UTC, date, datetime
 from typing import NamedTuple
 
 from auditor.evaluate.globs import compile_glob, compile_line_globs
-from auditor.evaluate.registry import Context, Prefilter, Violation
+from auditor.evaluate.registry import Context, Outcome, Prefilter, Unevaluated, Violation
 from auditor.evaluate.rulebook import Exemption, LoadedRule
-from auditor.model import Asset, Exempted, Finding, finding_id
+from auditor.model import Asset, Exempted, Finding, NotEvaluated, finding_id
 
 
 @dataclass
@@ -41,6 +41,8 @@ class Evaluation:
     errors: list[EvaluationError] = field(default_factory=list)
     # (rule id, exemption index) -> findings it exempted (or would have, when expired)
     exemption_hits: Counter[tuple[str, int]] = field(default_factory=Counter)
+    # rules that could not be evaluated, with the reason: the snapshot is then partial (exit 3), never clean
+    not_evaluated: list[NotEvaluated] = field(default_factory=list)
 
     @property
     def assets(self) -> int:
@@ -53,6 +55,19 @@ def _expiry(e: Exemption) -> str | None:
 
 def _exempted(e: Exemption) -> Exempted:
     return Exempted(reason=e.reason, owner=e.owner, ticket=e.ticket, expires=_expiry(e))
+
+
+MAX_REASONS_PER_RULE = 20  # distinct reasons kept per rule (one per cluster, say): a report, not a log
+
+
+def _not_evaluated(result: Evaluation, r: LoadedRule, u: Unevaluated) -> None:
+    """Record, once per reason, that a rule could not be evaluated (on some assets or at all)."""
+    entry = NotEvaluated(r.id, u.reason)
+    if entry in result.not_evaluated:
+        return
+    if sum(1 for n in result.not_evaluated if n.rule_id == r.id) >= MAX_REASONS_PER_RULE:
+        return
+    result.not_evaluated.append(entry)
 
 
 def _finding_order(f: Finding) -> tuple[int, str, str, str]:
@@ -272,9 +287,12 @@ class Engine:
                     result.errors.append(EvaluationError(r.id, asset.name, f"{type(exc).__name__}: {exc}"))
                     continue
                 for v in violations:
-                    result.findings.append(self._finding(r, asset, v, result))
+                    if isinstance(v, Unevaluated):
+                        _not_evaluated(result, r, v)
+                    else:
+                        result.findings.append(self._finding(r, asset, v, result))
             return
-        memo: dict[tuple[str, str], list[Violation] | Exception] | None = None
+        memo: dict[tuple[str, str], list[Outcome] | Exception] | None = None
         if rules.keys is not None and not rules.needs_path:
             # Each distinct check once; when none finds anything (most assets), the rules sharing them have nothing
             # to report either. Otherwise the rules are gone through in order with these outcomes.
@@ -295,7 +313,7 @@ class Engine:
         for i, r in enumerate(rules.rules):
             if id(r) in skip or (rules.needs_path and not r.matches_ancestry(path)):
                 continue
-            outcome: list[Violation] | Exception | None = None
+            outcome: list[Outcome] | Exception | None = None
             if memo is not None and rules.keys is not None:
                 outcome = memo.get(rules.keys[i])
             if outcome is None:
@@ -309,7 +327,10 @@ class Engine:
                 result.errors.append(EvaluationError(r.id, asset.name, f"{type(outcome).__name__}: {outcome}"))
                 continue
             for v in outcome:
-                result.findings.append(self._finding(r, asset, v, result))
+                if isinstance(v, Unevaluated):
+                    _not_evaluated(result, r, v)
+                else:
+                    result.findings.append(self._finding(r, asset, v, result))
 
     def _finding(self, r: LoadedRule, asset: Asset, v: Violation, result: Evaluation) -> Finding:
         rule = r.rule
@@ -417,6 +438,7 @@ class EvaluationRun:
         result.findings.extend(part.findings)
         result.errors.extend(part.errors)
         result.exemption_hits.update(part.exemption_hits)
+        result.not_evaluated.extend(n for n in part.not_evaluated if n not in result.not_evaluated)
         engine, ctx = self.engine, self.ctx
         plans = engine._plans
         for asset, kept in held:

@@ -37,6 +37,17 @@ class Violation(NamedTuple):
     severity: Severity | None = None
 
 
+class Unevaluated(NamedTuple):
+    """Yielded by a check, among its violations, for what it could not judge: the context it needs is missing from
+    the snapshot (no Organization asset to read the domain from, no Namespace of a cluster). The rule is then
+    reported as not evaluated, with this reason, and the snapshot as partial: never as checked and clean."""
+
+    reason: str
+
+
+Outcome = Violation | Unevaluated
+
+
 @dataclass
 class Context:
     """What a check can see besides its asset: the assets of its context types, and the evaluation time."""
@@ -73,7 +84,7 @@ class Context:
 
 
 P = TypeVar("P", bound=Params)
-CheckFn = Callable[[Asset, Any, Context], Iterable[Violation]]
+CheckFn = Callable[[Asset, Any, Context], Iterable[Outcome]]
 ScreenFn = Callable[[Asset, Any, Context], bool]
 
 
@@ -132,7 +143,7 @@ def check(
     screen: Callable[[Asset, P, Context], bool] | None = None,
     screen_reads_context: bool = False,
     prefilter: Prefilter | None = None,
-) -> Callable[[Callable[[Asset, P, Context], Iterable[Violation]]], Callable[[Asset, P, Context], Iterable[Violation]]]:
+) -> Callable[[Callable[[Asset, P, Context], Iterable[Outcome]]], Callable[[Asset, P, Context], Iterable[Outcome]]]:
     """Register a check. `iam=True`: it reads the IAM policy, and only assets that carry one are given to it.
 
     `context`: asset types the check reads besides its own asset (it then runs once the snapshot is read);
@@ -141,8 +152,8 @@ def check(
     """
 
     def deco(
-        fn: Callable[[Asset, P, Context], Iterable[Violation]],
-    ) -> Callable[[Asset, P, Context], Iterable[Violation]]:
+        fn: Callable[[Asset, P, Context], Iterable[Outcome]],
+    ) -> Callable[[Asset, P, Context], Iterable[Outcome]]:
         if name in _checks:
             raise RuntimeError(f"check {name} registered twice")
         _checks[name] = CheckSpec(

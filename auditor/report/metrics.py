@@ -16,7 +16,7 @@ import bisect
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
@@ -48,6 +48,7 @@ METRIC_NAMES = (
     "auditor_drift_events_total",
     "auditor_exemptions",
     "auditor_exemption_expiry_seconds",
+    "auditor_rule_evaluated",
     "auditor_rules_loaded",
     "auditor_up",
     "auditor_build_info",
@@ -79,6 +80,7 @@ class MetricsView:
     rules_loaded: int = 0
     exemptions: tuple[tuple[str, int], ...] = ()
     expiries: tuple[ExemptionExpiry, ...] = ()
+    rule_evaluated: tuple[tuple[str, int], ...] = ()  # rule, 1 when the last cycle evaluated it, 0 when it could not
 
 
 def exemption_expiries(rules: Iterable[LoadedRule]) -> list[ExemptionExpiry]:
@@ -99,8 +101,12 @@ def build_view(
     rules: Sequence[LoadedRule],
     sources: Sequence[str],
     plan_changes: Iterable[tuple[str, str, int]] = (),
+    rule_evaluated: Mapping[str, int] | None = None,
 ) -> MetricsView:
-    """The view after a cycle (or at start, from what the store kept across the restart)."""
+    """The view after a cycle (or at start, from what the store kept across the restart).
+
+    `rule_evaluated`: rule id -> 1 or 0, whether the last cycle evaluated the rule (None before the first cycle).
+    """
     cycles = dict.fromkeys(OUTCOMES, 0.0)
     for labels, v in store.counters("cycles_total"):
         cycles[labels["outcome"]] = v
@@ -130,6 +136,7 @@ def build_view(
         rules_loaded=len(rules),
         exemptions=tuple(sorted((r.id, len(r.rule.exemptions)) for r in rules if r.rule.exemptions)),
         expiries=tuple(exemption_expiries(rules)),
+        rule_evaluated=tuple(sorted((rule_evaluated or {}).items())),
     )
 
 
@@ -271,6 +278,16 @@ class AuditorCollector(Collector):
         for e in v.expiries:
             expiry.add_metric([e.rule, e.exemption], e.expires_at - now)
         yield expiry
+
+        evaluated = GaugeMetricFamily(
+            "auditor_rule_evaluated",
+            "1 when the last cycle evaluated the rule; 0 when it could not (context missing from the snapshot, the "
+            "cycle failed): its zero findings then mean nothing.",
+            labels=["rule"],
+        )
+        for rule, flag in v.rule_evaluated:
+            evaluated.add_metric([rule], flag)
+        yield evaluated
 
         rules = GaugeMetricFamily("auditor_rules_loaded", "Rules loaded for the last cycle.")
         rules.add_metric([], v.rules_loaded)

@@ -34,13 +34,14 @@ def _json(obj: Any) -> msgspec.Raw:
 
 
 def _findings(engine: Engine, assets: list[Asset]) -> tuple[list[dict[str, Any]], int]:
-    """The findings (as reported) and how many assets were kept for the end."""
+    """The findings (as reported), then the rules not evaluated, and how many assets were kept for the end."""
     run = engine.start()
     run.feed(assets)
     kept = len(run.deferred)
     result = run.finish()
     assert not result.errors
-    return [f.to_dict() for f in result.findings], kept
+    unevaluated = sorted((n.rule_id, n.reason) for n in result.not_evaluated)
+    return [f.to_dict() for f in result.findings] + [{"not_evaluated": n} for n in unevaluated], kept
 
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples"
@@ -63,6 +64,23 @@ def test_screens_never_change_the_findings_of_the_example() -> None:
         everything, _ = _findings(Engine(rules, now=NOW, shortcuts=False), arranged)
         assert {f["rule"] for f in screened} == {r.id for r in rules}
         assert screened == everything
+
+
+def test_screens_never_change_which_rules_could_not_be_evaluated() -> None:
+    """The example without its Organization asset nor the Namespaces of its cluster: the external members and
+    tenant rules cannot be judged, and say so alike with and without the screens."""
+    assets = [
+        a
+        for a in [*iter_file_assets(EXAMPLE / "org"), *iter_file_assets(EXAMPLE / "k8s", cluster=EXAMPLE_CLUSTER)]
+        if a.asset_type not in (ORG, "k8s.io/Namespace")
+    ]
+    rules = load_rules()
+    for arranged in (assets, assets[::-1]):
+        screened, _ = _findings(Engine(rules, now=NOW), arranged)
+        everything, _ = _findings(Engine(rules, now=NOW, shortcuts=False), arranged)
+        assert screened == everything
+        unevaluated = {f["not_evaluated"][0] for f in screened if "not_evaluated" in f}
+        assert {"iam-no-external-members", "rbac-tenant-isolation"} <= unevaluated
 
 
 @pytest.mark.parametrize("order", ["as exported", "reversed", "shuffled"])

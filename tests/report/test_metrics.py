@@ -169,3 +169,36 @@ def test_a_shard_labels_every_series_with_its_scope(tmp_path: Path) -> None:
     assert 'auditor_findings{asset_type="storage.googleapis.com/Bucket",mode="dryrun",rule="public",' \
            'scope="folders/42",severity="critical"} 1.0' in text
     store.close()
+
+
+def test_a_rule_the_cycle_could_not_evaluate_is_zero_in_auditor_rule_evaluated(tmp_path: Path) -> None:
+    """The example organization without its Organization asset (an export of one folder, say): the external members
+    rule has no domain to compare with. It is 0 in auditor_rule_evaluated, the others 1, and promtool accepts it."""
+    from auditor.cycle import Auditor
+    from auditor.settings import load_settings
+    from tests.daemon.support import example_org, write_config
+
+    org, _ = example_org(tmp_path)
+    for f in org.glob("*.ndjson"):
+        lines = f.read_text().splitlines()
+        kept = [line for line in lines if "cloudresourcemanager.googleapis.com/Organization" not in line]
+        f.write_text("".join(line + "\n" for line in kept))
+    settings = load_settings(write_config(tmp_path / "config.yaml"))
+    auditor = Auditor(settings, Store(settings.state_path))
+    before = collect(AuditorCollector(lambda: auditor.published.view, StageHistogram()))
+    assert before.get("auditor_rule_evaluated", {}) == {}  # no cycle yet: nothing is claimed
+    out = auditor.run_cycle()
+    assert out.result is not None
+    assert [(n.rule_id, "no Organization asset" in n.reason) for n in out.result.evaluation.not_evaluated] == [
+        ("iam-no-external-members", True)
+    ]
+    collector = AuditorCollector(lambda: auditor.published.view, auditor.histogram)
+    evaluated = collect(collector)["auditor_rule_evaluated"]
+    assert evaluated[(("rule", "iam-no-external-members"),)] == 0
+    assert evaluated[(("rule", "iam-no-public-members"),)] == 1
+    assert len(evaluated) == len(auditor.rules)
+    promtool = require_binary("promtool")
+    text = generate_latest(make_registry(collector))
+    proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    auditor.store.close()

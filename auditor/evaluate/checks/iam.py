@@ -45,7 +45,7 @@ from auditor.evaluate.principals import (
     parse_member,
     service_account_project,
 )
-from auditor.evaluate.registry import Context, Params, Prefilter, Violation, check
+from auditor.evaluate.registry import Context, Outcome, Params, Prefilter, Unevaluated, Violation, check
 from auditor.model import Asset
 
 ORGANIZATION = "cloudresourcemanager.googleapis.com/Organization"
@@ -339,14 +339,15 @@ def _screen_external(asset: Asset, params: DomainParams, ctx: Context) -> bool:
     screen=_screen_external,
     screen_reads_context=True,
 )
-def external_members(asset: Asset, params: DomainParams, ctx: Context) -> Iterator[Violation]:
+def external_members(asset: Asset, params: DomainParams, ctx: Context) -> Iterator[Outcome]:
     """Members from outside the organization (its domain, its projects' service accounts).
 
     Members from outside the organization: the allowed domains are the organization's own domain (the display
     name of the Organization assets in the snapshot) plus `domains`, and the service accounts, GKE Workload
     Identity members (`PROJECT.svc.id.goog[ns/ksa]`) and workload identity pool principals of every project in the
     snapshot are internal. Same params and exceptions as iam.allowed_domains. Without an Organization asset and
-    without `domains` the check has nothing to compare against and reports nothing.
+    without `domains` the check has nothing to compare against: the rule is reported as not evaluated (the
+    snapshot is partial), never as clean.
 
     ```yaml
     - id: iam-no-external-members
@@ -358,6 +359,11 @@ def external_members(asset: Asset, params: DomainParams, ctx: Context) -> Iterat
     org_domains, projects = _org_index(ctx)
     domains = org_domains | frozenset(params.domains)
     if not domains:
+        if asset_bindings(asset):
+            yield Unevaluated(
+                "no Organization asset in the snapshot (its display name is the domain members are compared with) "
+                "and no `domains` in the rule's params"
+            )
         return
     yield from _domain_violations(asset, params, domains, projects, _inside(ctx, params, "org"))
 

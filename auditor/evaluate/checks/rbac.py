@@ -46,7 +46,7 @@ from auditor.evaluate.rbac_rules import (
     resource_matches,
     union,
 )
-from auditor.evaluate.registry import Context, Params, Prefilter, Violation, check
+from auditor.evaluate.registry import Context, Outcome, Params, Prefilter, Unevaluated, Violation, check
 from auditor.model import Asset, Severity
 
 SYSTEM_NAMESPACES = ["kube-system", "kube-public", "kube-node-lease", "gke-*", "gmp-*"]
@@ -458,6 +458,7 @@ class Tenancy:
         # (cluster, user or group) -> its tenants: one binding after another names the same groups
         self._user_cache: dict[tuple[str, str], frozenset[str]] = {}
         self.read: set[tuple[str, str]] = set()  # (cluster, namespace) of every Namespace read
+        self.clusters: set[str] = set()  # the clusters of `read`
         for a in namespaces:
             self.add_namespace(a)
 
@@ -465,6 +466,7 @@ class Tenancy:
         ns = object_name(a.resource, a)
         cluster = cluster_of(a.name)
         self.read.add((cluster, ns))
+        self.clusters.add(cluster)
         tenant = self._from_labels(ns, meta(a.resource).get("labels") or {})
         if tenant is None:
             tenant = self._from_name(ns)
@@ -536,6 +538,19 @@ class Tenancy:
     def is_exempt(self, s: dict[str, Any], ns: str | None) -> bool:
         return exempt_subject(self.params, s, ns)
 
+    def unknown(self, cluster: str, ns: str | None) -> Unevaluated | None:
+        """When a namespace's tenant cannot be known: tenants are read from Namespace labels and no Namespace of
+        its cluster is in the snapshot (a snapshot of RBAC objects only). None when it can be known."""
+        if not ns or not self.params.tenant_labels or (cluster, ns) in self.read:
+            return None
+        if cluster in self.clusters:
+            return None  # its cluster's Namespaces were read: this one is simply not a tenant's
+        return Unevaluated(
+            f"no Namespace of cluster {cluster.removeprefix('//container.googleapis.com/') or '(unnamed)'} in the "
+            "snapshot: the tenants of its namespaces "
+            "(Namespace labels) are unknown"
+        )
+
     def own_tenant(self, asset: Asset) -> str | None:
         """A Namespace's tenant, from its own labels or name (what `tenant_of` says of it, without the context)."""
         ns = object_name(asset.resource, asset)
@@ -563,7 +578,7 @@ _NAMESPACED = (ROLE, ROLE_BINDING, RESOURCE_QUOTA, NETWORK_POLICY)
 # Tenancy reads the Namespaces (labels), and the names of the Roles and RoleBindings (namespaces known by name only).
 TENANT_CONTEXT = [NAMESPACE]
 TENANT_CONTEXT_NAMES = [ROLE, ROLE_BINDING]
-_Check = Callable[[Asset, Any, Context], Iterable[Violation]]
+_Check = Callable[[Asset, Any, Context], Iterable[Outcome]]
 
 
 def tenant_check(
@@ -651,7 +666,7 @@ def _screen_isolation(asset: Asset, params: TenantParams, ctx: Context) -> bool:
 
 
 @tenant_check("rbac.tenant_isolation", params=TenantParams, asset_types=[ROLE_BINDING], screen=_screen_isolation)
-def tenant_isolation(asset: Asset, params: TenantParams, ctx: Context) -> Iterator[Violation]:
+def tenant_isolation(asset: Asset, params: TenantParams, ctx: Context) -> Iterator[Outcome]:
     """A RoleBinding in a tenant namespace binds only that tenant's subjects.
 
     A tenant's subjects are the service accounts of its own namespaces and the users and groups mapped to it
@@ -680,6 +695,9 @@ def tenant_isolation(asset: Asset, params: TenantParams, ctx: Context) -> Iterat
     ns = binding_namespace(asset)
     tenant = tenancy.tenant_of(cluster, ns)
     if tenant is None:
+        unknown = tenancy.unknown(cluster, ns)
+        if unknown is not None and _judged_subjects(asset, params):
+            yield unknown
         return
     for s in subjects(obj):
         if tenancy.is_exempt(s, ns):
@@ -842,7 +860,7 @@ def _screen_dangerous_rules(asset: Asset, params: DangerousRulesParams, ctx: Con
     asset_types=[ROLE],
     screen=_screen_dangerous_rules,
 )
-def tenant_role_dangerous_rules(asset: Asset, params: DangerousRulesParams, ctx: Context) -> Iterator[Violation]:
+def tenant_role_dangerous_rules(asset: Asset, params: DangerousRulesParams, ctx: Context) -> Iterator[Outcome]:
     """Roles in tenant namespaces grant nothing that breaks out of the tenant or reads what it should not.
 
     Reported: wildcards (`*` verbs or resources), `escalate`, `bind` and `impersonate` (a way to more power than
@@ -871,8 +889,12 @@ def tenant_role_dangerous_rules(asset: Asset, params: DangerousRulesParams, ctx:
     if is_system_object(obj):
         return
     ns = str(meta(obj).get("namespace") or namespace_of(asset.name) or "")
-    tenant = _tenancy(ctx, params).tenant_of(cluster_of(asset.name), ns)
+    tenancy = _tenancy(ctx, params)
+    tenant = tenancy.tenant_of(cluster_of(asset.name), ns)
     if tenant is None:
+        unknown = tenancy.unknown(cluster_of(asset.name), ns)
+        if unknown is not None and _dangerous_rules(asset, params):
+            yield unknown
         return
     rules = [r for r in obj.get("rules") or () if isinstance(r, dict)]
     offending: list[dict[str, Any]] = []

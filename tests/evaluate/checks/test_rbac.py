@@ -475,3 +475,27 @@ def test_params_errors_name_the_rule_line_and_field(tmp_path: Path, check: str, 
     with pytest.raises(RuleError) as exc:
         scan(tmp_path, one_rule(check, params), [])
     assert "rules.yaml:1: rule r:" in str(exc.value) and message in str(exc.value)
+
+
+def test_tenant_checks_without_the_namespaces_of_a_cluster_say_they_could_not_judge(tmp_path: Path) -> None:
+    """RBAC objects of a cluster whose Namespaces are not in the snapshot: tenants are read from Namespace labels,
+    so the tenant checks cannot tell whose namespace a binding is in. They report the rule as not evaluated for
+    that cluster, not as clean; a cluster whose Namespaces were read is judged as usual."""
+    rules = (one_rule("rbac.tenant_isolation", TENANCY).replace("id: r,", "id: iso,")
+             + one_rule("rbac.tenant_role_dangerous_rules", TENANCY).replace("id: r,", "id: roles,"))
+    f = tmp_path / "rules.yaml"
+    f.write_text(rules)
+    blind = assets(
+        rb("ext", "nlp", "Role", "trainer", "User:stranger@example.com"),
+        k8s("Role", "operator", "nlp", rules=[{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}]),
+        k8s("Role", "plain", "nlp", rules=[{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"]}]),
+        cluster=OTHER_CLUSTER,
+    )
+    seen = assets(*NAMESPACES, rb("ext", "nlp", "Role", "trainer", "User:stranger@example.com"))
+    for shortcuts in (True, False):
+        result = Engine(load_file(f), shortcuts=shortcuts).evaluate(blind + seen)
+        assert [(f.rule, f.asset.split("/clusters/")[1].split("/")[0]) for f in result.findings] == [
+            ("iso", "training")]
+        assert sorted(n.rule_id for n in result.not_evaluated) == ["iso", "roles"]
+        assert all("no Namespace of cluster projects/p/locations/us-central1/clusters/inference" in n.reason
+                   for n in result.not_evaluated)
