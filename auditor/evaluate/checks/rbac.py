@@ -573,6 +573,17 @@ def _tenancy(ctx: Context, params: TenantParams) -> Tenancy:
     return ctx.memo(f"rbac.tenancy.{_tenancy_key(ctx, params)}", build)
 
 
+def tenancy_of(ctx: Context, params: TenantParams) -> Tenancy:
+    """The tenancy of the whole snapshot for these params, for checks of other domains judged against it (they
+    declare TENANT_CONTEXT and TENANT_CONTEXT_NAMES, and call this once the snapshot is read, not in screens)."""
+    return _tenancy(ctx, params)
+
+
+def own_tenant(ctx: Context, params: TenantParams, namespace: Asset) -> str | None:
+    """A Namespace's tenant by its own labels and name: what a screen may ask as the Namespaces stream by."""
+    return _tenant_names(ctx, params).own_tenant(namespace)
+
+
 class _TenancySoFar:
     """A Tenancy of the Namespaces read so far, grown as they stream by (for screens)."""
 
