@@ -336,3 +336,37 @@ def test_forseti_export_cluster(public_data: Path) -> None:
         "gke-shielded-nodes": 1,
         "gke-legacy-metadata-endpoints-disabled": 1,
     }
+
+
+def _rbac_rules() -> list[Any]:
+    return load_file(shipped_rules_dir() / "rbac.yaml")
+
+
+@pytest.mark.parametrize("shortcuts", [True, False], ids=["screens", "no-shortcuts"])
+@pytest.mark.parametrize("abac_on", [True, False], ids=["abac", "rbac-only"])
+def test_rbac_findings_say_when_legacy_abac_is_on(abac_on: bool, shortcuts: bool) -> None:
+    data = safe_v1()
+    if abac_on:
+        abac(data, "v1")
+    cluster = "projects/ml-prod/locations/us-central1/clusters/train"
+    objs = [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "anon"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:anonymous"}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "outsider", "namespace": "tenant-vision"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev@contractor.example"}]},
+    ]
+    k8s = [a for a in (object_asset(o, cluster) for o in objs) if a is not None]
+    # the RBAC objects stream by before their cluster, as in a CAI export ordered by asset type
+    result = Engine(_rbac_rules(), shortcuts=shortcuts).evaluate([*k8s, *tenant_objects(), cluster_asset(data)])
+    assert not result.errors
+    rules = {f.rule: f for f in result.findings}
+    assert {"rbac-no-public-subjects", "rbac-tenant-isolation"} <= set(rules)
+    for rule in ("rbac-no-public-subjects", "rbac-tenant-isolation"):
+        f = rules[rule]
+        assert ("RBAC is not the only authorizer" in f.message) is abac_on
+        assert f.details.get("legacy_abac", False) is abac_on
+    # quota and network hygiene are not authorization findings: no note
+    assert all("legacy_abac" not in f.details for f in result.findings if f.rule == "rbac-tenant-namespace-hygiene")
