@@ -164,7 +164,8 @@ def node_metadata_exposed(d: Data, spelling: str) -> None:
 
 
 def default_sa_narrow(d: Data, spelling: str) -> None:
-    _gpu(d)["serviceAccount"] = "default" if spelling == "older" else "401000000001-compute@developer.gserviceaccount.com"
+    default = "default" if spelling == "older" else "401000000001-compute@developer.gserviceaccount.com"
+    _gpu(d)["serviceAccount"] = default
     _gpu(d)["oauthScopes"] = NARROW_SCOPES
 
 
@@ -221,7 +222,8 @@ def cluster_asset(data: Data, name: str = NAME) -> Asset:
 
 def tenant_objects(cluster: str = "projects/ml-prod/locations/us-central1/clusters/train") -> list[Asset]:
     objs = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tenant-vision", "labels": {"tenant": "vision"}}},
+        {"apiVersion": "v1", "kind": "Namespace",
+         "metadata": {"name": "tenant-vision", "labels": {"tenant": "vision"}}},
         {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
          "metadata": {"name": "default-deny", "namespace": "tenant-vision"},
          "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}},
