@@ -9,7 +9,6 @@ model. A wrong file is refused as a whole, with one line per problem: file, line
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -20,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from auditor.errors import RuleError
-from auditor.evaluate.globs import compile_glob
+from auditor.evaluate.globs import Matcher, check_glob, compile_glob
 from auditor.evaluate.registry import CheckSpec, Params, all_checks, get_check
 from auditor.model import Mode, Severity
 
@@ -37,6 +36,13 @@ class Match(BaseModel):
     )
     excluded_ancestries: list[str] = Field(default_factory=list, description="Ancestry path globs to skip.")
 
+    @field_validator("asset_types", "ancestries", "excluded_ancestries")
+    @classmethod
+    def _globs(cls, v: list[str]) -> list[str]:
+        for g in v:
+            check_glob(g)
+        return v
+
 
 class Exemption(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -50,6 +56,18 @@ class Exemption(BaseModel):
         default_factory=dict,
         description="Optional globs on finding details (e.g. member: 'serviceAccount:ci@*') to narrow the exemption.",
     )
+
+    @field_validator("resource")
+    @classmethod
+    def _glob(cls, v: str) -> str:
+        return check_glob(v)
+
+    @field_validator("details")
+    @classmethod
+    def _detail_globs(cls, v: dict[str, str]) -> dict[str, str]:
+        for g in v.values():
+            check_glob(g)
+        return v
 
 
 class Rule(BaseModel):
@@ -82,9 +100,9 @@ class LoadedRule:
     spec: CheckSpec
     params: Params
     origin: str  # file:line
-    _types: tuple[re.Pattern[str], ...] = field(init=False, repr=False)
-    _anc: tuple[re.Pattern[str], ...] = field(init=False, repr=False)
-    _excl: tuple[re.Pattern[str], ...] = field(init=False, repr=False)
+    _types: tuple[Matcher, ...] = field(init=False, repr=False)
+    _anc: tuple[Matcher, ...] = field(init=False, repr=False)
+    _excl: tuple[Matcher, ...] = field(init=False, repr=False)
     _all_ancestries: bool = field(init=False, repr=False)
     _anc_cache: dict[str, bool] = field(init=False, repr=False, default_factory=dict)
 

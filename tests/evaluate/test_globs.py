@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from auditor.evaluate.globs import compile_glob, compile_line_globs, glob_match, member_match
+from auditor.evaluate.globs import compile_glob, compile_line_globs, glob_match, member_match, unbounded_wildcards
 
 
 @pytest.mark.parametrize(
@@ -77,9 +77,12 @@ def test_line_globs_find_exactly_the_members_the_globs_match(pattern: str) -> No
     for member in LINE_MEMBERS:
         alone = compile_glob(pattern, ".").match(member) is not None
         # among other members, before and after it: a match never spills over a line
-        others = [m for m in LINE_MEMBERS if m != member and compile_glob(pattern, ".").match(m) is None]
+        others = [m for m in LINE_MEMBERS if m != member and rx.search(m) is None]
         text = "\n".join([*others[:2], member, *others[2:]])
-        assert (rx.search(text) is not None) == alone, (pattern, member)
+        if unbounded_wildcards(pattern) <= 1:
+            assert (rx.search(text) is not None) == alone, (pattern, member)
+        elif alone:  # several wildcards: searched as a superset (linear), which never misses a member
+            assert rx.search(text) is not None, (pattern, member)
     assert compile_line_globs((), ".") is None
 
 
@@ -94,3 +97,36 @@ def test_line_globs_never_match_across_members() -> None:
         assert rx is not None
         found = rx.search(text)
         assert found is None or "\n" not in found.group(0), (pattern, text)
+
+
+def test_the_automaton_agrees_with_the_regular_expression_on_random_globs() -> None:
+    """LinearGlob (several wildcards) against the regular expression of the same glob (the reference semantics,
+    affordable on short texts), for both separators."""
+    import random
+    import re
+
+    from auditor.evaluate.globs import LinearGlob, _translate
+
+    rnd = random.Random(7)
+    atoms = ["a", "b", "/", ".", "*", "**", "?", "**/"]
+    for _ in range(3000):
+        sep = rnd.choice("/.")
+        pattern = "".join(rnd.choice(atoms) for _ in range(rnd.randint(1, 7)))
+        reference = re.compile("(?s:" + _translate(pattern, sep, line=False) + r")\Z")
+        auto = LinearGlob(pattern, sep)
+        for _ in range(8):
+            text = "".join(rnd.choice("ab/.") for _ in range(rnd.randint(0, 9)))
+            assert (auto.match(text) is not None) == (reference.match(text) is not None), (pattern, sep, text)
+
+
+def test_globs_with_many_wildcards_match_in_linear_time() -> None:
+    """`**a**a...b` over a long run of `a`s: a backtracking regular expression would not finish (exponential);
+    the automaton answers in one pass (a hang here is the failure)."""
+    hostile = "**a" * 40 + "**b"
+    text = "a" * 20_000
+    assert unbounded_wildcards(hostile) == 41
+    assert compile_glob(hostile).match(text) is None
+    assert compile_glob(hostile).match(text + "b") is not None
+    assert not member_match("*a" * 30 + "*b", "user:" + "a" * 5000)
+    line = compile_line_globs((hostile,), "/")
+    assert line is not None and line.search(text) is None  # the prefilter's superset is linear too

@@ -180,7 +180,10 @@ def test_conditional_binding_on_the_same_policy_survives(org: FakeGcp, write_rul
     assert after["version"] == 3
     editors = [m for b in after["bindings"] if b["role"] == "roles/editor" for m in b["members"]]
     assert "group:ml-researchers@helix-ml.example" not in editors
-    assert editors == ["serviceAccount:401000000003@cloudservices.gserviceaccount.com"]  # Google's own: kept
+    assert editors == [  # Google's own: kept
+        "serviceAccount:401000000003@cloudservices.gserviceaccount.com",
+        "serviceAccount:401000000003-compute@developer.gserviceaccount.com",
+    ]
 
 
 def test_conditional_member_is_removed_from_the_conditional_binding_only(

@@ -13,17 +13,15 @@ Conventions shared by every check here:
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from auditor.evaluate.globs import compile_glob
+from auditor.evaluate.globs import compile_globs
 from auditor.evaluate.policy import (
     LOG_TYPES,
     Binding,
@@ -58,24 +56,16 @@ ADMIN_ROLE_GLOBS = ["roles/owner", "roles/editor", "roles/*admin", "roles/*Admin
 IMPERSONATION_ROLES = ["roles/iam.serviceAccountUser", "roles/iam.serviceAccountTokenCreator"]
 
 
-@lru_cache(maxsize=2048)
-def _combined(patterns: tuple[str, ...], sep: str) -> re.Pattern[str] | None:
-    """One regular expression for a list of globs: a policy with hundreds of members is matched in one pass each."""
-    if not patterns:
-        return None
-    return re.compile("|".join(f"(?:{compile_glob(p, sep).pattern})" for p in patterns))
-
-
 def any_match(patterns: Sequence[str], text: str) -> bool:
     """Path globs (roles, asset names, project ids): `*` stops at `/`."""
-    rx = _combined(tuple(patterns), "/")
-    return rx is not None and rx.match(text) is not None
+    m = compile_globs(tuple(patterns), "/")
+    return m is not None and m.match(text) is not None
 
 
 def any_member_match(patterns: Sequence[str], member: str) -> bool:
     """Member globs: `*` stops at `.`, a lone `*` is every member."""
-    rx = _combined(tuple(patterns), ".")
-    return rx is not None and rx.match(member) is not None
+    m = compile_globs(tuple(patterns), ".")
+    return m is not None and m.match(member) is not None
 
 
 def grants(asset: Asset, roles: Sequence[str]) -> Iterator[tuple[Binding, str]]:

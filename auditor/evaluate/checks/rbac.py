@@ -275,7 +275,8 @@ class PowerfulRoleParams(Params):
     powerful_roles: bool = Field(
         default=True,
         description="Also any ClusterRole granting a power (reading secrets, pods/exec, pods/attach, nodes/proxy, "
-        "minting tokens, escalate, bind, impersonate, every non-resource URL), at `powerful_severity`.",
+        "minting tokens, escalate, bind, impersonate, every non-resource URL) but not every permission, at "
+        "`powerful_severity`.",
     )
     powerful_severity: Severity = Field(
         default=Severity.high, description="Severity (at most the rule's) of a binding of a role with powers only."
@@ -358,7 +359,7 @@ def no_powerful_role_binding(asset: Asset, params: PowerfulRoleParams, ctx: Cont
         granted = _cluster_roles(ctx).reach(cluster_of(asset.name), role)
         if params.wildcard_roles and granted.everything:
             why = "every verb on every resource"
-        elif params.powerful_roles and granted.powers:
+        elif params.powerful_roles and granted.powers and not granted.everything:
             why = ", ".join(sorted(granted.powers))
             cap = params.powerful_severity
         else:
