@@ -46,7 +46,7 @@ def ref_within(text: str, texts: list[str]) -> bool:
     spans = []
     for version in (4, 6):
         spans += [(version, int(c.network_address), int(c.broadcast_address))
-                  for c in ipaddress.collapse_addresses([b for b in by if b.version == version])]  # type: ignore[misc]
+                  for c in ipaddress.collapse_addresses([b for b in by if b.version == version])]  # type: ignore[type-var]
     return all(any(v == n.version and lo <= int(n.network_address) and int(n.broadcast_address) <= hi
                    for v, lo, hi in spans) for n in nets)
 
