@@ -4,11 +4,20 @@ The expression is compiled once when the rule file is loaded (a syntax error, or
 nor a function, refuses the file with the rule id) and evaluated on each matching asset, or on each IAM binding
 (or binding member) of its policy. It returns true when the asset is in violation (`report_when: false` turns it
 into an assertion that must hold).
+
+Budgets, since rule files may be crafted: an expression longer than MAX_EXPRESSION_LENGTH, nested deeper than
+MAX_NESTING, or whose comprehensions (`all`, `exists`, `exists_one`, `map`, `filter`) nest so that their estimated
+cost exceeds COST_BUDGET is refused at load, before it runs. At run time an evaluation slower than
+TIME_BUDGET_SECONDS is an evaluation error for that asset, and after MAX_OVER_BUDGET of them the rule is not run
+again in that scan (each further asset an error). The CEL library's panics (BaseException subclasses) become
+errors of the rule, never a crash; message templates take plain `{field}`s only (no width or conversion).
 """
 
 from __future__ import annotations
 
+import re
 import string
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -26,6 +35,122 @@ ASSET_VARIABLES = ("asset", "name", "type", "resource", "iam_policy", "ancestors
 BINDING_VARIABLES = ("binding", "role", "members", "condition")
 MEMBER_VARIABLES = ("member",)
 TEMPLATE_FIELDS = frozenset({"name", "type", "project", "role", "member", "members", "condition", "result"})
+
+
+MAX_EXPRESSION_LENGTH = 10_000
+MAX_NESTING = 64  # brackets of any kind, and comprehensions within comprehensions count too
+MAX_COMPREHENSION_NESTING = 4
+DATA_LIST_HINT = 100  # the length assumed for a list from the data (members, bindings, rules...) when estimating
+COST_BUDGET = 1_000_000  # estimated comprehension steps of one evaluation
+TIME_BUDGET_SECONDS = 2.0
+MAX_OVER_BUDGET = 3
+_MACRO = re.compile(r"\.\s*(all|exists_one|exists|map|filter)\s*\(")
+_TOKEN = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[()\[\]{}]""")
+
+
+class CelBudgetError(RuntimeError):
+    """An evaluation over its time budget, or a rule no longer run after too many of them."""
+
+
+def _passthrough(exc: BaseException) -> bool:
+    return isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit))
+
+
+def estimate_cost(expression: str) -> tuple[int, int, int]:
+    """(bracket nesting, comprehension nesting, estimated comprehension steps) of an expression, statically.
+
+    A comprehension over a list literal iterates its elements; over anything else, DATA_LIST_HINT. Nested
+    comprehensions multiply. Strings are skipped (their brackets do not count)."""
+    depth = max_depth = 0
+    # the stack of open brackets: for each, the iteration count of the comprehension it opens (None: not one)
+    stack: list[int | None] = []
+    chain = [1]  # product of the open comprehensions' iteration counts
+    cost = 0
+    max_comp = 0
+    comp_depth = 0
+    pos = 0
+    for m in _TOKEN.finditer(expression):
+        tok = m.group(0)
+        if tok[0] in "'\"":
+            continue
+        if tok in "([{":
+            depth += 1
+            max_depth = max(max_depth, depth)
+            macro = _MACRO.search(expression, max(pos, m.start() - 40), m.end()) if tok == "(" else None
+            if macro is not None and macro.end() == m.end():
+                n = _receiver_size(expression, macro.start())
+                comp_depth += 1
+                max_comp = max(max_comp, comp_depth)
+                chain.append(chain[-1] * n)
+                cost += chain[-1]
+                stack.append(n)
+            else:
+                stack.append(None)
+        else:
+            depth = max(depth - 1, 0)
+            if stack and stack.pop() is not None:
+                comp_depth -= 1
+                chain.pop()
+        pos = m.end()
+    return max_depth, max_comp, cost
+
+
+def _receiver_size(expression: str, dot: int) -> int:
+    """The element count of the list literal just before `.macro(`, or DATA_LIST_HINT for anything else."""
+    i = dot - 1
+    while i >= 0 and expression[i].isspace():
+        i -= 1
+    if i < 0 or expression[i] != "]":
+        return DATA_LIST_HINT
+    level = 0
+    commas = 0
+    j = i
+    while j >= 0:
+        c = expression[j]
+        if c in ")]}":
+            level += 1
+        elif c in "([{":
+            level -= 1
+            if level == 0:
+                break
+        elif c == "," and level == 1:
+            commas += 1
+        j -= 1
+    if j > 0 and (expression[j - 1].isalnum() or expression[j - 1] in "_)]"):
+        return DATA_LIST_HINT  # an index (`x[0]`), not a literal
+    inner = expression[j + 1 : i].strip()
+    return 0 if not inner else commas + 1
+
+
+def check_budget(expression: str) -> None:
+    """ValueError when the expression is refused before it runs (see the module's docstring)."""
+    if len(expression) > MAX_EXPRESSION_LENGTH:
+        raise ValueError(f"CEL expression of {len(expression)} characters, over the limit of {MAX_EXPRESSION_LENGTH}")
+    depth, comp, cost = estimate_cost(expression)
+    if depth > MAX_NESTING:
+        raise ValueError(f"CEL expression nested {depth} deep, over the limit of {MAX_NESTING}")
+    if comp > MAX_COMPREHENSION_NESTING:
+        raise ValueError(
+            f"CEL comprehensions nested {comp} deep, over the limit of {MAX_COMPREHENSION_NESTING}"
+        )
+    if cost > COST_BUDGET:
+        raise ValueError(
+            f"CEL expression's estimated cost {cost:,} comprehension steps is over the budget of {COST_BUDGET:,} "
+            f"(a list from the data counts as {DATA_LIST_HINT} elements)"
+        )
+
+
+def guarded(call: Callable[[], Any], what: str) -> Any:
+    """Run a call into the CEL library; its panics (pyo3's PanicException derives from BaseException) become a
+    RuntimeError, so that they are an error of the rule and never take the scan or the daemon down."""
+    try:
+        return call()
+    except Exception:
+        raise
+    except BaseException as exc:
+        if _passthrough(exc):
+            raise
+        raise RuntimeError(f"the CEL library failed ({what}): {type(exc).__name__}: {exc}") from None
 
 
 def dig(obj: Any, path: str, default: Any = None) -> Any:
@@ -106,14 +231,22 @@ class CelParams(Params):
     _per_member: bool = PrivateAttr(default=False)
     _ctx: Any = PrivateAttr(default=None)
     _names: frozenset[str] = PrivateAttr(default=frozenset())
+    _over_budget: int = PrivateAttr(default=0)
 
     @field_validator("message")
     @classmethod
     def _template(cls, v: str) -> str:
+        if len(v) > 4096:
+            raise ValueError(f"message template of {len(v)} characters, over the limit of 4096")
         try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+            parts = list(string.Formatter().parse(v))
         except ValueError as exc:
             raise ValueError(f"message template: {exc}") from None
+        fields = {f for _, f, _, _ in parts if f is not None}
+        for _, f, spec, conv in parts:
+            if f is not None and (spec or conv):
+                # `{name:>999999999}` asks for a gigabyte of padding: only plain fields are filled in
+                raise ValueError(f"message template: {{{f}}} takes no format spec or conversion")
         unknown = sorted(f for f in fields if f not in TEMPLATE_FIELDS)
         if unknown:
             known = ", ".join(sorted(TEMPLATE_FIELDS))
@@ -122,10 +255,11 @@ class CelParams(Params):
 
     @model_validator(mode="after")
     def _compile(self) -> CelParams:
+        check_budget(self.expression)
         try:
-            program = cel.compile(self.expression)
+            program = guarded(lambda: cel.compile(self.expression), "compile")
         except Exception as exc:  # the library raises ValueError with the parser's report
-            raise ValueError(f"CEL compile error: {' '.join(str(exc).split())}") from None
+            raise ValueError(f"CEL compile error: {' '.join(str(exc).split())[:500]}") from None
         names = set(program.variables())
         per_member = self.per == "member" or (self.per == "binding" and "member" in names)
         allowed = set(ASSET_VARIABLES)
@@ -142,14 +276,20 @@ class CelParams(Params):
             sample.update({"binding": {}, "role": "", "members": [], "condition": {}})
         if per_member:
             sample["member"] = ""
+        started = time.perf_counter()
         try:
-            program.execute(_context(sample))
+            guarded(lambda: program.execute(_context(sample)), "evaluate")
         except RuntimeError as exc:
             if "Undefined variable or function" in str(exc):
                 hint = f"variables with per: {self.per}: {', '.join(sorted(allowed))}"
                 raise ValueError(f"CEL: {str(exc).split('.')[0]} ({hint})") from None
         except Exception:  # a missing key or a type error on empty data says nothing about the rule
             pass
+        took = time.perf_counter() - started
+        if took > TIME_BUDGET_SECONDS:
+            raise ValueError(
+                f"CEL expression took {took:.1f} s on empty data, over its time budget of {TIME_BUDGET_SECONDS} s"
+            )
         self._program = program
         self._per_member = per_member
         self._names = frozenset(names)
@@ -176,8 +316,19 @@ class CelParams(Params):
             ctx.update(variables)
         program = self._program
         if program is None:
-            program = self._program = cel.compile(self.expression)
-        return program.execute(ctx)
+            program = self._program = guarded(lambda: cel.compile(self.expression), "compile")
+        if self._over_budget >= MAX_OVER_BUDGET:
+            raise CelBudgetError(
+                f"not run: the expression went over its time budget of {TIME_BUDGET_SECONDS} s "
+                f"{MAX_OVER_BUDGET} times in this scan"
+            )
+        started = time.perf_counter()
+        result = guarded(lambda: program.execute(ctx), "evaluate")
+        took = time.perf_counter() - started
+        if took > TIME_BUDGET_SECONDS:
+            self._over_budget += 1
+            raise CelBudgetError(f"the evaluation took {took:.1f} s, over its time budget of {TIME_BUDGET_SECONDS} s")
+        return result
 
     @property
     def variable_names(self) -> frozenset[str]:
