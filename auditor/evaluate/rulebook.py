@@ -242,17 +242,59 @@ def _bind(raw: dict[str, Any], node: yaml.Node | None, problems: _Problems, orig
     return LoadedRule(rule=rule, spec=spec, params=params, origin=origin)
 
 
+MAX_RULE_FILE_BYTES = 16 * 1024 * 1024
+MAX_YAML_NESTING = 64  # rules are a few levels deep; YAML nested thousands deep exhausts the parser's recursion
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text, or RuleError naming the file and what is wrong (never an OSError or a decode error)."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_RULE_FILE_BYTES + 1)
+    except OSError as exc:
+        raise RuleError(f"{path}: cannot read the rule file: {exc.strerror or exc}") from None
+    if len(data) > MAX_RULE_FILE_BYTES:
+        raise RuleError(f"{path}: rule file larger than {MAX_RULE_FILE_BYTES // (1024 * 1024)} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RuleError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); rule files are "
+            "UTF-8 YAML"
+        ) from None
+
+
+def _check_nesting(text: str, problems: _Problems) -> None:
+    """Refuse YAML nested deeper than MAX_YAML_NESTING, found from the parser's events (which nest no calls) before
+    the composer, which recurses once per level, sees it."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_NESTING:
+                line = event.start_mark.line + 1 if event.start_mark is not None else None
+                problems.add(line, None, f"YAML nested deeper than {MAX_YAML_NESTING} levels")
+                raise RuleError("\n".join(problems.items))
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
 def load_file(path: Path) -> list[LoadedRule]:
-    """The rules of one file; RuleError lists every problem in it."""
-    text = path.read_text(encoding="utf-8")
+    """The rules of one file; RuleError lists every problem in it. A file that holds no rule is an error too."""
+    text = _read_text(path)
     problems = _Problems(str(path))
     try:
+        _check_nesting(text, problems)
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
         docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problems.add(line, None, f"YAML syntax error: {getattr(exc, 'problem', None) or exc}")
+        raise RuleError("\n".join(problems.items)) from None
+    except RecursionError:  # aliases expanded into a structure too deep (the events above did not nest)
+        problems.add(None, None, "YAML nested too deep")
         raise RuleError("\n".join(problems.items)) from None
 
     out: list[LoadedRule] = []
@@ -302,6 +344,10 @@ def load_file(path: Path) -> list[LoadedRule]:
                 out.append(loaded)
     if problems.items:
         raise RuleError("\n".join(problems.items))
+    if not out:
+        raise RuleError(
+            f"{path}: no rule in the file (empty, or only comments): a rule file that checks nothing is a mistake"
+        )
     return out
 
 
@@ -322,16 +368,21 @@ def _hidden(path: Path, root: Path) -> bool:
 def rule_files(paths: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(
-                sorted(
+        try:
+            if p.is_dir():
+                found = sorted(
                     f for f in p.rglob("*") if f.suffix in RULE_FILE_SUFFIXES and f.is_file() and not _hidden(f, p)
                 )
-            )
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise RuleError(f"{p}: no such rule file or folder")
+                if not found:
+                    raise RuleError(f"{p}: no rule files (.yaml or .yml) in the folder")
+                out.extend(found)
+            elif p.is_file():
+                out.append(p)
+            else:
+                raise RuleError(f"{p}: no such rule file or folder")
+        except OSError as exc:  # a folder that cannot be listed
+            where = exc.filename or p
+            raise RuleError(f"{where}: cannot read the rules folder: {exc.strerror or exc}") from None
     return out
 
 
