@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import copy
 import gzip
 import hashlib
@@ -53,6 +54,7 @@ import pytest
 CONTENT_TYPES = {"0": "CONTENT_TYPE_UNSPECIFIED", "1": "RESOURCE", "2": "IAM_POLICY", "4": "ORG_POLICY",
                  "5": "ACCESS_POLICY", "6": "OS_INVENTORY", "7": "RELATIONSHIP"}  # fmt: skip
 CAI_MAX_PAGE = 1000
+DROPPED = -1  # the status of a request served but never answered (Fault.drop)
 DEFAULT_RULE_PRIORITY = 2147483647
 LIST_PERMISSIONS = {"RESOURCE": "cloudasset.assets.listResource", "IAM_POLICY": "cloudasset.assets.listIamPolicy"}
 EXPORT_PERMISSIONS = {"RESOURCE": "cloudasset.assets.exportResource", "IAM_POLICY": "cloudasset.assets.exportIamPolicy"}
@@ -130,6 +132,8 @@ class Fault:
     message: str | None = None
     permission: str | None = None
     error_info: bool = True  # a 403 carries the ErrorInfo naming the permission (the real API usually does)
+    # Serve the request (its write is done), then close the connection without an answer: a lost response.
+    drop: bool = False
     hits: int = 0
 
     def matches(self, req: RecordedRequest) -> bool:
@@ -718,17 +722,28 @@ class FakeGcp:
             if fault is not None:
                 if fault.delay:
                     time.sleep(fault.delay)
+                if fault.drop:
+                    with contextlib.suppress(ApiError):
+                        self.route(req)
+                    return DROPPED, None, {}
                 if fault.status is not None:
                     raise fault.error(req)
-            for method, pattern, action in _ROUTES:
-                if method != req.method:
-                    continue
-                m = pattern.match(req.path)
-                if m:
-                    return 200, getattr(self, "_" + action)(req, **m.groupdict()), {}
-            raise ApiError(404, f"no such method: {req.method} {req.path}")
+            return 200, self.route(req), {}
         except ApiError as err:
             return err.code, err.body(), err.headers
+
+    def route(self, req: RecordedRequest) -> Any:
+        """The answer of the method the request names (ApiError for an unknown one)."""
+        for method, pattern, action in self.routes():
+            if method != req.method:
+                continue
+            m = pattern.match(req.path)
+            if m:
+                return getattr(self, "_" + action)(req, **m.groupdict())
+        raise ApiError(404, f"no such method: {req.method} {req.path}")
+
+    def routes(self) -> list[_Route]:
+        return _ROUTES
 
     # -- Cloud Asset Inventory --------------------------------------------------------------------------------------
     def _list_assets(self, req: RecordedRequest, parent: str) -> dict[str, Any]:
@@ -1073,6 +1088,9 @@ class _Handler(BaseHTTPRequestHandler):
         req = RecordedRequest(self.command, urllib.parse.unquote(parsed.path), query, body)
         status, payload, headers = self.server_fake.handle(req)
         req.status = status
+        if status == DROPPED:
+            self.close_connection = True
+            return
         self._send(status, payload, headers)
 
     def _send(self, status: int, payload: Any, headers: dict[str, str]) -> None:
