@@ -7,6 +7,7 @@ a scan of an export, applied through the resource's own API, and the fake's stat
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,8 @@ from remediations.journal import Journal
 from remediations.plan import Plan
 from remediations.planning import plan_from_scan
 from remediations.writers import writers
-from tests.fakes.gcp import Fault
-from tests.fakes.gcp import gcp_endpoint  # noqa: F401 - fixture
+from tests.fakes.gcp import ENDPOINT_ENV, Fault
 from tests.fakes.gcp_extra import FakeGcpPlus
-from tests.fakes.gcp_extra import fake_gcp  # noqa: F401 - fixture
 
 ORG = "organizations/990000000001"
 PROJECT = "projects/hostile-proj"
@@ -64,7 +63,15 @@ def _project_record(policy: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def load(fake_gcp: FakeGcpPlus, gcp_endpoint: str, tmp_path: Path) -> Any:  # noqa: F811
+def fake_gcp(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGcpPlus]:
+    """The fake, started and empty; every client of the auditor talks to it."""
+    with FakeGcpPlus() as fake:
+        monkeypatch.setenv(ENDPOINT_ENV, fake.url)
+        yield fake
+
+
+@pytest.fixture
+def load(fake_gcp: FakeGcpPlus, tmp_path: Path) -> Any:
     """Write the records as an export, load them in the fake, return the export's path."""
 
     def write(*records: dict[str, Any]) -> Path:
@@ -212,7 +219,7 @@ def test_public_grants_are_not_counted_by_the_caps(load: Any, fake_gcp: FakeGcpP
 
 @pytest.mark.parametrize("pattern", ["group:break-glass@*", "user:*", "domain:*", "usr:someone@example.com"])
 def test_a_protected_pattern_that_matches_no_member_is_a_configuration_error(pattern: str, tmp_path: Path) -> None:
-    with pytest.raises(AuditorError, match="can match no|no IAM member type"):
+    with pytest.raises(AuditorError, match=r"can match no|no IAM member type"):
         GuardConfig(protected_principals=[pattern])
     config = tmp_path / "config.yaml"
     config.write_text(f"sources: [org]\nremediation:\n  protected_principals: ['{pattern}']\n", encoding="utf-8")
