@@ -13,19 +13,10 @@ from google.api_core import exceptions as gexc
 
 from auditor.collect import gcp_clients
 from auditor.collect.retry import RetryPolicy
-from auditor.permissions import declare
 from remediations.apply import DEFAULT_RETRY, Live, WriteConflict
-from remediations.iam_policies.endpoints import permissions
 from remediations.iam_policies.transports import POLICY_VERSION, PolicyTransport
 from remediations.kinds import IAM
 from remediations.targets import Target
-
-declare(
-    "remediations.iam",
-    permissions(),
-    remediation=True,
-    why="re-read IAM policies (version 3; a dataset's access list) and write the planned bindings with the etag",
-)
 
 _CONFLICTS = (gexc.Aborted, gexc.Conflict, gexc.PreconditionFailed, gexc.FailedPrecondition)
 

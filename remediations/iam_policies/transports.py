@@ -15,8 +15,16 @@ from typing import Any
 from google.api_core import exceptions as gexc
 
 from auditor.collect import gcp_clients
+from auditor.permissions import declare
 from remediations.iam_policies.datasets import access_from_policy, policy_from_access
-from remediations.iam_policies.endpoints import SERVICES, Service
+from remediations.iam_policies.endpoints import SERVICES, Service, permissions
+
+declare(
+    "remediations.iam",
+    permissions(),
+    remediation=True,
+    why="re-read IAM policies (version 3; a dataset's access list) and write the planned bindings with the etag",
+)
 
 POLICY_VERSION = 3
 TIMEOUT = 60.0
@@ -81,11 +89,21 @@ class PolicyTransport:
             pol = self._client(service, resource).bucket(name).get_iam_policy(requested_policy_version=POLICY_VERSION)
             return {k: v for k, v in pol.to_api_repr().items() if k in ("etag", "version", "bindings")}
         if service.transport == "bigquery":
-            return policy_from_access(self._rest("GET", self._url(service, resource)))
+            return policy_from_access(self.get_dataset(resource))
         url = self._url(service, f"{resource}:getIamPolicy")
         if service.get_verb == "GET":
             return self._rest("GET", url, params={"options.requestedPolicyVersion": POLICY_VERSION})
         return self._rest("POST", url, json={"options": {"requestedPolicyVersion": POLICY_VERSION}})
+
+    def get_dataset(self, resource: str) -> dict[str, Any]:
+        """BigQuery datasets.get: the dataset with its access list and etag."""
+        return self._rest("GET", self._url(SERVICES["bigquery"], resource))
+
+    def update_dataset(self, resource: str, access: list[dict[str, Any]], etag: str | None) -> dict[str, Any]:
+        """BigQuery datasets.patch of the access list alone, refused (412) when the etag is not the current one."""
+        headers = {"If-Match": str(etag)} if etag else {}
+        return self._rest("PATCH", self._url(SERVICES["bigquery"], resource), json={"access": access},
+                          headers=headers)
 
     # -- write ------------------------------------------------------------------------------------------------------
     def set(self, api: str, resource: str, name: str | None, state: dict[str, Any] | None,
@@ -99,8 +117,6 @@ class PolicyTransport:
 
             self._client(service, resource).bucket(name).set_iam_policy(Policy.from_api_repr(policy))
         elif service.transport == "bigquery":
-            access = access_from_policy(state or {}, policy)
-            headers = {"If-Match": str(policy["etag"])} if policy.get("etag") else {}
-            self._rest("PATCH", self._url(service, resource), json={"access": access}, headers=headers)
+            self.update_dataset(resource, access_from_policy(state or {}, policy), policy.get("etag"))
         else:
             self._rest("POST", self._url(service, f"{resource}:setIamPolicy"), json={"policy": policy})

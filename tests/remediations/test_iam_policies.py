@@ -171,3 +171,17 @@ def test_the_api_refuses_a_stale_etag(asset_type: str, fake_gcp: FakeGcp, gcp_en
     with pytest.raises((gexc.Aborted, gexc.Conflict, gexc.PreconditionFailed)):
         transport.set(e.service.api, api_resource, resource, live, stale)
     assert _live(fake_gcp, name)["etag"] == "BwYTYPESAAA="
+
+
+def test_the_remediation_role_lists_every_endpoint_permission() -> None:
+    from click.testing import CliRunner
+
+    from auditor.cli import cli
+
+    out = CliRunner().invoke(cli, ["permissions", "--remediation", "--format", "json"], catch_exceptions=False)
+    listed = set(json.loads(out.output)["includedPermissions"])
+    for e in ENDPOINTS.values():
+        assert set(e.permissions) <= listed, e.asset_type
+    read_only = CliRunner().invoke(cli, ["permissions", "--format", "json"], catch_exceptions=False)
+    assert not {p for e in ENDPOINTS.values() for p in e.permissions if "set" in p or "update" in p} & set(
+        json.loads(read_only.output)["includedPermissions"])
