@@ -253,7 +253,8 @@ def test_terraform_and_json_list_the_same_permissions() -> None:
     doc = json.loads(_run("--remediation", "--format", "json"))
     assert listed == doc["includedPermissions"] == _expected(load_declarations(), remediation=True)
     assert doc["role_id"] == "driftAuditorRemediation"
-    assert {c["module"] for c in doc["components"]} >= {"remediations.iam_policies.transports", "remediations.cloud_armor"}
+    modules = {c["module"] for c in doc["components"]}
+    assert modules >= {"remediations.iam_policies.transports", "remediations.cloud_armor"}
     assert tf.count("{") == tf.count("}")
 
 
