@@ -224,17 +224,32 @@ def _outside(
     return project not in projects and not any_match(params.service_account_projects, project)
 
 
+NO_PROJECTS = (
+    "no Project asset in the snapshot: the service accounts of the organization's own projects cannot be told from "
+    "external ones (list them in `service_account_projects`, or read the projects too)"
+)
+
+
 def _domain_violations(
-    asset: Asset, params: DomainParams, domains: AbstractSet[str], projects: AbstractSet[str], inside: set[str]
-) -> Iterator[Violation]:
+    asset: Asset,
+    params: DomainParams,
+    domains: AbstractSet[str],
+    projects: AbstractSet[str],
+    inside: set[str],
+    projects_known: bool = True,
+) -> Iterator[Outcome]:
     """`inside`: members known to be inside (the same groups and accounts recur in thousands of policies); it
-    grows here. Domains and projects can only be added to, never removed, while it is in use."""
+    grows here. Domains and projects can only be added to, never removed, while it is in use. Without
+    `projects_known` (the snapshot holds no Project), a project's service account is not judged."""
     listed = sorted(domains)
     allowed = ", ".join(listed[:3]) + (f" and {len(listed) - 3} more domains" if len(listed) > 3 else "")
     for b, m in grants(asset, params.roles):
         if m in inside:
             continue
         if _outside(m, b.role, params, domains, projects):
+            if not projects_known and service_account_project(m) is not None:
+                yield Unevaluated(NO_PROJECTS)
+                continue
             parsed = parse_member(m)
             where = f"domain {parsed.domain}" if parsed.domain else "no domain"
             yield member_violation(b, m, f"{m} ({where}) holds {b.role} but is outside {allowed}")
@@ -250,7 +265,7 @@ def _inside(ctx: Context, params: DomainParams, key: str) -> set[str]:
 
 
 @check("iam.allowed_domains", params=DomainParams, iam=True)
-def allowed_domains(asset: Asset, params: DomainParams, ctx: Context) -> Iterator[Violation]:
+def allowed_domains(asset: Asset, params: DomainParams, ctx: Context) -> Iterator[Outcome]:
     """Members must belong to the listed domains (`user:`, `group:`, `serviceAccount:` e-mails and `domain:`).
 
     Public members (allUsers, allAuthenticatedUsers) and workforce/workload identity principals have no domain and
@@ -355,7 +370,7 @@ def external_members(asset: Asset, params: DomainParams, ctx: Context) -> Iterat
                 "and no `domains` in the rule's params"
             )
         return
-    yield from _domain_violations(asset, params, domains, projects, _inside(ctx, params, "org"))
+    yield from _domain_violations(asset, params, domains, projects, _inside(ctx, params, "org"), bool(projects))
 
 
 # -- roles ------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import yaml
 
 from auditor.collect.files import iter_file_assets
 from auditor.errors import RuleError
+from auditor.evaluate.checks.iam import NO_PROJECTS
 from auditor.evaluate.engine import Engine
 from auditor.evaluate.principals import (
     default_service_account_kind,
@@ -214,8 +215,18 @@ def test_external_members_uses_the_organization_domain_and_projects(tmp_path: Pa
     assert members_of(found) == {"user:eve@gmail.com", "allUsers", "serviceAccount:other-co.svc.id.goog[default/x]"}
     quiet_public = [{"id": "r", "check": "iam.external_members", "params": {"include_public": False}}]
     assert "allUsers" not in members_of(scan(tmp_path, quiet_public, org(), inside, outside))
-    # without an Organization asset and without domains there is nothing to compare with: silence, not noise
-    assert scan(tmp_path, rules, inside, outside) == []
+    # without an Organization asset and without domains there is nothing to compare with: no finding, and the rule
+    # says it was not evaluated (the snapshot is then partial), never "checked and clean"
+    f = tmp_path / "external.yaml"
+    f.write_text(yaml.safe_dump([{"severity": "high", **rules[0]}]))
+    blind = Engine(load_file(f)).evaluate([inside, outside])
+    assert blind.findings == [] and [n.rule_id for n in blind.not_evaluated] == ["r"]
+    assert "no Organization asset" in blind.not_evaluated[0].reason
+    # with the Organization but no Project, a project's service account cannot be judged: not a finding, not clean
+    no_projects = Engine(load_file(f)).evaluate([org(), outside])
+    assert members_of(no_projects.findings) == {"user:eve@gmail.com", "allUsers"}  # the Workload Identity ones too
+    assert [n.reason for n in no_projects.not_evaluated] == [NO_PROJECTS]
+    assert Engine(load_file(f)).evaluate([org(), inside, outside]).not_evaluated == []
 
 
 # -- roles ------------------------------------------------------------------------------------------------------------
