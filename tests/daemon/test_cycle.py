@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import auditor.cycle as auditor_cycle
 from auditor.cycle import Auditor, error_code, normalise_remediation
 from auditor.errors import AuditorError
 from auditor.evaluate.rulebook import load_rules
@@ -319,17 +320,29 @@ def test_an_unexpected_error_is_logged_counted_and_the_next_cycle_runs(tmp_path:
     assert auditor.run_cycle().outcome == "success"
     (rules / "binary.yaml").write_bytes(b"\xff\xfe\x00 not text")  # a file nobody meant to put there
     out = auditor.run_cycle()
-    assert out.outcome == "failed" and out.error is not None and "UnicodeDecodeError" in out.error
-    errors = events(logs, "cycle_error")
-    assert errors and "Traceback" in errors[-1]["exception"]  # a bug-like failure keeps its traceback in the log
+    assert out.outcome == "failed" and out.error is not None and "binary.yaml:1: not UTF-8" in out.error
     (rules / "binary.yaml").unlink()
     assert auditor.run_cycle().outcome == "success"
+
+    def bug(*_a: Any, **_k: Any) -> Any:  # what a bug in a stage looks like: not an AuditorError
+        raise ZeroDivisionError("division by zero")
+
+    real = auditor_cycle.run_scan
+    auditor_cycle.run_scan = bug  # type: ignore[assignment]
+    try:
+        out = auditor.run_cycle()
+    finally:
+        auditor_cycle.run_scan = real  # type: ignore[assignment]
+    assert out.outcome == "failed" and out.error is not None and "ZeroDivisionError" in out.error
+    errors = events(logs, "cycle_error")
+    assert errors and "Traceback" in errors[-1]["exception"]  # a bug-like failure keeps its traceback in the log
+    assert auditor.run_cycle().outcome == "success"
     collector = AuditorCollector(lambda: auditor.published.view, auditor.histogram)
-    assert samples(collector, "auditor_cycles_total")[(("outcome", "failed"),)] == 1
+    assert samples(collector, "auditor_cycles_total")[(("outcome", "failed"),)] == 2
     auditor.store.close()
-    # The same file at start refuses to start, with one line.
+    # The same file at start refuses to start, with one line naming it.
     (rules / "binary.yaml").write_bytes(b"\xff\xfe\x00 not text")
-    with pytest.raises(AuditorError, match="rules: UnicodeDecodeError"):
+    with pytest.raises(AuditorError, match=r"binary\.yaml:1: not UTF-8"):
         make_auditor(write_config(tmp_path / "config.yaml", rules=[str(rules)]))
 
 
