@@ -51,6 +51,9 @@ CALLS: dict[str, list[tuple[str, ...]]] = {
     "remove_rule": [("compute.securityPolicies.update",), _COMPUTE_OP],
     "get_rule": [("compute.securityPolicies.get",)],
     "get_cluster": [("container.clusters.get",)],
+    "get_feed": [("cloudasset.feeds.get",)],
+    "create_feed": [("cloudasset.feeds.create",)],
+    "update_feed": [("cloudasset.feeds.update",)],
 }
 KEYWORDED: dict[tuple[str, str], list[tuple[str, ...]]] = {
     ("get", "security_policy"): [("compute.securityPolicies.get",)],
