@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
@@ -176,9 +176,11 @@ PROTECTED = ("/report", "/findings.json")  # they name resources and members; /m
 
 
 class Daemon:
-    def __init__(self, settings: Settings, auditor: Auditor) -> None:
+    def __init__(self, settings: Settings, auditor: Auditor, clock: Callable[[], float] | None = None) -> None:
         self.settings = settings
         self.auditor = auditor
+        self.clock = clock or auditor.clock
+        self.started_at = self.clock()
         self.log = get_logger("auditor.daemon")
         self.stop = threading.Event()
         self.scheduler = BackgroundScheduler(
@@ -219,13 +221,41 @@ class Daemon:
     def alive(self) -> bool:
         return bool(self.scheduler.running) and not self.stop.is_set()
 
+    def finish_deadline(self) -> float:
+        """Seconds without a finished cycle after which /healthz fails (schedule.finish_deadline_seconds, or twice
+        the longest time between two runs plus the cycle timeout)."""
+        sch = self.settings.schedule
+        if sch.finish_deadline_seconds is not None:
+            return float(sch.finish_deadline_seconds)
+        period = float(sch.interval_seconds + sch.jitter_seconds)
+        if sch.cron:
+            trigger = CronTrigger.from_crontab(sch.cron, timezone=sch.timezone)
+            fire, gaps = datetime.now(UTC), list[float]()
+            for _ in range(8):  # enough to see a weekly or monthly pattern's longest gap among the next runs
+                nxt = trigger.get_next_fire_time(fire, fire)
+                if nxt is None:
+                    break
+                if gaps or nxt != fire:
+                    gaps.append((nxt - fire).total_seconds())
+                fire = nxt + timedelta(seconds=1)
+            period = max(gaps, default=86400.0) + sch.jitter_seconds
+        return 2 * period + sch.cycle_timeout_seconds
+
     def healthy(self) -> tuple[bool, str]:
         if not self.scheduler.running:
             return False, "unhealthy: the scheduler is not running\n"
+        now = self.clock()
         since = self.auditor.running_since
         limit = self.settings.schedule.cycle_timeout_seconds
-        if since is not None and time.time() - since > limit:
+        if since is not None and now - since > limit:
             return False, f"unhealthy: a cycle has run for more than {limit}s\n"
+        deadline = self.finish_deadline()
+        last = self.auditor.last_finished_at
+        quiet = now - (last if last is not None else self.started_at)
+        if since is None and quiet > deadline:
+            # The scheduler runs but no cycle ran (its job was lost, its thread died): restarting is the cure.
+            what = "since the start" if last is None else "since the last one"
+            return False, f"unhealthy: no cycle has finished for {quiet:.0f}s {what} (deadline {deadline:.0f}s)\n"
         return True, "ok\n"
 
     # -- lifecycle -----------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ Drift is computed when a cycle is recorded, against the findings still open in t
   (ScanResult.incomplete_types(); "*" means every type): then it stays open and is marked stale;
 - an open finding whose rule is no longer loaded is closed without a drift event (the organization did not change);
 - the rest are still open: their last-seen time moves, their first-seen time never does.
-The first cycle that records findings is the baseline: stored and logged, not counted as drift.
+Until a cycle has read everything, cycles are the baseline (that complete cycle included): stored and logged, not
+counted as drift.
 Counters behind the Prometheus counters (cycles, drift events, source errors, remediations) live here too, so
 they survive restarts and never go backwards.
 """
@@ -544,8 +545,10 @@ class Store:
         # The first cycle that records findings is the baseline: its findings are stored and logged as new, but they
         # are what the organization already was, not drift, so the counters (and the alerts on them) stay quiet; a
         # lost state file does not page for every existing finding either.
+        # A partial cycle is no baseline: the baseline lasts until a cycle has read everything (an API error at
+        # install would otherwise make every finding that already existed arrive as new drift on the next cycle).
         rec.baseline = db.execute(
-            "SELECT 1 FROM cycles WHERE id < ? AND outcome != 'failed' LIMIT 1", (rec.cycle_id,)
+            "SELECT 1 FROM cycles WHERE id < ? AND outcome = 'success' LIMIT 1", (rec.cycle_id,)
         ).fetchone() is None
         db.execute("UPDATE cycles SET baseline = ? WHERE id = ?", (int(rec.baseline), rec.cycle_id))
         for e in rec.drift:
@@ -662,6 +665,15 @@ class Store:
     def counters(self, metric: str) -> list[tuple[dict[str, str], float]]:
         rows = self._rows("SELECT labels, value FROM counters WHERE metric = ? ORDER BY labels", (metric,))
         return [(json.loads(r[0]), r[1]) for r in rows]
+
+    def source_reads(self, source: str, limit: int = 10, complete: bool | None = None) -> list[dict[str, Any]]:
+        """What the last cycles recorded of one source (its entry of `CycleInput.sources`), newest first; with
+        `complete`, only the reads that were (or were not) complete."""
+        sql = ("SELECT s.value FROM cycles c, json_each(c.sources) s WHERE json_extract(s.value, '$.source') = ?"
+               + ("" if complete is None else " AND coalesce(json_extract(s.value, '$.complete'), 0) = ?")
+               + " ORDER BY c.id DESC LIMIT ?")
+        args: tuple[Any, ...] = (source, limit) if complete is None else (source, int(complete), limit)
+        return [json.loads(r[0]) for r in self._rows(sql, args)]
 
     def asset_counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self._rows("SELECT asset_type, count FROM asset_counts ORDER BY asset_type")}
