@@ -409,6 +409,7 @@ class Auditor:
             "assets": summary.get("assets"),
             "findings": summary.get("findings"),
             "exempted": summary.get("exempted"),
+            "evaluation_errors": summary.get("evaluation_errors") or None,
             "by_severity": {k: v for k, v in (summary.get("by_severity") or {}).items() if v},
             "new": len(rec.new) if rec else 0,
             "resolved": len(rec.resolved) if rec else 0,

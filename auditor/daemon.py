@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import itertools
 import json
 import os
 import signal
@@ -230,14 +231,15 @@ class Daemon:
         period = float(sch.interval_seconds + sch.jitter_seconds)
         if sch.cron:
             trigger = CronTrigger.from_crontab(sch.cron, timezone=sch.timezone)
-            fire, gaps = datetime.now(UTC), list[float]()
-            for _ in range(8):  # enough to see a weekly or monthly pattern's longest gap among the next runs
-                nxt = trigger.get_next_fire_time(fire, fire)
+            fires: list[datetime] = []
+            now = datetime.now(UTC)
+            for _ in range(9):  # the longest gap among the next runs (a weekday-only cron has a long weekend)
+                after = fires[-1] + timedelta(seconds=1) if fires else now
+                nxt = trigger.get_next_fire_time(fires[-1] if fires else None, after)
                 if nxt is None:
                     break
-                if gaps or nxt != fire:
-                    gaps.append((nxt - fire).total_seconds())
-                fire = nxt + timedelta(seconds=1)
+                fires.append(nxt)
+            gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(fires)]
             period = max(gaps, default=86400.0) + sch.jitter_seconds
         return 2 * period + sch.cycle_timeout_seconds
 
