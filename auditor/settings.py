@@ -94,6 +94,20 @@ class Staleness(BaseModel):
     success_max_age_seconds: int = Field(7200, ge=1, description="No successful cycle for this long is an outage.")
 
 
+class Http(BaseModel):
+    """The HTTP server's limits (see auditor/http_server.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backlog: int = Field(1024, ge=16, le=65535, description="Connections the kernel queues before they are accepted.")
+    max_connections: int = Field(1000, ge=16, description="Open connections (and requests) at once; more get 503.")
+    workers: int = Field(4, ge=1, le=64, description="Threads answering /metrics, /report and /findings.json.")
+    keep_alive_seconds: float = Field(15, gt=0, le=3600, description="An idle kept-alive connection is closed then.")
+    header_timeout_seconds: float = Field(
+        10, gt=0, le=300, description="A request's headers must be complete this long after its first byte."
+    )
+
+
 class SourceShrink(BaseModel):
     """A source that suddenly reads far fewer assets (a half-written export, an API that lost a permission) is
     treated as partial for that cycle, so that the findings it no longer shows are not resolved."""
@@ -203,6 +217,7 @@ class Settings(BaseSettings):
     report_token_file: Path | None = Field(None, description="Read report_token from this file (a mounted secret).")
     staleness: Staleness = Field(default_factory=Staleness)  # type: ignore[arg-type]
     source_shrink: SourceShrink = Field(default_factory=SourceShrink)  # type: ignore[arg-type]
+    http: Http = Field(default_factory=Http)  # type: ignore[arg-type]
     remediation: Remediation = Field(default_factory=Remediation)  # type: ignore[arg-type]
 
     @field_validator("listen")
