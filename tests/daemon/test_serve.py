@@ -38,7 +38,8 @@ def test_serve_answers_every_endpoint_and_stops_cleanly_on_sigterm(tmp_path: Pat
     cfg = write_config(tmp_path / "config.yaml")
     with Served(cfg) as served:
         wait_until(lambda: served.get("/readyz")[0] == 200, 60, "/readyz to turn ready")
-        cycle = served.cycles()[0]
+        # logged before /readyz turned ready; the thread reading the daemon's output may not have read it yet
+        cycle = wait_until(served.cycles, 30, "the cycle's log event")[0]
         assert cycle["outcome"] == "success" and cycle["findings"] > 0 and cycle["level"] == "info"
         assert set(cycle["durations"]) == {"collect_evaluate", "record", "report"}
 
