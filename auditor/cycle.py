@@ -19,7 +19,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,13 +29,16 @@ from auditor.errors import AuditorError, SourceError
 from auditor.evaluate.rulebook import LoadedRule, load_rules
 from auditor.logs import get_logger
 from auditor.model import SourceStatus
-from auditor.report.html import render_report
+from auditor.report.html import MAX_ROWS, render_report
 from auditor.report.metrics import MetricsView, StageHistogram, build_view, plan_change_counts
+from auditor.report.pages import FindingQuery
 from auditor.scan import ScanResult, run_scan
 from auditor.settings import Settings
 from auditor.state import CycleInput, Recorded, Store, iso
 
 REMEDIATION_MODULE = "remediations.cycle"
+REPORT_FINDINGS = 1000  # the worst open findings the report lists; every one is a page of /findings.json away
+REPORT_NEWEST = 20
 
 
 class CycleAbandoned(Exception):
@@ -68,12 +71,14 @@ class CycleOutcome:
 
 @dataclass(frozen=True)
 class Published:
-    """What the HTTP endpoints serve, rebuilt after each cycle and swapped in whole."""
+    """What the HTTP endpoints serve, rebuilt after each cycle and swapped in whole. Bounded in size whatever the
+    number of findings: the report lists the worst and the newest, /findings.json pages are read from the store."""
 
     view: MetricsView
-    findings_json: bytes
+    findings_json: bytes  # the first page of /findings.json
     report_html: bytes
     cycles_completed: int
+    header: dict[str, Any] = field(default_factory=dict)  # the /findings.json keys other than the page
 
 
 _CODES = (
@@ -155,6 +160,8 @@ class Auditor:
         self._plan_changes: list[tuple[str, str, int]] = []
         self._remediation: RemediationOutput | None = None
         self._remediation_missing_logged = False
+        self._reader: Store | None = None
+        self._reader_lock = threading.Lock()
         self.published = self._publish()
 
     # -- one cycle ---------------------------------------------------------------------------------------------------
@@ -238,9 +245,10 @@ class Auditor:
                 self.store.prune(s.history_days * 86400.0, now=out.ended_at)
             except Exception as exc:
                 self.log.exception("cycle_error", stage="record", error=f"{type(exc).__name__}: {exc}")
+        # Logged before /readyz turns ready, so whoever waits for readiness finds the cycle's events in the log.
+        self._log_cycle(out)
         self.cycles_completed += 1
         self.published = dataclasses.replace(self.published, cycles_completed=self.cycles_completed)
-        self._log_cycle(out)
         return out
 
     def _cycle_input(self, out: CycleOutcome) -> CycleInput:
@@ -316,30 +324,81 @@ class Auditor:
         return out
 
     # -- publishing --------------------------------------------------------------------------------------------------
-    def _publish(self) -> Published:
-        view = build_view(self.store, self.rules, self.settings.sources, self._plan_changes)
-        now = self.clock()
-        last, drift = self.store.last_drift()
-        latest = self.store.last_cycle()
-        findings = self.store.open_findings()
-        stale = view.data_at is None or now - view.data_at > self.settings.staleness.snapshot_max_age_seconds
+    def findings_json(self, query: Mapping[str, Sequence[str]]) -> bytes:
+        """One page of /findings.json, read from the store (a connection of its own: a request never waits for a
+        cycle's write). Raises ValueError for a bad query."""
+        q = FindingQuery.parse(query)
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = self.store.reopen()
+            return self._findings_page(self._reader, self.published.header, q, self.clock())
+
+    @staticmethod
+    def _findings_page(store: Store, header: Mapping[str, Any], q: FindingQuery, now: float) -> bytes:
+        total, page = store.find(severities=q.severities, rules=q.rules, asset_types=q.asset_types, stale=q.stale,
+                                 exempted=q.exempted, limit=q.per_page, offset=q.offset)
+        pages = max(1, -(-total // q.per_page))
         doc = {
+            **header,
+            "total": total,
+            "page": q.page,
+            "per_page": q.per_page,
+            "pages": pages,
+            "next": q.link(q.page + 1) if q.page < pages else None,
+            "findings": [f.to_dict(now) for f in page],
+        }
+        return json.dumps(doc, default=str).encode()
+
+    def close(self) -> None:
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        self.store.close()
+
+    def _publish(self) -> Published:
+        store = self.store
+        view = build_view(store, self.rules, self.settings.sources, self._plan_changes)
+        now = self.clock()
+        last, drift = store.last_drift(limit=MAX_ROWS)
+        dc = store.drift_counts(last.id) if last else {}
+        n_new = sum(n for (change, _), n in dc.items() if change == "new")
+        n_resolved = sum(n for (change, _), n in dc.items() if change == "resolved")
+        latest = store.last_cycle()
+        # Bounded whatever the number of findings: the worst ones and the newest, with counts of all.
+        _, worst = store.find(exempted=False, limit=REPORT_FINDINGS)
+        exempted_total, exempted = store.find(exempted=True, limit=MAX_ROWS)
+        _, newest = store.find(limit=REPORT_NEWEST, newest=True)
+        counts: dict[str, int] = {}
+        rule_counts: dict[tuple[str, str], int] = {}
+        for rule, severity, _type, _mode, is_exempted, n in store.finding_counts():
+            if not is_exempted:
+                counts[severity] = counts.get(severity, 0) + n
+                rule_counts[(severity, rule)] = rule_counts.get((severity, rule), 0) + n
+        stale = view.data_at is None or now - view.data_at > self.settings.staleness.snapshot_max_age_seconds
+        header = {
             "scope": self.settings.scope or None,
             "generated_at": iso(now),
             "cycle": latest.to_dict() if latest else None,
             "data_at": iso(view.data_at) if view.data_at else None,
             "stale": stale,
             "last_success_at": iso(view.last_success_at) if view.last_success_at else None,
-            "findings": [f.to_dict(now) for f in findings],
-            "drift": {"cycle": last.id if last else None, "events": [e.to_dict() for e in drift]},
+            "drift": {"cycle": last.id if last else None, "new": n_new, "resolved": n_resolved,
+                      "events": [e.to_dict() for e in drift]},
             "plan": self._remediation.plan if self._remediation else None,
         }
+        first_page = self._findings_page(store, header, FindingQuery(), now)
         html = render_report(
             now=now,
             latest=latest,
             drift_cycle=last,
             drift=drift,
-            findings=findings,
+            findings=[*worst, *exempted],
+            counts=counts,
+            rule_counts=rule_counts,
+            exempted_total=exempted_total,
+            drift_counts=(n_new, n_resolved),
+            newest=newest,
             rules=self.rules,
             sources=self.store.sources(),
             data_at=view.data_at,
@@ -352,7 +411,7 @@ class Auditor:
             remediation_markdown=self._remediation.markdown if self._remediation else None,
             plan=self._remediation.plan if self._remediation else None,
         )
-        return Published(view, json.dumps(doc, default=str).encode(), html.encode(), self.cycles_completed)
+        return Published(view, first_page, html.encode(), self.cycles_completed, header)
 
     def _log_cycle(self, out: CycleOutcome) -> None:
         rec = out.recorded

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
 import os
 import signal
 import socket
@@ -22,7 +21,6 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,7 +39,6 @@ from prometheus_client.registry import CollectorRegistry
 from auditor.cycle import Auditor
 from auditor.errors import AuditorError
 from auditor.logs import get_logger
-from auditor.model import SEVERITIES
 from auditor.report.metrics import AuditorCollector, make_registry
 from auditor.settings import Settings
 
@@ -88,21 +85,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.UNAUTHORIZED, "text/plain", body, head,
                            {"WWW-Authenticate": 'Basic realm="drift-auditor", charset="UTF-8"'})
             elif path == "/findings.json":
-                published = d.auditor.published
+                # A page at a time, read from the store: the daemon never holds every finding.
                 query = urllib.parse.parse_qs(self.path.partition("?")[2])
-                if not query:
-                    self._send(HTTPStatus.OK, "application/json", published.findings_json, head)
-                    return
                 try:
-                    keep = finding_filter(query)
+                    body = d.auditor.findings_json(query)
                 except ValueError as exc:
                     self._send(HTTPStatus.BAD_REQUEST, "text/plain", f"{exc}\n".encode(), head)
                     return
-                # Filtered views are occasional API calls: decode the published document rather than keep a second
-                # copy of every finding in memory between cycles.
-                doc = json.loads(published.findings_json)
-                doc["findings"] = [f for f in doc["findings"] if keep(f)]
-                self._send(HTTPStatus.OK, "application/json", json.dumps(doc).encode(), head)
+                self._send(HTTPStatus.OK, "application/json", body, head)
             elif path == "/report":
                 self._send(HTTPStatus.OK, "text/html; charset=utf-8", d.auditor.published.report_html, head)
             elif path == "/":
@@ -135,41 +125,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         get_logger("auditor.http").debug("request", client=self.client_address[0], line=format % args)
-
-
-_FILTERS = ("severity", "rule", "asset_type", "stale", "exempted")
-
-
-def finding_filter(query: dict[str, list[str]]) -> Callable[[dict[str, Any]], bool]:
-    """/findings.json?severity=high&rule=a&rule=b&asset_type=...&stale=true&exempted=false"""
-    unknown = sorted(set(query) - set(_FILTERS))
-    if unknown:
-        raise ValueError(f"unknown filter(s) {', '.join(unknown)}; known: {', '.join(_FILTERS)}")
-    min_rank = -1
-    if "severity" in query:
-        sev = query["severity"][-1]
-        if sev not in SEVERITIES:
-            raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}")
-        min_rank = SEVERITIES.index(sev)
-    rules = set(query.get("rule", []))
-    types = set(query.get("asset_type", []))
-    flags: dict[str, bool] = {}
-    for name in ("stale", "exempted"):
-        if name in query:
-            value = query[name][-1].lower()
-            if value not in ("true", "false"):
-                raise ValueError(f"{name} must be true or false")
-            flags[name] = value == "true"
-
-    def keep(f: dict[str, Any]) -> bool:
-        return (
-            SEVERITIES.index(f["severity"]) >= min_rank
-            and (not rules or f["rule"] in rules)
-            and (not types or f["asset_type"] in types)
-            and all(bool(f[k]) == v for k, v in flags.items())
-        )
-
-    return keep
 
 
 PROTECTED = ("/report", "/findings.json")  # they name resources and members; /metrics and the probes never do
@@ -311,6 +266,6 @@ class Daemon:
             from remediations.cycle import stop_electors
 
             stop_electors()
-        self.auditor.store.close()
+        self.auditor.close()
         return 0
 

@@ -171,6 +171,7 @@ class Store:
     """The state store on a SQLite file or a PostgreSQL URL. Thread-safe: one connection behind one lock."""
 
     def __init__(self, target: str | Path, password_file: str | Path | None = None) -> None:
+        self.password_file = password_file
         self.db: Database = open_database(target, password_file)
         self.path = target if isinstance(target, Path) else Path(target) if self.db.dialect == "sqlite" else None
         self.target = str(target)
@@ -182,6 +183,10 @@ class Store:
         except Exception as exc:  # not a database, a server that refuses: one clear line
             self.db.close()
             raise StateError(f"{self.db.name}: cannot open the state database ({exc})") from None
+
+    def reopen(self) -> Store:
+        """Another store on the same database, with a connection of its own (readers beside the writer)."""
+        return Store(self.target, self.password_file)
 
     @property
     def dialect(self) -> str:
