@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 import os
 import signal
 import socket
@@ -80,7 +81,12 @@ class _Handler(BaseHTTPRequestHandler):
                 ok = d.auditor.published.cycles_completed > 0
                 body = b"ready\n" if ok else b"not ready: no cycle has completed yet\n"
                 self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", body, head)
-            elif path in PROTECTED and not d.authorized(self.headers.get("Authorization", "")):
+            elif path in PROTECTED and not d.authorized(self.headers.get("Authorization", ""), self.client_address[0]):
+                if d.settings.report_token is None:
+                    body = (b"this report names resources: with no report token it answers only this host "
+                            b"(loopback); configure report_token_file to serve it to others\n")
+                    self._send(HTTPStatus.FORBIDDEN, "text/plain", body, head)
+                    return
                 body = b"this report names resources: give the report token (Bearer, or Basic as the password)\n"
                 self._send(HTTPStatus.UNAUTHORIZED, "text/plain", body, head,
                            {"WWW-Authenticate": 'Basic realm="drift-auditor", charset="UTF-8"'})
@@ -130,6 +136,17 @@ class _Handler(BaseHTTPRequestHandler):
 PROTECTED = ("/report", "/findings.json")  # they name resources and members; /metrics and the probes never do
 
 
+def is_loopback(client: str) -> bool:
+    """127.0.0.0/8, ::1 and IPv4-mapped loopback; anything unparsable is not."""
+    try:
+        ip = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
 class Daemon:
     def __init__(self, settings: Settings, auditor: Auditor) -> None:
         self.settings = settings
@@ -154,11 +171,12 @@ class Daemon:
         # Memory and CPU of the daemon itself (process_*): standard, label-free, useful when a big org grows.
         ProcessCollector(registry=registry)
 
-    def authorized(self, header: str) -> bool:
-        """No token configured: open (bind to loopback or restrict by network). Else Bearer or Basic password."""
+    def authorized(self, header: str, client: str = "") -> bool:
+        """No token configured: loopback callers only (secure by default, whatever the listen address). Else the
+        token, as Bearer or as the Basic password, from anywhere."""
         token = self.settings.report_token
         if token is None:
-            return True
+            return is_loopback(client)
         scheme, _, value = header.partition(" ")
         given = ""
         if scheme.lower() == "bearer":
