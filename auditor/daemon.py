@@ -44,6 +44,7 @@ from auditor.report.metrics import AuditorCollector, make_registry
 from auditor.settings import Settings
 
 JOB_ID = "audit-cycle"
+HA_JOB_ID = "leader-check"
 ABANDON_WAIT_SECONDS = 5.0
 
 
@@ -155,7 +156,8 @@ class Daemon:
         self.stop = threading.Event()
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
-            executors={"default": ThreadPoolExecutor(1)},
+            # The leader check has its own thread: it runs while a cycle does.
+            executors={"default": ThreadPoolExecutor(1), "ha": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         scope = {"scope": settings.scope} if settings.scope else None
@@ -212,7 +214,14 @@ class Daemon:
 
     def schedule(self) -> Job:
         """The audit job: one at a time, missed runs coalesced, the first one now."""
+        if self.auditor.leader is not None:
+            self.scheduler.add_job(self._poll_leadership, IntervalTrigger(seconds=self.settings.ha.lease_seconds),
+                                   id=HA_JOB_ID, executor="ha")
         return self.scheduler.add_job(self._job, self.trigger(), id=JOB_ID, next_run_time=datetime.now(UTC))
+
+    def _poll_leadership(self) -> None:
+        if not self.stop.is_set() and self.auditor.poll_leadership():
+            self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))  # took over: a cycle now
 
     def start_http(self) -> tuple[str, int]:
         host, port = self.settings.listen_address

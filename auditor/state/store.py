@@ -21,7 +21,7 @@ they survive restarts and never go backwards.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -202,7 +202,8 @@ class Store:
         self.close()
 
     # -- writing ---------------------------------------------------------------------------------------------------
-    def record_cycle(self, c: CycleInput) -> Recorded:
+    def record_cycle(self, c: CycleInput, fence: Callable[[], None] | None = None) -> Recorded:
+        """Record one cycle in one transaction. `fence` runs first inside it and may refuse (an HA follower)."""
         if c.outcome not in OUTCOMES:
             raise ValueError(f"unknown cycle outcome {c.outcome!r}")
         db = self.db
@@ -210,6 +211,8 @@ class Store:
             if c.findings is not None:
                 self._stage(c.findings)
             with db.transaction():
+                if fence is not None:
+                    fence()
                 cycle_id = int(db.execute(
                     "INSERT INTO cycles (started_at, ended_at, outcome, complete, incomplete, snapshot_at, rules, "
                     "durations, sources, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
