@@ -23,6 +23,10 @@ from auditor.evaluate.registry import Context, Prefilter, Violation
 from auditor.evaluate.rulebook import Exemption, LoadedRule
 from auditor.model import Asset, Exempted, Finding, finding_id
 
+# What a check may not swallow. Anything else it raises, a BaseException included (the CEL library's Rust panics
+# arrive as pyo3's PanicException, a BaseException), is an evaluation error of that rule on that asset.
+_FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
 
 @dataclass
 class EvaluationError:
@@ -36,11 +40,21 @@ class EvaluationError:
 
 @dataclass
 class Evaluation:
+    """What an evaluation found. With `sink`, each finding is handed to it as it is made (a scan writing its report
+    as it goes) and `findings` stays empty; without, they are kept in `findings`, ordered once the run finishes."""
+
     findings: list[Finding] = field(default_factory=list)
     assets_by_type: Counter[str] = field(default_factory=Counter)
     errors: list[EvaluationError] = field(default_factory=list)
     # (rule id, exemption index) -> findings it exempted (or would have, when expired)
     exemption_hits: Counter[tuple[str, int]] = field(default_factory=Counter)
+    sink: Callable[[Finding], None] | None = None
+
+    def add(self, finding: Finding) -> None:
+        if self.sink is not None:
+            self.sink(finding)
+        else:
+            self.findings.append(finding)
 
     @property
     def assets(self) -> int:
@@ -223,7 +237,9 @@ class Engine:
                 if ok is None:
                     try:
                         ok = bool(test(asset, r.params, ctx))
-                    except Exception:  # kept: the check itself reports the error when it runs at the end
+                    except _FATAL:
+                        raise
+                    except BaseException:  # kept: the check itself reports the error when it runs at the end
                         ok = True
                     if key is not None:
                         passed[key] = ok
@@ -268,13 +284,15 @@ class Engine:
                     continue
                 try:
                     violations = list(r.spec.fn(asset, r.params, ctx))
-                except Exception as exc:  # a check must never take the scan down; the error is reported
+                except _FATAL:
+                    raise
+                except BaseException as exc:  # a check must never take the scan down (a native panic neither)
                     result.errors.append(EvaluationError(r.id, asset.name, f"{type(exc).__name__}: {exc}"))
                     continue
                 for v in violations:
-                    result.findings.append(self._finding(r, asset, v.message, v.key, v.details, result))
+                    result.add(self._finding(r, asset, v.message, v.key, v.details, result))
             return
-        memo: dict[tuple[str, str], list[Violation] | Exception] | None = None
+        memo: dict[tuple[str, str], list[Violation] | BaseException] | None = None
         if rules.keys is not None and not rules.needs_path:
             # Each distinct check once; when none finds anything (most assets), the rules sharing them have nothing
             # to report either. Otherwise the rules are gone through in order with these outcomes.
@@ -285,7 +303,9 @@ class Engine:
                     continue
                 try:
                     memo[key] = list(r.spec.fn(asset, r.params, ctx))
-                except Exception as exc:  # reported below, for each rule that shares the check
+                except _FATAL:
+                    raise
+                except BaseException as exc:  # reported below, for each rule that shares the check
                     memo[key] = exc
             if not any(memo.values()):
                 return
@@ -295,21 +315,23 @@ class Engine:
         for i, r in enumerate(rules.rules):
             if id(r) in skip or (rules.needs_path and not r.matches_ancestry(path)):
                 continue
-            outcome: list[Violation] | Exception | None = None
+            outcome: list[Violation] | BaseException | None = None
             if memo is not None and rules.keys is not None:
                 outcome = memo.get(rules.keys[i])
             if outcome is None:
                 try:
                     outcome = list(r.spec.fn(asset, r.params, ctx))
-                except Exception as exc:  # a check must never take the scan down; the error is reported
+                except _FATAL:
+                    raise
+                except BaseException as exc:  # a check must never take the scan down; the error is reported
                     outcome = exc
                 if memo is not None and rules.keys is not None:
                     memo[rules.keys[i]] = outcome
-            if isinstance(outcome, Exception):
+            if isinstance(outcome, BaseException):
                 result.errors.append(EvaluationError(r.id, asset.name, f"{type(outcome).__name__}: {outcome}"))
                 continue
             for v in outcome:
-                result.findings.append(self._finding(r, asset, v.message, v.key, v.details, result))
+                result.add(self._finding(r, asset, v.message, v.key, v.details, result))
 
     def _finding(
         self, r: LoadedRule, asset: Asset, message: str, key: str, details: dict[str, Any], result: Evaluation
@@ -337,6 +359,7 @@ class Engine:
             mode=rule.mode,
             asset=asset.name,
             asset_type=asset.asset_type,
+            ancestors=asset.ancestors,
             message=message,
             details=details,
             exempted=exempted,
@@ -412,7 +435,11 @@ class EvaluationRun:
         """Add the outcome of another run over the next part of the stream (with `on_held`), in stream order."""
         result = self.result
         result.assets_by_type.update(part.assets_by_type)
-        result.findings.extend(part.findings)
+        if result.sink is None:
+            result.findings.extend(part.findings)
+        else:
+            for f in part.findings:
+                result.sink(f)
         result.errors.extend(part.errors)
         result.exemption_hits.update(part.exemption_hits)
         engine, ctx = self.engine, self.ctx
@@ -439,5 +466,6 @@ class EvaluationRun:
             engine._run(asset, later, ctx, result)
             asset.release()
         self.deferred = []
-        result.findings.sort(key=_finding_order)
+        if result.sink is None:
+            result.findings.sort(key=_finding_order)
         return result
