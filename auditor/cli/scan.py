@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,11 +11,13 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from auditor.cli.options import jobs_option, rules_option, source_options
+from auditor.cli.options import RuleSelection, jobs_option, rules_option, selection_options, source_options
 from auditor.collect import SourceOptions
 from auditor.errors import AuditorError
 from auditor.evaluate.rulebook import load_rules
 from auditor.model import SEVERITIES
+from auditor.report import terminal
+from auditor.report.compliance import assess_scan, compliance_dict, render_compliance
 from auditor.report.render import render_json, render_markdown, render_table, summary_line
 from auditor.scan import ScanResult, run_scan
 
@@ -43,10 +46,13 @@ def do_scan(
     strict: bool,
     require_complete: bool,
     jobs: int = 1,
+    selection: RuleSelection | None = None,
 ) -> ScanResult:
     if not sources:
         raise AuditorError("no --source given (a CAI export file or folder, a Kubernetes list, cai://..., k8s://...)")
     rules = load_rules(list(rules_paths) or None)
+    if selection is not None:
+        rules = selection.apply(rules)
     err = Console(stderr=True, emoji=False, highlight=False)
     options = SourceOptions(cluster=cluster, strict=strict, on_problem=_problem_printer(err))
     if err.is_terminal:
@@ -65,6 +71,7 @@ def do_scan(
 @click.command("scan")
 @source_options
 @rules_option
+@selection_options
 @jobs_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report to this file.")
@@ -85,11 +92,21 @@ def command(
     fmt: str,
     output: str | None,
     fail_on: str,
+    selection: RuleSelection,
 ) -> None:
-    """Scan assets against the baseline rules and report the findings."""
-    result = do_scan(sources, rules_paths, cluster, strict, require_complete, jobs)
+    """Scan assets against the baseline rules and report the findings.
+
+    With --framework, only the rules mapped to that framework run, and a per-control pass/fail table follows the
+    findings (in JSON: a `compliance` section)."""
+    result = do_scan(sources, rules_paths, cluster, strict, require_complete, jobs, selection)
+    framework = selection.framework
+    controls = assess_scan(framework, result) if framework else None
     if fmt == "json":
         text = render_json(result)
+        if framework and controls is not None:
+            doc = json.loads(text)
+            doc["compliance"] = compliance_dict(framework, controls)
+            text = json.dumps(doc, indent=2, default=str) + "\n"
     elif fmt == "markdown":
         text = render_markdown(result)
     else:
@@ -97,12 +114,18 @@ def command(
     if output:
         if fmt == "table":
             with open(output, "w", encoding="utf-8") as fh:
-                render_table(result, Console(file=fh, width=160, color_system=None, emoji=False))
+                out = Console(file=fh, width=100_000, color_system=None, emoji=False, soft_wrap=True)
+                render_table(result, out)
+                if framework and controls is not None:
+                    render_compliance(framework, controls, out)
         else:
             Path(output).write_text(text, encoding="utf-8")
         click.echo(summary_line(result), err=True)
     elif fmt == "table":
-        render_table(result, Console(emoji=False, highlight=False))
+        out = terminal.console()
+        render_table(result, out)
+        if framework and controls is not None:
+            render_compliance(framework, controls, out)
     else:
         sys.stdout.write(text)
     if not result.complete:
