@@ -49,7 +49,7 @@ def print_table(
     rows: Sequence[Sequence[str]],
     row_styles: Sequence[str | None] | None = None,
 ) -> None:
-    if out.is_terminal:
+    if out.is_terminal and _fits(out, columns, rows):
         table = Table(title=title, title_justify="left", expand=True)
         for i, col in enumerate(columns):
             # An id column is as wide as its longest value: never folded, never cut with an ellipsis.
@@ -67,6 +67,16 @@ def print_table(
     for r in cells:
         parts = [v.rjust(w) if col.right else v.ljust(w) for v, w, col in zip(r, widths, columns, strict=True)]
         out.print("  ".join(parts).rstrip(), markup=False, soft_wrap=True)
+
+
+MIN_FLEX_WIDTH = 16  # narrowest useful column for folded text
+
+
+def _fits(out: Console, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> bool:
+    """Whether a table fits the terminal with its id columns whole and some room for the rest; if not, the plain
+    layout (long lines the terminal wraps) keeps every value readable."""
+    need = sum(max((len(r[i]) for r in rows), default=0) if c.key else MIN_FLEX_WIDTH for i, c in enumerate(columns))
+    return need + 3 * len(columns) + 1 <= out.width
 
 
 def _one_line(value: str) -> str:
