@@ -33,6 +33,7 @@ from auditor.report.html import render_report
 from auditor.report.metrics import MetricsView, StageHistogram, build_view, plan_change_counts
 from auditor.scan import ScanResult, run_scan
 from auditor.settings import Settings
+from auditor.sinks.step import OutboundStep
 from auditor.state import CycleInput, Recorded, Store, iso
 
 REMEDIATION_MODULE = "remediations.cycle"
@@ -64,6 +65,7 @@ class CycleOutcome:
     error: str | None = None
     source_failed: bool = False  # the error came from opening or reading a source
     remediation: RemediationOutput | None = None
+    outbound: dict[str, Any] | None = None  # what the sinks step did (notifications, SCC)
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,8 @@ class Auditor:
         self._plan_changes: list[tuple[str, str, int]] = []
         self._remediation: RemediationOutput | None = None
         self._remediation_missing_logged = False
+        step = OutboundStep(settings, store)
+        self.outbound: OutboundStep | None = step if step.enabled else None
         self.published = self._publish()
 
     # -- one cycle ---------------------------------------------------------------------------------------------------
@@ -222,6 +226,12 @@ class Auditor:
             t = time.perf_counter()
             out.remediation = self._remediate(out.result)
             durations["remediate"] = time.perf_counter() - t
+
+        if self.outbound is not None and out.recorded is not None:
+            # Drift notifications and Security Command Center; neither can fail the cycle.
+            t = time.perf_counter()
+            out.outbound = self.outbound.run(out.recorded)
+            durations["sinks"] = time.perf_counter() - t
 
         t = time.perf_counter()
         try:
@@ -317,7 +327,8 @@ class Auditor:
 
     # -- publishing --------------------------------------------------------------------------------------------------
     def _publish(self) -> Published:
-        view = build_view(self.store, self.rules, self.settings.sources, self._plan_changes)
+        view = build_view(self.store, self.rules, self.settings.sources, self._plan_changes,
+                          self.outbound.queued() if self.outbound is not None else None)
         now = self.clock()
         last, drift = self.store.last_drift()
         latest = self.store.last_cycle()
@@ -378,6 +389,8 @@ class Auditor:
             fields["incomplete"] = out.result.incomplete_types()
         if out.error:
             fields["error"] = out.error
+        if out.outbound:
+            fields["outbound"] = out.outbound
         if out.remediation is not None and out.remediation.counts:
             fields["remediation"] = {f"{r}/{k}/{o}": n for r, k, o, n in out.remediation.counts}
         level = "info" if out.outcome == "success" else "warning" if out.outcome == "partial" else "error"

@@ -29,7 +29,8 @@ def _state_options(fn: F) -> F:
     return fn
 
 
-def _open(state: str | None, config: str | None) -> Store:
+def open_store(state: str | None, config: str | None) -> Store:
+    """The state store named by --state, or by the configuration's state_path."""
     if state is None:
         from auditor.settings import load_settings
 
@@ -50,7 +51,7 @@ def _open(state: str | None, config: str | None) -> Store:
 @click.option("--drift/--no-drift", default=True, show_default=True, help="Show each cycle's drift events.")
 def history(state: str | None, config: str | None, fmt: str, limit: int, drift: bool) -> None:
     """Recent cycles (outcome, counts, durations) and the drift each one found."""
-    with _open(state, config) as store:
+    with open_store(state, config) as store:
         cycles = store.cycles(limit)
         events = {c.id: store.drift(c.id) for c in cycles} if drift else {}
     if fmt == "json":
@@ -93,7 +94,7 @@ def history(state: str | None, config: str | None, fmt: str, limit: int, drift: 
 @click.option("--exempted/--no-exempted", default=False, show_default=True, help="Include exempted findings.")
 def findings(state: str | None, config: str | None, fmt: str, severity: str | None, exempted: bool) -> None:
     """Open findings with their age (first seen), worst first."""
-    with _open(state, config) as store:
+    with open_store(state, config) as store:
         items = store.open_findings(include_exempted=exempted)
     if severity:
         items = [f for f in items if SEVERITIES.index(f.severity) >= SEVERITIES.index(severity)]
