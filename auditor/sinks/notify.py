@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -94,20 +95,20 @@ class Notice:
         return cls(**d)
 
     def cloudevent(self) -> Any:
-        from cloudevents.http import CloudEvent
+        from cloudevents.core.v1.event import CloudEvent
 
         return CloudEvent(
-            {
+            attributes={
                 "id": self.id,
                 "source": self.source,
                 "type": self.type,
                 "subject": self.finding_id,
-                "time": iso(self.at),
+                "time": datetime.fromtimestamp(self.at, UTC),
                 "datacontenttype": "application/json",
                 "severity": self.severity,  # extension attributes: routing without parsing the data
                 "rule": self.rule,
             },
-            self.data(),
+            data=self.data(),
         )
 
 
@@ -245,16 +246,17 @@ class WebhookSink:
 
     def deliver(self, notice: Notice) -> None:
         import requests
-        from cloudevents.conversion import to_binary, to_structured
+        from cloudevents.core.bindings.http import to_binary_event, to_structured_event
 
         event = notice.cloudevent()
         if self.cfg.slack:
-            headers, _ = to_binary(event)
-            headers = {k: v for k, v in headers.items() if k.lower().startswith("ce-")}
+            binary = to_binary_event(event)
+            headers = {k: v for k, v in binary.headers.items() if k.lower().startswith("ce-")}
             headers["Content-Type"] = "application/json"
             body = json.dumps(slack_body(notice)).encode()
         else:
-            headers, body = to_structured(event)
+            structured = to_structured_event(event)
+            headers, body = dict(structured.headers), structured.body
         headers = {**headers, **self.cfg.headers}
         if self.cfg.token is not None:
             headers["Authorization"] = f"Bearer {self.cfg.token.get_secret_value()}"
@@ -278,10 +280,11 @@ class PubSubSink:
         self.client = client
 
     def deliver(self, notice: Notice) -> None:
-        from cloudevents.conversion import to_binary
+        from cloudevents.core.bindings.http import to_binary_event
         from google import pubsub_v1
 
-        headers, body = to_binary(notice.cloudevent())
+        binary = to_binary_event(notice.cloudevent())
+        headers, body = binary.headers, binary.body
         attrs = {k.lower(): str(v) for k, v in headers.items() if k.lower().startswith("ce-")}
         attrs["content-type"] = "application/json"
         msg = pubsub_v1.PubsubMessage(data=body, attributes=attrs)
@@ -351,7 +354,7 @@ class Notifier:
                     out.failed[s.name] = 1
                     out.errors[s.name] = f"{type(exc).__name__}: {exc}"
                     self.count(s.name, "failed", 1)
-                    self.log.warning("notification_failed", sink=s.name, kind=s.kind, event=notice.id,
+                    self.log.warning("notification_failed", sink=s.name, kind=s.kind, notification=notice.id,
                                      error=out.errors[s.name], queued=len(q))
                     break  # keep the order: the rest waits for this one
                 q.done(path)
