@@ -44,7 +44,7 @@ def sync(config: str | None, state: str | None, source: str | None, external_uri
         attempts = s.scc.retry_attempts
     if not source:
         raise AuditorError("no SCC source: give --source organizations/ORG_ID/sources/SOURCE_ID or set scc.source")
-    with open_store(state, config) as store, Ledger(store.path) as ledger:
+    with open_store(state, config) as store, Ledger(store) as ledger:
         try:
             syncer = SccSync(security_center_client(endpoint), source, ledger, external_uri,
                              RetryPolicy(attempts=attempts))

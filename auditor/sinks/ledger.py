@@ -8,14 +8,12 @@ the state store's own tables are only read, to walk its findings page by page.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from auditor.state import connect, migrate, transaction
+from auditor.state import Database, Store, migrate
 
 COMPONENT = "auditor.sinks"
 MIGRATIONS: tuple[str, ...] = (
@@ -57,13 +55,14 @@ class FindingRow:
 
 
 class Ledger:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.db = connect(self.path)
+    """The marks, in the store's own database (SQLite file or PostgreSQL): one connection, one transaction each."""
+
+    def __init__(self, store: Store) -> None:
+        self.db: Database = store.db
         migrate(self.db, COMPONENT, MIGRATIONS)
 
     def close(self) -> None:
-        self.db.close()
+        pass  # the connection is the store's
 
     def __enter__(self) -> Ledger:
         return self
@@ -79,7 +78,7 @@ class Ledger:
         rows = [(sink, k, v, time.time()) for k, v in marks]
         if not rows:
             return
-        with transaction(self.db) as db:
+        with self.db.transaction() as db:
             db.executemany(
                 "INSERT INTO sink_marks (sink, key, value, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (sink, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -94,12 +93,12 @@ class Ledger:
         stays flat whatever the number of findings."""
         after = ""
         while True:
-            rows = self.db.execute(
+            rows = self.db.rows(
                 "SELECT f.id, f.rule, f.check_name, f.severity, f.mode, f.asset, f.asset_type, f.message, f.exempted, "
                 "f.exemption, f.first_seen, f.last_seen, f.resolved_at, m.value AS mark FROM findings f "
                 "LEFT JOIN sink_marks m ON m.sink = ? AND m.key = f.id WHERE f.id > ? ORDER BY f.id LIMIT ?",
                 (sink, after, page),
-            ).fetchall()
+            )
             for r in rows:
                 yield _row(r)
             if len(rows) < page:
@@ -108,16 +107,16 @@ class Ledger:
 
     def orphans(self, sink: str) -> Iterator[tuple[str, str]]:
         """Marks of findings the store no longer has (pruned after being resolved)."""
-        cur = self.db.execute(
+        rows = self.db.rows(
             "SELECT key, value FROM sink_marks m WHERE sink = ? AND NOT EXISTS "
             "(SELECT 1 FROM findings f WHERE f.id = m.key) ORDER BY key",
             (sink,),
         )
-        for r in cur:
+        for r in rows:
             yield str(r[0]), str(r[1])
 
 
-def _row(r: sqlite3.Row | Any) -> FindingRow:
+def _row(r: Any) -> FindingRow:
     return FindingRow(
         id=r["id"], rule=r["rule"], check=r["check_name"], severity=r["severity"], mode=r["mode"], asset=r["asset"],
         asset_type=r["asset_type"], message=r["message"], exempted=bool(r["exempted"]), exemption=r["exemption"],

@@ -39,7 +39,7 @@ class OutboundStep:
 
     def run(self, recorded: Recorded) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        with Ledger(self.store.path) as ledger:
+        with Ledger(self.store) as ledger:
             if self.notifier is not None:
                 try:
                     out["announced"] = self.notifier.announce(recorded.drift, ledger, baseline=recorded.baseline,

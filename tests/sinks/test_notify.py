@@ -136,7 +136,7 @@ def test_a_finding_that_comes_back_is_reopened(tmp_path: Path) -> None:
     a, b = finding("r", "//storage.googleapis.com/a"), finding("r", "//storage.googleapis.com/b")
     changes = []
     now = time.time()
-    with Ledger(store.path) as ledger:
+    with Ledger(store) as ledger:
         for i, found in enumerate(([a], [a, b], [b], [a, b])):
             rec = store.record_cycle(cycle(now + i, found))
             items, marks = notices(rec.drift, ledger, baseline=rec.baseline)
