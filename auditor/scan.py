@@ -10,7 +10,6 @@ import gc
 import itertools
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +19,8 @@ from auditor import __version__
 from auditor.collect import Source, SourceOptions, open_source
 from auditor.evaluate.engine import Engine, Evaluation
 from auditor.evaluate.rulebook import LoadedRule
-from auditor.model import SEVERITIES, Asset, Finding, SourceStatus
+from auditor.model import Asset, Finding, SourceStatus
+from auditor.report.spool import Tally
 
 
 @dataclass
@@ -31,10 +31,21 @@ class ScanResult:
     sources: list[SourceStatus]
     durations: dict[str, float] = field(default_factory=dict)
     stale_exemptions: list[dict[str, Any]] = field(default_factory=list)
+    # The counts of the findings, kept as they passed when they went to a sink rather than into `findings`
+    tally: Tally | None = None
 
     @property
     def findings(self) -> list[Finding]:
+        """The findings, when the scan kept them (not when they were streamed to a report: see `run_scan`)."""
         return self.evaluation.findings
+
+    def counts(self) -> Tally:
+        if self.tally is not None:
+            return self.tally
+        tally = Tally()
+        for f in self.findings:
+            tally.add(f)
+        return tally
 
     @property
     def complete(self) -> bool:
@@ -49,35 +60,37 @@ class ScanResult:
         return out
 
     def summary(self) -> dict[str, Any]:
-        open_ = [f for f in self.findings if f.exempted is None]
-        by_sev = Counter(f.severity.value for f in open_)
+        tally = self.counts()
         return {
             "assets": self.evaluation.assets,
-            "findings": len(open_),
-            "exempted": len(self.findings) - len(open_),
-            "by_severity": {s: by_sev.get(s, 0) for s in reversed(SEVERITIES)},
+            "findings": tally.open,
+            "exempted": tally.exempted,
+            "by_severity": tally.by_severity(),
             "rules": len(self.rules),
             "skipped_records": sum(s.skipped for s in self.sources),
             "evaluation_errors": len(self.evaluation.errors),
             "complete": self.complete,
         }
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, findings: bool = True) -> dict[str, Any]:
+        """The JSON report, with its findings or (`findings=False`) without them."""
+        out = {
             "version": 1,
             "tool_version": __version__,
             "scanned_at": self.scanned_at.isoformat().replace("+00:00", "Z"),
             "complete": self.complete,
             "sources": [s.to_dict() for s in self.sources],
             "summary": self.summary(),
-            "findings": [f.to_dict() for f in self.findings],
+            "findings": [f.to_dict() for f in self.findings] if findings else [],
             "errors": [e.to_dict() for e in self.evaluation.errors],
             "stale_exemptions": self.stale_exemptions,
         }
+        if not findings:
+            del out["findings"]
+        return out
 
     def worst_open_rank(self) -> int:
-        ranks = [f.severity.rank for f in self.findings if f.exempted is None]
-        return max(ranks) if ranks else -1
+        return self.counts().worst_rank
 
 
 _gc_lock = threading.Lock()
@@ -153,12 +166,15 @@ def run_scan(
     on_progress: Callable[[int], None] | None = None,
     jobs: int = 1,
     threaded: bool = False,
+    on_finding: Callable[[Finding], None] | None = None,
 ) -> ScanResult:
     """Scan the named sources with the given rules. Sources that cannot be opened raise SourceError.
 
     With `jobs` > 1, large uncompressed NDJSON exports are read and evaluated in that many processes (same result;
     a malformed line is then reported once its range is read). `--strict` scans stay in one process. `threaded`:
     the caller runs other threads for good (the daemon), and workers come from a fork server (auditor/parallel.py).
+    `on_finding`: each finding is handed to it as it is made and not kept (a report written as it goes); the
+    result then counts them (`tally`) but its `findings` is empty.
     """
     options = options or SourceOptions()
     engine = Engine(rules, now=now)
@@ -168,6 +184,16 @@ def run_scan(
     t0 = time.perf_counter()
     sources = [open_source(spec, options) for spec in source_specs]
     evaluation = Evaluation()
+    tally: Tally | None = None
+    if on_finding is not None:
+        tally = Tally()
+        count, out = tally.add, on_finding
+
+        def sink(f: Finding) -> None:
+            count(f)
+            out(f)
+
+        evaluation.sink = sink
     for source in sources:
         select = getattr(source, "select", None)
         if select is not None:  # the reader skips building assets no rule reads, and counts them
@@ -195,4 +221,5 @@ def run_scan(
         sources=[s.status for s in sources],
         durations={"collect_and_evaluate": elapsed},
         stale_exemptions=stale,
+        tally=tally,
     )

@@ -128,7 +128,8 @@ def plan_command(
     s = plan.summary()
     click.echo(
         f"plan {plan.id}: {s['edits']} change(s) on {s['resources']} resource(s), {s['members']} member(s), "
-        f"{s['rules']} rule(s); {s['skipped_findings']} finding(s) not planned -> {output}",
+        f"{s['rules']} rule(s); {s['manual_steps']} step(s) for an operator (planned only, never applied); "
+        f"{s['skipped_findings']} finding(s) not planned -> {output}",
         err=True,
     )
     if not result.complete:

@@ -1,11 +1,12 @@
-"""`auditor scan`: one offline or live scan, printed as a table, JSON or Markdown."""
+"""`auditor scan`: one offline or live scan, printed as a table or written as a report (JSON, NDJSON, CSV, SARIF,
+JUnit, Markdown) as the findings come."""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import click
 from rich.console import Console
@@ -14,11 +15,12 @@ from rich.text import Text
 from auditor.cli.options import RuleSelection, jobs_option, rules_option, selection_options, source_options
 from auditor.collect import SourceOptions
 from auditor.errors import AuditorError
-from auditor.evaluate.rulebook import load_rules
-from auditor.model import SEVERITIES
+from auditor.evaluate.rulebook import LoadedRule, load_rules
+from auditor.model import SEVERITIES, Finding
 from auditor.report import terminal
 from auditor.report.compliance import assess_scan, compliance_dict, render_compliance
-from auditor.report.render import render_json, render_markdown, render_table, summary_line
+from auditor.report.formats import StreamedReport, format_names
+from auditor.report.render import render_table, summary_line
 from auditor.scan import ScanResult, run_scan
 
 MAX_PROBLEMS_SHOWN = 20
@@ -46,22 +48,30 @@ def do_scan(
     strict: bool,
     require_complete: bool,
     jobs: int = 1,
+    sink_for: Callable[[list[LoadedRule]], Callable[[Finding], None]] | None = None,
     selection: RuleSelection | None = None,
 ) -> ScanResult:
+    """`sink_for(rules)`, when given, returns where each finding goes as it is made (the scan then keeps none)."""
     if not sources:
         raise AuditorError("no --source given (a CAI export file or folder, a Kubernetes list, cai://..., k8s://...)")
     rules = load_rules(list(rules_paths) or None)
     if selection is not None:
         rules = selection.apply(rules)
+    on_finding = sink_for(rules) if sink_for is not None else None
     err = Console(stderr=True, emoji=False, highlight=False)
     options = SourceOptions(cluster=cluster, strict=strict, on_problem=_problem_printer(err))
     if err.is_terminal:
         with err.status("scanning...") as status:
             result = run_scan(
-                list(sources), rules, options, on_progress=lambda n: status.update(f"{n:,} assets read"), jobs=jobs
+                list(sources),
+                rules,
+                options,
+                on_progress=lambda n: status.update(f"{n:,} assets read"),
+                jobs=jobs,
+                on_finding=on_finding,
             )
     else:
-        result = run_scan(list(sources), rules, options, jobs=jobs)
+        result = run_scan(list(sources), rules, options, jobs=jobs, on_finding=on_finding)
     if require_complete and not result.complete:
         failed = "; ".join(f"{t}: {r}" for t, r in sorted(result.incomplete_types().items()))
         raise AuditorError(f"partial snapshot: {failed}")
@@ -73,7 +83,14 @@ def do_scan(
 @rules_option
 @selection_options
 @jobs_option
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", *format_names()]),
+    default="table",
+    show_default=True,
+    help="table (terminal), json, ndjson (a finding per line), csv, sarif (2.1.0), junit (XML) or markdown.",
+)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report to this file.")
 @click.option(
     "--fail-on",
@@ -97,37 +114,54 @@ def command(
     """Scan assets against the baseline rules and report the findings.
 
     With --framework, only the rules mapped to that framework run, and a per-control pass/fail table follows the
-    findings (in JSON: a `compliance` section)."""
-    result = do_scan(sources, rules_paths, cluster, strict, require_complete, jobs, selection)
+    findings (on stderr for machine formats; in JSON, also the report's `compliance` section)."""
     framework = selection.framework
-    controls = assess_scan(framework, result) if framework else None
-    if fmt == "json":
-        text = render_json(result)
-        if framework and controls is not None:
-            doc = json.loads(text)
-            doc["compliance"] = compliance_dict(framework, controls)
-            text = json.dumps(doc, indent=2, default=str) + "\n"
-    elif fmt == "markdown":
-        text = render_markdown(result)
-    else:
-        text = ""
-    if output:
-        if fmt == "table":
-            with open(output, "w", encoding="utf-8") as fh:
-                out = Console(file=fh, width=100_000, color_system=None, emoji=False, soft_wrap=True)
+    if fmt == "table":
+        result = do_scan(sources, rules_paths, cluster, strict, require_complete, jobs, selection=selection)
+        if output:
+            with open(output, "w", encoding="utf-8") as text_file:
+                out = Console(file=text_file, width=100_000, color_system=None, emoji=False, soft_wrap=True)
                 render_table(result, out)
-                if framework and controls is not None:
-                    render_compliance(framework, controls, out)
+                if framework:
+                    render_compliance(framework, assess_scan(framework, result), out)
+            click.echo(summary_line(result), err=True)
         else:
-            Path(output).write_text(text, encoding="utf-8")
-        click.echo(summary_line(result), err=True)
-    elif fmt == "table":
-        out = terminal.console()
-        render_table(result, out)
-        if framework and controls is not None:
-            render_compliance(framework, controls, out)
+            out = terminal.console()
+            render_table(result, out)
+            if framework:
+                render_compliance(framework, assess_scan(framework, result), out)
     else:
-        sys.stdout.write(text)
+        # The findings are encoded as they are found and the report written once the scan is over (its summary
+        # comes first): nothing holds them all. A scan that fails leaves no report file behind.
+        reports: list[StreamedReport] = []
+
+        def sink_for(rules: list[LoadedRule]) -> Callable[[Finding], None]:
+            reports.append(StreamedReport(fmt, rules))
+            return reports[0].add
+
+        result = do_scan(sources, rules_paths, cluster, strict, require_complete, jobs, sink_for, selection)
+        if framework and fmt == "json":
+            # The framework's rules are a handful: their report is small enough to hold and add the verdict to.
+            buf = io.BytesIO()
+            reports[0].write(buf, result)
+            doc = json.loads(buf.getvalue())
+            doc["compliance"] = compliance_dict(framework, assess_scan(framework, result))
+            data = (json.dumps(doc, indent=2, default=str) + "\n").encode()
+            if output:
+                with open(output, "wb") as fh:
+                    fh.write(data)
+            else:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+        elif output:
+            with open(output, "wb") as fh:
+                reports[0].write(fh, result)
+            click.echo(summary_line(result), err=True)
+        else:
+            reports[0].write(sys.stdout.buffer, result)
+            sys.stdout.buffer.flush()
+        if framework and fmt != "json":
+            render_compliance(framework, assess_scan(framework, result), terminal.console(stderr=True))
     if not result.complete:
         click.echo("warning: the snapshot is partial; see the failed parts above", err=True)
     if fail_on != "never" and result.worst_open_rank() >= SEVERITIES.index(fail_on):

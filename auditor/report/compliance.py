@@ -21,10 +21,8 @@ STATUS_STYLE = {"pass": "green", "fail": "bold red", "unknown": "yellow", "no ru
 def assess_scan(framework: str, result: ScanResult) -> list[ControlResult]:
     """Controls of `framework` judged from a scan: failed by an open finding, unknown when a mapped rule raised an
     error or an asset type it reads was not read completely."""
-    open_: Counter[str] = Counter()
-    exempted: Counter[str] = Counter()
-    for f in result.findings:
-        (exempted if f.exempted is not None else open_)[f.rule] += 1
+    tally = result.counts()  # kept as the findings streamed by: the scan may not hold them
+    open_, exempted = tally.open_by_rule, tally.exempted_by_rule
     not_evaluated = {e.rule for e in result.evaluation.errors}
     unread = list(result.incomplete_types())
     for r in result.rules:

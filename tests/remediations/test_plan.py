@@ -191,6 +191,7 @@ def test_plan_and_report_for_the_example_organization(repo: Path, tmp_path: Path
     plan = plan_from_scan(result, [str(org)])
     assert plan.changes
     planned: set[str] = {f for c in plan.changes for f in c.findings}
+    planned |= {f for m in plan.manual for f in m.findings}  # cluster settings: planned only
     skipped: set[Any] = {s["finding"] for s in plan.skipped}
     active = {f.id for f in result.findings if f.exempted is None and f.mode.value != "audit"
               and next(r for r in result.rules if r.id == f.rule).rule.remediation}
