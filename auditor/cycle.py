@@ -63,6 +63,7 @@ class CycleOutcome:
     recorded: Recorded | None = None
     error: str | None = None
     source_failed: bool = False  # the error came from opening or reading a source
+    invalid_input: bool = False  # the error was bad input or rules (AuditorError): `serve --once` exits 2
     remediation: RemediationOutput | None = None
 
 
@@ -194,9 +195,9 @@ class Auditor:
         except CycleAbandoned:
             out.outcome = "abandoned"
         except SourceError as exc:
-            out.error, out.source_failed = str(exc), True
+            out.error, out.source_failed, out.invalid_input = str(exc), True, True
         except AuditorError as exc:
-            out.error = str(exc)
+            out.error, out.invalid_input = str(exc), True
         except Exception as exc:  # a bug must not stop the daemon; it is logged with its traceback and counted
             out.error = f"{type(exc).__name__}: {exc}"
             self.log.exception("cycle_error", stage="collect_evaluate", error=out.error)

@@ -277,6 +277,18 @@ def _exempted_dict(e: Exempted) -> dict[str, Any]:
     return {"reason": e.reason, "owner": e.owner, "ticket": e.ticket, "expires": e.expires}
 
 
+@dataclass(frozen=True, slots=True)
+class NotEvaluated:
+    """A rule that could not be evaluated (a check lacking the context it needs, such as the Organization asset
+    whose domain it compares with): the scan says so instead of reporting the rule as clean, and is partial."""
+
+    rule_id: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"rule": self.rule_id, "reason": self.reason}
+
+
 @dataclass(slots=True)
 class SourceStatus:
     """What one source read: whether each asset type was read completely, and what went wrong."""

@@ -1,6 +1,11 @@
 """One scan: open the sources, stream their assets through the engine, and say how complete the snapshot was.
 
 Shared by `auditor scan`, `auditor plan` and each cycle of the daemon.
+
+The exit contract of `scan` and `serve --once` is decided here (`exit_status`), from the result alone:
+0 clean, 1 open findings at or above --fail-on, 3 a partial result (records skipped, asset types not read, rules
+not evaluated, evaluation errors) and nothing worse, or with findings: a partial result is never "clean". 2 (bad
+input, rules or usage) is raised before there is a result. `--allow-partial` turns 3 back into 0 or 1.
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ from auditor import __version__
 from auditor.collect import Source, SourceOptions, open_source
 from auditor.evaluate.engine import Engine, Evaluation
 from auditor.evaluate.rulebook import LoadedRule
-from auditor.model import SEVERITIES, Asset, Finding, SourceStatus
+from auditor.model import SEVERITIES, Asset, Finding, NotEvaluated, SourceStatus
+
+EXIT_CLEAN = 0
+EXIT_FINDINGS = 1
+EXIT_INVALID = 2
+EXIT_PARTIAL = 3
 
 
 @dataclass
@@ -37,8 +47,32 @@ class ScanResult:
         return self.evaluation.findings
 
     @property
+    def not_evaluated(self) -> list[NotEvaluated]:
+        """Rules that could not be evaluated, with the reason (set by the engine and its checks)."""
+        return self.evaluation.not_evaluated
+
+    @property
     def complete(self) -> bool:
-        return all(s.complete for s in self.sources)
+        """Checked and whole: every source read completely, every rule evaluated on every asset without error."""
+        return not self.partial_reasons()
+
+    def partial_reasons(self) -> list[str]:
+        """Why the result is partial, one line a reason; empty when it is complete."""
+        out = [f"{t}: {r}" for t, r in sorted(self.incomplete_types().items())]
+        out += [f"rule {n.rule_id} not evaluated: {n.reason}" for n in self.not_evaluated]
+        errors = self.evaluation.errors
+        if errors:
+            first = errors[0]
+            out.append(f"{len(errors)} evaluation error(s); first: rule {first.rule} on {first.asset}: {first.error}")
+        return out
+
+    def exit_status(self, fail_on: str = "low", allow_partial: bool = False) -> int:
+        """The exit status of the contract (see the module's docstring); `fail_on` is a severity or "never"."""
+        if not self.complete and not allow_partial:
+            return EXIT_PARTIAL
+        if fail_on != "never" and self.worst_open_rank() >= SEVERITIES.index(fail_on):
+            return EXIT_FINDINGS
+        return EXIT_CLEAN
 
     def incomplete_types(self) -> dict[str, str]:
         """Asset type -> reason, for every type some source did not read completely ("*" for all types)."""
@@ -59,6 +93,7 @@ class ScanResult:
             "rules": len(self.rules),
             "skipped_records": sum(s.skipped for s in self.sources),
             "evaluation_errors": len(self.evaluation.errors),
+            "not_evaluated": len(self.not_evaluated),
             "complete": self.complete,
         }
 
@@ -72,6 +107,8 @@ class ScanResult:
             "summary": self.summary(),
             "findings": [f.to_dict() for f in self.findings],
             "errors": [e.to_dict() for e in self.evaluation.errors],
+            "not_evaluated": [n.to_dict() for n in self.not_evaluated],
+            "partial_reasons": self.partial_reasons(),
             "stale_exemptions": self.stale_exemptions,
         }
 

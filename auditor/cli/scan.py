@@ -10,11 +10,10 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from auditor.cli.options import jobs_option, rules_option, source_options
+from auditor.cli.options import jobs_option, rules_option, source_options, verdict_options
 from auditor.collect import SourceOptions
 from auditor.errors import AuditorError
 from auditor.evaluate.rulebook import load_rules
-from auditor.model import SEVERITIES
 from auditor.report.render import render_json, render_markdown, render_table, summary_line
 from auditor.scan import ScanResult, run_scan
 
@@ -68,13 +67,7 @@ def do_scan(
 @jobs_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report to this file.")
-@click.option(
-    "--fail-on",
-    type=click.Choice([*SEVERITIES, "never"]),
-    default="low",
-    show_default=True,
-    help="Exit 1 when an open finding is at or above this severity.",
-)
+@verdict_options
 def command(
     sources: tuple[str, ...],
     cluster: str,
@@ -85,8 +78,18 @@ def command(
     fmt: str,
     output: str | None,
     fail_on: str,
+    allow_partial: bool,
 ) -> None:
-    """Scan assets against the baseline rules and report the findings."""
+    """Scan assets against the baseline rules and report the findings.
+
+    \b
+    Exit status:
+      0  clean: every source read, every rule evaluated, no open finding at or above --fail-on
+      1  open findings at or above --fail-on
+      2  bad input, rules or usage (a file of no known shape, a source with no asset, a broken rule file)
+      3  partial: records skipped, asset types not read, rules not evaluated or evaluation errors, and nothing
+         worse (partial with findings is 3 too); --allow-partial turns 3 back into 0 or 1
+    """
     result = do_scan(sources, rules_paths, cluster, strict, require_complete, jobs)
     if fmt == "json":
         text = render_json(result)
@@ -106,6 +109,9 @@ def command(
     else:
         sys.stdout.write(text)
     if not result.complete:
-        click.echo("warning: the snapshot is partial; see the failed parts above", err=True)
-    if fail_on != "never" and result.worst_open_rank() >= SEVERITIES.index(fail_on):
-        sys.exit(1)
+        click.echo("warning: the result is partial:", err=True)
+        for reason in result.partial_reasons()[:MAX_PROBLEMS_SHOWN]:
+            click.echo(f"  {reason}", err=True)
+    status = result.exit_status(fail_on, allow_partial)
+    if status:
+        sys.exit(status)

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from auditor.evaluate.globs import compile_glob, compile_line_globs
 from auditor.evaluate.registry import Context, Prefilter, Violation
 from auditor.evaluate.rulebook import Exemption, LoadedRule
-from auditor.model import Asset, Exempted, Finding, finding_id
+from auditor.model import Asset, Exempted, Finding, NotEvaluated, finding_id
 
 
 @dataclass
@@ -41,6 +41,8 @@ class Evaluation:
     errors: list[EvaluationError] = field(default_factory=list)
     # (rule id, exemption index) -> findings it exempted (or would have, when expired)
     exemption_hits: Counter[tuple[str, int]] = field(default_factory=Counter)
+    # rules that could not be evaluated, with the reason: the snapshot is then partial (exit 3), never clean
+    not_evaluated: list[NotEvaluated] = field(default_factory=list)
 
     @property
     def assets(self) -> int:
@@ -415,6 +417,7 @@ class EvaluationRun:
         result.findings.extend(part.findings)
         result.errors.extend(part.errors)
         result.exemption_hits.update(part.exemption_hits)
+        result.not_evaluated.extend(n for n in part.not_evaluated if n not in result.not_evaluated)
         engine, ctx = self.engine, self.ctx
         plans = engine._plans
         for asset, kept in held:

@@ -44,8 +44,7 @@ def summary_line(result: ScanResult) -> str:
     if s["evaluation_errors"]:
         parts.append(f"{s['evaluation_errors']} evaluation errors")
     if not result.complete:
-        failed = "; ".join(f"{t}: {r}" for t, r in sorted(result.incomplete_types().items()))
-        parts.append(f"PARTIAL snapshot ({failed})")
+        parts.append(f"PARTIAL snapshot ({'; '.join(result.partial_reasons())})")
     return ", ".join(parts)
 
 
@@ -78,8 +77,8 @@ def render_markdown(result: ScanResult) -> str:
     rules = {r.id: r.rule for r in result.rules}
     out = [f"# Baseline audit, {result.scanned_at:%Y-%m-%d %H:%M} UTC", "", summary_line(result), ""]
     if not result.complete:
-        out += ["> **The snapshot is partial.** Findings of the types below may be missing:", ""]
-        out += [f"> - `{t}`: {r}" for t, r in sorted(result.incomplete_types().items())] + [""]
+        out += ["> **The snapshot is partial.** Findings may be missing:", ""]
+        out += [f"> - {r}" for r in result.partial_reasons()] + [""]
     groups = _grouped(result.findings)
     for sev in reversed(SEVERITIES):
         items = groups.get(sev)
