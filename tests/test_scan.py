@@ -6,11 +6,11 @@ import gc
 import threading
 from pathlib import Path
 
-from auditor.collect import SourceOptions
-from auditor.evaluate.rulebook import load_rules
 import pytest
 
+from auditor.collect import SourceOptions
 from auditor.evaluate.engine import EvaluationError
+from auditor.evaluate.rulebook import load_rules
 from auditor.model import NotEvaluated
 from auditor.scan import GC_THRESHOLD, ScanResult, fewer_collections, run_scan
 from bench.generate import generate
