@@ -52,6 +52,8 @@ class _Part:
     held: list[Held]
     lines: int
     problems: list[tuple[int, str]] = field(default_factory=list)  # (line in the range, reason)
+    unknown: dict[str, int] = field(default_factory=dict)  # objects of kinds no reader knows, by kind
+    failed: dict[str, str] = field(default_factory=dict)  # what could not be read (a corrupt gzip shard)
 
 
 _engine: Engine | None = None  # the worker's engine, built once per process
@@ -84,10 +86,14 @@ def _scan_range(job: _Range) -> _Part:
     run.feed(source.file_assets(path) if job.end < 0 else source.range_assets(path, job.start, job.end))
     prefix = f"{path}:"
     problems = []
+    failed = dict(source.status.failed_types)  # a file that could not be read (a corrupt gzip shard)
+    unreadable = set(failed.values())
     for msg in source.status.errors:  # "path:line: reason", as FileSource writes them
         line, _, reason = msg[len(prefix) :].partition(": ")
-        problems.append((int(line), reason))
-    return _Part(evaluation=evaluation, held=held, lines=source.lines_read, problems=problems)
+        if msg not in unreadable and line.isdigit():
+            problems.append((int(line), reason))
+    return _Part(evaluation=evaluation, held=held, lines=source.lines_read, problems=problems,
+                 unknown=dict(source.status.unknown), failed=failed)
 
 
 def _context(threaded: bool) -> multiprocessing.context.BaseContext:
@@ -188,6 +194,11 @@ class ParallelReader:
                 base, path = 1, job.path
             for line, reason in part.problems:
                 source.report(f"{path}:{base + line - 1}", reason)
+            for kind, n in part.unknown.items():
+                source.status.unknown[kind] = source.status.unknown.get(kind, 0) + n
+            for asset_type, reason in part.failed.items():
+                source.status.fail(asset_type, reason)
+                source.status.errors.append(reason)
             for asset, _ in part.held:
                 asset.renumber(base - 1)
             source.status.assets += sum(part.evaluation.assets_by_type.values())

@@ -18,6 +18,11 @@ from typing import Protocol
 from auditor.errors import SourceError
 from auditor.model import Asset, SourceStatus
 
+DEFAULT_MAX_LINE_BYTES = 64 << 20
+DEFAULT_MAX_DOCUMENT_BYTES = 1 << 30
+DEFAULT_MAX_DEPTH = 200
+DEFAULT_MAX_VALUES = 20_000_000
+
 
 @dataclass(slots=True)
 class SourceOptions:
@@ -31,6 +36,12 @@ class SourceOptions:
     extra: dict[str, object] = field(default_factory=dict)
     # Called with a one-line problem ("file:line: reason") as soon as it is found.
     on_problem: Callable[[str], None] | None = None
+    # Limits on what one file may hold, each named in the error it gives (a line of an export, a document read whole,
+    # the nesting of a document's values and their number: YAML aliases can make a small file a huge tree).
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+    max_depth: int = DEFAULT_MAX_DEPTH
+    max_values: int = DEFAULT_MAX_VALUES
 
 
 class Source(Protocol):

@@ -93,7 +93,7 @@ def test_cli_jobs_gives_the_same_report(export: tuple[Path, dict[int, str]], tmp
         out = tmp_path / f"report-{jobs}.json"
         cmd = [sys.executable, "-m", "auditor", "scan", "--source", str(path), "--jobs", jobs, "--format", "json"]
         proc = subprocess.run([*cmd, "-o", str(out), "--fail-on", "never"], capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
+        assert proc.returncode == 3, proc.stderr  # the export has malformed lines: partial
         doc = json.loads(out.read_text())
         doc.pop("scanned_at")
         docs.append(doc)
