@@ -195,7 +195,7 @@ class FileSource:
             seen = "; ".join(f"{f}: {shape}" for f, shape in self._empty[:5])
             if len(self._empty) > 5:
                 seen += f"; and {len(self._empty) - 5} more file(s)"
-            kinds = ", ".join(f"{k} ({n})" for k, n in Counter(self.status.unknown).most_common(5))
+            kinds = ", ".join(f"{k} ({n})" for k, n in Counter(self.status.unknown).most_common(5) if k not in seen)
             raise SourceError(
                 f"source {self.uri}: no asset read. {seen or 'no file read'}"
                 + (f". Kinds seen: {kinds}" if kinds else "")
