@@ -303,7 +303,7 @@ class Auditor:
                 self._remediation_missing_logged = True
             return None
         try:
-            raw = module.run_remediation(result, self.settings, self.settings.state_path)
+            raw = module.run_remediation(result, self.settings, self.settings.state_target)
             out = normalise_remediation(raw)
         except Exception as exc:
             self.log.exception("cycle_error", stage="remediate", error=f"{type(exc).__name__}: {exc}")
@@ -366,8 +366,8 @@ class Auditor:
             "findings": summary.get("findings"),
             "exempted": summary.get("exempted"),
             "by_severity": {k: v for k, v in (summary.get("by_severity") or {}).items() if v},
-            "new": len(rec.new) if rec else 0,
-            "resolved": len(rec.resolved) if rec else 0,
+            "new": rec.new_count if rec else 0,
+            "resolved": rec.resolved_count if rec else 0,
             "still_open": rec.still_open if rec else None,
             "open": rec.open if rec else None,
             "stale": rec.stale if rec else None,
@@ -386,10 +386,11 @@ class Auditor:
         if rec is not None and rec.baseline:
             # The first findings are the state the organization was already in, not changes: one summary event
             # instead of one line per finding (they are all in the store, /findings.json and /report).
-            self.log.info("baseline", cycle=rec.cycle_id, findings=len(rec.new),
-                          exempted=sum(1 for e in rec.new if e.exempted))
+            self.log.info("baseline", cycle=rec.cycle_id, findings=rec.new_count,
+                          exempted=self.store.drift_counts(rec.cycle_id).get(("new", True), 0))
             return
-        for e in rec.drift if rec else ():
+        # One event per change, read back from the store a page at a time (a cycle may change many findings).
+        for e in self.store.iter_drift(rec.cycle_id) if rec else ():
             self.log.info(
                 "drift", cycle=e.cycle_id, change=e.change, rule=e.rule, severity=e.severity, asset=e.asset,
                 asset_type=e.asset_type, exempted=e.exempted, finding=e.finding_id, message=e.message,

@@ -157,7 +157,16 @@ class Settings(BaseSettings):
         1, ge=1, le=64, description="Processes reading a large uncompressed NDJSON export (as `auditor scan --jobs`)."
     )
     schedule: Schedule = Field(default_factory=Schedule)  # type: ignore[arg-type]
-    state_path: Path = Field(Path("drift-auditor.db"), description="The SQLite state file.")
+    state_path: Path = Field(Path("drift-auditor.db"), description="The SQLite state file (when no state_url).")
+    state_url: str | None = Field(
+        None,
+        pattern=r"^(postgresql|postgres|postgresql\+psycopg)://",
+        description="A PostgreSQL URL (postgresql://user@host:5432/db): the state database replicas share. Wins "
+        "over state_path. Also AUDITOR_STATE_URL.",
+    )
+    state_password_file: Path | None = Field(
+        None, description="The PostgreSQL password, read from this file (a mounted secret), not written in the URL."
+    )
     listen: str = Field("127.0.0.1:9477", description="host:port of the HTTP server (/metrics, /report, ...).")
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -219,6 +228,11 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def state_target(self) -> str:
+        """Where the state lives: the PostgreSQL URL, else the SQLite file."""
+        return self.state_url or str(self.state_path)
+
+    @property
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.listen)
 
@@ -244,7 +258,7 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> None:
     for key in ("sources", "rules"):
         if isinstance(data.get(key), list):
             data[key] = [fix(p) for p in data[key]]
-    for key in ("state_path", "report_token_file"):
+    for key in ("state_path", "report_token_file", "state_password_file"):
         if key in data:
             data[key] = fix(data[key])
     rem = data.get("remediation")

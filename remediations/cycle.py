@@ -168,7 +168,7 @@ def run_remediation(
         out["leader"] = leader
         if leader:
             cap = min(rem.max_changes_per_cycle, rem.max_changes_per_apply)
-            with Journal(state_path) as journal:
+            with Journal(state_path, getattr(settings, "state_password_file", None)) as journal:
                 try:
                     report = apply_plan(enforce, make, journal, cfg, approved=bool(rem.enabled), actor="daemon",
                                         cap=cap, now=now)

@@ -1,4 +1,4 @@
-"""Stage 6, apply: the journal of every write, in the daemon's SQLite state file.
+"""Stage 6, apply: the journal of every write, in the daemon's state database (SQLite file or PostgreSQL).
 
 Each apply (and each rollback) gets an id; each resource it writes gets a row with the full before-state, written
 before the write, and the after-state read back once it is verified. A row left `started` means the process
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import AuditorError
-from auditor.state import connect, migrate
+from auditor.state import Database, StateError, migrate, open_database
 
 COMPONENT = "remediations.journal"
 
@@ -91,14 +90,17 @@ class Entry:
 
 
 class Journal:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.db = connect(self.path)
+    def __init__(self, target: str | Path, password_file: str | Path | None = None) -> None:
+        self.path = Path(target)
+        self.db: Database = open_database(target, password_file)
         try:
             migrate(self.db, COMPONENT, MIGRATIONS)
-        except sqlite3.DatabaseError as exc:
+        except StateError:
             self.db.close()
-            raise AuditorError(f"{self.path}: cannot create the remediation journal: {exc}") from None
+            raise
+        except Exception as exc:
+            self.db.close()
+            raise AuditorError(f"{self.db.name}: cannot create the remediation journal: {exc}") from None
 
     def close(self) -> None:
         self.db.close()
@@ -110,14 +112,9 @@ class Journal:
         self.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def _tx(self) -> Iterator[Database]:
+        with self.db.transaction() as db:
+            yield db
 
     # -- writes -----------------------------------------------------------------------------------------------------
     def start_apply(self, plan_id: str | None, action: str, actor: str, rollback_of: str | None = None) -> str:
@@ -153,11 +150,12 @@ class Journal:
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO remediation_journal (apply_id, change_id, resource, family, target, edits, rules, "
-                "token_before, before, outcome, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'started', ?)",
+                "token_before, before, outcome, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'started', ?) "
+                "RETURNING id",
                 (apply_id, change_id, resource, family, json.dumps(target, sort_keys=True), json.dumps(edits),
                  json.dumps(rules), token_before, json.dumps(before, sort_keys=True), _now()),
             )
-            return int(cur.lastrowid or 0)
+            return int(cur.fetchone()[0])
 
     def finish(self, entry_id: int, outcome: str, *, after: Any = None, token_after: str | None = None,
                reason: str | None = None) -> None:

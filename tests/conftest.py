@@ -20,3 +20,15 @@ def public_data() -> Path:
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+# A real PostgreSQL server for the state backends (one per session, a fresh database per test).
+from tests.fakes.postgres import postgres_server, postgres_url  # noqa: E402, F401
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store lives, once on each backend: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    return str(request.getfixturevalue("postgres_url"))

@@ -38,7 +38,7 @@ def command(config: str | None, once: bool, check: bool, fail_on: str, allow_par
     from auditor.cycle import Auditor
     from auditor.daemon import Daemon
     from auditor.logs import configure
-    from auditor.state import Store
+    from auditor.state import Store, redact, state_target
 
     settings = load_settings(config)
     if check:
@@ -48,12 +48,12 @@ def command(config: str | None, once: bool, check: bool, fail_on: str, allow_par
         sch = settings.schedule
         click.echo(
             f"configuration OK: {len(settings.sources)} source(s), {len(rules)} rule(s), "
-            f"schedule {sch.cron or f'every {sch.interval_seconds}s'}, state {settings.state_path}, "
+            f"schedule {sch.cron or f'every {sch.interval_seconds}s'}, state {redact(settings.state_target)}, "
             f"listen {settings.listen}, remediation {'on' if settings.remediation.enabled else 'off'}"
         )
         return
     configure(settings.log_format, settings.log_level)
-    store = Store(settings.state_path)
+    store = Store(*state_target(settings))
     auditor = Auditor(settings, store)
     if once:
         out = auditor.run_cycle()
@@ -61,8 +61,8 @@ def command(config: str | None, once: bool, check: bool, fail_on: str, allow_par
         summary: dict[str, object] = {
             "cycle": out.cycle_id,
             "outcome": out.outcome,
-            "new": len(out.recorded.new) if out.recorded else 0,
-            "resolved": len(out.recorded.resolved) if out.recorded else 0,
+            "new": out.recorded.new_count if out.recorded else 0,
+            "resolved": out.recorded.resolved_count if out.recorded else 0,
             "open": out.recorded.open if out.recorded else None,
             "error": out.error,
         }

@@ -18,6 +18,7 @@ from auditor.cli.options import rules_option, source_options
 from auditor.cli.scan import do_scan
 from auditor.collect import SourceOptions
 from auditor.errors import AuditorError
+from auditor.state import is_url
 from remediations.apply import ApplyReport, apply_plan, rollback
 from remediations.guards import GuardConfig
 from remediations.journal import Journal
@@ -61,7 +62,7 @@ class _Defaults:
             from auditor.settings import load_settings
 
             s = load_settings(config)
-            self.state_path = str(s.state_path)
+            self.state_path = s.state_target
             self.protected = list(s.remediation.protected_principals)
             self.max_changes = s.remediation.max_changes_per_apply
             self.max_age = s.remediation.plan_max_age_seconds
@@ -239,7 +240,7 @@ def rollback_command(
     """Restore what an apply changed (without APPLY_ID: list the recent applies)."""
     d = _Defaults(config)
     state_path = state_path or d.state_path
-    if not Path(state_path).exists():
+    if not is_url(state_path) and not Path(state_path).exists():
         raise AuditorError(f"{state_path}: no state file (pass --state)")
     with Journal(state_path) as journal:
         if apply_id is None:

@@ -15,7 +15,7 @@ from rich.table import Table
 from auditor.errors import AuditorError
 from auditor.model import SEVERITIES
 from auditor.report.html import age
-from auditor.state import Store, iso
+from auditor.state import Store, is_url, iso, state_target
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,23 +25,24 @@ def _state_options(fn: F) -> F:
     fn = click.option(
         "--config", "-c", type=click.Path(dir_okay=False), help="Take state_path from this configuration."
     )(fn)
-    fn = click.option("--state", "state", type=click.Path(dir_okay=False), help="The state file (SQLite).")(fn)
+    fn = click.option("--state", "state", help="The state: a SQLite file or a postgresql:// URL.")(fn)
     return fn
 
 
 def _open(state: str | None, config: str | None) -> Store:
+    password_file = None
     if state is None:
         from auditor.settings import load_settings
 
         try:
-            state = str(load_settings(config).state_path)
+            state, password_file = state_target(load_settings(config))
         except AuditorError as exc:
             if config is None:
                 raise AuditorError(f"give --state FILE or --config FILE (or set AUDITOR_STATE_PATH): {exc}") from None
             raise
-    if not Path(state).is_file():
+    if not is_url(state) and not Path(state).is_file():
         raise AuditorError(f"{state}: no state file (has `auditor serve` run with this state_path?)")
-    return Store(state)
+    return Store(state, password_file)
 
 
 @click.command("history")

@@ -1,4 +1,5 @@
-"""GKE in the example: two clusters, tenant namespaces and their RBAC, in CAI form and as a kubectl List."""
+"""GKE in the example: three clusters (one hardened, two not), tenant namespaces and their RBAC, in CAI form and as a
+kubectl List."""
 
 from __future__ import annotations
 
@@ -147,14 +148,94 @@ def cai_asset(o: dict[str, Any], cluster: str) -> dict[str, Any]:
     return resource_line(name, asset_type, o, ancestors(PROJECT))
 
 
+NOTEBOOKS = f"projects/{PROJECT}/zones/us-central1-a/clusters/research-notebooks"
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+NODE_SCOPES = [
+    "https://www.googleapis.com/auth/devstorage.read_only",
+    "https://www.googleapis.com/auth/logging.write",
+    "https://www.googleapis.com/auth/monitoring",
+]
+NODE_SA = f"gke-nodes@{PROJECT}.iam.gserviceaccount.com"
+
+
+def node_pool(name: str, machine: str, *, service_account: str = NODE_SA, scopes: list[str] | None = None,
+              metadata_mode: str = "GKE_METADATA", sandbox: bool = False) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "machineType": machine, "imageType": "COS_CONTAINERD", "diskSizeGb": 200,
+        "serviceAccount": service_account, "oauthScopes": scopes or NODE_SCOPES,
+        "metadata": {"disable-legacy-endpoints": "true"},
+        "workloadMetadataConfig": {"mode": metadata_mode},
+        "shieldedInstanceConfig": {"enableSecureBoot": True, "enableIntegrityMonitoring": True},
+    }
+    if sandbox:
+        config["sandboxConfig"] = {"type": "GVISOR"}
+    return {"name": name, "config": config, "initialNodeCount": 1, "status": "RUNNING", "version": "1.31.4-gke.1000"}
+
+
+def cluster_data(name: str, **settings: Any) -> dict[str, Any]:
+    return {"name": name, "location": "us-central1", "status": "RUNNING", "currentMasterVersion": "1.31.4-gke.1000",
+            "legacyAbac": {}, "shieldedNodes": {"enabled": True},
+            "workloadIdentityConfig": {"workloadPool": f"{PROJECT}.svc.id.goog"}, **settings}
+
+
+def training_cluster_data() -> dict[str, Any]:
+    """The training cluster as many ML examples set it up: Calico never turned on (the tenants' NetworkPolicies are
+    enforced by nothing), a public control plane, and a GPU pool on the default Compute Engine account with the
+    cloud-platform scope, off the GKE metadata server, so that jobs "just work" with buckets. No sandboxed pool,
+    though its tenants run notebooks."""
+    return cluster_data(
+        "training",
+        addonsConfig={"httpLoadBalancing": {}, "networkPolicyConfig": {"disabled": True}},
+        networkConfig={"network": f"projects/{PROJECT}/global/networks/ml", "datapathProvider": "LEGACY_DATAPATH"},
+        masterAuthorizedNetworksConfig={},
+        privateClusterConfig={"enablePrivateNodes": True},
+        nodePools=[
+            node_pool("system", "e2-standard-4"),
+            node_pool("gpu-a100", "a2-highgpu-8g", service_account="default", scopes=[CLOUD_PLATFORM],
+                      metadata_mode="GCE_METADATA"),
+        ],
+    )
+
+
+def inference_cluster_data() -> dict[str, Any]:
+    """The hardened twin: Dataplane V2, private endpoint, dedicated node accounts, a gVisor pool."""
+    return cluster_data(
+        "inference",
+        addonsConfig={"httpLoadBalancing": {}},
+        networkConfig={"network": f"projects/{PROJECT}/global/networks/ml", "datapathProvider": "ADVANCED_DATAPATH"},
+        privateClusterConfig={"enablePrivateNodes": True, "enablePrivateEndpoint": True,
+                              "masterIpv4CidrBlock": "172.16.0.32/28"},
+        masterAuthorizedNetworksConfig={"enabled": True, "cidrBlocks": [{"displayName": "corp",
+                                                                         "cidrBlock": "198.51.100.0/24"}]},
+        nodePools=[node_pool("serving", "g2-standard-8"), node_pool("sandbox", "n2-standard-8", sandbox=True)],
+    )
+
+
+def notebooks_cluster_data() -> dict[str, Any]:
+    """A research cluster created years ago and never revisited, in the older field names (v1beta1 exports):
+    legacy ABAC on, nodes exposing the node metadata and the legacy endpoints, the default account."""
+    return {
+        "name": "research-notebooks", "zone": "us-central1-a", "status": "RUNNING",
+        "currentMasterVersion": "1.27.16-gke.1000",
+        "addonsConfig": {"networkPolicyConfig": {}},
+        "networkPolicy": {"provider": "CALICO", "enabled": True},
+        "legacyAbac": {"enabled": True},
+        "workloadIdentityConfig": {"identityNamespace": f"{PROJECT}.svc.id.goog"},
+        "privateClusterConfig": {"enablePrivateNodes": True, "enablePrivateEndpoint": True},
+        "nodePools": [{"name": "default-pool", "config": {
+            "machineType": "n1-standard-8", "serviceAccount": "default", "oauthScopes": NODE_SCOPES,
+            "metadata": {"disable-legacy-endpoints": "false"},
+            "workloadMetadataConfig": {"nodeMetadata": "GKE_METADATA_SERVER"},
+        }}],
+    }
+
+
 def clusters() -> list[dict[str, Any]]:
     out = []
-    for c in (TRAINING, INFERENCE):
-        name = c.rsplit("/", 1)[1]
-        out.append(resource_line(f"//container.googleapis.com/{c}", "container.googleapis.com/Cluster", {
-            "name": name, "location": "us-central1", "status": "RUNNING", "currentMasterVersion": "1.31.4-gke.1000",
-            "workloadIdentityConfig": {"workloadPool": f"{PROJECT}.svc.id.goog"},
-        }, ancestors(PROJECT)))
+    for path, data in ((TRAINING, training_cluster_data()), (INFERENCE, inference_cluster_data()),
+                       (NOTEBOOKS, notebooks_cluster_data())):
+        out.append(resource_line(f"//container.googleapis.com/{path}", "container.googleapis.com/Cluster", data,
+                                 ancestors(PROJECT)))
     return out
 
 

@@ -3,13 +3,25 @@ migrations and the shared file."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
 from auditor.model import Exempted, Finding, Mode, Severity, finding_id
-from auditor.state import COMPONENT, MIGRATIONS, CycleInput, StateError, Store, connect, migrate
+from auditor.state import (
+    COMPONENT,
+    MIGRATIONS,
+    CycleInput,
+    StateError,
+    Store,
+    migrate,
+    open_database,
+    state_target,
+)
+from tests.fakes.postgres import PostgresServer
 
 BUCKET = "storage.googleapis.com/Bucket"
 PROJECT = "cloudresourcemanager.googleapis.com/Project"
@@ -29,13 +41,13 @@ def finding(rule: str, asset: str, atype: str = BUCKET, sev: str = "high", exemp
     )
 
 
-def cycle(at: float, findings: list[Finding] | None, outcome: str = "success", **kw: object) -> CycleInput:
+def cycle(at: float, findings: Iterable[Finding] | None, outcome: str = "success", **kw: object) -> CycleInput:
     return CycleInput(started_at=at, ended_at=at + 1, outcome=outcome, findings=findings, **kw)  # type: ignore[arg-type]
 
 
-def test_drift_new_resolved_and_still_open(tmp_path: Path) -> None:
+def test_drift_new_resolved_and_still_open(state_target: str) -> None:
     a, b, c = finding("r1", "//a"), finding("r1", "//b"), finding("r2", "//c", sev="critical")
-    with Store(tmp_path / "s.db") as store:
+    with Store(state_target) as store:
         first = store.record_cycle(cycle(100, [a, b]))
         assert sorted(e.asset for e in first.new) == ["//a", "//b"] and first.resolved == []
         second = store.record_cycle(cycle(200, [b, c]))
@@ -62,9 +74,9 @@ def test_drift_new_resolved_and_still_open(tmp_path: Path) -> None:
         assert [(c.id, c.new, c.resolved, c.findings) for c in cycles] == [(2, 1, 1, 2), (1, 2, 0, 2)]
 
 
-def test_the_baseline_is_the_first_cycle_that_records_findings(tmp_path: Path) -> None:
+def test_the_baseline_is_the_first_cycle_that_records_findings(state_target: str) -> None:
     a = finding("r1", "//a")
-    with Store(tmp_path / "s.db") as store:
+    with Store(state_target) as store:
         failed = store.record_cycle(cycle(50, None, outcome="failed", error="x"))
         assert failed.drift == []
         first = store.record_cycle(cycle(100, [a]))
@@ -76,9 +88,9 @@ def test_the_baseline_is_the_first_cycle_that_records_findings(tmp_path: Path) -
         assert store.counters("drift_events_total") == [({"change": "new", "rule": "r1", "severity": "high"}, 1.0)]
 
 
-def test_a_finding_that_comes_back_is_new_again_with_a_new_first_seen(tmp_path: Path) -> None:
+def test_a_finding_that_comes_back_is_new_again_with_a_new_first_seen(state_target: str) -> None:
     a = finding("r1", "//a")
-    with Store(tmp_path / "s.db") as store:
+    with Store(state_target) as store:
         store.record_cycle(cycle(100, [a]))
         store.record_cycle(cycle(200, []))
         back = store.record_cycle(cycle(300, [a]))
@@ -87,9 +99,9 @@ def test_a_finding_that_comes_back_is_new_again_with_a_new_first_seen(tmp_path: 
         assert f is not None and f.resolved_at is None and f.first_seen == 301
 
 
-def test_partial_snapshot_keeps_findings_of_unread_types_open_and_stale(tmp_path: Path) -> None:
+def test_partial_snapshot_keeps_findings_of_unread_types_open_and_stale(state_target: str) -> None:
     bucket, project = finding("r1", "//bucket"), finding("r2", "//project", atype=PROJECT)
-    with Store(tmp_path / "s.db") as store:
+    with Store(state_target) as store:
         store.record_cycle(cycle(100, [bucket, project], assets_by_type={BUCKET: 5, PROJECT: 3}))
         # Buckets could not be read: the bucket finding is not evidence of a fix. Projects were read: resolved.
         rec = store.record_cycle(
@@ -107,19 +119,19 @@ def test_partial_snapshot_keeps_findings_of_unread_types_open_and_stale(tmp_path
         assert f is not None and not f.stale and f.first_seen == 101
 
 
-def test_every_type_incomplete_resolves_nothing(tmp_path: Path) -> None:
+def test_every_type_incomplete_resolves_nothing(state_target: str) -> None:
     a, b = finding("r1", "//a"), finding("r2", "//b", atype=PROJECT)
-    with Store(tmp_path / "s.db") as store:
+    with Store(state_target) as store:
         store.record_cycle(cycle(100, [a, b], assets_by_type={BUCKET: 1, PROJECT: 1}))
         rec = store.record_cycle(cycle(200, [], outcome="partial", incomplete={"*": "src: 2 malformed records"}))
         assert rec.drift == [] and rec.stale == 2
         assert store.asset_counts() == {BUCKET: 1, PROJECT: 1}
 
 
-def test_a_glob_of_unread_types_keeps_their_findings_open(tmp_path: Path) -> None:
+def test_a_glob_of_unread_types_keeps_their_findings_open(state_target: str) -> None:
     """A source that failed on `storage.googleapis.com/*` says nothing about buckets: their findings stay open."""
     bucket, project = finding("r1", "//bucket"), finding("r2", "//project", atype=PROJECT)
-    with Store(tmp_path / "s.db") as store:
+    with Store(state_target) as store:
         store.record_cycle(cycle(100, [bucket, project], assets_by_type={BUCKET: 5, PROJECT: 3}))
         rec = store.record_cycle(cycle(200, [], outcome="partial", incomplete={"storage.googleapis.com/*": "src: 503"},
                                        assets_by_type={PROJECT: 3}))
@@ -127,9 +139,9 @@ def test_a_glob_of_unread_types_keeps_their_findings_open(tmp_path: Path) -> Non
         assert store.asset_counts() == {BUCKET: 5, PROJECT: 3}
 
 
-def test_failed_cycle_changes_no_finding_and_is_counted(tmp_path: Path) -> None:
+def test_failed_cycle_changes_no_finding_and_is_counted(state_target: str) -> None:
     a = finding("r1", "//a")
-    with Store(tmp_path / "s.db") as store:
+    with Store(state_target) as store:
         store.record_cycle(cycle(100, [a], assets_by_type={BUCKET: 1}))
         rec = store.record_cycle(
             cycle(200, None, outcome="failed", error="source x: no such file", source_errors=[("x", "unreadable")])
@@ -145,9 +157,9 @@ def test_failed_cycle_changes_no_finding_and_is_counted(tmp_path: Path) -> None:
         assert last.findings == 1  # still open, kept from the last good cycle
 
 
-def test_exempted_findings_are_tracked_but_not_counted_as_drift(tmp_path: Path) -> None:
+def test_exempted_findings_are_tracked_but_not_counted_as_drift(state_target: str) -> None:
     a = finding("r1", "//a", exempt=True)
-    with Store(tmp_path / "s.db") as store:
+    with Store(state_target) as store:
         rec = store.record_cycle(cycle(100, [a]))
         assert [e.exempted for e in rec.new] == [True]
         assert store.counters("drift_events_total") == []
@@ -155,10 +167,10 @@ def test_exempted_findings_are_tracked_but_not_counted_as_drift(tmp_path: Path) 
         assert store.open_findings(include_exempted=False) == []
 
 
-def test_an_exemption_ending_or_starting_is_drift_of_the_open_findings(tmp_path: Path) -> None:
+def test_an_exemption_ending_or_starting_is_drift_of_the_open_findings(state_target: str) -> None:
     exempt, plain = finding("r1", "//a", exempt=True), finding("r1", "//a")
     assert exempt.id == plain.id
-    with Store(tmp_path / "s.db") as store:
+    with Store(state_target) as store:
         store.record_cycle(cycle(100, [exempt]))
         ended = store.record_cycle(cycle(200, [plain]))  # the exemption expired: the finding counts again
         assert [(e.change, e.exempted, e.message) for e in ended.drift] == [
@@ -172,9 +184,9 @@ def test_an_exemption_ending_or_starting_is_drift_of_the_open_findings(tmp_path:
         assert f is not None and f.first_seen == 101 and f.resolved_at is None and f.exempted
 
 
-def test_findings_of_a_removed_rule_are_retired_not_resolved(tmp_path: Path) -> None:
+def test_findings_of_a_removed_rule_are_retired_not_resolved(state_target: str) -> None:
     a, b = finding("r1", "//a"), finding("r2", "//b")
-    with Store(tmp_path / "s.db") as store:
+    with Store(state_target) as store:
         store.record_cycle(cycle(100, [a, b], rule_ids=frozenset({"r1", "r2"})))
         rec = store.record_cycle(cycle(200, [a], rule_ids=frozenset({"r1"})))
         assert rec.drift == [] and rec.retired == 1
@@ -183,60 +195,94 @@ def test_findings_of_a_removed_rule_are_retired_not_resolved(tmp_path: Path) -> 
         assert [f.id for f in store.open_findings()] == [a.id]
 
 
-def test_restart_keeps_first_seen_and_reports_nothing_new(tmp_path: Path) -> None:
+def test_restart_keeps_first_seen_and_reports_nothing_new(state_target: str) -> None:
     a, b = finding("r1", "//a"), finding("r1", "//b")
-    with Store(tmp_path / "s.db") as store:
+    with Store(state_target) as store:
         store.record_cycle(cycle(100, [a, b]))
-    with Store(tmp_path / "s.db") as store:
+    with Store(state_target) as store:
         rec = store.record_cycle(cycle(500, [a, b]))
         assert rec.drift == []
         assert {f.first_seen for f in store.open_findings()} == {101}
 
 
-def test_file_is_wal_and_keeps_tables_of_other_components(tmp_path: Path) -> None:
+def test_sqlite_file_is_wal(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    with Store(path) as store:
-        store.record_cycle(cycle(100, [finding("r1", "//a")]))
-    other = connect(path)
-    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    # Another component (the remediation journal) versions its own tables in the same file.
-    assert migrate(other, "remediations.journal", ("CREATE TABLE journal (id INTEGER PRIMARY KEY, note TEXT)",)) == 1
-    other.execute("INSERT INTO journal (note) VALUES ('applied')")
-    other.close()
-    with Store(path) as store:
-        assert [f.asset for f in store.open_findings()] == ["//a"]
+    Store(path).close()
     check = sqlite3.connect(path)
-    assert check.execute("SELECT note FROM journal").fetchall() == [("applied",)]
-    versions = dict(check.execute("SELECT component, version FROM schema_versions").fetchall())
-    assert versions == {COMPONENT: len(MIGRATIONS), "remediations.journal": 1}
+    assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     check.close()
 
 
-def test_a_state_file_of_the_first_schema_is_upgraded_in_place(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    old = connect(path)
+def test_keeps_tables_of_other_components(state_target: str) -> None:
+    with Store(state_target) as store:
+        store.record_cycle(cycle(100, [finding("r1", "//a")]))
+    other = open_database(state_target)
+    # Another component (the remediation journal) versions its own tables in the same database.
+    assert migrate(other, "remediations.journal", ("CREATE TABLE journal (id INTEGER PRIMARY KEY, note TEXT)",)) == 1
+    other.execute("INSERT INTO journal (id, note) VALUES (1, 'applied')")
+    other.close()
+    with Store(state_target) as store:
+        assert [f.asset for f in store.open_findings()] == ["//a"]
+        assert [tuple(r) for r in store.db.rows("SELECT note FROM journal")] == [("applied",)]
+        assert store.schema_versions() == {COMPONENT: len(MIGRATIONS), "remediations.journal": 1}
+
+
+def test_a_database_of_the_first_schema_is_upgraded_in_place(state_target: str) -> None:
+    old = open_database(state_target)
     assert migrate(old, COMPONENT, MIGRATIONS[:1]) == 1
     old.execute("INSERT INTO cycles (started_at, ended_at, outcome, complete) VALUES (1, 2, 'success', 1)")
     old.close()
-    with Store(path) as store:
+    with Store(state_target) as store:
         assert [(c.id, c.baseline) for c in store.cycles()] == [(1, False)]  # kept, with the new column's default
         rec = store.record_cycle(cycle(100, [finding("r1", "//a")]))
         assert not rec.baseline  # a cycle existed before: this one is drift
-    check = sqlite3.connect(path)
-    assert check.execute("SELECT version FROM schema_versions WHERE component = ?", (COMPONENT,)).fetchone() == (
-        len(MIGRATIONS),)
-    check.close()
+        assert store.schema_versions()[COMPONENT] == len(MIGRATIONS)
 
 
-def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    Store(path).close()
-    db = sqlite3.connect(path)
+def test_a_newer_schema_is_refused(state_target: str) -> None:
+    Store(state_target).close()
+    db = open_database(state_target)
     db.execute("UPDATE schema_versions SET version = ? WHERE component = ?", (len(MIGRATIONS) + 1, COMPONENT))
-    db.commit()
     db.close()
     with pytest.raises(StateError, match="newer than this version knows"):
-        Store(path)
+        Store(state_target)
+
+
+def test_timestamps_keep_their_precision(state_target: str) -> None:
+    """Times are stored as double precision on both backends (PostgreSQL's REAL would round them to seconds)."""
+    at = 1_765_000_000.123456
+    with Store(state_target) as store:
+        store.record_cycle(cycle(at, [finding("r1", "//a")]))
+        f = store.open_findings()[0]
+        assert f.first_seen == at + 1
+
+
+def test_a_cycle_with_no_change_writes_no_finding_row(state_target: str) -> None:
+    a, b = finding("r1", "//a"), finding("r2", "//b", exempt=True)
+    with Store(state_target) as store:
+        first = store.record_cycle(cycle(100, [a, b]))
+        assert first.changed == 2
+        again = store.record_cycle(cycle(200, [a, b]))
+        assert again.changed == 0 and again.drift == [] and again.still_open == 2
+        # Their last-seen time still moves: it is the end of the last cycle that recorded findings.
+        assert {f.last_seen for f in store.open_findings()} == {201}
+        rec = store.record_cycle(cycle(300, [dataclasses.replace(a, message="r1 on //a, now worse"), b]))
+        assert rec.changed == 1 and rec.drift == []
+        f = store.finding(a.id)
+        assert f is not None and f.message == "r1 on //a, now worse" and f.first_seen == 101
+
+
+def test_findings_stream_in_batches_and_repeated_ids_count_once(state_target: str) -> None:
+    many = (finding("r1", f"//a{i}") for i in range(5000))  # a generator: read once, never held whole
+    with Store(state_target) as store:
+        rec = store.record_cycle(cycle(100, many))
+        assert rec.new_count == 5000 and rec.open == 5000
+        dup = [finding("r1", "//a1"), finding("r1", "//a1"), finding("r1", "//b")]
+        rec = store.record_cycle(cycle(200, dup))
+        assert rec.new_count == 1 and rec.resolved_count == 4999 and rec.still_open == 1
+        assert sum(1 for _ in store.iter_drift(rec.cycle_id, page=100)) == 5000
+        total, page = store.find(limit=10, offset=0)
+        assert total == 2 and [f.asset for f in page] == ["//a1", "//b"]
 
 
 def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
@@ -246,9 +292,9 @@ def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
         Store(path)
 
 
-def test_prune_forgets_old_history_but_not_the_last_cycle_or_open_findings(tmp_path: Path) -> None:
+def test_prune_forgets_old_history_but_not_the_last_cycle_or_open_findings(state_target: str) -> None:
     a, b = finding("r1", "//a"), finding("r1", "//b")
-    with Store(tmp_path / "s.db") as store:
+    with Store(state_target) as store:
         store.record_cycle(cycle(100, [a, b]))
         store.record_cycle(cycle(200, [a]))
         assert store.prune(keep_seconds=50, now=1000) == 1
@@ -257,3 +303,32 @@ def test_prune_forgets_old_history_but_not_the_last_cycle_or_open_findings(tmp_p
         assert [f.asset for f in store.open_findings()] == ["//a"]
         # Counters are not history: they never go backwards.
         assert {lb["outcome"]: v for lb, v in store.counters("cycles_total")} == {"success": 2}
+
+
+def test_the_password_may_come_from_a_file_and_never_shows(postgres_server: PostgresServer, postgres_url: str,
+                                                           tmp_path: Path) -> None:
+    bare = postgres_url.replace(f":{postgres_server.password}@", "@")
+    assert postgres_server.password not in bare
+    secret = tmp_path / "password"
+    secret.write_text(postgres_server.password + "\n")  # as a mounted Secret may end
+    with Store(bare, password_file=secret) as store:
+        assert store.record_cycle(cycle(100, [finding("r1", "//a")])).new_count == 1
+    secret.write_text("wrong")
+    with pytest.raises(StateError, match="cannot connect") as err:
+        Store(bare, password_file=secret)
+    with pytest.raises(StateError, match="cannot connect") as err2:
+        Store(bare.replace("postgres@", "postgres:wrong-password@"))
+    assert "wrong-password" not in str(err2.value) and "***" in str(err2.value)
+    assert "wrong" not in str(err.value)
+
+
+def test_settings_take_a_state_url_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from auditor.settings import Settings
+
+    monkeypatch.setenv("AUDITOR_STATE_URL", "postgresql://auditor@db:5432/auditor")
+    s = Settings(sources=["x"], state_password_file=tmp_path / "pw")
+    assert s.state_target == "postgresql://auditor@db:5432/auditor"
+    assert state_target(s) == ("postgresql://auditor@db:5432/auditor", str(tmp_path / "pw"))
+    monkeypatch.setenv("AUDITOR_STATE_URL", "mysql://nope")
+    with pytest.raises(ValueError, match="state_url"):
+        Settings(sources=["x"])

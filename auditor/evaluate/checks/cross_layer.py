@@ -31,6 +31,7 @@ from auditor.evaluate.checks.iam import (
     member_violation,
     roles_prefilter,
 )
+from auditor.evaluate.gke_posture import clusters as gke_clusters
 from auditor.evaluate.globs import any_match
 from auditor.evaluate.policy import asset_bindings
 from auditor.evaluate.registry import Context, Violation, check
@@ -214,7 +215,7 @@ def _screen_workload_identity(asset: Asset, params: WorkloadIdentityParams, ctx:
     params=WorkloadIdentityParams,
     iam=True,
     asset_types=[SERVICE_ACCOUNT],
-    context=list(HIERARCHY_TYPES),
+    context=[*HIERARCHY_TYPES, GKE_CLUSTER],
     screen=_screen_workload_identity,
     prefilter=roles_prefilter(lambda p: p.binding_roles),
 )
@@ -226,6 +227,9 @@ def workload_identity_privileges(asset: Asset, params: WorkloadIdentityParams, c
     in that namespace gets the Google account's roles. Reported on the Google service account, once per mapped
     member, when the account holds a role matching `roles` on a project, folder or organization of the snapshot
     (details `role` and `member` of the mapping, `condition`, and `grants`: the account's matching roles).
+    The finding says whether a cluster of the snapshot has Workload Identity on for the member's pool
+    (`PROJECT.svc.id.goog`; details `workload_identity_clusters`): if none has, the mapping is dormant, and takes
+    effect the day one does.
 
     ```yaml
     - id: gke-workload-identity-to-admin-accounts
@@ -248,11 +252,35 @@ def workload_identity_privileges(asset: Asset, params: WorkloadIdentityParams, c
     for b, m in grants(asset, params.binding_roles):
         if ".svc.id.goog[" not in m or params.skipped(m, b.role):
             continue
+        pool = m.split(":", 1)[-1].split("[", 1)[0]
+        on = _workload_identity_clusters(ctx).get(pool, [])
+        more = f" and {len(on) - 3} more" if len(on) > 3 else ""
+        where = (
+            f"Workload Identity is on for {pool} in {', '.join(on[:3])}{more}"
+            if on
+            else f"no cluster of the snapshot has Workload Identity on for {pool}: dormant until one has"
+        )
         yield member_violation(
             b,
             m,
             f"Kubernetes service account {m.split(':', 1)[-1]} acts as {email}, which holds {', '.join(held[:3])}"
-            + (f" and {len(held) - 3} more" if len(held) > 3 else ""),
+            + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+            + f" ({where})",
             service_account=email,
             grants=held,
+            workload_identity_clusters=on,
         )
+
+
+def _workload_identity_clusters(ctx: Context) -> dict[str, list[str]]:
+    """Workload pool (`PROJECT.svc.id.goog`) -> the snapshot's clusters that have Workload Identity on with it."""
+
+    def build() -> dict[str, list[str]]:
+        out: dict[str, set[str]] = defaultdict(set)
+        for p in gke_clusters(ctx).values():
+            if p.workload_pool:
+                out[p.workload_pool].add(p.key)
+        return {k: sorted(v) for k, v in out.items()}
+
+    result: dict[str, list[str]] = ctx.memo("cross_layer.workload_identity_clusters", build)
+    return result

@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 from auditor.collect.k8s_objects import (
     CLUSTER_ROLE,
     CLUSTER_ROLE_BINDING,
+    GKE_CLUSTER,
     NAMESPACE,
     NETWORK_POLICY,
     RESOURCE_QUOTA,
@@ -34,6 +35,7 @@ from auditor.collect.k8s_objects import (
     cluster_of,
     namespace_of,
 )
+from auditor.evaluate.gke_posture import cluster_of_asset
 from auditor.evaluate.globs import any_match, glob_match
 from auditor.evaluate.registry import Context, Params, Prefilter, Violation, check
 from auditor.model import Asset
@@ -128,6 +130,42 @@ def binding_details(asset: Asset, who: str | None, **extra: Any) -> dict[str, An
 def where(asset: Asset) -> str:
     ns = binding_namespace(asset)
     return f"in namespace {ns}" if ns else "cluster-wide"
+
+
+# -- registration -----------------------------------------------------------------------------------------------------
+_Check = Callable[[Asset, Any, Context], Iterable[Violation]]
+ABAC_NOTE = " (legacy ABAC is enabled on this cluster: RBAC is not the only authorizer)"
+
+
+def rbac_check(
+    name: str, *, context: Iterable[str] = (), screen: Callable[..., bool] | None = None, **kw: Any
+) -> Callable[[_Check], _Check]:
+    """Register an RBAC authorization check. On a cluster with legacy ABAC enabled its findings say so (message, and
+    `legacy_abac: true` in details): the API server allows what ABAC allows too, so RBAC alone decides nothing. The
+    snapshot's Cluster assets are read as context for this; a check that read no context before is screened by its
+    own outcome, which the Cluster cannot change."""
+    context = list(context)
+
+    def deco(fn: _Check) -> _Check:
+        def noted(asset: Asset, params: Any, ctx: Context) -> Iterator[Violation]:
+            found = fn(asset, params, ctx)
+            cluster = cluster_of_asset(ctx, asset.name)
+            if cluster is None or not cluster.legacy_abac:
+                yield from found
+                return
+            for v in found:
+                yield Violation(v.message + ABAC_NOTE, v.key, {**v.details, "legacy_abac": True})
+
+        noted.__doc__ = fn.__doc__
+        own_screen = screen
+        if own_screen is None and not context and not kw.get("context_names"):
+            def own_screen(asset: Asset, params: Any, ctx: Context) -> bool:
+                return any(True for _ in fn(asset, params, ctx))
+
+        check(name, context=[*context, GKE_CLUSTER], screen=own_screen, **kw)(noted)
+        return fn
+
+    return deco
 
 
 # -- roles ------------------------------------------------------------------------------------------------------------
@@ -253,7 +291,7 @@ def _powerful_candidate(asset: Asset, params: PowerfulRoleParams) -> bool:
     )
 
 
-@check(
+@rbac_check(
     "rbac.no_powerful_role_binding",
     params=PowerfulRoleParams,
     asset_types=[ROLE_BINDING, CLUSTER_ROLE_BINDING],
@@ -338,7 +376,7 @@ def _subject_names(asset: Asset) -> str | None:
     return None if any("\n" in n for n in names) else "\n".join(names)
 
 
-@check(
+@rbac_check(
     "rbac.no_public_subjects",
     params=PublicSubjectsParams,
     asset_types=[ROLE_BINDING, CLUSTER_ROLE_BINDING],
@@ -530,14 +568,13 @@ _NAMESPACED = (ROLE, ROLE_BINDING, RESOURCE_QUOTA, NETWORK_POLICY)
 # Tenancy reads the Namespaces (labels), and the names of the Roles and RoleBindings (namespaces known by name only).
 TENANT_CONTEXT = [NAMESPACE]
 TENANT_CONTEXT_NAMES = [ROLE, ROLE_BINDING]
-_Check = Callable[[Asset, Any, Context], Iterable[Violation]]
 
 
 def tenant_check(
     name: str, *, params: type[TenantParams], asset_types: list[str], screen: Callable[..., bool] | None = None
 ) -> Callable[[_Check], _Check]:
-    """Register a check that judges against tenancy: it reads the tenancy context."""
-    return check(
+    """Register an RBAC check that judges against tenancy: it reads the tenancy context."""
+    return rbac_check(
         name,
         params=params,
         asset_types=asset_types,
@@ -571,6 +608,17 @@ def _tenancy(ctx: Context, params: TenantParams) -> Tenancy:
         return tenancy
 
     return ctx.memo(f"rbac.tenancy.{_tenancy_key(ctx, params)}", build)
+
+
+def tenancy_of(ctx: Context, params: TenantParams) -> Tenancy:
+    """The tenancy of the whole snapshot for these params, for checks of other domains judged against it (they
+    declare TENANT_CONTEXT and TENANT_CONTEXT_NAMES, and call this once the snapshot is read, not in screens)."""
+    return _tenancy(ctx, params)
+
+
+def own_tenant(ctx: Context, params: TenantParams, namespace: Asset) -> str | None:
+    """A Namespace's tenant by its own labels and name: what a screen may ask as the Namespaces stream by."""
+    return _tenant_names(ctx, params).own_tenant(namespace)
 
 
 class _TenancySoFar:

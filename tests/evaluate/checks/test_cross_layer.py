@@ -162,3 +162,30 @@ def test_workload_identity_to_an_admin_account(tmp_path: Path) -> None:
                                           "roles/storage.admin on projects/111 (condition: ckpt)"]
     # without the project's policy in the snapshot there is nothing to say about the account's power
     assert wi_scan(tmp_path, service_account(trainer, [ksa])) == []
+
+
+def test_workload_identity_finding_knows_whether_a_cluster_has_it_on(tmp_path: Path) -> None:
+    trainer = "trainer@ml-train.iam.gserviceaccount.com"
+    p = project("111", "ml-train", [{"role": "roles/editor", "members": [f"serviceAccount:{trainer}"]}])
+    sa = service_account(trainer, ["serviceAccount:ml-train.svc.id.goog[tenant-a/trainer]"])
+    on = Asset("//container.googleapis.com/projects/ml-train/locations/us-central1/clusters/gpu", CLUSTER,
+               resource={"name": "gpu", "workloadIdentityConfig": {"workloadPool": "ml-train.svc.id.goog"}})
+    older = Asset("//container.googleapis.com/v1/projects/ml-train/zones/us-central1-a/clusters/old", CLUSTER,
+                  resource={"name": "old", "workloadIdentityConfig": {"identityNamespace": "ml-train.svc.id.goog"}})
+    off = Asset("//container.googleapis.com/projects/ml-train/locations/us-central1/clusters/legacy", CLUSTER,
+                resource={"name": "legacy"})
+    other_pool = Asset("//container.googleapis.com/projects/ml-serve/locations/us-central1/clusters/serve", CLUSTER,
+                       resource={"name": "serve", "workloadIdentityConfig": {"workloadPool": "ml-serve.svc.id.goog"}})
+
+    # the service account streams by before the clusters: they are context, read at the end
+    [f] = wi_scan(tmp_path, p, sa, on, older, off, other_pool)
+    assert f.details["workload_identity_clusters"] == [
+        "projects/ml-train/locations/us-central1-a/clusters/old",
+        "projects/ml-train/locations/us-central1/clusters/gpu",
+    ]
+    assert "Workload Identity is on for ml-train.svc.id.goog" in f.message
+
+    [dormant] = wi_scan(tmp_path, p, sa, off, other_pool)
+    assert dormant.details["workload_identity_clusters"] == []
+    assert "no cluster of the snapshot has Workload Identity on for ml-train.svc.id.goog" in dormant.message
+    assert dormant.id == f.id  # the same finding, whatever the clusters say

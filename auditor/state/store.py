@@ -1,0 +1,591 @@
+"""Stage 4, findings -> state: the store of cycles, the finding lifecycle and drift between cycles.
+
+SQLite (one file, WAL: `auditor history` reads while the daemon writes) or PostgreSQL (replicas share it), through
+`auditor.state.db`. This module versions its tables in `schema_versions` under "auditor.state"; the remediation
+journal keeps its own tables in the same database, and no migration here touches a table it does not own.
+
+Findings stream in: `record_cycle` reads the cycle's findings once, in batches, into a staging table of the
+connection (TEMP: it never grows the state file), and drift is computed in SQL against the findings still open:
+- a finding seen now and not open before is `new` (also one that was resolved and came back);
+- an open finding not seen now is `resolved`, unless its asset type was not read completely this cycle
+  (ScanResult.incomplete_types(); "*" means every type): then it stays open and is marked stale;
+- an open finding whose rule is no longer loaded is closed without a drift event (the organization did not change);
+- the rest are still open; their rows are written only when something about them changed, so a cycle with no
+  change writes no finding row. Their last-seen time is the end of the last cycle that recorded findings (a stale
+  finding keeps the time it was last actually seen); their first-seen time never moves.
+The first cycle that records findings is the baseline: stored and logged, not counted as drift.
+Counters behind the Prometheus counters (cycles, drift events, source errors, remediations) live here too, so
+they survive restarts and never go backwards.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from auditor.evaluate.globs import compile_glob
+from auditor.model import Finding
+from auditor.state.db import Database, Row, StateError, migrate, open_database
+from auditor.state.records import (
+    CycleInput,
+    CycleRecord,
+    DriftEvent,
+    Recorded,
+    SourceState,
+    StoredFinding,
+)
+
+COMPONENT = "auditor.state"
+BATCH = 2000  # findings per staging insert: bounded memory, few round trips
+
+OUTCOMES = ("success", "partial", "failed")
+CHANGES = ("new", "resolved")
+
+# Each entry upgrades the schema by one version; never edit a released entry, append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE cycles (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('success', 'partial', 'failed')),
+        complete INTEGER NOT NULL,
+        incomplete TEXT NOT NULL DEFAULT '{}',
+        snapshot_at REAL,
+        assets INTEGER NOT NULL DEFAULT 0,
+        findings INTEGER NOT NULL DEFAULT 0,
+        exempted INTEGER NOT NULL DEFAULT 0,
+        new INTEGER NOT NULL DEFAULT 0,
+        resolved INTEGER NOT NULL DEFAULT 0,
+        stale INTEGER NOT NULL DEFAULT 0,
+        rules INTEGER NOT NULL DEFAULT 0,
+        by_severity TEXT NOT NULL DEFAULT '{}',
+        durations TEXT NOT NULL DEFAULT '{}',
+        sources TEXT NOT NULL DEFAULT '[]',
+        error TEXT
+    );
+    CREATE INDEX cycles_started ON cycles (started_at);
+    CREATE TABLE findings (
+        id TEXT PRIMARY KEY,
+        rule TEXT NOT NULL,
+        check_name TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        asset_type TEXT NOT NULL,
+        message TEXT NOT NULL,
+        details TEXT NOT NULL DEFAULT '{}',
+        exempted INTEGER NOT NULL DEFAULT 0,
+        exemption TEXT,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        resolved_at REAL,
+        stale INTEGER NOT NULL DEFAULT 0,
+        first_cycle INTEGER,
+        last_cycle INTEGER
+    );
+    CREATE INDEX findings_open ON findings (resolved_at, severity);
+    CREATE TABLE drift_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        cycle_id INTEGER NOT NULL REFERENCES cycles (id) ON DELETE CASCADE,
+        at REAL NOT NULL,
+        change TEXT NOT NULL CHECK (change IN ('new', 'resolved')),
+        finding_id TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        asset_type TEXT NOT NULL,
+        exempted INTEGER NOT NULL DEFAULT 0,
+        message TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX drift_cycle ON drift_events (cycle_id);
+    CREATE TABLE counters (
+        metric TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        value REAL NOT NULL,
+        PRIMARY KEY (metric, labels)
+    );
+    CREATE TABLE source_state (
+        source TEXT PRIMARY KEY,
+        last_read_at REAL,
+        last_complete_at REAL,
+        data_at REAL,
+        last_error TEXT
+    );
+    CREATE TABLE asset_counts (
+        asset_type TEXT PRIMARY KEY,
+        count INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+    # v2: the baseline cycle is marked, so history and the report do not present it as drift.
+    """
+    ALTER TABLE cycles ADD COLUMN baseline INTEGER NOT NULL DEFAULT 0;
+    """,
+)
+
+
+
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS cycle_seen (
+    id TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    check_name TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    asset_type TEXT NOT NULL,
+    message TEXT NOT NULL,
+    details TEXT NOT NULL,
+    exempted INTEGER NOT NULL,
+    exemption TEXT,
+    note TEXT NOT NULL
+)
+"""
+_STAGED_COLUMNS = "id, rule, check_name, severity, mode, asset, asset_type, message, details, exempted, exemption"
+_CONTENT = ("rule", "check_name", "severity", "mode", "asset", "asset_type", "message", "details", "exempted",
+            "exemption")
+_SEVERITY_ORDER = (
+    "CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 WHEN 'low' THEN 3 ELSE 4 END"
+)
+_OPEN = "findings.resolved_at IS NULL"
+_NOT_SEEN = "NOT EXISTS (SELECT 1 FROM cycle_seen s WHERE s.id = findings.id)"
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    return json.dumps(dict(sorted(labels.items())), separators=(",", ":"))
+
+
+def _staged(f: Finding) -> tuple[Any, ...]:
+    exemption = json.dumps(_exemption(f)) if f.exempted or f.expired_exemption else None
+    # The message of the drift event if this finding's exemption started or ended while it stayed open.
+    note = (f"exempted ({f.exempted.reason}, {f.exempted.owner}): " if f.exempted else "exemption ended: ") + f.message
+    return (f.id, f.rule, f.check, f.severity.value, f.mode.value, f.asset, f.asset_type, f.message,
+            json.dumps(f.details, default=str, sort_keys=True), int(f.exempted is not None), exemption, note)
+
+
+class Store:
+    """The state store on a SQLite file or a PostgreSQL URL. Thread-safe: one connection behind one lock."""
+
+    def __init__(self, target: str | Path, password_file: str | Path | None = None) -> None:
+        self.db: Database = open_database(target, password_file)
+        self.path = target if isinstance(target, Path) else Path(target) if self.db.dialect == "sqlite" else None
+        self.target = str(target)
+        try:
+            migrate(self.db, COMPONENT, MIGRATIONS)
+        except StateError:
+            self.db.close()
+            raise
+        except Exception as exc:  # not a database, a server that refuses: one clear line
+            self.db.close()
+            raise StateError(f"{self.db.name}: cannot open the state database ({exc})") from None
+
+    @property
+    def dialect(self) -> str:
+        return self.db.dialect
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------------------------------
+    def record_cycle(self, c: CycleInput) -> Recorded:
+        if c.outcome not in OUTCOMES:
+            raise ValueError(f"unknown cycle outcome {c.outcome!r}")
+        db = self.db
+        with db.lock:
+            if c.findings is not None:
+                self._stage(c.findings)
+            with db.transaction():
+                cycle_id = int(db.execute(
+                    "INSERT INTO cycles (started_at, ended_at, outcome, complete, incomplete, snapshot_at, rules, "
+                    "durations, sources, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (c.started_at, c.ended_at, c.outcome, int(c.outcome == "success"), json.dumps(c.incomplete),
+                     c.snapshot_at, c.rules, json.dumps(c.durations), json.dumps(c.sources), c.error),
+                ).fetchone()[0])
+                rec = Recorded(cycle_id, load_drift=lambda: self.iter_drift(cycle_id))
+                self._bump(db, "cycles_total", {"outcome": c.outcome})
+                for source, code in c.source_errors:
+                    self._bump(db, "source_errors_total", {"source": source, "code": code})
+                self._record_sources(db, c)
+                if c.findings is not None:
+                    self._record_findings(db, c, rec)
+                    self._record_assets(db, c)
+                totals = db.execute(
+                    "SELECT count(*) FILTER (WHERE exempted = 0), count(*) FILTER (WHERE exempted = 1), "
+                    "count(*) FILTER (WHERE stale = 1) FROM findings WHERE resolved_at IS NULL"
+                ).fetchone()
+                by_sev = {
+                    r[0]: int(r[1])
+                    for r in db.execute(
+                        "SELECT severity, count(*) FROM findings WHERE resolved_at IS NULL AND exempted = 0 "
+                        "GROUP BY severity"
+                    )
+                }
+                assets = int(db.execute("SELECT coalesce(sum(count), 0) FROM asset_counts").fetchone()[0])
+                rec.open, rec.stale = int(totals[0]), int(totals[2])
+                db.execute(
+                    "UPDATE cycles SET findings = ?, exempted = ?, stale = ?, new = ?, resolved = ?, by_severity = ?, "
+                    "assets = ? WHERE id = ?",
+                    (int(totals[0]), int(totals[1]), int(totals[2]), rec.new_count, rec.resolved_count,
+                     json.dumps(by_sev), assets, cycle_id),
+                )
+            if c.findings is not None:
+                db.execute("DELETE FROM cycle_seen")
+        return rec
+
+    def _stage(self, findings: Iterable[Finding]) -> None:
+        """The cycle's findings into the connection's staging table, a batch at a time (the first of a repeated id
+        wins)."""
+        db = self.db
+        db.execute(db.ddl(_STAGING))
+        db.execute("DELETE FROM cycle_seen")
+        it = iter(findings)
+        with db.transaction():  # TEMP only: takes no lock a reader of the state database waits on
+            while batch := [_staged(f) for f in islice(it, BATCH)]:
+                db.executemany(
+                    f"INSERT INTO cycle_seen ({_STAGED_COLUMNS}, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO NOTHING",
+                    batch,
+                )
+
+    def _record_sources(self, db: Database, c: CycleInput) -> None:
+        for s in c.sources:
+            name = str(s.get("source"))
+            complete = bool(s.get("complete")) and c.findings is not None
+            err = None if complete else "; ".join(
+                [f"{f['asset_type']}: {f['reason']}" for f in s.get("failed", [])] or [c.error or "not read"]
+            )
+            db.execute(
+                "INSERT INTO source_state (source, last_read_at, last_complete_at, data_at, last_error) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (source) DO UPDATE SET last_read_at = excluded.last_read_at, "
+                "last_complete_at = coalesce(excluded.last_complete_at, source_state.last_complete_at), "
+                "data_at = coalesce(excluded.data_at, source_state.data_at), last_error = excluded.last_error",
+                (
+                    name,
+                    c.ended_at,
+                    c.ended_at if complete else None,
+                    (s.get("data_at") or c.snapshot_at) if complete else None,
+                    err,
+                ),
+            )
+
+    def _record_findings(self, db: Database, c: CycleInput, rec: Recorded) -> None:
+        """Drift as set differences in SQL between the staged findings and the open ones."""
+        now, cid = c.ended_at, rec.cycle_id
+        # When the open findings were last actually seen: the end of the previous cycle that recorded findings.
+        prev = db.execute(
+            "SELECT max(ended_at) FROM cycles WHERE id < ? AND outcome != 'failed'", (cid,)
+        ).fetchone()[0]
+        rec.baseline = prev is None
+        seen_before = prev if prev is not None else now
+        events = ("INSERT INTO drift_events (cycle_id, at, change, finding_id, rule, severity, asset, asset_type, "
+                  "exempted, message) ")
+        # Still open, with an exemption that started or ended: the set of open, not exempted findings changed, which
+        # is what the drift counters and alerts follow.
+        db.execute(
+            events + "SELECT ?, ?, CASE WHEN s.exempted = 1 THEN 'resolved' ELSE 'new' END, s.id, s.rule, s.severity, "
+            "s.asset, s.asset_type, 0, s.note FROM cycle_seen s JOIN findings f ON f.id = s.id "
+            "WHERE f.resolved_at IS NULL AND f.exempted != s.exempted ORDER BY s.id",
+            (cid, now),
+        )
+        rec.still_open = int(db.execute(
+            "SELECT count(*) FROM cycle_seen s JOIN findings f ON f.id = s.id WHERE f.resolved_at IS NULL"
+        ).fetchone()[0])
+        # New, or resolved earlier and back again: a new occurrence, first seen now.
+        db.execute(
+            events + "SELECT ?, ?, 'new', s.id, s.rule, s.severity, s.asset, s.asset_type, s.exempted, s.message "
+            "FROM cycle_seen s WHERE NOT EXISTS (SELECT 1 FROM findings f WHERE f.id = s.id AND f.resolved_at IS NULL) "
+            "ORDER BY s.id",
+            (cid, now),
+        )
+        changed = " OR ".join(f"findings.{k} IS DISTINCT FROM s.{k}" for k in _CONTENT)
+        rec.changed += db.execute(
+            "UPDATE findings SET " + ", ".join(f"{k} = s.{k}" for k in _CONTENT) + ", last_seen = ?, last_cycle = ?, "
+            f"stale = 0 FROM cycle_seen s WHERE findings.id = s.id AND {_OPEN} AND (findings.stale = 1 OR {changed})",
+            (now, cid),
+        ).rowcount
+        rec.changed += db.execute(
+            f"INSERT INTO findings ({_STAGED_COLUMNS}, first_seen, last_seen, first_cycle, last_cycle) "
+            f"SELECT {_STAGED_COLUMNS}, ?, ?, ?, ? FROM cycle_seen s WHERE NOT EXISTS "
+            "(SELECT 1 FROM findings f WHERE f.id = s.id AND f.resolved_at IS NULL) ON CONFLICT (id) DO UPDATE SET "
+            + ", ".join(f"{k} = excluded.{k}" for k in _CONTENT)
+            + ", first_seen = excluded.first_seen, last_seen = excluded.last_seen, resolved_at = NULL, stale = 0, "
+            "first_cycle = excluded.first_cycle, last_cycle = excluded.last_cycle",
+            (now, now, cid, cid),
+        ).rowcount
+        # Open and not seen now. Its rule was removed from the rule files: nothing changed in the organization, so
+        # it is closed without a drift event (no "resolved" alert for a rule someone deleted).
+        if c.rule_ids is not None:
+            rules = sorted(c.rule_ids)
+            kept, args = db.in_list("findings.rule", rules)
+            rec.retired = db.execute(
+                f"UPDATE findings SET resolved_at = ?, stale = 0 WHERE {_OPEN} AND {_NOT_SEEN} AND NOT ({kept})",
+                (now, *args),
+            ).rowcount
+            rec.changed += rec.retired
+        # Not seen, but its type was not read completely: absence of evidence, so it stays open (stale). Sources
+        # report what they could not read as asset types or globs (`compute.googleapis.com/*`): matched against the
+        # few distinct asset types of the missing findings.
+        unread = [compile_glob(t) for t in c.incomplete]
+        types = [r[0] for r in db.execute(f"SELECT DISTINCT asset_type FROM findings WHERE {_OPEN} AND {_NOT_SEEN}")]
+        stale_types = types if "*" in c.incomplete else [t for t in types if any(p.match(t) for p in unread)]
+        in_stale, stale_args = db.in_list("findings.asset_type", stale_types)
+        rec.changed += db.execute(
+            f"UPDATE findings SET stale = 1, last_seen = CASE WHEN last_seen > ? THEN last_seen ELSE ? END "
+            f"WHERE {_OPEN} AND {_NOT_SEEN} AND stale = 0 AND {in_stale}",
+            (seen_before, seen_before, *stale_args),
+        ).rowcount
+        # The rest is resolved.
+        db.execute(
+            events + "SELECT ?, ?, 'resolved', id, rule, severity, asset, asset_type, exempted, message FROM findings "
+            f"WHERE {_OPEN} AND {_NOT_SEEN} AND NOT ({in_stale}) ORDER BY id",
+            (cid, now, *stale_args),
+        )
+        rec.changed += db.execute(
+            f"UPDATE findings SET resolved_at = ?, stale = 0, last_seen = CASE WHEN stale = 1 THEN last_seen "
+            f"WHEN last_seen > ? THEN last_seen ELSE ? END WHERE {_OPEN} AND {_NOT_SEEN} AND NOT ({in_stale})",
+            (now, seen_before, seen_before, *stale_args),
+        ).rowcount
+        db.execute("UPDATE cycles SET baseline = ? WHERE id = ?", (int(rec.baseline), cid))
+        for rule, severity, change, n in db.execute(
+            "SELECT rule, severity, change, count(*) FROM drift_events WHERE cycle_id = ? AND exempted = 0 "
+            "GROUP BY rule, severity, change ORDER BY rule, severity, change",
+            (cid,),
+        ).fetchall():
+            # The baseline is what the organization already was, not drift: its findings are stored and logged as
+            # new but the counters (and the alerts on them) stay quiet, and a lost state file does not page for every
+            # existing finding. Exempted findings coming and going are bookkeeping, not drift anyone is paged for.
+            if not rec.baseline:
+                self._bump(db, "drift_events_total", {"rule": rule, "severity": severity, "change": change}, int(n))
+        for change, n in db.execute(
+            "SELECT change, count(*) FROM drift_events WHERE cycle_id = ? GROUP BY change", (cid,)
+        ).fetchall():
+            if change == "new":
+                rec.new_count = int(n)
+            else:
+                rec.resolved_count = int(n)
+
+    def _record_assets(self, db: Database, c: CycleInput) -> None:
+        """Asset counts of the snapshot; types not read completely keep their last good count."""
+        unread = [compile_glob(t) for t in c.incomplete]
+        keep = sorted(
+            r[0] for r in db.execute("SELECT asset_type FROM asset_counts") if any(p.match(r[0]) for p in unread)
+        )
+        kept, args = db.in_list("asset_type", keep)
+        db.execute(f"DELETE FROM asset_counts WHERE NOT ({kept})", args)
+        db.executemany(
+            "INSERT INTO asset_counts (asset_type, count, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (asset_type) DO NOTHING",
+            [(t, n, c.ended_at) for t, n in c.assets_by_type.items()],
+        )
+        db.executemany(
+            "UPDATE asset_counts SET count = ?, updated_at = ? WHERE asset_type = ?",
+            [(n, c.ended_at, t) for t, n in c.assets_by_type.items() if t not in keep],
+        )
+
+    def update_durations(self, cycle_id: int, durations: Mapping[str, float]) -> None:
+        """The stage durations, known once the cycle has reported (its ended_at stays the time it was recorded)."""
+        with self.db.transaction() as db:
+            db.execute("UPDATE cycles SET durations = ? WHERE id = ?", (json.dumps(dict(durations)), cycle_id))
+
+    def bump(self, metric: str, labels: Mapping[str, str], by: float = 1.0) -> None:
+        """Add to a persistent counter (used by the remediation step for auditor_remediations_total)."""
+        with self.db.transaction() as db:
+            self._bump(db, metric, labels, by)
+
+    @staticmethod
+    def _bump(db: Database, metric: str, labels: Mapping[str, str], by: float = 1.0) -> None:
+        db.execute(
+            "INSERT INTO counters (metric, labels, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (metric, labels) DO UPDATE SET value = counters.value + excluded.value",
+            (metric, _labels(labels), by),
+        )
+
+    def prune(self, keep_seconds: float, now: float | None = None) -> int:
+        """Forget cycles, drift events and resolved findings older than `keep_seconds`. Counters are kept."""
+        import time
+
+        cutoff = (time.time() if now is None else now) - keep_seconds
+        with self.db.transaction() as db:
+            last = db.execute("SELECT max(id) FROM cycles").fetchone()[0] or 0
+            n = db.execute("DELETE FROM cycles WHERE started_at < ? AND id < ?", (cutoff, last)).rowcount
+            db.execute("DELETE FROM findings WHERE resolved_at IS NOT NULL AND resolved_at < ?", (cutoff,))
+        return n
+
+    # -- reading ---------------------------------------------------------------------------------------------------
+    def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[Row]:
+        return self.db.rows(sql, tuple(args))
+
+    def _seen_at(self) -> float:
+        """When open findings that are not stale were last seen: the end of the last cycle that recorded findings."""
+        row = self._rows("SELECT max(ended_at) FROM cycles WHERE outcome != 'failed'")
+        return float(row[0][0]) if row and row[0][0] is not None else 0.0
+
+    def _findings(self, where: str, args: Sequence[Any] = (), order: str = "", limit: int | None = None,
+                  offset: int = 0) -> list[StoredFinding]:
+        seen_at = self._seen_at()
+        sql = f"SELECT * FROM findings WHERE {where}" + (f" ORDER BY {order}" if order else "")
+        if limit is not None:
+            sql += f" LIMIT {int(limit)} OFFSET {int(offset)}"
+        return [_finding(r, seen_at) for r in self._rows(sql, args)]
+
+    def open_findings(self, include_exempted: bool = True) -> list[StoredFinding]:
+        """Every open finding, worst first (the CLI and tests; the daemon pages with `find`)."""
+        where = "resolved_at IS NULL" + ("" if include_exempted else " AND exempted = 0")
+        return self._findings(where, order=f"{_SEVERITY_ORDER}, rule, asset, id")
+
+    def find(self, *, severities: Sequence[str] = (), rules: Sequence[str] = (), asset_types: Sequence[str] = (),
+             stale: bool | None = None, exempted: bool | None = None, limit: int = 100, offset: int = 0,
+             newest: bool = False) -> tuple[int, list[StoredFinding]]:
+        """(total, one page) of the open findings matching the filters, worst first (or newest first)."""
+        clauses, args = ["resolved_at IS NULL"], []
+        for column, values in (("severity", severities), ("rule", rules), ("asset_type", asset_types)):
+            if values:
+                clause, a = self.db.in_list(column, sorted(set(values)))
+                clauses.append(clause)
+                args += a
+        for column, flag in (("stale", stale), ("exempted", exempted)):
+            if flag is not None:
+                clauses.append(f"{column} = ?")
+                args.append(int(flag))
+        where = " AND ".join(clauses)
+        total = int(self._rows(f"SELECT count(*) FROM findings WHERE {where}", args)[0][0])
+        order = "first_seen DESC, id" if newest else f"{_SEVERITY_ORDER}, rule, asset, id"
+        return total, self._findings(where, args, order, limit, offset)
+
+    def finding(self, fid: str) -> StoredFinding | None:
+        rows = self._findings("id = ?", (fid,))
+        return rows[0] if rows else None
+
+    def finding_counts(self) -> list[tuple[str, str, str, str, bool, int]]:
+        """(rule, severity, asset_type, mode, exempted, count) over open findings: what the metrics export."""
+        rows = self._rows(
+            "SELECT rule, severity, asset_type, mode, exempted, count(*) FROM findings WHERE resolved_at IS NULL "
+            "GROUP BY rule, severity, asset_type, mode, exempted"
+        )
+        return [(r[0], r[1], r[2], r[3], bool(r[4]), int(r[5])) for r in rows]
+
+    def cycles(self, limit: int = 20) -> list[CycleRecord]:
+        rows = self._rows("SELECT * FROM cycles ORDER BY id DESC LIMIT ?", (limit,))
+        return [_cycle(r) for r in rows]
+
+    def last_cycle(self, outcomes: Iterable[str] = OUTCOMES) -> CycleRecord | None:
+        outs = list(outcomes)
+        rows = self._rows(
+            f"SELECT * FROM cycles WHERE outcome IN ({','.join('?' * len(outs))}) ORDER BY id DESC LIMIT 1", outs
+        )
+        return _cycle(rows[0]) if rows else None
+
+    def drift(self, cycle_id: int | None = None, limit: int = 1000) -> list[DriftEvent]:
+        """Drift events of one cycle, or the latest ones over all cycles."""
+        if cycle_id is not None:
+            rows = self._rows("SELECT * FROM drift_events WHERE cycle_id = ? ORDER BY id LIMIT ?", (cycle_id, limit))
+        else:
+            rows = self._rows("SELECT * FROM drift_events ORDER BY id DESC LIMIT ?", (limit,))
+        return [_event(r) for r in rows]
+
+    def iter_drift(self, cycle_id: int, page: int = BATCH) -> Iterator[DriftEvent]:
+        """Every drift event of a cycle, a page at a time (memory bounded by the page, not the cycle)."""
+        after = 0
+        while rows := self._rows(
+            "SELECT * FROM drift_events WHERE cycle_id = ? AND id > ? ORDER BY id LIMIT ?", (cycle_id, after, page)
+        ):
+            for r in rows:
+                yield _event(r)
+            after = int(rows[-1]["id"])
+
+    def drift_counts(self, cycle_id: int) -> dict[tuple[str, bool], int]:
+        """(change, exempted) -> number of drift events of a cycle."""
+        return {
+            (r[0], bool(r[1])): int(r[2])
+            for r in self._rows(
+                "SELECT change, exempted, count(*) FROM drift_events WHERE cycle_id = ? GROUP BY change, exempted",
+                (cycle_id,),
+            )
+        }
+
+    def last_drift(self, limit: int = 1000) -> tuple[CycleRecord | None, list[DriftEvent]]:
+        """The drift of the last cycle that recorded findings (a failed cycle records none), the first `limit`."""
+        c = self.last_cycle(("success", "partial"))
+        return c, self.drift(c.id, limit) if c else []
+
+    def counters(self, metric: str) -> list[tuple[dict[str, str], float]]:
+        rows = self._rows("SELECT labels, value FROM counters WHERE metric = ? ORDER BY labels", (metric,))
+        return [(json.loads(r[0]), float(r[1])) for r in rows]
+
+    def asset_counts(self) -> dict[str, int]:
+        return {r[0]: int(r[1]) for r in self._rows("SELECT asset_type, count FROM asset_counts ORDER BY asset_type")}
+
+    def sources(self) -> list[SourceState]:
+        return [
+            SourceState(r["source"], r["last_read_at"], r["last_complete_at"], r["data_at"], r["last_error"])
+            for r in self._rows("SELECT * FROM source_state ORDER BY source")
+        ]
+
+    def schema_versions(self) -> dict[str, int]:
+        return {r[0]: int(r[1]) for r in self._rows("SELECT component, version FROM schema_versions")}
+
+
+def _event(r: Row) -> DriftEvent:
+    return DriftEvent(r["change"], r["finding_id"], r["rule"], r["severity"], r["asset"], r["asset_type"],
+                      bool(r["exempted"]), r["message"], r["at"], int(r["cycle_id"]))
+
+
+def _exemption(f: Finding) -> dict[str, Any]:
+    e = f.exempted or f.expired_exemption
+    assert e is not None
+    return {"reason": e.reason, "owner": e.owner, "ticket": e.ticket, "expires": e.expires,
+            "expired": f.exempted is None}
+
+
+def _finding(r: Row, seen_at: float = 0.0) -> StoredFinding:
+    return StoredFinding(
+        id=r["id"],
+        rule=r["rule"],
+        check=r["check_name"],
+        severity=r["severity"],
+        mode=r["mode"],
+        asset=r["asset"],
+        asset_type=r["asset_type"],
+        message=r["message"],
+        details=json.loads(r["details"]),
+        exempted=bool(r["exempted"]),
+        exemption=json.loads(r["exemption"]) if r["exemption"] else None,
+        first_seen=r["first_seen"],
+        last_seen=max(r["last_seen"], seen_at) if r["resolved_at"] is None and not r["stale"] else r["last_seen"],
+        resolved_at=r["resolved_at"],
+        stale=bool(r["stale"]),
+    )
+
+
+def _cycle(r: Row) -> CycleRecord:
+    return CycleRecord(
+        id=int(r["id"]),
+        started_at=r["started_at"],
+        ended_at=r["ended_at"],
+        outcome=r["outcome"],
+        complete=bool(r["complete"]),
+        incomplete=json.loads(r["incomplete"]),
+        snapshot_at=r["snapshot_at"],
+        assets=r["assets"],
+        findings=r["findings"],
+        exempted=r["exempted"],
+        new=r["new"],
+        resolved=r["resolved"],
+        stale=r["stale"],
+        rules=r["rules"],
+        by_severity=json.loads(r["by_severity"]),
+        durations=json.loads(r["durations"]),
+        sources=json.loads(r["sources"]),
+        error=r["error"],
+        baseline=bool(r["baseline"]),
+    )
