@@ -20,6 +20,7 @@ import io
 import itertools
 import json
 import os
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -170,13 +171,14 @@ class FileSource:
             reason = f"cannot read ({type(cause).__name__}: {why})"
             if self._next_line > 1:
                 reason += "; the lines before were read"
-            self.status.fail("*", f"{where}: {reason}")
-            self.status.errors.append(f"{where}: {reason}")
-            if self.options.on_problem is not None:
-                self.options.on_problem(f"{where}: {reason}")
-            if self.options.strict:
-                raise SourceError(f"{where}: {reason}") from None
+            self._file_failed(f"{where}: {reason}")
             self._shape = "unreadable bytes"
+        except SourceError as exc:
+            if len(self.files) == 1 or self.options.strict:
+                raise
+            # one bad file of a folder: the others are read, and the source is partial
+            self._file_failed(str(exc))
+            self._shape = "a file refused"
         if self.status.assets == before:
             unknown = sum(self.status.unknown.values()) - unknown_before
             skipped = self.status.skipped - skipped_before
@@ -186,6 +188,15 @@ class FileSource:
             if unknown and "kind" not in shape:
                 shape += f", {unknown} object(s) of kinds no reader knows"
             self._empty.append((f, shape))
+
+    def _file_failed(self, msg: str) -> None:
+        """A file that could not be read (in part or at all): the source is partial, the file named."""
+        self.status.fail("*", msg)
+        self.status.errors.append(msg)
+        if self.options.on_problem is not None:
+            self.options.on_problem(msg)
+        if self.options.strict:
+            raise SourceError(msg) from None
 
     def finish(self) -> None:
         """Mark the snapshot partial when malformed records were skipped; refuse a source that gave no asset."""
@@ -224,7 +235,7 @@ class FileSource:
     def _too_long(self, fh: Any, lineno: int) -> str:
         name = getattr(fh, "name", None) or self.uri
         limit = self.options.max_line_bytes
-        return f"{name}:{lineno}: a line longer than {_mib(limit)} (the line-size limit, max_line_bytes)"
+        return f"{name}:{lineno}: a line longer than {_mib(limit)} (the line-size limit, AUDITOR_MAX_LINE_BYTES)"
 
     def is_ndjson(self, path: Path) -> bool:
         """Whether the file (gzip or not) reads as NDJSON: its first data line is one object, not a document's
@@ -306,7 +317,10 @@ class FileSource:
             self._shape = f"objects of a kind no reader knows ({kind})"
 
     def _depth_error(self) -> str:
-        return f"nested deeper than the decoder can follow (limit {self.options.max_depth} levels, max_depth)"
+        return (
+            f"nested deeper than the decoder can follow (about {sys.getrecursionlimit() - 100} levels; documents are"
+            f" held to {self.options.max_depth}, AUDITOR_MAX_DEPTH)"
+        )
 
     # -- objects of any shape -------------------------------------------------------------------------------------
     def _check_tree(self, obj: Any) -> str | None:
@@ -319,11 +333,11 @@ class FileSource:
             budget -= 1
             if budget < 0:
                 return (
-                    f"more than {self.options.max_values:,} values (the value limit, max_values; "
+                    f"more than {self.options.max_values:,} values (the value limit, AUDITOR_MAX_VALUES; "
                     "YAML aliases expanding?)"
                 )
             if depth > max_depth:
-                return f"nested deeper than {max_depth} levels (the nesting limit, max_depth)"
+                return f"nested deeper than {max_depth} levels (the nesting limit, AUDITOR_MAX_DEPTH)"
             if isinstance(value, dict):
                 stack.extend((v, depth + 1) for v in value.values())
             elif isinstance(value, list):
@@ -373,8 +387,8 @@ class FileSource:
             rest = fh.read(limit + 1 - len(before) - len(first))
             if len(before) + len(first) + len(rest) > limit:
                 raise SourceError(
-                    f"{path}: a JSON document larger than {_mib(limit)} (the document-size limit, max_document_bytes;"
-                    " an export this large is read as NDJSON, one asset a line)"
+                    f"{path}: a JSON document larger than {_mib(limit)} (the document-size limit, "
+                    "AUDITOR_MAX_DOCUMENT_BYTES; an export this large is read as NDJSON, one asset a line)"
                 )
         yield from self._document(path, before + first + rest)
 
@@ -397,19 +411,26 @@ class FileSource:
                 pending += data
                 if len(pending) > limit:
                     raise SourceError(f"{path}:{lineno}: a line longer than {_mib(limit)} (the line-size limit, "
-                                      "max_line_bytes)")
+                                      "AUDITOR_MAX_LINE_BYTES)")
                 continue
             start = 0
             if pending:
                 start = data.find(b"\n") + 1
                 head = pending + data[:start]
                 if len(head) > limit + 1:
-                    raise SourceError(f"{path}:{lineno}: a line longer than {_mib(limit)} (the line-size limit, "
-                                      "max_line_bytes)")
+                    for i, line in enumerate(head.split(b"\n")):
+                        if len(line) > limit:
+                            raise SourceError(f"{path}:{lineno + i}: a line longer than {_mib(limit)} (the line-size "
+                                              "limit, AUDITOR_MAX_LINE_BYTES)")
                 n = head.count(b"\n")
                 yield from self._block(path, head, n, lineno)
                 lineno += n
             n = data.count(b"\n", start, cut)
+            if limit < _BLOCK and n and cut - start > limit:  # a limit set below a block: each line is measured
+                for i, line in enumerate(data[start:cut].split(b"\n")):
+                    if len(line) > limit:
+                        raise SourceError(f"{path}:{lineno + i}: a line longer than {_mib(limit)} (the line-size "
+                                          "limit, AUDITOR_MAX_LINE_BYTES)")
             if n:
                 yield from self._block(path, memoryview(data)[start:cut], n, lineno)
                 lineno += n
@@ -606,7 +627,8 @@ class FileSource:
                 obj, pos = decoder.raw_decode(text, pos)
                 objects.append((obj, text.count("\n", 0, pos) + 1))
         except json.JSONDecodeError as exc:
-            if any(self._one_line_object(line) for line in data.splitlines()[:50]):
+            first_lines = [line for line in data.splitlines()[:50] if _is_data(line)]
+            if len(first_lines) == 1 or any(self._one_line_object(line) for line in first_lines):
                 self._shape = "NDJSON"
                 buf = io.BytesIO(data)
                 yield from self._ndjson(path, buf, buf.readline(), 1)
@@ -658,7 +680,9 @@ class FileSource:
         with _open(path) as fh:
             data = fh.read(limit + 1)
         if len(data) > limit:
-            raise SourceError(f"{path}: larger than {_mib(limit)} (the document-size limit, max_document_bytes)")
+            raise SourceError(
+                f"{path}: larger than {_mib(limit)} (the document-size limit, AUDITOR_MAX_DOCUMENT_BYTES)"
+            )
         text = data.decode("utf-8", errors="replace")
         if not text.strip():
             self._shape = "an empty file"
