@@ -123,6 +123,10 @@ class Asset:
         return self._res
 
     @property
+    def has_resource(self) -> bool:
+        return self._res is not None or self._res_raw is not None
+
+    @property
     def has_iam_policy(self) -> bool:
         return self._iam is not None or self._iam_raw is not None
 

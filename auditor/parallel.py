@@ -25,6 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from auditor.collect import SourceOptions
 from auditor.collect.files import FileSource
@@ -33,6 +34,9 @@ from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun, Held
 from auditor.evaluate.registry import get_check
 from auditor.evaluate.rulebook import LoadedRule, Rule
 from auditor.model import Asset
+
+if TYPE_CHECKING:
+    from auditor.scan import Duplicates
 
 RANGES_PER_JOB = 4  # more ranges than processes, so that a slow range does not leave a core idle
 MIN_RANGE_BYTES = 8 << 20
@@ -148,8 +152,15 @@ class ParallelReader:
             )
         return self._pool
 
-    def feed(self, source: FileSource, run: EvaluationRun, on_asset: Callable[[int], None] | None) -> None:
-        """Every asset of the source, in order: large NDJSON files in parallel ranges, other files here."""
+    def feed(
+        self,
+        source: FileSource,
+        run: EvaluationRun,
+        on_asset: Callable[[int], None] | None,
+        dedupe: Duplicates | None = None,
+    ) -> None:
+        """Every asset of the source, in order: large NDJSON files in parallel ranges, other files here (where
+        `dedupe` sees the assets; those read in workers are deduplicated by finding id)."""
         plan = self._plan(source)
         batch: list[_Range] = []  # consecutive files' jobs, run together so that small shards share the workers
         for f, jobs in plan:
@@ -158,7 +169,8 @@ class ParallelReader:
                 continue
             self._run(batch, source, run, on_asset)
             batch = []
-            run.feed(self._progress(source, source.file_assets(f), on_asset))
+            assets = source.file_assets(f)
+            run.feed(self._progress(source, dedupe.stream(assets, source.status) if dedupe else assets, on_asset))
         self._run(batch, source, run, on_asset)
         source.finish()
 

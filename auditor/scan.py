@@ -16,14 +16,14 @@ import itertools
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from auditor import __version__
 from auditor.collect import Source, SourceOptions, open_source
-from auditor.evaluate.engine import Engine, Evaluation
+from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun
 from auditor.evaluate.rulebook import LoadedRule
 from auditor.model import SEVERITIES, Asset, Finding, NotEvaluated, SourceStatus
 
@@ -94,6 +94,8 @@ class ScanResult:
             "skipped_records": sum(s.skipped for s in self.sources),
             "evaluation_errors": len(self.evaluation.errors),
             "not_evaluated": len(self.not_evaluated),
+            "duplicate_assets": sum(s.duplicate_count for s in self.sources),
+            "unknown_objects": sum(sum(s.unknown.values()) for s in self.sources),
             "complete": self.complete,
         }
 
@@ -147,8 +149,71 @@ def fewer_collections() -> Iterator[None]:
                 gc.set_threshold(*_gc_saved)
 
 
-def _chain(sources: list[Source], on_asset: Callable[[int], None] | None) -> Iterator[Asset]:
-    stream: Iterator[Asset] = itertools.chain.from_iterable(s.assets() for s in sources)
+MAX_DUPLICATES_LISTED = 100
+
+
+class Duplicates:
+    """One asset is one asset: the same asset (its name, and whether it carries its resource and its IAM policy:
+    a CAI export gives those in two files) read twice, from two files or two sources, is evaluated once.
+
+    The copy with the later update time is kept: a later copy read second replaces the first (whose findings are
+    withdrawn, `EvaluationRun.forget`); otherwise the copy read second is dropped. Each source's status lists the
+    copies it gave that were dropped or replaced. Memory: a hash and an update time for each asset a rule reads
+    (the assets no rule reads are never built); assets read in other processes (`--jobs`) are deduplicated by
+    finding id only (`unique_findings`).
+    """
+
+    def __init__(self, run: EvaluationRun) -> None:
+        self.run = run
+        self.seen: dict[int, tuple[str | None, str]] = {}
+
+    def stream(self, assets: Iterable[Asset], status: SourceStatus) -> Iterator[Asset]:
+        seen, run = self.seen, self.run
+        for a in assets:
+            key = hash((a.name, a.has_resource, a.has_iam_policy))
+            first = seen.get(key)
+            if first is None:
+                seen[key] = (a.update_time, a.origin)
+                yield a
+                continue
+            kept_time, kept_at = first
+            if a.update_time is not None and (kept_time is None or a.update_time > kept_time):
+                run.forget(a)
+                seen[key] = (a.update_time, a.origin)
+                self._note(status, f"{a.name}: read at {kept_at} and at {a.origin}; the later copy "
+                                   f"({a.update_time}) replaces the first")
+                yield a
+            else:
+                self._note(status, f"{a.name}: read at {kept_at} and at {a.origin}; the copy read first is kept")
+
+    @staticmethod
+    def _note(status: SourceStatus, what: str) -> None:
+        status.duplicate_count += 1
+        if len(status.duplicates) < MAX_DUPLICATES_LISTED:
+            status.duplicates.append(what)
+
+
+def unique_findings(findings: list[Finding]) -> int:
+    """Drop repeated findings (the same id: rule, asset and detail), keeping the first; the number dropped.
+    `findings` is in the engine's order, where findings with one id are next to each other."""
+    out: list[Finding] = []
+    last = None
+    for f in findings:
+        if f.id != last:
+            out.append(f)
+            last = f.id
+    dropped = len(findings) - len(out)
+    if dropped:
+        findings[:] = out
+    return dropped
+
+
+def _chain(sources: list[Source], on_asset: Callable[[int], None] | None,
+           dedupe: Duplicates | None = None) -> Iterator[Asset]:
+    if dedupe is not None:
+        stream: Iterator[Asset] = itertools.chain.from_iterable(dedupe.stream(s.assets(), s.status) for s in sources)
+    else:
+        stream = itertools.chain.from_iterable(s.assets() for s in sources)
     if on_asset is None:
         yield from stream
         return
@@ -172,12 +237,13 @@ def _parallel(
     from auditor.parallel import ParallelReader
 
     run = engine.start(evaluation)
+    dedupe = Duplicates(run)
     with ParallelReader(engine, jobs, cluster, threaded) as reader:
         for source in sources:
             if isinstance(source, FileSource):
-                reader.feed(source, run, on_progress)
+                reader.feed(source, run, on_progress, dedupe)
             else:
-                run.feed(_chain([source], on_progress))
+                run.feed(_chain([source], on_progress, dedupe))
     run.finish()
 
 
@@ -213,7 +279,10 @@ def run_scan(
         if jobs > 1 and not options.strict:
             _parallel(engine, sources, evaluation, jobs, options.cluster, on_progress, threaded)
         else:
-            engine.evaluate(_chain(sources, on_progress), evaluation)
+            run = engine.start(evaluation)
+            run.feed(_chain(sources, on_progress, Duplicates(run)))
+            run.finish()
+    unique_findings(evaluation.findings)
     elapsed = time.perf_counter() - t0
     stale = [
         {

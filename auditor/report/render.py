@@ -43,6 +43,16 @@ def summary_line(result: ScanResult) -> str:
         parts.append(f"{s['skipped_records']} malformed records skipped")
     if s["evaluation_errors"]:
         parts.append(f"{s['evaluation_errors']} evaluation errors")
+    if s.get("duplicate_assets"):
+        parts.append(f"{s['duplicate_assets']} duplicate assets read once")
+    unknown: dict[str, int] = {}
+    for src in result.sources:
+        for kind, n in src.unknown.items():
+            unknown[kind] = unknown.get(kind, 0) + n
+    if unknown:
+        top = sorted(unknown.items(), key=lambda kv: -kv[1])[:5]
+        more = ", ..." if len(unknown) > 5 else ""
+        parts.append("objects of kinds no reader knows: " + ", ".join(f"{k} ({n})" for k, n in top) + more)
     if not result.complete:
         parts.append(f"PARTIAL snapshot ({'; '.join(result.partial_reasons())})")
     return ", ".join(parts)
@@ -79,6 +89,10 @@ def render_markdown(result: ScanResult) -> str:
     if not result.complete:
         out += ["> **The snapshot is partial.** Findings may be missing:", ""]
         out += [f"> - {r}" for r in result.partial_reasons()] + [""]
+    duplicates = [d for src in result.sources for d in src.duplicates]
+    if duplicates:
+        out += ["Assets read more than once (each evaluated once):", ""]
+        out += [f"- {d}" for d in duplicates[:20]] + [""]
     groups = _grouped(result.findings)
     for sev in reversed(SEVERITIES):
         items = groups.get(sev)
