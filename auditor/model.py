@@ -256,6 +256,16 @@ class Finding:
     exempted: Exempted | None = None
     # An exemption that matched but has expired: the finding counts, and says why it is no longer exempt.
     expired_exemption: Exempted | None = None
+    ancestors: tuple[str, ...] = ()  # the asset's, from the asset upwards (shared with it, not copied)
+
+    @property
+    def project(self) -> str | None:
+        return next((a for a in self.ancestors if a.startswith("projects/")), None)
+
+    @property
+    def ancestry(self) -> str:
+        """`organizations/1/folders/2/projects/3`: the asset's ancestors from the top down."""
+        return "/".join(reversed(self.ancestors))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -15,7 +15,6 @@ import gc
 import itertools
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from auditor.collect import Source, SourceOptions, open_source
 from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun
 from auditor.evaluate.rulebook import LoadedRule
 from auditor.model import SEVERITIES, Asset, Finding, NotEvaluated, SourceStatus
+from auditor.report.spool import Tally
 
 EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
@@ -41,10 +41,21 @@ class ScanResult:
     sources: list[SourceStatus]
     durations: dict[str, float] = field(default_factory=dict)
     stale_exemptions: list[dict[str, Any]] = field(default_factory=list)
+    # The counts of the findings, kept as they passed when they went to a sink rather than into `findings`
+    tally: Tally | None = None
 
     @property
     def findings(self) -> list[Finding]:
+        """The findings, when the scan kept them (not when they were streamed to a report: see `run_scan`)."""
         return self.evaluation.findings
+
+    def counts(self) -> Tally:
+        if self.tally is not None:
+            return self.tally
+        tally = Tally()
+        for f in self.findings:
+            tally.add(f)
+        return tally
 
     @property
     def not_evaluated(self) -> list[NotEvaluated]:
@@ -83,13 +94,12 @@ class ScanResult:
         return out
 
     def summary(self) -> dict[str, Any]:
-        open_ = [f for f in self.findings if f.exempted is None]
-        by_sev = Counter(f.severity.value for f in open_)
+        tally = self.counts()
         return {
             "assets": self.evaluation.assets,
-            "findings": len(open_),
-            "exempted": len(self.findings) - len(open_),
-            "by_severity": {s: by_sev.get(s, 0) for s in reversed(SEVERITIES)},
+            "findings": tally.open,
+            "exempted": tally.exempted,
+            "by_severity": tally.by_severity(),
             "rules": len(self.rules),
             "skipped_records": sum(s.skipped for s in self.sources),
             "evaluation_errors": len(self.evaluation.errors),
@@ -99,24 +109,27 @@ class ScanResult:
             "complete": self.complete,
         }
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, findings: bool = True) -> dict[str, Any]:
+        """The JSON report, with its findings or (`findings=False`) without them."""
+        out = {
             "version": 1,
             "tool_version": __version__,
             "scanned_at": self.scanned_at.isoformat().replace("+00:00", "Z"),
             "complete": self.complete,
             "sources": [s.to_dict() for s in self.sources],
             "summary": self.summary(),
-            "findings": [f.to_dict() for f in self.findings],
+            "findings": [f.to_dict() for f in self.findings] if findings else [],
             "errors": [e.to_dict() for e in self.evaluation.errors],
             "not_evaluated": [n.to_dict() for n in self.not_evaluated],
             "partial_reasons": self.partial_reasons(),
             "stale_exemptions": self.stale_exemptions,
         }
+        if not findings:
+            del out["findings"]
+        return out
 
     def worst_open_rank(self) -> int:
-        ranks = [f.severity.rank for f in self.findings if f.exempted is None]
-        return max(ranks) if ranks else -1
+        return self.counts().worst_rank
 
 
 _gc_lock = threading.Lock()
@@ -157,7 +170,9 @@ class Duplicates:
     a CAI export gives those in two files) read twice, from two files or two sources, is evaluated once.
 
     The copy with the later update time is kept: a later copy read second replaces the first (whose findings are
-    withdrawn, `EvaluationRun.forget`); otherwise the copy read second is dropped. Each source's status lists the
+    withdrawn, `EvaluationRun.forget`); otherwise the copy read second is dropped. When findings are streamed to
+    a report as they are made, a first copy's findings cannot be withdrawn: a newer copy read second is then not
+    read, and the source is marked partial, naming it. Each source's status lists the
     copies it gave that were dropped or replaced. Memory: a hash and an update time for each asset a rule reads
     (the assets no rule reads are never built); assets read in other processes (`--jobs`) are deduplicated by
     finding id only (`unique_findings`).
@@ -177,7 +192,15 @@ class Duplicates:
                 yield a
                 continue
             kept_time, kept_at = first
-            if a.update_time is not None and (kept_time is None or a.update_time > kept_time):
+            later = a.update_time is not None and (kept_time is None or a.update_time > kept_time)
+            if later and run.result.sink is not None:
+                # the first copy's findings are already written (a streamed report): it stays, and the result
+                # says that a newer copy was not read
+                self._note(status, f"{a.name}: read at {kept_at} and, newer ({a.update_time}), at {a.origin}; "
+                                   "the copy read first was already reported and is kept")
+                status.fail("*", f"{a.name}: a newer copy at {a.origin} was read after the older one was reported")
+                continue
+            if later:
                 run.forget(a)
                 seen[key] = (a.update_time, a.origin)
                 self._note(status, f"{a.name}: read at {kept_at} and at {a.origin}; the later copy "
@@ -256,12 +279,15 @@ def run_scan(
     on_progress: Callable[[int], None] | None = None,
     jobs: int = 1,
     threaded: bool = False,
+    on_finding: Callable[[Finding], None] | None = None,
 ) -> ScanResult:
     """Scan the named sources with the given rules. Sources that cannot be opened raise SourceError.
 
     With `jobs` > 1, large uncompressed NDJSON exports are read and evaluated in that many processes (same result;
     a malformed line is then reported once its range is read). `--strict` scans stay in one process. `threaded`:
     the caller runs other threads for good (the daemon), and workers come from a fork server (auditor/parallel.py).
+    `on_finding`: each finding is handed to it as it is made and not kept (a report written as it goes); the
+    result then counts them (`tally`) but its `findings` is empty.
     """
     options = options or SourceOptions()
     engine = Engine(rules, now=now)
@@ -271,6 +297,22 @@ def run_scan(
     t0 = time.perf_counter()
     sources = [open_source(spec, options) for spec in source_specs]
     evaluation = Evaluation()
+    tally: Tally | None = None
+    if on_finding is not None:
+        tally = Tally()
+        count, out = tally.add, on_finding
+        # one finding per id (a binding repeated in a policy, an asset read twice): 8 bytes of the id a finding
+        sent: set[int] = set()
+
+        def sink(f: Finding) -> None:
+            key = int(f.id[:16], 16)
+            if key in sent:
+                return
+            sent.add(key)
+            count(f)
+            out(f)
+
+        evaluation.sink = sink
     for source in sources:
         select = getattr(source, "select", None)
         if select is not None:  # the reader skips building assets no rule reads, and counts them
@@ -301,4 +343,5 @@ def run_scan(
         sources=[s.status for s in sources],
         durations={"collect_and_evaluate": elapsed},
         stale_exemptions=stale,
+        tally=tally,
     )

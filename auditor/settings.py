@@ -26,6 +26,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from auditor.collect import SourceOptions
 from auditor.errors import AuditorError
+from auditor.evaluate.principals import member_pattern_problem
+from auditor.vocabulary import DEFAULT_MAX_MEMBER_SHARE, DEFAULT_PROTECTED_ROLES
 
 ENV_PREFIX = "AUDITOR_"
 
@@ -116,7 +118,26 @@ class Remediation(BaseModel):
         default_factory=list, description="Member globs whose access is never removed (the auditor, break-glass)."
     )
     plan_max_age_seconds: int = Field(3600, ge=1, description="A plan older than this is refused at apply.")
+    protected_roles: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PROTECTED_ROLES),
+        description="Role globs never removed from an organization or folder (see allow_protected_roles_on).",
+    )
+    allow_protected_roles_on: list[str] = Field(
+        default_factory=list, description="Organizations and folders (globs) where protected roles may be removed."
+    )
+    max_member_share_per_apply: float | None = Field(
+        DEFAULT_MAX_MEMBER_SHARE, gt=0, le=1,
+        description="The largest share of a resource's member grants one apply may remove (null: no cap).",
+    )
     leader_election: LeaderElection = Field(default_factory=LeaderElection)
+
+    @field_validator("protected_principals")
+    @classmethod
+    def _member_globs(cls, v: list[str]) -> list[str]:
+        problems = [p for p in (member_pattern_problem(x) for x in v) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
 
 
 _LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")

@@ -1,10 +1,10 @@
-"""`auditor scan`: one offline or live scan, printed as a table, JSON or Markdown."""
+"""`auditor scan`: one offline or live scan, printed as a table or written as a report (JSON, NDJSON, CSV, SARIF,
+JUnit, Markdown) as the findings come."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import click
 from rich.console import Console
@@ -13,8 +13,10 @@ from rich.text import Text
 from auditor.cli.options import jobs_option, rules_option, source_options, verdict_options
 from auditor.collect import SourceOptions
 from auditor.errors import AuditorError
-from auditor.evaluate.rulebook import load_rules
-from auditor.report.render import render_json, render_markdown, render_table, summary_line
+from auditor.evaluate.rulebook import LoadedRule, load_rules
+from auditor.model import Finding
+from auditor.report.formats import StreamedReport, format_names
+from auditor.report.render import render_table, summary_line
 from auditor.scan import ScanResult, run_scan
 
 MAX_PROBLEMS_SHOWN = 20
@@ -42,19 +44,27 @@ def do_scan(
     strict: bool,
     require_complete: bool,
     jobs: int = 1,
+    sink_for: Callable[[list[LoadedRule]], Callable[[Finding], None]] | None = None,
 ) -> ScanResult:
+    """`sink_for(rules)`, when given, returns where each finding goes as it is made (the scan then keeps none)."""
     if not sources:
         raise AuditorError("no --source given (a CAI export file or folder, a Kubernetes list, cai://..., k8s://...)")
     rules = load_rules(list(rules_paths) or None)
+    on_finding = sink_for(rules) if sink_for is not None else None
     err = Console(stderr=True, emoji=False, highlight=False)
     options = SourceOptions(cluster=cluster, strict=strict, on_problem=_problem_printer(err))
     if err.is_terminal:
         with err.status("scanning...") as status:
             result = run_scan(
-                list(sources), rules, options, on_progress=lambda n: status.update(f"{n:,} assets read"), jobs=jobs
+                list(sources),
+                rules,
+                options,
+                on_progress=lambda n: status.update(f"{n:,} assets read"),
+                jobs=jobs,
+                on_finding=on_finding,
             )
     else:
-        result = run_scan(list(sources), rules, options, jobs=jobs)
+        result = run_scan(list(sources), rules, options, jobs=jobs, on_finding=on_finding)
     if require_complete and not result.complete:
         failed = "; ".join(f"{t}: {r}" for t, r in sorted(result.incomplete_types().items()))
         raise AuditorError(f"partial snapshot: {failed}")
@@ -65,7 +75,14 @@ def do_scan(
 @source_options
 @rules_option
 @jobs_option
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", *format_names()]),
+    default="table",
+    show_default=True,
+    help="table (terminal), json, ndjson (a finding per line), csv, sarif (2.1.0), junit (XML) or markdown.",
+)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report to this file.")
 @verdict_options
 def command(
@@ -90,24 +107,31 @@ def command(
       3  partial: records skipped, asset types not read, rules not evaluated or evaluation errors, and nothing
          worse (partial with findings is 3 too); --allow-partial turns 3 back into 0 or 1
     """
-    result = do_scan(sources, rules_paths, cluster, strict, require_complete, jobs)
-    if fmt == "json":
-        text = render_json(result)
-    elif fmt == "markdown":
-        text = render_markdown(result)
-    else:
-        text = ""
-    if output:
-        if fmt == "table":
+    if fmt == "table":
+        result = do_scan(sources, rules_paths, cluster, strict, require_complete, jobs)
+        if output:
             with open(output, "w", encoding="utf-8") as fh:
                 render_table(result, Console(file=fh, width=160, color_system=None, emoji=False))
+            click.echo(summary_line(result), err=True)
         else:
-            Path(output).write_text(text, encoding="utf-8")
-        click.echo(summary_line(result), err=True)
-    elif fmt == "table":
-        render_table(result, Console(emoji=False, highlight=False))
+            render_table(result, Console(emoji=False, highlight=False))
     else:
-        sys.stdout.write(text)
+        # The findings are encoded as they are found and the report written once the scan is over (its summary
+        # comes first): nothing holds them all. A scan that fails leaves no report file behind.
+        reports: list[StreamedReport] = []
+
+        def sink_for(rules: list[LoadedRule]) -> Callable[[Finding], None]:
+            reports.append(StreamedReport(fmt, rules))
+            return reports[0].add
+
+        result = do_scan(sources, rules_paths, cluster, strict, require_complete, jobs, sink_for)
+        if output:
+            with open(output, "wb") as out:
+                reports[0].write(out, result)
+            click.echo(summary_line(result), err=True)
+        else:
+            reports[0].write(sys.stdout.buffer, result)
+            sys.stdout.buffer.flush()
     if not result.complete:
         click.echo("warning: the result is partial:", err=True)
         for reason in result.partial_reasons()[:MAX_PROBLEMS_SHOWN]:

@@ -36,6 +36,9 @@ class EvaluationError:
 
 @dataclass
 class Evaluation:
+    """What an evaluation found. With `sink`, each finding is handed to it as it is made (a scan writing its report
+    as it goes) and `findings` stays empty; without, they are kept in `findings`, ordered once the run finishes."""
+
     findings: list[Finding] = field(default_factory=list)
     assets_by_type: Counter[str] = field(default_factory=Counter)
     errors: list[EvaluationError] = field(default_factory=list)
@@ -43,6 +46,13 @@ class Evaluation:
     exemption_hits: Counter[tuple[str, int]] = field(default_factory=Counter)
     # rules that could not be evaluated, with the reason: the snapshot is then partial (exit 3), never clean
     not_evaluated: list[NotEvaluated] = field(default_factory=list)
+    sink: Callable[[Finding], None] | None = None
+
+    def add(self, finding: Finding) -> None:
+        if self.sink is not None:
+            self.sink(finding)
+        else:
+            self.findings.append(finding)
 
     @property
     def assets(self) -> int:
@@ -274,7 +284,7 @@ class Engine:
                     result.errors.append(EvaluationError(r.id, asset.name, f"{type(exc).__name__}: {exc}"))
                     continue
                 for v in violations:
-                    result.findings.append(self._finding(r, asset, v.message, v.key, v.details, result))
+                    result.add(self._finding(r, asset, v.message, v.key, v.details, result))
             return
         memo: dict[tuple[str, str], list[Violation] | Exception] | None = None
         if rules.keys is not None and not rules.needs_path:
@@ -311,7 +321,7 @@ class Engine:
                 result.errors.append(EvaluationError(r.id, asset.name, f"{type(outcome).__name__}: {outcome}"))
                 continue
             for v in outcome:
-                result.findings.append(self._finding(r, asset, v.message, v.key, v.details, result))
+                result.add(self._finding(r, asset, v.message, v.key, v.details, result))
 
     def _finding(
         self, r: LoadedRule, asset: Asset, message: str, key: str, details: dict[str, Any], result: Evaluation
@@ -339,6 +349,7 @@ class Engine:
             mode=rule.mode,
             asset=asset.name,
             asset_type=asset.asset_type,
+            ancestors=asset.ancestors,
             message=message,
             details=details,
             exempted=exempted,
@@ -414,7 +425,11 @@ class EvaluationRun:
         """Add the outcome of another run over the next part of the stream (with `on_held`), in stream order."""
         result = self.result
         result.assets_by_type.update(part.assets_by_type)
-        result.findings.extend(part.findings)
+        if result.sink is None:
+            result.findings.extend(part.findings)
+        else:
+            for f in part.findings:
+                result.sink(f)
         result.errors.extend(part.errors)
         result.exemption_hits.update(part.exemption_hits)
         result.not_evaluated.extend(n for n in part.not_evaluated if n not in result.not_evaluated)
@@ -460,5 +475,6 @@ class EvaluationRun:
             engine._run(asset, later, ctx, result)
             asset.release()
         self.deferred = []
-        result.findings.sort(key=_finding_order)
+        if result.sink is None:
+            result.findings.sort(key=_finding_order)
         return result

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -19,7 +18,10 @@ SEVERITY_STYLE = {"critical": "bold white on red", "high": "bold red", "medium":
 
 
 def render_json(result: ScanResult) -> str:
-    return json.dumps(result.to_dict(), indent=2, sort_keys=False, default=str) + "\n"
+    """The JSON report of a result that kept its findings (see auditor/report/formats.py for streamed reports)."""
+    from auditor.report.formats import render_bytes
+
+    return render_bytes("json", result).decode()
 
 
 def _short(name: str) -> str:
@@ -84,46 +86,6 @@ def render_table(result: ScanResult, console: Console) -> None:
 
 
 def render_markdown(result: ScanResult) -> str:
-    rules = {r.id: r.rule for r in result.rules}
-    out = [f"# Baseline audit, {result.scanned_at:%Y-%m-%d %H:%M} UTC", "", summary_line(result), ""]
-    if not result.complete:
-        out += ["> **The snapshot is partial.** Findings may be missing:", ""]
-        out += [f"> - {r}" for r in result.partial_reasons()] + [""]
-    duplicates = [d for src in result.sources for d in src.duplicates]
-    if duplicates:
-        out += ["Assets read more than once (each evaluated once):", ""]
-        out += [f"- {d}" for d in duplicates[:20]] + [""]
-    groups = _grouped(result.findings)
-    for sev in reversed(SEVERITIES):
-        items = groups.get(sev)
-        if not items:
-            continue
-        out += [f"## {sev.capitalize()} ({len(items)})", ""]
-        by_rule: dict[str, list[Finding]] = defaultdict(list)
-        for f in items:
-            by_rule[f.rule].append(f)
-        for rule_id, fs in by_rule.items():
-            rule = rules.get(rule_id)
-            out.append(f"### `{rule_id}`: {rule.description if rule and rule.description else fs[0].check}")
-            if rule and rule.rationale:
-                out += ["", f"*Why:* {rule.rationale.strip()}"]
-            out += ["", "| asset | finding | status |", "| --- | --- | --- |"]
-            for f in fs:
-                status = "open"
-                if f.exempted is not None:
-                    e = f.exempted
-                    status = f"exempted ({e.reason}, {e.owner}, until {e.expires or '-'})"
-                elif f.expired_exemption is not None:
-                    status = f"open: exemption expired {f.expired_exemption.expires}"
-                out.append(f"| `{_short(f.asset)}` | {_md(f.message)} | {_md(status)} |")
-            out.append("")
-    if result.stale_exemptions:
-        out += ["## Stale exemptions (matched nothing)", ""]
-        out += [f"- `{e['rule']}`: `{e['resource']}` ({e['owner']}, {e['ticket'] or 'no ticket'})" for e in
-                result.stale_exemptions]
-        out.append("")
-    return "\n".join(out)
+    from auditor.report.formats import render_bytes
 
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return render_bytes("markdown", result).decode()

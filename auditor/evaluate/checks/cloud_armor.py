@@ -13,6 +13,7 @@ reason about ranges skip them and say so in their docstrings.
 from __future__ import annotations
 
 import ipaddress
+from bisect import bisect_left, bisect_right, insort
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
@@ -20,8 +21,10 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from auditor.evaluate import ranges
 from auditor.evaluate.globs import any_match, glob_match
 from auditor.evaluate.policy import DEFAULT_RULE_PRIORITY, ArmorRule, asset_armor_rules
+from auditor.evaluate.ranges import Interval
 from auditor.evaluate.registry import Context, NoParams, Params, Violation, check
 from auditor.model import Asset
 
@@ -33,34 +36,16 @@ ADMITTING_ACTIONS = ("allow", "throttle", "rate_based_ban")
 RATE_LIMIT_ACTIONS = ("throttle", "rate_based_ban")
 ACTION_PATTERN = r"^(allow|deny(\((403|404|502)\))?|redirect|throttle|rate_based_ban)$"
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_EVERYTHING: tuple[IPNetwork, ...] = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
-
-
 # -- helpers ------------------------------------------------------------------------------------------------------
-@lru_cache(maxsize=65536)
-def parse_range(text: str) -> tuple[IPNetwork, ...] | None:
-    """`*` is every IPv4 and IPv6 address; a bare address is a /32 or /128; None when it is not an address.
-
-    Cached: the same ranges (trusted ranges, offices, `*`) recur in every policy of an organization.
-    """
-    text = text.strip()
-    if text == "*":
-        return _EVERYTHING
-    try:
-        return (ipaddress.ip_network(text, strict=False),)
-    except ValueError:
-        return None
-
-
-def parse_ranges(texts: Iterable[str]) -> list[IPNetwork] | None:
-    """Every range parsed, or None when one of them is not an address (the rule is then not judged)."""
-    out: list[IPNetwork] = []
+def parse_ranges(texts: Iterable[str]) -> list[Interval] | None:
+    """Every range as intervals (see auditor/evaluate/ranges.py), or None when one of them is not an address (the
+    rule is then not judged)."""
+    out: list[Interval] = []
     for t in texts:
-        nets = parse_range(t)
-        if nets is None:
+        ivs = ranges.parse(t)
+        if ivs is None:
             return None
-        out.extend(nets)
+        out.extend(ivs)
     return out
 
 
@@ -68,62 +53,27 @@ def is_open(text: str, open_ranges: Iterable[str] = OPEN_RANGES) -> bool:
     """`*`, or a range that is every address of its family, however it is spelled (`0.0.0.0/0`, `::0/0`)."""
     if text.strip() in open_ranges:
         return True
-    nets = parse_range(text)
-    return nets is not None and any(n.prefixlen == 0 for n in nets)
+    ivs = ranges.parse(text)
+    return ivs is not None and any(ranges.is_everything(iv) for iv in ivs)
+
+
+@lru_cache(maxsize=65536)
+def _canonical(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        return text
 
 
 def normalized_ranges(texts: Iterable[str]) -> list[str]:
     """Ranges in one canonical spelling (sorted, `1.2.3.4` as `1.2.3.4/32`), to compare two rules."""
-    out: set[str] = set()
-    for t in texts:
-        t = t.strip()
-        if t == "*":
-            out.add("*")
-            continue
-        nets = parse_range(t)
-        out.add(str(nets[0]) if nets else t)
-    return sorted(out)
+    return sorted({"*" if t.strip() == "*" else _canonical(t.strip()) for t in texts})
 
 
-@lru_cache(maxsize=4096)
-def _collapsed(by: tuple[IPNetwork, ...]) -> tuple[tuple[int, int, int], ...]:
-    """The union of `by` as (version, first, last) address intervals, collapsed once per distinct set."""
-    out: list[tuple[int, int, int]] = []
-    for version in (4, 6):
-        nets = [b for b in by if b.version == version]
-        out.extend(
-            (version, int(c.network_address), int(c.broadcast_address))
-            for c in ipaddress.collapse_addresses(nets)  # type: ignore[type-var]
-        )
-    return tuple(out)
-
-
-def covered(net: IPNetwork, by: Iterable[IPNetwork]) -> bool:
-    """Whether `net` lies inside the union of `by` (collapsed, so two adjacent halves cover their parent)."""
-    first, last, version = int(net.network_address), int(net.broadcast_address), net.version
-    return any(v == version and lo <= first and last <= hi for v, lo, hi in _collapsed(tuple(by)))
-
-
-@lru_cache(maxsize=4096)
-def _union(texts: tuple[str, ...]) -> tuple[tuple[int, int, int], ...]:
-    return _collapsed(tuple(n for t in texts for n in (parse_range(t) or ())))
-
-
-@lru_cache(maxsize=65536)
-def within(text: str, texts: tuple[str, ...]) -> bool:
-    """Whether the range `text` lies inside the union of the ranges `texts` (False when it is not an address).
-
-    Keyed by the strings: an organization's policies repeat the same ranges, and hashing strings is cheap where
-    hashing address objects is not.
-    """
-    nets = parse_range(text)
-    if nets is None:
-        return False
-    spans = _union(texts)
-    return all(
-        any(v == n.version and lo <= int(n.network_address) and int(n.broadcast_address) <= hi for v, lo, hi in spans)
-        for n in nets
-    )
+def opens_a_family(texts: Iterable[str]) -> bool:
+    """The ranges together are every IPv4 or every IPv6 address (`0.0.0.0/1` and `128.0.0.0/1`)."""
+    u = ranges.union_of(texts)
+    return u.covers(*ranges.V4_ALL) or u.covers(*ranges.V6_ALL)
 
 
 def only_source_ip_match(r: ArmorRule) -> bool:
@@ -237,7 +187,7 @@ def no_open_allow(asset: Asset, params: OpenAllowParams, ctx: Context) -> Iterat
         if r.is_default or r.action not in params.actions:
             continue
         opened = [s for s in r.src_ranges if is_open(s, params.open_ranges)]
-        if not opened and r.src_ranges and (within("0.0.0.0/0", r.src_ranges) or within("::/0", r.src_ranges)):
+        if not opened and r.src_ranges and opens_a_family(r.src_ranges):
             opened = list(r.src_ranges)  # halves that together are every address: 0.0.0.0/1 and 128.0.0.0/1
         if opened:
             how = " (requests under the rate limit are allowed)" if r.action in RATE_LIMIT_ACTIONS else ""
@@ -282,11 +232,11 @@ def trusted_source_ranges(asset: Asset, params: TrustedRangesParams, ctx: Contex
         trusted_ranges: [203.0.113.0/24, 198.51.100.0/24, "2001:db8:100::/48"]
     ```
     """
-    trusted = tuple(params.trusted_ranges)
+    trusted = ranges.cached_union(tuple(params.trusted_ranges))
     for r in asset_armor_rules(asset):
         if r.is_default or r.action not in params.actions or r.expression is not None:
             continue
-        untrusted = [s for s in r.src_ranges if not within(s, trusted)]
+        untrusted = [s for s in r.src_ranges if not ranges.within(s, trusted)]
         if untrusted:
             yield Violation(
                 f"rule {r.priority} ({r.action}) lets in {', '.join(untrusted)}, outside the trusted ranges",
@@ -381,27 +331,78 @@ def no_shadowed_rules(asset: Asset, params: ShadowParams, ctx: Context) -> Itera
       remediation: cloud_armor.remove_rule
     ```
     """
-    above: list[tuple[ArmorRule, list[IPNetwork]]] = []  # enforced rules that can fire, lowest number first
+    above = _RulesAbove()
     for r in asset_armor_rules(asset):
         if not only_source_ip_match(r):
             continue
-        nets = parse_ranges(r.src_ranges)
-        if nets is None:
+        ivs = parse_ranges(r.src_ranges)
+        if ivs is None:
             continue
-        earlier = [(a, an) for a, an in above if a.priority < r.priority]
-        if not r.is_default and earlier:
-            cover = tuple(t for a, _ in earlier for t in a.src_ranges)
-            if all(within(t, cover) for t in r.src_ranges):
-                by = [a.priority for a, an in earlier if any(x.overlaps(n) for x in an for n in nets)]
-                yield Violation(
-                    f"rule {r.priority} ({r.action}) never fires: its sources are all matched first by "
-                    f"rule{'s' if len(by) > 1 else ''} {', '.join(map(str, by))}",
-                    str(r.priority),
-                    rule_details(r, shadowed_by=by),
-                )
-                continue  # a dead rule adds nothing to what the rules above it already match
-        if not r.preview and (params.open_rules_shadow or not any(is_open(x) for x in r.src_ranges)):
-            above.append((r, nets))
+        above.reach(r.priority)
+        if not r.is_default and above.rules and above.union.covers_all(ivs):
+            by = above.overlapping(ivs)
+            yield Violation(
+                f"rule {r.priority} ({r.action}) never fires: its sources are all matched first by "
+                f"rule{'s' if len(by) > 1 else ''} {', '.join(map(str, by))}",
+                str(r.priority),
+                rule_details(r, shadowed_by=by),
+            )
+            continue  # a dead rule adds nothing to what the rules above it already match
+        if not r.preview and (params.open_rules_shadow or not any(map(ranges.is_everything, ivs))):
+            above.push(r.priority, ivs)
+
+
+class _RulesAbove:
+    """The enforced rules that can fire, met so far (rules come by priority), for `no_shadowed_rules`.
+
+    A rule joins once a rule of a higher priority number is reached (rules sharing a priority do not shadow one
+    another). Kept: the union of their ranges (is a rule covered: a binary search per range), and their ranges as
+    CIDR blocks, which are nested or disjoint: a block overlapping a range either starts inside it (a slice of the
+    blocks sorted by start) or contains it (one lookup per block size present). A policy costs its rules times
+    their ranges (times a logarithm), not the square of its rules.
+    """
+
+    __slots__ = ("blocks", "by_start", "pending", "rules", "sizes", "union")
+
+    def __init__(self) -> None:
+        self.rules: list[int] = []  # priorities of the rules joined, in order
+        self.union = ranges.Union()
+        self.by_start: list[tuple[int, int, int]] = []  # (start, end, rule index), sorted
+        self.blocks: dict[Interval, list[int]] = defaultdict(list)  # block -> rule indexes
+        self.sizes: set[int] = set()
+        self.pending: list[tuple[int, list[Interval]]] = []
+
+    def push(self, priority: int, ivs: list[Interval]) -> None:
+        self.pending.append((priority, ivs))
+
+    def reach(self, priority: int) -> None:
+        """Let in the pending rules of a lower priority number than `priority`."""
+        if not self.pending or self.pending[0][0] >= priority:
+            return
+        for p, ivs in self.pending:
+            index = len(self.rules)
+            self.rules.append(p)
+            for lo, hi in ivs:
+                self.union.add(lo, hi)
+                insort(self.by_start, (lo, hi, index))
+                self.blocks[(lo, hi)].append(index)
+                self.sizes.add(hi - lo + 1)
+        self.pending = []
+
+    def overlapping(self, ivs: list[Interval]) -> list[int]:
+        """Priorities of the joined rules with a range overlapping one of `ivs`, in the order they joined."""
+        found: set[int] = set()
+        starts = self.by_start
+        for lo, hi in ivs:
+            i = bisect_left(starts, (lo, -1, -1))
+            j = bisect_right(starts, (hi, ranges.V6_ALL[1] + 1, len(self.rules)))
+            found.update(index for _, _, index in starts[i:j])
+            base = ranges.V6 if lo >= ranges.V6 else 0
+            for size in self.sizes:
+                if size > hi - lo + 1:
+                    start = base + (lo - base) // size * size
+                    found.update(self.blocks.get((start, start + size - 1), ()))
+        return [self.rules[i] for i in sorted(found)]
 
 
 # -- required rules and desired state -------------------------------------------------------------------------------
@@ -496,8 +497,8 @@ class RequiredRule(Params):
             have = parse_ranges(r.src_ranges)
             if have is None:
                 return False
-            need = [n for t in self.src_ranges for n in (parse_range(t) or ())]
-            if not all(covered(n, have) for n in need):
+            union = ranges.Union(have)
+            if not all(union.covers_all(ranges.parse(t) or ()) for t in self.src_ranges):
                 return False
         return True
 

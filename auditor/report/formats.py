@@ -1,0 +1,476 @@
+"""Report formats written as findings stream: JSON, NDJSON, CSV, SARIF 2.1.0, JUnit XML and Markdown.
+
+Each format is a `Renderer` registered under its name. It encodes every finding once, as the engine makes it,
+into the bytes it will write (`line`); the findings wait in a `Spool` grouped by rule, and once the scan is over
+`write` puts out the header (the summary is known by then), the groups in report order (worst severity first,
+then rule id; findings of a rule in the order they were found) and the footer. Memory does not grow with the
+number of findings: only the spool's budget, the rules and the counts are held.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
+from xml.sax.saxutils import escape, quoteattr
+
+import msgspec
+
+from auditor import __version__
+from auditor.model import SEVERITIES, Finding
+from auditor.report.records import RuleFacts, finding_record, report_order
+from auditor.report.spool import Spool, Tally
+
+if TYPE_CHECKING:
+    from auditor.evaluate.engine import EvaluationError
+    from auditor.evaluate.rulebook import LoadedRule
+    from auditor.scan import ScanResult
+
+_enc = msgspec.json.Encoder()
+INFORMATION_URI = "https://github.com/drift-auditor/drift-auditor"
+
+
+@dataclass
+class Document:
+    """What a renderer writes besides the findings: the scan's facts, the counts, and where the findings wait."""
+
+    head: dict[str, Any]  # version, tool_version, scanned_at, complete, sources
+    summary: dict[str, Any]
+    summary_line: str
+    incomplete: dict[str, str]  # asset type -> reason, for the types not read completely
+    errors: list[EvaluationError]
+    stale_exemptions: list[dict[str, Any]]
+    rules: list[RuleFacts]
+    tally: Tally
+    spool: Spool
+
+    @property
+    def complete(self) -> bool:
+        return not self.incomplete and bool(self.head.get("complete", True))
+
+
+class Renderer:
+    """One report format. Subclasses set `name`, `media_type` and `suffix` and implement `line` and `write`."""
+
+    name: ClassVar[str]
+    media_type: ClassVar[str]
+    suffix: ClassVar[str]
+
+    def __init__(self, rules: list[RuleFacts]) -> None:
+        self.rules = rules
+        self.by_id = {r.id: r for r in rules}
+
+    def key(self, f: Finding) -> str:
+        """The group a finding waits in until it is written (its rule)."""
+        return f.rule
+
+    def line(self, f: Finding) -> bytes:
+        raise NotImplementedError
+
+    def write(self, out: BinaryIO, doc: Document) -> None:
+        raise NotImplementedError
+
+    def groups(self, doc: Document) -> Iterator[tuple[RuleFacts | None, str]]:
+        """(rule, group key) in report order, then groups of rules the report does not list (none, normally)."""
+        for r in doc.rules:
+            yield r, r.id
+        for key in doc.spool.groups():
+            if key not in self.by_id and "\x00" not in key:
+                yield None, key
+
+
+RENDERERS: dict[str, type[Renderer]] = {}
+
+
+def renderer(cls: type[Renderer]) -> type[Renderer]:
+    """Register a format under its `name`."""
+    if cls.name in RENDERERS:
+        raise RuntimeError(f"format {cls.name} registered twice")
+    RENDERERS[cls.name] = cls
+    return cls
+
+
+def format_names() -> list[str]:
+    return list(RENDERERS)
+
+
+def _joined(doc: Document, keys: Iterator[str], sep: bytes) -> Iterator[bytes]:
+    """The lines of the groups, newline-ended, as one sequence separated by `sep` (JSON arrays)."""
+    first = True
+    for key in keys:
+        for chunk in doc.spool.chunks(key):
+            body = chunk[:-1].replace(b"\n", sep)
+            yield body if first else sep + body
+            first = False
+
+
+# -- JSON and NDJSON ----------------------------------------------------------------------------------------------
+@renderer
+class JsonRenderer(Renderer):
+    """The report as one JSON document (schema: auditor/report/schemas/scan-report.schema.json)."""
+
+    name = "json"
+    media_type = "application/json"
+    suffix = ".json"
+
+    def __init__(self, rules: list[RuleFacts]) -> None:
+        super().__init__(rules)
+        self._tails = {r.id: self._tail(r) for r in rules}
+
+    @staticmethod
+    def _tail(r: RuleFacts | None) -> bytes:
+        """The rule's part of each of its findings, encoded once: `,"rationale":..,"remedy":..,"labels":..}`."""
+        facts: dict[str, Any] = (
+            {"rationale": r.rationale, "remedy": r.remedy, "labels": r.labels}
+            if r is not None
+            else {"rationale": "", "remedy": None, "labels": {}}
+        )
+        return b"," + _enc.encode(facts)[1:] + b"\n"
+
+    def line(self, f: Finding) -> bytes:
+        tail = self._tails.get(f.rule)
+        if tail is None:
+            tail = self._tails[f.rule] = self._tail(None)
+        return _enc.encode(finding_record(f))[:-1] + tail
+
+    def write(self, out: BinaryIO, doc: Document) -> None:
+        head = _enc.encode({**doc.head, "summary": doc.summary})
+        out.write(head[:-1] + b',"findings":[\n')
+        for piece in _joined(doc, (k for _, k in self.groups(doc)), b",\n"):
+            out.write(piece)
+        out.write(b'\n],"errors":' + _enc.encode([e.to_dict() for e in doc.errors]))
+        out.write(b',"stale_exemptions":' + _enc.encode(doc.stale_exemptions) + b"}\n")
+
+
+@renderer
+class NdjsonRenderer(JsonRenderer):
+    """One finding per line, as in the JSON report (nothing else: the summary goes to stderr)."""
+
+    name = "ndjson"
+    media_type = "application/x-ndjson"
+    suffix = ".ndjson"
+
+    def write(self, out: BinaryIO, doc: Document) -> None:
+        for _, key in self.groups(doc):
+            for chunk in doc.spool.chunks(key):
+                out.write(chunk)
+
+
+# -- CSV ----------------------------------------------------------------------------------------------------------
+CSV_COLUMNS = (
+    "id", "rule", "severity", "mode", "check", "asset", "asset_type", "project", "ancestry", "message", "exempted",
+    "exemption_reason", "exemption_owner", "exemption_ticket", "exemption_expires", "remediation", "details",
+)  # fmt: skip
+
+
+@renderer
+class CsvRenderer(Renderer):
+    """One row per finding (RFC 4180, a header row); `details` is the JSON object of the finding's details."""
+
+    name = "csv"
+    media_type = "text/csv"
+    suffix = ".csv"
+
+    def __init__(self, rules: list[RuleFacts]) -> None:
+        super().__init__(rules)
+        self._buf = io.StringIO()
+        self._csv = csv.writer(self._buf)
+
+    def line(self, f: Finding) -> bytes:
+        e = f.exempted
+        r = self.by_id.get(f.rule)
+        self._csv.writerow((
+            f.id, f.rule, f.severity.value, f.mode.value, f.check, f.asset, f.asset_type, f.project or "",
+            f.ancestry, f.message, "true" if e is not None else "false",
+            e.reason if e else "", e.owner if e else "", (e.ticket or "") if e else "", (e.expires or "") if e else "",
+            (r.remedy.kind or "") if r else "", _enc.encode(f.details).decode(),
+        ))  # fmt: skip
+        text = self._buf.getvalue()
+        self._buf.seek(0)
+        self._buf.truncate()
+        return text.encode()
+
+    def write(self, out: BinaryIO, doc: Document) -> None:
+        out.write((",".join(CSV_COLUMNS) + "\r\n").encode())
+        for _, key in self.groups(doc):
+            for chunk in doc.spool.chunks(key):
+                out.write(chunk)
+
+
+# -- SARIF 2.1.0 --------------------------------------------------------------------------------------------------
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+SARIF_LEVEL = {"critical": "error", "high": "error", "medium": "warning", "low": "note", "info": "note"}
+# GitHub code scanning reads `security-severity` (0.0-10.0): over 9 critical, 7-8.9 high, 4-6.9 medium, under 4 low
+SECURITY_SEVERITY = {"critical": "9.5", "high": "8.0", "medium": "5.5", "low": "3.0", "info": "0.0"}
+
+
+def _exemption_text(f: Finding) -> str:
+    e = f.exempted
+    assert e is not None
+    return f"{e.reason} (owner {e.owner}; ticket {e.ticket or '-'}; until {e.expires or 'no expiry'})"
+
+
+@renderer
+class SarifRenderer(Renderer):
+    """SARIF 2.1.0: one run, one reporting descriptor per rule, one result per finding, the asset as a logical
+    location, the finding id as its partial fingerprint; exempted findings carry an accepted suppression."""
+
+    name = "sarif"
+    media_type = "application/sarif+json"
+    suffix = ".sarif"
+
+    def __init__(self, rules: list[RuleFacts]) -> None:
+        super().__init__(rules)
+        self.index = {r.id: i for i, r in enumerate(rules)}
+
+    @staticmethod
+    def descriptor(r: RuleFacts) -> dict[str, Any]:
+        props: dict[str, Any] = {
+            "security-severity": SECURITY_SEVERITY[r.severity],
+            "severity": r.severity,
+            "tags": ["security", r.check.split(".", 1)[0], *(f"{k}:{v}" for k, v in sorted(r.labels.items()))],
+            "check": r.check,
+            "mode": r.mode,
+        }
+        if r.remedy.kind:
+            props["remediation"] = r.remedy.kind
+        if r.labels:
+            props["labels"] = r.labels
+        return {
+            "id": r.id,
+            "name": r.id,
+            "shortDescription": {"text": r.title},
+            "fullDescription": {"text": r.rationale or r.title},
+            "help": {"text": r.remedy.text},
+            "defaultConfiguration": {"level": SARIF_LEVEL[r.severity]},
+            "properties": props,
+        }
+
+    def line(self, f: Finding) -> bytes:
+        result: dict[str, Any] = {
+            "ruleId": f.rule,
+            "level": SARIF_LEVEL[f.severity.value],
+            "kind": "fail",
+            "message": {"text": f.message},
+            "locations": [
+                {
+                    "logicalLocations": [
+                        {"name": f.asset.rsplit("/", 1)[-1], "fullyQualifiedName": f.asset, "kind": "resource"}
+                    ]
+                }
+            ],
+            "partialFingerprints": {"findingId/v1": f.id},
+            "properties": {
+                "severity": f.severity.value,
+                "asset_type": f.asset_type,
+                "project": f.project,
+                "ancestry": f.ancestry,
+                "details": f.details,
+            },
+        }
+        index = self.index.get(f.rule)
+        if index is not None:
+            result["ruleIndex"] = index
+        if f.exempted is not None:
+            result["suppressions"] = [{"kind": "external", "status": "accepted", "justification": _exemption_text(f)}]
+        return _enc.encode(result) + b"\n"
+
+    def write(self, out: BinaryIO, doc: Document) -> None:
+        notes = [
+            {"level": "error", "message": {"text": f"rule {e.rule} could not be evaluated on {e.asset}: {e.error}"},
+             "descriptor": {"id": e.rule}}
+            for e in doc.errors
+        ] + [
+            {"level": "error", "message": {"text": f"{t} not read completely: {reason}"}}
+            for t, reason in sorted(doc.incomplete.items())
+        ]  # fmt: skip
+        run_head = {
+            "tool": {
+                "driver": {
+                    "name": "drift-auditor",
+                    "version": str(doc.head.get("tool_version") or __version__),
+                    "informationUri": INFORMATION_URI,
+                    "rules": [self.descriptor(r) for r in self.rules],
+                }
+            },
+            "invocations": [
+                {
+                    "executionSuccessful": doc.complete and not doc.errors,
+                    "startTimeUtc": doc.head.get("scanned_at"),
+                    "toolExecutionNotifications": notes,
+                }
+            ],
+            "properties": {"summary": doc.summary},
+        }
+        out.write(b'{"$schema":"' + SARIF_SCHEMA.encode() + b'","version":"2.1.0","runs":[')
+        out.write(_enc.encode(run_head)[:-1] + b',"results":[\n')
+        for piece in _joined(doc, (k for _, k in self.groups(doc)), b",\n"):
+            out.write(piece)
+        out.write(b"\n]}]}\n")
+
+
+# -- JUnit XML ----------------------------------------------------------------------------------------------------
+def _xml_text(text: str) -> str:
+    return escape(text).replace("\n", "&#10;")
+
+
+def _attr(text: str) -> str:
+    return quoteattr(text).replace("\n", "&#10;")
+
+
+@renderer
+class JunitRenderer(Renderer):
+    """JUnit XML: a test case per rule, a failure per open finding, an error per asset the rule could not be
+    evaluated on, exempted findings in the case's output; a partial snapshot is an erroring `snapshot` case."""
+
+    name = "junit"
+    media_type = "application/xml"
+    suffix = ".xml"
+
+    def key(self, f: Finding) -> str:
+        return f.rule if f.exempted is None else f"{f.rule}\x00exempted"
+
+    def line(self, f: Finding) -> bytes:
+        if f.exempted is not None:
+            text = f"exempted {f.id} {f.asset}: {f.message} [{_exemption_text(f)}]"
+            return f"<system-out>{_xml_text(text)}</system-out>\n".encode()
+        message = f"{f.asset}: {f.message}"
+        body = f"id {f.id}&#10;asset {f.asset}&#10;{_xml_text(f.message)}"
+        if f.project:
+            body += f"&#10;project {_xml_text(f.project)}"
+        return f"<failure type={_attr(f.severity.value)} message={_attr(message)}>{body}</failure>\n".encode()
+
+    def write(self, out: BinaryIO, doc: Document) -> None:
+        errors: dict[str, list[EvaluationError]] = defaultdict(list)
+        for e in doc.errors:
+            errors[e.rule].append(e)
+        failed = sum(1 for r in self.rules if doc.tally.open_by_rule.get(r.id))
+        erring = sum(1 for r in self.rules if r.id in errors) + (0 if doc.complete else 1)
+        tests = len(self.rules) + (0 if doc.complete else 1)
+        counts = f'tests="{tests}" failures="{failed}" errors="{erring}" skipped="0"'
+        out.write(b'<?xml version="1.0" encoding="UTF-8"?>\n')
+        out.write(f'<testsuites name="drift-auditor" {counts}>\n'.encode())
+        stamp = str(doc.head.get("scanned_at") or "").removesuffix("Z")
+        out.write(f'<testsuite name="drift-auditor baseline" {counts} timestamp={_attr(stamp)}>\n'.encode())
+        if not doc.complete:
+            reasons = "&#10;".join(_xml_text(f"{t}: {why}") for t, why in sorted(doc.incomplete.items()))
+            out.write(b'<testcase classname="drift-auditor" name="snapshot">'
+                      + f'<error type="partial" message="the snapshot is partial">{reasons}</error>'.encode()
+                      + b"</testcase>\n")  # fmt: skip
+        for r, key in self.groups(doc):
+            check = r.check if r else "unknown"
+            origin = f" file={_attr(r.origin.rsplit(':', 1)[0])}" if r else ""
+            out.write(f"<testcase classname={_attr(check)} name={_attr(key)}{origin}>\n".encode())
+            for e in errors.get(key, ()):
+                out.write(f"<error type=\"evaluation\" message={_attr(f'{e.asset}: {e.error}')}/>\n".encode())
+            for chunk in doc.spool.chunks(key):
+                out.write(chunk)
+            for chunk in doc.spool.chunks(f"{key}\x00exempted"):
+                out.write(chunk)
+            out.write(b"</testcase>\n")
+        out.write(b"</testsuite>\n</testsuites>\n")
+
+
+# -- Markdown -----------------------------------------------------------------------------------------------------
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _short(name: str) -> str:
+    return name.removeprefix("//")
+
+
+@renderer
+class MarkdownRenderer(Renderer):
+    """A readable report: findings by severity, then rule (with its description and rationale), as tables."""
+
+    name = "markdown"
+    media_type = "text/markdown"
+    suffix = ".md"
+
+    def line(self, f: Finding) -> bytes:
+        status = "open"
+        if f.exempted is not None:
+            e = f.exempted
+            status = f"exempted ({e.reason}, {e.owner}, until {e.expires or '-'})"
+        elif f.expired_exemption is not None:
+            status = f"open: exemption expired {f.expired_exemption.expires}"
+        return f"| `{_short(f.asset)}` | {_md(f.message)} | {_md(status)} |\n".encode()
+
+    def write(self, out: BinaryIO, doc: Document) -> None:
+        w: Callable[[str], Any] = lambda s: out.write(s.encode())  # noqa: E731
+        stamp = str(doc.head.get("scanned_at") or "")[:16].replace("T", " ")
+        w(f"# Baseline audit, {stamp} UTC\n\n{doc.summary_line}\n\n")
+        if doc.incomplete:
+            w("> **The snapshot is partial.** Findings of the types below may be missing:\n>\n")
+            w("".join(f"> - `{t}`: {r}\n" for t, r in sorted(doc.incomplete.items())) + "\n")
+        for sev in reversed(SEVERITIES):
+            rules = [r for r in self.rules if r.severity == sev and doc.tally.count(r.id)]
+            if not rules:
+                continue
+            w(f"## {sev.capitalize()} ({sum(doc.tally.count(r.id) for r in rules)})\n\n")
+            for r in rules:
+                w(f"### `{r.id}`: {r.title}\n\n")
+                if r.rationale:
+                    w(f"*Why:* {r.rationale}\n\n")
+                w(f"*Remedy:* {r.remedy.text}\n\n| asset | finding | status |\n| --- | --- | --- |\n")
+                for chunk in doc.spool.chunks(r.id):
+                    out.write(chunk)
+                w("\n")
+        if doc.stale_exemptions:
+            w("## Stale exemptions (matched nothing)\n\n")
+            w("".join(f"- `{e['rule']}`: `{e['resource']}` ({e['owner']}, {e['ticket'] or 'no ticket'})\n"
+                      for e in doc.stale_exemptions) + "\n")  # fmt: skip
+
+
+# -- the report of one scan -----------------------------------------------------------------------------------------
+class StreamedReport:
+    """A report in the making: `add` each finding as it is found (the evaluation's sink), then `write` once.
+
+    Holds the encoded findings (spooled), never the findings themselves; the counts are the scan's
+    (`ScanResult.counts`)."""
+
+    def __init__(self, fmt: str, rules: list[LoadedRule], budget: int | None = None) -> None:
+        if fmt not in RENDERERS:
+            raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(RENDERERS)}")
+        self.facts = report_order(rules)
+        self.renderer = RENDERERS[fmt](self.facts)
+        self.spool = Spool() if budget is None else Spool(budget)
+
+    def add(self, f: Finding) -> None:
+        self.spool.add(self.renderer.key(f), self.renderer.line(f))
+
+    def document(self, result: ScanResult) -> Document:
+        from auditor.report.render import summary_line
+
+        full = result.to_dict(findings=False)
+        return Document(
+            head={k: full[k] for k in ("version", "tool_version", "scanned_at", "complete", "sources")},
+            summary=full["summary"],
+            summary_line=summary_line(result),
+            incomplete=result.incomplete_types(),
+            errors=list(result.evaluation.errors),
+            stale_exemptions=result.stale_exemptions,
+            rules=self.facts,
+            tally=result.counts(),
+            spool=self.spool,
+        )
+
+    def write(self, out: BinaryIO, result: ScanResult) -> None:
+        try:
+            self.renderer.write(out, self.document(result))
+        finally:
+            self.spool.close()
+
+
+def render_bytes(fmt: str, result: ScanResult) -> bytes:
+    """A whole report in memory, from a result that kept its findings (the daemon's, tests)."""
+    report = StreamedReport(fmt, result.rules)
+    for f in result.findings:
+        report.add(f)
+    buf = io.BytesIO()
+    report.write(buf, result)
+    return buf.getvalue()

@@ -1,0 +1,116 @@
+"""What a report says about a rule and a finding, typed: the rule's facts every format repeats (description,
+rationale, remedy, labels, severity) and the finding as JSON (`FindingRecord`), encoded with msgspec."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from auditor.evaluate.rulebook import LoadedRule
+from auditor.model import Exempted, Finding
+
+
+class ExemptionRecord(msgspec.Struct):
+    reason: str
+    owner: str
+    ticket: str | None
+    expires: str | None
+
+
+class FindingRecord(msgspec.Struct, omit_defaults=True):
+    """A finding in JSON and NDJSON reports; the rule's `rationale`, `remedy` and `labels` follow it."""
+
+    id: str
+    rule: str
+    check: str
+    severity: str
+    mode: str
+    asset: str
+    asset_type: str
+    project: str | None
+    ancestry: str
+    message: str
+    details: dict[str, Any]
+    exempted: bool
+    exemption: ExemptionRecord | None = None
+    expired_exemption: ExemptionRecord | None = None
+
+
+class Remedy(msgspec.Struct):
+    text: str
+    kind: str | None  # the remediation (plan kind) that fixes it, when there is one
+
+
+def _exemption(e: Exempted | None) -> ExemptionRecord | None:
+    return None if e is None else ExemptionRecord(e.reason, e.owner, e.ticket, e.expires)
+
+
+def finding_record(f: Finding) -> FindingRecord:
+    return FindingRecord(
+        id=f.id,
+        rule=f.rule,
+        check=f.check,
+        severity=f.severity.value,
+        mode=f.mode.value,
+        asset=f.asset,
+        asset_type=f.asset_type,
+        project=f.project,
+        ancestry=f.ancestry,
+        message=f.message,
+        details=f.details,
+        exempted=f.exempted is not None,
+        exemption=_exemption(f.exempted),
+        expired_exemption=_exemption(f.expired_exemption),
+    )
+
+
+@dataclass(frozen=True)
+class RuleFacts:
+    """One rule as reports describe it."""
+
+    id: str
+    check: str
+    severity: str
+    rank: int
+    mode: str
+    description: str
+    rationale: str
+    remedy: Remedy
+    labels: dict[str, str]
+    origin: str
+
+    @classmethod
+    def of(cls, r: LoadedRule) -> RuleFacts:
+        from remediations.kinds import KINDS  # data only, as the rulebook reads it
+
+        kind = r.rule.remediation
+        if kind is not None and kind in KINDS:
+            text = f"{KINDS[kind].summary[0].upper()}{KINDS[kind].summary[1:]}: `auditor plan` proposes the change"
+        else:
+            text = "no automatic fix: change the resource by hand, or exempt it with a reason, an owner and an expiry"
+        labels: dict[str, str] = dict(getattr(r.rule, "labels", None) or {})
+        return cls(
+            id=r.id,
+            check=r.rule.check,
+            severity=r.rule.severity.value,
+            rank=r.rule.severity.rank,
+            mode=r.rule.mode.value,
+            description=r.rule.description.strip(),
+            rationale=" ".join(r.rule.rationale.split()),
+            remedy=Remedy(text, kind),
+            labels=labels,
+            origin=r.origin,
+        )
+
+    @property
+    def title(self) -> str:
+        return self.description or self.check
+
+
+def report_order(rules: Iterable[LoadedRule]) -> list[RuleFacts]:
+    """Rules as reports list them: worst severity first, then by id."""
+    facts = {r.id: RuleFacts.of(r) for r in rules}
+    return sorted(facts.values(), key=lambda r: (-r.rank, r.id))
