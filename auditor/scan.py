@@ -22,6 +22,7 @@ from typing import Any
 
 from auditor import __version__
 from auditor.collect import Source, SourceOptions, open_source
+from auditor.errors import AuditorError, Cancelled, SourceError
 from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun
 from auditor.evaluate.rulebook import LoadedRule
 from auditor.model import SEVERITIES, Asset, Finding, NotEvaluated, SourceStatus
@@ -162,6 +163,27 @@ def fewer_collections() -> Iterator[None]:
                 gc.set_threshold(*_gc_saved)
 
 
+@contextlib.contextmanager
+def attributed(source: str) -> Iterator[None]:
+    """Errors while opening or reading a source name it: a reader's unexpected error (a corrupt gzip, nesting
+    beyond the recursion limit) becomes a SourceError of that source, never a failure of "unknown" origin."""
+    try:
+        yield
+    except SourceError as exc:
+        if exc.source is None:
+            exc.source = source
+        raise
+    except (AuditorError, Cancelled):  # rules, workers, shutting down: not this source's doing
+        raise
+    except Exception as exc:
+        raise SourceError(f"{source}: {type(exc).__name__}: {exc}", source=source) from exc
+
+
+def _read(source: Source) -> Iterator[Asset]:
+    with attributed(source.uri):
+        yield from source.assets()
+
+
 MAX_DUPLICATES_LISTED = 100
 
 
@@ -234,9 +256,9 @@ def unique_findings(findings: list[Finding]) -> int:
 def _chain(sources: list[Source], on_asset: Callable[[int], None] | None,
            dedupe: Duplicates | None = None) -> Iterator[Asset]:
     if dedupe is not None:
-        stream: Iterator[Asset] = itertools.chain.from_iterable(dedupe.stream(s.assets(), s.status) for s in sources)
+        stream: Iterator[Asset] = itertools.chain.from_iterable(dedupe.stream(_read(s), s.status) for s in sources)
     else:
-        stream = itertools.chain.from_iterable(s.assets() for s in sources)
+        stream = itertools.chain.from_iterable(_read(s) for s in sources)
     if on_asset is None:
         yield from stream
         return
@@ -264,7 +286,8 @@ def _parallel(
     with ParallelReader(engine, jobs, cluster, threaded) as reader:
         for source in sources:
             if isinstance(source, FileSource):
-                reader.feed(source, run, on_progress, dedupe)
+                with attributed(source.uri):
+                    reader.feed(source, run, on_progress, dedupe)
             else:
                 run.feed(_chain([source], on_progress, dedupe))
     run.finish()
@@ -295,7 +318,10 @@ def run_scan(
     options.extra.setdefault("needs_iam", engine.needs_iam())
     started = now or datetime.now(UTC)
     t0 = time.perf_counter()
-    sources = [open_source(spec, options) for spec in source_specs]
+    sources = []
+    for spec in source_specs:
+        with attributed(spec):
+            sources.append(open_source(spec, options))
     evaluation = Evaluation()
     tally: Tally | None = None
     if on_finding is not None:
