@@ -483,6 +483,24 @@ class EvaluationRun:
                 if kept:
                     self.deferred.append((asset, later))
 
+    def forget(self, asset: Asset) -> None:
+        """Withdraw an asset fed earlier, which a later copy of it (same name and content) replaces: its count, the
+        findings its streamed rules gave, and the deferred rules still to run on it. (What context checks kept of it
+        stays: context is read by name.)"""
+        plan = self.engine._plans.get(asset.asset_type) or self.engine._plan(asset.asset_type)
+        streamed = plan.streamed_iam if asset.has_iam_policy else plan.streamed
+        rules = {r.id for r in streamed.rules}
+        result = self.result
+        result.assets_by_type[asset.asset_type] -= 1
+        if rules:
+            result.findings[:] = [f for f in result.findings if f.asset != asset.name or f.rule not in rules]
+        self.deferred = [
+            (a, later)
+            for a, later in self.deferred
+            if not (a.name == asset.name and a.has_iam_policy == asset.has_iam_policy
+                    and a.has_resource == asset.has_resource)
+        ]
+
     def finish(self) -> Evaluation:
         """Run the checks with context, then order the findings."""
         engine, result, ctx = self.engine, self.result, self.ctx

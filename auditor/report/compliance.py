@@ -23,7 +23,7 @@ def assess_scan(framework: str, result: ScanResult) -> list[ControlResult]:
     error or an asset type it reads was not read completely."""
     tally = result.counts()  # kept as the findings streamed by: the scan may not hold them
     open_, exempted = tally.open_by_rule, tally.exempted_by_rule
-    not_evaluated = {e.rule for e in result.evaluation.errors}
+    not_evaluated = {e.rule for e in result.evaluation.errors} | {n.rule_id for n in result.not_evaluated}
     unread = list(result.incomplete_types())
     for r in result.rules:
         for t in unread:

@@ -13,7 +13,7 @@ import csv
 import io
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 from xml.sax.saxutils import escape, quoteattr
 
@@ -46,6 +46,9 @@ class Document:
     rules: list[RuleFacts]
     tally: Tally
     spool: Spool
+    # rules that could not be evaluated (rule, reason), and every reason the result is partial, one line each
+    not_evaluated: list[dict[str, str]] = field(default_factory=list)
+    partial_reasons: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -142,6 +145,8 @@ class JsonRenderer(Renderer):
         for piece in _joined(doc, (k for _, k in self.groups(doc)), b",\n"):
             out.write(piece)
         out.write(b'\n],"errors":' + _enc.encode([e.to_dict() for e in doc.errors]))
+        out.write(b',"not_evaluated":' + _enc.encode(doc.not_evaluated))
+        out.write(b',"partial_reasons":' + _enc.encode(doc.partial_reasons))
         out.write(b',"stale_exemptions":' + _enc.encode(doc.stale_exemptions) + b"}\n")
 
 
@@ -404,9 +409,10 @@ class MarkdownRenderer(Renderer):
         w: Callable[[str], Any] = lambda s: out.write(s.encode())  # noqa: E731
         stamp = str(doc.head.get("scanned_at") or "")[:16].replace("T", " ")
         w(f"# Baseline audit, {stamp} UTC\n\n{doc.summary_line}\n\n")
-        if doc.incomplete:
-            w("> **The snapshot is partial.** Findings of the types below may be missing:\n>\n")
-            w("".join(f"> - `{t}`: {r}\n" for t, r in sorted(doc.incomplete.items())) + "\n")
+        if doc.incomplete or doc.partial_reasons:
+            w("> **The snapshot is partial.** Findings may be missing:\n>\n")
+            reasons = doc.partial_reasons or [f"{t}: {r}" for t, r in sorted(doc.incomplete.items())]
+            w("".join(f"> - {_md(r)}\n" for r in reasons) + "\n")
         for sev in reversed(SEVERITIES):
             rules = [r for r in self.rules if r.severity == sev and doc.tally.count(r.id)]
             if not rules:
@@ -453,6 +459,8 @@ class StreamedReport:
             summary_line=summary_line(result),
             incomplete=result.incomplete_types(),
             errors=list(result.evaluation.errors),
+            not_evaluated=[n.to_dict() for n in result.not_evaluated],
+            partial_reasons=result.partial_reasons(),
             stale_exemptions=result.stale_exemptions,
             rules=self.facts,
             tally=result.counts(),

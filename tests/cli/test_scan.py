@@ -62,9 +62,14 @@ def test_fail_on_thresholds(tmp_path: Path) -> None:
     clean.write_text(json.dumps({"name": "//storage.googleapis.com/ok", "asset_type": "storage.googleapis.com/Bucket",
                                  "iam_policy": {"bindings": [{"role": "roles/storage.objectViewer",
                                                               "members": ["group:ml@helix-ml.example"]}]}}) + "\n")
+    # One bucket and no Organization: the external members rule has no domain to compare with. That is not
+    # "checked and clean": exit 3 with the reason, and 0 only when partial results are accepted.
     proc = auditor("scan", "--source", str(clean))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "1 assets" in proc.stdout and "0 findings" in proc.stdout
+    assert "rule iam-no-external-members not evaluated: no Organization asset" in proc.stdout + proc.stderr
+    proc = auditor("scan", "--source", str(clean), "--allow-partial")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_markdown_and_output_file(tmp_path: Path) -> None:
@@ -82,7 +87,8 @@ def test_malformed_line_is_skipped_counted_or_fatal_with_strict(tmp_path: Path) 
     good = (EXAMPLES / "org" / "iam-policies.ndjson").read_text().splitlines()[:3]
     f.write_text("\n".join([good[0], '{"name": "//x", "asset_type": ', *good[1:]]) + "\n")
     proc = auditor("scan", "--source", str(f), "--format", "json", "--fail-on", "never")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 3, proc.stderr  # partial: never a clean exit
+    assert auditor("scan", "--source", str(f), "--fail-on", "never", "--allow-partial").returncode == 0
     report = json.loads(proc.stdout)
     assert report["summary"]["skipped_records"] == 1
     assert report["complete"] is False

@@ -243,18 +243,20 @@ def test_rules_meeting_hostile_data_give_the_right_answer_or_an_error(case: Runs
     f.write_text(case.rules)
     result = scan(tmp_path, f)
     assert result.exit_code in (0, 3), result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     open_findings = [x for x in report["findings"] if not x.get("exempted")]
     assert len(open_findings) == case.findings, report["findings"]
     assert len(report["errors"]) == case.errors, report["errors"]
     assert all(e["rule"] == "r" and e["asset"] == PROJECT for e in report["errors"])
+    # an evaluation error is a partial result (exit 3), never "checked and clean"
+    assert (report["complete"], result.exit_code) == ((False, 3) if case.errors else (True, 0))
 
 
 def test_the_exemption_glob_with_many_wildcards_still_exempts(tmp_path: Path) -> None:
     f = tmp_path / "rules.yaml"
     f.write_text(rule("iam.forbidden_members", "{members: ['user:alice@example.com']}",
                       ", exemptions: [{resource: '//*o*/*o*/**', reason: all projects, owner: sec}]"))
-    report = json.loads(scan(tmp_path, f).output)
+    report = json.loads(scan(tmp_path, f).stdout)
     assert [x["exemption"]["reason"] for x in report["findings"]] == ["all projects"]
 
 
@@ -272,3 +274,18 @@ def test_a_panic_of_the_cel_library_is_an_error_not_a_crash() -> None:
         guarded(panics, "evaluate")
     with pytest.raises(KeyboardInterrupt):
         guarded(lambda: (_ for _ in ()).throw(KeyboardInterrupt()), "evaluate")
+
+
+def test_a_rule_that_cannot_be_evaluated_makes_the_scan_partial(tmp_path: Path) -> None:
+    """No Organization asset and no `domains`: iam.external_members has nothing to compare with. The report says
+    the rule was not evaluated and why; the scan exits 3, not 0 with "no findings"."""
+    f = tmp_path / "rules.yaml"
+    f.write_text(rule("iam.external_members"))
+    result = scan(tmp_path, f)
+    report = json.loads(result.stdout)
+    assert result.exit_code == 3 and report["complete"] is False and report["findings"] == []
+    assert [n["rule"] for n in report["not_evaluated"]] == ["r"]
+    assert "no Organization asset" in report["not_evaluated"][0]["reason"]
+    args = ["scan", "--source", str(source(tmp_path)), "--rules", str(f), "--fail-on", "never"]
+    table = CliRunner().invoke(cli, args)
+    assert table.exit_code == 3 and "rule r not evaluated: no Organization asset" in table.output
