@@ -151,7 +151,7 @@ def test_a_source_that_disappears_keeps_the_last_good_numbers_and_ages_them(tmp_
                                                                           logs: io.StringIO) -> None:
     org, k8s = example_org(tmp_path)
     policies = org / "iam-policies.ndjson"
-    cfg = write_config(tmp_path / "config.yaml", sources=[str(policies), str(k8s)])
+    cfg = write_config(tmp_path / "config.yaml", sources=[str(policies), str(org / "resources.ndjson"), str(k8s)])
     clock = Clock(2_000_000_000.0)
     auditor = make_auditor(cfg, clock)
     assert auditor.run_cycle().outcome == "success"

@@ -106,7 +106,7 @@ def test_an_export_replaced_by_a_shorter_one_resolves_nothing_and_nothing_comes_
 ) -> None:
     org, k8s = example_org(tmp_path)
     policies = org / "iam-policies.ndjson"
-    cfg = write_config(tmp_path / "config.yaml", sources=[str(policies), str(k8s)])
+    cfg = write_config(tmp_path / "config.yaml", sources=[str(policies), str(org / "resources.ndjson"), str(k8s)])
     auditor = make_auditor(cfg)
     assert auditor.run_cycle().outcome == "success"
     open_before = {f.id for f in auditor.store.open_findings()}
@@ -141,7 +141,7 @@ def test_a_shrink_that_holds_is_taken_as_real_after_the_configured_cycles(tmp_pa
                                                                           logs: io.StringIO) -> None:
     org, k8s = example_org(tmp_path)
     policies = org / "iam-policies.ndjson"
-    cfg = write_config(tmp_path / "config.yaml", sources=[str(policies), str(k8s)],
+    cfg = write_config(tmp_path / "config.yaml", sources=[str(policies), str(org / "resources.ndjson"), str(k8s)],
                        source_shrink={"max_drop_fraction": 0.5, "accept_after_cycles": 2})
     auditor = make_auditor(cfg)
     auditor.run_cycle()
@@ -161,7 +161,7 @@ def test_the_shrink_limit_is_configurable(tmp_path: Path, logs: io.StringIO) -> 
     org, k8s = example_org(tmp_path)
     policies = org / "iam-policies.ndjson"
     lines = _lines(policies)
-    cfg = write_config(tmp_path / "config.yaml", sources=[str(policies), str(k8s)],
+    cfg = write_config(tmp_path / "config.yaml", sources=[str(policies), str(org / "resources.ndjson"), str(k8s)],
                        source_shrink={"max_drop_fraction": 0.8})
     auditor = make_auditor(cfg)
     auditor.run_cycle()
