@@ -453,7 +453,7 @@ def test_lease_role_is_namespaced_and_matches_the_leader_election_code() -> None
 
 
 def _rbac_writer_verbs() -> set[str]:
-    """The Kubernetes verbs the RBAC writer (remediations/families/rbac.py) calls through `_call(target, "verb", ...)`."""
+    """The Kubernetes verbs the RBAC writer (remediations/families/rbac.py) calls through `_call(target, "verb")`."""
     tree = ast.parse((REPO / "remediations" / "families" / "rbac.py").read_text(encoding="utf-8"))
     verb_of = {"read": "get", "create": "create", "replace": "update", "patch": "patch", "delete": "delete"}
     verbs = set()
