@@ -13,10 +13,10 @@ from auditor import plugins
 from remediations import families  # noqa: F401 - the families register on import
 
 
-def _step(result: Any, settings: Any, state_path: Any) -> Any:
+def _step(result: Any, settings: Any, state_path: Any, **kw: Any) -> Any:
     from remediations.cycle import run_remediation
 
-    return run_remediation(result, settings, state_path)
+    return run_remediation(result, settings, state_path, **kw)
 
 
 def _stop() -> None:
