@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "auditor.cli.daemon",
     "auditor.cli.state",
     "auditor.cli.permissions",
+    "auditor.cli.sinks",
     "auditor.cli.feeds",
 )
 
