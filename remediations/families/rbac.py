@@ -7,7 +7,8 @@ resourceVersion (and uid) precondition; a rollback of a deletion creates the obj
 Kubernetes' own objects and subjects (`system:`, `kube-system`), the auditor or the protected principals.
 
 The GKE permissions this writer needs (container.roles.*, roleBindings.*, leases.*, and bind/escalate) are listed
-in the README rather than declared: with in-cluster credentials they are Kubernetes RBAC verbs, not IAM.
+in docs/operations/install-gke.md rather than declared: with in-cluster credentials they are Kubernetes RBAC verbs,
+not IAM.
 """
 
 from __future__ import annotations
