@@ -11,9 +11,11 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from auditor.errors import AuditorError
 from auditor.model import SEVERITIES
+from auditor.report.escape import plain
 from auditor.report.html import age
 from auditor.state import Store, is_url, iso, state_target
 
@@ -109,8 +111,9 @@ def findings(state: str | None, config: str | None, fmt: str, severity: str | No
         table.add_column(col, overflow="fold")
     for f in items:
         note = " (stale)" if f.stale else " (exempted)" if f.exempted else ""
-        table.add_row(f.severity, f.rule, f.asset.removeprefix("//"), f.message + note, age(now - f.first_seen),
-                      iso(f.first_seen)[:19])
+        # Text cells, control characters stripped: names are data, never markup or terminal escapes.
+        table.add_row(f.severity, Text(plain(f.rule)), Text(plain(f.asset.removeprefix("//"))),
+                      Text(plain(f.message + note)), age(now - f.first_seen), iso(f.first_seen)[:19])
     console.print(table)
 
 

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from auditor.model import SEVERITIES, Finding
+from auditor.report.escape import plain
 
 if TYPE_CHECKING:
     from auditor.scan import ScanResult
@@ -69,11 +70,15 @@ def render_table(result: ScanResult, console: Console) -> None:
                 msg += f" [exempted: {e.reason}; {e.owner}; until {e.expires or 'no expiry'}]"
             elif f.expired_exemption is not None:
                 msg += f" [exemption expired {f.expired_exemption.expires}]"
-            table.add_row(f.rule, _short(f.asset), msg, style="dim" if f.exempted is not None else None)
+            # Cells are Text, not markup: a name's "[...]" is no style, and its control characters (ANSI escapes
+            # that would recolour or retitle the operator's terminal) are stripped.
+            table.add_row(Text(plain(f.rule)), Text(plain(_short(f.asset))), Text(plain(msg)),
+                          style="dim" if f.exempted is not None else None)
         console.print(table)
     for err in result.evaluation.errors:
-        console.print(f"[red]evaluation error[/red] rule {err.rule} on {err.asset}: {err.error}")
-    console.print(Text(summary_line(result), style="bold"))
+        console.print(Text.assemble(("evaluation error", "red"), f" rule {plain(err.rule)} on {plain(err.asset)}: "
+                                    f"{plain(err.error)}"))
+    console.print(Text(plain(summary_line(result)), style="bold"))
 
 
 def render_markdown(result: ScanResult) -> str:
