@@ -168,7 +168,7 @@ class Daemon:
         scrapers (or a flood) it is encoded at most once per METRICS_CACHE_SECONDS and format, and again as soon as
         a cycle publishes new values; only the time-derived gauges (ages, auditor_up) can lag by that much."""
         encoder, ctype = choose_encoder(accept)
-        key = (ctype, id(self.auditor.published))
+        key = (ctype, self.auditor.published.cycles_completed)  # read before encoding: the data is as new or newer
         now = time.monotonic()
         with self._metrics_lock:
             hit = self._metrics_cache.get(ctype)
