@@ -326,7 +326,7 @@ class Auditor:
         if self.outbound is not None and out.recorded is not None:
             # Drift notifications and Security Command Center; neither can fail the cycle.
             t = time.perf_counter()
-            out.outbound = self.outbound.run(out.recorded)
+            out.outbound = self.outbound.run(out.recorded, {r.id: r.rule.labels for r in self.rules})
             durations["sinks"] = time.perf_counter() - t
 
         t = time.perf_counter()
