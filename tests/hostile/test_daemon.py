@@ -20,6 +20,7 @@ import pytest
 
 from auditor.cycle import Auditor
 from auditor.daemon import Daemon
+from auditor.evaluate import registry
 from auditor.evaluate.registry import Context, NoParams, Violation, check
 from auditor.logs import configure
 from auditor.model import Asset
@@ -217,12 +218,19 @@ class NativePanic(BaseException):
     """What a native extension's panic looks like from Python: a BaseException, not an Exception."""
 
 
-@check("hostile.panics", params=NoParams, asset_types=["storage.googleapis.com/Bucket"])
 def _panics(asset: Asset, params: NoParams, ctx: Context) -> Iterator[Violation]:
     raise NativePanic(f"called `Option::unwrap()` on a `None` value ({asset.name})")
     yield  # a generator, as checks are
 
 
+@pytest.fixture
+def panicking_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hostile.panics` registered for this test only (the registry is global; the docs list what it holds)."""
+    monkeypatch.setattr(registry, "_checks", dict(registry.all_checks()))
+    check("hostile.panics", params=NoParams, asset_types=["storage.googleapis.com/Bucket"])(_panics)
+
+
+@pytest.mark.usefixtures("panicking_check")
 def test_a_check_that_panics_is_an_evaluation_error_and_cycles_go_on(tmp_path: Path, logs: io.StringIO) -> None:
     example_org(tmp_path)
     rules = tmp_path / "rules.yaml"
