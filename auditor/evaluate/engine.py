@@ -356,7 +356,7 @@ class Engine:
 
     def _finding(self, r: LoadedRule, asset: Asset, v: Violation, result: Evaluation) -> Finding:
         rule = r.rule
-        message, key, details = v.message, v.key, v.details
+        message, key, details, remedies = v.message, v.key, v.details, v.remedies
         severity = rule.severity
         if v.severity is not None and v.severity.rank < severity.rank:
             severity = v.severity
@@ -387,6 +387,7 @@ class Engine:
             details=details,
             exempted=exempted,
             expired_exemption=None if exempted else expired,
+            remedies=remedies,
         )
 
     @property

@@ -50,49 +50,19 @@ from auditor.evaluate.rbac_rules import (
 )
 from auditor.evaluate.registry import Context, Outcome, Params, Prefilter, Unevaluated, Violation, check
 from auditor.model import Asset, Severity
+from auditor.remedies import DeleteRoleBinding, RemoveSubject, ReplaceRoleRules
+from auditor.vocabulary import (
+    SUBJECT_KINDS,
+    SYSTEM_NAMESPACES,
+    is_system_subject,
+    service_account_of,
+    subject_name,
+)
 
-SYSTEM_NAMESPACES = ["kube-system", "kube-public", "kube-node-lease", "gke-*", "gmp-*"]
 NON_TENANT_NAMESPACES = ["kube-*", "default", "gke-*", "gmp-*", "istio-system", "config-management-system"]
-SUBJECT_KINDS = ("User", "Group", "ServiceAccount")
 
 
 # -- subjects and objects -------------------------------------------------------------------------------------------
-def subject_name(s: dict[str, Any], binding_namespace: str | None = None) -> str:
-    """`User:alice`, `Group:team`, `ServiceAccount:ns/name`: one string per subject, as findings show it."""
-    kind = s.get("kind", "?")
-    if kind == "ServiceAccount":
-        return f"ServiceAccount:{s.get('namespace') or binding_namespace or '?'}/{s.get('name', '?')}"
-    return f"{kind}:{s.get('name', '?')}"
-
-
-def service_account_of(s: dict[str, Any], binding_namespace: str | None = None) -> tuple[str, str | None] | None:
-    """(namespace, name or None for all of them) when the subject is one or all service accounts of a namespace.
-
-    Kubernetes also names service accounts as users (`system:serviceaccount:NS:NAME`) and the service accounts of
-    a namespace as a group (`system:serviceaccounts:NS`).
-    """
-    kind, name = s.get("kind"), str(s.get("name", ""))
-    if kind == "ServiceAccount":
-        return str(s.get("namespace") or binding_namespace or ""), name
-    if kind == "User" and name.startswith("system:serviceaccount:"):
-        parts = name.split(":")
-        if len(parts) == 4:
-            return parts[2], parts[3]
-    if kind == "Group" and name.startswith("system:serviceaccounts:"):
-        return name.split(":", 2)[2], None
-    return None
-
-
-def is_system_subject(
-    s: dict[str, Any], binding_namespace: str | None = None, system_namespaces: Iterable[str] = SYSTEM_NAMESPACES
-) -> bool:
-    """Subjects that belong to Kubernetes itself: `system:` users and groups, and system namespaces' accounts."""
-    sa = service_account_of(s, binding_namespace)
-    if sa is not None:
-        return any_match(system_namespaces, sa[0])
-    return str(s.get("name", "")).startswith("system:")
-
-
 def meta(obj: dict[str, Any]) -> dict[str, Any]:
     m = obj.get("metadata")
     return m if isinstance(m, dict) else {}
@@ -375,6 +345,7 @@ def no_powerful_role_binding(asset: Asset, params: PowerfulRoleParams, ctx: Cont
             f"{who} is bound to ClusterRole {role} ({why}) {where(asset)}",
             who,
             binding_details(asset, who),
+            (RemoveSubject(s, who),),
             cap,
         )
 
@@ -458,6 +429,7 @@ def no_public_subjects(asset: Asset, params: PublicSubjectsParams, ctx: Context)
             f"{who} (everyone) is bound to {ref.get('kind')} {role} {where(asset)}",
             who,
             binding_details(asset, who),
+            (RemoveSubject(s, who),),
         )
 
 
@@ -767,6 +739,7 @@ def tenant_isolation(asset: Asset, params: TenantParams, ctx: Context) -> Iterat
             f"{who} is bound in tenant {tenant}'s namespace {ns} ({obj.get('roleRef', {}).get('name')}), but {why}",
             who,
             binding_details(asset, who, tenant=tenant, subject_tenants=sorted(belongs)),
+            (RemoveSubject(s, who),),
         )
 
 
@@ -825,6 +798,7 @@ def no_tenant_cluster_binding(asset: Asset, params: TenantClusterBindingParams, 
             f"{who} of tenant {', '.join(sorted(belongs))} is bound cluster-wide to ClusterRole {role}",
             who,
             binding_details(asset, who, tenant=sorted(belongs)[0], subject_tenants=sorted(belongs)),
+            (RemoveSubject(s, who),),
         )
 
 
@@ -971,6 +945,7 @@ def tenant_role_dangerous_rules(asset: Asset, params: DangerousRulesParams, ctx:
             "offending_rules": offending,
             "desired_rules": keep,
         },
+        (ReplaceRoleRules(tuple(keep)),),
     )
 
 
@@ -1130,6 +1105,7 @@ def tenant_desired_state(asset: Asset, params: TenantDesiredStateParams, ctx: Co
                 f"Role {name} in tenant {tenant}'s namespace {ns} differs from its declared rules",
                 f"changed|Role|{name}",
                 {"change": "changed", **base, "desired": {"rules": wanted_rules}, "desired_rules": wanted_rules},
+                (ReplaceRoleRules(tuple(wanted_rules)),),
             )
         return
     wanted = {_fill(k, tenant, ns): v for k, v in params.role_bindings.items()}.get(name)
@@ -1138,6 +1114,7 @@ def tenant_desired_state(asset: Asset, params: TenantDesiredStateParams, ctx: Co
             f"RoleBinding {name} in tenant {tenant}'s namespace {ns} is not declared",
             f"extra|RoleBinding|{name}",
             binding_details(asset, None, change="extra", kind="RoleBinding", tenant=tenant),
+            (DeleteRoleBinding(),),
         )
         return
     body = _desired_binding(wanted, tenant, ns)
@@ -1152,11 +1129,15 @@ def tenant_desired_state(asset: Asset, params: TenantDesiredStateParams, ctx: Co
     if want_s - have_s:
         diffs.append(f"missing subjects {', '.join(sorted(want_s - have_s))}")
     if diffs:
+        # Subjects beyond the declaration can be taken out; a roleRef cannot be changed, nor a subject added here.
+        same_ref = (ref.get("kind"), ref.get("name")) == (body["roleRef"]["kind"], body["roleRef"]["name"])
+        extra = tuple(RemoveSubject(s, subject_name(s, ns)) for s in subjects(obj) if subject_name(s, ns) not in want_s)
         yield Violation(
             f"RoleBinding {name} in tenant {tenant}'s namespace {ns} differs: {'; '.join(diffs)}",
             f"changed|RoleBinding|{name}",
             binding_details(asset, None, change="changed", kind="RoleBinding", tenant=tenant, desired=body,
                             extra_subjects=sorted(have_s - want_s), missing_subjects=sorted(want_s - have_s)),
+            extra if same_ref else (),
         )
 
 
