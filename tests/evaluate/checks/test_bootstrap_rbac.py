@@ -108,6 +108,8 @@ def test_shipped_rbac_pack_fires_on_one_bad_binding_among_bootstrap_rbac(public_
     found = sorted((f.rule, f.details["binding"], f.details["subject"]) for f in result.findings)
     assert found == [
         ("rbac-no-cluster-admin-for-humans", "alice-admin", "User:alice@example.com"),
+        # edit (aggregated: secrets, exec, impersonation) for everyone: powerful, and granted to the public
+        ("rbac-no-powerful-cluster-roles", "everyone-edits", "Group:system:authenticated"),
         ("rbac-no-public-subjects", "everyone-edits", "Group:system:authenticated"),
     ]
     assert all(f.asset.startswith(f"//container.googleapis.com/{CLUSTER}/k8s/") for f in result.findings)
