@@ -8,6 +8,7 @@ Kubernetes Deployment that runs it.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import tomllib
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 from dockerfile_parse import DockerfileParser
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.deploy.test_manifests import build, container, named, tool, volume_for_mount
 
@@ -66,12 +69,14 @@ def test_build_stage_copies_exactly_what_the_wheel_is_made_of() -> None:
         copied.update(s.rstrip("/") for s in sources if not s.startswith("--"))
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
-    needed = {"pyproject.toml", project["project"]["readme"], *wheel["packages"], *wheel.get("force-include", {})}
+    needed = {"pyproject.toml", project["project"]["readme"], *wheel["packages"], *wheel.get("force-include", {}),
+              "deploy/requirements.lock"}
     assert copied == needed
     for path in copied:
         assert (REPO / path).exists(), f"COPY {path}: not in the repository"
     runs = " ".join(instructions(build_stage, "RUN"))
     assert "build --wheel" in runs and "pip wheel" in runs
+    assert "--require-hashes" in runs and "-r deploy/requirements.lock" in runs
 
 
 def test_runtime_stage_installs_only_wheels_and_no_source() -> None:
@@ -83,6 +88,48 @@ def test_runtime_stage_installs_only_wheels_and_no_source() -> None:
     install = installs[0]
     assert "--mount=type=bind,from=build" in install
     assert "--no-index" in install and ".whl" in install and "--no-cache-dir" in install
+    assert "--require-hashes -r /wheels/requirements.lock" in install and "--no-deps" in install
+
+
+def test_base_image_is_pinned_by_digest() -> None:
+    for image in DockerfileParser(str(DOCKERFILE)).parent_images:
+        name, _, digest = image.partition("@")
+        assert name == "python:3.11-slim-bookworm" and re.fullmatch(r"sha256:[0-9a-f]{64}", digest), image
+
+
+LOCK = REPO / "deploy" / "requirements.lock"
+
+
+def _locked() -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) of deploy/requirements.lock."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    text = LOCK.read_text(encoding="utf-8").replace("\\\n", " ")
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        req, *opts = line.split()
+        name, _, version = req.partition("==")
+        assert version, f"{req}: not pinned with =="
+        out[canonicalize_name(name.split("[")[0])] = (version, [o.split("=", 1)[1] for o in opts
+                                                               if o.startswith("--hash=")])
+    return out
+
+
+def test_every_dependency_is_locked_at_a_version_pyproject_allows_with_hashes() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    locked = _locked()
+    for dep in project["project"]["dependencies"]:
+        req = Requirement(dep)
+        name = canonicalize_name(req.name)
+        assert name in locked, f"{req.name} is in pyproject.toml but not in {LOCK.name}: regenerate the lock"
+        assert req.specifier.contains(locked[name][0], prereleases=True), (
+            f"{req.name}=={locked[name][0]} in {LOCK.name} is outside {req.specifier}: regenerate the lock")
+        for extra in req.extras:  # psycopg[binary] brings psycopg-binary
+            assert f"{name}-{extra}" in locked, f"{dep}: its extra {extra} is not locked"
+    for name, (version, hashes) in locked.items():
+        assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), f"{name}=={version}"
+
 
 
 def test_no_healthcheck_and_serve_is_the_entrypoint() -> None:
