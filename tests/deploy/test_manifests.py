@@ -44,6 +44,7 @@ MODELS: dict[tuple[str, str], str | None] = {
     ("v1", "Service"): "V1Service",
     ("apps/v1", "Deployment"): "V1Deployment",
     ("policy/v1", "PodDisruptionBudget"): "V1PodDisruptionBudget",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy",
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): "V1ClusterRole",
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding",
     ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
@@ -573,3 +574,22 @@ def test_the_auditor_deployment_passes_its_own_baseline(name: str, tmp_path: Pat
     # The RBAC objects and the namespace are read as assets, and the shipped rules find nothing wrong with them.
     assert report["summary"]["assets"] >= 5
     assert report["findings"] == [] and result.exit_code == 0, report["findings"]
+
+
+@pytest.mark.parametrize("name", sorted(BUILDS))
+def test_only_the_prometheus_namespace_reaches_the_auditor_and_only_its_port(name: str) -> None:
+    """Secure by default: a NetworkPolicy per auditor admits the namespace Prometheus scrapes from, to the metrics
+    port; the reports answer loopback (port-forward) unless a token is configured (tests/daemon/test_access.py)."""
+    objs = build(name)
+    policies = of_kind(objs, "NetworkPolicy")
+    prometheus_ns = "gmp-system" if name == "gmp" else "monitoring"
+    for dep in of_kind(objs, "Deployment"):
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        mine = [p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()]
+        assert len(mine) == 1, f"{dep['metadata']['name']}: {len(mine)} NetworkPolicies select it"
+        spec = mine[0]["spec"]
+        assert spec["policyTypes"] == ["Ingress"]
+        (rule,) = spec["ingress"]
+        assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": prometheus_ns}}}]
+        ports = {p["name"]: p["containerPort"] for p in container(dep)["ports"]}
+        assert [p["port"] for p in rule["ports"]] == ["http"] and set(ports) == {"http"}

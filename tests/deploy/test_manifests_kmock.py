@@ -25,6 +25,7 @@ TYPED: dict[str, tuple[Callable[[k8s.ApiClient], Any], str, str]] = {
     "ConfigMap": (k8s.CoreV1Api, "create_namespaced_config_map", "read_namespaced_config_map"),
     "Service": (k8s.CoreV1Api, "create_namespaced_service", "read_namespaced_service"),
     "Deployment": (k8s.AppsV1Api, "create_namespaced_deployment", "read_namespaced_deployment"),
+    "NetworkPolicy": (k8s.NetworkingV1Api, "create_namespaced_network_policy", "read_namespaced_network_policy"),
     "PodDisruptionBudget": (
         k8s.PolicyV1Api,
         "create_namespaced_pod_disruption_budget",
