@@ -2,7 +2,7 @@
 
 No container engine runs here, so the image is not built: the Dockerfile is parsed (dockerfile-parse) and its
 stages, user, entrypoint, ports and paths are checked against pyproject.toml, the daemon's settings and the
-Kubernetes Deployment that runs it.
+Kubernetes StatefulSet that runs it.
 """
 
 from __future__ import annotations
@@ -146,9 +146,9 @@ def test_no_healthcheck_and_serve_is_the_entrypoint() -> None:
 def test_default_config_path_is_the_one_the_deployment_mounts() -> None:
     cmd = exec_form(instructions(stages()[1], "CMD")[-1])
     assert cmd[0] == "--config"
-    dep = named(build("base"), "Deployment", "drift-auditor")
+    dep = named(build("base"), "StatefulSet", "drift-auditor")
     c = container(dep)
-    assert "command" not in c, "the Deployment must keep the image's entrypoint"
+    assert "command" not in c, "the StatefulSet must keep the image's entrypoint"
     assert c["args"] == cmd
     config = Path(cmd[1])
     vol = volume_for_mount(dep, str(config.parent))
@@ -163,7 +163,7 @@ def test_runs_as_a_fixed_non_root_user_the_deployment_agrees_with() -> None:
     assert uid.isdigit() and gid.isdigit() and int(uid) >= 10000
     runs = " ".join(instructions(runtime, "RUN"))
     assert f"--uid {uid}" in runs and f"--gid {gid}" in runs
-    dep = named(build("base"), "Deployment", "drift-auditor")
+    dep = named(build("base"), "StatefulSet", "drift-auditor")
     sc = dep["spec"]["template"]["spec"]["securityContext"]
     assert (sc["runAsUser"], sc["runAsGroup"], sc["fsGroup"]) == (int(uid), int(gid), int(gid))
 
@@ -179,10 +179,12 @@ def test_read_only_root_filesystem_friendly() -> None:
     volumes = set(exec_form(instructions(runtime, "VOLUME")[-1]))
     assert volumes == {"/var/lib/drift-auditor", "/tmp"}
     assert instructions(runtime, "WORKDIR")[-1] == "/var/lib/drift-auditor"
-    # The Deployment mounts a writable scratch volume at each of them.
-    dep = named(build("base"), "Deployment", "drift-auditor")
+    # The StatefulSet mounts a writable volume at each of them: scratch for /tmp, its state claim for the state.
+    dep = named(build("base"), "StatefulSet", "drift-auditor")
+    claims = {c["metadata"]["name"] for c in dep["spec"]["volumeClaimTemplates"]}
     for path in volumes:
-        assert "emptyDir" in volume_for_mount(dep, path), path
+        mount = next(m for m in container(dep)["volumeMounts"] if m["mountPath"] == path)
+        assert mount["name"] in claims or "emptyDir" in volume_for_mount(dep, path), path
     # The state directory belongs to the user the image runs as.
     uid = instructions(runtime, "USER")[-1].split(":")[0]
     assert f"install -d -o {uid} -g {uid} -m 0750 /var/lib/drift-auditor" in " ".join(instructions(runtime, "RUN"))
