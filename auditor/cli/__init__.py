@@ -1,18 +1,19 @@
 """The `auditor` command line: scan, rules, and the commands other stages add (serve, plan, apply, ...).
 
-Exit status: 0 nothing at or above --fail-on; 1 findings; 2 invalid input, rules, configuration or usage
-(one line on stderr, never a traceback).
+Exit status (`scan`, `serve --once`; see auditor.scan): 0 clean; 1 findings at or above --fail-on; 2 invalid
+input, rules, configuration or usage (one line on stderr, never a traceback); 3 partial result and nothing worse.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
 
 import click
 
-from auditor import __version__
+from auditor import __version__, plugins
 from auditor.errors import AuditorError
 
 # Subcommand modules, each defining `command` (a click command or group) registered under its own name.
@@ -21,7 +22,6 @@ _COMMAND_MODULES = (
     "auditor.cli.rules",
     "auditor.cli.daemon",
     "auditor.cli.state",
-    "auditor.cli.remediate",
     "auditor.cli.permissions",
     "auditor.cli.sinks",
     "auditor.cli.feeds",
@@ -37,6 +37,15 @@ class _Main(click.Group):
             for line in lines:
                 click.echo(f"error: {line}", err=True)
             sys.exit(2)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            # Readers and loaders turn bad input into AuditorError with the file and line; what still escapes is a
+            # defect, but it must not end as a traceback nor as click's "Aborted!" with exit 1 ("findings").
+            if os.environ.get("AUDITOR_TRACEBACK"):
+                raise
+            click.echo(f"error: unexpected {type(exc).__name__}: {exc} (AUDITOR_TRACEBACK=1 shows where)", err=True)
+            sys.exit(2)
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,6 +58,9 @@ for _name in _COMMAND_MODULES:
     _mod = importlib.import_module(_name)
     for _cmd in getattr(_mod, "commands", None) or [_mod.command]:
         cli.add_command(_cmd)
+# Commands that plugins bring (the remediations' plan, apply and rollback).
+for _cmd in plugins.commands.items().values():
+    cli.add_command(_cmd)
 
 
 def main() -> None:
