@@ -21,6 +21,7 @@ V6 = 1 << 128  # where IPv6 addresses start on the shared number line
 V4_ALL = (0, (1 << 32) - 1)
 V6_ALL = (V6, V6 + (1 << 128) - 1)
 EVERYTHING: tuple[tuple[int, int], ...] = (V4_ALL, V6_ALL)
+FAMILIES = frozenset(EVERYTHING)
 
 Interval = tuple[int, int]
 

@@ -72,13 +72,13 @@ class RuleRanges(NamedTuple):
 
 
 def _rule_ranges(asset: Asset) -> tuple[RuleRanges, ...]:
+    parse, families = ranges.parse, ranges.FAMILIES
     out = []
     for r in asset_armor_rules(asset):
-        each = tuple(ranges.parse(t) for t in r.src_ranges)
-        flat: list[Interval] | None = [iv for ivs in each if ivs is not None for iv in ivs]
-        if any(ivs is None for ivs in each):
-            flat = None
-        everything = tuple(ivs is not None and any(map(ranges.is_everything, ivs)) for ivs in each)
+        each = tuple([parse(t) for t in r.src_ranges])
+        flat = None if None in each else [iv for ivs in each if ivs is not None for iv in ivs]
+        # a whole family: `*` (both families) or a /0
+        everything = tuple([ivs is not None and (len(ivs) > 1 or ivs[0] in families) for ivs in each])
         out.append(RuleRanges(each, flat, everything))
     return tuple(out)
 
