@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from auditor.errors import AuditorError, SourceError
+from auditor.errors import AuditorError, Cancelled, SourceError
 from auditor.evaluate.rulebook import LoadedRule, load_rules
 from auditor.logs import get_logger
 from auditor.model import SourceStatus
@@ -38,7 +38,7 @@ from auditor.state import CycleInput, Recorded, Store, iso
 REMEDIATION_MODULE = "remediations.cycle"
 
 
-class CycleAbandoned(Exception):
+class CycleAbandoned(Cancelled):
     """Raised inside the scan stream when the daemon shuts down: the cycle stops without recording anything."""
 
 
@@ -63,6 +63,7 @@ class CycleOutcome:
     recorded: Recorded | None = None
     error: str | None = None
     source_failed: bool = False  # the error came from opening or reading a source
+    failed_source: str | None = None  # which configured source, when known
     remediation: RemediationOutput | None = None
 
 
@@ -94,6 +95,8 @@ def error_code(reason: str) -> str:
     if m:
         return _HTTP[m[1]].lower()
     low = reason.lower()
+    if low.startswith("shrank"):
+        return "shrunk"
     if "malformed" in low or "not valid" in low:
         return "malformed"
     if "no such file" in low or "cannot read" in low:
@@ -152,9 +155,11 @@ class Auditor:
         self._cycle_lock = threading.Lock()
         self.running_since: float | None = None
         self.cycles_completed = 0
+        self.last_finished_at: float | None = None  # end of the last cycle that finished (any outcome but abandoned)
         self._plan_changes: list[tuple[str, str, int]] = []
         self._remediation: RemediationOutput | None = None
         self._remediation_missing_logged = False
+        self._shrunk: dict[str, int] = {}  # sources treated as partial this cycle -> their last complete count
         self.published = self._publish()
 
     # -- one cycle ---------------------------------------------------------------------------------------------------
@@ -175,6 +180,7 @@ class Auditor:
         started = self.clock()
         durations: dict[str, float] = {}
         out = CycleOutcome("failed", started, started, durations)
+        self._shrunk = {}
         t = time.perf_counter()
         try:
             self._check_cancel()
@@ -190,14 +196,19 @@ class Auditor:
                 jobs=s.jobs,
                 threaded=True,  # the daemon's scheduler, server and elector threads run on
             )
+            self._check_shrink(out.result)
             out.outcome = "success" if out.result.complete else "partial"
         except CycleAbandoned:
             out.outcome = "abandoned"
         except SourceError as exc:
-            out.error, out.source_failed = str(exc), True
+            out.error, out.source_failed, out.failed_source = str(exc), True, exc.source
         except AuditorError as exc:
             out.error = str(exc)
-        except Exception as exc:  # a bug must not stop the daemon; it is logged with its traceback and counted
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            # A bug, or a native library's panic (a BaseException): it must not stop the daemon's cycles. Logged with
+            # its traceback and counted as a failed cycle.
             out.error = f"{type(exc).__name__}: {exc}"
             self.log.exception("cycle_error", stage="collect_evaluate", error=out.error)
         durations["collect_evaluate"] = time.perf_counter() - t
@@ -238,9 +249,10 @@ class Auditor:
                 self.store.prune(s.history_days * 86400.0, now=out.ended_at)
             except Exception as exc:
                 self.log.exception("cycle_error", stage="record", error=f"{type(exc).__name__}: {exc}")
+        self._log_cycle(out)  # logged before /readyz can say so: whoever saw it ready finds the cycle in the log
         self.cycles_completed += 1
+        self.last_finished_at = out.ended_at
         self.published = dataclasses.replace(self.published, cycles_completed=self.cycles_completed)
-        self._log_cycle(out)
         return out
 
     def _cycle_input(self, out: CycleOutcome) -> CycleInput:
@@ -249,7 +261,7 @@ class Auditor:
         if r is None:
             # A source that cannot be opened is a source error (counted, named); a broken rule file or a bug is not:
             # the sources were not read, so their state is left as it was.
-            source = _source_for(out.error or "", specs)
+            source = out.failed_source if out.failed_source in specs else _source_for(out.error or "", specs)
             failed_source = out.source_failed or source != "unknown"
             return CycleInput(
                 started_at=out.started_at,
@@ -271,6 +283,8 @@ class Auditor:
             d: dict[str, Any] = st.to_dict() if st else {"source": spec, "complete": False}
             d["source"] = spec
             d["data_at"] = _data_time(spec, st, out.started_at)
+            if spec in self._shrunk:
+                d["shrunk_from"] = self._shrunk[spec]
             sources.append(d)
             if st is not None and not st.complete:
                 errors.append((spec, error_code("; ".join(st.failed_types.values()))))
@@ -289,6 +303,37 @@ class Auditor:
             source_errors=errors,
             rule_ids=frozenset(rule.id for rule in r.rules),
         )
+
+    def _check_shrink(self, result: ScanResult) -> None:
+        """A source that read far fewer assets than at its last complete read is partial for this cycle, so that
+        the findings it no longer shows stay open (stale) rather than resolve and come back as new."""
+        self._shrunk = {}
+        limits = self.settings.source_shrink
+        if limits.max_drop_fraction >= 1:
+            return
+        for spec, st in zip(self.settings.sources, result.sources, strict=False):
+            if not st.complete:
+                continue
+            last = self.store.source_reads(spec, 1, complete=True)
+            before = int(last[0].get("assets") or 0) if last else 0
+            if before <= 0 or st.assets >= before * (1 - limits.max_drop_fraction):
+                continue
+            drop = 1 - st.assets / before
+            streak = 0
+            for read in self.store.source_reads(spec, max(limits.accept_after_cycles, 1)):
+                if "shrunk_from" not in read:
+                    break
+                streak += 1
+            if limits.accept_after_cycles and streak >= limits.accept_after_cycles:
+                self.log.warning("source_shrink_accepted", source=spec, assets=st.assets, before=before,
+                                 cycles=streak, reason="the smaller count held for that many cycles: taken as real")
+                continue
+            reason = (f"shrank: {st.assets} assets where its last complete read had {before} (-{drop:.0%}, more than "
+                      f"{limits.max_drop_fraction:.0%}); treated as partial, its findings are kept open")
+            st.fail("*", reason)
+            self._shrunk[spec] = before
+            self.log.warning("source_shrunk", source=spec, assets=st.assets, before=before, drop=round(drop, 3),
+                             max_drop_fraction=limits.max_drop_fraction, cycles=streak + 1)
 
     # -- remediation (optional) --------------------------------------------------------------------------------------
     def _remediate(self, result: ScanResult) -> RemediationOutput | None:
@@ -364,6 +409,7 @@ class Auditor:
             "assets": summary.get("assets"),
             "findings": summary.get("findings"),
             "exempted": summary.get("exempted"),
+            "evaluation_errors": summary.get("evaluation_errors") or None,
             "by_severity": {k: v for k, v in (summary.get("by_severity") or {}).items() if v},
             "new": rec.new_count if rec else 0,
             "resolved": rec.resolved_count if rec else 0,

@@ -2,7 +2,8 @@
 
 - One job, `max_instances=1` and coalesced (a slow cycle never overlaps the next; missed runs collapse into one),
   with jitter, the first run at start.
-- HTTP (stdlib ThreadingHTTPServer): /metrics, /healthz (alive: the scheduler runs and no cycle is stuck past
+- HTTP (uvicorn, see auditor/http_server.py: keep-alive, a real backlog, header and idle timeouts, bounded work):
+  /metrics, /healthz (alive: the scheduler runs and no cycle is stuck past
   schedule.cycle_timeout_seconds), /readyz (ready after the first completed cycle), /findings.json (filters:
   severity, rule, asset_type, stale, exempted), /report. Responses are prebuilt after each cycle, so a request
   never waits on a cycle or touches the sources.
@@ -14,18 +15,17 @@ from __future__ import annotations
 
 import base64
 import hmac
+import itertools
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
 
@@ -40,6 +40,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from auditor.cycle import Auditor
 from auditor.errors import AuditorError
+from auditor.http_server import HttpServer, Limits, Response
 from auditor.logs import get_logger
 from auditor.model import SEVERITIES
 from auditor.report.metrics import AuditorCollector, make_registry
@@ -49,92 +50,55 @@ JOB_ID = "audit-cycle"
 ABANDON_WAIT_SECONDS = 5.0
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    daemon: Daemon
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "drift-auditor"
-    sys_version = ""
-
-    def do_GET(self) -> None:
-        self._serve(head=False)
-
-    def do_HEAD(self) -> None:
-        self._serve(head=True)
-
-    def _serve(self, head: bool) -> None:
-        d = self.server.daemon
-        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+def respond(d: Daemon, method: str, target: str, headers: Mapping[str, str]) -> Response:
+    """One request (GET or HEAD) to the daemon: headers' names in lower case. Served by auditor.http_server."""
+    path = target.split("?", 1)[0].rstrip("/") or "/"
+    if path == "/metrics":
+        encoder, ctype = choose_encoder(headers.get("accept", ""))
+        return _reply(HTTPStatus.OK, ctype, encoder(d.registry))
+    if path == "/healthz":
+        ok, why = d.healthy()
+        return _reply(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", why.encode())
+    if path == "/readyz":
+        ok = d.auditor.published.cycles_completed > 0
+        body = b"ready\n" if ok else b"not ready: no cycle has completed yet\n"
+        return _reply(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", body)
+    if path in PROTECTED and not d.authorized(headers.get("authorization", "")):
+        body = b"this report names resources: give the report token (Bearer, or Basic as the password)\n"
+        return _reply(HTTPStatus.UNAUTHORIZED, "text/plain", body,
+                      {"WWW-Authenticate": 'Basic realm="drift-auditor", charset="UTF-8"'})
+    if path == "/findings.json":
+        published = d.auditor.published
+        query = urllib.parse.parse_qs(target.partition("?")[2])
+        if not query:
+            return _reply(HTTPStatus.OK, "application/json", published.findings_json)
         try:
-            if path == "/metrics":
-                encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
-                self._send(HTTPStatus.OK, ctype, encoder(d.registry), head)
-            elif path == "/healthz":
-                ok, why = d.healthy()
-                self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", why.encode(), head)
-            elif path == "/readyz":
-                ok = d.auditor.published.cycles_completed > 0
-                body = b"ready\n" if ok else b"not ready: no cycle has completed yet\n"
-                self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", body, head)
-            elif path in PROTECTED and not d.authorized(self.headers.get("Authorization", "")):
-                body = b"this report names resources: give the report token (Bearer, or Basic as the password)\n"
-                self._send(HTTPStatus.UNAUTHORIZED, "text/plain", body, head,
-                           {"WWW-Authenticate": 'Basic realm="drift-auditor", charset="UTF-8"'})
-            elif path == "/findings.json":
-                published = d.auditor.published
-                query = urllib.parse.parse_qs(self.path.partition("?")[2])
-                if not query:
-                    self._send(HTTPStatus.OK, "application/json", published.findings_json, head)
-                    return
-                try:
-                    keep = finding_filter(query)
-                except ValueError as exc:
-                    self._send(HTTPStatus.BAD_REQUEST, "text/plain", f"{exc}\n".encode(), head)
-                    return
-                # Filtered views are occasional API calls: decode the published document rather than keep a second
-                # copy of every finding in memory between cycles.
-                doc = json.loads(published.findings_json)
-                doc["findings"] = [f for f in doc["findings"] if keep(f)]
-                self._send(HTTPStatus.OK, "application/json", json.dumps(doc).encode(), head)
-            elif path == "/report":
-                self._send(HTTPStatus.OK, "text/html; charset=utf-8", d.auditor.published.report_html, head)
-            elif path == "/":
-                body = b"drift-auditor: /report /findings.json /metrics /healthz /readyz\n"
-                self._send(HTTPStatus.OK, "text/plain", body, head)
-            else:
-                self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n", head)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client went away
-        except Exception as exc:  # a bug answers 500 and is logged in the daemon's format, never kills the server
-            get_logger("auditor.http").exception("request_error", path=path, error=f"{type(exc).__name__}: {exc}")
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"internal error\n", head)
+            keep = finding_filter(query)
+        except ValueError as exc:
+            return _reply(HTTPStatus.BAD_REQUEST, "text/plain", f"{exc}\n".encode())
+        # Filtered views are occasional API calls: decode the published document rather than keep a second
+        # copy of every finding in memory between cycles.
+        doc = json.loads(published.findings_json)
+        doc["findings"] = [f for f in doc["findings"] if keep(f)]
+        return _reply(HTTPStatus.OK, "application/json", json.dumps(doc).encode())
+    if path == "/report":
+        return _reply(HTTPStatus.OK, "text/html; charset=utf-8", d.auditor.published.report_html)
+    if path == "/":
+        return _reply(HTTPStatus.OK, "text/plain", b"drift-auditor: /report /findings.json /metrics /healthz /readyz\n")
+    return _reply(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
 
-    def _send(self, status: HTTPStatus, ctype: str, body: bytes, head: bool,
-              headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        if ctype.startswith("text/html"):
-            # The report is static HTML: no scripts, no framing, nothing fetched from elsewhere.
-            self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
-            self.send_header("X-Frame-Options", "DENY")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        get_logger("auditor.http").debug("request", client=self.client_address[0], line=format % args)
+def _reply(status: HTTPStatus, ctype: str, body: bytes, headers: Mapping[str, str] | None = None) -> Response:
+    out = {**(headers or {}), "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+    if ctype.startswith("text/html"):
+        # The report is static HTML: no scripts, no framing, nothing fetched from elsewhere.
+        out["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+        out["X-Frame-Options"] = "DENY"
+    return Response(int(status), ctype, body, out)
+
+
+# Answered on the server's event loop (they read a few fields); every other route runs on its worker threads.
+PROBES = frozenset({"/healthz", "/readyz"})
 
 
 _FILTERS = ("severity", "rule", "asset_type", "stale", "exempted")
@@ -176,9 +140,11 @@ PROTECTED = ("/report", "/findings.json")  # they name resources and members; /m
 
 
 class Daemon:
-    def __init__(self, settings: Settings, auditor: Auditor) -> None:
+    def __init__(self, settings: Settings, auditor: Auditor, clock: Callable[[], float] | None = None) -> None:
         self.settings = settings
         self.auditor = auditor
+        self.clock = clock or auditor.clock
+        self.started_at = self.clock()
         self.log = get_logger("auditor.daemon")
         self.stop = threading.Event()
         self.scheduler = BackgroundScheduler(
@@ -191,7 +157,7 @@ class Daemon:
             AuditorCollector(lambda: auditor.published.view, auditor.histogram, self.alive, const_labels=scope)
         )
         self._add_process_metrics(self.registry)
-        self.server: _Server | None = None
+        self.server: HttpServer | None = None
         self.address: tuple[str, int] | None = None
 
     @staticmethod
@@ -219,13 +185,42 @@ class Daemon:
     def alive(self) -> bool:
         return bool(self.scheduler.running) and not self.stop.is_set()
 
+    def finish_deadline(self) -> float:
+        """Seconds without a finished cycle after which /healthz fails (schedule.finish_deadline_seconds, or twice
+        the longest time between two runs plus the cycle timeout)."""
+        sch = self.settings.schedule
+        if sch.finish_deadline_seconds is not None:
+            return float(sch.finish_deadline_seconds)
+        period = float(sch.interval_seconds + sch.jitter_seconds)
+        if sch.cron:
+            trigger = CronTrigger.from_crontab(sch.cron, timezone=sch.timezone)
+            fires: list[datetime] = []
+            now = datetime.now(UTC)
+            for _ in range(9):  # the longest gap among the next runs (a weekday-only cron has a long weekend)
+                after = fires[-1] + timedelta(seconds=1) if fires else now
+                nxt = trigger.get_next_fire_time(fires[-1] if fires else None, after)
+                if nxt is None:
+                    break
+                fires.append(nxt)
+            gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(fires)]
+            period = max(gaps, default=86400.0) + sch.jitter_seconds
+        return 2 * period + sch.cycle_timeout_seconds
+
     def healthy(self) -> tuple[bool, str]:
         if not self.scheduler.running:
             return False, "unhealthy: the scheduler is not running\n"
+        now = self.clock()
         since = self.auditor.running_since
         limit = self.settings.schedule.cycle_timeout_seconds
-        if since is not None and time.time() - since > limit:
+        if since is not None and now - since > limit:
             return False, f"unhealthy: a cycle has run for more than {limit}s\n"
+        deadline = self.finish_deadline()
+        last = self.auditor.last_finished_at
+        quiet = now - (last if last is not None else self.started_at)
+        if since is None and quiet > deadline:
+            # The scheduler runs but no cycle ran (its job was lost, its thread died): restarting is the cure.
+            what = "since the start" if last is None else "since the last one"
+            return False, f"unhealthy: no cycle has finished for {quiet:.0f}s {what} (deadline {deadline:.0f}s)\n"
         return True, "ok\n"
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -243,15 +238,15 @@ class Daemon:
 
     def start_http(self) -> tuple[str, int]:
         host, port = self.settings.listen_address
-        server_class = _Server6 if ":" in host else _Server
+        h = self.settings.http
+        limits = Limits(backlog=h.backlog, max_connections=h.max_connections, workers=h.workers,
+                        keep_alive_seconds=h.keep_alive_seconds, header_timeout_seconds=h.header_timeout_seconds)
         try:
-            server = server_class((host, port), _Handler)
-        except OSError as exc:
-            raise AuditorError(f"listen {self.settings.listen}: {exc.strerror or exc}") from None
-        server.daemon = self
-        self.server = server
+            server = HttpServer(host, port, lambda m, t, hd: respond(self, m, t, hd), limits, PROBES)
+        except AuditorError as exc:
+            raise AuditorError(f"listen {self.settings.listen}: {exc}") from None
+        self.server = server.start()
         self.address = (host, server.server_address[1])
-        threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
         return self.address
 
     def _job(self) -> None:
@@ -297,7 +292,6 @@ class Daemon:
                 time.sleep(0.05)
         if self.server is not None:
             self.server.shutdown()
-            self.server.server_close()
         stuck = self.auditor.running_since is not None
         self.log.info("stopped", cycle_abandoned=stuck or self.auditor.cancel.is_set())
         if stuck:

@@ -10,4 +10,16 @@ class RuleError(AuditorError):
 
 
 class SourceError(AuditorError):
-    """A source that cannot be read at all (missing file, unknown scheme, ...)."""
+    """A source that cannot be read at all (missing file, unknown scheme, ...).
+
+    `source` names the configured source it came from (as given in the configuration), when known: the daemon
+    counts the failure under it.
+    """
+
+    def __init__(self, message: str, source: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+
+
+class Cancelled(Exception):
+    """Raised inside a scan's stream to stop it (the daemon shutting down); nothing is recorded."""

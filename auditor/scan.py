@@ -17,6 +17,7 @@ from typing import Any
 
 from auditor import __version__
 from auditor.collect import Source, SourceOptions, open_source
+from auditor.errors import AuditorError, Cancelled, SourceError
 from auditor.evaluate.engine import Engine, Evaluation
 from auditor.evaluate.rulebook import LoadedRule
 from auditor.model import Asset, Finding, SourceStatus
@@ -123,8 +124,29 @@ def fewer_collections() -> Iterator[None]:
                 gc.set_threshold(*_gc_saved)
 
 
+@contextlib.contextmanager
+def attributed(source: str) -> Iterator[None]:
+    """Errors while opening or reading a source name it: a reader's unexpected error (a corrupt gzip, nesting
+    beyond the recursion limit) becomes a SourceError of that source, never a failure of "unknown" origin."""
+    try:
+        yield
+    except SourceError as exc:
+        if exc.source is None:
+            exc.source = source
+        raise
+    except (AuditorError, Cancelled):  # rules, workers, shutting down: not this source's doing
+        raise
+    except Exception as exc:
+        raise SourceError(f"{source}: {type(exc).__name__}: {exc}", source=source) from exc
+
+
+def _read(source: Source) -> Iterator[Asset]:
+    with attributed(source.uri):
+        yield from source.assets()
+
+
 def _chain(sources: list[Source], on_asset: Callable[[int], None] | None) -> Iterator[Asset]:
-    stream: Iterator[Asset] = itertools.chain.from_iterable(s.assets() for s in sources)
+    stream: Iterator[Asset] = itertools.chain.from_iterable(_read(s) for s in sources)
     if on_asset is None:
         yield from stream
         return
@@ -151,7 +173,8 @@ def _parallel(
     with ParallelReader(engine, jobs, cluster, threaded) as reader:
         for source in sources:
             if isinstance(source, FileSource):
-                reader.feed(source, run, on_progress)
+                with attributed(source.uri):
+                    reader.feed(source, run, on_progress)
             else:
                 run.feed(_chain([source], on_progress))
     run.finish()
@@ -182,7 +205,10 @@ def run_scan(
     options.extra.setdefault("needs_iam", engine.needs_iam())
     started = now or datetime.now(UTC)
     t0 = time.perf_counter()
-    sources = [open_source(spec, options) for spec in source_specs]
+    sources = []
+    for spec in source_specs:
+        with attributed(spec):
+            sources.append(open_source(spec, options))
     evaluation = Evaluation()
     tally: Tally | None = None
     if on_finding is not None:

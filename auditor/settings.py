@@ -26,6 +26,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from auditor.collect import SourceOptions
 from auditor.errors import AuditorError
+from auditor.evaluate.principals import member_pattern_problem
+from auditor.vocabulary import DEFAULT_MAX_MEMBER_SHARE, DEFAULT_PROTECTED_ROLES
 
 ENV_PREFIX = "AUDITOR_"
 
@@ -46,6 +48,12 @@ class Schedule(BaseModel):
     )
     shutdown_grace_seconds: float = Field(
         20, ge=0, description="On SIGTERM, how long to let a running cycle finish before abandoning it."
+    )
+    finish_deadline_seconds: int | None = Field(
+        None, ge=1,
+        description="/healthz fails when no cycle has finished (any outcome) for this long, counted from the start "
+        "or the last finished cycle: the scheduler stopped scheduling. Default: twice the time between two runs "
+        "plus cycle_timeout_seconds.",
     )
 
     @field_validator("cron")
@@ -88,6 +96,38 @@ class Staleness(BaseModel):
     success_max_age_seconds: int = Field(7200, ge=1, description="No successful cycle for this long is an outage.")
 
 
+class Http(BaseModel):
+    """The HTTP server's limits (see auditor/http_server.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backlog: int = Field(1024, ge=16, le=65535, description="Connections the kernel queues before they are accepted.")
+    max_connections: int = Field(1000, ge=16, description="Open connections (and requests) at once; more get 503.")
+    workers: int = Field(4, ge=1, le=64, description="Threads answering /metrics, /report and /findings.json.")
+    keep_alive_seconds: float = Field(15, gt=0, le=3600, description="An idle kept-alive connection is closed then.")
+    header_timeout_seconds: float = Field(
+        10, gt=0, le=300, description="A request's headers must be complete this long after its first byte."
+    )
+
+
+class SourceShrink(BaseModel):
+    """A source that suddenly reads far fewer assets (a half-written export, an API that lost a permission) is
+    treated as partial for that cycle, so that the findings it no longer shows are not resolved."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_drop_fraction: float = Field(
+        0.5, ge=0, le=1,
+        description="A source whose asset count fell by more than this share since its last complete read is "
+        "partial (1: never).",
+    )
+    accept_after_cycles: int = Field(
+        3, ge=0,
+        description="A shrink seen in this many cycles in a row is taken as real (deleted resources) and the next "
+        "read counts as complete again (0: never; the operator raises max_drop_fraction instead).",
+    )
+
+
 class LeaderElection(BaseModel):
     """Only one replica may write: a Kubernetes Lease (name and namespace) or a lock file on a shared volume."""
 
@@ -116,7 +156,26 @@ class Remediation(BaseModel):
         default_factory=list, description="Member globs whose access is never removed (the auditor, break-glass)."
     )
     plan_max_age_seconds: int = Field(3600, ge=1, description="A plan older than this is refused at apply.")
+    protected_roles: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PROTECTED_ROLES),
+        description="Role globs never removed from an organization or folder (see allow_protected_roles_on).",
+    )
+    allow_protected_roles_on: list[str] = Field(
+        default_factory=list, description="Organizations and folders (globs) where protected roles may be removed."
+    )
+    max_member_share_per_apply: float | None = Field(
+        DEFAULT_MAX_MEMBER_SHARE, gt=0, le=1,
+        description="The largest share of a resource's member grants one apply may remove (null: no cap).",
+    )
     leader_election: LeaderElection = Field(default_factory=LeaderElection)
+
+    @field_validator("protected_principals")
+    @classmethod
+    def _member_globs(cls, v: list[str]) -> list[str]:
+        problems = [p for p in (member_pattern_problem(x) for x in v) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
 
 
 _LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
@@ -187,6 +246,8 @@ class Settings(BaseSettings):
     )
     report_token_file: Path | None = Field(None, description="Read report_token from this file (a mounted secret).")
     staleness: Staleness = Field(default_factory=Staleness)  # type: ignore[arg-type]
+    source_shrink: SourceShrink = Field(default_factory=SourceShrink)  # type: ignore[arg-type]
+    http: Http = Field(default_factory=Http)  # type: ignore[arg-type]
     remediation: Remediation = Field(default_factory=Remediation)  # type: ignore[arg-type]
 
     @field_validator("listen")

@@ -175,12 +175,20 @@ def _guarded_write(
             result.outcome, result.reason = Outcome.conflict, f"the API refused the token: {exc}"
             return result
     except Exception as exc:  # any API or network error: reported, the other changes go on
-        # Part of the change may have been written (Cloud Armor writes rule by rule): journal what is there now,
-        # so a rollback can restore the before-state.
+        # The write may have gone through with its answer lost (a dropped connection, a timeout), or in part
+        # (Cloud Armor writes rule by rule): re-read to settle it. The planned state is an applied change; any
+        # other change is journaled as it is now, so a rollback can restore the before-state.
         try:
             partial = writer.read(target)
         except Exception:
             partial = None
+        if partial is not None and section(family, partial.state) == section(family, new) != section(
+                family, live.state):
+            result.token_after = partial.token
+            result.reason = f"the write's answer was lost ({_describe(exc)}); the state read back is the planned one"
+            journal.finish(entry, "applied", after=partial.state, token_after=partial.token, reason=result.reason)
+            result.outcome = Outcome.applied
+            return result
         if partial is not None and section(family, partial.state) != section(family, live.state):
             journal.finish(entry, "failed", after=partial.state, token_after=partial.token, reason=_describe(exc))
             result.token_after = partial.token

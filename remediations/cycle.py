@@ -152,6 +152,9 @@ def run_remediation(
         max_changes_per_cycle=rem.max_changes_per_cycle,
         plan_max_age_seconds=rem.plan_max_age_seconds,
         enforce_only=True,
+        protected_roles=list(rem.protected_roles),
+        protected_role_allowances=list(rem.allow_protected_roles_on),
+        max_member_share=rem.max_member_share_per_apply,
     )
     assets = planned_assets(result, settings.sources, settings.sources_options(), make)
     # The pending plan's notes say what an operator's apply would refuse (so not "enforce-only").

@@ -15,13 +15,20 @@ from typing import Any, NamedTuple
 from auditor.errors import AuditorError
 from auditor.evaluate.checks.rbac import subject_name
 from auditor.evaluate.globs import any_match, any_member_match
-from auditor.evaluate.principals import is_google_managed
+from auditor.evaluate.principals import is_google_managed, member_pattern_problem
+from auditor.vocabulary import (
+    DEFAULT_MAX_MEMBER_SHARE,
+    DEFAULT_PROTECTED_ROLES,
+    OWNER_ROLE,
+    PUBLIC_MEMBERS,
+    is_hierarchy_node,
+    is_hierarchy_top,
+    is_system_subject,
+)
 from remediations.edits import iam_section, rbac_section
 from remediations.kinds import IAM, RBAC
 from remediations.targets import Target
 
-OWNER_ROLE = "roles/owner"
-PUBLIC_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
 
 class GuardRefused(AuditorError):
     """The whole apply is refused before anything is read or written."""
@@ -50,6 +57,17 @@ class GuardConfig:
     max_changes_per_cycle: int | None = None
     plan_max_age_seconds: int | None = 3600
     enforce_only: bool = False  # the daemon: only edits of rules in enforce mode
+    # Blast radius, on by default: roles never removed from an organization or folder unless the resource is
+    # allowed (globs of `organizations/N`, `folders/N` or their full names), and the largest share of a
+    # resource's member grants (role, member) one apply may remove (None: no cap).
+    protected_roles: list[str] = field(default_factory=lambda: list(DEFAULT_PROTECTED_ROLES))
+    protected_role_allowances: list[str] = field(default_factory=list)
+    max_member_share: float | None = DEFAULT_MAX_MEMBER_SHARE
+
+    def __post_init__(self) -> None:
+        bad = [p for p in (*self.auditor_identities, *self.protected_principals) if member_pattern_problem(p)]
+        if bad:
+            raise AuditorError("; ".join(str(member_pattern_problem(p)) for p in bad))
 
 
 def is_service_agent(member: str) -> bool:
@@ -58,18 +76,6 @@ def is_service_agent(member: str) -> bool:
     The one list of such identities lives in auditor.evaluate.principals, which the checks use to stay quiet.
     """
     return is_google_managed(member)
-
-
-# Not identities but "everyone": taking them out of a binding someone created is the fix, never a risk.
-PUBLIC_SUBJECTS = frozenset({"system:anonymous", "system:unauthenticated", "system:authenticated"})
-
-
-def is_system_subject(s: dict[str, Any]) -> bool:
-    """Kubernetes' own identities: `system:` users and groups (but not the public ones), kube-system accounts."""
-    name = str(s.get("name", ""))
-    if s.get("kind") == "ServiceAccount":
-        return s.get("namespace") == "kube-system" or name.startswith("system:")
-    return name.startswith("system:") and name not in PUBLIC_SUBJECTS
 
 
 # -- plan-level -----------------------------------------------------------------------------------------------------
@@ -120,11 +126,13 @@ def check_change(
     cfg: GuardConfig,
     *,
     restoring: bool = False,
+    origin: dict[str, Any] | None = None,
 ) -> list[Refusal]:
     """Every guard the write from `before` to `after` (live states) breaks; empty when it may go ahead.
 
     `restoring`: a rollback writing back a journaled before-state; it may grant again what was there (public
-    members included), everything else is guarded as any write.
+    members included), everything else is guarded as any write. `origin`: the state before the whole change when
+    `before` is an intermediate one (edits judged one by one): the member-share cap counts from it.
     """
     refusals: list[Refusal] = []
     edits = list(edits)
@@ -155,6 +163,8 @@ def check_change(
         has_owner = any(r == OWNER_ROLE for r, _, _ in a)
         if had_owner and not has_owner:
             refusals.append(Refusal("last-owner", f"the change would leave {resource} with no {OWNER_ROLE}"))
+        refusals.extend(_blast_radius(target, b, a, _iam_members(origin) if origin is not None else b, cfg,
+                                      restoring))
     elif family == RBAC:
         meta = (before or {}).get("metadata") or {}
         name = str(target.name or meta.get("name", ""))
@@ -175,6 +185,49 @@ def check_change(
     return refusals
 
 
+def _allowed(target: Target, cfg: GuardConfig) -> bool:
+    names = {target.resource, *([target.name] if target.name else [])}
+    return any(any_match(cfg.protected_role_allowances, n) for n in names)
+
+
+def _named(grants: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+    return {g for g in grants if g[2] not in PUBLIC_MEMBERS}
+
+
+def _blast_radius(target: Target, before: set[tuple[str, str, str]], after: set[tuple[str, str, str]],
+                  origin: set[tuple[str, str, str]], cfg: GuardConfig, restoring: bool) -> list[Refusal]:
+    """The guards against one write taking too much: an emptied policy, a protected role gone from the top of the
+    hierarchy, too large a share of the resource's grants removed at once.
+
+    Grants to everyone (allUsers, allAuthenticatedUsers) are not counted: taking them away locks nobody out.
+    """
+    out: list[Refusal] = []
+    before, after, origin = (_named(x) for x in (before, after, origin))
+    removed = before - after
+    if not removed:
+        return out
+    # Below a project an empty policy is how resources are made (access comes from above); on the hierarchy it
+    # leaves nobody able to manage the resource.
+    if before and not after and not restoring and is_hierarchy_node(target.resource):
+        out.append(Refusal("empty-policy", f"the change would remove every binding of {target.resource}"))
+    if is_hierarchy_top(target.resource) and cfg.protected_roles and not _allowed(target, cfg):
+        for role in sorted({r for r, _, _ in removed if any_match(cfg.protected_roles, r)}):
+            out.append(Refusal(
+                "protected-role",
+                f"{role} is a protected role on {target.resource}: a remediation never removes its members there "
+                "unless the resource is listed in remediation.allow_protected_roles_on",
+            ))
+    if cfg.max_member_share is not None and origin and not restoring:
+        gone = len(origin - after)
+        if gone > 1 and gone / len(origin) > cfg.max_member_share:  # one grant is always within the cap
+            out.append(Refusal(
+                "member-share",
+                f"the apply would remove {gone} of the {len(origin)} member grants of {target.resource}, over the "
+                f"cap of {cfg.max_member_share:.0%} (remediation.max_member_share_per_apply)",
+            ))
+    return out
+
+
 def partition_edits(
     family: str, target: Target, before: dict[str, Any] | None, edits: Iterable[Any], cfg: GuardConfig
 ) -> tuple[list[Any], list[tuple[Any, list[Refusal]]]]:
@@ -190,7 +243,7 @@ def partition_edits(
     state = before
     for e in edits:
         after = apply_edits(family, state, [e])
-        why = check_change(family, target, state, after, [e], cfg)
+        why = check_change(family, target, state, after, [e], cfg, origin=before)
         if why:
             refused.append((e, why))
         else:

@@ -10,13 +10,17 @@ from dataclasses import dataclass
 IAM = "iam"
 CLOUD_ARMOR = "cloud_armor"
 RBAC = "rbac"
+GKE = "gke"
 
 
 @dataclass(frozen=True)
 class Kind:
     name: str
-    family: str  # iam | cloud_armor | rbac: which applier writes it
+    family: str  # iam | cloud_armor | rbac: which applier writes it; gke: none (planned only)
     summary: str
+    # A manual step in the plan (command, API call, impact) that apply never runs: cluster settings whose fix
+    # recreates nodes.
+    planned_only: bool = False
 
 
 KINDS: dict[str, Kind] = {
@@ -32,6 +36,9 @@ KINDS: dict[str, Kind] = {
         Kind("rbac.remove_subject", RBAC, "remove the subject from the (Cluster)RoleBinding"),
         Kind("rbac.delete_binding", RBAC, "delete the (Cluster)RoleBinding"),
         Kind("rbac.replace_role_rules", RBAC, "replace the (Cluster)Role's rules with the desired ones"),
+        Kind("gke.update_cluster", GKE, "change a cluster setting (planned only: command, API call, impact)", True),
+        Kind("gke.recreate_node_pool", GKE, "replace a node pool with a fixed one (planned only)", True),
+        Kind("gke.add_sandbox_node_pool", GKE, "add a GKE Sandbox (gVisor) node pool (planned only)", True),
     )
 }
 
@@ -42,3 +49,8 @@ def known_kinds() -> list[str]:
 
 def family_of(kind: str) -> str:
     return KINDS[kind].family
+
+
+def planned_only(kind: str) -> bool:
+    k = KINDS.get(kind)
+    return k is not None and k.planned_only

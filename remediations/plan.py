@@ -22,6 +22,7 @@ from auditor.evaluate.checks.rbac import subject_name
 from auditor.evaluate.policy import DEFAULT_RULE_PRIORITY
 from auditor.evaluate.rulebook import LoadedRule, Rule
 from auditor.model import Asset, Finding, Mode
+from remediations import gke
 from remediations.edits import (
     DENY,
     Edit,
@@ -32,7 +33,7 @@ from remediations.edits import (
     diff_items,
     section,
 )
-from remediations.kinds import KINDS, family_of
+from remediations.kinds import KINDS, family_of, planned_only
 from remediations.targets import TOKEN_FIELDS, Target, UnsupportedTarget, state_of, target_for, token_of
 
 PLAN_FORMAT = 1
@@ -135,9 +136,13 @@ class Plan:
     skipped: list[dict[str, Any]] = field(default_factory=list)  # findings that could not be planned, and why
     sources: list[str] = field(default_factory=list)
     modes: list[str] = field(default_factory=lambda: list(ACTIVE_MODES))
+    # Planned-only fixes (cluster settings): shown with their command, API call and impact; apply never runs them.
+    manual: list[gke.ManualStep] = field(default_factory=list)
 
     @property
     def id(self) -> str:
+        if self.manual:
+            return _digest([[c.to_dict() for c in self.changes], [m.to_dict() for m in self.manual]])
         return _digest([c.to_dict() for c in self.changes])
 
     def summary(self) -> dict[str, Any]:
@@ -156,6 +161,7 @@ class Plan:
             "by_kind": dict(sorted(by_kind.items())),
             "by_family": _count(c.family for c in self.changes),
             "skipped_findings": len(self.skipped),
+            "manual_steps": len(self.manual),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,6 +174,7 @@ class Plan:
             "sources": self.sources,
             "summary": self.summary(),
             "changes": [c.to_dict() for c in self.changes],
+            "manual": [m.to_dict() for m in self.manual],
             "skipped": self.skipped,
         }
 
@@ -182,6 +189,7 @@ class Plan:
                 skipped=list(d.get("skipped", [])),
                 sources=list(d.get("sources", [])),
                 modes=list(d.get("modes", ACTIVE_MODES)),
+                manual=[gke.ManualStep.from_dict(m) for m in d.get("manual", [])],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"{origin}: malformed plan: {type(exc).__name__}: {exc}") from None
@@ -241,8 +249,8 @@ def remediable(findings: Iterable[Finding], rules: Iterable[LoadedRule | Rule], 
 
 def needed_assets(findings: Iterable[Finding], rules: Iterable[LoadedRule | Rule],
                   modes: Iterable[str] = ACTIVE_MODES) -> set[str]:
-    """The asset names a plan needs to read (the few with planned changes)."""
-    return {f.asset for f, _ in remediable(findings, rules, modes)}
+    """The asset names a plan needs to read (the few with planned changes; planned-only steps read none)."""
+    return {f.asset for f, r in remediable(findings, rules, modes) if not planned_only(r.remediation or "")}
 
 
 def _find_binding(policy: dict[str, Any], role: str, cond_title: str | None) -> dict[str, Any] | None:
@@ -437,7 +445,14 @@ def build_plan(
     def skip(f: Finding, reason: str) -> None:
         skipped.append({"finding": f.id, "rule": f.rule, "asset": f.asset, "reason": reason})
 
+    manual: list[gke.ManualStep] = []
     for f, rule in remediable(findings, rules, modes):
+        if planned_only(rule.remediation or ""):
+            try:
+                manual.append(gke.step_for(rule.remediation or "", f))
+            except gke.ManualStepError as exc:
+                skip(f, str(exc))
+            continue
         asset = assets.get(f.asset)
         if asset is None:
             skip(f, "the asset could not be read again (gone from the sources, or its API refused: see the log)")
@@ -485,5 +500,5 @@ def build_plan(
                 change.notes = list(notes(change))
             changes.append(change)
     return Plan(changes=changes, created_at=now or datetime.now(UTC), skipped=skipped, sources=list(sources),
-                modes=modes)
+                modes=modes, manual=gke.merge(manual))
 

@@ -19,6 +19,7 @@ from auditor.collect.k8s_objects import (
     namespace_of,
 )
 from auditor.model import Asset
+from remediations.iam_policies.endpoints import ENDPOINTS, endpoint_for
 from remediations.kinds import CLOUD_ARMOR, IAM, RBAC
 
 SECURITY_POLICY = "compute.googleapis.com/SecurityPolicy"
@@ -30,9 +31,6 @@ RBAC_KINDS = {
 }
 TOKEN_FIELDS = {IAM: "etag", CLOUD_ARMOR: "fingerprint", RBAC: "resourceVersion"}
 
-_CRM = re.compile(r"^//cloudresourcemanager\.googleapis\.com/((?:organizations|folders|projects)/[^/]+)$")
-_SA = re.compile(r"^//iam\.googleapis\.com/(projects/[^/]+/serviceAccounts/[^/]+)$")
-_BUCKET = re.compile(r"^//storage\.googleapis\.com/([a-z0-9][a-z0-9._-]*)$")
 _ARMOR = re.compile(r"^//compute\.googleapis\.com/projects/([^/]+)/global/securityPolicies/([^/]+)$")
 
 
@@ -71,19 +69,14 @@ class Target:
 def target_for(asset_name: str, asset_type: str, family: str) -> Target:
     """The API object for an asset; UnsupportedTarget names what cannot be written and why."""
     if family == IAM:
-        m = _CRM.match(asset_name)
-        if m:
-            return Target(IAM, "resourcemanager", m.group(1))
-        m = _SA.match(asset_name)
-        if m:
-            return Target(IAM, "iam_admin", m.group(1))
-        m = _BUCKET.match(asset_name)
-        if m:
-            return Target(IAM, "storage", f"projects/_/buckets/{m.group(1)}", name=m.group(1))
-        raise UnsupportedTarget(
-            "IAM remediation supports organizations, folders, projects, service accounts and buckets, "
-            f"not {asset_type}"
-        )
+        found = endpoint_for(asset_name, asset_type)
+        if found is None:
+            raise UnsupportedTarget(f"IAM remediation supports {', '.join(e.label for e in ENDPOINTS.values())}, "
+                                    f"not {asset_type}")
+        e, resource = found
+        if e.service.api == "storage":
+            return Target(IAM, "storage", f"projects/_/buckets/{resource}", name=resource)
+        return Target(IAM, e.service.api, resource)
     if family == CLOUD_ARMOR:
         m = _ARMOR.match(asset_name)
         if not m:

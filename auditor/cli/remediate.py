@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -58,6 +59,7 @@ class _Defaults:
         self.max_changes = 50
         self.max_age = 3600
         self.gcp_endpoint: str | None = None
+        self.blast: dict[str, Any] = {}  # protected roles, their allowances, the member-share cap: guard defaults
         if config is not None:
             from auditor.settings import load_settings
 
@@ -67,6 +69,9 @@ class _Defaults:
             self.max_changes = s.remediation.max_changes_per_apply
             self.max_age = s.remediation.plan_max_age_seconds
             self.gcp_endpoint = s.gcp_endpoint
+            self.blast = {"protected_roles": list(s.remediation.protected_roles),
+                          "protected_role_allowances": list(s.remediation.allow_protected_roles_on),
+                          "max_member_share": s.remediation.max_member_share_per_apply}
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -128,7 +133,8 @@ def plan_command(
     s = plan.summary()
     click.echo(
         f"plan {plan.id}: {s['edits']} change(s) on {s['resources']} resource(s), {s['members']} member(s), "
-        f"{s['rules']} rule(s); {s['skipped_findings']} finding(s) not planned -> {output}",
+        f"{s['rules']} rule(s); {s['manual_steps']} step(s) for an operator (planned only, never applied); "
+        f"{s['skipped_findings']} finding(s) not planned -> {output}",
         err=True,
     )
     if not result.complete:
@@ -210,7 +216,7 @@ def apply_command(
         sys.exit(1)
     d = _Defaults(config)
     cfg = GuardConfig(auditor_identities=_split(identities), protected_principals=d.protected + _split(protected),
-                      plan_max_age_seconds=max_age if max_age is not None else d.max_age)
+                      plan_max_age_seconds=max_age if max_age is not None else d.max_age, **d.blast)
     with Journal(state_path or d.state_path) as journal:
         report = apply_plan(plan, writers(d.gcp_endpoint, _kube_contexts(kube_contexts)), journal, cfg,
                             approved=approved, actor="operator",
@@ -262,7 +268,8 @@ def rollback_command(
         if not approved:
             click.echo("not rolled back")
             sys.exit(1)
-        cfg = GuardConfig(auditor_identities=_split(identities), protected_principals=d.protected + _split(protected))
+        cfg = GuardConfig(auditor_identities=_split(identities), protected_principals=d.protected + _split(protected),
+                          **d.blast)
         report = rollback(apply_id, writers(d.gcp_endpoint, _kube_contexts(kube_contexts)), journal, cfg,
                           approved=approved)
     _finish(report, as_json)

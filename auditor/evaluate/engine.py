@@ -23,6 +23,10 @@ from auditor.evaluate.registry import Context, Prefilter, Violation
 from auditor.evaluate.rulebook import Exemption, LoadedRule
 from auditor.model import Asset, Exempted, Finding, finding_id
 
+# What a check may not swallow. Anything else it raises, a BaseException included (the CEL library's Rust panics
+# arrive as pyo3's PanicException, a BaseException), is an evaluation error of that rule on that asset.
+_FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
 
 @dataclass
 class EvaluationError:
@@ -233,7 +237,9 @@ class Engine:
                 if ok is None:
                     try:
                         ok = bool(test(asset, r.params, ctx))
-                    except Exception:  # kept: the check itself reports the error when it runs at the end
+                    except _FATAL:
+                        raise
+                    except BaseException:  # kept: the check itself reports the error when it runs at the end
                         ok = True
                     if key is not None:
                         passed[key] = ok
@@ -278,13 +284,15 @@ class Engine:
                     continue
                 try:
                     violations = list(r.spec.fn(asset, r.params, ctx))
-                except Exception as exc:  # a check must never take the scan down; the error is reported
+                except _FATAL:
+                    raise
+                except BaseException as exc:  # a check must never take the scan down (a native panic neither)
                     result.errors.append(EvaluationError(r.id, asset.name, f"{type(exc).__name__}: {exc}"))
                     continue
                 for v in violations:
                     result.add(self._finding(r, asset, v.message, v.key, v.details, result))
             return
-        memo: dict[tuple[str, str], list[Violation] | Exception] | None = None
+        memo: dict[tuple[str, str], list[Violation] | BaseException] | None = None
         if rules.keys is not None and not rules.needs_path:
             # Each distinct check once; when none finds anything (most assets), the rules sharing them have nothing
             # to report either. Otherwise the rules are gone through in order with these outcomes.
@@ -295,7 +303,9 @@ class Engine:
                     continue
                 try:
                     memo[key] = list(r.spec.fn(asset, r.params, ctx))
-                except Exception as exc:  # reported below, for each rule that shares the check
+                except _FATAL:
+                    raise
+                except BaseException as exc:  # reported below, for each rule that shares the check
                     memo[key] = exc
             if not any(memo.values()):
                 return
@@ -305,17 +315,19 @@ class Engine:
         for i, r in enumerate(rules.rules):
             if id(r) in skip or (rules.needs_path and not r.matches_ancestry(path)):
                 continue
-            outcome: list[Violation] | Exception | None = None
+            outcome: list[Violation] | BaseException | None = None
             if memo is not None and rules.keys is not None:
                 outcome = memo.get(rules.keys[i])
             if outcome is None:
                 try:
                     outcome = list(r.spec.fn(asset, r.params, ctx))
-                except Exception as exc:  # a check must never take the scan down; the error is reported
+                except _FATAL:
+                    raise
+                except BaseException as exc:  # a check must never take the scan down; the error is reported
                     outcome = exc
                 if memo is not None and rules.keys is not None:
                     memo[rules.keys[i]] = outcome
-            if isinstance(outcome, Exception):
+            if isinstance(outcome, BaseException):
                 result.errors.append(EvaluationError(r.id, asset.name, f"{type(outcome).__name__}: {outcome}"))
                 continue
             for v in outcome:

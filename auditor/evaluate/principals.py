@@ -214,3 +214,44 @@ def in_domains(member: str, domains: AbstractSet[str], allow_sub_domains: bool) 
     if domain in domains:
         return True
     return allow_sub_domains and any(domain.endswith("." + d) for d in domains)
+
+
+# -- member patterns --------------------------------------------------------------------------------------------------
+EMAIL_TYPES = frozenset({"user", "group", "serviceAccount"})
+KUBERNETES_SUBJECT_KINDS = frozenset({"User", "Group", "ServiceAccount"})
+MEMBER_TYPES = EMAIL_TYPES | CONVENIENCE_TYPES | PUBLIC_MEMBERS | frozenset(
+    {"domain", "principal", "principalSet", "deleted"}
+)
+
+
+def member_pattern_problem(pattern: str) -> str | None:
+    """Why a member glob can match no valid IAM member (None when it can match one).
+
+    Member globs take `.` as the separator: `*` stops at it and `**` crosses it. An e-mail domain always has a dot,
+    so `group:break-glass@*` matches no real address (`group:break-glass@**` or `group:break-glass@example.com`
+    does); a type that is no member type (`usr:`) matches nothing either.
+    """
+    if pattern.strip() in ("*", "**"):
+        return None
+    if not pattern.strip():
+        return "an empty pattern matches no member"
+    kind, sep, value = pattern.partition(":")
+    if pattern.startswith(("principal://", "principalSet://")) or "*" in kind or "?" in kind:
+        return None
+    if not sep:
+        return None if kind in PUBLIC_MEMBERS else f"{pattern!r} is no member (members look like type:value)"
+    if kind in KUBERNETES_SUBJECT_KINDS:
+        return None  # an RBAC subject pattern (`User:alice@example.com`), matched with `/` as the separator
+    if kind not in MEMBER_TYPES:
+        return f"{pattern!r}: {kind!r} is no IAM member type ({', '.join(sorted(MEMBER_TYPES))})"
+    if kind == "deleted":
+        return member_pattern_problem(value.split("?", 1)[0])
+    if kind in EMAIL_TYPES or kind == "domain":
+        domain = value.rsplit("@", 1)[1] if "@" in value else (value if kind == "domain" else "")
+        if kind in EMAIL_TYPES and "@" not in value and "**" not in value:
+            return f"{pattern!r} can match no e-mail address (no '@', and '*' stops at '.'; use '**')"
+        # The domain part must be able to hold a dot: a literal one, or a `**` that crosses it.
+        if ("@" in value or kind == "domain") and "." not in domain and "**" not in domain:
+            return (f"{pattern!r} can match no e-mail domain: '*' stops at '.', so it never matches a domain "
+                    f"like example.com (use '**' or name the domain)")
+    return None

@@ -13,7 +13,8 @@ connection (TEMP: it never grows the state file), and drift is computed in SQL a
 - the rest are still open; their rows are written only when something about them changed, so a cycle with no
   change writes no finding row. Their last-seen time is the end of the last cycle that recorded findings (a stale
   finding keeps the time it was last actually seen); their first-seen time never moves.
-The first cycle that records findings is the baseline: stored and logged, not counted as drift.
+Until a cycle has read everything, cycles are the baseline (that complete cycle included): stored and logged, not
+counted as drift.
 Counters behind the Prometheus counters (cycles, drift events, source errors, remediations) live here too, so
 they survive restarts and never go backwards.
 """
@@ -285,7 +286,11 @@ class Store:
         prev = db.execute(
             "SELECT max(ended_at) FROM cycles WHERE id < ? AND outcome != 'failed'", (cid,)
         ).fetchone()[0]
-        rec.baseline = prev is None
+        # A partial cycle is no baseline: the baseline lasts until a cycle has read everything (an API error at
+        # install would otherwise make every finding that already existed arrive as new drift on the next cycle).
+        rec.baseline = db.execute(
+            "SELECT 1 FROM cycles WHERE id < ? AND outcome = 'success' LIMIT 1", (cid,)
+        ).fetchone() is None
         seen_before = prev if prev is not None else now
         events = ("INSERT INTO drift_events (cycle_id, at, change, finding_id, rule, severity, asset, asset_type, "
                   "exempted, message) ")
@@ -521,6 +526,27 @@ class Store:
     def counters(self, metric: str) -> list[tuple[dict[str, str], float]]:
         rows = self._rows("SELECT labels, value FROM counters WHERE metric = ? ORDER BY labels", (metric,))
         return [(json.loads(r[0]), float(r[1])) for r in rows]
+
+    def source_reads(self, source: str, limit: int = 10, complete: bool | None = None) -> list[dict[str, Any]]:
+        """What the last cycles recorded of one source (its entry of `CycleInput.sources`), newest first; with
+        `complete`, only the reads that were (or were not) complete. Read back a page of cycles at a time."""
+        out: list[dict[str, Any]] = []
+        before: int | None = None
+        while len(out) < limit:
+            rows = self._rows(
+                "SELECT id, sources FROM cycles" + (" WHERE id < ?" if before is not None else "")
+                + " ORDER BY id DESC LIMIT 200", (before,) if before is not None else ()
+            )
+            for r in rows:
+                read = next((s for s in json.loads(r["sources"] or "[]") if s.get("source") == source), None)
+                if read is not None and (complete is None or bool(read.get("complete")) == complete):
+                    out.append(read)
+                    if len(out) >= limit:
+                        break
+            if len(rows) < 200:
+                break
+            before = int(rows[-1]["id"])
+        return out
 
     def asset_counts(self) -> dict[str, int]:
         return {r[0]: int(r[1]) for r in self._rows("SELECT asset_type, count FROM asset_counts ORDER BY asset_type")}

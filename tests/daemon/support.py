@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -119,12 +120,13 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
         time.sleep(interval)
 
 
-def http_get(url: str, timeout: float = 10) -> tuple[int, bytes, dict[str, str]]:
+def http_get(url: str, timeout: float = 10) -> tuple[int, bytes, Message]:
+    """Status, body and headers (looked up by name in any case, as HTTP defines them)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read(), dict(resp.headers)
+            return resp.status, resp.read(), resp.headers
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), dict(exc.headers)
+        return exc.code, exc.read(), exc.headers
 
 
 class Served:
@@ -167,7 +169,7 @@ class Served:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def get(self, path: str) -> tuple[int, bytes, dict[str, str]]:
+    def get(self, path: str) -> tuple[int, bytes, Message]:
         return http_get(self.url(path))
 
     def cycles(self) -> list[dict[str, Any]]:

@@ -31,8 +31,18 @@ _IAM_GET = (
     "resourcemanager.projects.getIamPolicy",
     "iam.serviceAccounts.getIamPolicy",
     "storage.buckets.getIamPolicy",
+    "pubsub.topics.getIamPolicy",
+    "pubsub.subscriptions.getIamPolicy",
+    "cloudkms.keyRings.getIamPolicy",
+    "cloudkms.cryptoKeys.getIamPolicy",
+    "secretmanager.secrets.getIamPolicy",
+    "artifactregistry.repositories.getIamPolicy",
+    "run.services.getIamPolicy",
+    "ml.models.getIamPolicy",
 )
 _IAM_SET = tuple(p.replace("getIamPolicy", "setIamPolicy") for p in _IAM_GET)
+# A BigQuery dataset's policy is its access list: datasets.get, and datasets.patch (bigquery.datasets.update).
+_DATASET_GET, _DATASET_UPDATE = ("bigquery.datasets.get",), ("bigquery.datasets.update",)
 _COMPUTE_OP = ("compute.globalOperations.get",)  # waiting on the ExtendedOperation a Compute write returns
 
 # Google client method -> what a call needs: a list of requirements, each met by any one of its permissions.
@@ -51,6 +61,8 @@ CALLS: dict[str, list[tuple[str, ...]]] = {
     "remove_rule": [("compute.securityPolicies.update",), _COMPUTE_OP],
     "get_rule": [("compute.securityPolicies.get",)],
     "get_cluster": [("container.clusters.get",)],
+    "get_dataset": [_DATASET_GET],  # BigQuery datasets.get and datasets.patch, the way the google-cloud-bigquery
+    "update_dataset": [_DATASET_UPDATE],  # client names them
 }
 KEYWORDED: dict[tuple[str, str], list[tuple[str, ...]]] = {
     ("get", "security_policy"): [("compute.securityPolicies.get",)],
@@ -61,6 +73,8 @@ KEYWORDED: dict[tuple[str, str], list[tuple[str, ...]]] = {
 REST_PATHS: dict[str, str] = {
     r"/v1/.*/assets$": "list_assets",  # GET https://cloudasset.googleapis.com/v1/{parent}/assets
     r":exportAssets$": "export_assets",  # POST .../v1/{parent}:exportAssets
+    r":getIamPolicy$": "get_iam_policy",  # GET or POST https://SERVICE/vN/{resource}:getIamPolicy
+    r":setIamPolicy$": "set_iam_policy",  # POST https://SERVICE/vN/{resource}:setIamPolicy
 }
 # Kubernetes API reads of a remote GKE cluster, when a module authorizes them with Google IAM instead of RBAC:
 # required only of a module that declares `container.*` permissions. Reaching a GKE cluster's API with a Google
@@ -239,7 +253,8 @@ def test_terraform_and_json_list_the_same_permissions() -> None:
     doc = json.loads(_run("--remediation", "--format", "json"))
     assert listed == doc["includedPermissions"] == _expected(load_declarations(), remediation=True)
     assert doc["role_id"] == "driftAuditorRemediation"
-    assert {c["module"] for c in doc["components"]} >= {"remediations.iam", "remediations.cloud_armor"}
+    modules = {c["module"] for c in doc["components"]}
+    assert modules >= {"remediations.iam_policies.transports", "remediations.cloud_armor"}
     assert tf.count("{") == tf.count("}")
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import copy
 import gzip
 import hashlib
@@ -42,7 +43,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -53,6 +54,8 @@ import pytest
 CONTENT_TYPES = {"0": "CONTENT_TYPE_UNSPECIFIED", "1": "RESOURCE", "2": "IAM_POLICY", "4": "ORG_POLICY",
                  "5": "ACCESS_POLICY", "6": "OS_INVENTORY", "7": "RELATIONSHIP"}  # fmt: skip
 CAI_MAX_PAGE = 1000
+ENDPOINT_ENV = "AUDITOR_GCP_ENDPOINT"
+DROPPED = -1  # the status of a request served but never answered (Fault.drop)
 DEFAULT_RULE_PRIORITY = 2147483647
 LIST_PERMISSIONS = {"RESOURCE": "cloudasset.assets.listResource", "IAM_POLICY": "cloudasset.assets.listIamPolicy"}
 EXPORT_PERMISSIONS = {"RESOURCE": "cloudasset.assets.exportResource", "IAM_POLICY": "cloudasset.assets.exportIamPolicy"}
@@ -130,6 +133,8 @@ class Fault:
     message: str | None = None
     permission: str | None = None
     error_info: bool = True  # a 403 carries the ErrorInfo naming the permission (the real API usually does)
+    # Serve the request (its write is done), then close the connection without an answer: a lost response.
+    drop: bool = False
     hits: int = 0
 
     def matches(self, req: RecordedRequest) -> bool:
@@ -169,6 +174,7 @@ class RecordedRequest:
     query: dict[str, list[str]]
     body: Any = None
     status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def content_type(self) -> str | None:
@@ -382,7 +388,7 @@ class FakeGcpState:
     def iam_asset_name(self, resource: str) -> str:
         """The CAI name of the resource an IAM request addresses, or a 403 (the real APIs hide what does not exist)."""
         with self.lock:
-            if resource.startswith(("organizations/", "folders/", "projects/")) and "/serviceAccounts/" not in resource:
+            if resource.startswith(("organizations/", "folders/", "projects/")) and resource.count("/") == 1:
                 name = f"//cloudresourcemanager.googleapis.com/{resource}"
                 if name in self.history and self.asset(name) is not None:
                     return name
@@ -413,6 +419,13 @@ class FakeGcpState:
                     if account in ids or n.endswith(f"/serviceAccounts/{account}"):
                         return n
                 raise ApiError(404, f"Unknown service account {resource}")
+            # Every other resource with a policy: its CAI name is //SERVICE/RESOURCE.
+            for host in IAM_HOSTS:
+                name = f"//{host}/{resource}"
+                if self.asset(name) is not None:
+                    return name
+            if any(f"/{c}/" in resource for c in IAM_COLLECTIONS):
+                raise ApiError(404, f"Resource not found: {resource}")
         raise ApiError(400, f"unsupported IAM resource {resource}")
 
     def get_policy(self, resource: str, requested_version: int) -> dict[str, Any]:
@@ -590,6 +603,12 @@ def type_filter(patterns: list[str]) -> re.Pattern[str] | None:
 # -- HTTP -----------------------------------------------------------------------------------------------------------
 
 _Route = tuple[str, re.Pattern[str], str]
+# The services whose resources have getIamPolicy/setIamPolicy (`POST /vN/RESOURCE:setIamPolicy`, reads by GET with
+# `options.requestedPolicyVersion` or by POST), and the collections their resource names go through.
+IAM_HOSTS = ("pubsub.googleapis.com", "cloudkms.googleapis.com", "secretmanager.googleapis.com",
+             "artifactregistry.googleapis.com", "run.googleapis.com", "ml.googleapis.com")
+IAM_COLLECTIONS = ("topics", "subscriptions", "keyRings", "cryptoKeys", "secrets", "repositories", "services",
+                   "models")
 _ROUTES: list[_Route] = [
     ("GET", re.compile(r"^/v1/(?P<parent>(?:organizations|folders|projects)/[^/]+)/assets$"), "list_assets"),
     ("POST", re.compile(r"^/v1/(?P<parent>(?:organizations|folders|projects)/[^/]+):exportAssets$"), "export_assets"),
@@ -598,6 +617,12 @@ _ROUTES: list[_Route] = [
     ("POST", re.compile(r"^/v3/(?P<resource>(?:organizations|folders|projects)/[^/:]+):setIamPolicy$"), "set_iam"),
     ("POST", re.compile(r"^/v1/(?P<resource>projects/[^/]+/serviceAccounts/[^/:]+):getIamPolicy$"), "get_iam"),
     ("POST", re.compile(r"^/v1/(?P<resource>projects/[^/]+/serviceAccounts/[^/:]+):setIamPolicy$"), "set_iam"),
+    ("GET", re.compile(r"^/v[12]/(?P<resource>projects/[^:]+):getIamPolicy$"), "get_iam"),
+    ("POST", re.compile(r"^/v[12]/(?P<resource>projects/[^:]+):getIamPolicy$"), "get_iam"),
+    ("POST", re.compile(r"^/v[12]/(?P<resource>projects/[^:]+):setIamPolicy$"), "set_iam"),
+    ("GET", re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/(?P<dataset>[^/]+)$"), "get_dataset"),
+    ("PATCH", re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/(?P<dataset>[^/]+)$"),
+     "patch_dataset"),
     ("GET", re.compile(r"^/compute/v1/projects/(?P<project>[^/]+)/global/securityPolicies$"), "list_sp"),
     ("GET", re.compile(r"^/compute/v1/projects/(?P<project>[^/]+)/global/securityPolicies/(?P<sp>[^/]+)$"), "get_sp"),
     ("PATCH", re.compile(r"^/compute/v1/projects/(?P<project>[^/]+)/global/securityPolicies/(?P<sp>[^/]+)$"),
@@ -718,17 +743,28 @@ class FakeGcp:
             if fault is not None:
                 if fault.delay:
                     time.sleep(fault.delay)
+                if fault.drop:
+                    with contextlib.suppress(ApiError):
+                        self.route(req)
+                    return DROPPED, None, {}
                 if fault.status is not None:
                     raise fault.error(req)
-            for method, pattern, action in _ROUTES:
-                if method != req.method:
-                    continue
-                m = pattern.match(req.path)
-                if m:
-                    return 200, getattr(self, "_" + action)(req, **m.groupdict()), {}
-            raise ApiError(404, f"no such method: {req.method} {req.path}")
+            return 200, self.route(req), {}
         except ApiError as err:
             return err.code, err.body(), err.headers
+
+    def route(self, req: RecordedRequest) -> Any:
+        """The answer of the method the request names (ApiError for an unknown one)."""
+        for method, pattern, action in self.routes():
+            if method != req.method:
+                continue
+            m = pattern.match(req.path)
+            if m:
+                return getattr(self, "_" + action)(req, **m.groupdict())
+        raise ApiError(404, f"no such method: {req.method} {req.path}")
+
+    def routes(self) -> list[_Route]:
+        return _ROUTES
 
     # -- Cloud Asset Inventory --------------------------------------------------------------------------------------
     def _list_assets(self, req: RecordedRequest, parent: str) -> dict[str, Any]:
@@ -900,6 +936,46 @@ class FakeGcp:
             policy = {**{k: v for k, v in current.items() if k not in fields}, **policy}
         return self.state.set_policy(resource, policy)
 
+    # -- BigQuery datasets: the access list is the policy; patch takes the etag in If-Match ---------------------------
+    def _dataset_asset(self, project: str, dataset: str) -> str:
+        name = f"//bigquery.googleapis.com/projects/{project}/datasets/{dataset}"
+        if self.state.asset(name) is None:
+            raise ApiError(404, f"Not found: Dataset {project}:{dataset}", reason="notFound")
+        return name
+
+    def _dataset_body(self, name: str, project: str, dataset: str) -> dict[str, Any]:
+        asset = self.state.asset(name) or {}
+        policy = asset.get("iamPolicy") or {}
+        extra = ((asset.get("resource") or {}).get("data") or {}).get("access") or []
+        access = [e for e in extra if not _access_member(e)] + _bindings_to_access(policy.get("bindings") or [])
+        return {"kind": "bigquery#dataset", "id": f"{project}:{dataset}",
+                "datasetReference": {"projectId": project, "datasetId": dataset},
+                "etag": policy.get("etag") or _token(name, 0), "access": access}
+
+    def _get_dataset(self, req: RecordedRequest, project: str, dataset: str) -> dict[str, Any]:
+        with self.state.lock:
+            return self._dataset_body(self._dataset_asset(project, dataset), project, dataset)
+
+    def _patch_dataset(self, req: RecordedRequest, project: str, dataset: str) -> dict[str, Any]:
+        body = req.body if isinstance(req.body, dict) else {}
+        with self.state.lock:
+            name = self._dataset_asset(project, dataset)
+            current = self._dataset_body(name, project, dataset)
+            sent = req.headers.get("If-Match")
+            if sent and sent != current["etag"]:
+                raise ApiError(412, "Precondition check failed.", status="FAILED_PRECONDITION",
+                               reason="conditionNotMet")
+            if "access" in body:
+                access = body["access"] or []
+                bindings = _access_to_bindings(access, project)
+                policy = {"version": 3 if any(b.get("condition") for b in bindings) else 1, "bindings": bindings,
+                          "etag": _token(name, self.state.next_id())}
+                asset = self.state.asset(name) or {}
+                res = copy.deepcopy(asset.get("resource") or {"data": {}})
+                res.setdefault("data", {})["access"] = [e for e in access if not _access_member(e)]
+                self.state.update_asset(name, iamPolicy=policy, resource=res)
+            return self._dataset_body(name, project, dataset)
+
     # -- Compute security policies ----------------------------------------------------------------------------------
     def _list_sp(self, req: RecordedRequest, project: str) -> dict[str, Any]:
         with self.state.lock:
@@ -1012,6 +1088,70 @@ class FakeGcp:
         return dict(found)
 
 
+_DATASET_ROLES = {"OWNER": "roles/bigquery.dataOwner", "WRITER": "roles/bigquery.dataEditor",
+                  "READER": "roles/bigquery.dataViewer"}
+_SPECIAL_GROUPS = {"projectOwners": "projectOwner", "projectWriters": "projectEditor",
+                   "projectReaders": "projectViewer"}
+
+
+def _access_member(e: dict[str, Any], project: str = "") -> str | None:
+    """The IAM member a dataset access entry grants to (as CAI shows it), None for views, routines, datasets."""
+    if e.get("userByEmail"):
+        email = str(e["userByEmail"])
+        return ("serviceAccount:" if email.endswith("gserviceaccount.com") else "user:") + email
+    for key, kind in (("groupByEmail", "group"), ("domain", "domain")):
+        if e.get(key):
+            return f"{kind}:{e[key]}"
+    if e.get("iamMember"):
+        return str(e["iamMember"])
+    group = e.get("specialGroup")
+    if group == "allAuthenticatedUsers":
+        return group
+    return f"{_SPECIAL_GROUPS[group]}:{project}" if group in _SPECIAL_GROUPS else None
+
+
+def _access_to_bindings(access: list[dict[str, Any]], project: str) -> list[dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for e in access:
+        member = _access_member(e, project)
+        if member is None:
+            continue
+        role = _DATASET_ROLES.get(str(e.get("role")), str(e.get("role")))
+        cond = e.get("condition")
+        b = out.setdefault(role + json.dumps(cond, sort_keys=True), {"role": role, "members": []})
+        if cond:
+            b["condition"] = cond
+        b["members"].append(member)
+    return list(out.values())
+
+
+def _bindings_to_access(bindings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Bindings as the access entries the BigQuery API shows (the basic roles by their short names)."""
+    short = {v: k for k, v in _DATASET_ROLES.items()}
+    back = {v: k for k, v in _SPECIAL_GROUPS.items()}
+    out = []
+    for b in bindings:
+        for m in b.get("members") or ():
+            kind, _, value = m.partition(":")
+            e: dict[str, Any] = {"role": short.get(b["role"], b["role"])}
+            if kind in ("user", "serviceAccount"):
+                e["userByEmail"] = value
+            elif kind == "group":
+                e["groupByEmail"] = value
+            elif kind == "domain":
+                e["domain"] = value
+            elif kind in back:
+                e["specialGroup"] = back[kind]
+            elif m == "allAuthenticatedUsers":
+                e["specialGroup"] = m
+            else:
+                e["iamMember"] = m
+            if b.get("condition"):
+                e["condition"] = b["condition"]
+            out.append(e)
+    return out
+
+
 def _public_op(op: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in op.items() if not k.startswith("_")}
 
@@ -1070,9 +1210,13 @@ class _Handler(BaseHTTPRequestHandler):
             except json.JSONDecodeError:
                 self._send(400, ApiError(400, "request body is not JSON").body(), {})
                 return
-        req = RecordedRequest(self.command, urllib.parse.unquote(parsed.path), query, body)
+        req = RecordedRequest(self.command, urllib.parse.unquote(parsed.path), query, body,
+                              headers={k: v for k, v in self.headers.items()})
         status, payload, headers = self.server_fake.handle(req)
         req.status = status
+        if status == DROPPED:
+            self.close_connection = True
+            return
         self._send(status, payload, headers)
 
     def _send(self, status: int, payload: Any, headers: dict[str, str]) -> None:
@@ -1118,7 +1262,7 @@ def fake_gcp() -> Iterator[FakeGcp]:
 @pytest.fixture
 def gcp_endpoint(fake_gcp: FakeGcp, monkeypatch: pytest.MonkeyPatch) -> str:
     """The fake's URL, also set as AUDITOR_GCP_ENDPOINT so every client of the auditor uses it."""
-    monkeypatch.setenv("AUDITOR_GCP_ENDPOINT", fake_gcp.url)
+    monkeypatch.setenv(ENDPOINT_ENV, fake_gcp.url)
     return fake_gcp.url
 
 

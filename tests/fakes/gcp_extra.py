@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,22 +25,8 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 
 
 class FakeGcpPlus(FakeGcp):
-    def handle(self, req: RecordedRequest) -> tuple[int, Any, dict[str, str]]:
-        for method, pattern, action in _ROUTES:
-            m = pattern.match(req.path) if method == req.method else None
-            if m is None:
-                continue
-            fault = self._fault_for(req)
-            with self._lock:
-                self.requests.append(req)
-            try:
-                if fault is not None and fault.status is not None:
-                    raise fault.error(req)
-                fn: Callable[..., dict[str, Any]] = getattr(self, "_" + action)
-                return 200, fn(req, **m.groupdict()), {}
-            except ApiError as err:
-                return err.code, err.body(), err.headers
-        return super().handle(req)
+    def routes(self) -> list[tuple[str, re.Pattern[str], str]]:
+        return _ROUTES + super().routes()
 
     def _bucket_asset(self, bucket: str) -> str:
         name = f"//storage.googleapis.com/{bucket}"

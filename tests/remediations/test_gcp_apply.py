@@ -234,9 +234,10 @@ def test_public_bucket_fixed_through_the_storage_api_and_rolled_back(
     _, plan = make_plan(rules)
     buckets = sorted(c.target.name or "" for c in plan.changes if c.target.api == "storage")
     assert buckets == ["helix-model-cards-site", "helix-open-datasets-mirror"]
-    # The dataset has no applier: the plan says so instead of dropping the finding.
-    assert [s["asset"] for s in plan.skipped] == [
-        "//bigquery.googleapis.com/projects/data-lake-prod/datasets/eval_results"]
+    # The dataset is fixed too, through the BigQuery API (its access list, with the dataset's etag).
+    dataset = "//bigquery.googleapis.com/projects/data-lake-prod/datasets/eval_results"
+    assert plan.skipped == []
+    assert [c.target.api for c in plan.changes if c.resource == dataset] == ["bigquery"]
     before = {b: _bucket_policy(org, b) for b in buckets}
     # One bucket changes between plan and apply: a conflict there, the other is fixed.
     moved = dict(before[buckets[1]], etag="BwAAAAAAAHM=")
@@ -244,8 +245,10 @@ def test_public_bucket_fixed_through_the_storage_api_and_rolled_back(
     with Journal(tmp_path / "state.db") as journal:
         report = apply_plan(plan, writers(), journal, GuardConfig(), approved=True)
         outcome = {r.resource.rsplit("/", 1)[-1]: r.outcome for r in report.results}
-        assert outcome == {buckets[0]: Outcome.applied, buckets[1]: Outcome.conflict}
+        assert outcome == {buckets[0]: Outcome.applied, buckets[1]: Outcome.conflict, "eval_results": Outcome.applied}
         assert len(org.calls("PUT", r"/iam$")) == 1
+        assert len(org.calls("PATCH", r"/datasets/eval_results$")) == 1
+        assert dataset not in {f.asset for f in scan(rules).findings}
         fixed = _bucket_policy(org, buckets[0])
         assert not any(m.startswith("all") for b in fixed["bindings"] for m in b["members"])
         assert iam_section(fixed) == next(c.after for c in plan.changes if c.target.name == buckets[0])
@@ -253,8 +256,9 @@ def test_public_bucket_fixed_through_the_storage_api_and_rolled_back(
         assert f"//storage.googleapis.com/{buckets[0]}" not in remaining
         assert f"//storage.googleapis.com/{buckets[1]}" in remaining
         back = rollback(report.apply_id or "", writers(), journal, GuardConfig(), approved=True)
-        assert back.ok and back.counts()["applied"] == 1
+        assert back.ok and back.counts()["applied"] == 2
     assert iam_section(_bucket_policy(org, buckets[0])) == iam_section(before[buckets[0]])
+    assert dataset in {f.asset for f in scan(rules).findings}, "the rollback granted the dataset again"
 
 
 SA = "projects/ml-training-prod/serviceAccounts/trainer@ml-training-prod.iam.gserviceaccount.com"

@@ -18,7 +18,7 @@ from remediations.planning import plan_from_scan
 from remediations.render import render_html, render_markdown
 
 PROJECT = "//cloudresourcemanager.googleapis.com/projects/p1"
-DATASET = "//bigquery.googleapis.com/projects/p1/datasets/shared"
+INSTANCE = "//spanner.googleapis.com/projects/p1/instances/shared"  # has a policy; no writer for it yet
 ARMOR = "//compute.googleapis.com/projects/p1/global/securityPolicies/edge"
 COND = {"title": "temp", "expression": "request.time < timestamp('2027-01-01T00:00:00Z')"}
 
@@ -31,8 +31,8 @@ def _export(tmp_path: Path) -> Path:
              {"role": "roles/viewer", "members": ["allUsers", "user:a@example.com"]},
              {"role": "roles/viewer", "members": ["allUsers"], "condition": COND},
              {"role": "roles/storage.admin", "members": ["user:extra@example.com"]}]}},
-        {"name": DATASET, "asset_type": "bigquery.googleapis.com/Dataset", "ancestors": ["projects/p1"],
-         "iam_policy": {"etag": "BwAAAAAAAAI=", "bindings": [{"role": "roles/bigquery.dataViewer",
+        {"name": INSTANCE, "asset_type": "spanner.googleapis.com/Instance", "ancestors": ["projects/p1"],
+         "iam_policy": {"etag": "BwAAAAAAAAI=", "bindings": [{"role": "roles/spanner.databaseReader",
                                                              "members": ["allUsers"]}]}},
         # CAI spelling: singular `rule`, `srcIpRange`.
         {"name": ARMOR, "asset_type": "compute.googleapis.com/SecurityPolicy", "ancestors": ["projects/p1"],
@@ -98,8 +98,8 @@ def test_one_write_per_resource_with_token_diff_and_condition(tmp_path: Path) ->
     assert diff["binding roles/viewer if temp"] == {
         "item": "binding roles/viewer if temp",
         "before": {"role": "roles/viewer", "members": ["allUsers"], "condition": COND}, "after": None}
-    # The dataset cannot be written by an applier: reported, not dropped.
-    assert [(s["asset"], "bigquery.googleapis.com/Dataset" in s["reason"]) for s in plan.skipped] == [(DATASET, True)]
+    # The instance cannot be written by a writer: reported, not dropped.
+    assert [(s["asset"], "spanner.googleapis.com/Instance" in s["reason"]) for s in plan.skipped] == [(INSTANCE, True)]
     s = plan.summary()
     assert (s["resources"], s["edits"], s["members"], s["rules"], s["findings"]) == (1, 2, 1, 1, 2)
 
@@ -191,6 +191,7 @@ def test_plan_and_report_for_the_example_organization(repo: Path, tmp_path: Path
     plan = plan_from_scan(result, [str(org)])
     assert plan.changes
     planned: set[str] = {f for c in plan.changes for f in c.findings}
+    planned |= {f for m in plan.manual for f in m.findings}  # cluster settings: planned only
     skipped: set[Any] = {s["finding"] for s in plan.skipped}
     active = {f.id for f in result.findings if f.exempted is None and f.mode.value != "audit"
               and next(r for r in result.rules if r.id == f.rule).rule.remediation}

@@ -332,3 +332,28 @@ def test_settings_take_a_state_url_from_the_environment(monkeypatch: pytest.Monk
     monkeypatch.setenv("AUDITOR_STATE_URL", "mysql://nope")
     with pytest.raises(ValueError, match="state_url"):
         Settings(sources=["x"])
+
+
+def test_partial_cycles_stay_the_baseline_until_one_reads_everything(state_target: str) -> None:
+    a, b = finding("r1", "//a"), finding("r1", "//b")
+    with Store(state_target) as store:
+        partial = store.record_cycle(cycle(100, [a], outcome="partial", incomplete={"*": "403"}))
+        complete = store.record_cycle(cycle(200, [a, b]))
+        after = store.record_cycle(cycle(300, [a]))
+        assert (partial.baseline, complete.baseline, after.baseline) == (True, True, False)
+        assert [e.change for e in complete.new] == ["new"]  # b is stored as new, but not counted as drift
+        assert [(lb["change"], v) for lb, v in store.counters("drift_events_total")] == [("resolved", 1.0)]
+
+
+def test_source_reads_newest_first_and_the_last_complete_one(state_target: str) -> None:
+    def read(n: int, complete: bool = True) -> list[dict[str, object]]:
+        return [{"source": "s", "complete": complete, "assets": n}, {"source": "other", "complete": True, "assets": 1}]
+
+    with Store(state_target) as store:
+        store.record_cycle(cycle(100, [], sources=read(40)))
+        store.record_cycle(cycle(200, [], sources=read(10, complete=False)))
+        store.record_cycle(cycle(300, [], sources=read(12, complete=False)))
+        assert [r["assets"] for r in store.source_reads("s", 5)] == [12, 10, 40]
+        assert [r["assets"] for r in store.source_reads("s", 1, complete=True)] == [40]
+        assert [r["assets"] for r in store.source_reads("s", 1, complete=False)] == [12]
+        assert store.source_reads("missing", 3) == []

@@ -1,0 +1,107 @@
+"""One registry type for every plugin kind: checks, remediation families, cycle steps, commands.
+
+A `Registry` maps names to plugins; a plugin registers itself when its module is imported (a decorator or an
+`add` call), and a registry that has a loader runs it once before its first lookup. Packages outside `auditor`
+(the remediations) join through the `drift_auditor.plugins` entry point group: `load_plugins()` imports each one,
+and their imports register what they bring. So `auditor` never names them, and adding a plugin touches one place.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+ENTRY_POINT_GROUP = "drift_auditor.plugins"
+
+
+class Registry(Generic[T]):
+    """name -> plugin. `load` runs once, before the first lookup (it imports the modules that register)."""
+
+    def __init__(self, kind: str, load: Callable[[], None] | None = None) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._load = load
+        self._loaded = load is None
+        self._lock = threading.RLock()
+
+    def add(self, name: str, item: T) -> T:
+        with self._lock:
+            if name in self._items:
+                raise RuntimeError(f"{self.kind} {name} registered twice")
+            self._items[name] = item
+        return item
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """A decorator: `@registry.register("name")` adds what it decorates."""
+
+        def deco(item: T) -> T:
+            return self.add(name, item)
+
+        return deco
+
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        with self._lock:
+            if not self._loaded:
+                self._loaded = True  # before loading: the modules it imports add to this registry
+                assert self._load is not None
+                self._load()
+
+    def get(self, name: str) -> T | None:
+        self._ensure_loaded()
+        return self._items.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        self._ensure_loaded()
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        self._ensure_loaded()
+        return iter(sorted(self._items))
+
+    def items(self) -> dict[str, T]:
+        self._ensure_loaded()
+        return dict(sorted(self._items.items()))
+
+    def names(self) -> list[str]:
+        return list(self)
+
+
+_plugins_loaded = False
+_plugins_lock = threading.Lock()
+
+
+def load_plugins() -> None:
+    """Import every module of the `drift_auditor.plugins` entry point group once (they register on import)."""
+    global _plugins_loaded
+    with _plugins_lock:
+        if _plugins_loaded:
+            return
+        _plugins_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
+
+
+# Registries filled by plugin packages, looked up by `auditor` without naming the packages.
+# Remediation families (each brings its kinds, targets, edits, writer and guards): `remediations.families`.
+remediation_families: Registry[Any] = Registry("remediation family", load_plugins)
+# Cycle steps after the findings are recorded, called as step(result, settings, state_path) -> report dict;
+# `stop` hooks run when the daemon stops.
+cycle_steps: Registry[Callable[..., Any]] = Registry("cycle step", load_plugins)
+stop_hooks: Registry[Callable[[], None]] = Registry("stop hook", load_plugins)
+# Command-line commands (click commands) and packages whose modules declare the permissions they need.
+commands: Registry[Any] = Registry("command", load_plugins)
+permission_packages: Registry[str] = Registry("permission package", load_plugins)
+
+
+def remediation_kinds() -> dict[str, Any]:
+    """Every remediation kind a rule may name (`iam.remove_member`...) -> its Kind, from the registered families."""
+    out: dict[str, Any] = {}
+    for fam in remediation_families.items().values():
+        for kind in fam.kinds:
+            out[kind.name] = kind
+    return dict(sorted(out.items()))
