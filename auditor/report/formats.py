@@ -1,6 +1,7 @@
 """Report formats written as findings stream: JSON, NDJSON, CSV, SARIF 2.1.0, JUnit XML and Markdown.
 
-Each format is a `Renderer` registered under its name. It encodes every finding once, as the engine makes it,
+Each format is a `Renderer` registered under its name in `renderers` (the plugin registry type of
+auditor/plugins.py). It encodes every finding once, as the engine makes it,
 into the bytes it will write (`line`); the findings wait in a `Spool` grouped by rule, and once the scan is over
 `write` puts out the header (the summary is known by then), the groups in report order (worst severity first,
 then rule id; findings of a rule in the order they were found) and the footer. Memory does not grow with the
@@ -21,6 +22,7 @@ import msgspec
 
 from auditor import __version__
 from auditor.model import SEVERITIES, Finding
+from auditor.plugins import Registry
 from auditor.report.records import RuleFacts, finding_record, report_order
 from auditor.report.spool import Spool, Tally
 
@@ -82,19 +84,16 @@ class Renderer:
                 yield None, key
 
 
-RENDERERS: dict[str, type[Renderer]] = {}
+renderers: Registry[type[Renderer]] = Registry("report format")
 
 
 def renderer(cls: type[Renderer]) -> type[Renderer]:
     """Register a format under its `name`."""
-    if cls.name in RENDERERS:
-        raise RuntimeError(f"format {cls.name} registered twice")
-    RENDERERS[cls.name] = cls
-    return cls
+    return renderers.add(cls.name, cls)
 
 
 def format_names() -> list[str]:
-    return list(RENDERERS)
+    return renderers.names()
 
 
 def _joined(doc: Document, keys: Iterator[str], sep: bytes) -> Iterator[bytes]:
@@ -434,10 +433,11 @@ class StreamedReport:
     (`ScanResult.counts`)."""
 
     def __init__(self, fmt: str, rules: list[LoadedRule], budget: int | None = None) -> None:
-        if fmt not in RENDERERS:
-            raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(RENDERERS)}")
+        cls = renderers.get(fmt)
+        if cls is None:
+            raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(renderers)}")
         self.facts = report_order(rules)
-        self.renderer = RENDERERS[fmt](self.facts)
+        self.renderer = cls(self.facts)
         self.spool = Spool() if budget is None else Spool(budget)
 
     def add(self, f: Finding) -> None:
