@@ -43,6 +43,7 @@ from auditor.errors import AuditorError
 from auditor.http_server import HttpServer, Limits, Response
 from auditor.logs import get_logger
 from auditor.model import SEVERITIES
+from auditor.report.formats import render_published, renderers
 from auditor.report.metrics import AuditorCollector, make_registry
 from auditor.settings import Settings
 
@@ -70,7 +71,11 @@ def respond(d: Daemon, method: str, target: str, headers: Mapping[str, str]) -> 
     if path == "/findings.json":
         published = d.auditor.published
         query = urllib.parse.parse_qs(target.partition("?")[2])
-        if not query:
+        fmt = (query.pop("format", None) or ["json"])[-1]
+        if fmt != "json" and fmt not in renderers:
+            return _reply(HTTPStatus.BAD_REQUEST, "text/plain",
+                          f"unknown format {fmt}; known: {', '.join(renderers)}\n".encode())
+        if not query and fmt == "json":
             return _reply(HTTPStatus.OK, "application/json", published.findings_json)
         try:
             keep = finding_filter(query)
@@ -80,6 +85,9 @@ def respond(d: Daemon, method: str, target: str, headers: Mapping[str, str]) -> 
         # copy of every finding in memory between cycles.
         doc = json.loads(published.findings_json)
         doc["findings"] = [f for f in doc["findings"] if keep(f)]
+        if fmt != "json":  # SARIF, JUnit, CSV, NDJSON... of the open findings, the last cycle as the scan
+            body = render_published(fmt, doc, doc["findings"], d.auditor.rules)
+            return _reply(HTTPStatus.OK, renderers.items()[fmt].media_type, body)
         return _reply(HTTPStatus.OK, "application/json", json.dumps(doc).encode())
     if path == "/report":
         return _reply(HTTPStatus.OK, "text/html; charset=utf-8", d.auditor.published.report_html)

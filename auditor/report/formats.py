@@ -21,7 +21,7 @@ from xml.sax.saxutils import escape, quoteattr
 import msgspec
 
 from auditor import __version__
-from auditor.model import SEVERITIES, Finding
+from auditor.model import SEVERITIES, Exempted, Finding, Mode, Severity
 from auditor.plugins import Registry
 from auditor.report.records import RuleFacts, finding_record, report_order
 from auditor.report.spool import Spool, Tally
@@ -474,3 +474,64 @@ def render_bytes(fmt: str, result: ScanResult) -> bytes:
     buf = io.BytesIO()
     report.write(buf, result)
     return buf.getvalue()
+
+
+def finding_from_json(d: dict[str, Any]) -> Finding:
+    """A finding as the daemon publishes it (`/findings.json`) back into the typed form the renderers read."""
+    e = d.get("exemption") if d.get("exempted") else None
+    exempted = Exempted(e["reason"], e["owner"], e.get("ticket"), e.get("expires")) if isinstance(e, dict) else None
+    return Finding(
+        id=d["id"],
+        rule=d["rule"],
+        check=d.get("check") or "",
+        severity=Severity(d["severity"]),
+        mode=Mode(d.get("mode") or "audit"),
+        asset=d["asset"],
+        asset_type=d["asset_type"],
+        message=d["message"],
+        details=d.get("details") or {},
+        exempted=exempted,
+    )
+
+
+def render_published(fmt: str, doc: dict[str, Any], findings: list[dict[str, Any]], rules: list[LoadedRule]) -> bytes:
+    """The daemon's open findings (`/findings.json?format=`) in a report format, with its last cycle as the scan."""
+    from auditor.report.render import summary_text
+
+    cls = renderers.get(fmt)
+    if cls is None:
+        raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(renderers)}")
+    facts = report_order(rules)
+    renderer_ = cls(facts)
+    spool, tally = Spool(), Tally()
+    try:
+        for d in findings:
+            f = finding_from_json(d)
+            tally.add(f)
+            spool.add(renderer_.key(f), renderer_.line(f))
+        cycle = doc.get("cycle") or {}
+        incomplete = {t: str(why) for t, why in (cycle.get("incomplete") or {}).items()} if isinstance(
+            cycle.get("incomplete"), dict) else {}  # fmt: skip
+        if cycle.get("complete") is False and not incomplete:
+            incomplete = {"*": f"last cycle {cycle.get('outcome')}: {cycle.get('error') or 'partial'}"}
+        summary = {
+            "assets": cycle.get("assets", 0),
+            "findings": tally.open,
+            "exempted": tally.exempted,
+            "by_severity": tally.by_severity(),
+            "rules": len(rules),
+            "complete": not incomplete,
+        }
+        head = {
+            "version": 1,
+            "tool_version": __version__,
+            "scanned_at": cycle.get("started_at") or doc.get("generated_at"),
+            "complete": not incomplete,
+            "sources": cycle.get("sources") or [],
+        }
+        document = Document(head, summary, summary_text(summary), incomplete, [], [], facts, tally, spool)
+        buf = io.BytesIO()
+        renderer_.write(buf, document)
+        return buf.getvalue()
+    finally:
+        spool.close()
