@@ -61,6 +61,9 @@ CALLS: dict[str, list[tuple[str, ...]]] = {
     "remove_rule": [("compute.securityPolicies.update",), _COMPUTE_OP],
     "get_rule": [("compute.securityPolicies.get",)],
     "get_cluster": [("container.clusters.get",)],
+    "get_feed": [("cloudasset.feeds.get",)],
+    "create_feed": [("cloudasset.feeds.create",)],
+    "update_feed": [("cloudasset.feeds.update",)],
     "get_dataset": [_DATASET_GET],  # BigQuery datasets.get and datasets.patch, the way the google-cloud-bigquery
     "update_dataset": [_DATASET_UPDATE],  # client names them
 }
