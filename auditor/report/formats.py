@@ -14,7 +14,7 @@ import csv
 import io
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 from xml.sax.saxutils import escape, quoteattr
 
@@ -42,16 +42,17 @@ class Document:
     head: dict[str, Any]  # version, tool_version, scanned_at, complete, sources
     summary: dict[str, Any]
     summary_line: str
-    incomplete: dict[str, str]  # asset type -> reason, for the types not read completely
+    partial: list[str]  # why the result is not whole (types not read, rules not evaluated, errors); empty if whole
     errors: list[EvaluationError]
     stale_exemptions: list[dict[str, Any]]
     rules: list[RuleFacts]
     tally: Tally
     spool: Spool
+    tail: dict[str, Any] = field(default_factory=dict)  # what the JSON report holds after its findings
 
     @property
     def complete(self) -> bool:
-        return not self.incomplete and bool(self.head.get("complete", True))
+        return not self.partial and bool(self.head.get("complete", True))
 
 
 class Renderer:
@@ -140,8 +141,10 @@ class JsonRenderer(Renderer):
         out.write(head[:-1] + b',"findings":[\n')
         for piece in _joined(doc, (k for _, k in self.groups(doc)), b",\n"):
             out.write(piece)
-        out.write(b'\n],"errors":' + _enc.encode([e.to_dict() for e in doc.errors]))
-        out.write(b',"stale_exemptions":' + _enc.encode(doc.stale_exemptions) + b"}\n")
+        out.write(b"\n]")
+        for key, value in doc.tail.items():
+            out.write(b"," + _enc.encode(key) + b":" + _enc.encode(value))
+        out.write(b"}\n")
 
 
 @renderer
@@ -283,8 +286,8 @@ class SarifRenderer(Renderer):
              "descriptor": {"id": e.rule}}
             for e in doc.errors
         ] + [
-            {"level": "error", "message": {"text": f"{t} not read completely: {reason}"}}
-            for t, reason in sorted(doc.incomplete.items())
+            {"level": "error", "message": {"text": f"partial result: {reason}"}}
+            for reason in doc.partial
         ]  # fmt: skip
         run_head = {
             "tool": {
@@ -355,7 +358,7 @@ class JunitRenderer(Renderer):
         stamp = str(doc.head.get("scanned_at") or "").removesuffix("Z")
         out.write(f'<testsuite name="drift-auditor baseline" {counts} timestamp={_attr(stamp)}>\n'.encode())
         if not doc.complete:
-            reasons = "&#10;".join(_xml_text(f"{t}: {why}") for t, why in sorted(doc.incomplete.items()))
+            reasons = "&#10;".join(_xml_text(why) for why in doc.partial) or "the result is partial"
             out.write(b'<testcase classname="drift-auditor" name="snapshot">'
                       + f'<error type="partial" message="the snapshot is partial">{reasons}</error>'.encode()
                       + b"</testcase>\n")  # fmt: skip
@@ -403,9 +406,9 @@ class MarkdownRenderer(Renderer):
         w: Callable[[str], Any] = lambda s: out.write(s.encode())  # noqa: E731
         stamp = str(doc.head.get("scanned_at") or "")[:16].replace("T", " ")
         w(f"# Baseline audit, {stamp} UTC\n\n{doc.summary_line}\n\n")
-        if doc.incomplete:
-            w("> **The snapshot is partial.** Findings of the types below may be missing:\n>\n")
-            w("".join(f"> - `{t}`: {r}\n" for t, r in sorted(doc.incomplete.items())) + "\n")
+        if not doc.complete:
+            w("> **The result is partial.** Findings may be missing:\n>\n")
+            w("".join(f"> - {_md(r)}\n" for r in doc.partial) + "\n")
         for sev in reversed(SEVERITIES):
             rules = [r for r in self.rules if r.severity == sev and doc.tally.count(r.id)]
             if not rules:
@@ -447,16 +450,18 @@ class StreamedReport:
         from auditor.report.render import summary_line
 
         full = result.to_dict(findings=False)
+        head = {k: full[k] for k in ("version", "tool_version", "scanned_at", "complete", "sources")}
         return Document(
-            head={k: full[k] for k in ("version", "tool_version", "scanned_at", "complete", "sources")},
+            head=head,
             summary=full["summary"],
             summary_line=summary_line(result),
-            incomplete=result.incomplete_types(),
+            partial=[] if result.complete else (result.partial_reasons() or ["the result is partial"]),
             errors=list(result.evaluation.errors),
             stale_exemptions=result.stale_exemptions,
             rules=self.facts,
             tally=result.counts(),
             spool=self.spool,
+            tail={k: v for k, v in full.items() if k not in head and k != "summary"},
         )
 
     def write(self, out: BinaryIO, result: ScanResult) -> None:
@@ -510,26 +515,26 @@ def render_published(fmt: str, doc: dict[str, Any], findings: list[dict[str, Any
             tally.add(f)
             spool.add(renderer_.key(f), renderer_.line(f))
         cycle = doc.get("cycle") or {}
-        incomplete = {t: str(why) for t, why in (cycle.get("incomplete") or {}).items()} if isinstance(
-            cycle.get("incomplete"), dict) else {}  # fmt: skip
-        if cycle.get("complete") is False and not incomplete:
-            incomplete = {"*": f"last cycle {cycle.get('outcome')}: {cycle.get('error') or 'partial'}"}
+        raw = cycle.get("incomplete")
+        partial = [f"{t}: {why}" for t, why in raw.items()] if isinstance(raw, dict) else []
+        if cycle.get("complete") is False and not partial:
+            partial = [f"last cycle {cycle.get('outcome')}: {cycle.get('error') or 'partial'}"]
         summary = {
             "assets": cycle.get("assets", 0),
             "findings": tally.open,
             "exempted": tally.exempted,
             "by_severity": tally.by_severity(),
             "rules": len(rules),
-            "complete": not incomplete,
+            "complete": not partial,
         }
         head = {
             "version": 1,
             "tool_version": __version__,
             "scanned_at": cycle.get("started_at") or doc.get("generated_at"),
-            "complete": not incomplete,
+            "complete": not partial,
             "sources": cycle.get("sources") or [],
         }
-        document = Document(head, summary, summary_text(summary), incomplete, [], [], facts, tally, spool)
+        document = Document(head, summary, summary_text(summary), partial, [], [], facts, tally, spool)
         buf = io.BytesIO()
         renderer_.write(buf, document)
         return buf.getvalue()
