@@ -38,6 +38,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
+from auditor import plugins
 from auditor.cycle import Auditor
 from auditor.errors import AuditorError
 from auditor.http_server import CLIENT_HEADER, HttpServer, Limits, Response
@@ -49,14 +50,15 @@ from auditor.settings import Settings
 JOB_ID = "audit-cycle"
 HA_JOB_ID = "leader-check"
 ABANDON_WAIT_SECONDS = 5.0
+METRICS_CACHE_SECONDS = 1.0
 
 
 def respond(d: Daemon, method: str, target: str, headers: Mapping[str, str]) -> Response:
     """One request (GET or HEAD) to the daemon: headers' names in lower case. Served by auditor.http_server."""
     path = target.split("?", 1)[0].rstrip("/") or "/"
     if path == "/metrics":
-        encoder, ctype = choose_encoder(headers.get("accept", ""))
-        return _reply(HTTPStatus.OK, ctype, encoder(d.registry))
+        ctype, body = d.metrics(headers.get("accept", ""))
+        return _reply(HTTPStatus.OK, ctype, body)
     if path == "/healthz":
         ok, why = d.healthy()
         return _reply(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", why.encode())
@@ -140,8 +142,26 @@ class Daemon:
             AuditorCollector(lambda: auditor.published.view, auditor.histogram, self.alive, const_labels=scope)
         )
         self._add_process_metrics(self.registry)
+        self._metrics_lock = threading.Lock()
+        self._metrics_cache: dict[str, tuple[tuple[str, int], float, bytes]] = {}
         self.server: HttpServer | None = None
         self.address: tuple[str, int] | None = None
+
+    def metrics(self, accept: str) -> tuple[str, bytes]:
+        """The /metrics page in the format `accept` asks for. Encoding it costs milliseconds of CPU: under many
+        scrapers (or a flood) it is encoded at most once per METRICS_CACHE_SECONDS and format, and again as soon as
+        a cycle publishes new values; only the time-derived gauges (ages, auditor_up) can lag by that much."""
+        encoder, ctype = choose_encoder(accept)
+        key = (ctype, self.auditor.published.cycles_completed)  # read before encoding: the data is as new or newer
+        now = time.monotonic()
+        with self._metrics_lock:
+            hit = self._metrics_cache.get(ctype)
+            if hit is not None and hit[0] == key and now - hit[1] < METRICS_CACHE_SECONDS:
+                return ctype, hit[2]
+        body = encoder(self.registry)
+        with self._metrics_lock:
+            self._metrics_cache[ctype] = (key, now, body)
+        return ctype, body
 
     @staticmethod
     def _add_process_metrics(registry: CollectorRegistry) -> None:
@@ -293,9 +313,8 @@ class Daemon:
         if self.settings.remediation.enabled:
             # No cycle runs any more: hand the Lease over now rather than on its expiry (a stuck cycle, above,
             # keeps it until it expires, since it might still be writing).
-            from remediations.cycle import stop_electors
-
-            stop_electors()
+            for stop in plugins.stop_hooks.items().values():
+                stop()
         self.auditor.close()
         return 0
 
