@@ -19,12 +19,14 @@ import json
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from auditor.collect.cai_feed import FeedChange
 from auditor.errors import AuditorError, Cancelled, SourceError
 from auditor.evaluate.rulebook import LoadedRule, load_rules
 from auditor.logs import get_logger
@@ -160,7 +162,15 @@ class Auditor:
         self._remediation: RemediationOutput | None = None
         self._remediation_missing_logged = False
         self._shrunk: dict[str, int] = {}  # sources treated as partial this cycle -> their last complete count
+        # Changes reported by feeds since the last cycle (bounded: the cycle reconciles whatever is dropped).
+        self.feed_changes: deque[FeedChange] = deque(maxlen=100_000)
         self.published = self._publish()
+
+    def feed_change(self, change: FeedChange) -> None:
+        """A change a Cloud Asset Inventory feed reported (already authenticated and ordered by auditor/feed.py)."""
+        self.feed_changes.append(change)
+        self.log.info("feed_change", asset=change.asset.name, asset_type=change.asset.asset_type,
+                      deleted=change.deleted, content=change.content, window_start=change.window_start)
 
     # -- one cycle ---------------------------------------------------------------------------------------------------
     def run_cycle(self) -> CycleOutcome:
