@@ -17,10 +17,11 @@ import dataclasses
 import importlib
 import json
 import re
+import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,15 +30,19 @@ from typing import Any
 from auditor.collect.cai_feed import FeedChange
 from auditor.errors import AuditorError, Cancelled, SourceError
 from auditor.evaluate.rulebook import LoadedRule, load_rules
-from auditor.logs import get_logger
+from auditor.logs import bind_labels, get_logger, unbind_labels
 from auditor.model import SourceStatus
-from auditor.report.html import render_report
+from auditor.report.html import MAX_ROWS, render_report
 from auditor.report.metrics import MetricsView, StageHistogram, build_view, plan_change_counts
+from auditor.report.pages import FindingQuery
 from auditor.scan import ScanResult, run_scan
 from auditor.settings import Settings
-from auditor.state import CycleInput, Recorded, Store, iso
+from auditor.state import AdvisoryLeader, CycleInput, NotLeader, Recorded, Store, iso
 
 REMEDIATION_MODULE = "remediations.cycle"
+REPORT_FINDINGS = 1000  # the worst open findings the report lists; every one is a page of /findings.json away
+REPORT_NEWEST = 20
+PROGRESS_EVERY = 10.0  # seconds between `progress` events of a running cycle
 
 
 class CycleAbandoned(Cancelled):
@@ -71,12 +76,14 @@ class CycleOutcome:
 
 @dataclass(frozen=True)
 class Published:
-    """What the HTTP endpoints serve, rebuilt after each cycle and swapped in whole."""
+    """What the HTTP endpoints serve, rebuilt after each cycle and swapped in whole. Bounded in size whatever the
+    number of findings: the report lists the worst and the newest, /findings.json pages are read from the store."""
 
     view: MetricsView
-    findings_json: bytes
+    findings_json: bytes  # the first page of /findings.json
     report_html: bytes
     cycles_completed: int
+    header: dict[str, Any] = field(default_factory=dict)  # the /findings.json keys other than the page
 
 
 _CODES = (
@@ -161,6 +168,13 @@ class Auditor:
         self._plan_changes: list[tuple[str, str, int]] = []
         self._remediation: RemediationOutput | None = None
         self._remediation_missing_logged = False
+        self._reader: Store | None = None
+        # On a shared PostgreSQL state only the holder of the leader lock records cycles (auditor.state.leader).
+        self.leader = AdvisoryLeader(store.db) if store.dialect == "postgresql" and settings.ha.enabled else None
+        self._was_leader: bool | None = None
+        self._assets_read = 0
+        self.progress_every = PROGRESS_EVERY
+        self._reader_lock = threading.Lock()
         self._shrunk: dict[str, int] = {}  # sources treated as partial this cycle -> their last complete count
         # Changes reported by feeds since the last cycle (bounded: the cycle reconciles whatever is dropped).
         self.feed_changes: deque[FeedChange] = deque(maxlen=100_000)
@@ -175,11 +189,73 @@ class Auditor:
     # -- one cycle ---------------------------------------------------------------------------------------------------
     def run_cycle(self) -> CycleOutcome:
         with self._cycle_lock:
+            if self.leader is not None and not self.leader.is_leader():
+                return self._follow()
             self.running_since = self.clock()
+            # Every event of this cycle carries its id and scope as Cloud Logging labels. The store numbers cycles
+            # only when it records one, so the label is the run's own id (start time and a random suffix).
+            run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.running_since)) + "-" + secrets.token_hex(3)
+            labels = {"cycle_id": run_id, "scope": self.settings.scope or None}
+            bind_labels(**labels)
+            self._assets_read = 0
+            done = threading.Event()
+            reporter = threading.Thread(target=self._report_progress, args=(done, labels), name="progress",
+                                        daemon=True)
+            reporter.start()
             try:
                 return self._run()
             finally:
+                done.set()
+                reporter.join()
+                unbind_labels(*labels)
                 self.running_since = None
+
+    # -- several replicas on one PostgreSQL database ------------------------------------------------------------------
+    def _follow(self) -> CycleOutcome:
+        """A follower records nothing: it serves /metrics and /report from what the leader recorded."""
+        now = self.clock()
+        self.published = self._publish()
+        if self.store.last_cycle() is not None:
+            self.published = dataclasses.replace(self.published, cycles_completed=max(1, self.cycles_completed))
+        if self._was_leader is not False:
+            self.log.info("follower", reason="another replica holds the leader lock", state=self.store.db.name)
+        self._was_leader = False
+        return CycleOutcome("follower", now, now, {})
+
+    def poll_leadership(self) -> bool:
+        """Every lease period: True when this replica has just become the leader (run a cycle now); a follower
+        refreshes what it serves from the shared store."""
+        if self.leader is None:
+            return False
+        with self._cycle_lock:
+            try:
+                leader = self.leader.is_leader()
+            except Exception as exc:  # the database is unreachable: stay as we are, say so
+                self.log.warning("leader_check_failed", error=f"{type(exc).__name__}: {exc}")
+                return False
+            if not leader:
+                self._follow()
+                return False
+            became = self._was_leader is not True
+            if became:
+                self.log.info("leader", identity=self.leader.identity, state=self.store.db.name)
+            self._was_leader = True
+            return became
+
+    def _on_progress(self, n: int = 0) -> None:
+        self._assets_read = n
+        self._check_cancel()
+
+    def _report_progress(self, done: threading.Event, labels: Mapping[str, str | None]) -> None:
+        """A `progress` event every `progress_every` seconds while the cycle runs: a long cycle is not silent."""
+        bind_labels(**labels)
+        t0 = time.perf_counter()
+        while not done.wait(self.progress_every):
+            elapsed = time.perf_counter() - t0
+            n = self._assets_read
+            self.log.info("progress", source=", ".join(self.settings.sources), assets_read=n,
+                          rate_per_second=round(n / elapsed, 1) if elapsed > 0 else 0.0,
+                          elapsed_seconds=round(elapsed, 1))
 
     def _check_cancel(self, _n: int = 0) -> None:
         if self.cancel.is_set():
@@ -202,7 +278,7 @@ class Auditor:
                 list(s.sources),
                 self.rules,
                 s.sources_options(),
-                on_progress=self._check_cancel,
+                on_progress=self._on_progress,
                 jobs=s.jobs,
                 threaded=True,  # the daemon's scheduler, server and elector threads run on
             )
@@ -231,8 +307,15 @@ class Auditor:
 
         t = time.perf_counter()
         try:
-            out.recorded = self.store.record_cycle(self._cycle_input(out))
+            out.recorded = self.store.record_cycle(self._cycle_input(out),
+                                                   fence=self.leader.fence if self.leader else None)
             out.cycle_id = out.recorded.cycle_id
+        except NotLeader as exc:
+            # Leadership was lost during the cycle (the connection dropped): the new leader records its own cycle.
+            out.outcome, out.error = "abandoned", str(exc)
+            out.ended_at = self.clock()
+            self.log.warning("cycle_abandoned", reason=str(exc))
+            return out
         except Exception as exc:
             # The store itself failed (disk full, locked for too long): nothing was recorded; say so loudly.
             out.outcome, out.error = "failed", f"state store: {type(exc).__name__}: {exc}"
@@ -357,7 +440,9 @@ class Auditor:
                 self._remediation_missing_logged = True
             return None
         try:
-            raw = module.run_remediation(result, self.settings, self.settings.state_target)
+            # On a shared database the leader lock also decides who applies: one replica writes, whatever the Lease.
+            extra = {"elector": self.leader} if self.leader is not None else {}
+            raw = module.run_remediation(result, self.settings, self.settings.state_target, **extra)
             out = normalise_remediation(raw)
         except Exception as exc:
             self.log.exception("cycle_error", stage="remediate", error=f"{type(exc).__name__}: {exc}")
@@ -371,30 +456,81 @@ class Auditor:
         return out
 
     # -- publishing --------------------------------------------------------------------------------------------------
-    def _publish(self) -> Published:
-        view = build_view(self.store, self.rules, self.settings.sources, self._plan_changes)
-        now = self.clock()
-        last, drift = self.store.last_drift()
-        latest = self.store.last_cycle()
-        findings = self.store.open_findings()
-        stale = view.data_at is None or now - view.data_at > self.settings.staleness.snapshot_max_age_seconds
+    def findings_json(self, query: Mapping[str, Sequence[str]]) -> bytes:
+        """One page of /findings.json, read from the store (a connection of its own: a request never waits for a
+        cycle's write). Raises ValueError for a bad query."""
+        q = FindingQuery.parse(query)
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = self.store.reopen()
+            return self._findings_page(self._reader, self.published.header, q, self.clock())
+
+    @staticmethod
+    def _findings_page(store: Store, header: Mapping[str, Any], q: FindingQuery, now: float) -> bytes:
+        total, page = store.find(severities=q.severities, rules=q.rules, asset_types=q.asset_types, stale=q.stale,
+                                 exempted=q.exempted, limit=q.per_page, offset=q.offset)
+        pages = max(1, -(-total // q.per_page))
         doc = {
+            **header,
+            "total": total,
+            "page": q.page,
+            "per_page": q.per_page,
+            "pages": pages,
+            "next": q.link(q.page + 1) if q.page < pages else None,
+            "findings": [f.to_dict(now) for f in page],
+        }
+        return json.dumps(doc, default=str).encode()
+
+    def close(self) -> None:
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        self.store.close()
+
+    def _publish(self) -> Published:
+        store = self.store
+        view = build_view(store, self.rules, self.settings.sources, self._plan_changes)
+        now = self.clock()
+        last, drift = store.last_drift(limit=MAX_ROWS)
+        dc = store.drift_counts(last.id) if last else {}
+        n_new = sum(n for (change, _), n in dc.items() if change == "new")
+        n_resolved = sum(n for (change, _), n in dc.items() if change == "resolved")
+        latest = store.last_cycle()
+        # Bounded whatever the number of findings: the worst ones and the newest, with counts of all.
+        _, worst = store.find(exempted=False, limit=REPORT_FINDINGS)
+        exempted_total, exempted = store.find(exempted=True, limit=MAX_ROWS)
+        _, newest = store.find(limit=REPORT_NEWEST, newest=True)
+        counts: dict[str, int] = {}
+        rule_counts: dict[tuple[str, str], int] = {}
+        for rule, severity, _type, _mode, is_exempted, n in store.finding_counts():
+            if not is_exempted:
+                counts[severity] = counts.get(severity, 0) + n
+                rule_counts[(severity, rule)] = rule_counts.get((severity, rule), 0) + n
+        stale = view.data_at is None or now - view.data_at > self.settings.staleness.snapshot_max_age_seconds
+        header = {
             "scope": self.settings.scope or None,
             "generated_at": iso(now),
             "cycle": latest.to_dict() if latest else None,
             "data_at": iso(view.data_at) if view.data_at else None,
             "stale": stale,
             "last_success_at": iso(view.last_success_at) if view.last_success_at else None,
-            "findings": [f.to_dict(now) for f in findings],
-            "drift": {"cycle": last.id if last else None, "events": [e.to_dict() for e in drift]},
+            "drift": {"cycle": last.id if last else None, "new": n_new, "resolved": n_resolved,
+                      "events": [e.to_dict() for e in drift]},
             "plan": self._remediation.plan if self._remediation else None,
         }
+        first_page = self._findings_page(store, header, FindingQuery(), now)
         html = render_report(
             now=now,
             latest=latest,
             drift_cycle=last,
             drift=drift,
-            findings=findings,
+            findings=[*worst, *exempted],
+            counts=counts,
+            rule_counts=rule_counts,
+            exempted_total=exempted_total,
+            drift_counts=(n_new, n_resolved),
+            newest=newest,
             rules=self.rules,
             sources=self.store.sources(),
             data_at=view.data_at,
@@ -407,7 +543,7 @@ class Auditor:
             remediation_markdown=self._remediation.markdown if self._remediation else None,
             plan=self._remediation.plan if self._remediation else None,
         )
-        return Published(view, json.dumps(doc, default=str).encode(), html.encode(), self.cycles_completed)
+        return Published(view, first_page, html.encode(), self.cycles_completed, header)
 
     def _log_cycle(self, out: CycleOutcome) -> None:
         rec = out.recorded
@@ -447,8 +583,8 @@ class Auditor:
         # One event per change, read back from the store a page at a time (a cycle may change many findings).
         for e in self.store.iter_drift(rec.cycle_id) if rec else ():
             self.log.info(
-                "drift", cycle=e.cycle_id, change=e.change, rule=e.rule, severity=e.severity, asset=e.asset,
-                asset_type=e.asset_type, exempted=e.exempted, finding=e.finding_id, message=e.message,
+                "drift", cycle=e.cycle_id, change=e.change, rule=e.rule, finding_severity=e.severity, asset=e.asset,
+                asset_type=e.asset_type, exempted=e.exempted, finding=e.finding_id, finding_message=e.message,
             )
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 import itertools
-import json
 import os
 import signal
 import sys
@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from types import FrameType
-from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
@@ -43,13 +42,13 @@ from auditor.cycle import Auditor
 from auditor.errors import AuditorError
 from auditor.feed import PATH as FEED_PATH
 from auditor.feed import FeedIntake
-from auditor.http_server import HttpServer, Limits, Response
+from auditor.http_server import CLIENT_HEADER, HttpServer, Limits, Response
 from auditor.logs import get_logger
-from auditor.model import SEVERITIES
 from auditor.report.metrics import AuditorCollector, make_registry
 from auditor.settings import Settings
 
 JOB_ID = "audit-cycle"
+HA_JOB_ID = "leader-check"
 ABANDON_WAIT_SECONDS = 5.0
 
 
@@ -66,24 +65,21 @@ def respond(d: Daemon, method: str, target: str, headers: Mapping[str, str]) -> 
         ok = d.auditor.published.cycles_completed > 0
         body = b"ready\n" if ok else b"not ready: no cycle has completed yet\n"
         return _reply(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", body)
-    if path in PROTECTED and not d.authorized(headers.get("authorization", "")):
+    if path in PROTECTED and not d.authorized(headers.get("authorization", ""), headers.get(CLIENT_HEADER, "")):
+        if d.settings.report_token is None:
+            return _reply(HTTPStatus.FORBIDDEN, "text/plain", b"this report names resources: with no report token "
+                          b"it answers only this host (loopback); configure report_token_file to serve it to others\n")
         body = b"this report names resources: give the report token (Bearer, or Basic as the password)\n"
         return _reply(HTTPStatus.UNAUTHORIZED, "text/plain", body,
                       {"WWW-Authenticate": 'Basic realm="drift-auditor", charset="UTF-8"'})
     if path == "/findings.json":
-        published = d.auditor.published
+        # A page at a time, read from the store: the daemon never holds every finding.
         query = urllib.parse.parse_qs(target.partition("?")[2])
-        if not query:
-            return _reply(HTTPStatus.OK, "application/json", published.findings_json)
         try:
-            keep = finding_filter(query)
+            body = d.auditor.findings_json(query)
         except ValueError as exc:
             return _reply(HTTPStatus.BAD_REQUEST, "text/plain", f"{exc}\n".encode())
-        # Filtered views are occasional API calls: decode the published document rather than keep a second
-        # copy of every finding in memory between cycles.
-        doc = json.loads(published.findings_json)
-        doc["findings"] = [f for f in doc["findings"] if keep(f)]
-        return _reply(HTTPStatus.OK, "application/json", json.dumps(doc).encode())
+        return _reply(HTTPStatus.OK, "application/json", body)
     if path == "/report":
         return _reply(HTTPStatus.OK, "text/html; charset=utf-8", d.auditor.published.report_html)
     if path == "/":
@@ -104,42 +100,18 @@ def _reply(status: HTTPStatus, ctype: str, body: bytes, headers: Mapping[str, st
 PROBES = frozenset({"/healthz", "/readyz"})
 
 
-_FILTERS = ("severity", "rule", "asset_type", "stale", "exempted")
-
-
-def finding_filter(query: dict[str, list[str]]) -> Callable[[dict[str, Any]], bool]:
-    """/findings.json?severity=high&rule=a&rule=b&asset_type=...&stale=true&exempted=false"""
-    unknown = sorted(set(query) - set(_FILTERS))
-    if unknown:
-        raise ValueError(f"unknown filter(s) {', '.join(unknown)}; known: {', '.join(_FILTERS)}")
-    min_rank = -1
-    if "severity" in query:
-        sev = query["severity"][-1]
-        if sev not in SEVERITIES:
-            raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}")
-        min_rank = SEVERITIES.index(sev)
-    rules = set(query.get("rule", []))
-    types = set(query.get("asset_type", []))
-    flags: dict[str, bool] = {}
-    for name in ("stale", "exempted"):
-        if name in query:
-            value = query[name][-1].lower()
-            if value not in ("true", "false"):
-                raise ValueError(f"{name} must be true or false")
-            flags[name] = value == "true"
-
-    def keep(f: dict[str, Any]) -> bool:
-        return (
-            SEVERITIES.index(f["severity"]) >= min_rank
-            and (not rules or f["rule"] in rules)
-            and (not types or f["asset_type"] in types)
-            and all(bool(f[k]) == v for k, v in flags.items())
-        )
-
-    return keep
-
-
 PROTECTED = ("/report", "/findings.json")  # they name resources and members; /metrics and the probes never do
+
+
+def is_loopback(client: str) -> bool:
+    """127.0.0.0/8, ::1 and IPv4-mapped loopback; anything unparsable is not."""
+    try:
+        ip = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
 
 
 class Daemon:
@@ -152,7 +124,8 @@ class Daemon:
         self.stop = threading.Event()
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
-            executors={"default": ThreadPoolExecutor(1)},
+            # The leader check has its own thread: it runs while a cycle does.
+            executors={"default": ThreadPoolExecutor(1), "ha": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         scope = {"scope": settings.scope} if settings.scope else None
@@ -170,11 +143,12 @@ class Daemon:
         # Memory and CPU of the daemon itself (process_*): standard, label-free, useful when a big org grows.
         ProcessCollector(registry=registry)
 
-    def authorized(self, header: str) -> bool:
-        """No token configured: open (bind to loopback or restrict by network). Else Bearer or Basic password."""
+    def authorized(self, header: str, client: str = "") -> bool:
+        """No token configured: loopback callers only (secure by default, whatever the listen address). Else the
+        token, as Bearer or as the Basic password, from anywhere."""
         token = self.settings.report_token
         if token is None:
-            return True
+            return is_loopback(client)
         scheme, _, value = header.partition(" ")
         given = ""
         if scheme.lower() == "bearer":
@@ -239,7 +213,14 @@ class Daemon:
 
     def schedule(self) -> Job:
         """The audit job: one at a time, missed runs coalesced, the first one now."""
+        if self.auditor.leader is not None:
+            self.scheduler.add_job(self._poll_leadership, IntervalTrigger(seconds=self.settings.ha.lease_seconds),
+                                   id=HA_JOB_ID, executor="ha")
         return self.scheduler.add_job(self._job, self.trigger(), id=JOB_ID, next_run_time=datetime.now(UTC))
+
+    def _poll_leadership(self) -> None:
+        if not self.stop.is_set() and self.auditor.poll_leadership():
+            self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))  # took over: a cycle now
 
     def start_http(self) -> tuple[str, int]:
         host, port = self.settings.listen_address
@@ -311,6 +292,6 @@ class Daemon:
             from remediations.cycle import stop_electors
 
             stop_electors()
-        self.auditor.store.close()
+        self.auditor.close()
         return 0
 

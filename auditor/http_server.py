@@ -109,6 +109,9 @@ class _Protocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
+CLIENT_HEADER = ":client"
+
+
 class _App:
     """The ASGI adapter: request line and headers in, one `Response` out (HEAD gets the headers only)."""
 
@@ -126,6 +129,8 @@ class _App:
         method: str = scope["method"]
         target = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # The peer's address, under a name no HTTP header can have (the handler decides who may read what).
+        headers[CLIENT_HEADER] = str(scope["client"][0]) if scope.get("client") else ""
         try:
             post = self.post.get(scope["path"].rstrip("/")) if method == "POST" else None
             if post is not None:

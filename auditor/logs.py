@@ -3,6 +3,11 @@
 Events are named for what happened (`cycle`, `drift`, `listening`, ...) and carry their facts as keys, so a log
 pipeline can count them. Values that look like credentials never reach the output: keys naming a secret are
 masked and user:password in URLs is removed.
+
+The JSON lines are Cloud Logging structured logs (the agent on GKE reads them from the container's output): its
+special fields `severity` (a LogSeverity name, so a warning is not shown as an error), `message` (the summary line),
+`time` (RFC 3339) and `logging.googleapis.com/labels` (string values: the cycle and scope bound with `bind_labels`)
+become the LogEntry's own fields; every other key stays in jsonPayload, `event` included.
 """
 
 from __future__ import annotations
@@ -41,6 +46,41 @@ def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) 
     return event
 
 
+LABELS_KEY = "logging.googleapis.com/labels"
+_SEVERITY = {"debug": "DEBUG", "info": "INFO", "warning": "WARNING", "warn": "WARNING", "error": "ERROR",
+             "exception": "ERROR", "critical": "CRITICAL", "notset": "DEFAULT"}
+_LABEL_PREFIX = "label_"
+
+
+def bind_labels(**labels: object) -> None:
+    """Labels for every event logged from this context on (the cycle id and scope): a LogEntry label each."""
+    structlog.contextvars.bind_contextvars(**{_LABEL_PREFIX + k: v for k, v in labels.items() if v not in (None, "")})
+
+
+def unbind_labels(*names: str) -> None:
+    structlog.contextvars.unbind_contextvars(*(_LABEL_PREFIX + n for n in names))
+
+
+def cloud_logging(_logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: Cloud Logging's special fields from structlog's own."""
+    level = str(event.pop("level", method)).lower()
+    for key in ("severity", "message", "time"):
+        # An event's own fact by one of these names would be read as the entry's: keep it, renamed.
+        if key in event:
+            event[f"{event.get('event', 'event')}_{key}"] = event.pop(key)
+    out: dict[str, Any] = {"severity": _SEVERITY.get(level, "DEFAULT")}
+    name = event.get("event")
+    summary = " ".join(f"{k}={event[k]}" for k in ("change", "rule", "finding_severity", "asset") if k in event)
+    out["message"] = f"{name}: {summary}" if summary else str(name)
+    if "timestamp" in event:
+        out["time"] = event.pop("timestamp")
+    labels = {k[len(_LABEL_PREFIX):]: str(event.pop(k)) for k in list(event) if k.startswith(_LABEL_PREFIX)}
+    if labels:
+        out[LABELS_KEY] = labels
+    out.update(event)
+    return out
+
+
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Set up structlog (and the standard logging of libraries) to write to `stream` (stderr by default).
 
@@ -54,6 +94,8 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
+    # Cloud Logging's field names in JSON; the console keeps structlog's own for people.
+    cloud: list[Any] = [cloud_logging] if fmt == "json" else []
     lvl = logging.getLevelName(level.upper())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -65,6 +107,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         processors=[
             *shared,
             structlog.processors.format_exc_info if fmt == "json" else structlog.dev.set_exc_info,
+            *cloud,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
@@ -75,7 +118,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *cloud, renderer],
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         )
     )

@@ -87,6 +87,17 @@ class Schedule(BaseModel):
         return self
 
 
+class HighAvailability(BaseModel):
+    """Replicas sharing a PostgreSQL state database: one records cycles (the holder of an advisory lock)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Elect a leader on a PostgreSQL state (SQLite has one writer anyway).")
+    lease_seconds: float = Field(
+        15.0, gt=0, le=3600, description="How often a follower tries to take over: the longest a takeover waits."
+    )
+
+
 class Staleness(BaseModel):
     """When the data counts as stale: shown on /report and /findings.json; alert thresholds live in deploy/."""
 
@@ -258,6 +269,7 @@ class Settings(BaseSettings):
     )
     report_token_file: Path | None = Field(None, description="Read report_token from this file (a mounted secret).")
     staleness: Staleness = Field(default_factory=Staleness)  # type: ignore[arg-type]
+    ha: HighAvailability = Field(default_factory=HighAvailability)  # type: ignore[arg-type]
     source_shrink: SourceShrink = Field(default_factory=SourceShrink)  # type: ignore[arg-type]
     http: Http = Field(default_factory=Http)  # type: ignore[arg-type]
     remediation: Remediation = Field(default_factory=Remediation)  # type: ignore[arg-type]

@@ -40,7 +40,9 @@ def command(config: str | None, once: bool, check: bool) -> None:
             f"listen {settings.listen}, remediation {'on' if settings.remediation.enabled else 'off'}"
         )
         return
-    configure(settings.log_format, settings.log_level)
+    # The daemon logs on stdout, where the Cloud Logging agent reads structured logs; --once keeps stdout for its
+    # summary and logs on stderr.
+    configure(settings.log_format, settings.log_level, stream=sys.stderr if once else sys.stdout)
     store = Store(*state_target(settings))
     auditor = Auditor(settings, store)
     if once:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -71,8 +71,18 @@ def render_report(
     remediation_markdown: str | None = None,
     plan: dict[str, Any] | None = None,
     max_rows: int = MAX_ROWS,
+    counts: Mapping[str, int] | None = None,
+    rule_counts: Mapping[tuple[str, str], int] | None = None,
+    exempted_total: int | None = None,
+    drift_counts: tuple[int, int] | None = None,
+    newest: Sequence[StoredFinding] = (),
 ) -> str:
-    """The report page. Long lists are cut at `max_rows` per rule (and for drift); /findings.json has them all."""
+    """The report page. Long lists are cut at `max_rows` per rule (and for drift); /findings.json has them all.
+
+    From the store, `findings` and `drift` are a bounded selection (the worst findings, the first drift events) and
+    the counts say how many there are in all: `counts` (open, not exempted, by severity), `rule_counts`
+    ((severity, rule) -> n), `exempted_total`, `drift_counts` (new, resolved); `newest` lists the latest findings.
+    """
     now = time.time() if now is None else now
     by_rule = {r.id: r.rule for r in rules}
     groups: dict[str, dict[str, list[StoredFinding]]] = defaultdict(lambda: defaultdict(list))
@@ -82,19 +92,33 @@ def render_report(
             exempted.append(f)
         else:
             groups[f.severity][f.rule].append(f)
-    severities = [(s, groups[s]) for s in reversed(SEVERITIES) if s in groups]
+    if counts is None:
+        counts = {s: sum(len(v) for v in g.values()) for s, g in groups.items()}
+    severities = [(s, groups.get(s, {})) for s in reversed(SEVERITIES) if counts.get(s)]
+    new = [e for e in drift if e.change == "new"]
+    resolved = [e for e in drift if e.change == "resolved"]
     return _env.get_template("report.html.j2").render(
         version=__version__,
         now=now,
         latest=latest,
         drift_cycle=drift_cycle,
-        new=[e for e in drift if e.change == "new"],
-        resolved=[e for e in drift if e.change == "resolved"],
+        new=new,
+        resolved=resolved,
+        n_new=drift_counts[0] if drift_counts else len(new),
+        n_resolved=drift_counts[1] if drift_counts else len(resolved),
         max_rows=max_rows,
         severities=severities,
-        counts={s: sum(len(v) for v in g.values()) for s, g in severities},
-        total=sum(1 for f in findings if not f.exempted),
+        counts=counts,
+        rule_counts=rule_counts or {},
+        # Findings of a severity whose rules are not in the selection at all (the per-rule notes cover the rest).
+        unlisted={
+            s: counts[s] - sum((rule_counts or {}).get((s, r), len(items)) for r, items in g.items())
+            for s, g in severities
+        },
+        total=sum(counts.values()),
         exempted=exempted,
+        exempted_total=len(exempted) if exempted_total is None else exempted_total,
+        newest=newest,
         rules=by_rule,
         sources=sources,
         data_at=data_at,

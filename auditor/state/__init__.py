@@ -6,6 +6,7 @@ typed records passed in and out, `leader` the PostgreSQL advisory lock that elec
 """
 
 from auditor.state.db import Database, StateError, is_url, migrate, open_database, redact, state_target
+from auditor.state.leader import LEADER_KEY, AdvisoryLeader, NotLeader
 from auditor.state.records import (
     CycleInput,
     CycleRecord,
@@ -20,12 +21,15 @@ from auditor.state.store import CHANGES, COMPONENT, MIGRATIONS, OUTCOMES, Store
 __all__ = [
     "CHANGES",
     "COMPONENT",
+    "LEADER_KEY",
     "MIGRATIONS",
     "OUTCOMES",
+    "AdvisoryLeader",
     "CycleInput",
     "CycleRecord",
     "Database",
     "DriftEvent",
+    "NotLeader",
     "Recorded",
     "SourceState",
     "StateError",

@@ -22,7 +22,7 @@ they survive restarts and never go backwards.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,7 @@ class Store:
     """The state store on a SQLite file or a PostgreSQL URL. Thread-safe: one connection behind one lock."""
 
     def __init__(self, target: str | Path, password_file: str | Path | None = None) -> None:
+        self.password_file = password_file
         self.db: Database = open_database(target, password_file)
         self.path = target if isinstance(target, Path) else Path(target) if self.db.dialect == "sqlite" else None
         self.target = str(target)
@@ -183,6 +184,10 @@ class Store:
         except Exception as exc:  # not a database, a server that refuses: one clear line
             self.db.close()
             raise StateError(f"{self.db.name}: cannot open the state database ({exc})") from None
+
+    def reopen(self) -> Store:
+        """Another store on the same database, with a connection of its own (readers beside the writer)."""
+        return Store(self.target, self.password_file)
 
     @property
     def dialect(self) -> str:
@@ -198,7 +203,8 @@ class Store:
         self.close()
 
     # -- writing ---------------------------------------------------------------------------------------------------
-    def record_cycle(self, c: CycleInput) -> Recorded:
+    def record_cycle(self, c: CycleInput, fence: Callable[[], None] | None = None) -> Recorded:
+        """Record one cycle in one transaction. `fence` runs first inside it and may refuse (an HA follower)."""
         if c.outcome not in OUTCOMES:
             raise ValueError(f"unknown cycle outcome {c.outcome!r}")
         db = self.db
@@ -206,6 +212,8 @@ class Store:
             if c.findings is not None:
                 self._stage(c.findings)
             with db.transaction():
+                if fence is not None:
+                    fence()
                 cycle_id = int(db.execute(
                     "INSERT INTO cycles (started_at, ended_at, outcome, complete, incomplete, snapshot_at, rules, "
                     "durations, sources, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",

@@ -137,7 +137,7 @@ class Served:
         full_env.update(env or {})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "auditor", "serve", "--config", str(config)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, text=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, text=True,
         )
         self.events: list[dict[str, Any]] = []
         self.raw: list[str] = []
@@ -153,8 +153,8 @@ class Served:
         self.port = int(listening["port"])
 
     def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # the daemon logs on stdout, as Cloud Logging reads it
             self.raw.append(line)
             try:
                 event = json.loads(line)

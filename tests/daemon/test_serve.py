@@ -39,7 +39,7 @@ def test_serve_answers_every_endpoint_and_stops_cleanly_on_sigterm(tmp_path: Pat
     with Served(cfg) as served:
         wait_until(lambda: served.get("/readyz")[0] == 200, 60, "/readyz to turn ready")
         cycle = served.cycles()[0]
-        assert cycle["outcome"] == "success" and cycle["findings"] > 0 and cycle["level"] == "info"
+        assert cycle["outcome"] == "success" and cycle["findings"] > 0 and cycle["severity"] == "INFO"
         assert set(cycle["durations"]) == {"collect_evaluate", "record", "report"}
 
         status, body, _ = served.get("/healthz")
