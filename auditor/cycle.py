@@ -37,6 +37,7 @@ from auditor.report.metrics import MetricsView, StageHistogram, build_view, plan
 from auditor.report.pages import FindingQuery
 from auditor.scan import ScanResult, run_scan
 from auditor.settings import Settings
+from auditor.sinks.step import OutboundStep
 from auditor.state import AdvisoryLeader, CycleInput, NotLeader, Recorded, Store, iso
 
 REMEDIATION_MODULE = "remediations.cycle"
@@ -72,6 +73,7 @@ class CycleOutcome:
     source_failed: bool = False  # the error came from opening or reading a source
     failed_source: str | None = None  # which configured source, when known
     remediation: RemediationOutput | None = None
+    outbound: dict[str, Any] | None = None  # what the sinks step did (notifications, SCC)
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,8 @@ class Auditor:
         self._assets_read = 0
         self.progress_every = PROGRESS_EVERY
         self._reader_lock = threading.Lock()
+        step = OutboundStep(settings, store)
+        self.outbound: OutboundStep | None = step if step.enabled else None
         self._shrunk: dict[str, int] = {}  # sources treated as partial this cycle -> their last complete count
         # Changes reported by feeds since the last cycle (bounded: the cycle reconciles whatever is dropped).
         self.feed_changes: deque[FeedChange] = deque(maxlen=100_000)
@@ -326,6 +330,12 @@ class Auditor:
             t = time.perf_counter()
             out.remediation = self._remediate(out.result)
             durations["remediate"] = time.perf_counter() - t
+
+        if self.outbound is not None and out.recorded is not None:
+            # Drift notifications and Security Command Center; neither can fail the cycle.
+            t = time.perf_counter()
+            out.outbound = self.outbound.run(out.recorded)
+            durations["sinks"] = time.perf_counter() - t
 
         t = time.perf_counter()
         try:
@@ -490,7 +500,8 @@ class Auditor:
 
     def _publish(self) -> Published:
         store = self.store
-        view = build_view(store, self.rules, self.settings.sources, self._plan_changes)
+        view = build_view(store, self.rules, self.settings.sources, self._plan_changes,
+                          self.outbound.queued() if self.outbound is not None else None)
         now = self.clock()
         last, drift = store.last_drift(limit=MAX_ROWS)
         dc = store.drift_counts(last.id) if last else {}
@@ -570,6 +581,8 @@ class Auditor:
             fields["incomplete"] = out.result.incomplete_types()
         if out.error:
             fields["error"] = out.error
+        if out.outbound:
+            fields["outbound"] = out.outbound
         if out.remediation is not None and out.remediation.counts:
             fields["remediation"] = {f"{r}/{k}/{o}": n for r, k, o, n in out.remediation.counts}
         level = "info" if out.outcome == "success" else "warning" if out.outcome == "partial" else "error"

@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from auditor.collect import SourceOptions
 from auditor.errors import AuditorError
 from auditor.evaluate.principals import member_pattern_problem
+from auditor.sinks.config import Notifications, Scc
 from auditor.vocabulary import DEFAULT_MAX_MEMBER_SHARE, DEFAULT_PROTECTED_ROLES
 
 ENV_PREFIX = "AUDITOR_"
@@ -274,6 +275,8 @@ class Settings(BaseSettings):
     http: Http = Field(default_factory=Http)  # type: ignore[arg-type]
     remediation: Remediation = Field(default_factory=Remediation)  # type: ignore[arg-type]
     feed: Feed = Field(default_factory=Feed)  # type: ignore[arg-type]
+    scc: Scc = Field(default_factory=Scc)  # type: ignore[arg-type]
+    notifications: Notifications = Field(default_factory=Notifications)  # type: ignore[arg-type]
 
     @field_validator("listen")
     @classmethod
@@ -347,6 +350,9 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> None:
     for key in ("state_path", "report_token_file", "state_password_file"):
         if key in data:
             data[key] = fix(data[key])
+    notes = data.get("notifications")
+    if isinstance(notes, dict) and "queue_dir" in notes:
+        notes["queue_dir"] = fix(notes["queue_dir"])
     rem = data.get("remediation")
     if isinstance(rem, dict) and isinstance(rem.get("leader_election"), dict) and "lock_file" in rem["leader_election"]:
         rem["leader_election"]["lock_file"] = fix(rem["leader_election"]["lock_file"])

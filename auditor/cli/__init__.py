@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "auditor.cli.state",
     "auditor.cli.remediate",
     "auditor.cli.permissions",
+    "auditor.cli.sinks",
     "auditor.cli.feeds",
 )
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+from auditor.evaluate.compliance import FRAMEWORKS
+from auditor.model import SEVERITIES
+
+if TYPE_CHECKING:
+    from auditor.evaluate.rulebook import LoadedRule
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,3 +58,38 @@ def jobs_option(fn: F) -> F:
         show_default=True,
         help="Processes that read and evaluate large NDJSON exports in parallel (same result as one).",
     )(fn)
+
+
+@dataclass(frozen=True)
+class RuleSelection:
+    """Which loaded rules a command runs (auditor.evaluate.selection)."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    min_severity: str | None = None
+    framework: str | None = None
+
+    def apply(self, rules: Sequence[LoadedRule]) -> list[LoadedRule]:
+        from auditor.evaluate.selection import select_rules
+
+        return select_rules(rules, self.include, self.exclude, self.min_severity, self.framework)
+
+
+def selection_options(fn: F) -> F:
+    """--rule / --skip-rule / --min-severity / --framework, passed to the command as one `selection` argument."""
+
+    fn = click.option("--rule", "sel_rule", multiple=True, metavar="ID", help="Run only rules whose id matches this "
+                      "glob (repeatable, e.g. --rule 'iam-*').")(fn)
+    fn = click.option("--skip-rule", "sel_skip", multiple=True, metavar="ID",
+                      help="Do not run rules whose id matches this glob (repeatable).")(fn)
+    fn = click.option("--min-severity", "sel_min", type=click.Choice(SEVERITIES),
+                      help="Run only rules of this severity or worse.")(fn)
+    fn = click.option("--framework", "sel_framework", type=click.Choice(sorted(FRAMEWORKS)),
+                      help="Run the rules mapped to this compliance framework and print a per-control table.")(fn)
+
+    def wrapper(*args: Any, sel_rule: tuple[str, ...], sel_skip: tuple[str, ...], sel_min: str | None,
+                sel_framework: str | None, **kwargs: Any) -> Any:
+        kwargs["selection"] = RuleSelection(sel_rule, sel_skip, sel_min, sel_framework)
+        return fn(*args, **kwargs)
+
+    return functools.update_wrapper(wrapper, fn)  # type: ignore[return-value]

@@ -91,3 +91,33 @@ def checks(verbose: bool) -> None:
 def schema() -> None:
     """Print the JSON Schema of rule files (published as rules/schema.json)."""
     sys.stdout.write(json.dumps(rule_schema(), indent=2) + "\n")
+
+
+@command.command("test")
+@click.argument("path", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def test(path: str, fmt: str) -> None:
+    """Run the rule tests (*.test.yaml) under PATH: exit 0 when every case passes, 1 when one fails, 2 when a test
+    file cannot be used."""
+    from auditor.report.terminal import Column, console, print_table
+    from auditor.ruletest import run_tests
+
+    report = run_tests(path)
+    if fmt == "json":
+        rows = [{"file": r.file, "case": r.case, "rule": r.rule or None, "ok": r.ok, "reason": r.reason or None}
+                for r in report.results]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        out = console()
+        print_table(
+            out,
+            None,
+            [Column("result", key=True), Column("rule", key=True), Column("case", ratio=2), Column("file", ratio=2),
+             Column("reason", ratio=4)],
+            [["pass" if r.ok else "FAIL", r.rule or "(case)", r.case, r.file, r.reason] for r in report.results],
+            [None if r.ok else "bold red" for r in report.results],
+        )
+        failed = len(report.failed)
+        out.print(f"{len(report.results) - failed} passed, {failed} failed")
+    if not report.ok:
+        sys.exit(1)

@@ -3,6 +3,8 @@ JUnit, Markdown) as the findings come."""
 
 from __future__ import annotations
 
+import io
+import json
 import sys
 from collections.abc import Callable
 
@@ -10,11 +12,13 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from auditor.cli.options import jobs_option, rules_option, source_options
+from auditor.cli.options import RuleSelection, jobs_option, rules_option, selection_options, source_options
 from auditor.collect import SourceOptions
 from auditor.errors import AuditorError
 from auditor.evaluate.rulebook import LoadedRule, load_rules
 from auditor.model import SEVERITIES, Finding
+from auditor.report import terminal
+from auditor.report.compliance import assess_scan, compliance_dict, render_compliance
 from auditor.report.formats import StreamedReport, format_names
 from auditor.report.render import render_table, summary_line
 from auditor.scan import ScanResult, run_scan
@@ -45,11 +49,14 @@ def do_scan(
     require_complete: bool,
     jobs: int = 1,
     sink_for: Callable[[list[LoadedRule]], Callable[[Finding], None]] | None = None,
+    selection: RuleSelection | None = None,
 ) -> ScanResult:
     """`sink_for(rules)`, when given, returns where each finding goes as it is made (the scan then keeps none)."""
     if not sources:
         raise AuditorError("no --source given (a CAI export file or folder, a Kubernetes list, cai://..., k8s://...)")
     rules = load_rules(list(rules_paths) or None)
+    if selection is not None:
+        rules = selection.apply(rules)
     on_finding = sink_for(rules) if sink_for is not None else None
     err = Console(stderr=True, emoji=False, highlight=False)
     options = SourceOptions(cluster=cluster, strict=strict, on_problem=_problem_printer(err))
@@ -74,6 +81,7 @@ def do_scan(
 @click.command("scan")
 @source_options
 @rules_option
+@selection_options
 @jobs_option
 @click.option(
     "--format",
@@ -101,16 +109,27 @@ def command(
     fmt: str,
     output: str | None,
     fail_on: str,
+    selection: RuleSelection,
 ) -> None:
-    """Scan assets against the baseline rules and report the findings."""
+    """Scan assets against the baseline rules and report the findings.
+
+    With --framework, only the rules mapped to that framework run, and a per-control pass/fail table follows the
+    findings (on stderr for machine formats; in JSON, also the report's `compliance` section)."""
+    framework = selection.framework
     if fmt == "table":
-        result = do_scan(sources, rules_paths, cluster, strict, require_complete, jobs)
+        result = do_scan(sources, rules_paths, cluster, strict, require_complete, jobs, selection=selection)
         if output:
-            with open(output, "w", encoding="utf-8") as fh:
-                render_table(result, Console(file=fh, width=160, color_system=None, emoji=False))
+            with open(output, "w", encoding="utf-8") as text_file:
+                out = Console(file=text_file, width=100_000, color_system=None, emoji=False, soft_wrap=True)
+                render_table(result, out)
+                if framework:
+                    render_compliance(framework, assess_scan(framework, result), out)
             click.echo(summary_line(result), err=True)
         else:
-            render_table(result, Console(emoji=False, highlight=False))
+            out = terminal.console()
+            render_table(result, out)
+            if framework:
+                render_compliance(framework, assess_scan(framework, result), out)
     else:
         # The findings are encoded as they are found and the report written once the scan is over (its summary
         # comes first): nothing holds them all. A scan that fails leaves no report file behind.
@@ -120,14 +139,29 @@ def command(
             reports.append(StreamedReport(fmt, rules))
             return reports[0].add
 
-        result = do_scan(sources, rules_paths, cluster, strict, require_complete, jobs, sink_for)
-        if output:
-            with open(output, "wb") as out:
-                reports[0].write(out, result)
+        result = do_scan(sources, rules_paths, cluster, strict, require_complete, jobs, sink_for, selection)
+        if framework and fmt == "json":
+            # The framework's rules are a handful: their report is small enough to hold and add the verdict to.
+            buf = io.BytesIO()
+            reports[0].write(buf, result)
+            doc = json.loads(buf.getvalue())
+            doc["compliance"] = compliance_dict(framework, assess_scan(framework, result))
+            data = (json.dumps(doc, indent=2, default=str) + "\n").encode()
+            if output:
+                with open(output, "wb") as fh:
+                    fh.write(data)
+            else:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+        elif output:
+            with open(output, "wb") as fh:
+                reports[0].write(fh, result)
             click.echo(summary_line(result), err=True)
         else:
             reports[0].write(sys.stdout.buffer, result)
             sys.stdout.buffer.flush()
+        if framework and fmt != "json":
+            render_compliance(framework, assess_scan(framework, result), terminal.console(stderr=True))
     if not result.complete:
         click.echo("warning: the snapshot is partial; see the failed parts above", err=True)
     if fail_on != "never" and result.worst_open_rank() >= SEVERITIES.index(fail_on):

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from auditor.errors import AuditorError
 from auditor.model import SEVERITIES
+from auditor.report import terminal
 from auditor.report.html import age
+from auditor.report.terminal import Column, print_table, short_id
 from auditor.state import Store, is_url, iso, state_target
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,7 +29,8 @@ def _state_options(fn: F) -> F:
     return fn
 
 
-def _open(state: str | None, config: str | None) -> Store:
+def open_store(state: str | None, config: str | None) -> Store:
+    """The state store named by --state, or by the configuration's state_path / state_url."""
     password_file = None
     if state is None:
         from auditor.settings import load_settings
@@ -51,39 +52,41 @@ def _open(state: str | None, config: str | None) -> Store:
 @click.option("--drift/--no-drift", default=True, show_default=True, help="Show each cycle's drift events.")
 def history(state: str | None, config: str | None, fmt: str, limit: int, drift: bool) -> None:
     """Recent cycles (outcome, counts, durations) and the drift each one found."""
-    with _open(state, config) as store:
+    with open_store(state, config) as store:
         cycles = store.cycles(limit)
         events = {c.id: store.drift(c.id) for c in cycles} if drift else {}
     if fmt == "json":
         out = [{**c.to_dict(), **({"drift": [e.to_dict() for e in events[c.id]]} if drift else {})} for c in cycles]
         click.echo(json.dumps(out, indent=2))
         return
-    console = Console(emoji=False, highlight=False)
+    con = terminal.console()
     if not cycles:
-        console.print("no cycles recorded yet")
+        con.print("no cycles recorded yet")
         return
-    table = Table(title="cycles (newest first)", title_justify="left")
-    columns = ("cycle", "started (UTC)", "outcome", "assets", "open", "exempted", "new", "resolved", "stale", "seconds")
-    for col in columns:
-        table.add_column(col, justify="right" if col not in ("started (UTC)", "outcome") else "left")
+    columns = [Column("cycle", key=True, right=True), Column("started (UTC)", key=True), Column("outcome", ratio=3)]
+    columns += [Column(c, key=True, right=True) for c in ("assets", "open", "exempted", "new", "resolved", "stale",
+                                                          "seconds")]
+    rows = []
     for c in cycles:
         seconds = f"{(c.ended_at or c.started_at) - c.started_at:.1f}"
         outcome = c.outcome if not c.error else f"{c.outcome}: {c.error}"
-        table.add_row(str(c.id), iso(c.started_at)[:19], outcome, str(c.assets), str(c.findings), str(c.exempted),
-                      str(c.new), str(c.resolved), str(c.stale), seconds)
-    console.print(table)
+        rows.append([str(c.id), iso(c.started_at)[:19], outcome, str(c.assets), str(c.findings), str(c.exempted),
+                     str(c.new), str(c.resolved), str(c.stale), seconds])
+    print_table(con, "cycles (newest first)", columns, rows)
     for c in cycles:
         if c.baseline:
-            console.print(f"cycle {c.id} is the baseline: {c.new} finding(s) already there, not drift")
+            con.print(f"cycle {c.id} is the baseline: {c.new} finding(s) already there, not drift")
             continue
         if not events.get(c.id):
             continue
-        t = Table(title=f"drift in cycle {c.id}", title_justify="left")
-        for col in ("change", "severity", "rule", "asset", "finding"):
-            t.add_column(col, overflow="fold")
-        for e in events[c.id]:
-            t.add_row(e.change, e.severity, e.rule, e.asset.removeprefix("//"), e.message)
-        console.print(t)
+        print_table(
+            con,
+            f"drift in cycle {c.id}",
+            [Column("change", key=True), Column("id", key=True), Column("severity", key=True),
+             Column("rule", key=True), Column("asset", ratio=3), Column("finding", ratio=4)],
+            [[e.change, short_id(e.finding_id), e.severity, e.rule, e.asset.removeprefix("//"), e.message]
+             for e in events[c.id]],
+        )
 
 
 @click.command("findings")
@@ -92,7 +95,7 @@ def history(state: str | None, config: str | None, fmt: str, limit: int, drift: 
 @click.option("--exempted/--no-exempted", default=False, show_default=True, help="Include exempted findings.")
 def findings(state: str | None, config: str | None, fmt: str, severity: str | None, exempted: bool) -> None:
     """Open findings with their age (first seen), worst first."""
-    with _open(state, config) as store:
+    with open_store(state, config) as store:
         items = store.open_findings(include_exempted=exempted)
     if severity:
         items = [f for f in items if SEVERITIES.index(f.severity) >= SEVERITIES.index(severity)]
@@ -100,18 +103,22 @@ def findings(state: str | None, config: str | None, fmt: str, severity: str | No
     if fmt == "json":
         click.echo(json.dumps([f.to_dict(now) for f in items], indent=2))
         return
-    console = Console(emoji=False, highlight=False)
+    out = terminal.console()
     if not items:
-        console.print("no open findings")
+        out.print("no open findings")
         return
-    table = Table(title=f"{len(items)} open findings", title_justify="left", expand=True)
-    for col in ("severity", "rule", "asset", "finding", "age", "first seen (UTC)"):
-        table.add_column(col, overflow="fold")
+    rows = []
     for f in items:
         note = " (stale)" if f.stale else " (exempted)" if f.exempted else ""
-        table.add_row(f.severity, f.rule, f.asset.removeprefix("//"), f.message + note, age(now - f.first_seen),
-                      iso(f.first_seen)[:19])
-    console.print(table)
+        rows.append([short_id(f.id), f.severity, f.rule, f.asset.removeprefix("//"), f.message + note,
+                     age(now - f.first_seen), iso(f.first_seen)[:19]])
+    print_table(
+        out,
+        f"{len(items)} open findings",
+        [Column("id", key=True), Column("severity", key=True), Column("rule", key=True), Column("asset", ratio=3),
+         Column("finding", ratio=4), Column("age", key=True), Column("first seen (UTC)", key=True)],
+        rows,
+    )
 
 
 commands = [history, findings]

@@ -14,7 +14,8 @@ so `ServiceAccountIamClient` is a small REST client over google-auth's `Authoriz
 (auditor/collect/asset_inventory.py explains why). Remediations import these builders too: `asset_client`,
 `organizations_client`, `folders_client`, `projects_client`, `service_account_iam_client`,
 `security_policies_client`, `global_operations_client`, `storage_client`, and `iam_policy_client_for(resource)`
-which picks the right one for a resource name.
+which picks the right one for a resource name. The outbound sinks (auditor/sinks/) take `security_center_client`
+and `publisher_client`.
 """
 
 from __future__ import annotations
@@ -138,6 +139,20 @@ def storage_client(endpoint: Endpoint | str | None = None) -> Any:
 
 
 ASSET_DEFAULT_ENDPOINT = "https://cloudasset.googleapis.com"
+
+
+def security_center_client(endpoint: Endpoint | str | None = None) -> Any:
+    from google.cloud import securitycenter_v1
+
+    return securitycenter_v1.SecurityCenterClient(**_client_kwargs(_endpoint(endpoint)))
+
+
+def publisher_client(endpoint: Endpoint | str | None = None) -> Any:
+    """The generated Pub/Sub publisher: one synchronous `publish` call per batch, so the caller knows what was
+    delivered (the batching wrapper of google-cloud-pubsub answers with futures and retries on its own)."""
+    from google import pubsub_v1
+
+    return pubsub_v1.PublisherClient(**_client_kwargs(_endpoint(endpoint)))
 
 
 def authorized_session(endpoint: Endpoint | str | None = None) -> AuthorizedSession:

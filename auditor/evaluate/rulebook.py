@@ -25,6 +25,10 @@ from auditor.evaluate.registry import CheckSpec, Params, all_checks, get_check
 from auditor.model import Mode, Severity
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
+# Rule tests live beside the rules (`auditor rules test`): a folder walk does not read them as rules.
+RULE_TEST_SUFFIXES = (".test.yaml", ".test.yml")
+RULE_TEST_FOLDER = "tests"
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 
 class Match(BaseModel):
@@ -67,11 +71,37 @@ class Rule(BaseModel):
     mode: Mode = Mode.audit
     remediation: str | None = None
     exemptions: list[Exemption] = Field(default_factory=list)
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Free key/value labels (team, domain, ...): carried into finding JSON, SARIF and notifications.",
+    )
+    compliance: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Controls this rule checks, by framework (cis-gcp: CIS Google Cloud Platform Foundation "
+        "Benchmark 2.0.0; cis-gke: CIS Google Kubernetes Engine Benchmark 1.5.0), e.g. {cis-gcp: ['5.1']}.",
+    )
 
     @field_validator("params", mode="before")
     @classmethod
     def _params_none(cls, v: Any) -> Any:
         return {} if v is None else v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not _LABEL_KEY.match(key):
+                raise ValueError(f"label key {key!r}: lowercase letters, digits, '_' and '-', starting with a letter")
+        return v
+
+    @field_validator("compliance")
+    @classmethod
+    def _compliance(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        from auditor.evaluate.compliance import check_controls
+
+        for framework, controls in v.items():
+            check_controls(framework, controls)
+        return v
 
 
 @dataclass(eq=False)
@@ -301,13 +331,22 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
+def is_rule_test(path: Path, root: Path | None = None) -> bool:
+    """A rule test file (`*.test.yaml`), or a file in a `tests/` folder below a rules folder: not a rule file."""
+    if path.name.endswith(RULE_TEST_SUFFIXES):
+        return True
+    return root is not None and RULE_TEST_FOLDER in path.relative_to(root).parts[:-1]
+
+
 def rule_files(paths: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             out.extend(
                 sorted(
-                    f for f in p.rglob("*") if f.suffix in RULE_FILE_SUFFIXES and f.is_file() and not _hidden(f, p)
+                    f
+                    for f in p.rglob("*")
+                    if f.suffix in RULE_FILE_SUFFIXES and f.is_file() and not _hidden(f, p) and not is_rule_test(f, p)
                 )
             )
         elif p.is_file():

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from auditor.evaluate.rulebook import LoadedRule
     from auditor.state import Store
 
-STAGES = ("collect_evaluate", "record", "report", "remediate")
+STAGES = ("collect_evaluate", "record", "report", "remediate", "sinks")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 OUTCOMES = ("success", "partial", "failed")
 
@@ -53,6 +53,9 @@ METRIC_NAMES = (
     "auditor_build_info",
     "auditor_remediations_total",
     "auditor_plan_changes",
+    "auditor_notifications_total",
+    "auditor_notifications_queued",
+    "auditor_scc_writes_total",
 )
 
 
@@ -79,6 +82,9 @@ class MetricsView:
     rules_loaded: int = 0
     exemptions: tuple[tuple[str, int], ...] = ()
     expiries: tuple[ExemptionExpiry, ...] = ()
+    notifications: tuple[tuple[str, str, float], ...] = ()  # sink, outcome (delivered/failed/dropped), count
+    notifications_queued: tuple[tuple[str, int], ...] = ()  # sink, events waiting
+    scc_writes: tuple[tuple[str, float], ...] = ()  # outcome (created/updated/state_changed/failed), count
 
 
 def exemption_expiries(rules: Iterable[LoadedRule]) -> list[ExemptionExpiry]:
@@ -99,6 +105,7 @@ def build_view(
     rules: Sequence[LoadedRule],
     sources: Sequence[str],
     plan_changes: Iterable[tuple[str, str, int]] = (),
+    queued: dict[str, int] | None = None,
 ) -> MetricsView:
     """The view after a cycle (or at start, from what the store kept across the restart)."""
     cycles = dict.fromkeys(OUTCOMES, 0.0)
@@ -130,6 +137,9 @@ def build_view(
         rules_loaded=len(rules),
         exemptions=tuple(sorted((r.id, len(r.rule.exemptions)) for r in rules if r.rule.exemptions)),
         expiries=tuple(exemption_expiries(rules)),
+        notifications=tuple(sorted((lb["sink"], lb["outcome"], v) for lb, v in store.counters("notifications_total"))),
+        notifications_queued=tuple(sorted((queued or {}).items())),
+        scc_writes=tuple(sorted((lb["outcome"], v) for lb, v in store.counters("scc_writes_total"))),
     )
 
 
@@ -298,6 +308,27 @@ class AuditorCollector(Collector):
         for rule, kind, n in v.plan_changes:
             plan.add_metric([rule, kind], n)
         yield plan
+
+        notes = CounterMetricFamily(
+            "auditor_notifications_total",
+            "Drift notifications per sink: delivered, failed tries, dropped (queue full).",
+            labels=["sink", "outcome"],
+        )
+        for sink, outcome, total in v.notifications:
+            notes.add_metric([sink, outcome], total)
+        yield notes
+        queued = GaugeMetricFamily(
+            "auditor_notifications_queued", "Drift notifications waiting in a sink's on-disk queue.", labels=["sink"]
+        )
+        for sink, n in v.notifications_queued:
+            queued.add_metric([sink], n)
+        yield queued
+        scc = CounterMetricFamily(
+            "auditor_scc_writes_total", "Security Command Center writes by outcome.", labels=["outcome"]
+        )
+        for outcome, total in v.scc_writes:
+            scc.add_metric([outcome], total)
+        yield scc
 
 
 def make_registry(collector: AuditorCollector) -> CollectorRegistry:

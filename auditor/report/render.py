@@ -6,10 +6,10 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from auditor.model import SEVERITIES, Finding
+from auditor.report.terminal import Column, print_table, short_id
 
 if TYPE_CHECKING:
     from auditor.scan import ScanResult
@@ -52,16 +52,15 @@ def summary_line(result: ScanResult) -> str:
 
 
 def render_table(result: ScanResult, console: Console) -> None:
+    """Findings grouped by severity, worst first, each with its short id (what `auditor findings` and exemption
+    tickets refer to); a plain aligned layout when the console is not a terminal."""
     groups = _grouped(result.findings)
+    columns = [Column("id", key=True), Column("rule", key=True), Column("asset", ratio=3), Column("finding", ratio=4)]
     for sev in reversed(SEVERITIES):
         items = groups.get(sev)
         if not items:
             continue
-        table = Table(title=Text(f"{sev.upper()} ({len(items)})", style=SEVERITY_STYLE[sev]), title_justify="left",
-                      show_lines=False, expand=True)
-        table.add_column("rule", style="bold", overflow="fold", ratio=2)
-        table.add_column("asset", overflow="fold", ratio=3)
-        table.add_column("finding", overflow="fold", ratio=4)
+        rows, styles = [], []
         for f in items:
             msg = f.message
             if f.exempted is not None:
@@ -69,10 +68,11 @@ def render_table(result: ScanResult, console: Console) -> None:
                 msg += f" [exempted: {e.reason}; {e.owner}; until {e.expires or 'no expiry'}]"
             elif f.expired_exemption is not None:
                 msg += f" [exemption expired {f.expired_exemption.expires}]"
-            table.add_row(f.rule, _short(f.asset), msg, style="dim" if f.exempted is not None else None)
-        console.print(table)
+            rows.append([short_id(f.id), f.rule, _short(f.asset), msg])
+            styles.append("dim" if f.exempted is not None else None)
+        print_table(console, Text(f"{sev.upper()} ({len(items)})", style=SEVERITY_STYLE[sev]), columns, rows, styles)
     for err in result.evaluation.errors:
-        console.print(f"[red]evaluation error[/red] rule {err.rule} on {err.asset}: {err.error}")
+        console.print(Text.assemble(("evaluation error", "red"), f" rule {err.rule} on {err.asset}: {err.error}"))
     console.print(Text(summary_line(result), style="bold"))
 
 

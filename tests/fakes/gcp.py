@@ -645,6 +645,11 @@ _ROUTES: list[_Route] = [
 ]  # fmt: skip
 
 
+# Fakes of other APIs kept in their own modules (tests/fakes/gcp_outbound.py: Security Command Center, Pub/Sub)
+# register here: (method, path pattern, handler(fake, request, **groups)). Their state lives in `FakeGcp.ext`.
+EXTRA_ROUTES: list[tuple[str, re.Pattern[str], Any]] = []
+
+
 class FakeGcp:
     """The fake server: `start()` binds a free port on 127.0.0.1 and serves from a thread; `url` is the endpoint."""
 
@@ -657,6 +662,7 @@ class FakeGcp:
         # An export operation that ends in this google.rpc.Status, as when the Cloud Asset service agent may not
         # write to the bucket: {"code": 7, "message": "..."}.
         self.export_error: dict[str, Any] | None = None
+        self.ext: dict[str, Any] = {}  # state of the fakes in other modules, by their name
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -761,6 +767,10 @@ class FakeGcp:
             m = pattern.match(req.path)
             if m:
                 return getattr(self, "_" + action)(req, **m.groupdict())
+        for method, pattern, handler in EXTRA_ROUTES:
+            m = pattern.match(req.path) if method == req.method else None
+            if m:
+                return handler(self, req, **m.groupdict())
         raise ApiError(404, f"no such method: {req.method} {req.path}")
 
     def routes(self) -> list[_Route]:
@@ -1280,6 +1290,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         fake.stop()
 
+
+# The outbound APIs register their routes on import (at the end: they use ApiError and EXTRA_ROUTES from here).
+from tests.fakes import gcp_outbound  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,296 @@
+"""The outbound APIs of the fake Google Cloud server: Security Command Center v1 findings and Pub/Sub publish.
+
+Served as the real REST clients send them (`google-cloud-securitycenter` `securitycenter_v1`, `google-cloud-pubsub`
+`pubsub_v1` GAPIC, `transport="rest"`):
+
+- SCC sources: `POST /v1/organizations/O/sources` (create), `GET /v1/organizations/O/sources/S`.
+- SCC findings: `POST /v1/{source}/findings?findingId=ID` (create: the id alphanumeric, 1 to 32 characters; 409
+  ALREADY_EXISTS when taken; 404 when the source does not exist), `PATCH /v1/{finding}?updateMask=a,b` (update the
+  masked fields, all mutable ones without a mask; creates the finding when absent, as the API does; `category`
+  and `resourceName` are immutable after creation: changing them is 400), `POST /v1/{finding}:setState`
+  (`state`, `startTime`), `GET /v1/{source}/findings` (`filter` with `field="value"` terms joined by AND,
+  `pageSize`, `pageToken`; `sources/-` lists every source of the organization).
+  Enums are accepted as names or numbers and answered as names; every write sets `eventTime`/`createTime`.
+- Pub/Sub: `PUT /v1/projects/P/topics/T` (create), `POST /v1/projects/P/topics/T:publish` (404 for an unknown
+  topic; messages kept with their decoded data, attributes and ids).
+
+State lives in `fake.ext["scc"]` (`SccFake`) and `fake.ext["pubsub"]` (`PubSubFake`); writes are counted per method.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import itertools
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from tests.fakes.gcp import EXTRA_ROUTES, ApiError, RecordedRequest
+
+if TYPE_CHECKING:
+    from tests.fakes.gcp import FakeGcp
+
+STATES = {0: "STATE_UNSPECIFIED", 1: "ACTIVE", 2: "INACTIVE"}
+SEVERITIES = {0: "SEVERITY_UNSPECIFIED", 1: "CRITICAL", 2: "HIGH", 3: "MEDIUM", 4: "LOW"}
+FINDING_CLASSES = {0: "FINDING_CLASS_UNSPECIFIED", 1: "THREAT", 2: "VULNERABILITY", 3: "MISCONFIGURATION",
+                   4: "OBSERVATION", 5: "SCC_ERROR"}  # fmt: skip
+_ENUMS = {"state": STATES, "severity": SEVERITIES, "findingClass": FINDING_CLASSES}
+MUTABLE = ("state", "externalUri", "sourceProperties", "eventTime", "severity", "findingClass", "description",
+           "mute", "category", "resourceName")  # fmt: skip
+IMMUTABLE_AFTER_CREATE = ("category", "resourceName")
+_FINDING_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def _enum(field_name: str, value: Any) -> Any:
+    names = _ENUMS.get(field_name)
+    if names is None:
+        return value
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        return names.get(int(value), str(value))
+    if value not in names.values():
+        raise ApiError(400, f"Invalid value for enum field {field_name}: {value!r}")
+    return value
+
+
+def _normalise(finding: dict[str, Any]) -> dict[str, Any]:
+    return {_camel(k): _enum(_camel(k), v) for k, v in finding.items()}
+
+
+def _out(req: RecordedRequest, finding: dict[str, Any]) -> dict[str, Any]:
+    """The answer's spelling: enums as numbers when the client asked (`$alt=json;enum-encoding=int`)."""
+    finding = copy.deepcopy(finding)
+    if "enum-encoding=int" in ((req.query.get("$alt") or [""])[0]):
+        for key, names in _ENUMS.items():
+            if key in finding:
+                finding[key] = next(n for n, v in names.items() if v == finding[key])
+    return finding
+
+
+@dataclass
+class SccFake:
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    findings: dict[str, dict[str, Any]] = field(default_factory=dict)  # full name -> finding (API spelling)
+    writes: Counter[str] = field(default_factory=Counter)  # create / patch / setState
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
+
+    def create_source(self, org: str, display_name: str = "drift-auditor") -> str:
+        with self.lock:
+            name = f"{org}/sources/{next(self._ids)}"
+            self.sources[name] = {"name": name, "displayName": display_name}
+            return name
+
+    def in_source(self, source: str) -> dict[str, dict[str, Any]]:
+        """Findings of one source, by their finding id."""
+        with self.lock:
+            return {n.rsplit("/", 1)[1]: copy.deepcopy(f) for n, f in self.findings.items()
+                    if n.startswith(source + "/findings/")}
+
+
+@dataclass
+class PubSubFake:
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    topics: set[str] = field(default_factory=set)
+    messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # topic -> published messages
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def create_topic(self, name: str) -> str:
+        with self.lock:
+            self.topics.add(name)
+            self.messages.setdefault(name, [])
+        return name
+
+
+def scc(fake: FakeGcp) -> SccFake:
+    return fake.ext.setdefault("scc", SccFake())  # type: ignore[no-any-return]
+
+
+def pubsub(fake: FakeGcp) -> PubSubFake:
+    return fake.ext.setdefault("pubsub", PubSubFake())  # type: ignore[no-any-return]
+
+
+# -- Security Command Center ----------------------------------------------------------------------------------------
+
+
+def _create_source(fake: FakeGcp, req: RecordedRequest, org: str) -> dict[str, Any]:
+    body = req.body or {}
+    name = scc(fake).create_source(org, body.get("displayName", ""))
+    return scc(fake).sources[name]
+
+
+def _get_source(fake: FakeGcp, req: RecordedRequest, source: str) -> dict[str, Any]:
+    s = scc(fake).sources.get(source)
+    if s is None:
+        raise ApiError(404, f"Requested entity was not found: {source}")
+    return s
+
+
+def _create_finding(fake: FakeGcp, req: RecordedRequest, source: str) -> dict[str, Any]:
+    state = scc(fake)
+    fid = (req.query.get("findingId") or [""])[0]
+    if not _FINDING_ID.match(fid):
+        raise ApiError(400, f"Invalid finding id {fid!r}: it must be alphanumeric, 1 to 32 characters")
+    with state.lock:
+        if source not in state.sources:
+            raise ApiError(404, f"Requested entity was not found: {source}")
+        name = f"{source}/findings/{fid}"
+        if name in state.findings:
+            raise ApiError(409, f"Requested entity already exists: {name}", status="ALREADY_EXISTS")
+        body = _normalise(req.body or {})
+        now = _now()
+        finding = {k: v for k, v in body.items() if k in MUTABLE}
+        finding.update(name=name, parent=source, createTime=now)
+        finding.setdefault("state", "ACTIVE")
+        finding.setdefault("eventTime", now)
+        state.findings[name] = finding
+        state.writes["create"] += 1
+        return _out(req, finding)
+
+
+def _patch_finding(fake: FakeGcp, req: RecordedRequest, source: str, fid: str) -> dict[str, Any]:
+    state = scc(fake)
+    name = f"{source}/findings/{fid}"
+    raw_mask = (req.query.get("updateMask") or [""])[0]
+    mask = [_camel(m.strip()) for m in raw_mask.split(",") if m.strip()]
+    body = _normalise(req.body or {})
+    with state.lock:
+        if source not in state.sources:
+            raise ApiError(404, f"Requested entity was not found: {source}")
+        current = state.findings.get(name)
+        fields = mask or [k for k in MUTABLE if k in body]
+        unknown = [m for m in mask if m.split(".")[0] not in MUTABLE]
+        if unknown:
+            raise ApiError(400, f"Invalid update mask: {', '.join(unknown)}")
+        if current is None:
+            # UpdateFinding creates the finding when it does not exist.
+            current = {"name": name, "parent": source, "createTime": _now(), "state": "ACTIVE"}
+        else:
+            for f in IMMUTABLE_AFTER_CREATE:
+                if f in fields and f in body and body[f] != current.get(f):
+                    raise ApiError(400, f"{f} is immutable after creation time")
+        for f in fields:
+            top = f.split(".")[0]
+            if top == "sourceProperties" and "." in f:
+                key = f.split(".", 1)[1]
+                props = current.setdefault("sourceProperties", {})
+                if key in (body.get("sourceProperties") or {}):
+                    props[key] = body["sourceProperties"][key]
+                else:
+                    props.pop(key, None)
+            elif top in body:
+                current[top] = body[top]
+            else:
+                current.pop(top, None)
+        current["eventTime"] = body.get("eventTime") or _now()
+        state.findings[name] = current
+        state.writes["patch"] += 1
+        return _out(req, current)
+
+
+def _set_state(fake: FakeGcp, req: RecordedRequest, source: str, fid: str) -> dict[str, Any]:
+    state = scc(fake)
+    name = f"{source}/findings/{fid}"
+    body = _normalise(req.body or {})
+    with state.lock:
+        current = state.findings.get(name)
+        if current is None:
+            raise ApiError(404, f"Requested entity was not found: {name}")
+        if body.get("state") not in ("ACTIVE", "INACTIVE"):
+            raise ApiError(400, f"Invalid state {body.get('state')!r}")
+        current["state"] = body["state"]
+        current["eventTime"] = body.get("startTime") or _now()
+        state.writes["setState"] += 1
+        return _out(req, current)
+
+
+_TERM = re.compile(r'^\s*(?P<field>[A-Za-z_.]+)\s*=\s*"(?P<value>[^"]*)"\s*$')
+
+
+def _matches(finding: dict[str, Any], flt: str) -> bool:
+    if not flt.strip():
+        return True
+    for term in re.split(r"\s+AND\s+", flt.strip()):
+        m = _TERM.match(term)
+        if m is None:
+            raise ApiError(400, f"Invalid filter: {term!r}")
+        path = [_camel(p) for p in m["field"].split(".")]
+        value: Any = finding
+        for p in path:
+            value = value.get(p) if isinstance(value, dict) else None
+        if str(value) != m["value"]:
+            return False
+    return True
+
+
+def _list_findings(fake: FakeGcp, req: RecordedRequest, source: str) -> dict[str, Any]:
+    state = scc(fake)
+    flt = (req.query.get("filter") or [""])[0]
+    size = int((req.query.get("pageSize") or ["10"])[0] or 10)
+    size = min(max(size, 1), 1000)
+    token = (req.query.get("pageToken") or ["0"])[0] or "0"
+    start = int(token) if token.isdigit() else 0
+    org, _, src = source.rpartition("/sources/")
+    with state.lock:
+        if src != "-" and source not in state.sources:
+            raise ApiError(404, f"Requested entity was not found: {source}")
+        prefix = f"{org}/sources/" if src == "-" else f"{source}/findings/"
+        names = sorted(n for n in state.findings if n.startswith(prefix))
+        hits = [_out(req, state.findings[n]) for n in names if _matches(state.findings[n], flt)]
+    page = hits[start : start + size]
+    out: dict[str, Any] = {"listFindingsResults": [{"finding": f} for f in page], "readTime": _now(),
+                           "totalSize": len(hits)}
+    if start + size < len(hits):
+        out["nextPageToken"] = str(start + size)
+    return out
+
+
+# -- Pub/Sub --------------------------------------------------------------------------------------------------------
+
+
+def _create_topic(fake: FakeGcp, req: RecordedRequest, topic: str) -> dict[str, Any]:
+    pubsub(fake).create_topic(topic)
+    return {"name": topic}
+
+
+def _publish(fake: FakeGcp, req: RecordedRequest, topic: str) -> dict[str, Any]:
+    state = pubsub(fake)
+    messages = (req.body or {}).get("messages") or []
+    if not messages:
+        raise ApiError(400, "The request contains no messages")
+    ids = []
+    with state.lock:
+        if topic not in state.topics:
+            raise ApiError(404, f"Resource not found (resource={topic.rsplit('/', 1)[1]}).")
+        for m in messages:
+            data = base64.b64decode(m.get("data") or "")
+            mid = str(next(state._ids))
+            state.messages[topic].append({"data": data, "attributes": dict(m.get("attributes") or {}),
+                                          "messageId": mid, "orderingKey": m.get("orderingKey", "")})
+            ids.append(mid)
+    return {"messageIds": ids}
+
+
+_SRC = r"(?P<source>organizations/[^/]+/sources/[^/]+)"
+EXTRA_ROUTES.extend([
+    ("POST", re.compile(r"^/v1/(?P<org>organizations/[^/]+)/sources$"), _create_source),
+    ("GET", re.compile(rf"^/v1/{_SRC}$"), _get_source),
+    ("POST", re.compile(rf"^/v1/{_SRC}/findings$"), _create_finding),
+    ("GET", re.compile(rf"^/v1/{_SRC}/findings$"), _list_findings),
+    ("PATCH", re.compile(rf"^/v1/{_SRC}/findings/(?P<fid>[^/:]+)$"), _patch_finding),
+    ("POST", re.compile(rf"^/v1/{_SRC}/findings/(?P<fid>[^/:]+):setState$"), _set_state),
+    ("PUT", re.compile(r"^/v1/(?P<topic>projects/[^/]+/topics/[^/:]+)$"), _create_topic),
+    ("POST", re.compile(r"^/v1/(?P<topic>projects/[^/]+/topics/[^/:]+):publish$"), _publish),
+])  # fmt: skip
