@@ -71,6 +71,7 @@ class CycleOutcome:
     recorded: Recorded | None = None
     error: str | None = None
     source_failed: bool = False  # the error came from opening or reading a source
+    invalid_input: bool = False  # the error was bad input or rules (AuditorError): `serve --once` exits 2
     failed_source: str | None = None  # which configured source, when known
     remediation: RemediationOutput | None = None
     outbound: dict[str, Any] | None = None  # what the sinks step did (notifications, SCC)
@@ -292,8 +293,9 @@ class Auditor:
             out.outcome = "abandoned"
         except SourceError as exc:
             out.error, out.source_failed, out.failed_source = str(exc), True, exc.source
+            out.invalid_input = True
         except AuditorError as exc:
-            out.error = str(exc)
+            out.error, out.invalid_input = str(exc), True
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
@@ -334,7 +336,7 @@ class Auditor:
         if self.outbound is not None and out.recorded is not None:
             # Drift notifications and Security Command Center; neither can fail the cycle.
             t = time.perf_counter()
-            out.outbound = self.outbound.run(out.recorded)
+            out.outbound = self.outbound.run(out.recorded, {r.id: r.rule.labels for r in self.rules})
             durations["sinks"] = time.perf_counter() - t
 
         t = time.perf_counter()

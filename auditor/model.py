@@ -123,6 +123,10 @@ class Asset:
         return self._res
 
     @property
+    def has_resource(self) -> bool:
+        return self._res is not None or self._res_raw is not None
+
+    @property
     def has_iam_policy(self) -> bool:
         return self._iam is not None or self._iam_raw is not None
 
@@ -287,6 +291,18 @@ def _exempted_dict(e: Exempted) -> dict[str, Any]:
     return {"reason": e.reason, "owner": e.owner, "ticket": e.ticket, "expires": e.expires}
 
 
+@dataclass(frozen=True, slots=True)
+class NotEvaluated:
+    """A rule that could not be evaluated (a check lacking the context it needs, such as the Organization asset
+    whose domain it compares with): the scan says so instead of reporting the rule as clean, and is partial."""
+
+    rule_id: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"rule": self.rule_id, "reason": self.reason}
+
+
 @dataclass(slots=True)
 class SourceStatus:
     """What one source read: whether each asset type was read completely, and what went wrong."""
@@ -299,6 +315,13 @@ class SourceStatus:
     errors: list[str] = field(default_factory=list)
     read_time: str | None = None  # the moment the data describes (CAI read_time), when known
     requests: int = 0  # API requests a live source made (pages, retries included)
+    # objects of kinds no reader knows, by kind (`Deployment`, `compute#instance`, "a mapping with keys ..."): shown,
+    # never assets
+    unknown: dict[str, int] = field(default_factory=dict)
+    # assets read more than once (the same name and content in two files or sources): name -> where the copy kept
+    # was read and the copies dropped; a bounded sample, `duplicate_count` counts them all
+    duplicates: list[str] = field(default_factory=list)
+    duplicate_count: int = 0
 
     def fail(self, asset_type: str, reason: str) -> None:
         self.complete = False
@@ -314,6 +337,9 @@ class SourceStatus:
             "errors": self.errors[:50],
             "read_time": self.read_time,
             "requests": self.requests,
+            "unknown": dict(sorted(self.unknown.items())),
+            "duplicates": self.duplicate_count,
+            "duplicate_assets": self.duplicates[:50],
         }
 
 

@@ -25,6 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from auditor.collect import SourceOptions
 from auditor.collect.files import FileSource
@@ -33,6 +34,9 @@ from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun, Held
 from auditor.evaluate.registry import get_check
 from auditor.evaluate.rulebook import LoadedRule, Rule
 from auditor.model import Asset
+
+if TYPE_CHECKING:
+    from auditor.scan import Duplicates
 
 RANGES_PER_JOB = 4  # more ranges than processes, so that a slow range does not leave a core idle
 MIN_RANGE_BYTES = 8 << 20
@@ -52,6 +56,8 @@ class _Part:
     held: list[Held]
     lines: int
     problems: list[tuple[int, str]] = field(default_factory=list)  # (line in the range, reason)
+    unknown: dict[str, int] = field(default_factory=dict)  # objects of kinds no reader knows, by kind
+    failed: dict[str, str] = field(default_factory=dict)  # what could not be read (a corrupt gzip shard)
 
 
 _engine: Engine | None = None  # the worker's engine, built once per process
@@ -84,10 +90,14 @@ def _scan_range(job: _Range) -> _Part:
     run.feed(source.file_assets(path) if job.end < 0 else source.range_assets(path, job.start, job.end))
     prefix = f"{path}:"
     problems = []
+    failed = dict(source.status.failed_types)  # a file that could not be read (a corrupt gzip shard)
+    unreadable = set(failed.values())
     for msg in source.status.errors:  # "path:line: reason", as FileSource writes them
         line, _, reason = msg[len(prefix) :].partition(": ")
-        problems.append((int(line), reason))
-    return _Part(evaluation=evaluation, held=held, lines=source.lines_read, problems=problems)
+        if msg not in unreadable and line.isdigit():
+            problems.append((int(line), reason))
+    return _Part(evaluation=evaluation, held=held, lines=source.lines_read, problems=problems,
+                 unknown=dict(source.status.unknown), failed=failed)
 
 
 def _context(threaded: bool) -> multiprocessing.context.BaseContext:
@@ -142,8 +152,15 @@ class ParallelReader:
             )
         return self._pool
 
-    def feed(self, source: FileSource, run: EvaluationRun, on_asset: Callable[[int], None] | None) -> None:
-        """Every asset of the source, in order: large NDJSON files in parallel ranges, other files here."""
+    def feed(
+        self,
+        source: FileSource,
+        run: EvaluationRun,
+        on_asset: Callable[[int], None] | None,
+        dedupe: Duplicates | None = None,
+    ) -> None:
+        """Every asset of the source, in order: large NDJSON files in parallel ranges, other files here (where
+        `dedupe` sees the assets; those read in workers are deduplicated by finding id)."""
         plan = self._plan(source)
         batch: list[_Range] = []  # consecutive files' jobs, run together so that small shards share the workers
         for f, jobs in plan:
@@ -152,7 +169,8 @@ class ParallelReader:
                 continue
             self._run(batch, source, run, on_asset)
             batch = []
-            run.feed(self._progress(source, source.file_assets(f), on_asset))
+            assets = source.file_assets(f)
+            run.feed(self._progress(source, dedupe.stream(assets, source.status) if dedupe else assets, on_asset))
         self._run(batch, source, run, on_asset)
         source.finish()
 
@@ -188,6 +206,11 @@ class ParallelReader:
                 base, path = 1, job.path
             for line, reason in part.problems:
                 source.report(f"{path}:{base + line - 1}", reason)
+            for kind, n in part.unknown.items():
+                source.status.unknown[kind] = source.status.unknown.get(kind, 0) + n
+            for asset_type, reason in part.failed.items():
+                source.status.fail(asset_type, reason)
+                source.status.errors.append(reason)
             for asset, _ in part.held:
                 asset.renumber(base - 1)
             source.status.assets += sum(part.evaluation.assets_by_type.values())

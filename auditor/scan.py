@@ -1,6 +1,11 @@
 """One scan: open the sources, stream their assets through the engine, and say how complete the snapshot was.
 
 Shared by `auditor scan`, `auditor plan` and each cycle of the daemon.
+
+The exit contract of `scan` and `serve --once` is decided here (`exit_status`), from the result alone:
+0 clean, 1 open findings at or above --fail-on, 3 a partial result (records skipped, asset types not read, rules
+not evaluated, evaluation errors) and nothing worse, or with findings: a partial result is never "clean". 2 (bad
+input, rules or usage) is raised before there is a result. `--allow-partial` turns 3 back into 0 or 1.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import gc
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,10 +23,15 @@ from typing import Any
 from auditor import __version__
 from auditor.collect import Source, SourceOptions, open_source
 from auditor.errors import AuditorError, Cancelled, SourceError
-from auditor.evaluate.engine import Engine, Evaluation
+from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun
 from auditor.evaluate.rulebook import LoadedRule
-from auditor.model import Asset, Finding, SourceStatus
+from auditor.model import SEVERITIES, Asset, Finding, NotEvaluated, SourceStatus
 from auditor.report.spool import Tally
+
+EXIT_CLEAN = 0
+EXIT_FINDINGS = 1
+EXIT_INVALID = 2
+EXIT_PARTIAL = 3
 
 
 @dataclass
@@ -49,8 +59,32 @@ class ScanResult:
         return tally
 
     @property
+    def not_evaluated(self) -> list[NotEvaluated]:
+        """Rules that could not be evaluated, with the reason (set by the engine and its checks)."""
+        return self.evaluation.not_evaluated
+
+    @property
     def complete(self) -> bool:
-        return all(s.complete for s in self.sources)
+        """Checked and whole: every source read completely, every rule evaluated on every asset without error."""
+        return not self.partial_reasons()
+
+    def partial_reasons(self) -> list[str]:
+        """Why the result is partial, one line a reason; empty when it is complete."""
+        out = [f"{t}: {r}" for t, r in sorted(self.incomplete_types().items())]
+        out += [f"rule {n.rule_id} not evaluated: {n.reason}" for n in self.not_evaluated]
+        errors = self.evaluation.errors
+        if errors:
+            first = errors[0]
+            out.append(f"{len(errors)} evaluation error(s); first: rule {first.rule} on {first.asset}: {first.error}")
+        return out
+
+    def exit_status(self, fail_on: str = "low", allow_partial: bool = False) -> int:
+        """The exit status of the contract (see the module's docstring); `fail_on` is a severity or "never"."""
+        if not self.complete and not allow_partial:
+            return EXIT_PARTIAL
+        if fail_on != "never" and self.worst_open_rank() >= SEVERITIES.index(fail_on):
+            return EXIT_FINDINGS
+        return EXIT_CLEAN
 
     def incomplete_types(self) -> dict[str, str]:
         """Asset type -> reason, for every type some source did not read completely ("*" for all types)."""
@@ -70,6 +104,9 @@ class ScanResult:
             "rules": len(self.rules),
             "skipped_records": sum(s.skipped for s in self.sources),
             "evaluation_errors": len(self.evaluation.errors),
+            "not_evaluated": len(self.not_evaluated),
+            "duplicate_assets": sum(s.duplicate_count for s in self.sources),
+            "unknown_objects": sum(sum(s.unknown.values()) for s in self.sources),
             "complete": self.complete,
         }
 
@@ -84,6 +121,8 @@ class ScanResult:
             "summary": self.summary(),
             "findings": [f.to_dict() for f in self.findings] if findings else [],
             "errors": [e.to_dict() for e in self.evaluation.errors],
+            "not_evaluated": [n.to_dict() for n in self.not_evaluated],
+            "partial_reasons": self.partial_reasons(),
             "stale_exemptions": self.stale_exemptions,
         }
         if not findings:
@@ -145,8 +184,81 @@ def _read(source: Source) -> Iterator[Asset]:
         yield from source.assets()
 
 
-def _chain(sources: list[Source], on_asset: Callable[[int], None] | None) -> Iterator[Asset]:
-    stream: Iterator[Asset] = itertools.chain.from_iterable(_read(s) for s in sources)
+MAX_DUPLICATES_LISTED = 100
+
+
+class Duplicates:
+    """One asset is one asset: the same asset (its name, and whether it carries its resource and its IAM policy:
+    a CAI export gives those in two files) read twice, from two files or two sources, is evaluated once.
+
+    The copy with the later update time is kept: a later copy read second replaces the first (whose findings are
+    withdrawn, `EvaluationRun.forget`); otherwise the copy read second is dropped. When findings are streamed to
+    a report as they are made, a first copy's findings cannot be withdrawn: a newer copy read second is then not
+    read, and the source is marked partial, naming it. Each source's status lists the
+    copies it gave that were dropped or replaced. Memory: a hash and an update time for each asset a rule reads
+    (the assets no rule reads are never built); assets read in other processes (`--jobs`) are deduplicated by
+    finding id only (`unique_findings`).
+    """
+
+    def __init__(self, run: EvaluationRun) -> None:
+        self.run = run
+        self.seen: dict[int, tuple[str | None, str]] = {}
+
+    def stream(self, assets: Iterable[Asset], status: SourceStatus) -> Iterator[Asset]:
+        seen, run = self.seen, self.run
+        for a in assets:
+            key = hash((a.name, a.has_resource, a.has_iam_policy))
+            first = seen.get(key)
+            if first is None:
+                seen[key] = (a.update_time, a.origin)
+                yield a
+                continue
+            kept_time, kept_at = first
+            later = a.update_time is not None and (kept_time is None or a.update_time > kept_time)
+            if later and run.result.sink is not None:
+                # the first copy's findings are already written (a streamed report): it stays, and the result
+                # says that a newer copy was not read
+                self._note(status, f"{a.name}: read at {kept_at} and, newer ({a.update_time}), at {a.origin}; "
+                                   "the copy read first was already reported and is kept")
+                status.fail("*", f"{a.name}: a newer copy at {a.origin} was read after the older one was reported")
+                continue
+            if later:
+                run.forget(a)
+                seen[key] = (a.update_time, a.origin)
+                self._note(status, f"{a.name}: read at {kept_at} and at {a.origin}; the later copy "
+                                   f"({a.update_time}) replaces the first")
+                yield a
+            else:
+                self._note(status, f"{a.name}: read at {kept_at} and at {a.origin}; the copy read first is kept")
+
+    @staticmethod
+    def _note(status: SourceStatus, what: str) -> None:
+        status.duplicate_count += 1
+        if len(status.duplicates) < MAX_DUPLICATES_LISTED:
+            status.duplicates.append(what)
+
+
+def unique_findings(findings: list[Finding]) -> int:
+    """Drop repeated findings (the same id: rule, asset and detail), keeping the first; the number dropped.
+    `findings` is in the engine's order, where findings with one id are next to each other."""
+    out: list[Finding] = []
+    last = None
+    for f in findings:
+        if f.id != last:
+            out.append(f)
+            last = f.id
+    dropped = len(findings) - len(out)
+    if dropped:
+        findings[:] = out
+    return dropped
+
+
+def _chain(sources: list[Source], on_asset: Callable[[int], None] | None,
+           dedupe: Duplicates | None = None) -> Iterator[Asset]:
+    if dedupe is not None:
+        stream: Iterator[Asset] = itertools.chain.from_iterable(dedupe.stream(_read(s), s.status) for s in sources)
+    else:
+        stream = itertools.chain.from_iterable(_read(s) for s in sources)
     if on_asset is None:
         yield from stream
         return
@@ -170,13 +282,14 @@ def _parallel(
     from auditor.parallel import ParallelReader
 
     run = engine.start(evaluation)
+    dedupe = Duplicates(run)
     with ParallelReader(engine, jobs, cluster, threaded) as reader:
         for source in sources:
             if isinstance(source, FileSource):
                 with attributed(source.uri):
-                    reader.feed(source, run, on_progress)
+                    reader.feed(source, run, on_progress, dedupe)
             else:
-                run.feed(_chain([source], on_progress))
+                run.feed(_chain([source], on_progress, dedupe))
     run.finish()
 
 
@@ -214,8 +327,14 @@ def run_scan(
     if on_finding is not None:
         tally = Tally()
         count, out = tally.add, on_finding
+        # one finding per id (a binding repeated in a policy, an asset read twice): 8 bytes of the id a finding
+        sent: set[int] = set()
 
         def sink(f: Finding) -> None:
+            key = int(f.id[:16], 16)
+            if key in sent:
+                return
+            sent.add(key)
             count(f)
             out(f)
 
@@ -228,7 +347,10 @@ def run_scan(
         if jobs > 1 and not options.strict:
             _parallel(engine, sources, evaluation, jobs, options.cluster, on_progress, threaded)
         else:
-            engine.evaluate(_chain(sources, on_progress), evaluation)
+            run = engine.start(evaluation)
+            run.feed(_chain(sources, on_progress, Duplicates(run)))
+            run.finish()
+    unique_findings(evaluation.findings)
     elapsed = time.perf_counter() - t0
     stale = [
         {

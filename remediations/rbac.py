@@ -19,7 +19,8 @@ from remediations.kinds import RBAC
 from remediations.targets import Target
 
 # The GKE permissions this applier needs (container.roles.*, roleBindings.*, leases.*, and bind/escalate) are listed
-# in the README rather than declared here: with in-cluster credentials they are Kubernetes RBAC verbs, not IAM.
+# in docs/operations/install-gke.md rather than declared here: with in-cluster credentials they are Kubernetes RBAC
+# verbs, not IAM.
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = 30
 _SERVER_FIELDS = ("resourceVersion", "uid", "creationTimestamp", "managedFields", "generation", "selfLink")

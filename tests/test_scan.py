@@ -1,14 +1,19 @@
-"""run_scan: the garbage collector's pace while a scan runs, and its restoration afterwards."""
+"""run_scan: the garbage collector's pace while a scan runs, and its restoration afterwards; the exit contract."""
 
 from __future__ import annotations
 
 import gc
+import json
 import threading
 from pathlib import Path
 
+import pytest
+
 from auditor.collect import SourceOptions
+from auditor.evaluate.engine import EvaluationError
 from auditor.evaluate.rulebook import load_rules
-from auditor.scan import GC_THRESHOLD, fewer_collections, run_scan
+from auditor.model import NotEvaluated
+from auditor.scan import GC_THRESHOLD, ScanResult, fewer_collections, run_scan
 from bench.generate import generate
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples"
@@ -51,3 +56,108 @@ def test_overlapping_scans_restore_the_threshold_only_when_the_last_ends() -> No
     t.join(5)
     assert during == [max(GC_THRESHOLD, before[0])] * 2
     assert gc.get_threshold() == before
+
+
+def _example_result() -> ScanResult:
+    return run_scan([str(EXAMPLE / "org")], load_rules())
+
+
+@pytest.mark.parametrize(
+    ("spoil", "fail_on", "allow_partial", "status"),
+    [
+        (None, "low", False, 1),
+        (None, "never", False, 0),
+        ("not_evaluated", "never", False, 3),
+        ("not_evaluated", "low", False, 3),  # partial with findings: 3, never mistaken for "checked"
+        ("not_evaluated", "never", True, 0),
+        ("not_evaluated", "low", True, 1),
+        ("error", "never", False, 3),
+        ("error", "never", True, 0),
+        ("skipped", "never", False, 3),
+    ],
+)
+def test_the_exit_status_follows_the_contract(
+    spoil: str | None, fail_on: str, allow_partial: bool, status: int
+) -> None:
+    result = _example_result()
+    assert result.complete and result.findings
+    if spoil == "not_evaluated":
+        result.evaluation.not_evaluated.append(NotEvaluated("iam-no-external-members", "no Organization asset"))
+    elif spoil == "error":
+        result.evaluation.errors.append(EvaluationError("r", "//a", "TypeError: boom"))
+    elif spoil == "skipped":
+        result.sources[0].fail("*", "1 malformed record(s) skipped")
+    assert result.exit_status(fail_on, allow_partial) == status
+    if spoil is not None:
+        assert not result.complete and result.to_dict()["complete"] is False
+        assert result.partial_reasons()
+    if spoil == "not_evaluated":
+        report = result.to_dict()
+        assert report["not_evaluated"] == [{"rule": "iam-no-external-members", "reason": "no Organization asset"}]
+        assert report["summary"]["not_evaluated"] == 1
+
+
+CAI_DATA = Path(__file__).resolve().parent / "data" / "cai"
+
+
+def test_one_asset_in_two_files_is_one_asset_in_every_report(tmp_path: Path) -> None:
+    """Issue 12: an asset present in two files of a folder gave the same finding (same id) twice."""
+    from click.testing import CliRunner
+
+    from auditor.cli import cli
+
+    dump = (CAI_DATA / "forseti_mock_cai_iam_policies.dump").read_text()
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "a.dump").write_text(dump)
+    (tmp_path / "org" / "b.dump").write_text(dump)  # the same export, copied beside itself
+    rules = load_rules()
+    once = run_scan([str(CAI_DATA / "forseti_mock_cai_iam_policies.dump")], rules)
+    twice = run_scan([str(tmp_path / "org")], rules)
+    assert once.findings and [f.id for f in twice.findings] == [f.id for f in once.findings]
+    assert twice.evaluation.assets == once.evaluation.assets == 22
+    [status] = twice.sources
+    assert status.duplicate_count == 22 and "the copy read first is kept" in status.duplicates[0]
+    runner = CliRunner()
+    base = ["scan", "--source", str(tmp_path / "org"), "--fail-on", "never"]
+    report = json.loads(runner.invoke(cli, [*base, "--format", "json"]).stdout)
+    ids = [f["id"] for f in report["findings"]]
+    assert len(ids) == len(set(ids)) == len(once.findings)
+    assert report["summary"]["duplicate_assets"] == 22 and report["sources"][0]["duplicates"] == 22
+    markdown = runner.invoke(cli, [*base, "--format", "markdown"]).stdout
+    rows = [line for line in markdown.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(once.findings)
+    table = runner.invoke(cli, [*base], env={"COLUMNS": "250"}).output
+    assert f"{len(once.findings)} findings" in table and "22 duplicate assets read once" in table
+
+
+def _bucket(members: list[str], update_time: str) -> str:
+    return json.dumps({
+        "name": "//storage.googleapis.com/training-data", "asset_type": "storage.googleapis.com/Bucket",
+        "iam_policy": {"bindings": [{"role": "roles/storage.objectViewer", "members": members}]},
+        "ancestors": ["projects/1", "organizations/2"], "update_time": update_time,
+    }) + "\n"
+
+
+@pytest.mark.parametrize("newer_first", [True, False])
+def test_the_copy_with_the_later_update_time_wins(tmp_path: Path, newer_first: bool) -> None:
+    old = _bucket(["allUsers", "user:a@x.example"], "2026-01-01T00:00:00Z")
+    new = _bucket(["user:a@x.example"], "2026-03-01T00:00:00Z")  # the public grant was removed since
+    (tmp_path / "1.ndjson").write_text(new if newer_first else old)
+    (tmp_path / "2.ndjson").write_text(old if newer_first else new)
+    result = run_scan([str(tmp_path)], load_rules())
+    assert not [f for f in result.findings if f.rule == "iam-no-public-members"]
+    assert result.evaluation.assets == 1
+    assert result.sources[0].duplicate_count == 1
+    kept = "the copy read first is kept" if newer_first else "the later copy (2026-03-01T00:00:00Z) replaces"
+    assert kept in result.sources[0].duplicates[0]
+
+
+def test_a_binding_repeated_in_a_policy_gives_one_finding(tmp_path: Path) -> None:
+    binding = {"role": "roles/storage.objectViewer", "members": ["allUsers"]}
+    line = json.loads(_bucket([], "2026-01-01T00:00:00Z"))
+    line["iam_policy"]["bindings"] = [binding, binding, {**binding, "members": ["allUsers", "allUsers"]}]
+    (tmp_path / "x.ndjson").write_text(json.dumps(line) + "\n")
+    findings = [f for f in run_scan([str(tmp_path / "x.ndjson")], load_rules()).findings]
+    ids = [f.id for f in findings]
+    assert len(ids) == len(set(ids))
+    assert [f.rule for f in findings].count("iam-no-public-members") == 1

@@ -1,12 +1,13 @@
 """The `auditor` command line: scan, rules, and the commands other stages add (serve, plan, apply, ...).
 
-Exit status: 0 nothing at or above --fail-on; 1 findings; 2 invalid input, rules, configuration or usage
-(one line on stderr, never a traceback).
+Exit status (`scan`, `serve --once`; see auditor.scan): 0 clean; 1 findings at or above --fail-on; 2 invalid
+input, rules, configuration or usage (one line on stderr, never a traceback); 3 partial result and nothing worse.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -36,6 +37,15 @@ class _Main(click.Group):
             lines = str(exc).splitlines() or [type(exc).__name__]
             for line in lines:
                 click.echo(f"error: {line}", err=True)
+            sys.exit(2)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            # Readers and loaders turn bad input into AuditorError with the file and line; what still escapes is a
+            # defect, but it must not end as a traceback nor as click's "Aborted!" with exit 1 ("findings").
+            if os.environ.get("AUDITOR_TRACEBACK"):
+                raise
+            click.echo(f"error: unexpected {type(exc).__name__}: {exc} (AUDITOR_TRACEBACK=1 shows where)", err=True)
             sys.exit(2)
 
 

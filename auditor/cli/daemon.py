@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
+from auditor.cli.options import verdict_options
 from auditor.settings import load_settings
+
+if TYPE_CHECKING:
+    from auditor.cycle import CycleOutcome
 
 
 @click.command("serve")
@@ -17,10 +22,17 @@ from auditor.settings import load_settings
 )
 @click.option("--once", is_flag=True, help="Run one cycle, print its summary as JSON, and exit (cron, CI).")
 @click.option("--check", is_flag=True, help="Validate the configuration and the rules, print a summary, and exit.")
-def command(config: str | None, once: bool, check: bool) -> None:
+@verdict_options
+def command(config: str | None, once: bool, check: bool, fail_on: str, allow_partial: bool) -> None:
     """Run audit cycles on a schedule and serve /metrics, /report, /findings.json, /healthz and /readyz.
 
-    With --once: exit 0 when the cycle read everything, 1 when it was partial or failed.
+    \b
+    With --once, the exit status is that of `auditor scan`:
+      0  clean: every source read, every rule evaluated, no open finding at or above --fail-on
+      1  open findings at or above --fail-on
+      2  bad input, rules or usage (a source that cannot be read at all, a broken rule file)
+      3  partial (records skipped, asset types not read, rules not evaluated, evaluation errors) and nothing
+         worse, or a cycle that failed for another reason; --allow-partial turns a partial result into 0 or 1
     """
     # Imported here so `auditor scan` does not pay for the scheduler and HTTP server.
     from auditor.cycle import Auditor
@@ -48,7 +60,7 @@ def command(config: str | None, once: bool, check: bool) -> None:
     if once:
         out = auditor.run_cycle()
         store.close()
-        summary = {
+        summary: dict[str, object] = {
             "cycle": out.cycle_id,
             "outcome": out.outcome,
             "new": out.recorded.new_count if out.recorded else 0,
@@ -56,6 +68,22 @@ def command(config: str | None, once: bool, check: bool) -> None:
             "open": out.recorded.open if out.recorded else None,
             "error": out.error,
         }
+        if out.result is not None:
+            summary["complete"] = out.result.complete
+            summary["partial_reasons"] = out.result.partial_reasons()
         click.echo(json.dumps(summary))
-        sys.exit(0 if out.outcome == "success" else 1)
+        sys.exit(once_status(out, fail_on, allow_partial))
     sys.exit(Daemon(settings, auditor).run())
+
+
+def once_status(out: CycleOutcome, fail_on: str, allow_partial: bool) -> int:
+    """The exit status of `serve --once` (the contract of `auditor scan`, see auditor.scan)."""
+    from auditor.scan import EXIT_INVALID, EXIT_PARTIAL
+
+    if out.result is None:
+        # nothing was evaluated: bad input or rules (a source or rule file that cannot be read) is 2, and any other
+        # failure is at least partial, never clean nor "findings"
+        return EXIT_INVALID if out.invalid_input else EXIT_PARTIAL
+    if out.outcome == "failed":  # evaluated, but the store failed: not a clean cycle either
+        return EXIT_PARTIAL
+    return out.result.exit_status(fail_on, allow_partial)

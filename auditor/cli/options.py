@@ -93,3 +93,22 @@ def selection_options(fn: F) -> F:
         return fn(*args, **kwargs)
 
     return functools.update_wrapper(wrapper, fn)  # type: ignore[return-value]
+
+
+def verdict_options(fn: F) -> F:
+    """--fail-on and --allow-partial: what the exit status says about a result (see auditor.scan)."""
+    from auditor.model import SEVERITIES
+
+    fn = click.option(
+        "--allow-partial",
+        is_flag=True,
+        help="A partial result exits 0 or 1 as a complete one would, instead of 3.",
+    )(fn)
+    fn = click.option(
+        "--fail-on",
+        type=click.Choice([*SEVERITIES, "never"]),
+        default="low",
+        show_default=True,
+        help="Exit 1 when an open finding is at or above this severity.",
+    )(fn)
+    return fn

@@ -12,11 +12,18 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from auditor.cli.options import RuleSelection, jobs_option, rules_option, selection_options, source_options
+from auditor.cli.options import (
+    RuleSelection,
+    jobs_option,
+    rules_option,
+    selection_options,
+    source_options,
+    verdict_options,
+)
 from auditor.collect import SourceOptions
 from auditor.errors import AuditorError
 from auditor.evaluate.rulebook import LoadedRule, load_rules
-from auditor.model import SEVERITIES, Finding
+from auditor.model import Finding
 from auditor.report import terminal
 from auditor.report.compliance import assess_scan, compliance_dict, render_compliance
 from auditor.report.formats import StreamedReport, format_names
@@ -92,13 +99,7 @@ def do_scan(
     help="table (terminal), json, ndjson (a finding per line), csv, sarif (2.1.0), junit (XML) or markdown.",
 )
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report to this file.")
-@click.option(
-    "--fail-on",
-    type=click.Choice([*SEVERITIES, "never"]),
-    default="low",
-    show_default=True,
-    help="Exit 1 when an open finding is at or above this severity.",
-)
+@verdict_options
 def command(
     sources: tuple[str, ...],
     cluster: str,
@@ -109,12 +110,22 @@ def command(
     fmt: str,
     output: str | None,
     fail_on: str,
+    allow_partial: bool,
     selection: RuleSelection,
 ) -> None:
     """Scan assets against the baseline rules and report the findings.
 
     With --framework, only the rules mapped to that framework run, and a per-control pass/fail table follows the
-    findings (on stderr for machine formats; in JSON, also the report's `compliance` section)."""
+    findings (on stderr for machine formats; in JSON, also the report's `compliance` section).
+
+    \b
+    Exit status:
+      0  clean: every source read, every rule evaluated, no open finding at or above --fail-on
+      1  open findings at or above --fail-on
+      2  bad input, rules or usage (a file of no known shape, a source with no asset, a broken rule file)
+      3  partial: records skipped, asset types not read, rules not evaluated or evaluation errors, and nothing
+         worse (partial with findings is 3 too); --allow-partial turns 3 back into 0 or 1
+    """
     framework = selection.framework
     if fmt == "table":
         result = do_scan(sources, rules_paths, cluster, strict, require_complete, jobs, selection=selection)
@@ -163,6 +174,9 @@ def command(
         if framework and fmt != "json":
             render_compliance(framework, assess_scan(framework, result), terminal.console(stderr=True))
     if not result.complete:
-        click.echo("warning: the snapshot is partial; see the failed parts above", err=True)
-    if fail_on != "never" and result.worst_open_rank() >= SEVERITIES.index(fail_on):
-        sys.exit(1)
+        click.echo("warning: the result is partial:", err=True)
+        for reason in result.partial_reasons()[:MAX_PROBLEMS_SHOWN]:
+            click.echo(f"  {reason}", err=True)
+    status = result.exit_status(fail_on, allow_partial)
+    if status:
+        sys.exit(status)

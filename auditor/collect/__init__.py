@@ -11,12 +11,32 @@ A source is named by a string:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from auditor.errors import SourceError
 from auditor.model import Asset, SourceStatus
+
+DEFAULT_MAX_LINE_BYTES = 64 << 20
+DEFAULT_MAX_DOCUMENT_BYTES = 1 << 30
+DEFAULT_MAX_DEPTH = 200
+DEFAULT_MAX_VALUES = 2_000_000  # values of one YAML document once its aliases are followed
+
+
+def _limit(variable: str, default: int) -> int:
+    """A positive integer from the environment, or the default; a bad value is a usage error naming the variable."""
+    text = os.environ.get(variable, "").strip().replace("_", "")
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise SourceError(f"{variable}={text!r}: not a whole number") from None
+    if value < 1:
+        raise SourceError(f"{variable}={text!r}: must be at least 1")
+    return value
 
 
 @dataclass(slots=True)
@@ -31,6 +51,15 @@ class SourceOptions:
     extra: dict[str, object] = field(default_factory=dict)
     # Called with a one-line problem ("file:line: reason") as soon as it is found.
     on_problem: Callable[[str], None] | None = None
+    # Limits on what one file may hold, each named in the error it gives (a line of an export, a document read whole,
+    # the nesting of a document's values and their number: YAML aliases can make a small file a huge tree).
+    # Each can be set in the environment (AUDITOR_MAX_LINE_BYTES, ...), for the command line and the daemon alike.
+    max_line_bytes: int = field(default_factory=lambda: _limit("AUDITOR_MAX_LINE_BYTES", DEFAULT_MAX_LINE_BYTES))
+    max_document_bytes: int = field(
+        default_factory=lambda: _limit("AUDITOR_MAX_DOCUMENT_BYTES", DEFAULT_MAX_DOCUMENT_BYTES)
+    )
+    max_depth: int = field(default_factory=lambda: _limit("AUDITOR_MAX_DEPTH", DEFAULT_MAX_DEPTH))
+    max_values: int = field(default_factory=lambda: _limit("AUDITOR_MAX_VALUES", DEFAULT_MAX_VALUES))
 
 
 class Source(Protocol):

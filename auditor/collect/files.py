@@ -1,10 +1,16 @@
-"""Offline sources: CAI export files and Kubernetes object lists, from a file or a folder of files.
+"""Offline sources: CAI export files, Kubernetes object lists and Compute API responses, from a file or a folder.
 
 CAI exports are read as a stream, one line at a time, and decoded into a small typed record whose
 `resource.data` and `iam_policy` stay as raw JSON bytes until a check asks for them: a million-line
 export never becomes a million dicts. Both spellings are accepted (`asset_type`/`iam_policy` from exports,
-`assetType`/`iamPolicy` from the API). JSON arrays and `{"assets": [...]}` (an API listing saved to a file)
-are read whole; Kubernetes lists (`kubectl get ... -o yaml|json`, `kind: List`) become RBAC assets.
+`assetType`/`iamPolicy` from the API); `#` comment lines (Forseti's dumps) are skipped.
+
+Every file is recognised or refused. It is cut into objects (NDJSON lines, one JSON document or array,
+concatenated pretty-printed JSON objects, YAML documents), and each object is read by the reader of its shape
+(`shapes.py`: CAI assets and listings, Kubernetes objects and lists, Compute security policies). Objects of kinds
+no reader knows are counted by kind in the source's status; a source that gives no asset at all is an error naming
+each file and what it held. Bytes that cannot be read (a corrupt gzip, a line or document over its size limit, a
+nesting deeper than the limit, an unreadable file) give an error naming the file and line, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from __future__ import annotations
 import gzip
 import io
 import itertools
+import json
 import os
+import sys
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +31,18 @@ import msgspec
 import yaml
 
 from auditor.collect import SourceOptions, skip_record
-from auditor.collect.k8s_objects import object_asset
+from auditor.collect.shapes import (
+    _NO_RAW,
+    _NULL,
+    Nested,
+    check_iam_policy,
+    classify,
+    decode_record,
+    describe,
+    known_shapes,
+    record_decoder,
+    record_to_asset,
+)
 from auditor.errors import SourceError
 from auditor.model import Asset, SourceStatus
 
@@ -31,69 +51,22 @@ try:  # the C loader is several times faster where libyaml is present
 except AttributeError:  # pragma: no cover
     _YamlLoader = yaml.SafeLoader
 
+__all__ = ["FileSource", "decode_record", "iter_file_assets", "record_to_asset"]
 
-_NO_RAW = msgspec.Raw(b"")  # msgspec cannot make Raw optional; an empty Raw means "absent"
-_NULL = msgspec.Raw(b"null")
-
-
-class _Resource(msgspec.Struct, gc=False):
-    data: msgspec.Raw = _NO_RAW
-    parent: str | None = None
-
-
-class _Record(msgspec.Struct, gc=False):
-    """One CAI asset line in either spelling; unknown keys are skipped without being decoded."""
-
-    name: str | None = None
-    asset_type: str | None = None
-    assetType: str | None = None
-    resource: _Resource | None = None
-    iam_policy: msgspec.Raw = _NO_RAW
-    iamPolicy: msgspec.Raw = _NO_RAW
-    ancestors: list[str] | None = None
-    update_time: str | None = None
-    updateTime: str | None = None
-
-
-class _Listing(msgspec.Struct):
-    assets: list[msgspec.Raw]
-
-
-_record_decoder = msgspec.json.Decoder(_Record)
+_record_decoder = record_decoder
 _any_decoder = msgspec.json.Decoder()
 _EXPORT_SUFFIXES = (".json", ".ndjson", ".jsonl", ".dump", ".gz")
 _YAML_SUFFIXES = (".yaml", ".yml")
 _BLOCK = 1 << 22  # NDJSON bytes read and decoded at a time
+_READ_ERRORS = (OSError, EOFError, zlib.error)  # an unreadable file, a corrupt or truncated gzip
 
 
-def record_to_asset(rec: _Record, origin: str, line: int = 0) -> Asset:
-    """The Asset for one decoded record (read at `origin`, or at line `line` of file `origin`); ValueError names
-    what is missing."""
-    asset_type = rec.asset_type or rec.assetType
-    if not rec.name:
-        raise ValueError("asset has no 'name'")
-    if not asset_type:
-        raise ValueError(f"asset {rec.name} has no 'asset_type' (export spelling) or 'assetType' (API spelling)")
-    iam = rec.iam_policy or rec.iamPolicy
-    data = rec.resource.data if rec.resource is not None else _NO_RAW
-    return Asset(
-        name=rec.name,
-        asset_type=asset_type,
-        resource=data if data and not _is_null(data) else None,
-        iam_policy=iam if iam and not _is_null(iam) else None,
-        ancestors=tuple(rec.ancestors) if rec.ancestors else (),
-        update_time=rec.update_time or rec.updateTime,
-        origin=origin,
-        line=line,
-    )
+class _Unreadable(Exception):
+    """A read failed part way through a file (wraps the OSError, EOFError or zlib.error)."""
 
 
-def _is_null(raw: msgspec.Raw) -> bool:
-    return len(raw) == 4 and bytes(raw) == b"null"
-
-
-def decode_record(line: bytes | str) -> _Record:
-    return _record_decoder.decode(line)
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB" if n >= 1 << 20 else f"{n:,} bytes"
 
 
 class _Bounded:
@@ -120,8 +93,21 @@ def _open(path: Path) -> IO[bytes]:
     return raw
 
 
+def _looks_like_cai(obj: Any) -> bool:
+    """An object with a CAI asset's fields but no reader: a CAI asset missing its name or type."""
+    return isinstance(obj, dict) and "kind" not in obj and any(
+        k in obj for k in ("name", "asset_type", "assetType", "iam_policy", "iamPolicy", "resource", "ancestors")
+    )
+
+
+def _is_data(line: bytes) -> bool:
+    """Not blank and not a `#` comment (Forseti's dumps begin with comment lines)."""
+    s = line.lstrip()
+    return bool(s) and s[:1] != b"#"
+
+
 class FileSource:
-    """A file, or every export and Kubernetes list file under a folder (sorted, recursively)."""
+    """A file, or every export, Kubernetes list and API response file under a folder (sorted, recursively)."""
 
     def __init__(self, path: str, options: SourceOptions) -> None:
         self.uri = path
@@ -134,13 +120,25 @@ class FileSource:
         self.lines_read = 0
         self._shared_ancestors: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._shared_types: dict[str, str] = {}
+        self._empty: list[tuple[Path, str]] = []  # files that gave no asset, with what they held
+        self._shape = ""  # what the file being read looked like, when it gives no asset
         p = Path(path)
-        if not p.exists():
+        try:
+            exists, is_dir = p.exists(), p.is_dir()
+        except OSError as exc:
+            raise SourceError(f"source {path}: cannot read ({exc.strerror or exc})") from exc
+        if not exists and not p.is_symlink():
             raise SourceError(f"source {path}: no such file or folder")
-        if p.is_dir():
-            self.files = sorted(
-                f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(_EXPORT_SUFFIXES + _YAML_SUFFIXES)
-            )
+        if is_dir:
+            try:
+                # symbolic links too: a dangling one is reported as unreadable rather than passed over in silence
+                self.files = sorted(
+                    f
+                    for f in p.rglob("*")
+                    if f.name.lower().endswith(_EXPORT_SUFFIXES + _YAML_SUFFIXES) and (f.is_symlink() or f.is_file())
+                )
+            except OSError as exc:
+                raise SourceError(f"source {path}: cannot list the folder ({exc})") from exc
             if not self.files:
                 raise SourceError(f"source {path}: folder holds no .json, .ndjson, .dump, .gz, .yaml or .yml file")
         else:
@@ -152,40 +150,122 @@ class FileSource:
         self.finish()
 
     def file_assets(self, f: Path) -> Iterator[Asset]:
-        """The assets of one of the source's files (`assets` reads them all, then calls `finish`)."""
-        name = f.name.lower().removesuffix(".gz")
-        if name.endswith(_YAML_SUFFIXES):
-            yield from self._yaml_file(f)
-        else:
-            yield from self._json_file(f)
+        """The assets of one of the source's files (`assets` reads them all, then calls `finish`).
+
+        A file that cannot be read, or stops being readable part way (a truncated gzip), makes the source partial
+        and is named with the line reached; a file that gives no asset is remembered for `finish`.
+        """
+        before, unknown_before = self.status.assets, sum(self.status.unknown.values())
+        skipped_before = self.status.skipped
+        self._shape, self._next_line = "", 1
+        try:
+            name = f.name.lower().removesuffix(".gz")
+            if name.endswith(_YAML_SUFFIXES):
+                yield from self._yaml_file(f)
+            else:
+                yield from self._json_file(f)
+        except (_Unreadable, *_READ_ERRORS) as exc:
+            cause = exc.__cause__ if isinstance(exc, _Unreadable) and exc.__cause__ is not None else exc
+            why = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+            where = f"{f}:{self._next_line}" if self._next_line > 1 else str(f)
+            reason = f"cannot read ({type(cause).__name__}: {why})"
+            if self._next_line > 1:
+                reason += "; the lines before were read"
+            self._file_failed(f"{where}: {reason}")
+            self._shape = "unreadable bytes"
+        except SourceError as exc:
+            if len(self.files) == 1 or self.options.strict:
+                raise
+            # one bad file of a folder: the others are read, and the source is partial
+            self._file_failed(str(exc))
+            self._shape = "a file refused"
+        if self.status.assets == before:
+            unknown = sum(self.status.unknown.values()) - unknown_before
+            skipped = self.status.skipped - skipped_before
+            shape = self._shape or "no data"
+            if skipped:
+                shape += f", {skipped} malformed record(s)"
+            if unknown and "kind" not in shape:
+                shape += f", {unknown} object(s) of kinds no reader knows"
+            self._empty.append((f, shape))
+
+    def _file_failed(self, msg: str) -> None:
+        """A file that could not be read (in part or at all): the source is partial, the file named."""
+        self.status.fail("*", msg)
+        self.status.errors.append(msg)
+        if self.options.on_problem is not None:
+            self.options.on_problem(msg)
+        if self.options.strict:
+            raise SourceError(msg) from None
 
     def finish(self) -> None:
-        """Mark the snapshot partial when malformed records were skipped."""
+        """Mark the snapshot partial when malformed records were skipped; refuse a source that gave no asset."""
         if self.status.skipped:
             self.status.fail("*", f"{self.status.skipped} malformed record(s) skipped; first: {self.status.errors[0]}")
+        if self.status.assets == 0:
+            seen = "; ".join(f"{f}: {shape}" for f, shape in self._empty[:5])
+            if len(self._empty) > 5:
+                seen += f"; and {len(self._empty) - 5} more file(s)"
+            kinds = ", ".join(f"{k} ({n})" for k, n in Counter(self.status.unknown).most_common(5) if k not in seen)
+            raise SourceError(
+                f"source {self.uri}: no asset read. {seen or 'no file read'}"
+                + (f". Kinds seen: {kinds}" if kinds else "")
+                + (f". First problem: {self.status.errors[0]}" if self.status.errors else "")
+                + f". Known shapes: {known_shapes()}"
+            )
 
     # -- parts of one NDJSON file, for readers in several processes ------------------------------------------------
+    def _first_data_line(self, fh: IO[bytes]) -> tuple[bytes, bytes, int]:
+        """(the lines before the first data line, that line, its number); the line is b"" at the end of the file.
+        A line over the line-size limit is an error."""
+        limit = self.options.max_line_bytes
+        before = b""
+        lineno = 1
+        while True:
+            line = fh.readline(limit + 1)
+            if len(line) > limit and not line.endswith(b"\n"):
+                raise SourceError(self._too_long(fh, lineno))
+            if not line or _is_data(line):
+                return before, line, lineno
+            before += line
+            lineno += 1
+            if len(before) > limit:
+                raise SourceError(self._too_long(fh, lineno))
+
+    def _too_long(self, fh: Any, lineno: int) -> str:
+        name = getattr(fh, "name", None) or self.uri
+        limit = self.options.max_line_bytes
+        return f"{name}:{lineno}: a line longer than {_mib(limit)} (the line-size limit, AUDITOR_MAX_LINE_BYTES)"
+
     def is_ndjson(self, path: Path) -> bool:
-        """Whether the file (gzip or not) reads as NDJSON: its first line is one asset, not a document's start."""
+        """Whether the file (gzip or not) reads as NDJSON: its first data line is one object, not a document's
+        start."""
         if path.name.lower().removesuffix(".gz").endswith(_YAML_SUFFIXES):
             return False
         try:
             with _open(path) as fh:
-                stripped = fh.readline().strip()
-        except (OSError, EOFError):
+                _, first, _ = self._first_data_line(fh)
+        except (SourceError, *_READ_ERRORS):
             return False  # read where it is reported: in one process
+        stripped = first.strip()
         if not stripped:
-            return True
+            return False
         try:
             head = _any_decoder.decode(stripped) if stripped.startswith(b"{") else None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return False
-        return isinstance(head, dict) and not ("kind" in head and "items" in head) and "assets" not in head
+        if not isinstance(head, dict):
+            return False
+        r = classify(head)  # a CAI asset a line (or what looks like a malformed one), not a list of things
+        return r.name == "cai-asset" if r is not None else _looks_like_cai(head)
 
     @staticmethod
     def is_gzip(path: Path) -> bool:
-        with open(path, "rb") as fh:
-            return fh.read(2) == b"\x1f\x8b"
+        try:
+            with open(path, "rb") as fh:
+                return fh.read(2) == b"\x1f\x8b"
+        except OSError:
+            return False
 
     def split(self, path: Path, parts: int, min_bytes: int = 8 << 20) -> list[tuple[int, int]] | None:
         """Byte ranges of whole lines dividing an uncompressed NDJSON export into up to `parts` pieces of at least
@@ -230,50 +310,127 @@ class FileSource:
     def _problem(self, where: str, reason: str) -> None:
         skip_record(self.status, self.options, where, reason)
 
+    def _unknown(self, obj: Any) -> None:
+        kind = describe(obj)
+        self.status.unknown[kind] = self.status.unknown.get(kind, 0) + 1
+        if not self._shape:
+            self._shape = f"objects of a kind no reader knows ({kind})"
+
+    def _depth_error(self) -> str:
+        return (
+            f"nested deeper than the decoder can follow (about {sys.getrecursionlimit() - 100} levels; documents are"
+            f" held to {self.options.max_depth}, AUDITOR_MAX_DEPTH)"
+        )
+
+    # -- objects of any shape -------------------------------------------------------------------------------------
+    def _check_tree(self, obj: Any) -> str | None:
+        """Why a decoded value is over the nesting or size limits, or None. Walked without recursion: YAML
+        aliases can make a small file a tree of billions of values, which must not reach a reader."""
+        max_depth, budget = self.options.max_depth, self.options.max_values
+        stack: list[tuple[Any, int]] = [(obj, 1)]
+        while stack:
+            value, depth = stack.pop()
+            budget -= 1
+            if budget < 0:
+                return (
+                    f"more than {self.options.max_values:,} values (the value limit, AUDITOR_MAX_VALUES; "
+                    "YAML aliases expanding?)"
+                )
+            if depth > max_depth:
+                return f"nested deeper than {max_depth} levels (the nesting limit, AUDITOR_MAX_DEPTH)"
+            if isinstance(value, dict):
+                stack.extend((v, depth + 1) for v in value.values())
+            elif isinstance(value, list):
+                stack.extend((v, depth + 1) for v in value)
+        return None
+
+    def _objects(self, obj: Any, where: str) -> Iterator[Asset]:
+        """The assets of one decoded object of any shape (see `shapes.py`); an object no reader knows is counted."""
+        if isinstance(obj, list):
+            for i, item in enumerate(obj):
+                yield from self._objects(item, f"{where}: item {i}")
+            return
+        r = classify(obj)
+        if r is None:
+            self._unknown(obj)
+            return
+        if not self._shape:
+            self._shape = r.shape
+        try:
+            for item in r.read(obj, self.options.cluster, where):
+                if isinstance(item, Nested):
+                    yield from self._objects(item.obj, item.where)
+                else:
+                    self.status.assets += 1
+                    yield item
+        except ValueError as exc:
+            self._problem(where, str(exc))
+
     # -- CAI exports and JSON documents ----------------------------------------------------------------------------
     def _json_file(self, path: Path) -> Iterator[Asset]:
         with _open(path) as fh:
-            try:
-                first = fh.readline()
-            except (OSError, EOFError) as exc:
-                raise SourceError(f"{path}: cannot read ({exc})") from exc
+            before, first, lineno = self._first_data_line(fh)
             stripped = first.strip()
             if not stripped:
-                # blank first line: fall through to NDJSON reading which skips blank lines
-                yield from self._ndjson(path, fh, first, 1)
+                self._shape = "an empty file" if not before.strip() else "only comment lines"
                 return
             if stripped.startswith(b"{"):
                 try:
                     head = _any_decoder.decode(stripped)
-                except msgspec.DecodeError:
+                except (msgspec.DecodeError, RecursionError):
                     head = None  # a pretty-printed document, or a broken first line
-                if isinstance(head, dict) and ("kind" not in head or "items" not in head) and "assets" not in head:
-                    yield from self._ndjson(path, fh, first, 1)
+                if isinstance(head, dict):
+                    self._shape = "NDJSON"
+                    yield from self._ndjson(path, fh, first, lineno)
                     return
-            rest = fh.read()
-        yield from self._document(path, first + rest)
+            limit = self.options.max_document_bytes
+            rest = fh.read(limit + 1 - len(before) - len(first))
+            if len(before) + len(first) + len(rest) > limit:
+                raise SourceError(
+                    f"{path}: a JSON document larger than {_mib(limit)} (the document-size limit, "
+                    "AUDITOR_MAX_DOCUMENT_BYTES; an export this large is read as NDJSON, one asset a line)"
+                )
+        yield from self._document(path, before + first + rest)
 
     def _ndjson(self, path: Path, fh: IO[bytes] | _Bounded, first: bytes, lineno: int) -> Iterator[Asset]:
         """NDJSON read in blocks of whole lines, one decoder call per block (see `_block`)."""
         pending = first  # the start of a line not yet complete (or the first line, read by the caller)
         # read1: one read into a fresh block, not a read into the file's buffer and a copy out of it (half the time)
         read = getattr(fh, "read1", fh.read)
+        limit = self.options.max_line_bytes
         while True:
-            data = read(_BLOCK)
+            self._next_line = lineno
+            try:
+                data = read(_BLOCK)
+            except _READ_ERRORS as exc:
+                raise _Unreadable() from exc
             if not data:
                 break
             cut = data.rfind(b"\n") + 1
             if cut == 0:  # a line longer than a block
                 pending += data
+                if len(pending) > limit:
+                    raise SourceError(f"{path}:{lineno}: a line longer than {_mib(limit)} (the line-size limit, "
+                                      "AUDITOR_MAX_LINE_BYTES)")
                 continue
             start = 0
             if pending:
                 start = data.find(b"\n") + 1
                 head = pending + data[:start]
+                if len(head) > limit + 1:
+                    for i, line in enumerate(head.split(b"\n")):
+                        if len(line) > limit:
+                            raise SourceError(f"{path}:{lineno + i}: a line longer than {_mib(limit)} (the line-size "
+                                              "limit, AUDITOR_MAX_LINE_BYTES)")
                 n = head.count(b"\n")
                 yield from self._block(path, head, n, lineno)
                 lineno += n
             n = data.count(b"\n", start, cut)
+            if limit < _BLOCK and n and cut - start > limit:  # a limit set below a block: each line is measured
+                for i, line in enumerate(data[start:cut].split(b"\n")):
+                    if len(line) > limit:
+                        raise SourceError(f"{path}:{lineno + i}: a line longer than {_mib(limit)} (the line-size "
+                                          "limit, AUDITOR_MAX_LINE_BYTES)")
             if n:
                 yield from self._block(path, memoryview(data)[start:cut], n, lineno)
                 lineno += n
@@ -296,14 +453,14 @@ class FileSource:
     def _block(self, path: Path, buf: bytes | memoryview, lines: int, lineno: int) -> Iterator[Asset]:
         """The assets of `lines` whole lines starting at line `lineno`.
 
-        A block without a blank or bad line is decoded in one call; otherwise it is read line by line, so that each
-        problem is reported with its own line number.
+        A block of CAI records without a blank, bad or other line is decoded in one call; otherwise it is read line
+        by line, so that each problem is reported with its own line number and each other object by its reader.
         """
         try:
             recs = _record_decoder.decode_lines(buf)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             recs = None
-        if recs is None or len(recs) != lines:
+        if recs is None or len(recs) != lines or not all(r.name and (r.asset_type or r.assetType) for r in recs):
             yield from self._lines(path, bytes(buf).split(b"\n")[:lines], lineno)
             return
         status = self.status
@@ -315,16 +472,9 @@ class FileSource:
         where_file = str(path)
         out: list[Asset] = []
         skips: dict[str, int] = {}  # added to `skipped` once per block: this loop runs for every line of an export
+        bad = 0
         for rec in recs:
-            asset_type = rec.asset_type or rec.assetType
-            if not rec.name or not asset_type:
-                where = f"{path}:{lineno}"
-                try:
-                    record_to_asset(rec, where)
-                except ValueError as exc:
-                    self._problem(where, str(exc))
-                lineno += 1
-                continue
+            asset_type: str = rec.asset_type or rec.assetType  # type: ignore[assignment]
             iam = rec.iam_policy or rec.iamPolicy
             has_iam = bool(iam) and iam != _NULL
             if wanted is not None:
@@ -337,20 +487,41 @@ class FileSource:
                     lineno += 1
                     continue
             data = rec.resource.data if rec.resource is not None else _NO_RAW
-            ancestors: tuple[str, ...] = ()
-            if rec.ancestors:
-                # one tuple per distinct ancestry: the assets a scan holds to its end share it
-                ancestors = tuple(rec.ancestors)
-                ancestors = shared.setdefault(ancestors, ancestors)
-                if len(shared) > 100_000:
-                    shared.clear()
             # copies: the raw bytes would otherwise keep the whole block alive for as long as the asset lives
+            res = bytes(data) if data and data != _NULL else None
+            pol = bytes(iam) if has_iam else None
+            try:
+                if res is not None and res[:1] != b"{":
+                    raise ValueError(f"asset {rec.name}: 'resource.data' is not an object")
+                if pol is not None:
+                    check_iam_policy(pol)
+                if rec.ancestors:
+                    # one tuple per distinct ancestry: the assets a scan holds to its end share it
+                    ancestors = tuple(rec.ancestors)
+                    ancestors = shared.setdefault(ancestors, ancestors)
+                    if len(shared) > 100_000:
+                        shared.clear()
+                elif rec.ancestry_path:
+                    ancestors = record_to_asset(rec, where_file).ancestors
+                else:
+                    ancestors = ()
+            except ValueError as exc:
+                self._problem(f"{path}:{lineno}", str(exc) if str(exc).startswith("asset ") else
+                              f"asset {rec.name}: {exc}")
+                bad += 1
+                lineno += 1
+                continue
+            except RecursionError:
+                self._problem(f"{path}:{lineno}", f"asset {rec.name}: {self._depth_error()}")
+                bad += 1
+                lineno += 1
+                continue
             out.append(
                 Asset(
-                    name=rec.name,
+                    name=rec.name,  # type: ignore[arg-type]
                     asset_type=shared_types.setdefault(asset_type, asset_type),
-                    resource=bytes(data) if data and data != _NULL else None,
-                    iam_policy=bytes(iam) if has_iam else None,
+                    resource=res,
+                    iam_policy=pol,
                     ancestors=ancestors,
                     update_time=rec.update_time or rec.updateTime,
                     origin=where_file,
@@ -366,97 +537,182 @@ class FileSource:
     def _lines(self, path: Path, lines: list[bytes], lineno: int) -> Iterator[Asset]:
         status = self.status
         for line in lines:
-            if line.strip():
+            if _is_data(line):
                 where = f"{path}:{lineno}"
                 try:
                     rec = _record_decoder.decode(line)
-                    asset = record_to_asset(rec, str(path), lineno)
+                    if rec.name and (rec.asset_type or rec.assetType):
+                        asset: Asset | None = record_to_asset(rec, str(path), lineno)
+                    else:
+                        asset = None
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     self._problem(where, f"malformed asset line ({exc})")
                 except ValueError as exc:
                     self._problem(where, str(exc))
+                except RecursionError:
+                    self._problem(where, self._depth_error())
                 else:
-                    status.assets += 1
-                    yield asset
+                    if asset is not None:
+                        status.assets += 1
+                        yield asset
+                    else:
+                        yield from self._other_line(line, where)
             lineno += 1
 
+    def _other_line(self, line: bytes, where: str) -> Iterator[Asset]:
+        """A line that is not a CAI asset: a Kubernetes object, a Compute response, or a kind no reader knows."""
+        try:
+            obj = _any_decoder.decode(line)
+        except msgspec.DecodeError as exc:
+            self._problem(where, f"malformed line ({exc})")
+            return
+        except RecursionError:
+            self._problem(where, self._depth_error())
+            return
+        over = self._check_tree(obj)
+        if over is not None:
+            self._problem(where, over)
+            return
+        if classify(obj) is None and _looks_like_cai(obj):
+            try:  # a CAI asset with a field missing: malformed, with what is missing, not an unknown kind
+                record_to_asset(_record_decoder.decode(line), where)
+            except (msgspec.ValidationError, ValueError) as exc:
+                self._problem(where, str(exc))
+                return
+        yield from self._objects(obj, where)
+
     def _document(self, path: Path, data: bytes) -> Iterator[Asset]:
-        if data.lstrip().startswith(b"["):
+        head = data.lstrip()[:1]
+        if head == b"[":
             try:
                 raws = msgspec.json.decode(data, type=list[msgspec.Raw])
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise SourceError(f"{path}: not a valid JSON array of assets ({exc})") from exc
+            except msgspec.DecodeError as exc:
+                raise SourceError(f"{path}: not a valid JSON array ({exc})") from None
+            except msgspec.ValidationError as exc:
+                raise SourceError(f"{path}: not a JSON array ({exc})") from None
+            except RecursionError:
+                raise SourceError(f"{path}: {self._depth_error()}") from None
+            self._shape = "a JSON array"
             yield from self._raw_items(path, raws)
             return
+        if head != b"{":
+            snippet = data.lstrip()[:40].decode("utf-8", "replace")
+            raise SourceError(
+                f"{path}: neither JSON nor NDJSON (it starts with {snippet!r}); expected one of: {known_shapes()}"
+            )
         try:
             doc = _any_decoder.decode(data)
         except msgspec.DecodeError:
-            # Not one JSON document: read it as NDJSON so each bad line is reported with its number.
-            yield from self._ndjson_bytes(path, data)
+            yield from self._concatenated(path, data)
             return
-        if isinstance(doc, dict) and isinstance(doc.get("items"), list) and "kind" in doc:
-            yield from self._k8s_items(path, doc["items"], 0)
-        elif isinstance(doc, dict) and isinstance(doc.get("assets"), list):
-            del doc  # decode again, keeping each asset as raw bytes (an API listing saved to a file)
-            yield from self._raw_items(path, msgspec.json.decode(data, type=_Listing).assets)
-        else:
-            raise SourceError(
-                f"{path}: expected NDJSON, a JSON array of assets, {{\"assets\": [...]}} or a Kubernetes List"
-            )
+        except RecursionError:
+            raise SourceError(f"{path}: {self._depth_error()}") from None
+        over = self._check_tree(doc)
+        if over is not None:
+            raise SourceError(f"{path}: {over}")
+        yield from self._objects(doc, str(path))
+
+    def _concatenated(self, path: Path, data: bytes) -> Iterator[Asset]:
+        """Pretty-printed JSON objects one after another (`gcloud ... --format=json` of several calls, `jq .`); or,
+        when the text is not that, NDJSON with bad lines, each reported with its number."""
+        text = data.decode("utf-8", "replace")
+        decoder = json.JSONDecoder()
+        pos, objects = 0, []
+        try:
+            while True:
+                while pos < len(text) and text[pos] in " \t\r\n":
+                    pos += 1
+                if pos >= len(text):
+                    break
+                obj, pos = decoder.raw_decode(text, pos)
+                objects.append((obj, text.count("\n", 0, pos) + 1))
+        except json.JSONDecodeError as exc:
+            first_lines = [line for line in data.splitlines()[:50] if _is_data(line)]
+            if len(first_lines) == 1 or any(self._one_line_object(line) for line in first_lines):
+                self._shape = "NDJSON"
+                buf = io.BytesIO(data)
+                yield from self._ndjson(path, buf, buf.readline(), 1)
+                return
+            raise SourceError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        except RecursionError:
+            raise SourceError(f"{path}: {self._depth_error()}") from None
+        for n, (obj, end_line) in enumerate(objects):
+            over = self._check_tree(obj)
+            if over is not None:
+                raise SourceError(f"{path}: object {n + 1}: {over}")
+            yield from self._objects(obj, f"{path}: object {n + 1} (ending line {end_line})")
+
+    @staticmethod
+    def _one_line_object(line: bytes) -> bool:
+        s = line.strip()
+        if not s.startswith(b"{"):
+            return False
+        try:
+            return isinstance(_any_decoder.decode(s), dict)
+        except (msgspec.DecodeError, RecursionError):
+            return False
 
     def _raw_items(self, path: Path, raws: list[msgspec.Raw]) -> Iterator[Asset]:
         for i, raw in enumerate(raws):
             where = f"{path}: item {i}"
             try:
-                asset = record_to_asset(_record_decoder.decode(raw), where)
+                rec = _record_decoder.decode(raw)
+                if rec.name and (rec.asset_type or rec.assetType):
+                    asset = record_to_asset(rec, where)
+                else:
+                    yield from self._other_line(bytes(raw), where)
+                    continue
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self._problem(where, f"malformed asset ({exc})")
                 continue
             except ValueError as exc:
                 self._problem(where, str(exc))
                 continue
+            except RecursionError:
+                self._problem(where, self._depth_error())
+                continue
             self.status.assets += 1
             yield asset
 
-    def _ndjson_bytes(self, path: Path, data: bytes) -> Iterator[Asset]:
-        buf = io.BytesIO(data)
-        yield from self._ndjson(path, buf, buf.readline(), 1)
-
-    # -- Kubernetes lists ------------------------------------------------------------------------------------------
+    # -- YAML: Kubernetes lists and manifests, gcloud's YAML of assets and security policies ------------------------
     def _yaml_file(self, path: Path) -> Iterator[Asset]:
+        limit = self.options.max_document_bytes
         with _open(path) as fh:
-            text = fh.read().decode("utf-8", errors="replace")
-        try:
-            docs = list(yaml.load_all(text, Loader=_YamlLoader))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            raise SourceError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
-        for n, doc in enumerate(docs):
+            data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise SourceError(
+                f"{path}: larger than {_mib(limit)} (the document-size limit, AUDITOR_MAX_DOCUMENT_BYTES)"
+            )
+        text = data.decode("utf-8", errors="replace")
+        if not text.strip():
+            self._shape = "an empty file"
+            return
+        docs = yaml.load_all(text, Loader=_YamlLoader)
+        n = 0
+        while True:
+            try:
+                doc = next(docs)
+            except StopIteration:
+                break
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                line = f":{mark.line + 1}" if mark is not None else ""
+                raise SourceError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+            except RecursionError:
+                raise SourceError(f"{path}: document {n + 1}: {self._depth_error()}") from None
+            n += 1
             if doc is None:
                 continue
-            if not isinstance(doc, dict):
-                self._problem(f"{path}: document {n + 1}", "expected a Kubernetes object or List")
+            if isinstance(doc, str | int | float | bool):
+                # a YAML file of another kind (a plain text) reads as one scalar: named, never an asset
+                self._unknown(doc)
                 continue
-            if isinstance(doc.get("items"), list):
-                yield from self._k8s_items(path, doc["items"], n)
-            else:
-                yield from self._k8s_items(path, [doc], n)
-
-    def _k8s_items(self, path: Path, items: list[Any], doc_index: int) -> Iterator[Asset]:
-        for i, obj in enumerate(items):
-            where = f"{path}: item {i}" + (f" of document {doc_index + 1}" if doc_index else "")
-            if not isinstance(obj, dict) or "kind" not in obj:
-                self._problem(where, "not a Kubernetes object (no 'kind')")
-                continue
-            try:
-                asset = object_asset(obj, self.options.cluster, origin=where)
-            except ValueError as exc:
-                self._problem(where, str(exc))
-                continue
-            if asset is not None:
-                self.status.assets += 1
-                yield asset
+            over = self._check_tree(doc)
+            if over is not None:
+                raise SourceError(f"{path}: document {n}: {over}")
+            yield from self._objects(doc, f"{path}: document {n}" if n > 1 else str(path))
+        if not self._shape and n == 0:
+            self._shape = "only comments"
 
 
 def iter_file_assets(path: str | os.PathLike[str], cluster: str = "local") -> Iterator[Asset]:

@@ -54,10 +54,19 @@ def object_asset(obj: dict[str, Any], cluster: str, origin: str = "") -> Asset |
     if not isinstance(kind, str) or kind not in KINDS:
         return None
     asset_type, segment, namespaced = KINDS[kind]
-    meta = obj.get("metadata") or {}
+    meta = obj.get("metadata")
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"{kind}: 'metadata' is not a mapping")
     name = meta.get("name")
     if not name:
         raise ValueError(f"{kind} without metadata.name")
+    if not isinstance(name, str):
+        raise ValueError(f"{kind}: metadata.name is not a string")
+    if not isinstance(meta.get("namespace") or "", str):
+        raise ValueError(f"{kind} {name}: metadata.namespace is not a string")
+    _check_fields(kind, name, obj)
     prefix = f"//container.googleapis.com/{cluster_path(cluster)}/k8s"
     if namespaced:
         namespace = meta.get("namespace") or "default"
@@ -72,6 +81,38 @@ def object_asset(obj: dict[str, Any], cluster: str, origin: str = "") -> Asset |
         update_time=meta.get("creationTimestamp") if isinstance(meta.get("creationTimestamp"), str) else None,
         origin=origin,
     )
+
+
+# Fields whose type the checks rely on: (field, expected type, the type of each element or None)
+_FIELDS: dict[str, tuple[tuple[str, type[Any], type[Any] | None], ...]] = {
+    "Role": (("rules", list, dict),),
+    "ClusterRole": (("rules", list, dict), ("aggregationRule", dict, None)),
+    "RoleBinding": (("subjects", list, dict), ("roleRef", dict, None)),
+    "ClusterRoleBinding": (("subjects", list, dict), ("roleRef", dict, None)),
+    "Namespace": (),
+    "ResourceQuota": (("spec", dict, None),),
+    "NetworkPolicy": (("spec", dict, None),),
+}
+_TYPE_NAMES: dict[type[Any], str] = {list: "a list", dict: "a mapping"}
+
+
+def _check_fields(kind: str, name: str, obj: dict[str, Any]) -> None:
+    """ValueError when a field the checks iterate has the wrong type (a mapping where a list belongs, a string
+    iterated per character): the object is then malformed, never read as something else."""
+    for key, want, each in _FIELDS.get(kind, ()):
+        value: Any = obj.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, want):
+            raise ValueError(f"{kind} {name}: '{key}' is not {_TYPE_NAMES[want]}")
+        if each is not None and not all(isinstance(v, each) for v in value):
+            raise ValueError(f"{kind} {name}: an item of '{key}' is not {_TYPE_NAMES[each]}")
+    if kind in ("Role", "ClusterRole"):
+        for rule in obj.get("rules") or ():
+            for key in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
+                value = rule.get(key)
+                if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                    raise ValueError(f"{kind} {name}: a rule's '{key}' is not a list of strings")
 
 
 _clusters: dict[str, str] = {}

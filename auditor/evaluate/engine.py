@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from auditor.evaluate.globs import compile_glob, compile_line_globs
 from auditor.evaluate.registry import Context, Prefilter, Violation
 from auditor.evaluate.rulebook import Exemption, LoadedRule
-from auditor.model import Asset, Exempted, Finding, finding_id
+from auditor.model import Asset, Exempted, Finding, NotEvaluated, finding_id
 
 # What a check may not swallow. Anything else it raises, a BaseException included (the CEL library's Rust panics
 # arrive as pyo3's PanicException, a BaseException), is an evaluation error of that rule on that asset.
@@ -48,6 +48,8 @@ class Evaluation:
     errors: list[EvaluationError] = field(default_factory=list)
     # (rule id, exemption index) -> findings it exempted (or would have, when expired)
     exemption_hits: Counter[tuple[str, int]] = field(default_factory=Counter)
+    # rules that could not be evaluated, with the reason: the snapshot is then partial (exit 3), never clean
+    not_evaluated: list[NotEvaluated] = field(default_factory=list)
     sink: Callable[[Finding], None] | None = None
 
     def add(self, finding: Finding) -> None:
@@ -442,6 +444,7 @@ class EvaluationRun:
                 result.sink(f)
         result.errors.extend(part.errors)
         result.exemption_hits.update(part.exemption_hits)
+        result.not_evaluated.extend(n for n in part.not_evaluated if n not in result.not_evaluated)
         engine, ctx = self.engine, self.ctx
         plans = engine._plans
         for asset, kept in held:
@@ -458,6 +461,24 @@ class EvaluationRun:
                     asset.release()
                 if kept:
                     self.deferred.append((asset, later))
+
+    def forget(self, asset: Asset) -> None:
+        """Withdraw an asset fed earlier, which a later copy of it (same name and content) replaces: its count, the
+        findings its streamed rules gave, and the deferred rules still to run on it. (What context checks kept of it
+        stays: context is read by name.)"""
+        plan = self.engine._plans.get(asset.asset_type) or self.engine._plan(asset.asset_type)
+        streamed = plan.streamed_iam if asset.has_iam_policy else plan.streamed
+        rules = {r.id for r in streamed.rules}
+        result = self.result
+        result.assets_by_type[asset.asset_type] -= 1
+        if rules:
+            result.findings[:] = [f for f in result.findings if f.asset != asset.name or f.rule not in rules]
+        self.deferred = [
+            (a, later)
+            for a, later in self.deferred
+            if not (a.name == asset.name and a.has_iam_policy == asset.has_iam_policy
+                    and a.has_resource == asset.has_resource)
+        ]
 
     def finish(self) -> Evaluation:
         """Run the checks with context, then order the findings."""

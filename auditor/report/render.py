@@ -45,9 +45,18 @@ def summary_line(result: ScanResult) -> str:
         parts.append(f"{s['skipped_records']} malformed records skipped")
     if s["evaluation_errors"]:
         parts.append(f"{s['evaluation_errors']} evaluation errors")
+    if s.get("duplicate_assets"):
+        parts.append(f"{s['duplicate_assets']} duplicate assets read once")
+    unknown: dict[str, int] = {}
+    for src in result.sources:
+        for kind, n in src.unknown.items():
+            unknown[kind] = unknown.get(kind, 0) + n
+    if unknown:
+        top = sorted(unknown.items(), key=lambda kv: -kv[1])[:5]
+        more = ", ..." if len(unknown) > 5 else ""
+        parts.append("objects of kinds no reader knows: " + ", ".join(f"{k} ({n})" for k, n in top) + more)
     if not result.complete:
-        failed = "; ".join(f"{t}: {r}" for t, r in sorted(result.incomplete_types().items()))
-        parts.append(f"PARTIAL snapshot ({failed})")
+        parts.append(f"PARTIAL snapshot ({'; '.join(result.partial_reasons())})")
     return ", ".join(parts)
 
 

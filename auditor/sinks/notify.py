@@ -22,7 +22,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,6 +60,7 @@ class Notice:
     cycle: int
     scope: str = ""
     report_url: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # the rule's labels (team, domain, ...)
 
     @property
     def type(self) -> str:
@@ -82,13 +83,14 @@ class Notice:
             "cycle": self.cycle,
             "at": iso(self.at),
             "report_url": self.report_url,
+            "labels": self.labels,
         }
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "change": self.change, "finding_id": self.finding_id, "rule": self.rule,
                 "severity": self.severity, "asset": self.asset, "asset_type": self.asset_type,
                 "message": self.message, "exempted": self.exempted, "at": self.at, "cycle": self.cycle,
-                "scope": self.scope, "report_url": self.report_url}
+                "scope": self.scope, "report_url": self.report_url, "labels": self.labels}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Notice:
@@ -113,7 +115,8 @@ class Notice:
 
 
 def notices(events: Iterable[DriftEvent], ledger: Ledger, *, baseline: bool, include_exempted: bool = False,
-            scope: str = "", report_url: str | None = None) -> tuple[list[Notice], list[tuple[str, str]]]:
+            scope: str = "", report_url: str | None = None,
+            labels: Mapping[str, dict[str, str]] | None = None) -> tuple[list[Notice], list[tuple[str, str]]]:
     """The notices of one cycle's drift events, and the ledger marks to write once they are queued (the change
     seen for each finding: a crash before they are written announces the same events again, never fewer)."""
     out: list[Notice] = []
@@ -126,7 +129,8 @@ def notices(events: Iterable[DriftEvent], ledger: Ledger, *, baseline: bool, inc
             continue
         link = f"{report_url.rstrip('/')}#finding-{e.finding_id}" if report_url else None
         out.append(Notice(f"{e.finding_id}-{e.cycle_id}-{change}", change, e.finding_id, e.rule, e.severity,
-                          e.asset, e.asset_type, e.message, e.exempted, e.at, e.cycle_id, scope, link))
+                          e.asset, e.asset_type, e.message, e.exempted, e.at, e.cycle_id, scope, link,
+                          dict((labels or {}).get(e.rule, {}))))
     return out, marks
 
 
@@ -316,10 +320,11 @@ class Notifier:
         self.queues = {s.name: DiskQueue(cfg.queue_dir / s.name, cfg.queue_max_events) for s in self.sinks}
         self.log = get_logger("auditor.sinks.notify")
 
-    def announce(self, events: Iterable[DriftEvent], ledger: Ledger, *, baseline: bool, scope: str = "") -> int:
+    def announce(self, events: Iterable[DriftEvent], ledger: Ledger, *, baseline: bool, scope: str = "",
+                 labels: Mapping[str, dict[str, str]] | None = None) -> int:
         """Queue the notices of one cycle's drift for every sink (durably), then remember what was announced."""
         items, marks = notices(events, ledger, baseline=baseline, include_exempted=self.cfg.include_exempted,
-                               scope=scope, report_url=self.cfg.report_url)
+                               scope=scope, report_url=self.cfg.report_url, labels=labels)
         self.enqueue(items)
         ledger.put(LEDGER_SINK, marks)
         return len(items)

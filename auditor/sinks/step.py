@@ -6,6 +6,7 @@ notification queues keep their events, the SCC ledger its marks).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from auditor.collect.retry import RetryPolicy
@@ -37,13 +38,14 @@ class OutboundStep:
     def queued(self) -> dict[str, int]:
         return self.notifier.queued() if self.notifier is not None else {}
 
-    def run(self, recorded: Recorded) -> dict[str, Any]:
+    def run(self, recorded: Recorded, labels: Mapping[str, dict[str, str]] | None = None) -> dict[str, Any]:
+        """`labels`: each loaded rule's labels, carried by its notifications."""
         out: dict[str, Any] = {}
         with Ledger(self.store) as ledger:
             if self.notifier is not None:
                 try:
                     out["announced"] = self.notifier.announce(recorded.drift, ledger, baseline=recorded.baseline,
-                                                              scope=self.settings.scope)
+                                                              scope=self.settings.scope, labels=labels)
                     flushed = self.notifier.flush()
                     out["notifications"] = {"delivered": flushed.delivered, "queued": flushed.queued}
                     if flushed.errors:

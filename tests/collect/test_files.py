@@ -84,9 +84,10 @@ def test_malformed_line_is_reported_with_file_and_line_and_skipped(tmp_path: Pat
 
 def test_unknown_spelling_names_the_asset(tmp_path: Path) -> None:
     f = tmp_path / "export.json"
-    f.write_text(json.dumps({"name": "//x/1", "type": "storage.googleapis.com/Bucket"}) + "\n")
+    odd = {"name": "//x/1", "type": "storage.googleapis.com/Bucket"}
+    f.write_text(json.dumps(PROJECT_LINE) + "\n" + json.dumps(odd) + "\n")
     _, src = read(f)
-    expected = f"{f}:1: asset //x/1 has no 'asset_type' (export spelling) or 'assetType' (API spelling)"
+    expected = f"{f}:2: asset //x/1 has no 'asset_type' (export spelling) or 'assetType' (API spelling)"
     assert src.status.errors == [expected]
 
 

@@ -111,6 +111,7 @@ def test_drift_goes_out_as_cloudevents_to_every_sink(tmp_path: Path, fake_gcp: F
         assert new["specversion"] == "1.0" and new["source"] == "//drift-auditor"
         assert new.data["asset"] == drift.made_public and new.data["rule"] == PUBLIC_RULE
         assert new["subject"] == new.data["finding_id"] and new["severity"] == new.data["severity"]
+        assert new.data["labels"] == {"domain": "iam"}  # the rule's labels travel with its findings
         assert new.data["report_url"] == f"https://auditor.example/report#finding-{new.data['finding_id']}"
         assert by_change["resolved"].data["asset"] == drift.made_private
         assert len({e["id"] for e in events}) == len(events)
