@@ -4,7 +4,7 @@ Stages and their timing (`auditor_cycle_duration_seconds{stage}`):
 - collect_evaluate: auditor.scan.run_scan streams assets from the sources straight through the engine, so
   reading and evaluating are interleaved per asset and timed together;
 - record: findings and drift written to the state store (one transaction);
-- remediate: the remediation step, only when `remediation.enabled` and the `remediations` package provides it;
+- remediate: the remediation step, only when `remediation.enabled` and a plugin registers it (the remediations);
 - report: the metrics view, /findings.json and the HTML report rebuilt from the store.
 
 `Auditor.run_cycle` never raises: a cycle that fails (a source that cannot be opened, a rule file broken since
@@ -14,7 +14,6 @@ start, a bug) is recorded as `failed`, logged with its reason, counted, and leav
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import re
 import secrets
@@ -27,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from auditor import plugins
 from auditor.collect.cai_feed import FeedChange
 from auditor.errors import AuditorError, Cancelled, SourceError
 from auditor.evaluate.rulebook import LoadedRule, load_rules
@@ -40,7 +40,7 @@ from auditor.settings import Settings
 from auditor.sinks.step import OutboundStep
 from auditor.state import AdvisoryLeader, CycleInput, NotLeader, Recorded, Store, iso
 
-REMEDIATION_MODULE = "remediations.cycle"
+REMEDIATION_STEP = "remediate"  # the cycle step a plugin registers in auditor.plugins.cycle_steps
 REPORT_FINDINGS = 1000  # the worst open findings the report lists; every one is a page of /findings.json away
 REPORT_NEWEST = 20
 PROGRESS_EVERY = 10.0  # seconds between `progress` events of a running cycle
@@ -442,19 +442,16 @@ class Auditor:
 
     # -- remediation (optional) --------------------------------------------------------------------------------------
     def _remediate(self, result: ScanResult) -> RemediationOutput | None:
-        try:
-            module = importlib.import_module(REMEDIATION_MODULE)
-        except ModuleNotFoundError as exc:
-            if exc.name not in (REMEDIATION_MODULE, REMEDIATION_MODULE.split(".")[0]):
-                raise
+        step = plugins.cycle_steps.get(REMEDIATION_STEP)
+        if step is None:
             if not self._remediation_missing_logged:
-                self.log.warning("remediation_unavailable", reason=f"{REMEDIATION_MODULE} is not installed")
+                self.log.warning("remediation_unavailable", reason="no remediation step is installed")
                 self._remediation_missing_logged = True
             return None
         try:
             # On a shared database the leader lock also decides who applies: one replica writes, whatever the Lease.
             extra = {"elector": self.leader} if self.leader is not None else {}
-            raw = module.run_remediation(result, self.settings, self.settings.state_target, **extra)
+            raw = step(result, self.settings, self.settings.state_target, **extra)
             out = normalise_remediation(raw)
         except Exception as exc:
             self.log.exception("cycle_error", stage="remediate", error=f"{type(exc).__name__}: {exc}")

@@ -38,6 +38,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
+from auditor import plugins
 from auditor.cycle import Auditor
 from auditor.errors import AuditorError
 from auditor.feed import PATH as FEED_PATH
@@ -289,9 +290,8 @@ class Daemon:
         if self.settings.remediation.enabled:
             # No cycle runs any more: hand the Lease over now rather than on its expiry (a stuck cycle, above,
             # keeps it until it expires, since it might still be writing).
-            from remediations.cycle import stop_electors
-
-            stop_electors()
+            for stop in plugins.stop_hooks.items().values():
+                stop()
         self.auditor.close()
         return 0
 

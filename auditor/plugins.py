@@ -25,6 +25,7 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._load = load
         self._loaded = load is None
+        self._loading = False
         self._lock = threading.RLock()
 
     def add(self, name: str, item: T) -> T:
@@ -45,11 +46,14 @@ class Registry(Generic[T]):
     def _ensure_loaded(self) -> None:
         if self._loaded:
             return
-        with self._lock:
-            if not self._loaded:
-                self._loaded = True  # before loading: the modules it imports add to this registry
-                assert self._load is not None
+        with self._lock:  # other threads wait for the load; the loading thread's own lookups go through
+            if self._loaded or self._loading or self._load is None:
+                return
+            self._loading = True
+            try:
                 self._load()
+            finally:
+                self._loaded, self._loading = True, False
 
     def get(self, name: str) -> T | None:
         self._ensure_loaded()

@@ -7,7 +7,10 @@ Pure data and small predicates: no client library, no network.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+from auditor.evaluate.globs import any_match
 
 # -- asset types (Cloud Asset Inventory names) ------------------------------------------------------------------------
 ORGANIZATION = "cloudresourcemanager.googleapis.com/Organization"
@@ -59,13 +62,46 @@ DEFAULT_PROTECTED_ROLES = (
 DEFAULT_MAX_MEMBER_SHARE = 0.5
 
 # -- Kubernetes subjects ----------------------------------------------------------------------------------------------
-# Not identities but "everyone": taking them out of a binding someone created is the fix, never a risk.
+SUBJECT_KINDS = ("User", "Group", "ServiceAccount")
+# Namespaces that belong to Kubernetes and GKE: their service accounts are the cluster's own.
+SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "gke-*", "gmp-*")
+# Not identities but "everyone": a binding to them is somebody's grant (a finding, and removing it is the fix).
 PUBLIC_SUBJECTS = frozenset({"system:anonymous", "system:unauthenticated", "system:authenticated"})
 
 
-def is_system_subject(s: dict[str, Any]) -> bool:
-    """Kubernetes' own identities: `system:` users and groups (but not the public ones), kube-system accounts."""
+def subject_name(s: dict[str, Any], binding_namespace: str | None = None) -> str:
+    """`User:alice`, `Group:team`, `ServiceAccount:ns/name`: one string per subject, as findings show it."""
+    kind = s.get("kind", "?")
+    if kind == "ServiceAccount":
+        return f"ServiceAccount:{s.get('namespace') or binding_namespace or '?'}/{s.get('name', '?')}"
+    return f"{kind}:{s.get('name', '?')}"
+
+
+def service_account_of(s: dict[str, Any], binding_namespace: str | None = None) -> tuple[str, str | None] | None:
+    """(namespace, name or None for all of them) when the subject is one or all service accounts of a namespace.
+
+    Kubernetes also names service accounts as users (`system:serviceaccount:NS:NAME`) and the service accounts of
+    a namespace as a group (`system:serviceaccounts:NS`).
+    """
+    kind, name = s.get("kind"), str(s.get("name", ""))
+    if kind == "ServiceAccount":
+        return str(s.get("namespace") or binding_namespace or ""), name
+    if kind == "User" and name.startswith("system:serviceaccount:"):
+        parts = name.split(":")
+        if len(parts) == 4:
+            return parts[2], parts[3]
+    if kind == "Group" and name.startswith("system:serviceaccounts:"):
+        return name.split(":", 2)[2], None
+    return None
+
+
+def is_system_subject(
+    s: dict[str, Any], binding_namespace: str | None = None, system_namespaces: Iterable[str] = SYSTEM_NAMESPACES
+) -> bool:
+    """Kubernetes' own identities: `system:` users and groups (not the public ones, which stand for everyone), and
+    the service accounts of the system namespaces. Checks skip them; remediations never remove them."""
+    sa = service_account_of(s, binding_namespace)
+    if sa is not None:
+        return any_match(system_namespaces, sa[0])
     name = str(s.get("name", ""))
-    if s.get("kind") == "ServiceAccount":
-        return s.get("namespace") == "kube-system" or name.startswith("system:")
     return name.startswith("system:") and name not in PUBLIC_SUBJECTS

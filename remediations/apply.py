@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
-from auditor.collect.retry import RetryPolicy
 from auditor.errors import AuditorError
-from remediations.edits import EditError, apply_edits, section
+from remediations.edits import EditError
+from remediations.families import apply_edits, section
+from remediations.families.base import DEFAULT_RETRY, Live, WriteConflict, Writer
 from remediations.guards import (
     GuardConfig,
     check_approval,
@@ -41,31 +42,8 @@ class Outcome(StrEnum):
     failed = "failed"
 
 
-@dataclass
-class Live:
-    """A resource as its API returns it: the state (None when it does not exist) and its concurrency token."""
-
-    state: dict[str, Any] | None
-    token: str | None
-
-
-# Transient API errors (429, 5xx, timeouts) are retried per API call by each writer, honouring Retry-After.
-DEFAULT_RETRY = RetryPolicy(attempts=4, initial=0.5, maximum=10.0)
-
-
-class WriteConflict(Exception):
-    """The API refused the write because the token is stale (409 ABORTED, 412, Kubernetes 409 Conflict)."""
-
-
-class Writer(Protocol):
-    family: str
-
-    def read(self, target: Target) -> Live: ...
-
-    def write(self, target: Target, live: Live, new: dict[str, Any] | None) -> None: ...
-
-
 WriterFactory = Callable[[str], Writer]  # family -> writer
+__all__ = ["DEFAULT_RETRY", "Live", "WriteConflict", "Writer", "WriterFactory", "apply_plan", "rollback"]
 
 @dataclass
 class ChangeResult:

@@ -13,20 +13,8 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from auditor.errors import AuditorError
-from auditor.evaluate.checks.rbac import subject_name
-from auditor.evaluate.globs import any_match, any_member_match
 from auditor.evaluate.principals import is_google_managed, member_pattern_problem
-from auditor.vocabulary import (
-    DEFAULT_MAX_MEMBER_SHARE,
-    DEFAULT_PROTECTED_ROLES,
-    OWNER_ROLE,
-    PUBLIC_MEMBERS,
-    is_hierarchy_node,
-    is_hierarchy_top,
-    is_system_subject,
-)
-from remediations.edits import iam_section, rbac_section
-from remediations.kinds import IAM, RBAC
+from auditor.vocabulary import DEFAULT_MAX_MEMBER_SHARE, DEFAULT_PROTECTED_ROLES
 from remediations.targets import Target
 
 
@@ -103,20 +91,6 @@ def check_cap(edits: int, cap: int | None, what: str) -> None:
 
 
 # -- change-level ---------------------------------------------------------------------------------------------------
-def _iam_members(policy: dict[str, Any] | None) -> set[tuple[str, str, str]]:
-    out = set()
-    for b in iam_section(policy):
-        cond = str(b.get("condition") or "")
-        for m in b["members"]:
-            out.add((b["role"], cond, m))
-    return out
-
-
-def _subjects(obj: dict[str, Any] | None) -> list[dict[str, Any]]:
-    sec = rbac_section(obj)
-    return list(sec.get("subjects") or ()) if sec else []
-
-
 def check_change(
     family: str,
     target: Target,
@@ -130,102 +104,21 @@ def check_change(
 ) -> list[Refusal]:
     """Every guard the write from `before` to `after` (live states) breaks; empty when it may go ahead.
 
-    `restoring`: a rollback writing back a journaled before-state; it may grant again what was there (public
-    members included), everything else is guarded as any write. `origin`: the state before the whole change when
-    `before` is an intermediate one (edits judged one by one): the member-share cap counts from it.
+    The shared guards, then the family's own. `restoring`: a rollback writing back a journaled before-state; it may
+    grant again what was there (public members included), everything else is guarded as any write. `origin`: the
+    state before the whole change when `before` is an intermediate one (edits judged one by one): the member-share
+    cap counts from it.
     """
+    from remediations.families import family as get_family
+
     refusals: list[Refusal] = []
     edits = list(edits)
     if cfg.enforce_only:
         passive = sorted({r for e in edits if "enforce" not in e.modes for r in e.rules})
         if passive:
             refusals.append(Refusal("enforce-only", f"rules {', '.join(passive)} are not in enforce mode"))
-    protected = list(cfg.protected_principals)
-    if family == IAM:
-        b, a = _iam_members(before), _iam_members(after)
-        removed = b - a
-        touched = removed | (a - b)
-        for role, _, m in sorted(touched):
-            if is_service_agent(m):
-                refusals.append(Refusal("service-agent", f"{m} is a Google-managed service agent ({role})"))
-        for role, _, m in sorted(a - b):
-            if m in PUBLIC_MEMBERS and not restoring:
-                refusals.append(Refusal("public-member", f"a remediation never grants {role} to {m}"))
-        resource = target.resource
-        if target.api == "iam_admin" and is_service_agent("serviceAccount:" + resource.rsplit("/", 1)[-1]):
-            refusals.append(Refusal("service-agent", f"{resource} is a Google-managed service agent"))
-        for role, _, m in sorted(removed):
-            if cfg.auditor_identities and any_member_match(cfg.auditor_identities, m):
-                refusals.append(Refusal("auditor-access", f"removing {m} from {role} removes the auditor's own access"))
-            elif protected and any_member_match(protected, m):
-                refusals.append(Refusal("protected-principal", f"{m} is protected and is never removed ({role})"))
-        had_owner = any(r == OWNER_ROLE for r, _, _ in b)
-        has_owner = any(r == OWNER_ROLE for r, _, _ in a)
-        if had_owner and not has_owner:
-            refusals.append(Refusal("last-owner", f"the change would leave {resource} with no {OWNER_ROLE}"))
-        refusals.extend(_blast_radius(target, b, a, _iam_members(origin) if origin is not None else b, cfg,
-                                      restoring))
-    elif family == RBAC:
-        meta = (before or {}).get("metadata") or {}
-        name = str(target.name or meta.get("name", ""))
-        if name.startswith("system:") or target.namespace == "kube-system":
-            refusals.append(Refusal("system-rbac", f"{name} is a Kubernetes system object and is never touched"))
-        ns = meta.get("namespace")
-        after_keys = {subject_name(s, ns) for s in _subjects(after)}
-        for s in _subjects(before):
-            who = subject_name(s, ns)
-            if who in after_keys:
-                continue
-            if is_system_subject(s):
-                refusals.append(Refusal("system-rbac", f"{who} is a Kubernetes system subject and is never removed"))
-            elif cfg.auditor_identities and any_match(cfg.auditor_identities, who):
-                refusals.append(Refusal("auditor-access", f"removing {who} removes the auditor's own access"))
-            elif protected and any_match(protected, who):
-                refusals.append(Refusal("protected-principal", f"{who} is protected and is never removed"))
+    refusals.extend(get_family(family).guard(target, before, after, cfg, restoring=restoring, origin=origin))
     return refusals
-
-
-def _allowed(target: Target, cfg: GuardConfig) -> bool:
-    names = {target.resource, *([target.name] if target.name else [])}
-    return any(any_match(cfg.protected_role_allowances, n) for n in names)
-
-
-def _named(grants: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
-    return {g for g in grants if g[2] not in PUBLIC_MEMBERS}
-
-
-def _blast_radius(target: Target, before: set[tuple[str, str, str]], after: set[tuple[str, str, str]],
-                  origin: set[tuple[str, str, str]], cfg: GuardConfig, restoring: bool) -> list[Refusal]:
-    """The guards against one write taking too much: an emptied policy, a protected role gone from the top of the
-    hierarchy, too large a share of the resource's grants removed at once.
-
-    Grants to everyone (allUsers, allAuthenticatedUsers) are not counted: taking them away locks nobody out.
-    """
-    out: list[Refusal] = []
-    before, after, origin = (_named(x) for x in (before, after, origin))
-    removed = before - after
-    if not removed:
-        return out
-    # Below a project an empty policy is how resources are made (access comes from above); on the hierarchy it
-    # leaves nobody able to manage the resource.
-    if before and not after and not restoring and is_hierarchy_node(target.resource):
-        out.append(Refusal("empty-policy", f"the change would remove every binding of {target.resource}"))
-    if is_hierarchy_top(target.resource) and cfg.protected_roles and not _allowed(target, cfg):
-        for role in sorted({r for r, _, _ in removed if any_match(cfg.protected_roles, r)}):
-            out.append(Refusal(
-                "protected-role",
-                f"{role} is a protected role on {target.resource}: a remediation never removes its members there "
-                "unless the resource is listed in remediation.allow_protected_roles_on",
-            ))
-    if cfg.max_member_share is not None and origin and not restoring:
-        gone = len(origin - after)
-        if gone > 1 and gone / len(origin) > cfg.max_member_share:  # one grant is always within the cap
-            out.append(Refusal(
-                "member-share",
-                f"the apply would remove {gone} of the {len(origin)} member grants of {target.resource}, over the "
-                f"cap of {cfg.max_member_share:.0%} (remediation.max_member_share_per_apply)",
-            ))
-    return out
 
 
 def partition_edits(
@@ -236,7 +129,7 @@ def partition_edits(
     Refusing one edit does not refuse its neighbours: removing the last owner is refused, removing the other
     members of the same policy still goes ahead. Each edit is judged on the state the accepted ones leave.
     """
-    from remediations.edits import apply_edits
+    from remediations.families import apply_edits
 
     accepted: list[Any] = []
     refused: list[tuple[Any, list[Refusal]]] = []

@@ -18,23 +18,12 @@ from typing import Any
 
 from auditor import __version__
 from auditor.errors import AuditorError
-from auditor.evaluate.checks.rbac import subject_name
-from auditor.evaluate.policy import DEFAULT_RULE_PRIORITY
 from auditor.evaluate.rulebook import LoadedRule, Rule
 from auditor.model import Asset, Finding, Mode
 from remediations import gke
-from remediations.edits import (
-    DENY,
-    Edit,
-    EditError,
-    apply_edits,
-    canonical_json,
-    condition_title,
-    diff_items,
-    section,
-)
-from remediations.kinds import KINDS, family_of, planned_only
-from remediations.targets import TOKEN_FIELDS, Target, UnsupportedTarget, state_of, target_for, token_of
+from remediations.edits import Edit, EditError, canonical_json
+from remediations.families import apply_edits, diff_items, family, family_of, kinds, planned_only
+from remediations.targets import Target, UnsupportedTarget
 
 PLAN_FORMAT = 1
 ACTIVE_MODES = (Mode.dryrun.value, Mode.enforce.value)
@@ -63,7 +52,7 @@ class Change:
 
     @property
     def token_field(self) -> str:
-        return TOKEN_FIELDS[self.family]
+        return family(self.family).token_field
 
     @property
     def rules(self) -> list[str]:
@@ -87,16 +76,7 @@ class Change:
 
     def members(self) -> set[str]:
         """The principals (IAM members, RBAC subjects) this change adds or removes."""
-        out: set[str] = set()
-        for e in self.edits:
-            if "member" in e.args:
-                out.add(str(e.args["member"]))
-            if "subject_name" in e.args:
-                out.add(str(e.args["subject_name"]))
-        for d in self.diff:
-            if self.family == "rbac" and d["item"] == "object" and d["before"]:
-                out.update(subject_name(s) for s in d["before"].get("subjects") or ())
-        return out
+        return family(self.family).principals(self.edits, self.diff)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -253,153 +233,13 @@ def needed_assets(findings: Iterable[Finding], rules: Iterable[LoadedRule | Rule
     return {f.asset for f, r in remediable(findings, rules, modes) if not planned_only(r.remediation or "")}
 
 
-def _find_binding(policy: dict[str, Any], role: str, cond_title: str | None) -> dict[str, Any] | None:
-    for b in policy.get("bindings") or ():
-        if b.get("role") == role and condition_title(b.get("condition")) == cond_title:
-            return dict(b)
-    return None
-
-
-def _desired(details: Mapping[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if details.get(k) is not None:
-            return details[k]
-    return None
-
-
-def _desired_condition(rule: Rule, role: str, title: str) -> dict[str, Any] | None:
-    """The full condition (title and expression) a desired-state rule declares for a binding."""
-    for b in rule.params.get("bindings") or ():
-        cond = b.get("condition") if isinstance(b, dict) else None
-        if isinstance(cond, dict) and b.get("role") == role and cond.get("title") == title and cond.get("expression"):
-            return {k: v for k, v in cond.items() if v is not None}
-    return None
-
-
-def _iam_edit(kind: str, d: Mapping[str, Any], rule: Rule, asset: Asset, base: dict[str, Any]) -> Edit:
-    role = d.get("role")
-    if not role:
-        raise EditError("the finding has no role")
-    change = d.get("change")
-    if change not in (None, "missing", "extra"):
-        raise EditError(f"no remediation for a {change!r} finding")
-    # A desired-state rule names one direction: iam.add_member answers `missing`, the others answer the rest.
-    if change == "missing" and kind != "iam.add_member":
-        raise EditError(f"{kind} does not add members (a rule with iam.add_member answers missing ones)")
-    if change == "extra" and kind == "iam.add_member":
-        raise EditError("iam.add_member does not remove members (a rule with iam.remove_member answers extra ones)")
-    title = d.get("condition")
-    args: dict[str, Any] = {"role": role}
-    if title:
-        binding = _find_binding(asset.iam_policy, str(role), title)
-        cond = binding.get("condition") if binding else _desired_condition(rule, str(role), str(title))
-        if not cond:
-            raise EditError(f"no binding of {role} with condition {title!r} in the policy, and no expression for it")
-        args["condition"] = cond
-    if kind == "iam.remove_binding":
-        return Edit(kind, args, **base)
-    member = d.get("member")
-    if not member:
-        raise EditError("the finding has no member")
-    args["member"] = member
-    return Edit(kind, args, **base)
-
-
-# Which desired-state `change` each Cloud Armor remediation answers (None: findings of non-desired-state checks).
-_ARMOR_CHANGES: dict[str, tuple[str | None, ...]] = {
-    "cloud_armor.add_rule": (None, "missing", "changed"),
-    "cloud_armor.remove_rule": (None, "extra"),
-    "cloud_armor.set_rule_action": (None, "changed"),
-    "cloud_armor.set_default_deny": (None, "missing", "changed", "extra"),
-}
-
-
-def _armor_edit(kind: str, d: Mapping[str, Any], base: dict[str, Any]) -> Edit:
-    change = d.get("change")
-    if change not in _ARMOR_CHANGES[kind]:
-        raise EditError(f"{kind} does not answer a {change!r} finding")
-    if kind == "cloud_armor.set_default_deny":
-        return Edit(kind, {"priority": DEFAULT_RULE_PRIORITY, "action": DENY}, **base)
-    desired = _desired(d, "desired", "desired_rule", "rule")
-    priority = d.get("priority")
-    if priority is None and isinstance(desired, dict):
-        priority = desired.get("priority")
-    if priority is None:
-        raise EditError("the finding has no priority")
-    if kind == "cloud_armor.add_rule":
-        # A desired rule at a priority that has another rule replaces it (a `changed` finding).
-        if not isinstance(desired, dict):
-            raise EditError("the finding carries no desired rule to add")
-        return Edit(kind, {"rule": {**desired, "priority": int(priority)}}, **base)
-    if kind == "cloud_armor.remove_rule":
-        return Edit(kind, {"priority": int(priority)}, **base)
-    action = desired.get("action") if isinstance(desired, dict) else None
-    return Edit(kind, {"priority": int(priority), "action": action or d.get("desired_action") or DENY}, **base)
-
-
-def _subject_edits(obj: dict[str, Any], d: Mapping[str, Any], base: dict[str, Any]) -> list[Edit]:
-    """The subject the finding names; for a desired-state binding (`desired` body), every subject beyond it."""
-    ns = (obj.get("metadata") or {}).get("namespace")
-    subjects = list(obj.get("subjects") or ())
-    who = d.get("subject")
-    if who:
-        for s in subjects:
-            if subject_name(s, ns) == who:
-                return [Edit("rbac.remove_subject", {"subject": s, "subject_name": who}, **base)]
-        raise EditError(f"subject {who!r} is not in the binding")
-    desired = d.get("desired")
-    if not isinstance(desired, dict) or "subjects" not in desired:
-        raise EditError("the finding names no subject")
-    want_ref, have_ref = desired.get("roleRef") or {}, obj.get("roleRef") or {}
-    if want_ref and (want_ref.get("kind"), want_ref.get("name")) != (have_ref.get("kind"), have_ref.get("name")):
-        raise EditError("the binding's roleRef differs from the declared one (a roleRef cannot be changed)")
-    keep = {subject_name(s, ns) for s in desired.get("subjects") or ()}
-    extra = [s for s in subjects if subject_name(s, ns) not in keep]
-    if not extra:
-        raise EditError("the binding lacks declared subjects; rbac.remove_subject only removes")
-    return [Edit("rbac.remove_subject", {"subject": s, "subject_name": subject_name(s, ns)}, **base) for s in extra]
-
-
 def edits_for(f: Finding, rule: Rule, asset: Asset) -> list[Edit]:
     """The edits a finding asks for (usually one); EditError says why it cannot be planned."""
-    kind = rule.remediation or ""
-    if kind == "rbac.remove_subject" and asset.asset_type.endswith("Binding"):
-        base = {"rules": [rule.id], "modes": [f.mode.value], "findings": [f.id]}
-        return _subject_edits(asset.resource, f.details or {}, base)
-    return [edit_for(f, rule, asset)]
+    return family_of(rule.remediation or "").edits_for(f, rule, asset)
 
 
-def edit_for(f: Finding, rule: Rule, asset: Asset) -> Edit:
-    """The edit a finding asks for; EditError says why it cannot be planned."""
-    kind = rule.remediation or ""
-    d = f.details or {}
-    base = {"rules": [rule.id], "modes": [f.mode.value], "findings": [f.id]}
-    if kind.startswith("iam."):
-        return _iam_edit(kind, d, rule, asset, base)
-    if kind.startswith("cloud_armor."):
-        return _armor_edit(kind, d, base)
-    if kind.startswith("rbac."):
-        is_role = asset.asset_type.endswith(("/Role", "/ClusterRole"))
-        if kind == "rbac.replace_role_rules" and not is_role:
-            raise EditError(f"{kind} changes Roles and ClusterRoles, not {asset.asset_type}")
-        if kind != "rbac.replace_role_rules" and not asset.asset_type.endswith("Binding"):
-            raise EditError(f"{kind} changes RoleBindings and ClusterRoleBindings, not {asset.asset_type}")
-        if kind == "rbac.delete_binding":
-            return Edit(kind, {}, **base)
-        if kind == "rbac.replace_role_rules":
-            rules = _desired(d, "desired_rules", "desired")
-            if isinstance(rules, dict):
-                rules = rules.get("rules")
-            if rules is None:
-                rules = rule.params.get("rules")
-            if not isinstance(rules, list):
-                raise EditError("neither the finding nor the rule's params carry the desired rules")
-            return Edit(kind, {"rules": rules}, **base)
-    raise EditError(f"unknown remediation {kind!r}")
-
-
-def _merge(edits: list[Edit]) -> tuple[list[Edit], list[str]]:
-    """One edit per distinct change (rules and findings merged); contradicting IAM edits cancel out."""
+def _merge(family_name: str, edits: list[Edit]) -> tuple[list[Edit], list[str]]:
+    """One edit per distinct change (rules and findings merged); edits that contradict each other cancel out."""
     merged: dict[str, Edit] = {}
     for e in edits:
         m = merged.get(e.key)
@@ -409,16 +249,8 @@ def _merge(edits: list[Edit]) -> tuple[list[Edit], list[str]]:
             m.rules = sorted(set(m.rules) | set(e.rules))
             m.modes = sorted(set(m.modes) | set(e.modes))
             m.findings = sorted(set(m.findings) | set(e.findings))
-    problems: list[str] = []
-    out = list(merged.values())
-    adds = {canonical_json(e.args): e for e in out if e.kind == "iam.add_member"}
-    for e in [e for e in out if e.kind == "iam.remove_member"]:
-        other = adds.get(canonical_json(e.args))
-        if other is not None:
-            problems.append(f"rules {', '.join(other.rules)} add and {', '.join(e.rules)} remove {e.args['member']} "
-                            f"in {e.args['role']}: neither is planned")
-            out = [x for x in out if x is not e and x is not other]
-    order = {k: i for i, k in enumerate(KINDS)}
+    out, problems = family(family_name).contradictions(list(merged.values()))
+    order = {k: i for i, k in enumerate(kinds())}
     out.sort(key=lambda e: (order.get(e.kind, 99), e.key))
     return out, problems
 
@@ -458,29 +290,32 @@ def build_plan(
             skip(f, "the asset could not be read again (gone from the sources, or its API refused: see the log)")
             continue
         try:
-            target_for(asset.name, asset.asset_type, family_of(rule.remediation or ""))
+            family_of(rule.remediation or "").target_for(asset.name, asset.asset_type)
             per_asset.setdefault(asset.name, []).extend(edits_for(f, rule, asset))
         except (UnsupportedTarget, EditError) as exc:
             skip(f, str(exc))
     changes: list[Change] = []
     for name in sorted(per_asset):
         asset = assets[name]
-        edits, problems = _merge(per_asset[name])
-        for p in problems:
-            skipped.append({"finding": None, "rule": None, "asset": name, "reason": p})
         by_family: dict[str, list[Edit]] = {}
-        for e in edits:
-            by_family.setdefault(family_of(e.kind), []).append(e)
-        for family, fam_edits in sorted(by_family.items()):
-            state = state_of(asset, family)
+        for e in per_asset[name]:
+            by_family.setdefault(family_of(e.kind).name, []).append(e)
+        for family_name, raw in sorted(by_family.items()):
+            fam = family(family_name)
+            fam_edits, problems = _merge(family_name, raw)
+            for p in problems:
+                skipped.append({"finding": None, "rule": None, "asset": name, "reason": p})
+            if not fam_edits:
+                continue
+            state = fam.state_of(asset)
             try:
-                after_state = apply_edits(family, state, fam_edits)
+                after_state = apply_edits(family_name, state, fam_edits)
             except EditError as exc:
                 for e in fam_edits:
                     for fid in e.findings:
                         skipped.append({"finding": fid, "rule": ",".join(e.rules), "asset": name, "reason": str(exc)})
                 continue
-            before, after = section(family, state), section(family, after_state)
+            before, after = fam.section(state), fam.section(after_state)
             if before == after:
                 for e in fam_edits:
                     for fid in e.findings:
@@ -490,8 +325,8 @@ def build_plan(
             change = Change(
                 resource=name,
                 asset_type=asset.asset_type,
-                target=target_for(name, asset.asset_type, family),
-                token=token_of(state, family),
+                target=fam.target_for(name, asset.asset_type),
+                token=fam.token_of(state),
                 edits=fam_edits,
                 before=before,
                 after=after,

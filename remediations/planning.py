@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any
 
 from auditor.collect import SourceOptions
 from auditor.logs import get_logger
@@ -17,28 +16,20 @@ from auditor.model import Asset
 from auditor.scan import ScanResult
 from remediations.apply import WriterFactory
 from remediations.assets import collect_assets
+from remediations.families import family, family_of
 from remediations.guards import GuardConfig, partition_edits
-from remediations.kinds import CLOUD_ARMOR, IAM, family_of
 from remediations.plan import ACTIVE_MODES, Change, Plan, build_plan, needed_assets, remediable
-from remediations.targets import UnsupportedTarget, target_for
+from remediations.targets import UnsupportedTarget
 
 log = get_logger("remediation")
-
-
-def _state(family: str, sec: Any) -> dict[str, Any] | None:
-    if family == IAM:
-        return {"bindings": sec or []}
-    if family == CLOUD_ARMOR:
-        return {"rules": sec or []}
-    return sec if isinstance(sec, dict) else None
 
 
 def plan_notes(cfg: GuardConfig) -> Callable[[Change], list[str]]:
     """What apply will refuse in a change, edit by edit (the other edits of the change still go ahead)."""
 
     def notes(change: Change) -> list[str]:
-        _, refused = partition_edits(change.family, change.target, _state(change.family, change.before),
-                                     change.edits, cfg)
+        state = family(change.family).state_from_section(change.before)
+        _, refused = partition_edits(change.family, change.target, state, change.edits, cfg)
         return [f"{e.describe()}: {'; '.join(str(r) for r in why)}" for e, why in refused]
 
     return notes
@@ -49,23 +40,23 @@ def _live_assets(result: ScanResult, names: set[str], make: WriterFactory) -> di
     wanted: dict[str, tuple[str, str]] = {}
     for f, rule in remediable(result.findings, result.rules, ACTIVE_MODES):
         if f.asset in names:
-            wanted[f.asset] = (f.asset_type, family_of(rule.remediation or ""))
+            try:
+                wanted[f.asset] = (f.asset_type, family_of(rule.remediation or "").name)
+            except ValueError:
+                continue  # an unknown kind: the planner reports it
     out: dict[str, Asset] = {}
-    for name, (asset_type, family) in sorted(wanted.items()):
+    for name, (asset_type, family_name) in sorted(wanted.items()):
+        fam = family(family_name)
         try:
-            target = target_for(name, asset_type, family)
-            live = make(family).read(target)
+            target = fam.target_for(name, asset_type)
+            live = make(family_name).read(target)
         except UnsupportedTarget:
             continue  # the planner reports it
         except Exception as exc:  # reported by the planner as "not found in the sources", logged with the cause
             log.warning("remediation_read_failed", asset=name, error=f"{type(exc).__name__}: {exc}")
             continue
-        if live.state is None:
-            continue
-        if family == IAM:
-            out[name] = Asset(name, asset_type, iam_policy=live.state)
-        else:
-            out[name] = Asset(name, asset_type, resource=live.state)
+        if live.state is not None:
+            out[name] = fam.asset_of(name, asset_type, live.state)
     return out
 
 

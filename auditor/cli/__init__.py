@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from auditor import __version__
+from auditor import __version__, plugins
 from auditor.errors import AuditorError
 
 # Subcommand modules, each defining `command` (a click command or group) registered under its own name.
@@ -22,7 +22,6 @@ _COMMAND_MODULES = (
     "auditor.cli.rules",
     "auditor.cli.daemon",
     "auditor.cli.state",
-    "auditor.cli.remediate",
     "auditor.cli.permissions",
     "auditor.cli.sinks",
     "auditor.cli.feeds",
@@ -59,6 +58,9 @@ for _name in _COMMAND_MODULES:
     _mod = importlib.import_module(_name)
     for _cmd in getattr(_mod, "commands", None) or [_mod.command]:
         cli.add_command(_cmd)
+# Commands that plugins bring (the remediations' plan, apply and rollback).
+for _cmd in plugins.commands.items().values():
+    cli.add_command(_cmd)
 
 
 def main() -> None:

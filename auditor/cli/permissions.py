@@ -22,13 +22,13 @@ from urllib.parse import parse_qs, urlsplit
 import click
 import yaml
 
-from auditor import __version__
+from auditor import __version__, plugins
 from auditor.errors import AuditorError
 from auditor.permissions import Declaration, declarations
 
 # Packages whose modules may declare permissions: every module in them is imported, so a new collector or
-# applier is picked up without a change here.
-DECLARING_PACKAGES = ("auditor.collect", "remediations")
+# writer is picked up without a change here. Plugins add theirs (the remediations) to `plugins.permission_packages`.
+DECLARING_PACKAGES = ("auditor.collect",)
 # The live collectors, which serve the source schemes a configuration names.
 DECLARING_MODULES = ("auditor.collect.asset_inventory", "auditor.collect.kubernetes_api")
 
@@ -41,7 +41,7 @@ _PERMISSION = re.compile(r"^[a-z][a-zA-Z0-9]*(\.[a-zA-Z][a-zA-Z0-9]*){2,}$")
 
 def load_declarations() -> list[Declaration]:
     """Import every module of the declaring packages (their `declare()` calls run), then return all declarations."""
-    for pkg_name in DECLARING_PACKAGES:
+    for pkg_name in (*DECLARING_PACKAGES, *plugins.permission_packages.items().values()):
         pkg = importlib.import_module(pkg_name)
         for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg_name}."):
             importlib.import_module(info.name)

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from auditor.model import Asset
+from auditor.plugins import Registry
 
 
 class Params(BaseModel):
@@ -115,7 +116,18 @@ class CheckSpec:
         return bool(self.context_types or self.context_names)
 
 
-_checks: dict[str, CheckSpec] = {}
+def _load_builtin_checks() -> None:
+    import importlib
+    import pkgutil
+
+    import auditor.evaluate.checks as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{pkg.__name__}.{mod.name}")
+
+
+# The registry type every plugin kind shares (auditor.plugins): checks register here when their module is imported.
+_checks: Registry[CheckSpec] = Registry("check", _load_builtin_checks)
 
 
 def check(
@@ -140,9 +152,7 @@ def check(
     def deco(
         fn: Callable[[Asset, P, Context], Iterable[Violation]],
     ) -> Callable[[Asset, P, Context], Iterable[Violation]]:
-        if name in _checks:
-            raise RuntimeError(f"check {name} registered twice")
-        _checks[name] = CheckSpec(
+        _checks.add(name, CheckSpec(
             name=name,
             fn=fn,
             params=params,
@@ -154,27 +164,15 @@ def check(
             screen=screen,
             screen_reads_context=screen_reads_context,
             prefilter=prefilter,
-        )
+        ))
         return fn
 
     return deco
 
 
-def _load_builtin_checks() -> None:
-    import importlib
-    import pkgutil
-
-    import auditor.evaluate.checks as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"{pkg.__name__}.{mod.name}")
-
-
 def get_check(name: str) -> CheckSpec | None:
-    _load_builtin_checks()
     return _checks.get(name)
 
 
 def all_checks() -> dict[str, CheckSpec]:
-    _load_builtin_checks()
-    return dict(sorted(_checks.items()))
+    return _checks.items()

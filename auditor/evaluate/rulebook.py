@@ -23,6 +23,7 @@ from auditor.errors import RuleError
 from auditor.evaluate.globs import compile_glob
 from auditor.evaluate.registry import CheckSpec, Params, all_checks, get_check
 from auditor.model import Mode, Severity
+from auditor.plugins import remediation_kinds
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 # Rule tests live beside the rules (`auditor rules test`): a folder walk does not read them as rules.
@@ -232,13 +233,13 @@ def _bind(raw: dict[str, Any], node: yaml.Node | None, problems: _Problems, orig
         problems.add(_line_of(node, ("check",)), rule.id, _check_hint(rule.check))
         return None
     if rule.remediation is not None:
-        from remediations.kinds import known_kinds  # data only: keeps the evaluate stage offline
-
-        if rule.remediation not in known_kinds():
+        # The kinds the installed remediation families bring (none when the remediations are not installed).
+        known = list(remediation_kinds())
+        if rule.remediation not in known:
             problems.add(
                 _line_of(node, ("remediation",)),
                 rule.id,
-                f"unknown remediation {rule.remediation!r}; known remediations: {', '.join(known_kinds())}",
+                f"unknown remediation {rule.remediation!r}; known remediations: {', '.join(known) or 'none'}",
             )
             return None
     try:

@@ -11,6 +11,7 @@ import msgspec
 
 from auditor.evaluate.rulebook import LoadedRule
 from auditor.model import Exempted, Finding
+from auditor.plugins import remediation_kinds
 
 
 class ExemptionRecord(msgspec.Struct):
@@ -84,11 +85,10 @@ class RuleFacts:
 
     @classmethod
     def of(cls, r: LoadedRule) -> RuleFacts:
-        from remediations.kinds import KINDS  # data only, as the rulebook reads it
-
+        kinds = remediation_kinds()  # what the installed remediation families offer, as the rulebook reads it
         kind = r.rule.remediation
-        if kind is not None and kind in KINDS:
-            text = f"{KINDS[kind].summary[0].upper()}{KINDS[kind].summary[1:]}: `auditor plan` proposes the change"
+        if kind is not None and kind in kinds:
+            text = f"{kinds[kind].summary[0].upper()}{kinds[kind].summary[1:]}: `auditor plan` proposes the change"
         else:
             text = "no automatic fix: change the resource by hand, or exempt it with a reason, an owner and an expiry"
         labels: dict[str, str] = dict(getattr(r.rule, "labels", None) or {})

@@ -273,12 +273,12 @@ def test_remediation_enabled_without_the_step_still_audits(tmp_path: Path, logs:
     import auditor.cycle as cycle_module
 
     example_org(tmp_path)
-    monkeypatch.setattr(cycle_module, "REMEDIATION_MODULE", "remediations.not_installed")
+    monkeypatch.setattr(cycle_module, "REMEDIATION_STEP", "not-installed")
     auditor = make_auditor(write_config(tmp_path / "config.yaml", remediation={"enabled": True}))
     out = auditor.run_cycle()
     assert out.outcome == "success" and out.remediation is None
     assert [e["reason"] for e in events(logs, "remediation_unavailable")] == [
-        "remediations.not_installed is not installed"
+        "no remediation step is installed"
     ]
     auditor.store.close()
 

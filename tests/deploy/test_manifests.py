@@ -453,8 +453,8 @@ def test_lease_role_is_namespaced_and_matches_the_leader_election_code() -> None
 
 
 def _rbac_writer_verbs() -> set[str]:
-    """The Kubernetes verbs the RBAC applier (remediations/rbac.py) calls through `_call(target, "verb", ...)`."""
-    tree = ast.parse((REPO / "remediations" / "rbac.py").read_text(encoding="utf-8"))
+    """The Kubernetes verbs the RBAC writer (remediations/families/rbac.py) calls through `_call(target, "verb")`."""
+    tree = ast.parse((REPO / "remediations" / "families" / "rbac.py").read_text(encoding="utf-8"))
     verb_of = {"read": "get", "create": "create", "replace": "update", "patch": "patch", "delete": "delete"}
     verbs = set()
     for node in ast.walk(tree):
@@ -472,7 +472,7 @@ def _rbac_writer_verbs() -> set[str]:
 def test_remediation_overlay_adds_exactly_the_writes_the_rbac_applier_makes() -> None:
     base, rem = _grants(build("base"), "ClusterRole"), _grants(build("remediation"), "ClusterRole")
     writes = _rbac_writer_verbs() - READ_VERBS
-    assert writes, "remediations/rbac.py makes no write call any more?"
+    assert writes, "remediations/families/rbac.py makes no write call any more?"
     added = {res: verbs - base.get(res, set()) for res, verbs in rem.items()}
     added = {res: v for res, v in added.items() if v}
     rbac = "rbac.authorization.k8s.io"

@@ -257,7 +257,7 @@ def test_terraform_and_json_list_the_same_permissions() -> None:
     assert listed == doc["includedPermissions"] == _expected(load_declarations(), remediation=True)
     assert doc["role_id"] == "driftAuditorRemediation"
     modules = {c["module"] for c in doc["components"]}
-    assert modules >= {"remediations.iam_policies.transports", "remediations.cloud_armor"}
+    assert modules >= {"remediations.families.iam.transports", "remediations.families.cloud_armor"}
     assert tf.count("{") == tf.count("}")
 
 

@@ -7,8 +7,7 @@ from typing import Any
 
 from auditor.collect.retry import RetryPolicy
 from remediations.apply import Outcome, apply_plan, rollback
-from remediations.cloud_armor import CloudArmorWriter
-from remediations.edits import armor_section
+from remediations.families.cloud_armor import CloudArmorWriter, armor_section
 from remediations.guards import GuardConfig
 from remediations.journal import Journal
 from remediations.writers import writers

@@ -15,7 +15,8 @@ from auditor.collect import SourceOptions
 from auditor.evaluate.rulebook import load_rules
 from auditor.scan import ScanResult, run_scan
 from remediations.apply import Outcome, apply_plan, rollback
-from remediations.edits import armor_section, iam_section
+from remediations.families.cloud_armor import armor_section
+from remediations.families.iam import iam_section
 from remediations.guards import GuardConfig
 from remediations.journal import Journal
 from remediations.plan import Plan
@@ -312,7 +313,7 @@ def test_a_failure_on_one_resource_does_not_stop_the_others(org: FakeGcp, write_
 
 def test_the_api_refusing_a_stale_etag_is_a_conflict(org: FakeGcp, write_rules: Any, tmp_path: Path) -> None:
     """The etag moves after the applier's re-read: setIamPolicy answers 409 ABORTED; nothing is written."""
-    from remediations.iam import IamWriter
+    from remediations.families.iam import IamWriter
 
     _, plan = make_plan(write_rules(RULES))
     change = next(c for c in plan.changes if c.target.resource == PROJECT)

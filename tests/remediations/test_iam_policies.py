@@ -19,9 +19,9 @@ from auditor.collect import SourceOptions
 from auditor.evaluate.rulebook import load_rules
 from auditor.scan import run_scan
 from remediations.apply import Outcome, apply_plan
-from remediations.edits import iam_section
+from remediations.families.iam import iam_section
+from remediations.families.iam.endpoints import ENDPOINTS
 from remediations.guards import GuardConfig
-from remediations.iam_policies.endpoints import ENDPOINTS
 from remediations.journal import Journal
 from remediations.plan import Plan
 from remediations.planning import plan_from_scan
@@ -154,8 +154,8 @@ def test_a_change_between_plan_and_apply_is_a_conflict(
 def test_the_api_refuses_a_stale_etag(asset_type: str, fake_gcp: FakeGcp, gcp_endpoint: str,
                                       tmp_path: Path) -> None:
     """The fake enforces the etag itself: a write with a stale one is refused (409 or 412), never applied."""
-    from remediations.iam_policies.endpoints import endpoint_for
-    from remediations.iam_policies.transports import PolicyTransport
+    from remediations.families.iam.endpoints import endpoint_for
+    from remediations.families.iam.transports import PolicyTransport
 
     name, _ = TYPES[asset_type]
     _load(fake_gcp, tmp_path, asset_type, name)

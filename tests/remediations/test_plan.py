@@ -11,8 +11,8 @@ import pytest
 from auditor.collect import SourceOptions
 from auditor.errors import RuleError
 from auditor.evaluate.rulebook import load_rules
+from auditor.plugins import remediation_kinds
 from auditor.scan import run_scan
-from remediations.kinds import known_kinds
 from remediations.plan import Plan, PlanError
 from remediations.planning import plan_from_scan
 from remediations.render import render_html, render_markdown
@@ -73,7 +73,7 @@ def test_unknown_remediation_is_a_load_error_naming_the_known_ones(tmp_path: Pat
         load_rules([path])
     msg = str(exc.value)
     assert f"{path}:5: rule x: unknown remediation 'iam.remove_members'" in msg
-    assert ", ".join(known_kinds()) in msg
+    assert ", ".join(remediation_kinds()) in msg
 
 
 def test_audit_rules_plan_nothing_dryrun_and_enforce_do(tmp_path: Path) -> None:

@@ -153,7 +153,7 @@ def test_resource_version_conflict_writes_nothing(kube: KubeServer, tmp_path: Pa
 
 def test_conflict_raised_by_the_api_server_is_a_conflict(kube: KubeServer, tmp_path: Path, write_rules: Any) -> None:
     """The token moves after the applier's re-read: the API server's 409 is reported as a conflict."""
-    from remediations.rbac import RbacWriter
+    from remediations.families.rbac import RbacWriter
 
     listing, rules = _load_bindings(kube, tmp_path, write_rules)
     _, plan = _plan([str(listing)], [rules])

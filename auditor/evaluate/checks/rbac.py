@@ -39,49 +39,18 @@ from auditor.evaluate.gke_posture import cluster_of_asset
 from auditor.evaluate.globs import any_match, glob_match
 from auditor.evaluate.registry import Context, Params, Prefilter, Violation, check
 from auditor.model import Asset
+from auditor.vocabulary import (
+    SUBJECT_KINDS,
+    SYSTEM_NAMESPACES,
+    is_system_subject,
+    service_account_of,
+    subject_name,
+)
 
-SYSTEM_NAMESPACES = ["kube-system", "kube-public", "kube-node-lease", "gke-*", "gmp-*"]
 NON_TENANT_NAMESPACES = ["kube-*", "default", "gke-*", "gmp-*", "istio-system", "config-management-system"]
-SUBJECT_KINDS = ("User", "Group", "ServiceAccount")
 
 
 # -- subjects and objects -------------------------------------------------------------------------------------------
-def subject_name(s: dict[str, Any], binding_namespace: str | None = None) -> str:
-    """`User:alice`, `Group:team`, `ServiceAccount:ns/name`: one string per subject, as findings show it."""
-    kind = s.get("kind", "?")
-    if kind == "ServiceAccount":
-        return f"ServiceAccount:{s.get('namespace') or binding_namespace or '?'}/{s.get('name', '?')}"
-    return f"{kind}:{s.get('name', '?')}"
-
-
-def service_account_of(s: dict[str, Any], binding_namespace: str | None = None) -> tuple[str, str | None] | None:
-    """(namespace, name or None for all of them) when the subject is one or all service accounts of a namespace.
-
-    Kubernetes also names service accounts as users (`system:serviceaccount:NS:NAME`) and the service accounts of
-    a namespace as a group (`system:serviceaccounts:NS`).
-    """
-    kind, name = s.get("kind"), str(s.get("name", ""))
-    if kind == "ServiceAccount":
-        return str(s.get("namespace") or binding_namespace or ""), name
-    if kind == "User" and name.startswith("system:serviceaccount:"):
-        parts = name.split(":")
-        if len(parts) == 4:
-            return parts[2], parts[3]
-    if kind == "Group" and name.startswith("system:serviceaccounts:"):
-        return name.split(":", 2)[2], None
-    return None
-
-
-def is_system_subject(
-    s: dict[str, Any], binding_namespace: str | None = None, system_namespaces: Iterable[str] = SYSTEM_NAMESPACES
-) -> bool:
-    """Subjects that belong to Kubernetes itself: `system:` users and groups, and system namespaces' accounts."""
-    sa = service_account_of(s, binding_namespace)
-    if sa is not None:
-        return any_match(system_namespaces, sa[0])
-    return str(s.get("name", "")).startswith("system:")
-
-
 def meta(obj: dict[str, Any]) -> dict[str, Any]:
     m = obj.get("metadata")
     return m if isinstance(m, dict) else {}

@@ -16,8 +16,8 @@ from google.api_core import exceptions as gexc
 
 from auditor.collect import gcp_clients
 from auditor.permissions import declare
-from remediations.iam_policies.datasets import access_from_policy, policy_from_access
-from remediations.iam_policies.endpoints import SERVICES, Service, permissions
+from remediations.families.iam.datasets import access_from_policy, policy_from_access
+from remediations.families.iam.endpoints import SERVICES, Service, permissions
 
 declare(
     "remediations.iam",
