@@ -51,14 +51,15 @@ from auditor.settings import Settings
 JOB_ID = "audit-cycle"
 HA_JOB_ID = "leader-check"
 ABANDON_WAIT_SECONDS = 5.0
+METRICS_CACHE_SECONDS = 1.0
 
 
 def respond(d: Daemon, method: str, target: str, headers: Mapping[str, str]) -> Response:
     """One request (GET or HEAD) to the daemon: headers' names in lower case. Served by auditor.http_server."""
     path = target.split("?", 1)[0].rstrip("/") or "/"
     if path == "/metrics":
-        encoder, ctype = choose_encoder(headers.get("accept", ""))
-        return _reply(HTTPStatus.OK, ctype, encoder(d.registry))
+        ctype, body = d.metrics(headers.get("accept", ""))
+        return _reply(HTTPStatus.OK, ctype, body)
     if path == "/healthz":
         ok, why = d.healthy()
         return _reply(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", why.encode())
@@ -136,8 +137,26 @@ class Daemon:
         self._add_process_metrics(self.registry)
         # Feed pushes: each accepted change is handed to the auditor (see Auditor.feed_change).
         self.feed = FeedIntake(settings.feed, self.registry, auditor.feed_change, clock=self.clock)
+        self._metrics_lock = threading.Lock()
+        self._metrics_cache: dict[str, tuple[tuple[str, int], float, bytes]] = {}
         self.server: HttpServer | None = None
         self.address: tuple[str, int] | None = None
+
+    def metrics(self, accept: str) -> tuple[str, bytes]:
+        """The /metrics page in the format `accept` asks for. Encoding it costs milliseconds of CPU: under many
+        scrapers (or a flood) it is encoded at most once per METRICS_CACHE_SECONDS and format, and again as soon as
+        a cycle publishes new values; only the time-derived gauges (ages, auditor_up) can lag by that much."""
+        encoder, ctype = choose_encoder(accept)
+        key = (ctype, self.auditor.published.cycles_completed)  # read before encoding: the data is as new or newer
+        now = time.monotonic()
+        with self._metrics_lock:
+            hit = self._metrics_cache.get(ctype)
+            if hit is not None and hit[0] == key and now - hit[1] < METRICS_CACHE_SECONDS:
+                return ctype, hit[2]
+        body = encoder(self.registry)
+        with self._metrics_lock:
+            self._metrics_cache[ctype] = (key, now, body)
+        return ctype, body
 
     @staticmethod
     def _add_process_metrics(registry: CollectorRegistry) -> None:

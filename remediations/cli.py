@@ -14,11 +14,13 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from auditor.cli.options import rules_option, source_options
 from auditor.cli.scan import do_scan
 from auditor.collect import SourceOptions
 from auditor.errors import AuditorError
+from auditor.report.escape import plain
 from auditor.state import is_url
 from remediations.apply import ApplyReport, apply_plan, rollback
 from remediations.guards import GuardConfig
@@ -166,7 +168,8 @@ def _print_report(report: ApplyReport) -> None:
         for col in ("outcome", "resource", "changes", "reason"):
             table.add_column(col, overflow="fold")
         for r in report.results:
-            table.add_row(r.outcome.value, r.resource, "; ".join(r.edits), r.reason)
+            table.add_row(r.outcome.value, Text(plain(r.resource)), Text(plain("; ".join(r.edits))),
+                          Text(plain(r.reason)))
         console.print(table)
     else:  # one line per resource: readable in logs and by grep
         for r in report.results:

@@ -12,12 +12,20 @@ from typing import Any
 import jinja2
 import yaml
 
+from auditor.report.escape import md_code, md_fence, md_text, plain, plain_lines
 from remediations.plan import Plan
 
 _env_md = jinja2.Environment(
     loader=jinja2.PackageLoader("remediations", "templates"), autoescape=False, trim_blocks=True, lstrip_blocks=True,
     keep_trailing_newline=True,
 )
+# Names, members, tokens and API messages in the Markdown plan come from the organization: the template passes each
+# through `md` (text), `code` / `tcode` (a code span; in a table cell), or `plain` / `lines` inside a block fenced by
+# `fence`.
+_env_md.filters.update(
+    md=md_text, code=lambda v: md_code(v, in_table=False), tcode=md_code, plain=plain, lines=plain_lines
+)
+_env_md.globals["fence"] = md_fence
 _env_html = jinja2.Environment(
     loader=jinja2.PackageLoader("remediations", "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
 )

@@ -26,6 +26,7 @@ from auditor.evaluate.rulebook import LoadedRule, load_rules
 from auditor.model import Finding
 from auditor.report import terminal
 from auditor.report.compliance import assess_scan, compliance_dict, render_compliance
+from auditor.report.escape import plain
 from auditor.report.formats import StreamedReport, format_names
 from auditor.report.render import render_table, summary_line
 from auditor.scan import ScanResult, run_scan
@@ -41,7 +42,7 @@ def _problem_printer(console: Console) -> Callable[[str], None]:
         nonlocal shown
         shown += 1
         if shown <= MAX_PROBLEMS_SHOWN:
-            console.print(Text.assemble(("skipped ", "yellow"), msg), soft_wrap=True)
+            console.print(Text.assemble(("skipped ", "yellow"), plain(msg)), soft_wrap=True)
         elif shown == MAX_PROBLEMS_SHOWN + 1:
             console.print(Text("... more skipped records are counted in the summary", style="yellow"))
 

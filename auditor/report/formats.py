@@ -21,6 +21,7 @@ import msgspec
 
 from auditor import __version__
 from auditor.model import SEVERITIES, Finding
+from auditor.report.escape import md_code, md_text
 from auditor.report.records import RuleFacts, finding_record, report_order
 from auditor.report.spool import Spool, Tally
 
@@ -375,10 +376,6 @@ class JunitRenderer(Renderer):
 
 
 # -- Markdown -----------------------------------------------------------------------------------------------------
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def _short(name: str) -> str:
     return name.removeprefix("//")
 
@@ -398,15 +395,16 @@ class MarkdownRenderer(Renderer):
             status = f"exempted ({e.reason}, {e.owner}, until {e.expires or '-'})"
         elif f.expired_exemption is not None:
             status = f"open: exemption expired {f.expired_exemption.expires}"
-        return f"| `{_short(f.asset)}` | {_md(f.message)} | {_md(status)} |\n".encode()
+        # Names and messages come from the organization: escaped (no HTML, links or cell breaks get through).
+        return f"| {md_code(_short(f.asset))} | {md_text(f.message)} | {md_text(status)} |\n".encode()
 
     def write(self, out: BinaryIO, doc: Document) -> None:
         w: Callable[[str], Any] = lambda s: out.write(s.encode())  # noqa: E731
         stamp = str(doc.head.get("scanned_at") or "")[:16].replace("T", " ")
-        w(f"# Baseline audit, {stamp} UTC\n\n{doc.summary_line}\n\n")
+        w(f"# Baseline audit, {stamp} UTC\n\n{md_text(doc.summary_line)}\n\n")
         if doc.incomplete:
             w("> **The snapshot is partial.** Findings of the types below may be missing:\n>\n")
-            w("".join(f"> - `{t}`: {r}\n" for t, r in sorted(doc.incomplete.items())) + "\n")
+            w("".join(f"> - {md_code(t, False)}: {md_text(r)}\n" for t, r in sorted(doc.incomplete.items())) + "\n")
         for sev in reversed(SEVERITIES):
             rules = [r for r in self.rules if r.severity == sev and doc.tally.count(r.id)]
             if not rules:
@@ -422,7 +420,8 @@ class MarkdownRenderer(Renderer):
                 w("\n")
         if doc.stale_exemptions:
             w("## Stale exemptions (matched nothing)\n\n")
-            w("".join(f"- `{e['rule']}`: `{e['resource']}` ({e['owner']}, {e['ticket'] or 'no ticket'})\n"
+            w("".join(f"- {md_code(e['rule'], False)}: {md_code(e['resource'], False)} "
+                      f"({md_text(e['owner'])}, {md_text(e['ticket'] or 'no ticket')})\n"
                       for e in doc.stale_exemptions) + "\n")  # fmt: skip
 
 

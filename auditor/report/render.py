@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.text import Text
 
 from auditor.model import SEVERITIES, Finding
+from auditor.report.escape import plain
 from auditor.report.terminal import Column, print_table, short_id
 
 if TYPE_CHECKING:
@@ -81,8 +82,9 @@ def render_table(result: ScanResult, console: Console) -> None:
             styles.append("dim" if f.exempted is not None else None)
         print_table(console, Text(f"{sev.upper()} ({len(items)})", style=SEVERITY_STYLE[sev]), columns, rows, styles)
     for err in result.evaluation.errors:
-        console.print(Text.assemble(("evaluation error", "red"), f" rule {err.rule} on {err.asset}: {err.error}"))
-    console.print(Text(summary_line(result), style="bold"))
+        console.print(Text.assemble(("evaluation error", "red"), f" rule {plain(err.rule)} on {plain(err.asset)}: "
+                                    f"{plain(err.error)}"))
+    console.print(Text(plain(summary_line(result)), style="bold"))
 
 
 def render_markdown(result: ScanResult) -> str:

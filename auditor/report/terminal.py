@@ -1,6 +1,7 @@
 """Tables for a terminal, or plain aligned text when the output is not one (a pipe, a file, `kubectl exec`
 without `-t`).
 
+Cells are data (names, members, messages): never read as markup, their control characters stripped.
 On a terminal: a rich table as wide as the terminal; long text folds, ids never do. Anywhere else there is no
 width to fit: one line per row, columns aligned with two spaces, nothing cut or wrapped, no colour, so the
 output greps and diffs cleanly.
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from auditor.report.escape import plain
 
 SHORT_ID = 12  # hex digits of a finding id shown in tables: unique among millions of findings (48 bits)
 
@@ -57,7 +60,9 @@ def print_table(
             table.add_column(col.name, no_wrap=col.key, overflow="fold", justify="right" if col.right else "left",
                              ratio=None if col.key else col.ratio, min_width=widest)
         for i, row in enumerate(rows):
-            table.add_row(*row, style=row_styles[i] if row_styles else None)
+            # Text, not markup: a name's "[...]" is no style; control characters (ANSI escapes that would recolour
+            # or retitle the operator's terminal) are stripped.
+            table.add_row(*(Text(plain(v)) for v in row), style=row_styles[i] if row_styles else None)
         out.print(table)
         return
     if title is not None:
@@ -80,4 +85,4 @@ def _fits(out: Console, columns: Sequence[Column], rows: Sequence[Sequence[str]]
 
 
 def _one_line(value: str) -> str:
-    return " ".join(value.split("\n"))
+    return plain(value)  # one line, and no control character (an escape sequence in a name is dropped)

@@ -19,8 +19,8 @@ from tests.daemon.support import example_org, write_config
 
 
 @pytest.fixture
-def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
-    """A daemon after one cycle, its HTTP server listening (`http` limits from an indirect parameter)."""
+def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    """A daemon after one cycle, its HTTP server listening (`http` limits from an indirect parameter of `served`)."""
     example_org(tmp_path)
     settings = load_settings(write_config(tmp_path / "config.yaml", http=getattr(request, "param", {})))
     store = Store(settings.state_path)
@@ -29,12 +29,19 @@ def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str
     daemon = Daemon(settings, auditor)
     daemon.scheduler.start(paused=True)
     try:
-        yield daemon.start_http()
+        daemon.start_http()
+        yield daemon
     finally:
         daemon.scheduler.shutdown(wait=False)
         assert daemon.server is not None
         daemon.server.shutdown()
         store.close()
+
+
+@pytest.fixture
+def served(daemon: Daemon) -> tuple[str, int]:
+    assert daemon.address is not None
+    return daemon.address
 
 
 def closed_by_server(sock: socket.socket, timeout: float = 60) -> bytes:
@@ -88,7 +95,7 @@ def test_two_hundred_clients_at_once_get_answers(served: tuple[str, int]) -> Non
     assert failures == [] and len(answered) == 1000
 
 
-@pytest.mark.parametrize("served", [{"header_timeout_seconds": 1, "workers": 1}], indirect=True)
+@pytest.mark.parametrize("daemon", [{"header_timeout_seconds": 1, "workers": 1}], indirect=True)
 def test_slow_and_silent_connections_are_dropped_and_hold_no_worker(served: tuple[str, int]) -> None:
     silent = [socket.create_connection(served) for _ in range(50)]  # never send a byte
     slow = socket.create_connection(served)
@@ -117,7 +124,7 @@ def test_oversized_headers_are_refused(served: tuple[str, int]) -> None:
     assert reply == b"" or reply.startswith((b"HTTP/1.1 431", b"HTTP/1.1 400"))
 
 
-@pytest.mark.parametrize("served", [{"max_connections": 16, "header_timeout_seconds": 120}], indirect=True)
+@pytest.mark.parametrize("daemon", [{"max_connections": 16, "header_timeout_seconds": 120}], indirect=True)
 def test_past_the_connection_limit_clients_get_503_at_once(served: tuple[str, int]) -> None:
     idle = [socket.create_connection(served) for _ in range(20)]
     try:
@@ -136,3 +143,18 @@ def test_other_methods_are_refused(served: tuple[str, int]) -> None:
     resp = conn.getresponse()
     assert resp.status == 405 and resp.headers["Allow"] == "GET, HEAD"
     conn.close()
+
+
+def test_metrics_show_a_new_cycle_at_once(daemon: Daemon) -> None:
+    assert daemon.address is not None
+
+    def cycles() -> str:
+        conn = http.client.HTTPConnection(*daemon.address, timeout=30)
+        conn.request("GET", "/metrics")
+        body = conn.getresponse().read().decode()
+        conn.close()
+        return next(line for line in body.splitlines() if line.startswith('auditor_cycles_total{outcome="success"}'))
+
+    assert cycles().endswith(" 1.0") and cycles().endswith(" 1.0")  # the second one from the cache
+    daemon.auditor.run_cycle()
+    assert cycles().endswith(" 2.0")  # a published cycle is never hidden behind the cache

@@ -7,7 +7,12 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,7 @@ import pytest
 
 from auditor.cycle import Auditor
 from auditor.daemon import Daemon
+from auditor.evaluate import registry
 from auditor.evaluate.registry import Context, NoParams, Violation, check
 from auditor.logs import configure
 from auditor.model import Asset
@@ -212,12 +218,20 @@ class NativePanic(BaseException):
     """What a native extension's panic looks like from Python: a BaseException, not an Exception."""
 
 
-@check("hostile.panics", params=NoParams, asset_types=["storage.googleapis.com/Bucket"])
 def _panics(asset: Asset, params: NoParams, ctx: Context) -> Iterator[Violation]:
     raise NativePanic(f"called `Option::unwrap()` on a `None` value ({asset.name})")
     yield  # a generator, as checks are
 
 
+@pytest.fixture
+def panicking_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hostile.panics` registered for this test only (the registry is global; the docs list what it holds)."""
+    registry.all_checks()  # the built-in checks first, so that the copy below holds them
+    monkeypatch.setattr(registry._checks, "_items", dict(registry._checks._items))
+    check("hostile.panics", params=NoParams, asset_types=["storage.googleapis.com/Bucket"])(_panics)
+
+
+@pytest.mark.usefixtures("panicking_check")
 def test_a_check_that_panics_is_an_evaluation_error_and_cycles_go_on(tmp_path: Path, logs: io.StringIO) -> None:
     example_org(tmp_path)
     rules = tmp_path / "rules.yaml"
@@ -291,3 +305,101 @@ def test_the_default_healthz_deadline_follows_the_schedule(tmp_path: Path) -> No
         store.close()
 
 
+
+
+# -- names that try to be markup ---------------------------------------------------------------------------------------
+HOSTILE_NAMES = (
+    '//storage.googleapis.com/<img src=x onerror="alert(1)">',
+    "//storage.googleapis.com/[click me](https://evil.example/)|break`out```",
+    "//storage.googleapis.com/\x1b]0;owned\x07\x1b[2J\x1b[31mred\u202eeulb",
+)
+
+
+def hostile_export(tmp_path: Path) -> Path:
+    """The example organization's public buckets, renamed as an attacker who can name a bucket would."""
+    records = [json.loads(line) for line in (EXAMPLES / "org" / "iam-policies.ndjson").read_text().splitlines()]
+    public = [r for r in records if r["asset_type"] == "storage.googleapis.com/Bucket"
+              and any("allUsers" in b["members"] for b in (r.get("iam_policy") or {}).get("bindings", []))]
+    path = tmp_path / "hostile.ndjson"
+    path.write_text("".join(json.dumps({**public[0], "name": name}) + "\n" for name in HOSTILE_NAMES), encoding="utf-8")
+    return path
+
+
+def markdown_html(text: str) -> str:
+    """Markdown as a CommonMark renderer with GitHub's tables turns it into HTML, raw HTML allowed through."""
+    from markdown_it import MarkdownIt
+
+    return str(MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"]).render(text))
+
+
+class Page(HTMLParser):
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.code: list[str] = []
+        self._in_code = False
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self._in_code = tag == "code"
+        if tag == "code":
+            self.code.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_code = False if tag == "code" else self._in_code
+
+    def handle_data(self, data: str) -> None:
+        if self._in_code:
+            self.code[-1] += data
+
+
+def assert_inert(page: Page) -> None:
+    assert "img" not in page.tags and "a" not in page.tags and "script" not in page.tags
+    shown = "".join(page.code)
+    for name in HOSTILE_NAMES[:2]:
+        assert name.removeprefix("//") in shown  # shown as it is, in code
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+
+
+def test_scan_markdown_shows_hostile_names_as_text(tmp_path: Path) -> None:
+    export = hostile_export(tmp_path)
+    out = tmp_path / "report.md"
+    proc = subprocess.run([sys.executable, "-m", "auditor", "scan", "--source", str(export), "--format", "markdown",
+                           "-o", str(out), "--fail-on", "never"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, 3), proc.stderr
+    text = out.read_text(encoding="utf-8")
+    assert "\x1b" not in text and "\x07" not in text
+    page = Page(markdown_html(text))
+    assert_inert(page)
+    assert page.tags.count("tr") >= len(HOSTILE_NAMES) + 1  # every finding its own row: no cell broke the table
+
+
+def test_plan_markdown_shows_hostile_names_as_text(tmp_path: Path) -> None:
+    export = hostile_export(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "auditor", "plan", "--source", str(export), "-o",
+                           str(tmp_path / "plan.json"), "--report", str(tmp_path / "plan.md")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, 1, 3), proc.stderr
+    text = (tmp_path / "plan.md").read_text(encoding="utf-8")
+    assert "\x1b" not in text and "\x07" not in text
+    assert_inert(Page(markdown_html(text)))
+
+
+def test_terminal_table_carries_no_escape_sequences(tmp_path: Path) -> None:
+    export = hostile_export(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "auditor", "scan", "--source", str(export), "--fail-on", "never"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "400"})
+    assert proc.returncode in (0, 3), proc.stderr
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f\u202e]", proc.stdout + proc.stderr)
+    assert "red eulb" in proc.stdout and "[click me](https://evil.example/)" in proc.stdout  # shown, not obeyed
+    assert "owned" not in proc.stdout  # a window title sequence is dropped whole
+
+
+def test_html_report_escapes_hostile_names(tmp_path: Path) -> None:
+    export = hostile_export(tmp_path)
+    out = tmp_path / "report.html"
+    subprocess.run([sys.executable, "-m", "auditor", "plan", "--source", str(export), "-o",
+                    str(tmp_path / "plan.json"), "--report", str(out)], capture_output=True, timeout=120)
+    page = Page(out.read_text(encoding="utf-8"))
+    assert "img" not in page.tags and "script" not in page.tags

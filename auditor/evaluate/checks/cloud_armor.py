@@ -27,6 +27,7 @@ from auditor.evaluate.policy import DEFAULT_RULE_PRIORITY, ArmorRule, asset_armo
 from auditor.evaluate.ranges import Interval
 from auditor.evaluate.registry import Context, NoParams, Params, Violation, check
 from auditor.model import Asset
+from auditor.remedies import Remedy, RemoveRule, SetDefaultDeny, SetRule, SetRuleAction
 
 SECURITY_POLICY = "compute.googleapis.com/SecurityPolicy"
 OPEN_RANGES = ("*", "0.0.0.0/0", "::/0")
@@ -94,6 +95,18 @@ def rule_details(r: ArmorRule, **extra: Any) -> dict[str, Any]:
     return d
 
 
+def offered(r: ArmorRule) -> tuple[Remedy, ...]:
+    """The fixes of a rule-level finding: the default rule is made to deny; another rule is removed, or made to
+    deny (the rule's `remediation:` kind picks)."""
+    if r.is_default:
+        return (SetDefaultDeny(),)
+    return RemoveRule(r.priority), SetRuleAction(r.priority)
+
+
+def _default_deny(priority: int) -> tuple[Remedy, ...]:
+    return (SetDefaultDeny(),) if priority == DEFAULT_RULE_PRIORITY else ()
+
+
 def policy_name(asset: Asset) -> str:
     return str(asset.resource.get("name") or asset.name.rsplit("/", 1)[-1])
 
@@ -136,18 +149,21 @@ def default_rule_denies(asset: Asset, params: NoParams, ctx: Context) -> Iterato
             "the policy has no default rule (priority 2147483647)",
             "default",
             {"priority": DEFAULT_RULE_PRIORITY, "action": None, "src_ranges": []},
+            (SetDefaultDeny(),),
         )
     elif not default.denies:
         yield Violation(
             f"the default rule's action is {default.action or 'empty'}: traffic no rule matches is let through",
             "default",
             rule_details(default),
+            offered(default),
         )
     elif default.preview:
         yield Violation(
             f"the default rule denies ({default.action}) but is in preview: it is only logged, traffic gets through",
             "default",
             rule_details(default),
+            offered(default),
         )
 
 
@@ -195,6 +211,7 @@ def no_open_allow(asset: Asset, params: OpenAllowParams, ctx: Context) -> Iterat
                 f"rule {r.priority} ({r.action}) lets every address in: {', '.join(opened)}{how}",
                 str(r.priority),
                 rule_details(r),
+                offered(r),
             )
 
 
@@ -242,6 +259,7 @@ def trusted_source_ranges(asset: Asset, params: TrustedRangesParams, ctx: Contex
                 f"rule {r.priority} ({r.action}) lets in {', '.join(untrusted)}, outside the trusted ranges",
                 str(r.priority),
                 rule_details(r, untrusted=untrusted),
+                offered(r),
             )
 
 
@@ -269,6 +287,7 @@ def no_preview_rules(asset: Asset, params: PreviewParams, ctx: Context) -> Itera
                 f"rule {r.priority} ({r.action}) is in preview: it is logged, not enforced",
                 str(r.priority),
                 rule_details(r),
+                offered(r),
             )
 
 
@@ -346,6 +365,7 @@ def no_shadowed_rules(asset: Asset, params: ShadowParams, ctx: Context) -> Itera
                 f"rule{'s' if len(by) > 1 else ''} {', '.join(map(str, by))}",
                 str(r.priority),
                 rule_details(r, shadowed_by=by),
+                offered(r),
             )
             continue  # a dead rule adds nothing to what the rules above it already match
         if not r.preview and (params.open_rules_shadow or not any(map(ranges.is_everything, ivs))):
@@ -546,9 +566,11 @@ def required_rules(asset: Asset, params: RequiredRulesParams, ctx: Context) -> I
             "action": req.rule.action if req.rule else "|".join(req.actions),
             "src_ranges": list(req.rule.src_ranges if req.rule else req.src_ranges),
         }
+        remedies: tuple[Remedy, ...] = ()
         if req.rule is not None:
             details["desired"] = req.rule.body()
-        yield Violation(f"no rule for the requirement {req.name!r}", f"required|{req.name}", details)
+            remedies = (SetRule(req.rule.body()),)
+        yield Violation(f"no rule for the requirement {req.name!r}", f"required|{req.name}", details, remedies)
 
 
 class DesiredStateParams(Params):
@@ -612,6 +634,7 @@ def desired_state(asset: Asset, params: DesiredStateParams, ctx: Context) -> Ite
                     "src_ranges": list(want.src_ranges),
                     "desired": want.body(),
                 },
+                (SetRule(want.body()), *_default_deny(priority)),
             )
         elif want is None and have is not None:
             if have.is_default:
@@ -620,6 +643,7 @@ def desired_state(asset: Asset, params: DesiredStateParams, ctx: Context) -> Ite
                 f"rule {priority} ({have.action}) is not declared",
                 f"extra|{priority}",
                 rule_details(have, change="extra"),
+                (RemoveRule(priority),),
             )
         elif have is not None and want is not None:
             diffs = want.differences(have)
@@ -628,4 +652,5 @@ def desired_state(asset: Asset, params: DesiredStateParams, ctx: Context) -> Ite
                     f"rule {priority} differs from its declaration: {'; '.join(diffs)}",
                     f"changed|{priority}",
                     rule_details(have, change="changed", desired=want.body(), desired_action=want.action),
+                    (SetRule(want.body()), SetRuleAction(priority, want.action), *_default_deny(priority)),
                 )
