@@ -114,13 +114,16 @@ def post(url: str, body: bytes, token: str | None = None) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
-def metric(base: str, outcome: str) -> float:
+def metric(d: Daemon, outcome: str) -> float:
+    # read from the daemon's registry: /metrics caches its page for a second
+    value = d.registry.get_sample_value("auditor_feed_messages_total", {"outcome": outcome})
+    assert value is not None, f"no auditor_feed_messages_total for {outcome}"
+    return value
+
+
+def exported(base: str) -> str:
     with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    for line in text.splitlines():
-        if line.startswith(f'auditor_feed_messages_total{{outcome="{outcome}"}}'):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no auditor_feed_messages_total for {outcome}")
+        return resp.read().decode()
 
 
 @pytest.fixture
@@ -168,9 +171,11 @@ def test_valid_and_invalid_tokens(tmp_path: Path, keys: Keys, certs_url: str) ->
             assert refused == [401, 401, 401, 401, 401]
             assert post(url, envelope("2026-12-07T02:00:01Z"), keys.token(email="x@evil.example.com"))[0] == 403
             assert len(d.auditor.feed_changes) == 1  # nothing refused was handed on
-            assert metric(base, "unauthorized") == 6 and metric(base, "accepted") == 1
+            assert metric(d, "unauthorized") == 6 and metric(d, "accepted") == 1
             assert post(url, b'{"message": {"data": "not base64!"}}', keys.token())[0] == 400
-            assert metric(base, "invalid") == 1
+            assert metric(d, "invalid") == 1
+            assert 'auditor_feed_messages_total{outcome="accepted"}' in exported(base)
+            assert "auditor_feed_lag_seconds" in exported(base)
         finally:
             assert d.server is not None
             d.server.shutdown()
@@ -185,7 +190,7 @@ def test_redelivery_and_out_of_order_change_nothing(daemon: tuple[Daemon, str]) 
     assert post(url, envelope("2026-12-07T02:00:09Z", deleted=True, message_id="c"))[0] == 204
     changes = list(d.auditor.feed_changes)
     assert [(c.message_id, c.deleted) for c in changes] == [("a", False), ("c", True)]
-    assert (metric(base, "accepted"), metric(base, "redelivery"), metric(base, "out_of_order")) == (2, 1, 1)
+    assert (metric(d, "accepted"), metric(d, "redelivery"), metric(d, "out_of_order")) == (2, 1, 1)
 
 
 def test_no_audience_accepts_loopback_callers_only() -> None:
