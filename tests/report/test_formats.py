@@ -19,7 +19,7 @@ from junitparser import Error, Failure, JUnitXml
 from auditor.cli import cli
 from auditor.collect import SourceOptions
 from auditor.evaluate.rulebook import load_rules
-from auditor.report.formats import CSV_COLUMNS, RENDERERS, StreamedReport
+from auditor.report.formats import CSV_COLUMNS, StreamedReport, format_names
 from auditor.scan import ScanResult, run_scan
 from tests.conftest import DATA, EXAMPLES, REPO
 
@@ -33,6 +33,7 @@ EXEMPTION = """
   severity: critical
   description: Nothing is public, but for the model cards site.
   params: {members: [allUsers]}
+  labels: {team: web}
   exemptions:
     - {resource: "//storage.googleapis.com/helix-model-cards-site", reason: public model cards, owner: web-team,
        ticket: SEC-1, expires: 2099-01-01}
@@ -82,6 +83,7 @@ def test_json_report_has_the_documented_shape_and_the_rule_facts(json_report: di
     assert bucket["remedy"]["kind"] == "iam.remove_member" and bucket["remedy"]["text"]
     manual = next(f for f in findings if f["rule"] == "exempted-public-bucket")
     assert manual["remedy"]["kind"] is None and manual["remedy"]["text"]
+    assert manual["labels"] == {"team": "web"}
     exempted = [f for f in findings if f["exempted"]]
     assert [f["exemption"]["ticket"] for f in exempted] == ["SEC-1"]
     # worst first, then by rule id
@@ -91,7 +93,7 @@ def test_json_report_has_the_documented_shape_and_the_rule_facts(json_report: di
 
 
 def test_spilled_report_equals_report_held_in_memory(rules_dir: Path) -> None:
-    for fmt in RENDERERS:
+    for fmt in format_names():
         held, _ = scan_report(fmt, rules_dir)
         spilled, _ = scan_report(fmt, rules_dir, budget=200)  # every few findings go to the temporary file
         assert held == spilled, fmt
@@ -132,6 +134,8 @@ def test_sarif_is_valid_2_1_0_with_a_rule_per_baseline_rule(rules_dir: Path, jso
     assert public["properties"]["security-severity"] == "9.5"
     assert public["fullDescription"]["text"].startswith("allUsers and allAuthenticatedUsers")
     assert public["properties"]["remediation"] == "iam.remove_member"
+    labelled = next(r for r in rules if r["id"] == "exempted-public-bucket")
+    assert "team:web" in labelled["properties"]["tags"] and labelled["properties"]["labels"] == {"team": "web"}
     results = run["results"]
     assert [r["partialFingerprints"]["findingId/v1"] for r in results] == [f["id"] for f in json_report["findings"]]
     for r in results:
@@ -179,7 +183,7 @@ def test_partial_snapshot_is_an_error_in_junit_and_sarif(rules_dir: Path) -> Non
     assert any("HTTP 403" in n["message"]["text"] for n in invocation["toolExecutionNotifications"])
 
 
-@pytest.mark.parametrize("fmt", sorted(RENDERERS))
+@pytest.mark.parametrize("fmt", format_names())
 def test_scan_command_writes_every_format(tmp_path: Path, fmt: str) -> None:
     out = tmp_path / f"report.{fmt}"
     runner = CliRunner()
