@@ -17,6 +17,7 @@ import base64
 import hmac
 import ipaddress
 import itertools
+import json
 import os
 import signal
 import sys
@@ -42,6 +43,7 @@ from auditor.cycle import Auditor
 from auditor.errors import AuditorError
 from auditor.http_server import CLIENT_HEADER, HttpServer, Limits, Response
 from auditor.logs import get_logger
+from auditor.report.formats import render_published, renderers
 from auditor.report.metrics import AuditorCollector, make_registry
 from auditor.settings import Settings
 
@@ -74,10 +76,18 @@ def respond(d: Daemon, method: str, target: str, headers: Mapping[str, str]) -> 
     if path == "/findings.json":
         # A page at a time, read from the store: the daemon never holds every finding.
         query = urllib.parse.parse_qs(target.partition("?")[2])
+        fmt = (query.pop("format", None) or ["json"])[-1]
+        if fmt != "json" and fmt not in renderers:
+            return _reply(HTTPStatus.BAD_REQUEST, "text/plain",
+                          f"unknown format {fmt}; known: {', '.join(renderers)}\n".encode())
         try:
             body = d.auditor.findings_json(query)
         except ValueError as exc:
             return _reply(HTTPStatus.BAD_REQUEST, "text/plain", f"{exc}\n".encode())
+        if fmt != "json":  # SARIF, JUnit, CSV, NDJSON... of the same page of findings, the last cycle as the scan
+            doc = json.loads(body)
+            body = render_published(fmt, doc, doc["findings"], d.auditor.rules)
+            return _reply(HTTPStatus.OK, renderers.items()[fmt].media_type, body)
         return _reply(HTTPStatus.OK, "application/json", body)
     if path == "/report":
         return _reply(HTTPStatus.OK, "text/html; charset=utf-8", d.auditor.published.report_html)

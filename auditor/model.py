@@ -257,6 +257,8 @@ class Finding:
     # An exemption that matched but has expired: the finding counts, and says why it is no longer exempt.
     expired_exemption: Exempted | None = None
     ancestors: tuple[str, ...] = ()  # the asset's, from the asset upwards (shared with it, not copied)
+    # The fixes the check offers (auditor.remedies models): what the remediation planner reads, never `details`.
+    remedies: tuple[Any, ...] = ()
 
     @property
     def project(self) -> str | None:

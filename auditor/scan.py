@@ -202,34 +202,35 @@ class Duplicates:
 
     def __init__(self, run: EvaluationRun) -> None:
         self.run = run
-        self.seen: dict[int, tuple[str | None, str]] = {}
+        # hash of (name, has resource, has IAM policy) -> the kept copy's update time (a string the asset held)
+        self.seen: dict[int, str | None] = {}
 
     def stream(self, assets: Iterable[Asset], status: SourceStatus) -> Iterator[Asset]:
         seen, run = self.seen, self.run
+        missing = object()
         for a in assets:
             key = hash((a.name, a.has_resource, a.has_iam_policy))
-            first = seen.get(key)
-            if first is None:
-                seen[key] = (a.update_time, a.origin)
+            kept: Any = seen.get(key, missing)
+            if kept is missing:
+                seen[key] = a.update_time
                 yield a
                 continue
-            kept_time, kept_at = first
-            later = a.update_time is not None and (kept_time is None or a.update_time > kept_time)
+            times = f"update times {kept or 'unknown'} and {a.update_time or 'unknown'}"
+            later = a.update_time is not None and (kept is None or a.update_time > kept)
             if later and run.result.sink is not None:
                 # the first copy's findings are already written (a streamed report): it stays, and the result
                 # says that a newer copy was not read
-                self._note(status, f"{a.name}: read at {kept_at} and, newer ({a.update_time}), at {a.origin}; "
-                                   "the copy read first was already reported and is kept")
+                self._note(status, f"{a.name}: read again at {a.origin} ({times}); the copy read first was "
+                                   "already reported and is kept")
                 status.fail("*", f"{a.name}: a newer copy at {a.origin} was read after the older one was reported")
                 continue
             if later:
                 run.forget(a)
-                seen[key] = (a.update_time, a.origin)
-                self._note(status, f"{a.name}: read at {kept_at} and at {a.origin}; the later copy "
-                                   f"({a.update_time}) replaces the first")
+                seen[key] = a.update_time
+                self._note(status, f"{a.name}: read again at {a.origin} ({times}); the later copy replaces the first")
                 yield a
             else:
-                self._note(status, f"{a.name}: read at {kept_at} and at {a.origin}; the copy read first is kept")
+                self._note(status, f"{a.name}: read again at {a.origin} ({times}); the copy read first is kept")
 
     @staticmethod
     def _note(status: SourceStatus, what: str) -> None:

@@ -9,9 +9,16 @@ firewalls, pods, enabled services). A small share of the assets violate the ship
 basic roles, an allowing default Cloud Armor rule, open allow rules, cluster-admin for humans, user-managed keys,
 tenant namespaces without quota or default-deny policy).
 
-The same seed and size give the same bytes.
+Two profiles. `tidy` (the default): few findings and small Cloud Armor policies. `messy`: an organization as a
+first scan meets it: Cloud Armor policies of 5 to 200 rules (the product's default limit), each rule with up to
+10 source ranges, IPv4 and IPv6, overlapping and shadowed, some in preview, some matched by expressions; most
+projects with basic roles held by people, external members, admin service accounts, public buckets, and tenant
+RBAC mistakes: about one finding per asset with the shipped baseline.
+
+The same seed, size and profile give the same bytes.
 
     python bench/generate.py --assets 1000000 --output bench/data/org-1000000.ndjson [--gzip] [--seed 7]
+    python bench/generate.py --profile messy --assets 1000000 --output bench/data/messy-1000000.ndjson
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import IO, Any, cast
 
 import msgspec
 
-GENERATOR_VERSION = 2  # bump when the output changes, so cached benchmark files are regenerated
+GENERATOR_VERSION = 3  # bump when the output changes, so cached benchmark files are regenerated
 ORG_ID = "112233445566"
 DOMAIN = "example-ml.com"
 REGIONS = ("us-central1", "europe-west4", "asia-southeast1", "us-east4")
@@ -65,6 +72,45 @@ RATE_ARMOR_NO_RATE_LIMIT = 0.05
 RATE_CLUSTER_ADMIN = 0.05
 RATE_NO_QUOTA = 0.03
 RATE_NO_NETPOL = 0.03
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How messy the organization is: the rates of the injected violations, and the Cloud Armor policies' shape.
+
+    A rate of 0 draws no random number, so that `tidy` writes the bytes it always wrote."""
+
+    name: str
+    basic_role: float = RATE_BASIC_ROLE
+    public_bucket: float = RATE_PUBLIC_BUCKET
+    cluster_admin: float = RATE_CLUSTER_ADMIN
+    no_quota: float = RATE_NO_QUOTA
+    no_netpol: float = RATE_NO_NETPOL
+    external_member: float = 0.0  # a gmail.com account on the project
+    admin_service_account: float = 0.0  # a service account holding roles/editor or an *Admin role on the project
+    tenant_admin: float = 0.0  # a tenant's developers bound to the admin ClusterRole in their namespace
+    armor_policies: float = 0.3  # share of projects with Cloud Armor policies
+    armor_per_project: int = 2  # at most, per project that has some
+    messy_armor: bool = False
+
+
+PROFILES = {
+    "tidy": Profile("tidy"),
+    "messy": Profile(
+        "messy",
+        basic_role=0.7,
+        public_bucket=0.08,
+        cluster_admin=0.3,
+        no_quota=0.25,
+        no_netpol=0.25,
+        external_member=0.5,
+        admin_service_account=0.5,
+        tenant_admin=0.3,
+        armor_policies=1.0,
+        armor_per_project=6,
+        messy_armor=True,
+    ),
+}
 
 
 @dataclass
@@ -148,9 +194,10 @@ def _iam(
 class _Org:
     """Emits one organization, project by project, with its own random stream."""
 
-    def __init__(self, w: _Writer, rng: random.Random) -> None:
+    def __init__(self, w: _Writer, rng: random.Random, profile: Profile = PROFILES["tidy"]) -> None:
         self.w = w
         self.rng = rng
+        self.p = profile
         self.org = f"organizations/{ORG_ID}"
         self._scripts = [self._startup_script(i) for i in range(8)]
         self._ssh = [self._ssh_keys(i) for i in range(8)]
@@ -296,7 +343,7 @@ class _Org:
                 "members": [f"serviceAccount:{number}-compute@developer.gserviceaccount.com"],
             },
         ]
-        if rng.random() < RATE_BASIC_ROLE:
+        if rng.random() < self.p.basic_role:
             bindings.append(
                 {
                     "role": rng.choice(("roles/owner", "roles/editor")),
@@ -304,6 +351,19 @@ class _Org:
                 }
             )
             w.stats.violations["basic_role_on_project"] += 1
+        if self.p.external_member and rng.random() < self.p.external_member:
+            bindings.append(
+                {"role": "roles/viewer", "members": [f"user:contractor{rng.randrange(900)}@gmail.com"]}
+            )
+            w.stats.violations["external_member"] += 1
+        if self.p.admin_service_account and rng.random() < self.p.admin_service_account:
+            bindings.append(
+                {
+                    "role": rng.choice(("roles/editor", "roles/storage.admin", "roles/compute.instanceAdmin")),
+                    "members": [f"serviceAccount:ci-deployer@{pid}.iam.gserviceaccount.com"],
+                }
+            )
+            w.stats.violations["admin_service_account"] += 1
         w.line(
             _iam(
                 pname,
@@ -337,9 +397,12 @@ class _Org:
         self._network(pid, region, anc, pname)
         for i in range(rng.randint(0, 30)):
             self._instance(pid, number, i, region, anc, pname)
-        if rng.random() < 0.3:
-            for k in range(rng.randint(1, 2)):
-                self._security_policy(pid, k, anc, pname)
+        if rng.random() < self.p.armor_policies:
+            for k in range(rng.randint(1, self.p.armor_per_project)):
+                if self.p.messy_armor:
+                    self._messy_security_policy(pid, k, anc, pname)
+                else:
+                    self._security_policy(pid, k, anc, pname)
         if rng.random() < 0.15:
             self._cluster(pid, number, region, anc, pname)
 
@@ -408,7 +471,7 @@ class _Org:
             {"role": "roles/storage.legacyBucketReader", "members": [f"projectViewer:{pid}"]},
             {"role": "roles/storage.objectAdmin", "members": [f"serviceAccount:trainer@{pid}.iam.gserviceaccount.com"]},
         ]
-        if rng.random() < RATE_PUBLIC_BUCKET:
+        if rng.random() < self.p.public_bucket:
             bindings.append(
                 {"role": "roles/storage.objectViewer", "members": [rng.choice(("allUsers", "allAuthenticatedUsers"))]}
             )
@@ -871,7 +934,7 @@ class _Org:
                 [{"kind": "ServiceAccount", "name": "namespace-controller", "namespace": "kube-system"}],
             ),
         ]
-        if rng.random() < RATE_CLUSTER_ADMIN:
+        if rng.random() < self.p.cluster_admin:
             crbs.append(
                 (
                     "oncall-admin",
@@ -950,6 +1013,7 @@ class _Org:
                 "edit",
                 [{"kind": "ServiceAccount", "name": "pipeline", "namespace": ns}],
             ),
+            *self._tenant_mistakes(ns),
         ):
             self._k8s(
                 f"{nsname}/rbac.authorization.k8s.io/rolebindings/{rb}",
@@ -964,7 +1028,7 @@ class _Org:
                 anc,
                 pname,
             )
-        if rng.random() < RATE_NO_QUOTA:
+        if rng.random() < self.p.no_quota:
             w.stats.violations["tenant_without_quota"] += 1
         else:
             self._k8s(
@@ -981,7 +1045,7 @@ class _Org:
                 anc,
                 pname,
             )
-        if rng.random() < RATE_NO_NETPOL:
+        if rng.random() < self.p.no_netpol:
             w.stats.violations["tenant_without_default_deny"] += 1
         else:
             self._k8s(
@@ -1030,12 +1094,153 @@ class _Org:
                 pname,
             )
 
+    def _tenant_mistakes(self, ns: str) -> list[tuple[str, str, str, list[dict[str, Any]]]]:
+        """RoleBindings a messy tenant adds: its developers as cluster-admin of the namespace, everyone as viewer."""
+        rng = self.rng
+        if not self.p.tenant_admin or rng.random() >= self.p.tenant_admin:
+            return []
+        self.w.stats.violations["tenant_rbac_mistake"] += 1
+        return [
+            (
+                f"{ns}-devs-admin",
+                "ClusterRole",
+                "cluster-admin",
+                [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": f"dev{rng.randrange(99)}@{DOMAIN}"}],
+            ),
+            (
+                f"{ns}-everyone",
+                "ClusterRole",
+                "view",
+                [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:authenticated"}],
+            ),
+        ]
+
+    # -- messy Cloud Armor ------------------------------------------------------------------------------------------
+    def _src_range(self, near: list[str]) -> str:
+        """A source range: trusted, public, IPv6, or inside one seen before in the policy (overlaps and shadows)."""
+        rng = self.rng
+        roll = rng.random()
+        if near and roll < 0.25:
+            base = rng.choice(near)
+            if ":" not in base and "/" in base:
+                net, bits = base.split("/")
+                bits_n = int(bits)
+                if bits_n < 32:
+                    a, b, c, d = (int(x) for x in net.split("."))
+                    sub = min(32, bits_n + rng.randint(1, 8))
+                    host = rng.getrandbits(32 - bits_n)
+                    addr = (((a << 24) | (b << 16) | (c << 8) | d) | host) & ~((1 << (32 - sub)) - 1) & 0xFFFFFFFF
+                    return f"{addr >> 24}.{(addr >> 16) & 255}.{(addr >> 8) & 255}.{addr & 255}/{sub}"
+            return base
+        if roll < 0.45:
+            plen = rng.choice((16, 20, 24))
+            third = rng.randrange(256) & (0xFF << (24 - plen)) & 0xFF
+            return f"10.{rng.randrange(256)}.{third}.0/{plen}"
+        if roll < 0.55:
+            return f"203.0.113.{rng.randrange(16) * 16}/28"
+        if roll < 0.8:
+            return f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}/32"
+        if roll < 0.9:
+            return f"2001:db8:{rng.randrange(1 << 16):x}:{rng.randrange(1 << 16):x}::/64"
+        return f"2a00:{rng.randrange(1 << 16):x}::/{rng.choice((32, 48))}"
+
+    def _messy_security_policy(self, pid: str, k: int, anc: list[str], pname: str) -> None:
+        w, rng = self.w, self.rng
+        policy = f"edge-{k}"
+        n_rules = min(200, max(5, int(rng.paretovariate(1.2) * 14)))
+        rules: list[dict[str, Any]] = []
+        seen: list[str] = []
+        priority = 100
+        for p in range(n_rules - 1):
+            priority += rng.choice((0, 10, 10, 10, 20, 100)) if p else 0
+            if rng.random() < 0.12:
+                rules.append(
+                    {
+                        "priority": priority,
+                        "action": rng.choice(("deny(403)", "deny(404)", "throttle")),
+                        "description": f"waf {p}",
+                        "preview": rng.random() < 0.3,
+                        "match": {
+                            "expr": {
+                                "expression": rng.choice(
+                                    (
+                                        "evaluatePreconfiguredExpr('sqli-v33-stable')",
+                                        "evaluatePreconfiguredExpr('xss-v33-stable')",
+                                        "origin.region_code == 'KP'",
+                                        "request.path.matches('/admin/.*')",
+                                    )
+                                )
+                            }
+                        },
+                        **(
+                            {
+                                "rateLimitOptions": {
+                                    "conformAction": "allow",
+                                    "exceedAction": "deny(429)",
+                                    "enforceOnKey": "IP",
+                                    "rateLimitThreshold": {"count": 600, "intervalSec": 60},
+                                }
+                            }
+                            if rng.random() < 0.5
+                            else {}
+                        ),
+                    }
+                )
+                continue
+            ranges = [self._src_range(seen) for _ in range(rng.randint(1, 10))]
+            seen.extend(r for r in ranges if rng.random() < 0.3)
+            if rng.random() < 0.01:
+                ranges.append("0.0.0.0/0")
+            rules.append(
+                {
+                    "priority": priority,
+                    "action": rng.choice(("allow", "allow", "deny(403)", "deny(404)", "deny(502)")),
+                    "description": f"rule {p}",
+                    "preview": rng.random() < 0.05,
+                    "match": {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRange": ranges}},
+                }
+            )
+            w.stats.violations["armor_rules"] += 1
+        default_allow = rng.random() < RATE_ARMOR_DEFAULT_ALLOW
+        if default_allow:
+            w.stats.violations["armor_default_allow"] += 1
+        rules.append(
+            {
+                "priority": 2147483647,
+                "action": "allow" if default_allow else "deny(403)",
+                "description": "default rule",
+                "preview": False,
+                "match": {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRange": ["*"]}},
+            }
+        )
+        w.line(
+            _resource(
+                f"//compute.googleapis.com/projects/{pid}/global/securityPolicies/{policy}",
+                "compute.googleapis.com/SecurityPolicy",
+                {
+                    "name": policy,
+                    "id": str(rng.getrandbits(60)),
+                    "kind": "compute#securityPolicy",
+                    "type": "CLOUD_ARMOR",
+                    "fingerprint": "Xq1hTq8b2aQ=",
+                    "rule": rules,
+                    "selfLink": f"https://www.googleapis.com/compute/v1/projects/{pid}/global/securityPolicies/{policy}",
+                },
+                pname,
+                anc,
+                "compute",
+            )
+        )
+
     def _k8s(self, name: str, asset_type: str, obj: dict[str, Any], anc: list[str], pname: str) -> None:
         self.w.line(_resource(name, asset_type, obj, pname, anc, "k8s"))
 
 
-def generate(n_assets: int, output: str | Path, *, seed: int = 7, compress: bool = False) -> Stats:
-    """Write `n_assets` CAI export lines to `output` (gzip when `compress`); the same seed gives the same bytes."""
+def generate(
+    n_assets: int, output: str | Path, *, seed: int = 7, compress: bool = False, profile: str = "tidy"
+) -> Stats:
+    """Write `n_assets` CAI export lines to `output` (gzip when `compress`); the same seed and profile give the same
+    bytes."""
     if n_assets < 1:
         raise ValueError("the number of assets must be at least 1")
     path = Path(output)
@@ -1044,7 +1249,7 @@ def generate(n_assets: int, output: str | Path, *, seed: int = 7, compress: bool
         fh = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0)) if compress else raw
         writer = _Writer(fh, n_assets)
         with contextlib.suppress(_Full):
-            _Org(writer, random.Random(seed)).run()
+            _Org(writer, random.Random(seed), PROFILES[profile]).run()
         writer.flush()
         if fh is not raw:
             fh.close()
@@ -1066,8 +1271,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", "-o", required=True, help="output file (.ndjson, or .ndjson.gz with --gzip)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--gzip", action="store_true", help="gzip the output")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="tidy", help="tidy (default) or messy")
     args = ap.parse_args(argv)
-    stats = generate(args.assets, args.output, seed=args.seed, compress=args.gzip)
+    stats = generate(args.assets, args.output, seed=args.seed, compress=args.gzip, profile=args.profile)
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(stats.to_dict())).decode() + "\n")
     return 0
 

@@ -1,15 +1,20 @@
 """Benchmark of the evaluate stage at organization scale: a scan of a CAI export against the floor of decoding it.
 
-Generates (or reuses, under bench/data/) a synthetic organization of N assets and measures, each in a fresh
-subprocess so that peaks of resident memory do not mix:
-- floor: read the file and decode every line into typed objects with msgspec, doing nothing else
-  (`floor-envelope` does the same but leaves `resource.data` and `iam_policy` as raw bytes: what a lazy reader
-  must at least pay);
-- scan: `auditor.scan.run_scan` with the shipped baseline, in one process, and with `--jobs` processes;
+Generates (or reuses, under bench/data/) a synthetic organization of N assets, in each profile asked for (`tidy`:
+few findings, small Cloud Armor policies; `messy`: large policies and about one finding per asset, see
+bench/generate.py), and measures, each in a fresh subprocess so that peaks of resident memory do not mix:
+- floor: read the file and decode every line completely with msgspec, generic (into dicts and lists), doing
+  nothing else: the reference of the ratios; `floor-typed` decodes into typed structs instead, `floor-envelope`
+  leaves `resource.data` and `iam_policy` as raw bytes (what a lazy reader must at least pay);
+- scan: `auditor.scan.run_scan` with the shipped baseline, in one process, and with `--jobs` processes, the
+  findings streamed (counted, not kept);
 - cli: `auditor scan --format json -o FILE` end to end (interpreter start, rule loading, report writing);
-- rules-10 / rules-50: the scan with 10 and 50 rules (shipped rules cloned under new ids).
+- serve: `auditor serve --once` (collect, evaluate, record in a new SQLite state file, report), then a second
+  cycle over the same file (nothing changed), with the state file's size after each;
+- rules-10 / rules-50 (tidy): the scan with 10 and 50 rules (shipped rules cloned under new ids).
 
-    .venv/bin/python bench/run.py --assets 1000000 [--jobs 2] [--json] [--repeat 1] [--no-cli] [--no-rule-scaling]
+    .venv/bin/python bench/run.py --assets 1000000 [--profile tidy|messy|both] [--jobs 2] [--json] [--repeat 1]
+        [--no-cli] [--no-serve] [--no-rule-scaling]
 """
 
 from __future__ import annotations
@@ -98,9 +103,14 @@ class EnvelopeAsset(msgspec.Struct):
     update_time: str | None = None
 
 
-def floor(path: Path, envelope: bool) -> int:
-    """Decode every line of the file into typed objects (in blocks, the fastest way msgspec offers); the count."""
-    decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(EnvelopeAsset if envelope else FloorAsset)
+def floor(path: Path, kind: str) -> int:
+    """Decode every line of the file (in blocks, the fastest way msgspec offers): generically (`floor`), into typed
+    objects (`floor-typed`) or their envelopes (`floor-envelope`); the count."""
+    decoder: msgspec.json.Decoder[Any] = (
+        msgspec.json.Decoder()
+        if kind == "floor"
+        else msgspec.json.Decoder(EnvelopeAsset if kind == "floor-envelope" else FloorAsset)
+    )
     n = 0
     tail = b""
     with open(path, "rb") as fh:
@@ -122,8 +132,8 @@ def measure(kind: str, path: Path, rules_dir: str | None, jobs: int) -> dict[str
     t0 = time.perf_counter()
     c0 = time.process_time()
     out: dict[str, Any] = {}
-    if kind in ("floor", "floor-envelope"):
-        out["assets"] = floor(path, envelope=kind == "floor-envelope")
+    if kind in ("floor", "floor-typed", "floor-envelope"):
+        out["assets"] = floor(path, kind)
     elif kind == "scan":
         from auditor.evaluate.rulebook import load_rules
         from auditor.scan import run_scan
@@ -131,8 +141,10 @@ def measure(kind: str, path: Path, rules_dir: str | None, jobs: int) -> dict[str
         rules = load_rules([rules_dir] if rules_dir else None)
         t0 = time.perf_counter()  # rule loading is not part of the scan
         c0 = time.process_time()
-        result = run_scan([str(path)], rules, jobs=jobs)
-        out.update(assets=result.evaluation.assets, findings=len(result.findings), rules=len(rules))
+        # The findings stream by as a scan writing a report sees them, counted and let go.
+        result = run_scan([str(path)], rules, jobs=jobs, on_finding=lambda f: None)
+        out.update(assets=result.evaluation.assets, findings=result.counts().open + result.counts().exempted,
+                   rules=len(rules))  # fmt: skip
     elif kind == "rule-costs":
         out["rule_seconds"] = rule_costs(path, rules_dir)
     else:
@@ -206,16 +218,69 @@ def _cli(path: Path, jobs: int) -> dict[str, Any]:
         stderr = proc.stderr.read().decode() if proc.stderr else ""
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"auditor scan failed:\n{stderr}")
-        doc = json.loads(report.read_text())
+        summary = _report_summary(report)
     # ru_maxrss of wait4 is the CLI process alone; its workers are its children and are not included here.
     return {
         "seconds": seconds,
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "rss_mb": usage.ru_maxrss / 1024,
         "child_rss_mb": 0.0,
-        "assets": doc["summary"]["assets"],
-        "findings": len(doc["findings"]),
+        "assets": summary["assets"],
+        "findings": summary["findings"] + summary["exempted"],
     }
+
+
+def _report_summary(report: Path) -> dict[str, Any]:
+    """The summary of a JSON report, read from its head (the report holds a million findings after it)."""
+    with open(report, "rb") as fh:
+        head = fh.read(1 << 20)
+    cut = head.index(b',"findings":[')
+    summary: dict[str, Any] = json.loads(head[:cut] + b"}")["summary"]
+    return summary
+
+
+def _serve(path: Path, cycles: int = 2) -> list[dict[str, Any]]:
+    """`auditor serve --once` `cycles` times over the same file and one new state file: each cycle's time, peak
+    memory and the state file's size after it."""
+    auditor = Path(sys.executable).with_name("auditor")
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "state.db"
+        config = Path(tmp) / "config.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "sources": [str(path)],
+                    "state_path": str(state),
+                    "log_format": "json",
+                    "log_level": "warning",
+                    "remediation": {"enabled": False},
+                }
+            )
+        )
+        for _ in range(cycles):
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                [str(auditor), "serve", "--once", "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            _, status, usage = os.wait4(proc.pid, 0)
+            seconds = time.perf_counter() - t0
+            stdout = proc.stdout.read().decode() if proc.stdout else ""
+            stderr = proc.stderr.read().decode() if proc.stderr else ""
+            if os.waitstatus_to_exitcode(status) not in (0, 1):
+                raise SystemExit(f"auditor serve --once failed:\n{stderr[-4000:]}")
+            summary = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else {}
+            out.append(
+                {
+                    "seconds": seconds,
+                    "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                    "rss_mb": usage.ru_maxrss / 1024,
+                    "state_mb": sum(f.stat().st_size for f in Path(tmp).glob("state.db*")) / 1e6,
+                    "outcome": summary.get("outcome"),
+                    "findings": summary.get("open"),
+                }
+            )
+    return out
 
 
 # -- rules for the scaling figure ----------------------------------------------------------------------------------
@@ -282,12 +347,13 @@ def write_cloned_rules(folder: Path, count: int, distinct: bool = False) -> int:
 
 
 # -- the run -------------------------------------------------------------------------------------------------------
-def dataset(n: int, seed: int, compress: bool) -> Path:
-    path = DATA / f"org-{n}-s{seed}-v{GENERATOR_VERSION}.ndjson{'.gz' if compress else ''}"
+def dataset(n: int, seed: int, compress: bool, profile: str = "tidy") -> Path:
+    stem = "org" if profile == "tidy" else profile
+    path = DATA / f"{stem}-{n}-s{seed}-v{GENERATOR_VERSION}.ndjson{'.gz' if compress else ''}"
     meta = path.with_name(path.name + ".stats.json")
     if not (path.exists() and meta.exists()):
-        sys.stderr.write(f"generating {n:,} assets into {path} ...\n")
-        stats = generate(n, path, seed=seed, compress=compress)
+        sys.stderr.write(f"generating {n:,} assets ({profile}) into {path} ...\n")
+        stats = generate(n, path, seed=seed, compress=compress, profile=profile)
         meta.write_text(json.dumps(stats.to_dict(), indent=2))
     return path
 
@@ -325,29 +391,49 @@ def best(kind: str, path: Path, repeat: int, rules_dir: str | None = None, jobs:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    path = dataset(args.assets, args.seed, args.gzip)
+    profiles = ["tidy", "messy"] if args.profile == "both" else [args.profile]
+    return {
+        "machine": machine(),
+        "assets": args.assets,
+        "profiles": {p: run_profile(args, p) for p in profiles},
+    }
+
+
+def run_profile(args: argparse.Namespace, profile: str) -> dict[str, Any]:
+    path = dataset(args.assets, args.seed, args.gzip, profile)
     size = path.stat().st_size
     rows: list[dict[str, Any]] = []
     log = sys.stderr.write
-    log("floor ...\n")
+    log(f"[{profile}] floor ...\n")
     fl = best("floor", path, args.repeat)
-    rows.append(_row("floor: msgspec typed decode", fl, size))
+    rows.append(_row("floor: msgspec generic decode", fl, size))
+    typed = best("floor-typed", path, args.repeat)
+    rows.append(_row("floor: msgspec typed decode", typed, size))
     env = best("floor-envelope", path, args.repeat)
     rows.append(_row("floor: envelope only (raw payloads)", env, size))
-    log("scan ...\n")
+    log(f"[{profile}] scan ...\n")
     scan1 = best("scan", path, args.repeat)
     rows.append(_row("scan, 1 process (run_scan)", scan1, size))
     scan_j = None
     if args.jobs > 1:
         scan_j = best("scan", path, args.repeat, jobs=args.jobs)
         rows.append(_row(f"scan, --jobs {args.jobs} (run_scan)", scan_j, size, args.jobs))
+    cli = None
     if not args.no_cli:
-        log("cli ...\n")
-        rows.append(_row("auditor scan (CLI, end to end)", _cli(path, 1), size))
+        log(f"[{profile}] cli ...\n")
+        cli = _cli(path, 1)
+        rows.append(_row("auditor scan --format json -o (CLI)", cli, size))
         if args.jobs > 1:
             rows.append(_row(f"auditor scan --jobs {args.jobs} (CLI)", _cli(path, args.jobs), size))
+    serve: list[dict[str, Any]] = []
+    if not args.no_serve:
+        log(f"[{profile}] serve --once ...\n")
+        serve = _serve(path)
+        for i, m in enumerate(serve):
+            rows.append({**_row(f"auditor serve --once, cycle {i + 1}", {**m, "assets": args.assets}, size),
+                         "state_mb": round(m["state_mb"], 1), "outcome": m["outcome"]})  # fmt: skip
     scaling: dict[str, Any] | None = None
-    if not args.no_rule_scaling:
+    if not args.no_rule_scaling and profile == "tidy":
         log("rule scaling ...\n")
         with tempfile.TemporaryDirectory() as tmp:
             r10, r50, r50d = Path(tmp) / "r10", Path(tmp) / "r50", Path(tmp) / "r50d"
@@ -371,47 +457,63 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "added_percent_distinct_cpu": round(100 * (m50d["cpu_seconds"] / m10["cpu_seconds"] - 1), 1),
         }
     return {
-        "machine": machine(),
-        "assets": args.assets,
+        "profile": profile,
         "file": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path),
         "file_mb": round(size / 1e6, 1),
         "rules": scan1.get("rules"),
+        "findings": scan1.get("findings"),
         "rows": rows,
         "ratio_scan_to_floor": round(scan1["seconds"] / fl["seconds"], 2),
         "ratio_scan_to_floor_cpu": round(scan1["cpu_seconds"] / fl["cpu_seconds"], 2),
+        "ratio_cli_to_floor": round(cli["seconds"] / fl["seconds"], 2) if cli else None,
+        "ratio_cli_to_floor_cpu": round(cli["cpu_seconds"] / fl["cpu_seconds"], 2) if cli else None,
+        "ratio_scan_to_typed_floor": round(scan1["seconds"] / typed["seconds"], 2),
         "ratio_scan_to_envelope_floor": round(scan1["seconds"] / env["seconds"], 2),
         "ratio_parallel_scan_to_floor": round(scan_j["seconds"] / fl["seconds"], 2) if scan_j else None,
+        "ratio_serve_to_scan": round(serve[0]["seconds"] / cli["seconds"], 2) if serve and cli else None,
         "rule_scaling": scaling,
     }
 
 
 def render(report: dict[str, Any]) -> str:
     m = report["machine"]
-    lines = [
-        f"{report['assets']:,} assets, {report['file_mb']:,} MB ({report['file']}), {report['rules']} shipped rules",
-        f"machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}",
-        "",
-        f"{'measurement':<40} {'seconds':>8} {'cpu s':>7} {'assets/s':>10} {'MB/s':>7} {'peak MB':>8} {'findings':>9}",
-    ]
-    for r in report["rows"]:
-        findings = "" if r["findings"] is None else f"{r['findings']:,}"
-        lines.append(
-            f"{r['name']:<40} {r['seconds']:>8.2f} {r['cpu_seconds']:>7.2f} {r['assets_per_s']:>10,} "
-            f"{r['mb_per_s']:>7,.1f} {r['peak_rss_mb']:>8.0f} {findings:>9}"
-        )
+    profiles = list(report["profiles"].values())
+    lines = [f"{report['assets']:,} assets; machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}"]
+    for p in profiles:
+        lines.append(f"  {p['profile']}: {p['file_mb']:,} MB ({p['file']}), {p['rules']} shipped rules, "
+                     f"{p['findings']:,} findings")  # fmt: skip
     lines.append("")
-    lines.append(f"ratio scan / floor: {report['ratio_scan_to_floor']} (CPU time: {report['ratio_scan_to_floor_cpu']})")
-    lines.append(f"ratio scan / envelope floor: {report['ratio_scan_to_envelope_floor']}")
-    if report["ratio_parallel_scan_to_floor"] is not None:
-        lines.append(f"ratio parallel scan / floor: {report['ratio_parallel_scan_to_floor']}")
-    s = report["rule_scaling"]
-    if s:
+    names = list(dict.fromkeys(r["name"] for p in profiles for r in p["rows"]))
+    head = f"{'measurement':<40}" + "".join(f" {p['profile'] + ' s':>9} {'cpu s':>7} {'peak MB':>8}" for p in profiles)
+    lines.append(head)
+    for name in names:
+        line = f"{name:<40}"
+        for p in profiles:
+            r = next((r for r in p["rows"] if r["name"] == name), None)
+            if r is None:
+                line += f" {'':>9} {'':>7} {'':>8}"
+            else:
+                line += f" {r['seconds']:>9.2f} {r['cpu_seconds']:>7.2f} {r['peak_rss_mb']:>8.0f}"
+        if "cycle" in name:
+            line += "   state MB: " + " / ".join(
+                str(next((r.get("state_mb") for r in p["rows"] if r["name"] == name), "-")) for p in profiles
+            )
+        lines.append(line)
+    lines.append("")
+    for p in profiles:
         lines.append(
-            f"10 -> 50 rules: {s['seconds_10']} s -> {s['seconds_50']} s ({s['added_percent']:+}%, CPU "
-            f"{s['added_percent_cpu']:+}%) identical clones; -> {s['seconds_50_distinct']} s "
-            f"({s['added_percent_distinct']:+}%, CPU {s['added_percent_distinct_cpu']:+}%) with distinct params "
-            f"({s['clones_with_distinct_params']} of the 40 copies)"
+            f"{p['profile']}: scan / floor {p['ratio_scan_to_floor']} (CPU {p['ratio_scan_to_floor_cpu']}); "
+            f"CLI json / floor {p['ratio_cli_to_floor']} (CPU {p['ratio_cli_to_floor_cpu']}); "
+            f"scan / typed floor {p['ratio_scan_to_typed_floor']}; serve / CLI scan {p['ratio_serve_to_scan']}"
         )
+        s = p["rule_scaling"]
+        if s:
+            lines.append(
+                f"  10 -> 50 rules: {s['seconds_10']} s -> {s['seconds_50']} s ({s['added_percent']:+}%, CPU "
+                f"{s['added_percent_cpu']:+}%) identical clones; -> {s['seconds_50_distinct']} s "
+                f"({s['added_percent_distinct']:+}%, CPU {s['added_percent_distinct_cpu']:+}%) with distinct params "
+                f"({s['clones_with_distinct_params']} of the 40 copies)"
+            )
     return "\n".join(lines)
 
 
@@ -425,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--no-cli", action="store_true", help="skip the end-to-end CLI runs")
     ap.add_argument("--no-rule-scaling", action="store_true", help="skip the 10 and 50 rules runs")
+    ap.add_argument("--no-serve", action="store_true", help="skip the `auditor serve --once` cycles")
+    ap.add_argument("--profile", choices=["tidy", "messy", "both"], default="both", help="organization(s) to measure")
     ap.add_argument("--clean", action="store_true", help="delete the cached generated files first")
     ap.add_argument("--rule-costs", action="store_true", help="only: CPU seconds spent in each shipped rule's check")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
@@ -437,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.clean and DATA.exists():
         shutil.rmtree(DATA)
     if args.rule_costs:
-        path = dataset(args.assets, args.seed, args.gzip)
+        path = dataset(args.assets, args.seed, args.gzip, "tidy" if args.profile == "both" else args.profile)
         costs = _subprocess("rule-costs", path)["rule_seconds"]
         if args.json:
             sys.stdout.write(json.dumps(costs, indent=2) + "\n")

@@ -292,7 +292,7 @@ class Engine:
                     result.errors.append(EvaluationError(r.id, asset.name, f"{type(exc).__name__}: {exc}"))
                     continue
                 for v in violations:
-                    result.add(self._finding(r, asset, v.message, v.key, v.details, result))
+                    result.add(self._finding(r, asset, v.message, v.key, v.details, result, v.remedies))
             return
         memo: dict[tuple[str, str], list[Violation] | BaseException] | None = None
         if rules.keys is not None and not rules.needs_path:
@@ -333,10 +333,11 @@ class Engine:
                 result.errors.append(EvaluationError(r.id, asset.name, f"{type(outcome).__name__}: {outcome}"))
                 continue
             for v in outcome:
-                result.add(self._finding(r, asset, v.message, v.key, v.details, result))
+                result.add(self._finding(r, asset, v.message, v.key, v.details, result, v.remedies))
 
     def _finding(
-        self, r: LoadedRule, asset: Asset, message: str, key: str, details: dict[str, Any], result: Evaluation
+        self, r: LoadedRule, asset: Asset, message: str, key: str, details: dict[str, Any], result: Evaluation,
+        remedies: tuple[Any, ...] = (),
     ) -> Finding:
         rule = r.rule
         exempted = expired = None
@@ -366,6 +367,7 @@ class Engine:
             details=details,
             exempted=exempted,
             expired_exemption=None if exempted else expired,
+            remedies=remedies,
         )
 
     @property

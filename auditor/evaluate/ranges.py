@@ -5,8 +5,8 @@ closed intervals of integers. Both families share one number line: IPv4 addresse
 addresses are shifted past every IPv4 one (`V6`), so an interval never spans families and a sorted list of them
 needs no family tag. A union is a sorted list of merged intervals (adjacent ones joined: two /25 halves are their
 /24); "is this range inside that union" is one binary search. No `ipaddress` object is made in the hot path:
-canonical IPv4 text is parsed by hand, anything else (IPv6, unusual spellings) once by `ipaddress`, whose verdict
-on what is an address stays the reference.
+the usual spellings are read by the C socket parsers, anything else once by `ipaddress`, whose verdict on what is
+an address stays the reference.
 """
 
 from __future__ import annotations
@@ -15,46 +15,48 @@ import ipaddress
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from functools import lru_cache
+from socket import AF_INET6, inet_aton, inet_ntoa, inet_pton
 
 V6 = 1 << 128  # where IPv6 addresses start on the shared number line
 V4_ALL = (0, (1 << 32) - 1)
 V6_ALL = (V6, V6 + (1 << 128) - 1)
 EVERYTHING: tuple[tuple[int, int], ...] = (V4_ALL, V6_ALL)
+FAMILIES = frozenset(EVERYTHING)
 
 Interval = tuple[int, int]
 
 
-def _octets(text: str) -> int | None:
-    """A dotted quad in canonical spelling (no leading zeros, ASCII digits), or None to let `ipaddress` decide."""
-    parts = text.split(".")
-    if len(parts) != 4:
+def _prefix(text: str, width: int) -> int | None:
+    """A prefix length in ASCII digits (as `ipaddress` reads it), or None."""
+    if not (0 < len(text) <= 3 and text.isascii() and text.isdigit()):
         return None
-    n = 0
-    for p in parts:
-        if not (0 < len(p) <= 3 and p.isascii() and p.isdigit()) or (len(p) > 1 and p[0] == "0"):
-            return None
-        v = int(p)
-        if v > 255:
-            return None
-        n = (n << 8) | v
-    return n
+    bits = int(text)
+    return bits if bits <= width else None
 
 
-def _fast_v4(text: str) -> Interval | None:
+def _fast(text: str) -> Interval | None:
+    """The interval of an address or CIDR range in a spelling the C parsers read exactly as `ipaddress` does, or
+    None to let `ipaddress` decide (other spellings, or not an address). IPv4 must be canonical: `inet_aton` also
+    reads `10.1` and `0x0a.0.0.1`, which `ipaddress` refuses, so the text must be what `inet_ntoa` writes back."""
     addr, slash, prefix = text.partition("/")
-    n = _octets(addr)
-    if n is None:
+    try:
+        if ":" in addr:
+            n = int.from_bytes(inet_pton(AF_INET6, addr), "big")
+            width, offset = 128, V6
+        else:
+            packed = inet_aton(addr)
+            if inet_ntoa(packed) != addr:
+                return None
+            n = int.from_bytes(packed, "big")
+            width, offset = 32, 0
+    except (OSError, ValueError):
         return None
-    if not slash:
-        return (n, n)
-    if not (0 < len(prefix) <= 2 and prefix.isascii() and prefix.isdigit()):
+    bits = _prefix(prefix, width) if slash else width
+    if bits is None:
         return None
-    bits = int(prefix)
-    if bits > 32:
-        return None
-    host = (1 << (32 - bits)) - 1
+    host = (1 << (width - bits)) - 1
     lo = n & ~host
-    return (lo, lo | host)
+    return (lo + offset, (lo | host) + offset)
 
 
 @lru_cache(maxsize=65536)
@@ -65,7 +67,7 @@ def parse(text: str) -> tuple[Interval, ...] | None:
     text = text.strip()
     if text == "*":
         return EVERYTHING
-    fast = _fast_v4(text)
+    fast = _fast(text)
     if fast is not None:
         return (fast,)
     try:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from auditor.model import Asset
 from auditor.plugins import Registry
+from auditor.remedies import Remedy
 
 
 class Params(BaseModel):
@@ -33,6 +34,7 @@ class Violation(NamedTuple):
     message: str
     key: str = ""  # what distinguishes two violations of one rule on one asset (member, role, priority...)
     details: dict[str, Any] = {}
+    remedies: tuple[Remedy, ...] = ()  # the fixes the check offers (auditor.remedies); the planner reads these
 
 
 @dataclass

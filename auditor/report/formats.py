@@ -1,6 +1,7 @@
 """Report formats written as findings stream: JSON, NDJSON, CSV, SARIF 2.1.0, JUnit XML and Markdown.
 
-Each format is a `Renderer` registered under its name. It encodes every finding once, as the engine makes it,
+Each format is a `Renderer` registered under its name in `renderers` (the plugin registry type of
+auditor/plugins.py). It encodes every finding once, as the engine makes it,
 into the bytes it will write (`line`); the findings wait in a `Spool` grouped by rule, and once the scan is over
 `write` puts out the header (the summary is known by then), the groups in report order (worst severity first,
 then rule id; findings of a rule in the order they were found) and the footer. Memory does not grow with the
@@ -13,14 +14,15 @@ import csv
 import io
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 from xml.sax.saxutils import escape, quoteattr
 
 import msgspec
 
 from auditor import __version__
-from auditor.model import SEVERITIES, Finding
+from auditor.model import SEVERITIES, Exempted, Finding, Mode, Severity
+from auditor.plugins import Registry
 from auditor.report.escape import md_code, md_text
 from auditor.report.records import RuleFacts, finding_record, report_order
 from auditor.report.spool import Spool, Tally
@@ -41,16 +43,17 @@ class Document:
     head: dict[str, Any]  # version, tool_version, scanned_at, complete, sources
     summary: dict[str, Any]
     summary_line: str
-    incomplete: dict[str, str]  # asset type -> reason, for the types not read completely
+    partial: list[str]  # why the result is not whole (types not read, rules not evaluated, errors); empty if whole
     errors: list[EvaluationError]
     stale_exemptions: list[dict[str, Any]]
     rules: list[RuleFacts]
     tally: Tally
     spool: Spool
+    tail: dict[str, Any] = field(default_factory=dict)  # what the JSON report holds after its findings
 
     @property
     def complete(self) -> bool:
-        return not self.incomplete and bool(self.head.get("complete", True))
+        return not self.partial and bool(self.head.get("complete", True))
 
 
 class Renderer:
@@ -83,19 +86,16 @@ class Renderer:
                 yield None, key
 
 
-RENDERERS: dict[str, type[Renderer]] = {}
+renderers: Registry[type[Renderer]] = Registry("report format")
 
 
 def renderer(cls: type[Renderer]) -> type[Renderer]:
     """Register a format under its `name`."""
-    if cls.name in RENDERERS:
-        raise RuntimeError(f"format {cls.name} registered twice")
-    RENDERERS[cls.name] = cls
-    return cls
+    return renderers.add(cls.name, cls)
 
 
 def format_names() -> list[str]:
-    return list(RENDERERS)
+    return renderers.names()
 
 
 def _joined(doc: Document, keys: Iterator[str], sep: bytes) -> Iterator[bytes]:
@@ -142,8 +142,10 @@ class JsonRenderer(Renderer):
         out.write(head[:-1] + b',"findings":[\n')
         for piece in _joined(doc, (k for _, k in self.groups(doc)), b",\n"):
             out.write(piece)
-        out.write(b'\n],"errors":' + _enc.encode([e.to_dict() for e in doc.errors]))
-        out.write(b',"stale_exemptions":' + _enc.encode(doc.stale_exemptions) + b"}\n")
+        out.write(b"\n]")
+        for key, value in doc.tail.items():
+            out.write(b"," + _enc.encode(key) + b":" + _enc.encode(value))
+        out.write(b"}\n")
 
 
 @renderer
@@ -285,8 +287,8 @@ class SarifRenderer(Renderer):
              "descriptor": {"id": e.rule}}
             for e in doc.errors
         ] + [
-            {"level": "error", "message": {"text": f"{t} not read completely: {reason}"}}
-            for t, reason in sorted(doc.incomplete.items())
+            {"level": "error", "message": {"text": f"partial result: {reason}"}}
+            for reason in doc.partial
         ]  # fmt: skip
         run_head = {
             "tool": {
@@ -357,7 +359,7 @@ class JunitRenderer(Renderer):
         stamp = str(doc.head.get("scanned_at") or "").removesuffix("Z")
         out.write(f'<testsuite name="drift-auditor baseline" {counts} timestamp={_attr(stamp)}>\n'.encode())
         if not doc.complete:
-            reasons = "&#10;".join(_xml_text(f"{t}: {why}") for t, why in sorted(doc.incomplete.items()))
+            reasons = "&#10;".join(_xml_text(why) for why in doc.partial) or "the result is partial"
             out.write(b'<testcase classname="drift-auditor" name="snapshot">'
                       + f'<error type="partial" message="the snapshot is partial">{reasons}</error>'.encode()
                       + b"</testcase>\n")  # fmt: skip
@@ -402,9 +404,9 @@ class MarkdownRenderer(Renderer):
         w: Callable[[str], Any] = lambda s: out.write(s.encode())  # noqa: E731
         stamp = str(doc.head.get("scanned_at") or "")[:16].replace("T", " ")
         w(f"# Baseline audit, {stamp} UTC\n\n{md_text(doc.summary_line)}\n\n")
-        if doc.incomplete:
-            w("> **The snapshot is partial.** Findings of the types below may be missing:\n>\n")
-            w("".join(f"> - {md_code(t, False)}: {md_text(r)}\n" for t, r in sorted(doc.incomplete.items())) + "\n")
+        if not doc.complete:
+            w("> **The result is partial.** Findings may be missing:\n>\n")
+            w("".join(f"> - {md_text(r)}\n" for r in doc.partial) + "\n")
         for sev in reversed(SEVERITIES):
             rules = [r for r in self.rules if r.severity == sev and doc.tally.count(r.id)]
             if not rules:
@@ -433,10 +435,11 @@ class StreamedReport:
     (`ScanResult.counts`)."""
 
     def __init__(self, fmt: str, rules: list[LoadedRule], budget: int | None = None) -> None:
-        if fmt not in RENDERERS:
-            raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(RENDERERS)}")
+        cls = renderers.get(fmt)
+        if cls is None:
+            raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(renderers)}")
         self.facts = report_order(rules)
-        self.renderer = RENDERERS[fmt](self.facts)
+        self.renderer = cls(self.facts)
         self.spool = Spool() if budget is None else Spool(budget)
 
     def add(self, f: Finding) -> None:
@@ -446,16 +449,18 @@ class StreamedReport:
         from auditor.report.render import summary_line
 
         full = result.to_dict(findings=False)
+        head = {k: full[k] for k in ("version", "tool_version", "scanned_at", "complete", "sources")}
         return Document(
-            head={k: full[k] for k in ("version", "tool_version", "scanned_at", "complete", "sources")},
+            head=head,
             summary=full["summary"],
             summary_line=summary_line(result),
-            incomplete=result.incomplete_types(),
+            partial=[] if result.complete else (result.partial_reasons() or ["the result is partial"]),
             errors=list(result.evaluation.errors),
             stale_exemptions=result.stale_exemptions,
             rules=self.facts,
             tally=result.counts(),
             spool=self.spool,
+            tail={k: v for k, v in full.items() if k not in head and k != "summary"},
         )
 
     def write(self, out: BinaryIO, result: ScanResult) -> None:
@@ -473,3 +478,64 @@ def render_bytes(fmt: str, result: ScanResult) -> bytes:
     buf = io.BytesIO()
     report.write(buf, result)
     return buf.getvalue()
+
+
+def finding_from_json(d: dict[str, Any]) -> Finding:
+    """A finding as the daemon publishes it (`/findings.json`) back into the typed form the renderers read."""
+    e = d.get("exemption") if d.get("exempted") else None
+    exempted = Exempted(e["reason"], e["owner"], e.get("ticket"), e.get("expires")) if isinstance(e, dict) else None
+    return Finding(
+        id=d["id"],
+        rule=d["rule"],
+        check=d.get("check") or "",
+        severity=Severity(d["severity"]),
+        mode=Mode(d.get("mode") or "audit"),
+        asset=d["asset"],
+        asset_type=d["asset_type"],
+        message=d["message"],
+        details=d.get("details") or {},
+        exempted=exempted,
+    )
+
+
+def render_published(fmt: str, doc: dict[str, Any], findings: list[dict[str, Any]], rules: list[LoadedRule]) -> bytes:
+    """The daemon's open findings (`/findings.json?format=`) in a report format, with its last cycle as the scan."""
+    from auditor.report.render import summary_text
+
+    cls = renderers.get(fmt)
+    if cls is None:
+        raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(renderers)}")
+    facts = report_order(rules)
+    renderer_ = cls(facts)
+    spool, tally = Spool(), Tally()
+    try:
+        for d in findings:
+            f = finding_from_json(d)
+            tally.add(f)
+            spool.add(renderer_.key(f), renderer_.line(f))
+        cycle = doc.get("cycle") or {}
+        raw = cycle.get("incomplete")
+        partial = [f"{t}: {why}" for t, why in raw.items()] if isinstance(raw, dict) else []
+        if cycle.get("complete") is False and not partial:
+            partial = [f"last cycle {cycle.get('outcome')}: {cycle.get('error') or 'partial'}"]
+        summary = {
+            "assets": cycle.get("assets", 0),
+            "findings": tally.open,
+            "exempted": tally.exempted,
+            "by_severity": tally.by_severity(),
+            "rules": len(rules),
+            "complete": not partial,
+        }
+        head = {
+            "version": 1,
+            "tool_version": __version__,
+            "scanned_at": cycle.get("started_at") or doc.get("generated_at"),
+            "complete": not partial,
+            "sources": cycle.get("sources") or [],
+        }
+        document = Document(head, summary, summary_text(summary), partial, [], [], facts, tally, spool)
+        buf = io.BytesIO()
+        renderer_.write(buf, document)
+        return buf.getvalue()
+    finally:
+        spool.close()

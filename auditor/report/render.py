@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.text import Text
@@ -36,18 +36,23 @@ def _grouped(findings: list[Finding]) -> dict[str, list[Finding]]:
     return groups
 
 
-def summary_line(result: ScanResult) -> str:
-    s = result.summary()
+def summary_text(s: dict[str, Any]) -> str:
+    """`300 assets, 24 rules, 40 findings (7 critical, ...)` from a report's summary."""
     sev = ", ".join(f"{n} {k}" for k, n in s["by_severity"].items() if n)
     parts = [f"{s['assets']} assets", f"{s['rules']} rules", f"{s['findings']} findings" + (f" ({sev})" if sev else "")]
-    if s["exempted"]:
+    if s.get("exempted"):
         parts.append(f"{s['exempted']} exempted")
-    if s["skipped_records"]:
+    if s.get("skipped_records"):
         parts.append(f"{s['skipped_records']} malformed records skipped")
-    if s["evaluation_errors"]:
+    if s.get("evaluation_errors"):
         parts.append(f"{s['evaluation_errors']} evaluation errors")
     if s.get("duplicate_assets"):
         parts.append(f"{s['duplicate_assets']} duplicate assets read once")
+    return ", ".join(parts)
+
+
+def summary_line(result: ScanResult) -> str:
+    parts = [summary_text(result.summary())]
     unknown: dict[str, int] = {}
     for src in result.sources:
         for kind, n in src.unknown.items():

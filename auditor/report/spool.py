@@ -109,11 +109,6 @@ class Spool:
         if buf:
             yield bytes(buf)
 
-    def lines(self, key: str) -> Iterator[bytes]:
-        """The lines of a group one by one, without their newline."""
-        for chunk in self.chunks(key):
-            yield from chunk[:-1].split(b"\n")
-
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

@@ -26,6 +26,7 @@ from auditor.evaluate.policy import DEFAULT_RULE_PRIORITY
 from auditor.model import Asset, Finding
 from auditor.permissions import declare
 from auditor.plugins import remediation_families
+from auditor.remedies import DENY, Remedy, RemoveRule, SetDefaultDeny, SetRule, SetRuleAction, first
 from remediations.edits import Edit, EditError, prune
 from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext
 from remediations.guards import GuardConfig, Refusal
@@ -42,16 +43,15 @@ declare(
 )
 
 NAME = "cloud_armor"
-DENY = "deny(403)"
 OPERATION_TIMEOUT = 120.0
 _CONFLICTS = (gexc.PreconditionFailed, gexc.Conflict, gexc.FailedPrecondition)
 _ARMOR = re.compile(r"^//compute\.googleapis\.com/projects/([^/]+)/global/securityPolicies/([^/]+)$")
-# Which desired-state `change` each remediation answers (None: findings of non-desired-state checks).
-_CHANGES: dict[str, tuple[str | None, ...]] = {
-    "cloud_armor.add_rule": (None, "missing", "changed"),
-    "cloud_armor.remove_rule": (None, "extra"),
-    "cloud_armor.set_rule_action": (None, "changed"),
-    "cloud_armor.set_default_deny": (None, "missing", "changed", "extra"),
+# The remedy each kind makes of what a check offers.
+_REMEDY: dict[str, type[Remedy]] = {
+    "cloud_armor.add_rule": SetRule,
+    "cloud_armor.remove_rule": RemoveRule,
+    "cloud_armor.set_rule_action": SetRuleAction,
+    "cloud_armor.set_default_deny": SetDefaultDeny,
 }
 
 
@@ -84,13 +84,6 @@ def default_deny_rule() -> dict[str, Any]:
     }
 
 
-def _desired(details: dict[str, Any]) -> Any:
-    for k in ("desired", "desired_rule", "rule"):
-        if details.get(k) is not None:
-            return details[k]
-    return None
-
-
 class CloudArmorFamily:
     name = NAME
     token_field = "fingerprint"
@@ -119,29 +112,23 @@ class CloudArmorFamily:
         return str(value) if value not in (None, "") else None
 
     def edits_for(self, finding: Finding, rule: Rule, asset: Asset) -> list[Edit]:
+        """The edit of the remedy the finding offers that the rule's kind makes (typed remedies, never details)."""
         kind = rule.remediation or ""
-        d = dict(finding.details or {})
         base: dict[str, Any] = {"rules": [rule.id], "modes": [finding.mode.value], "findings": [finding.id]}
-        change = d.get("change")
-        if change not in _CHANGES[kind]:
-            raise EditError(f"{kind} does not answer a {change!r} finding")
-        if kind == "cloud_armor.set_default_deny":
+        r = first(finding.remedies, _REMEDY[kind])
+        if r is None:
+            offered = ", ".join(type(x).__name__ for x in finding.remedies) or "no fix"
+            raise EditError(f"{kind} does not answer this finding (it offers {offered})")
+        if isinstance(r, SetDefaultDeny):
             return [Edit(kind, {"priority": DEFAULT_RULE_PRIORITY, "action": DENY}, **base)]
-        desired = _desired(d)
-        priority = d.get("priority")
-        if priority is None and isinstance(desired, dict):
-            priority = desired.get("priority")
-        if priority is None:
-            raise EditError("the finding has no priority")
-        if kind == "cloud_armor.add_rule":
-            # A desired rule at a priority that has another rule replaces it (a `changed` finding).
-            if not isinstance(desired, dict):
-                raise EditError("the finding carries no desired rule to add")
-            return [Edit(kind, {"rule": {**desired, "priority": int(priority)}}, **base)]
-        if kind == "cloud_armor.remove_rule":
-            return [Edit(kind, {"priority": int(priority)}, **base)]
-        action = desired.get("action") if isinstance(desired, dict) else None
-        return [Edit(kind, {"priority": int(priority), "action": action or d.get("desired_action") or DENY}, **base)]
+        if isinstance(r, SetRule):
+            if r.rule.get("priority") is None:
+                raise EditError("the desired rule has no priority")
+            return [Edit(kind, {"rule": {**r.rule, "priority": int(r.rule["priority"])}}, **base)]
+        if isinstance(r, RemoveRule):
+            return [Edit(kind, {"priority": int(r.priority)}, **base)]
+        assert isinstance(r, SetRuleAction)
+        return [Edit(kind, {"priority": int(r.priority), "action": r.action or DENY}, **base)]
 
     def apply(self, state: dict[str, Any] | None, edit: Edit) -> dict[str, Any] | None:
         if state is None:

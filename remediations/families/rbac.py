@@ -25,6 +25,7 @@ from auditor.errors import AuditorError
 from auditor.evaluate.globs import any_match
 from auditor.model import Asset, Finding
 from auditor.plugins import remediation_families
+from auditor.remedies import RemoveSubject, ReplaceRoleRules, first
 from auditor.vocabulary import CLUSTER_ROLE, CLUSTER_ROLE_BINDING, ROLE, ROLE_BINDING, is_system_subject, subject_name
 from remediations.edits import Edit, EditError, prune
 from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext
@@ -60,29 +61,6 @@ def _subjects(obj: dict[str, Any] | None) -> list[dict[str, Any]]:
     return list(sec.get("subjects") or ()) if sec else []
 
 
-def _subject_edits(obj: dict[str, Any], d: dict[str, Any], base: dict[str, Any]) -> list[Edit]:
-    """The subject the finding names; for a desired-state binding (`desired` body), every subject beyond it."""
-    ns = (obj.get("metadata") or {}).get("namespace")
-    subjects = list(obj.get("subjects") or ())
-    who = d.get("subject")
-    if who:
-        for s in subjects:
-            if subject_name(s, ns) == who:
-                return [Edit("rbac.remove_subject", {"subject": s, "subject_name": who}, **base)]
-        raise EditError(f"subject {who!r} is not in the binding")
-    desired = d.get("desired")
-    if not isinstance(desired, dict) or "subjects" not in desired:
-        raise EditError("the finding names no subject")
-    want_ref, have_ref = desired.get("roleRef") or {}, obj.get("roleRef") or {}
-    if want_ref and (want_ref.get("kind"), want_ref.get("name")) != (have_ref.get("kind"), have_ref.get("name")):
-        raise EditError("the binding's roleRef differs from the declared one (a roleRef cannot be changed)")
-    keep = {subject_name(s, ns) for s in desired.get("subjects") or ()}
-    extra = [s for s in subjects if subject_name(s, ns) not in keep]
-    if not extra:
-        raise EditError("the binding lacks declared subjects; rbac.remove_subject only removes")
-    return [Edit("rbac.remove_subject", {"subject": s, "subject_name": subject_name(s, ns)}, **base) for s in extra]
-
-
 class RbacFamily:
     name = NAME
     token_field = "resourceVersion"
@@ -115,26 +93,30 @@ class RbacFamily:
         return str(value) if value not in (None, "") else None
 
     def edits_for(self, finding: Finding, rule: Rule, asset: Asset) -> list[Edit]:
+        """The edits of the remedies the finding offers that the rule's kind makes (typed remedies, never details)."""
         kind = rule.remediation or ""
-        d = dict(finding.details or {})
         base: dict[str, Any] = {"rules": [rule.id], "modes": [finding.mode.value], "findings": [finding.id]}
-        is_binding = asset.asset_type.endswith("Binding")
         if kind == "rbac.replace_role_rules":
             if not asset.asset_type.endswith(("/Role", "/ClusterRole")):
                 raise EditError(f"{kind} changes Roles and ClusterRoles, not {asset.asset_type}")
-            rules = d.get("desired_rules") if d.get("desired_rules") is not None else d.get("desired")
-            if isinstance(rules, dict):
-                rules = rules.get("rules")
-            if rules is None:
-                rules = rule.params.get("rules")
+            r = first(finding.remedies, ReplaceRoleRules)
+            rules = [dict(x) for x in r.rules] if isinstance(r, ReplaceRoleRules) else rule.params.get("rules")
             if not isinstance(rules, list):
                 raise EditError("neither the finding nor the rule's params carry the desired rules")
             return [Edit(kind, {"rules": rules}, **base)]
-        if not is_binding:
+        if not asset.asset_type.endswith("Binding"):
             raise EditError(f"{kind} changes RoleBindings and ClusterRoleBindings, not {asset.asset_type}")
         if kind == "rbac.delete_binding":
             return [Edit(kind, {}, **base)]
-        return _subject_edits(asset.resource, d, base)
+        gone = [r for r in finding.remedies if isinstance(r, RemoveSubject)]
+        if not gone:
+            raise EditError("the finding offers no subject to remove (a roleRef cannot be changed, and "
+                            "rbac.remove_subject never adds one)")
+        listed = {subject_key(s) for s in (asset.resource or {}).get("subjects") or ()}
+        for r in gone:
+            if subject_key(r.subject) not in listed:
+                raise EditError(f"subject {r.name!r} is not in the binding")
+        return [Edit("rbac.remove_subject", {"subject": dict(r.subject), "subject_name": r.name}, **base) for r in gone]
 
     def apply(self, state: dict[str, Any] | None, edit: Edit) -> dict[str, Any] | None:
         if state is None:

@@ -73,3 +73,28 @@ def test_a_small_share_violates_the_shipped_baseline(tmp_path: Path) -> None:
     public = {f.asset for f in result.findings if f.rule == "iam-no-public-members"}
     assert len(public) >= stats.violations["public_bucket"]
     assert 0 < len({f.asset for f in result.findings}) < 6000 * 0.1
+
+
+def test_messy_profile_policies_and_about_one_finding_per_asset(tmp_path: Path) -> None:
+    out = tmp_path / "messy.ndjson"
+    stats = generate(8000, out, seed=7, profile="messy")
+    again = tmp_path / "again.ndjson"
+    generate(8000, again, seed=7, profile="messy")
+    assert out.read_bytes() == again.read_bytes()
+    policies = [json.loads(line) for line in iter_lines(out)
+                if b'"compute.googleapis.com/SecurityPolicy"' in line]
+    assert len(policies) > 50
+    rules = [r for p in policies for r in p["resource"]["data"]["rule"]]
+    sizes = [len(p["resource"]["data"]["rule"]) for p in policies]
+    assert min(sizes) >= 5 and max(sizes) <= 200 and max(sizes) > 60
+    ranges = [s for r in rules for s in (r["match"].get("config") or {}).get("srcIpRange", [])]
+    assert max(len((r["match"].get("config") or {}).get("srcIpRange", [])) for r in rules) <= 11
+    assert any(":" in s for s in ranges) and any("." in s for s in ranges)
+    assert any(r["preview"] for r in rules) and any("expr" in r["match"] for r in rules)
+    result = run_scan([str(out)], load_rules(None))
+    assert not result.evaluation.errors
+    found = {f.rule for f in result.findings}
+    assert {"armor-no-shadowed-rules", "armor-allow-only-trusted-ranges", "iam-no-primitive-roles-on-projects",
+            "iam-no-external-members", "iam-service-accounts-no-admin-roles", "iam-no-public-members",
+            "rbac-no-cluster-admin-for-humans"} <= found
+    assert 0.6 < len(result.findings) / stats.assets < 1.6

@@ -110,7 +110,7 @@ def test_prometheus_scrapes_findings_and_cycle_metrics(tmp_path: Path) -> None:
                 for target in panel.get("targets", []):
                     expr = target["expr"]
                     for var, val in (("$__rate_interval", "1m"), ("$__range", "10m"), ("$project", ".*"),
-                                     ("$severity", ".*")):
+                                     ("$severity", ".*"), ("$scope", ".*")):
                         expr = expr.replace(var, val)
                     results.setdefault(panel["title"], []).extend(query(base, expr))
             for title in ("Open critical findings", "Open findings by severity", "Open findings by rule",

@@ -58,6 +58,20 @@ def test_every_alert_says_what_happened_and_what_to_do(rule: dict[str, Any]) -> 
         assert len(rule["annotations"].get(key, "").strip()) > 20 if key != "summary" else rule["annotations"][key]
 
 
+RUNBOOKS = REPO / "docs" / "operations" / "runbooks.md"
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
+def test_every_alert_links_its_runbook_section_and_the_report(rule: dict[str, Any]) -> None:
+    page, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+    assert page == "docs/operations/runbooks.md" and anchor == rule["alert"].lower()
+    # MkDocs' heading anchors: the heading text, lower-cased.
+    headings = {line[3:].strip().lower() for line in RUNBOOKS.read_text(encoding="utf-8").splitlines()
+                if line.startswith("## ")}
+    assert anchor in headings, f"no section for {rule['alert']} in {RUNBOOKS.name}"
+    assert rule["annotations"]["report_url"].endswith("/report")
+
+
 def test_alerts_read_only_metrics_the_daemon_exports(tmp_path: Path) -> None:
     exported = scrape_metric_names(tmp_path)
     for rule in alert_rules():

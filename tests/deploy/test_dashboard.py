@@ -18,7 +18,7 @@ from tests.daemon.support import REPO, promql_metric_names, require_binary, scra
 DASHBOARD = REPO / "deploy" / "grafana" / "drift-auditor.json"
 # What Grafana substitutes before a query reaches Prometheus.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1d", "$project": ".*",
-                     "$severity": ".*"}
+                     "$severity": ".*", "$scope": ".*"}
 BOUNDED_LABELS = {"rule", "severity", "asset_type", "mode", "outcome", "stage", "change", "source", "code",
                   "exemption", "kind", "le", "project"}
 
@@ -57,6 +57,19 @@ def test_every_query_uses_the_datasource_variable_and_the_project_filter() -> No
         for t in p["targets"]:
             assert t["datasource"]["uid"] == "${datasource}", p["title"]
             assert 'project=~"$project"' in t["expr"], p["title"]
+            assert 'scope=~"$scope"' in t["expr"], p["title"]
+
+
+def test_a_scope_variable_and_a_link_to_the_report() -> None:
+    """Sharded auditors label every series by scope: the dashboard filters by it, and links to /report."""
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    scope = variables["scope"]
+    assert scope["definition"] == "label_values(auditor_up, scope)" and scope["includeAll"]
+    assert scope["allValue"] == ".*"  # one unsharded auditor has no scope label: All still matches it
+    assert variables["report_url"]["type"] == "textbox"
+    assert variables["report_url"]["query"].endswith("/report")
+    (link,) = dashboard()["links"]
+    assert link["url"] == "${report_url}" and "/report" in link["title"]
 
 
 @pytest.mark.parametrize(

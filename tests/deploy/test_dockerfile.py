@@ -2,12 +2,13 @@
 
 No container engine runs here, so the image is not built: the Dockerfile is parsed (dockerfile-parse) and its
 stages, user, entrypoint, ports and paths are checked against pyproject.toml, the daemon's settings and the
-Kubernetes Deployment that runs it.
+Kubernetes StatefulSet that runs it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import tomllib
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 from dockerfile_parse import DockerfileParser
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.deploy.test_manifests import build, container, named, tool, volume_for_mount
 
@@ -66,12 +69,14 @@ def test_build_stage_copies_exactly_what_the_wheel_is_made_of() -> None:
         copied.update(s.rstrip("/") for s in sources if not s.startswith("--"))
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
-    needed = {"pyproject.toml", project["project"]["readme"], *wheel["packages"], *wheel.get("force-include", {})}
+    needed = {"pyproject.toml", project["project"]["readme"], *wheel["packages"], *wheel.get("force-include", {}),
+              "deploy/requirements.lock"}
     assert copied == needed
     for path in copied:
         assert (REPO / path).exists(), f"COPY {path}: not in the repository"
     runs = " ".join(instructions(build_stage, "RUN"))
     assert "build --wheel" in runs and "pip wheel" in runs
+    assert "--require-hashes" in runs and "-r deploy/requirements.lock" in runs
 
 
 def test_runtime_stage_installs_only_wheels_and_no_source() -> None:
@@ -83,6 +88,48 @@ def test_runtime_stage_installs_only_wheels_and_no_source() -> None:
     install = installs[0]
     assert "--mount=type=bind,from=build" in install
     assert "--no-index" in install and ".whl" in install and "--no-cache-dir" in install
+    assert "--require-hashes -r /wheels/requirements.lock" in install and "--no-deps" in install
+
+
+def test_base_image_is_pinned_by_digest() -> None:
+    for image in DockerfileParser(str(DOCKERFILE)).parent_images:
+        name, _, digest = image.partition("@")
+        assert name == "python:3.11-slim-bookworm" and re.fullmatch(r"sha256:[0-9a-f]{64}", digest), image
+
+
+LOCK = REPO / "deploy" / "requirements.lock"
+
+
+def _locked() -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) of deploy/requirements.lock."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    text = LOCK.read_text(encoding="utf-8").replace("\\\n", " ")
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        req, *opts = line.split()
+        name, _, version = req.partition("==")
+        assert version, f"{req}: not pinned with =="
+        out[canonicalize_name(name.split("[")[0])] = (version, [o.split("=", 1)[1] for o in opts
+                                                               if o.startswith("--hash=")])
+    return out
+
+
+def test_every_dependency_is_locked_at_a_version_pyproject_allows_with_hashes() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    locked = _locked()
+    for dep in project["project"]["dependencies"]:
+        req = Requirement(dep)
+        name = canonicalize_name(req.name)
+        assert name in locked, f"{req.name} is in pyproject.toml but not in {LOCK.name}: regenerate the lock"
+        assert req.specifier.contains(locked[name][0], prereleases=True), (
+            f"{req.name}=={locked[name][0]} in {LOCK.name} is outside {req.specifier}: regenerate the lock")
+        for extra in req.extras:  # psycopg[binary] brings psycopg-binary
+            assert f"{name}-{extra}" in locked, f"{dep}: its extra {extra} is not locked"
+    for name, (version, hashes) in locked.items():
+        assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), f"{name}=={version}"
+
 
 
 def test_no_healthcheck_and_serve_is_the_entrypoint() -> None:
@@ -99,9 +146,9 @@ def test_no_healthcheck_and_serve_is_the_entrypoint() -> None:
 def test_default_config_path_is_the_one_the_deployment_mounts() -> None:
     cmd = exec_form(instructions(stages()[1], "CMD")[-1])
     assert cmd[0] == "--config"
-    dep = named(build("base"), "Deployment", "drift-auditor")
+    dep = named(build("base"), "StatefulSet", "drift-auditor")
     c = container(dep)
-    assert "command" not in c, "the Deployment must keep the image's entrypoint"
+    assert "command" not in c, "the StatefulSet must keep the image's entrypoint"
     assert c["args"] == cmd
     config = Path(cmd[1])
     vol = volume_for_mount(dep, str(config.parent))
@@ -116,7 +163,7 @@ def test_runs_as_a_fixed_non_root_user_the_deployment_agrees_with() -> None:
     assert uid.isdigit() and gid.isdigit() and int(uid) >= 10000
     runs = " ".join(instructions(runtime, "RUN"))
     assert f"--uid {uid}" in runs and f"--gid {gid}" in runs
-    dep = named(build("base"), "Deployment", "drift-auditor")
+    dep = named(build("base"), "StatefulSet", "drift-auditor")
     sc = dep["spec"]["template"]["spec"]["securityContext"]
     assert (sc["runAsUser"], sc["runAsGroup"], sc["fsGroup"]) == (int(uid), int(gid), int(gid))
 
@@ -132,10 +179,12 @@ def test_read_only_root_filesystem_friendly() -> None:
     volumes = set(exec_form(instructions(runtime, "VOLUME")[-1]))
     assert volumes == {"/var/lib/drift-auditor", "/tmp"}
     assert instructions(runtime, "WORKDIR")[-1] == "/var/lib/drift-auditor"
-    # The Deployment mounts a writable scratch volume at each of them.
-    dep = named(build("base"), "Deployment", "drift-auditor")
+    # The StatefulSet mounts a writable volume at each of them: scratch for /tmp, its state claim for the state.
+    dep = named(build("base"), "StatefulSet", "drift-auditor")
+    claims = {c["metadata"]["name"] for c in dep["spec"]["volumeClaimTemplates"]}
     for path in volumes:
-        assert "emptyDir" in volume_for_mount(dep, path), path
+        mount = next(m for m in container(dep)["volumeMounts"] if m["mountPath"] == path)
+        assert mount["name"] in claims or "emptyDir" in volume_for_mount(dep, path), path
     # The state directory belongs to the user the image runs as.
     uid = instructions(runtime, "USER")[-1].split(":")[0]
     assert f"install -d -o {uid} -g {uid} -m 0750 /var/lib/drift-auditor" in " ".join(instructions(runtime, "RUN"))

@@ -32,6 +32,7 @@ BUILDS = {
     "remediation": KUBE / "overlays" / "remediation",
     "sharded": KUBE / "overlays" / "sharded",
     "gmp": KUBE / "overlays" / "gmp",
+    "ha": KUBE / "overlays" / "ha",
 }
 # How each build is monitored: (scrape config kind, alert rules kind).
 MONITORING = {"gmp": ("PodMonitoring", "Rules")}
@@ -43,7 +44,9 @@ MODELS: dict[tuple[str, str], str | None] = {
     ("v1", "ConfigMap"): "V1ConfigMap",
     ("v1", "Service"): "V1Service",
     ("apps/v1", "Deployment"): "V1Deployment",
+    ("apps/v1", "StatefulSet"): "V1StatefulSet",
     ("policy/v1", "PodDisruptionBudget"): "V1PodDisruptionBudget",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy",
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): "V1ClusterRole",
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding",
     ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
@@ -79,6 +82,11 @@ def build(name: str) -> tuple[dict[str, Any], ...]:
 
 def of_kind(objs: tuple[dict[str, Any], ...], kind: str) -> list[dict[str, Any]]:
     return [o for o in objs if o["kind"] == kind]
+
+
+def workloads(objs: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    """The auditor's pods' owners: StatefulSets (the base, shards, HA), or Deployments."""
+    return [o for o in objs if o["kind"] in ("StatefulSet", "Deployment")]
 
 
 def named(objs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
@@ -210,7 +218,7 @@ def test_build_gives_valid_kubernetes_objects(name: str) -> None:
             assert obj["metadata"].get("namespace") == NAMESPACE, f"{where}: not in namespace {NAMESPACE}"
     kinds = {o["kind"] for o in objs}
     monitoring = set(MONITORING.get(name, PROMETHEUS_OPERATOR))
-    assert {"Namespace", "ServiceAccount", "Deployment", "Service", *monitoring} <= kinds
+    assert {"Namespace", "ServiceAccount", "StatefulSet", "Service", *monitoring} <= kinds
     # One way of monitoring per build: the other's CRDs may not exist in the cluster.
     assert not ({*PROMETHEUS_OPERATOR, *MONITORING["gmp"]} - monitoring) & kinds
 
@@ -218,7 +226,7 @@ def test_build_gives_valid_kubernetes_objects(name: str) -> None:
 def test_pod_monitoring_scrapes_the_metrics_port_of_the_auditor_pods() -> None:
     objs = build("gmp")
     (pm,) = of_kind(objs, "PodMonitoring")
-    (dep,) = of_kind(objs, "Deployment")
+    (dep,) = workloads(objs)
     assert pm["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     ports = {p["name"] for p in container(dep)["ports"]}
     assert [(e["port"], e["path"]) for e in pm["spec"]["endpoints"]] == [("http", "/metrics")] and "http" in ports
@@ -231,7 +239,7 @@ def test_service_monitor_scrapes_the_metrics_port_of_its_own_service(name: str) 
     objs = build(name)
     monitors = of_kind(objs, "ServiceMonitor")
     services = of_kind(objs, "Service")
-    assert len(monitors) == len(services) == len(of_kind(objs, "Deployment"))
+    assert len(monitors) == len(services) == len(workloads(objs))
     for sm in monitors:
         sel = sm["spec"]["selector"]["matchLabels"]
         chosen = [s for s in services if sel.items() <= s["metadata"]["labels"].items()]
@@ -247,7 +255,7 @@ def test_service_monitor_scrapes_the_metrics_port_of_its_own_service(name: str) 
 # -- the Deployment against the image and the daemon ----------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(BUILDS))
 def test_deployment_runs_locked_down(name: str) -> None:
-    for dep in of_kind(build(name), "Deployment"):
+    for dep in workloads(build(name)):
         spec = dep["spec"]["template"]["spec"]
         pod_sc = spec["securityContext"]
         assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] > 0
@@ -259,9 +267,13 @@ def test_deployment_runs_locked_down(name: str) -> None:
         assert sc.get("privileged", False) is False
         res = container(dep)["resources"]
         assert {"cpu", "memory"} <= res["requests"].keys() and "memory" in res["limits"]
-        # Two replicas kept apart: a node (or zone) going away leaves one auditor running.
-        assert dep["spec"]["replicas"] >= 2
-        assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+        # One replica on SQLite (one writer), its state on a claim per pod; HA: two replicas kept apart, a node (or
+        # zone) going away leaves one auditor running, on the shared PostgreSQL state.
+        ha = "AUDITOR_STATE_URL" in container_env(dep)
+        assert dep["spec"]["replicas"] == (2 if ha else 1)
+        assert dep["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+        claims = {c["metadata"]["name"] for c in dep["spec"].get("volumeClaimTemplates", [])}
+        assert claims == (set() if ha else {"state"})
         anti = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
         pod_labels = dep["spec"]["template"]["metadata"]["labels"]
         assert any(
@@ -270,14 +282,16 @@ def test_deployment_runs_locked_down(name: str) -> None:
             for t in anti
         )
         assert {c["topologyKey"] for c in spec["topologySpreadConstraints"]} >= {"topology.kubernetes.io/zone"}
-        # Every writable path is a scratch volume; the configuration and rules are mounted read-only.
+        # Every writable path is a scratch volume or the state claim; the configuration and rules are read-only.
         for m in container(dep)["volumeMounts"]:
-            vol = volume_for_mount(dep, m["mountPath"])
-            assert ("emptyDir" in vol) != bool(m.get("readOnly")), f"{m['mountPath']}: writable only if emptyDir"
+            writable = m["name"] in claims or "emptyDir" in volume_for_mount(dep, m["mountPath"])
+            assert writable != bool(m.get("readOnly")), f"{m['mountPath']}: writable only if scratch or state"
         assert "emptyDir" in volume_for_mount(dep, "/tmp")
         pdbs = [p for p in of_kind(build(name), "PodDisruptionBudget")
                 if p["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()]
-        assert len(pdbs) == 1 and pdbs[0]["spec"]["minAvailable"] == 1
+        # A drain may take the single replica (it returns on its volume); of two it leaves one.
+        assert len(pdbs) == 1 and pdbs[0]["spec"] == {"selector": pdbs[0]["spec"]["selector"],
+                                                      **({"minAvailable": 1} if ha else {"maxUnavailable": 1})}
 
 
 @pytest.mark.parametrize("name", sorted(BUILDS))
@@ -286,7 +300,7 @@ def test_probes_and_port_agree_with_the_daemon(name: str, pod_settings: Any) -> 
 
     default_port = parse_listen(Settings.model_fields["listen"].default)[1]
     objs = build(name)
-    for dep in of_kind(objs, "Deployment"):
+    for dep in workloads(objs):
         c = container(dep)
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         settings = pod_settings(objs, dep)
@@ -311,11 +325,16 @@ def test_the_daemon_serves_the_probed_paths() -> None:
 @pytest.mark.parametrize("name", sorted(BUILDS))
 def test_configuration_loads_as_each_pod_sees_it(name: str, pod_settings: Any) -> None:
     objs = build(name)
-    for dep in of_kind(objs, "Deployment"):
+    for dep in workloads(objs):
         s = pod_settings(objs, dep)
-        # State lives on the writable state volume, not on the read-only root filesystem.
-        mount = mount_covering(dep, str(s.state_path))
-        assert mount is not None and "emptyDir" in volume_for_mount(dep, mount["mountPath"])
+        # State lives on the pod's state claim (SQLite), or in the shared PostgreSQL database (HA).
+        if s.state_url:
+            assert s.state_url.startswith("postgresql://") and "@127.0.0.1:5432/" in s.state_url  # the proxy
+            assert s.ha.enabled and dep["spec"]["replicas"] == 2
+        else:
+            mount = mount_covering(dep, str(s.state_path))
+            assert mount is not None and mount["name"] in {
+                c["metadata"]["name"] for c in dep["spec"]["volumeClaimTemplates"]}
         le = s.remediation.leader_election
         assert le.lease_name and le.lease_namespace == dep["metadata"]["namespace"]
         assert s.remediation.enabled is (name == "remediation")
@@ -323,7 +342,6 @@ def test_configuration_loads_as_each_pod_sees_it(name: str, pod_settings: Any) -
         # Timing: a rollout waits for the first cycle; SIGTERM lets a cycle finish (or be abandoned) before SIGKILL.
         from auditor.daemon import ABANDON_WAIT_SECONDS
 
-        assert dep["spec"]["progressDeadlineSeconds"] > s.schedule.cycle_timeout_seconds
         grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert grace > s.schedule.shutdown_grace_seconds + ABANDON_WAIT_SECONDS
 
@@ -343,7 +361,7 @@ def test_rule_files_load_from_the_mounted_configmap_with_the_baseline(tmp_path: 
     from auditor.evaluate.rulebook import load_rules, shipped_rules_dir
 
     objs = build("base")
-    dep = named(objs, "Deployment", "drift-auditor")
+    dep = named(objs, "StatefulSet", "drift-auditor")
     s = pod_settings(objs, dep)
     # Map each configured rule path to where this test lays out the same thing.
     rules_mount = "/etc/drift-auditor-rules"
@@ -410,7 +428,7 @@ def test_audit_rbac_reads_what_the_collector_reads_and_nothing_else(name: str) -
     assert set(grants) == _collected_resources()
     for res, verbs in grants.items():
         assert {"get", "list"} <= verbs <= READ_VERBS, f"{res}: {sorted(verbs)}"
-    for dep in of_kind(objs, "Deployment"):
+    for dep in workloads(objs):
         assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "drift-auditor"
     sa = named(objs, "ServiceAccount", "drift-auditor")
     assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
@@ -448,7 +466,7 @@ def test_lease_role_is_namespaced_and_matches_the_leader_election_code() -> None
     source = (REPO / "remediations" / "leader.py").read_text(encoding="utf-8")
     if '"POD_NAME"' in source or "'POD_NAME'" in source:
         for name in BUILDS:
-            for dep in of_kind(build(name), "Deployment"):
+            for dep in workloads(build(name)):
                 assert container_env(dep)["POD_NAME"] == "pod-0"  # resolved from metadata.name
 
 
@@ -485,7 +503,7 @@ def test_remediation_overlay_adds_exactly_the_writes_the_rbac_applier_makes() ->
     for res in roles:
         # A Role's rules are replaced by patch; `escalate` and `bind` get past the API server's escalation check.
         assert added[res] == {"patch", "escalate", "bind"}, f"{res}: {sorted(added[res])}"
-    dep = named(build("remediation"), "Deployment", "drift-auditor")
+    dep = named(build("remediation"), "StatefulSet", "drift-auditor")
     assert container_env(dep)["AUDITOR_REMEDIATION__ENABLED"] == "true"
     # Nothing else changes: the same objects as the base, plus the remediation role and its binding.
     names = {(o["kind"], o["metadata"]["name"]) for o in build("base")}
@@ -524,7 +542,7 @@ def test_alert_rule_objects_carry_the_promtool_tested_alerts(name: str, kind: st
 # -- sharding ------------------------------------------------------------------------------------------------------
 def test_shards_split_the_scope_and_keep_to_their_own_pods(pod_settings: Any) -> None:
     objs = build("sharded")
-    deps = of_kind(objs, "Deployment")
+    deps = workloads(objs)
     assert len(deps) >= 2
     seen_sources: set[str] = set()
     leases, scopes = set(), set()
@@ -573,3 +591,39 @@ def test_the_auditor_deployment_passes_its_own_baseline(name: str, tmp_path: Pat
     # The RBAC objects and the namespace are read as assets, and the shipped rules find nothing wrong with them.
     assert report["summary"]["assets"] >= 5
     assert report["findings"] == [] and result.exit_code == 0, report["findings"]
+
+
+@pytest.mark.parametrize("name", sorted(BUILDS))
+def test_only_the_prometheus_namespace_reaches_the_auditor_and_only_its_port(name: str) -> None:
+    """Secure by default: a NetworkPolicy per auditor admits the namespace Prometheus scrapes from, to the metrics
+    port; the reports answer loopback (port-forward) unless a token is configured (tests/daemon/test_access.py)."""
+    objs = build(name)
+    policies = of_kind(objs, "NetworkPolicy")
+    prometheus_ns = "gmp-system" if name == "gmp" else "monitoring"
+    for dep in workloads(objs):
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        mine = [p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()]
+        assert len(mine) == 1, f"{dep['metadata']['name']}: {len(mine)} NetworkPolicies select it"
+        spec = mine[0]["spec"]
+        assert spec["policyTypes"] == ["Ingress"]
+        (rule,) = spec["ingress"]
+        assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": prometheus_ns}}}]
+        ports = {p["name"]: p["containerPort"] for p in container(dep)["ports"]}
+        assert [p["port"] for p in rule["ports"]] == ["http"] and set(ports) == {"http"}
+
+
+def test_ha_overlay_reaches_cloud_sql_through_the_proxy_with_workload_identity(pod_settings: Any) -> None:
+    objs = build("ha")
+    (sts,) = workloads(objs)
+    pod = sts["spec"]["template"]["spec"]
+    (proxy,) = pod["initContainers"]
+    # A native sidecar: started before the auditor and kept running beside it.
+    assert proxy["name"] == "cloud-sql-proxy" and proxy["restartPolicy"] == "Always"
+    assert "--auto-iam-authn" in proxy["args"] and proxy["securityContext"]["runAsNonRoot"] is True
+    port = next(a.split("=", 1)[1] for a in proxy["args"] if a.startswith("--port="))
+    s = pod_settings(objs, sts)
+    assert s.state_url is not None and f"@127.0.0.1:{port}/" in s.state_url
+    assert s.state_password_file is None and ":" not in s.state_url.split("://", 1)[1].split("@", 1)[0]  # IAM auth
+    sa = named(objs, "ServiceAccount", pod["serviceAccountName"])
+    assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"

@@ -25,6 +25,8 @@ TYPED: dict[str, tuple[Callable[[k8s.ApiClient], Any], str, str]] = {
     "ConfigMap": (k8s.CoreV1Api, "create_namespaced_config_map", "read_namespaced_config_map"),
     "Service": (k8s.CoreV1Api, "create_namespaced_service", "read_namespaced_service"),
     "Deployment": (k8s.AppsV1Api, "create_namespaced_deployment", "read_namespaced_deployment"),
+    "StatefulSet": (k8s.AppsV1Api, "create_namespaced_stateful_set", "read_namespaced_stateful_set"),
+    "NetworkPolicy": (k8s.NetworkingV1Api, "create_namespaced_network_policy", "read_namespaced_network_policy"),
     "PodDisruptionBudget": (
         k8s.PolicyV1Api,
         "create_namespaced_pod_disruption_budget",
@@ -98,8 +100,8 @@ def test_build_is_created_and_read_back_unchanged(name: str, kube: KubeServer) -
         got = _create_and_read(api, obj)
         assert got == obj, f"{obj['kind']} {obj['metadata']['name']} changed on the way"
     # What a cluster now holds for the auditor, seen through the typed list calls.
-    apps = k8s.AppsV1Api(api).list_namespaced_deployment("drift-auditor").items
-    assert len(apps) == sum(o["kind"] == "Deployment" for o in objs)
+    apps = k8s.AppsV1Api(api).list_namespaced_stateful_set("drift-auditor").items
+    assert len(apps) == sum(o["kind"] == "StatefulSet" for o in objs) >= 1
     for dep in apps:
         pod = dep.spec.template.spec
         assert pod.security_context.run_as_non_root is True

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -51,11 +52,11 @@ class PostgresServer:
         self._as_root = os.geteuid() == 0
         self._names = itertools.count(1)
 
+    def _argv(self, *cmd: str) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *cmd] if self._as_root else list(cmd)
+
     def _run(self, *cmd: str) -> subprocess.CompletedProcess[str]:
-        argv = list(cmd)
-        if self._as_root:
-            argv = ["runuser", "-u", "postgres", "--", *argv]
-        return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+        return subprocess.run(self._argv(*cmd), capture_output=True, text=True, check=False, timeout=120)
 
     def start(self) -> PostgresServer:
         if self._as_root:
@@ -76,7 +77,18 @@ class PostgresServer:
         if p.returncode:
             log = (self.root / "log").read_text(errors="replace") if (self.root / "log").exists() else ""
             raise RuntimeError(f"pg_ctl start failed: {p.stderr or p.stdout}\n{log}")
+        self._watch()
         return self
+
+    def _watch(self) -> None:
+        """Stop the server when this test process ends however it ends (a timeout's kill, a crashed worker): a
+        detached watcher polls our pid, so no server outlives the session that started it."""
+        stop = " ".join(shlex.quote(a) for a in self._argv(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m",
+                                                            "immediate", "-w", "stop"))
+        script = (f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 2; done; {stop} >/dev/null 2>&1; "
+                  f"rm -rf {shlex.quote(str(self.root))}")
+        subprocess.Popen(["sh", "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
 
     def url(self, database: str = "postgres", with_password: bool = True) -> str:
         auth = f"{self.user}:{self.password}" if with_password else self.user

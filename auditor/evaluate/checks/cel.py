@@ -21,6 +21,7 @@ from auditor.evaluate.policy import Binding, asset_bindings
 from auditor.evaluate.principals import google_grants, is_google_managed, parse_member
 from auditor.evaluate.registry import Context, Params, Violation, check
 from auditor.model import Asset
+from auditor.remedies import RemoveBinding, RemoveMember
 
 ASSET_VARIABLES = ("asset", "name", "type", "resource", "iam_policy", "ancestors", "project", "now")
 BINDING_VARIABLES = ("binding", "role", "members", "condition")
@@ -250,7 +251,8 @@ def cel_check(asset: Asset, params: CelParams, ctx: Context) -> Iterator[Violati
                 if title is not None:
                     details["condition"] = title
                     key += f"|{title}"
-                yield Violation(_fmt(params.message, {**bvalues, "result": result}), key, details)
+                yield Violation(_fmt(params.message, {**bvalues, "result": result}), key, details,
+                                (RemoveBinding(b.role, b.condition),))
             continue
         for m in b.members:
             hit, result = _verdict(params, {**bvars, "member": m})
@@ -260,4 +262,5 @@ def cel_check(asset: Asset, params: CelParams, ctx: Context) -> Iterator[Violati
                 if title is not None:
                     details["condition"] = title
                     key += f"|{title}"
-                yield Violation(_fmt(params.message, {**bvalues, "member": m, "result": result}), key, details)
+                yield Violation(_fmt(params.message, {**bvalues, "member": m, "result": result}), key, details,
+                                (RemoveMember(b.role, m, b.condition),))

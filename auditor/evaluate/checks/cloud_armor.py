@@ -17,7 +17,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import Field, field_validator, model_validator
 
@@ -27,6 +27,7 @@ from auditor.evaluate.policy import DEFAULT_RULE_PRIORITY, ArmorRule, asset_armo
 from auditor.evaluate.ranges import Interval
 from auditor.evaluate.registry import Context, NoParams, Params, Violation, check
 from auditor.model import Asset
+from auditor.remedies import Remedy, RemoveRule, SetDefaultDeny, SetRule, SetRuleAction
 
 SECURITY_POLICY = "compute.googleapis.com/SecurityPolicy"
 OPEN_RANGES = ("*", "0.0.0.0/0", "::/0")
@@ -49,14 +50,6 @@ def parse_ranges(texts: Iterable[str]) -> list[Interval] | None:
     return out
 
 
-def is_open(text: str, open_ranges: Iterable[str] = OPEN_RANGES) -> bool:
-    """`*`, or a range that is every address of its family, however it is spelled (`0.0.0.0/0`, `::0/0`)."""
-    if text.strip() in open_ranges:
-        return True
-    ivs = ranges.parse(text)
-    return ivs is not None and any(ranges.is_everything(iv) for iv in ivs)
-
-
 @lru_cache(maxsize=65536)
 def _canonical(text: str) -> str:
     try:
@@ -70,9 +63,34 @@ def normalized_ranges(texts: Iterable[str]) -> list[str]:
     return sorted({"*" if t.strip() == "*" else _canonical(t.strip()) for t in texts})
 
 
-def opens_a_family(texts: Iterable[str]) -> bool:
-    """The ranges together are every IPv4 or every IPv6 address (`0.0.0.0/1` and `128.0.0.0/1`)."""
-    u = ranges.union_of(texts)
+class RuleRanges(NamedTuple):
+    """A rule's source ranges, parsed: each range's intervals (None: not an address), all of them together (None
+    when one is not an address), and whether each range is a whole address family."""
+
+    each: tuple[tuple[Interval, ...] | None, ...]
+    all: list[Interval] | None
+    everything: tuple[bool, ...]
+
+
+def _rule_ranges(asset: Asset) -> tuple[RuleRanges, ...]:
+    parse, families = ranges.parse, ranges.FAMILIES
+    out = []
+    for r in asset_armor_rules(asset):
+        each = tuple([parse(t) for t in r.src_ranges])
+        flat = None if None in each else [iv for ivs in each if ivs is not None for iv in ivs]
+        # a whole family: `*` (both families) or a /0
+        everything = tuple([ivs is not None and (len(ivs) > 1 or ivs[0] in families) for ivs in each])
+        out.append(RuleRanges(each, flat, everything))
+    return tuple(out)
+
+
+def armor_rule_ranges(asset: Asset) -> tuple[RuleRanges, ...]:
+    """The parsed ranges of each rule of `asset_armor_rules(asset)` (same order), made once per asset."""
+    return asset.derived("cloud_armor.rule_ranges", _rule_ranges)
+
+
+def _union_covers_a_family(rr: RuleRanges) -> bool:
+    u = ranges.Union(iv for ivs in rr.each if ivs is not None for iv in ivs)
     return u.covers(*ranges.V4_ALL) or u.covers(*ranges.V6_ALL)
 
 
@@ -92,6 +110,18 @@ def rule_details(r: ArmorRule, **extra: Any) -> dict[str, Any]:
         d["description"] = r.description
     d.update(extra)
     return d
+
+
+def offered(r: ArmorRule) -> tuple[Remedy, ...]:
+    """The fixes of a rule-level finding: the default rule is made to deny; another rule is removed, or made to
+    deny (the rule's `remediation:` kind picks)."""
+    if r.is_default:
+        return (SetDefaultDeny(),)
+    return RemoveRule(r.priority), SetRuleAction(r.priority)
+
+
+def _default_deny(priority: int) -> tuple[Remedy, ...]:
+    return (SetDefaultDeny(),) if priority == DEFAULT_RULE_PRIORITY else ()
 
 
 def policy_name(asset: Asset) -> str:
@@ -136,18 +166,21 @@ def default_rule_denies(asset: Asset, params: NoParams, ctx: Context) -> Iterato
             "the policy has no default rule (priority 2147483647)",
             "default",
             {"priority": DEFAULT_RULE_PRIORITY, "action": None, "src_ranges": []},
+            (SetDefaultDeny(),),
         )
     elif not default.denies:
         yield Violation(
             f"the default rule's action is {default.action or 'empty'}: traffic no rule matches is let through",
             "default",
             rule_details(default),
+            offered(default),
         )
     elif default.preview:
         yield Violation(
             f"the default rule denies ({default.action}) but is in preview: it is only logged, traffic gets through",
             "default",
             rule_details(default),
+            offered(default),
         )
 
 
@@ -183,11 +216,12 @@ def no_open_allow(asset: Asset, params: OpenAllowParams, ctx: Context) -> Iterat
       remediation: cloud_armor.remove_rule
     ```
     """
-    for r in asset_armor_rules(asset):
+    for r, rr in zip(asset_armor_rules(asset), armor_rule_ranges(asset), strict=True):
         if r.is_default or r.action not in params.actions:
             continue
-        opened = [s for s in r.src_ranges if is_open(s, params.open_ranges)]
-        if not opened and r.src_ranges and opens_a_family(r.src_ranges):
+        opened = [s for s, every in zip(r.src_ranges, rr.everything, strict=True)
+                  if every or s.strip() in params.open_ranges]  # fmt: skip
+        if not opened and r.src_ranges and _union_covers_a_family(rr):
             opened = list(r.src_ranges)  # halves that together are every address: 0.0.0.0/1 and 128.0.0.0/1
         if opened:
             how = " (requests under the rate limit are allowed)" if r.action in RATE_LIMIT_ACTIONS else ""
@@ -195,6 +229,7 @@ def no_open_allow(asset: Asset, params: OpenAllowParams, ctx: Context) -> Iterat
                 f"rule {r.priority} ({r.action}) lets every address in: {', '.join(opened)}{how}",
                 str(r.priority),
                 rule_details(r),
+                offered(r),
             )
 
 
@@ -242,6 +277,7 @@ def trusted_source_ranges(asset: Asset, params: TrustedRangesParams, ctx: Contex
                 f"rule {r.priority} ({r.action}) lets in {', '.join(untrusted)}, outside the trusted ranges",
                 str(r.priority),
                 rule_details(r, untrusted=untrusted),
+                offered(r),
             )
 
 
@@ -269,6 +305,7 @@ def no_preview_rules(asset: Asset, params: PreviewParams, ctx: Context) -> Itera
                 f"rule {r.priority} ({r.action}) is in preview: it is logged, not enforced",
                 str(r.priority),
                 rule_details(r),
+                offered(r),
             )
 
 
@@ -332,10 +369,10 @@ def no_shadowed_rules(asset: Asset, params: ShadowParams, ctx: Context) -> Itera
     ```
     """
     above = _RulesAbove()
-    for r in asset_armor_rules(asset):
+    for r, rr in zip(asset_armor_rules(asset), armor_rule_ranges(asset), strict=True):
         if not only_source_ip_match(r):
             continue
-        ivs = parse_ranges(r.src_ranges)
+        ivs = rr.all
         if ivs is None:
             continue
         above.reach(r.priority)
@@ -346,6 +383,7 @@ def no_shadowed_rules(asset: Asset, params: ShadowParams, ctx: Context) -> Itera
                 f"rule{'s' if len(by) > 1 else ''} {', '.join(map(str, by))}",
                 str(r.priority),
                 rule_details(r, shadowed_by=by),
+                offered(r),
             )
             continue  # a dead rule adds nothing to what the rules above it already match
         if not r.preview and (params.open_rules_shadow or not any(map(ranges.is_everything, ivs))):
@@ -356,21 +394,24 @@ class _RulesAbove:
     """The enforced rules that can fire, met so far (rules come by priority), for `no_shadowed_rules`.
 
     A rule joins once a rule of a higher priority number is reached (rules sharing a priority do not shadow one
-    another). Kept: the union of their ranges (is a rule covered: a binary search per range), and their ranges as
-    CIDR blocks, which are nested or disjoint: a block overlapping a range either starts inside it (a slice of the
-    blocks sorted by start) or contains it (one lookup per block size present). A policy costs its rules times
-    their ranges (times a logarithm), not the square of its rules.
+    another). Kept: the union of their ranges (is a rule covered: a binary search per range). Which of them cover
+    a dead rule is asked seldom, of an index built then from the rules joined since: their ranges as CIDR blocks,
+    which are nested or disjoint, so a block overlapping a range either starts inside it (a slice of the blocks
+    sorted by start) or contains it (one lookup per block size present). A policy costs its rules times their
+    ranges (times a logarithm), not the square of its rules.
     """
 
-    __slots__ = ("blocks", "by_start", "pending", "rules", "sizes", "union")
+    __slots__ = ("blocks", "by_start", "indexed", "joined", "pending", "rules", "sizes", "union")
 
     def __init__(self) -> None:
         self.rules: list[int] = []  # priorities of the rules joined, in order
+        self.joined: list[list[Interval]] = []  # and their ranges
         self.union = ranges.Union()
+        self.pending: list[tuple[int, list[Interval]]] = []
+        self.indexed = 0  # rules joined that the index holds
         self.by_start: list[tuple[int, int, int]] = []  # (start, end, rule index), sorted
         self.blocks: dict[Interval, list[int]] = defaultdict(list)  # block -> rule indexes
         self.sizes: set[int] = set()
-        self.pending: list[tuple[int, list[Interval]]] = []
 
     def push(self, priority: int, ivs: list[Interval]) -> None:
         self.pending.append((priority, ivs))
@@ -379,18 +420,25 @@ class _RulesAbove:
         """Let in the pending rules of a lower priority number than `priority`."""
         if not self.pending or self.pending[0][0] >= priority:
             return
+        add = self.union.add
         for p, ivs in self.pending:
-            index = len(self.rules)
             self.rules.append(p)
+            self.joined.append(ivs)
             for lo, hi in ivs:
-                self.union.add(lo, hi)
+                add(lo, hi)
+        self.pending = []
+
+    def _index(self) -> None:
+        for index in range(self.indexed, len(self.joined)):
+            for lo, hi in self.joined[index]:
                 insort(self.by_start, (lo, hi, index))
                 self.blocks[(lo, hi)].append(index)
                 self.sizes.add(hi - lo + 1)
-        self.pending = []
+        self.indexed = len(self.joined)
 
     def overlapping(self, ivs: list[Interval]) -> list[int]:
         """Priorities of the joined rules with a range overlapping one of `ivs`, in the order they joined."""
+        self._index()
         found: set[int] = set()
         starts = self.by_start
         for lo, hi in ivs:
@@ -546,9 +594,11 @@ def required_rules(asset: Asset, params: RequiredRulesParams, ctx: Context) -> I
             "action": req.rule.action if req.rule else "|".join(req.actions),
             "src_ranges": list(req.rule.src_ranges if req.rule else req.src_ranges),
         }
+        remedies: tuple[Remedy, ...] = ()
         if req.rule is not None:
             details["desired"] = req.rule.body()
-        yield Violation(f"no rule for the requirement {req.name!r}", f"required|{req.name}", details)
+            remedies = (SetRule(req.rule.body()),)
+        yield Violation(f"no rule for the requirement {req.name!r}", f"required|{req.name}", details, remedies)
 
 
 class DesiredStateParams(Params):
@@ -612,6 +662,7 @@ def desired_state(asset: Asset, params: DesiredStateParams, ctx: Context) -> Ite
                     "src_ranges": list(want.src_ranges),
                     "desired": want.body(),
                 },
+                (SetRule(want.body()), *_default_deny(priority)),
             )
         elif want is None and have is not None:
             if have.is_default:
@@ -620,6 +671,7 @@ def desired_state(asset: Asset, params: DesiredStateParams, ctx: Context) -> Ite
                 f"rule {priority} ({have.action}) is not declared",
                 f"extra|{priority}",
                 rule_details(have, change="extra"),
+                (RemoveRule(priority),),
             )
         elif have is not None and want is not None:
             diffs = want.differences(have)
@@ -628,4 +680,5 @@ def desired_state(asset: Asset, params: DesiredStateParams, ctx: Context) -> Ite
                     f"rule {priority} differs from its declaration: {'; '.join(diffs)}",
                     f"changed|{priority}",
                     rule_details(have, change="changed", desired=want.body(), desired_action=want.action),
+                    (SetRule(want.body()), SetRuleAction(priority, want.action), *_default_deny(priority)),
                 )

@@ -22,6 +22,7 @@ from auditor.evaluate.globs import any_match, any_member_match, glob_match, memb
 from auditor.evaluate.policy import asset_audit_log_configs, asset_bindings, binding_key, known_log_types
 from auditor.evaluate.registry import Context, Params, Violation, check
 from auditor.model import Asset
+from auditor.remedies import RemoveBinding
 
 CONVENIENCE_DEFAULT = ["projectOwner", "projectEditor", "projectViewer"]
 
@@ -107,7 +108,8 @@ def allow_ban_roles(asset: Asset, params: AllowBanRolesParams, ctx: Context) -> 
         details: dict[str, Any] = {"role": b.role, "members": list(b.members)}
         if b.condition:
             details["condition"] = b.condition_title
-        yield Violation(f"binding of {b.role} {why}{when}", binding_key(b), details)
+        yield Violation(f"binding of {b.role} {why}{when}", binding_key(b), details,
+                        (RemoveBinding(b.role, b.condition),))
 
 
 # -- GCPIAMAllowedPolicyMemberDomainsConstraintV2 ----------------------------------------------------------------------

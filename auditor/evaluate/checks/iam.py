@@ -45,6 +45,7 @@ from auditor.evaluate.principals import (
 )
 from auditor.evaluate.registry import Context, Params, Prefilter, Violation, check
 from auditor.model import Asset
+from auditor.remedies import AddMember, RemoveMember
 
 ORGANIZATION = "cloudresourcemanager.googleapis.com/Organization"
 FOLDER = "cloudresourcemanager.googleapis.com/Folder"
@@ -119,7 +120,7 @@ def _when(b: Binding) -> str:
 def member_violation(b: Binding, member: str, message: str, **extra: Any) -> Violation:
     details = binding_details(b, member)
     details.update(extra)
-    return Violation(message + _when(b), binding_key(b, member), details)
+    return Violation(message + _when(b), binding_key(b, member), details, (RemoveMember(b.role, member, b.condition),))
 
 
 class MemberFilter(Params):
@@ -450,7 +451,9 @@ def required_bindings(asset: Asset, params: RequiredBindingsParams, ctx: Context
             details["condition"] = params.condition
             key += f"|{params.condition}"
         when = f" under condition {params.condition!r}" if params.condition else ""
-        yield Violation(f"{m} is required in {params.role}{when} and is missing", key, details)
+        cond = {"title": params.condition} if params.condition else None
+        yield Violation(f"{m} is required in {params.role}{when} and is missing", key, details,
+                        (AddMember(params.role, m, cond),))
 
 
 # -- service accounts -------------------------------------------------------------------------------------------------
@@ -786,9 +789,11 @@ def _desired_state(desired: Iterable[DesiredBinding]) -> State:
     return members, expressions
 
 
-def _drift(bid: BindingId, member: str, change: str) -> Violation:
+def _drift(bid: BindingId, member: str, change: str, expression: str | None = None) -> Violation:
     role, title = bid
     details: dict[str, Any] = {"role": role, "member": member, "change": change}
+    cond = {"title": title, **({"expression": expression} if expression else {})} if title is not None else None
+    remedy = AddMember(role, member, cond) if change == "missing" else RemoveMember(role, member, cond)
     key = f"{role}|{member}"
     when = ""
     if title is not None:
@@ -796,7 +801,7 @@ def _drift(bid: BindingId, member: str, change: str) -> Violation:
         key += f"|{title}"
         when = f" (condition: {title})"
     what = "is missing from" if change == "missing" else "is not declared in"
-    return Violation(f"{member} {what} {role}{when}", key, details)
+    return Violation(f"{member} {what} {role}{when}", key, details, (remedy,))
 
 
 @check("iam.desired_bindings", params=DesiredStateParams, iam=True)
@@ -849,11 +854,11 @@ def desired_bindings(asset: Asset, params: DesiredStateParams, ctx: Context) -> 
         if "missing" in params.changes:
             for norm, m in sorted(want.items()):
                 if norm not in have:
-                    yield _drift(bid, m, "missing")
+                    yield _drift(bid, m, "missing", desired_expr.get(bid))
         if "extra" in params.changes:
             for norm, m in sorted(have.items()):
                 if norm not in want and not params.skipped(m, bid[0]):
-                    yield _drift(bid, m, "extra")
+                    yield _drift(bid, m, "extra", actual_expr.get(bid))
         expected = desired_expr.get(bid)
         if "condition_changed" not in params.changes:
             continue

@@ -39,6 +39,7 @@ from auditor.evaluate.gke_posture import cluster_of_asset
 from auditor.evaluate.globs import any_match, glob_match
 from auditor.evaluate.registry import Context, Params, Prefilter, Violation, check
 from auditor.model import Asset
+from auditor.remedies import DeleteRoleBinding, RemoveSubject, ReplaceRoleRules
 from auditor.vocabulary import (
     SUBJECT_KINDS,
     SYSTEM_NAMESPACES,
@@ -309,6 +310,7 @@ def no_powerful_role_binding(asset: Asset, params: PowerfulRoleParams, ctx: Cont
             f"{who} is bound to ClusterRole {role} ({why}) {where(asset)}",
             who,
             binding_details(asset, who),
+            (RemoveSubject(s, who),),
         )
 
 
@@ -391,6 +393,7 @@ def no_public_subjects(asset: Asset, params: PublicSubjectsParams, ctx: Context)
             f"{who} (everyone) is bound to {ref.get('kind')} {role} {where(asset)}",
             who,
             binding_details(asset, who),
+            (RemoveSubject(s, who),),
         )
 
 
@@ -682,6 +685,7 @@ def tenant_isolation(asset: Asset, params: TenantParams, ctx: Context) -> Iterat
             f"{who} is bound in tenant {tenant}'s namespace {ns} ({obj.get('roleRef', {}).get('name')}), but {why}",
             who,
             binding_details(asset, who, tenant=tenant, subject_tenants=sorted(belongs)),
+            (RemoveSubject(s, who),),
         )
 
 
@@ -740,6 +744,7 @@ def no_tenant_cluster_binding(asset: Asset, params: TenantClusterBindingParams, 
             f"{who} of tenant {', '.join(sorted(belongs))} is bound cluster-wide to ClusterRole {role}",
             who,
             binding_details(asset, who, tenant=sorted(belongs)[0], subject_tenants=sorted(belongs)),
+            (RemoveSubject(s, who),),
         )
 
 
@@ -884,6 +889,7 @@ def tenant_role_dangerous_rules(asset: Asset, params: DangerousRulesParams, ctx:
             "offending_rules": offending,
             "desired_rules": keep,
         },
+        (ReplaceRoleRules(tuple(keep)),),
     )
 
 
@@ -1043,6 +1049,7 @@ def tenant_desired_state(asset: Asset, params: TenantDesiredStateParams, ctx: Co
                 f"Role {name} in tenant {tenant}'s namespace {ns} differs from its declared rules",
                 f"changed|Role|{name}",
                 {"change": "changed", **base, "desired": {"rules": wanted_rules}, "desired_rules": wanted_rules},
+                (ReplaceRoleRules(tuple(wanted_rules)),),
             )
         return
     wanted = {_fill(k, tenant, ns): v for k, v in params.role_bindings.items()}.get(name)
@@ -1051,6 +1058,7 @@ def tenant_desired_state(asset: Asset, params: TenantDesiredStateParams, ctx: Co
             f"RoleBinding {name} in tenant {tenant}'s namespace {ns} is not declared",
             f"extra|RoleBinding|{name}",
             binding_details(asset, None, change="extra", kind="RoleBinding", tenant=tenant),
+            (DeleteRoleBinding(),),
         )
         return
     body = _desired_binding(wanted, tenant, ns)
@@ -1065,11 +1073,15 @@ def tenant_desired_state(asset: Asset, params: TenantDesiredStateParams, ctx: Co
     if want_s - have_s:
         diffs.append(f"missing subjects {', '.join(sorted(want_s - have_s))}")
     if diffs:
+        # Subjects beyond the declaration can be taken out; a roleRef cannot be changed, nor a subject added here.
+        same_ref = (ref.get("kind"), ref.get("name")) == (body["roleRef"]["kind"], body["roleRef"]["name"])
+        extra = tuple(RemoveSubject(s, subject_name(s, ns)) for s in subjects(obj) if subject_name(s, ns) not in want_s)
         yield Violation(
             f"RoleBinding {name} in tenant {tenant}'s namespace {ns} differs: {'; '.join(diffs)}",
             f"changed|RoleBinding|{name}",
             binding_details(asset, None, change="changed", kind="RoleBinding", tenant=tenant, desired=body,
                             extra_subjects=sorted(have_s - want_s), missing_subjects=sorted(want_s - have_s)),
+            extra if same_ref else (),
         )
 
 

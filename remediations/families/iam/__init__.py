@@ -18,6 +18,7 @@ from auditor.evaluate.globs import any_match, any_member_match
 from auditor.evaluate.principals import is_google_managed
 from auditor.model import Asset, Finding
 from auditor.plugins import remediation_families
+from auditor.remedies import AddMember, Remedy, RemoveBinding, RemoveMember, first
 from auditor.vocabulary import OWNER_ROLE, PUBLIC_MEMBERS, is_hierarchy_node, is_hierarchy_top
 from remediations.edits import Edit, EditError, canonical_json, condition_title, prune
 from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext
@@ -65,13 +66,17 @@ def _find_binding(policy: dict[str, Any], role: str, cond_title: str | None) -> 
     return None
 
 
-def _desired_condition(rule: Rule, role: str, title: str) -> dict[str, Any] | None:
-    """The full condition (title and expression) a desired-state rule declares for a binding."""
-    for b in rule.params.get("bindings") or ():
-        cond = b.get("condition") if isinstance(b, dict) else None
-        if isinstance(cond, dict) and b.get("role") == role and cond.get("title") == title and cond.get("expression"):
-            return {k: v for k, v in cond.items() if v is not None}
-    return None
+def _full_condition(asset: Asset, role: str, cond: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The condition as the policy has it (found by its title), else as the remedy declares it (with its expression)."""
+    if not cond:
+        return None
+    title = condition_title(cond)
+    binding = _find_binding(asset.iam_policy, role, title) if asset.has_iam_policy else None
+    if binding and binding.get("condition"):
+        return dict(binding["condition"])
+    if cond.get("expression"):
+        return {k: v for k, v in cond.items() if v is not None}
+    raise EditError(f"no binding of {role} with condition {title!r} in the policy, and no expression for it")
 
 
 class IamFamily:
@@ -106,35 +111,29 @@ class IamFamily:
 
     # -- edits ------------------------------------------------------------------------------------------------------
     def edits_for(self, finding: Finding, rule: Rule, asset: Asset) -> list[Edit]:
+        """The edit of the remedy the finding offers that the rule's kind makes (typed remedies, never details)."""
         kind = rule.remediation or ""
-        d = finding.details or {}
         base: dict[str, Any] = {"rules": [rule.id], "modes": [finding.mode.value], "findings": [finding.id]}
-        role = d.get("role")
-        if not role:
-            raise EditError("the finding has no role")
-        change = d.get("change")
-        if change not in (None, "missing", "extra"):
-            raise EditError(f"no remediation for a {change!r} finding")
-        # A desired-state rule names one direction: iam.add_member answers `missing`, the others answer the rest.
-        if change == "missing" and kind != "iam.add_member":
-            raise EditError(f"{kind} does not add members (a rule with iam.add_member answers missing ones)")
-        if change == "extra" and kind == "iam.add_member":
-            raise EditError("iam.add_member does not remove members (a rule with iam.remove_member answers extra ones)")
-        title = d.get("condition")
-        args: dict[str, Any] = {"role": role}
-        if title:
-            binding = _find_binding(asset.iam_policy, str(role), title)
-            cond = binding.get("condition") if binding else _desired_condition(rule, str(role), str(title))
-            if not cond:
-                raise EditError(f"no binding of {role} with condition {title!r} in the policy, and no expression "
-                                "for it")
+        offered = finding.remedies
+        wanted: tuple[type[Remedy], ...] = {
+            "iam.add_member": (AddMember,), "iam.remove_member": (RemoveMember,),
+        }.get(kind, (RemoveBinding, RemoveMember))
+        r = first(offered, *wanted)
+        if r is None:
+            # A desired-state rule names one direction: iam.add_member answers `missing`, the others the rest.
+            if first(offered, AddMember):
+                raise EditError(f"{kind} does not add members (a rule with iam.add_member answers missing ones)")
+            if kind == "iam.add_member" and first(offered, RemoveMember):
+                raise EditError("iam.add_member does not remove members (a rule with iam.remove_member answers extra "
+                                "ones)")
+            raise EditError(f"the finding offers no IAM fix that {kind} makes")
+        assert isinstance(r, (AddMember, RemoveMember, RemoveBinding))
+        args: dict[str, Any] = {"role": r.role}
+        cond = _full_condition(asset, r.role, r.condition)
+        if cond:
             args["condition"] = cond
-        if kind == "iam.remove_binding":
-            return [Edit(kind, args, **base)]
-        member = d.get("member")
-        if not member:
-            raise EditError("the finding has no member")
-        args["member"] = member
+        if kind != "iam.remove_binding" and isinstance(r, (AddMember, RemoveMember)):
+            args["member"] = r.member
         return [Edit(kind, args, **base)]
 
     def apply(self, state: dict[str, Any] | None, edit: Edit) -> dict[str, Any] | None:
