@@ -19,6 +19,7 @@ import re
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor import plugins
+from auditor.collect.cai_feed import FeedChange
 from auditor.errors import AuditorError, Cancelled, SourceError
 from auditor.evaluate.rulebook import LoadedRule, load_rules
 from auditor.logs import bind_labels, get_logger, unbind_labels
@@ -180,7 +182,15 @@ class Auditor:
         step = OutboundStep(settings, store)
         self.outbound: OutboundStep | None = step if step.enabled else None
         self._shrunk: dict[str, int] = {}  # sources treated as partial this cycle -> their last complete count
+        # Changes reported by feeds since the last cycle (bounded: the cycle reconciles whatever is dropped).
+        self.feed_changes: deque[FeedChange] = deque(maxlen=100_000)
         self.published = self._publish()
+
+    def feed_change(self, change: FeedChange) -> None:
+        """A change a Cloud Asset Inventory feed reported (already authenticated and ordered by auditor/feed.py)."""
+        self.feed_changes.append(change)
+        self.log.info("feed_change", asset=change.asset.name, asset_type=change.asset.asset_type,
+                      deleted=change.deleted, content=change.content, window_start=change.window_start)
 
     # -- one cycle ---------------------------------------------------------------------------------------------------
     def run_cycle(self) -> CycleOutcome:

@@ -5,7 +5,8 @@
 - HTTP (uvicorn, see auditor/http_server.py: keep-alive, a real backlog, header and idle timeouts, bounded work):
   /metrics, /healthz (alive: the scheduler runs and no cycle is stuck past
   schedule.cycle_timeout_seconds), /readyz (ready after the first completed cycle), /findings.json (filters:
-  severity, rule, asset_type, stale, exempted), /report. Responses are prebuilt after each cycle, so a request
+  severity, rule, asset_type, stale, exempted), /report, and POST /v1/cai-feed (Cloud Asset Inventory feed pushes,
+  auditor/feed.py). Responses are prebuilt after each cycle, so a request
   never waits on a cycle or touches the sources.
 - SIGTERM/SIGINT: stop scheduling; a running cycle gets schedule.shutdown_grace_seconds to finish, then it is
   abandoned (it stops at the next asset batch and records nothing, so the store stays consistent); exit 0.
@@ -41,6 +42,8 @@ from prometheus_client.registry import CollectorRegistry
 from auditor import plugins
 from auditor.cycle import Auditor
 from auditor.errors import AuditorError
+from auditor.feed import PATH as FEED_PATH
+from auditor.feed import FeedIntake
 from auditor.http_server import CLIENT_HEADER, HttpServer, Limits, Response
 from auditor.logs import get_logger
 from auditor.report.formats import render_published, renderers
@@ -142,6 +145,8 @@ class Daemon:
             AuditorCollector(lambda: auditor.published.view, auditor.histogram, self.alive, const_labels=scope)
         )
         self._add_process_metrics(self.registry)
+        # Feed pushes: each accepted change is handed to the auditor (see Auditor.feed_change).
+        self.feed = FeedIntake(settings.feed, self.registry, auditor.feed_change, clock=self.clock)
         self._metrics_lock = threading.Lock()
         self._metrics_cache: dict[str, tuple[tuple[str, int], float, bytes]] = {}
         self.server: HttpServer | None = None
@@ -253,7 +258,8 @@ class Daemon:
         limits = Limits(backlog=h.backlog, max_connections=h.max_connections, workers=h.workers,
                         keep_alive_seconds=h.keep_alive_seconds, header_timeout_seconds=h.header_timeout_seconds)
         try:
-            server = HttpServer(host, port, lambda m, t, hd: respond(self, m, t, hd), limits, PROBES)
+            server = HttpServer(host, port, lambda m, t, hd: respond(self, m, t, hd), limits, PROBES,
+                                post={FEED_PATH: self.feed.handle})
         except AuditorError as exc:
             raise AuditorError(f"listen {self.settings.listen}: {exc}") from None
         self.server = server.start()

@@ -42,6 +42,9 @@ class Response:
 
 
 Handler = Callable[[str, str, Mapping[str, str]], Response]
+# A POST route: (target, headers, body, client host) -> Response. Bodies are read up to MAX_BODY_BYTES.
+PostHandler = Callable[[str, Mapping[str, str], bytes, str], Response]
+MAX_BODY_BYTES = 10 * 1024 * 1024  # a Pub/Sub push: at most a 10 MB message, base64 in a JSON envelope
 
 
 @dataclass(frozen=True)
@@ -112,10 +115,12 @@ CLIENT_HEADER = ":client"
 class _App:
     """The ASGI adapter: request line and headers in, one `Response` out (HEAD gets the headers only)."""
 
-    def __init__(self, handler: Handler, inline_paths: frozenset[str], pool: ThreadPoolExecutor) -> None:
+    def __init__(self, handler: Handler, inline_paths: frozenset[str], pool: ThreadPoolExecutor,
+                 post: Mapping[str, PostHandler] | None = None) -> None:
         self.handler = handler
         self.inline_paths = inline_paths
         self.pool = pool
+        self.post = dict(post or {})
         self.log = get_logger("auditor.http")
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
@@ -127,7 +132,16 @@ class _App:
         # The peer's address, under a name no HTTP header can have (the handler decides who may read what).
         headers[CLIENT_HEADER] = str(scope["client"][0]) if scope.get("client") else ""
         try:
-            if method not in ("GET", "HEAD"):
+            post = self.post.get(scope["path"].rstrip("/")) if method == "POST" else None
+            if post is not None:
+                body = await _read_body(receive)
+                client = (scope.get("client") or ("", 0))[0]
+                if body is None:
+                    resp = Response(413, "text/plain", b"request body too large\n")
+                else:
+                    loop = asyncio.get_running_loop()
+                    resp = await loop.run_in_executor(self.pool, post, target, headers, body, client)
+            elif method not in ("GET", "HEAD"):
                 resp = Response(405, "text/plain", b"method not allowed\n", {"Allow": "GET, HEAD"})
             elif scope["path"].rstrip("/") in self.inline_paths:
                 resp = self.handler(method, target, headers)
@@ -143,11 +157,28 @@ class _App:
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else resp.body})
 
 
+async def _read_body(receive: Callable[..., Any]) -> bytes | None:
+    """The request body, or None past MAX_BODY_BYTES."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message.get("type") != "http.request":
+            return b"".join(parts)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
 class HttpServer:
     """Listens at once (a port in use fails here, in the caller's thread); serves from a thread until `shutdown`."""
 
     def __init__(self, host: str, port: int, handler: Handler, limits: Limits = Limits(),
-                 inline_paths: frozenset[str] = frozenset()) -> None:
+                 inline_paths: frozenset[str] = frozenset(), post: Mapping[str, PostHandler] | None = None) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -165,7 +196,7 @@ class HttpServer:
         for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
             logging.getLogger(name).setLevel(logging.WARNING)  # our own log lines say what matters
         config = uvicorn.Config(
-            _App(handler, inline_paths, self.pool),
+            _App(handler, inline_paths, self.pool, post),
             http=protocol,  # uvicorn accepts a protocol class as well as a name
             lifespan="off",
             log_config=None,

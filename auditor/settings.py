@@ -158,6 +158,18 @@ class LeaderElection(BaseModel):
         return self
 
 
+class Feed(BaseModel):
+    """Cloud Asset Inventory feed messages pushed by Pub/Sub to POST /v1/cai-feed."""
+
+    model_config = ConfigDict(extra="forbid")
+    audience: str | None = Field(
+        None, description="The push subscription's OIDC audience; unset: only loopback callers may push."
+    )
+    service_account: str | None = Field(None, description="The push subscription's service account (token email).")
+    certs_url: str = Field("https://www.googleapis.com/oauth2/v1/certs",
+                           description="Where the token signing certificates are read (kid -> PEM).")
+
+
 class Remediation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -262,6 +274,7 @@ class Settings(BaseSettings):
     source_shrink: SourceShrink = Field(default_factory=SourceShrink)  # type: ignore[arg-type]
     http: Http = Field(default_factory=Http)  # type: ignore[arg-type]
     remediation: Remediation = Field(default_factory=Remediation)  # type: ignore[arg-type]
+    feed: Feed = Field(default_factory=Feed)  # type: ignore[arg-type]
     scc: Scc = Field(default_factory=Scc)  # type: ignore[arg-type]
     notifications: Notifications = Field(default_factory=Notifications)  # type: ignore[arg-type]
 

@@ -91,7 +91,6 @@ class RuleFacts:
             text = f"{kinds[kind].summary[0].upper()}{kinds[kind].summary[1:]}: `auditor plan` proposes the change"
         else:
             text = "no automatic fix: change the resource by hand, or exempt it with a reason, an owner and an expiry"
-        labels: dict[str, str] = dict(getattr(r.rule, "labels", None) or {})
         return cls(
             id=r.id,
             check=r.rule.check,
@@ -101,7 +100,7 @@ class RuleFacts:
             description=r.rule.description.strip(),
             rationale=" ".join(r.rule.rationale.split()),
             remedy=Remedy(text, kind),
-            labels=labels,
+            labels=dict(r.rule.labels),
             origin=r.origin,
         )
 

@@ -33,6 +33,7 @@ EXEMPTION = """
   severity: critical
   description: Nothing is public, but for the model cards site.
   params: {members: [allUsers]}
+  labels: {team: web}
   exemptions:
     - {resource: "//storage.googleapis.com/helix-model-cards-site", reason: public model cards, owner: web-team,
        ticket: SEC-1, expires: 2099-01-01}
@@ -82,6 +83,7 @@ def test_json_report_has_the_documented_shape_and_the_rule_facts(json_report: di
     assert bucket["remedy"]["kind"] == "iam.remove_member" and bucket["remedy"]["text"]
     manual = next(f for f in findings if f["rule"] == "exempted-public-bucket")
     assert manual["remedy"]["kind"] is None and manual["remedy"]["text"]
+    assert manual["labels"] == {"team": "web"}
     exempted = [f for f in findings if f["exempted"]]
     assert [f["exemption"]["ticket"] for f in exempted] == ["SEC-1"]
     # worst first, then by rule id
@@ -132,6 +134,8 @@ def test_sarif_is_valid_2_1_0_with_a_rule_per_baseline_rule(rules_dir: Path, jso
     assert public["properties"]["security-severity"] == "9.5"
     assert public["fullDescription"]["text"].startswith("allUsers and allAuthenticatedUsers")
     assert public["properties"]["remediation"] == "iam.remove_member"
+    labelled = next(r for r in rules if r["id"] == "exempted-public-bucket")
+    assert "team:web" in labelled["properties"]["tags"] and labelled["properties"]["labels"] == {"team": "web"}
     results = run["results"]
     assert [r["partialFingerprints"]["findingId/v1"] for r in results] == [f["id"] for f in json_report["findings"]]
     for r in results:
