@@ -116,7 +116,7 @@ def test_parse_agrees_with_ipaddress(text: str) -> None:
 
 
 @given(st.lists(range_texts, max_size=12), range_texts)
-@settings(suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 def test_within_agrees_with_collapse_addresses(texts: list[str], text: str) -> None:
     assert ranges.within(text, ranges.union_of(texts)) == ref_within(text, texts)
 
@@ -167,7 +167,7 @@ armor_rule = st.fixed_dictionaries({
 
 
 @given(st.lists(armor_rule, max_size=25), st.booleans())
-@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300)
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300, deadline=None)
 def test_shadowing_agrees_with_the_quadratic_reference(rules_data: list[dict[str, Any]], open_shadow: bool) -> None:
     default = {"priority": 2147483647, "action": "deny(403)", "match": {"versionedExpr": "SRC_IPS_V1",
                                                                           "config": {"srcIpRanges": ["*"]}}}

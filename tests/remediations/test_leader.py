@@ -34,14 +34,15 @@ def _holder(kube: KubeServer) -> str | None:
 
 
 def test_one_lease_holder_and_takeover_after_expiry(kube: KubeServer) -> None:
-    a = LeaseElector(kube.api_client(), *LEASE, identity="replica-a", lease_duration=2, renew_every=0.5)
-    b = LeaseElector(kube.api_client(), *LEASE, identity="replica-b", lease_duration=2, renew_every=0.5)
+    # A lease of 5 s: long enough that a busy machine does not let it lapse between two lines of this test.
+    a = LeaseElector(kube.api_client(), *LEASE, identity="replica-a", lease_duration=5, renew_every=0.5)
+    b = LeaseElector(kube.api_client(), *LEASE, identity="replica-b", lease_duration=5, renew_every=0.5)
     assert a.is_leader()
     assert not b.is_leader()
     assert _holder(kube) == "replica-a"
     assert a.is_leader() and not b.is_leader(), "the holder keeps it while it renews"
     # replica-a stops renewing (it crashed): replica-b takes over once the lease has expired, within its duration.
-    assert _wait_for(b.is_leader, limit=2 * 3)
+    assert _wait_for(b.is_leader, limit=5 * 3)
     assert _holder(kube) == "replica-b"
     a._leader_until = None  # replica-a comes back: it has to ask again, and loses
     assert not a.is_leader()
