@@ -1,4 +1,5 @@
-"""One registry type for every plugin kind: checks, remediation families, cycle steps, commands.
+"""One registry type for every plugin kind: checks, input readers, report formats, remediation families, cycle
+steps, commands.
 
 A `Registry` maps names to plugins; a plugin registers itself when its module is imported (a decorator or an
 `add` call), and a registry that has a loader runs it once before its first lookup. Packages outside `auditor`
@@ -73,6 +74,11 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return list(self)
+
+    def values(self) -> list[T]:
+        """The plugins in registration order, for kinds that are tried in turn (readers of input shapes)."""
+        self._ensure_loaded()
+        return list(self._items.values())
 
 
 _plugins_loaded = False

@@ -27,7 +27,7 @@ import msgspec
 
 from auditor.collect.k8s_objects import KINDS, object_asset
 from auditor.model import Asset
-from auditor.registry import Registry
+from auditor.plugins import Registry
 
 _NO_RAW = msgspec.Raw(b"")  # msgspec cannot make Raw optional; an empty Raw means "absent"
 _NULL = msgspec.Raw(b"null")
@@ -186,7 +186,7 @@ def reader(name: str, shape: str, matches: Callable[[dict[str, Any]], bool]) -> 
 def classify(obj: Any) -> ObjectReader | None:
     if not isinstance(obj, dict):
         return None
-    for r in READERS:
+    for r in READERS.values():
         if r.matches(obj):
             return r
     return None
@@ -210,7 +210,7 @@ def describe(obj: Any) -> str:
 
 
 def known_shapes() -> str:
-    return "; ".join(r.shape for r in READERS)
+    return "; ".join(r.shape for r in READERS.values())
 
 
 def _is_cai_asset(obj: dict[str, Any]) -> bool:

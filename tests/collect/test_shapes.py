@@ -38,7 +38,7 @@ def auditor(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_readers_register_in_one_registry() -> None:
-    assert READERS.names() == [
+    assert [r.name for r in READERS.values()] == [  # tried in this order
         "cai-asset", "cai-listing", "compute-security-policy", "compute-security-policy-list", "kubernetes-list",
         "kubernetes-object",
     ]
