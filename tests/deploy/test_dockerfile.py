@@ -12,6 +12,7 @@ import re
 import shlex
 import subprocess
 import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,17 @@ def _locked() -> dict[str, tuple[str, list[str]]]:
     return out
 
 
+def _brought_by(package: str, extra: str) -> list[str]:
+    """The names of the requirements that `package[extra]` adds, from the installed package's own metadata."""
+    out = []
+    for line in metadata.requires(package) or []:
+        r = Requirement(line)
+        if r.marker is not None and "extra" in str(r.marker) and r.marker.evaluate({"extra": extra}):
+            out.append(r.name)
+    assert out, f"{package}[{extra}] brings nothing: is the extra's name right?"
+    return out
+
+
 def test_every_dependency_is_locked_at_a_version_pyproject_allows_with_hashes() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     locked = _locked()
@@ -125,8 +137,9 @@ def test_every_dependency_is_locked_at_a_version_pyproject_allows_with_hashes() 
         assert name in locked, f"{req.name} is in pyproject.toml but not in {LOCK.name}: regenerate the lock"
         assert req.specifier.contains(locked[name][0], prereleases=True), (
             f"{req.name}=={locked[name][0]} in {LOCK.name} is outside {req.specifier}: regenerate the lock")
-        for extra in req.extras:  # psycopg[binary] brings psycopg-binary
-            assert f"{name}-{extra}" in locked, f"{dep}: its extra {extra} is not locked"
+        for extra in req.extras:  # what an extra brings (psycopg[binary]: psycopg-binary) is locked too
+            for brought in _brought_by(req.name, extra):
+                assert canonicalize_name(brought) in locked, f"{dep}: {brought}, of its extra {extra}, is not locked"
     for name, (version, hashes) in locked.items():
         assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), f"{name}=={version}"
 
