@@ -164,6 +164,37 @@ class _Writer:
         self._buf.clear()
 
 
+def _write_armor_policy(w: _Writer, rng: random.Random, pid: str, policy: str, rules: list[dict[str, Any]], pname: str,
+                        anc: list[str], adaptive: bool) -> None:
+    """Close a policy's rules with its default rule (allow at RATE_ARMOR_DEFAULT_ALLOW) and write the asset: both
+    profiles end a policy this way, drawing from `rng` in the same order."""
+    default_allow = rng.random() < RATE_ARMOR_DEFAULT_ALLOW
+    if default_allow:
+        w.stats.violations["armor_default_allow"] += 1
+    rules.append(
+        {
+            "priority": 2147483647,
+            "action": "allow" if default_allow else "deny(403)",
+            "description": "default rule",
+            "preview": False,
+            "match": {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRange": ["*"]}},
+        }
+    )
+    data: dict[str, Any] = {
+        "name": policy,
+        "id": str(rng.getrandbits(60)),
+        "kind": "compute#securityPolicy",
+        "type": "CLOUD_ARMOR",
+        "fingerprint": "Xq1hTq8b2aQ=",
+        "rule": rules,
+    }
+    if adaptive:
+        data["adaptiveProtectionConfig"] = {"layer7DdosDefenseConfig": {"enable": True}}
+    data["selfLink"] = f"https://www.googleapis.com/compute/v1/projects/{pid}/global/securityPolicies/{policy}"
+    w.line(_resource(f"//compute.googleapis.com/projects/{pid}/global/securityPolicies/{policy}",
+                     "compute.googleapis.com/SecurityPolicy", data, pname, anc, "compute"))
+
+
 def _resource(
     name: str, asset_type: str, data: dict[str, Any], parent: str | None, ancestors: list[str], api: str
 ) -> dict[str, Any]:
@@ -798,37 +829,7 @@ class _Org:
                 }
             )
             w.stats.violations["armor_open_allow"] += 1
-        default_allow = rng.random() < RATE_ARMOR_DEFAULT_ALLOW
-        if default_allow:
-            w.stats.violations["armor_default_allow"] += 1
-        rules.append(
-            {
-                "priority": 2147483647,
-                "action": "allow" if default_allow else "deny(403)",
-                "description": "default rule",
-                "preview": False,
-                "match": {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRange": ["*"]}},
-            }
-        )
-        w.line(
-            _resource(
-                f"//compute.googleapis.com/projects/{pid}/global/securityPolicies/{policy}",
-                "compute.googleapis.com/SecurityPolicy",
-                {
-                    "name": policy,
-                    "id": str(rng.getrandbits(60)),
-                    "kind": "compute#securityPolicy",
-                    "type": "CLOUD_ARMOR",
-                    "fingerprint": "Xq1hTq8b2aQ=",
-                    "rule": rules,
-                    "adaptiveProtectionConfig": {"layer7DdosDefenseConfig": {"enable": True}},
-                    "selfLink": f"https://www.googleapis.com/compute/v1/projects/{pid}/global/securityPolicies/{policy}",
-                },
-                pname,
-                anc,
-                "compute",
-            )
-        )
+        _write_armor_policy(w, rng, pid, policy, rules, pname, anc, adaptive=True)
 
     # -- GKE ----------------------------------------------------------------------------------------------------------
     def _cluster(self, pid: str, number: int, region: str, anc: list[str], pname: str) -> None:
@@ -1201,36 +1202,7 @@ class _Org:
                 }
             )
             w.stats.violations["armor_rules"] += 1
-        default_allow = rng.random() < RATE_ARMOR_DEFAULT_ALLOW
-        if default_allow:
-            w.stats.violations["armor_default_allow"] += 1
-        rules.append(
-            {
-                "priority": 2147483647,
-                "action": "allow" if default_allow else "deny(403)",
-                "description": "default rule",
-                "preview": False,
-                "match": {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRange": ["*"]}},
-            }
-        )
-        w.line(
-            _resource(
-                f"//compute.googleapis.com/projects/{pid}/global/securityPolicies/{policy}",
-                "compute.googleapis.com/SecurityPolicy",
-                {
-                    "name": policy,
-                    "id": str(rng.getrandbits(60)),
-                    "kind": "compute#securityPolicy",
-                    "type": "CLOUD_ARMOR",
-                    "fingerprint": "Xq1hTq8b2aQ=",
-                    "rule": rules,
-                    "selfLink": f"https://www.googleapis.com/compute/v1/projects/{pid}/global/securityPolicies/{policy}",
-                },
-                pname,
-                anc,
-                "compute",
-            )
-        )
+        _write_armor_policy(w, rng, pid, policy, rules, pname, anc, adaptive=False)
 
     def _k8s(self, name: str, asset_type: str, obj: dict[str, Any], anc: list[str], pname: str) -> None:
         self.w.line(_resource(name, asset_type, obj, pname, anc, "k8s"))
