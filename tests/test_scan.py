@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import gc
+import io
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -128,6 +131,20 @@ def test_one_asset_in_two_files_is_one_asset_in_every_report(tmp_path: Path) -> 
     assert len(rows) == len(once.findings)
     table = runner.invoke(cli, [*base], env={"COLUMNS": "250"}).output
     assert f"{len(once.findings)} findings" in table and "22 duplicate assets read once" in table
+    by_format = {
+        "ndjson": lambda text: [json.loads(line)["id"] for line in text.splitlines() if '"rule"' in line],
+        "csv": lambda text: [row["id"] for row in csv.DictReader(io.StringIO(text))],
+        "sarif": lambda text: [r["partialFingerprints"]["findingId/v1"]
+                               for r in json.loads(text)["runs"][0]["results"]],
+        "junit": lambda text: re.findall(r"<failure\b", text),
+    }
+    for fmt, ids_of in by_format.items():
+        out = tmp_path / f"report.{fmt}"
+        runner.invoke(cli, [*base, "--format", fmt, "-o", str(out)])
+        found = ids_of(out.read_text())
+        assert len(found) == len(once.findings), fmt
+        if fmt != "junit":
+            assert len(set(found)) == len(found), fmt
 
 
 def _bucket(members: list[str], update_time: str) -> str:
