@@ -54,7 +54,7 @@ class AdvisoryLeader:
             return bool(self.db.execute("SELECT pg_try_advisory_lock(?)", (self.key,)).fetchone()[0])
 
     def fence(self) -> None:
-        """Inside the recording transaction: refuse unless this session still holds the lock."""
+        """Inside the recording transaction: refuse unless this database connection still holds the lock."""
         if not self.holds():
             raise NotLeader("this replica no longer holds the leader lock; the cycle is not recorded")
 
