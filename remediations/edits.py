@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from auditor.evaluate.rulebook import Rule
+    from auditor.model import Finding
 
 
 class EditError(ValueError):
@@ -52,6 +56,11 @@ class Edit:
     def from_dict(cls, d: dict[str, Any]) -> Edit:
         return cls(kind=d["kind"], args=d["args"], rules=list(d.get("rules", [])), modes=list(d.get("modes", [])),
                    findings=list(d.get("findings", [])))
+
+
+def asked_by(finding: Finding, rule: Rule) -> dict[str, Any]:
+    """The rules, modes and findings fields of an Edit that `finding` of `rule` asks for (every family's edits)."""
+    return {"rules": [rule.id], "modes": [finding.mode.value], "findings": [finding.id]}
 
 
 def canonical_json(v: Any) -> str:

@@ -27,7 +27,7 @@ from auditor.model import Asset, Finding
 from auditor.permissions import declare
 from auditor.plugins import remediation_families
 from auditor.remedies import DENY, Remedy, RemoveRule, SetDefaultDeny, SetRule, SetRuleAction, first
-from remediations.edits import Edit, EditError, prune
+from remediations.edits import Edit, EditError, asked_by, prune
 from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext
 from remediations.guards import GuardConfig, Refusal
 from remediations.targets import Target, UnsupportedTarget
@@ -114,7 +114,7 @@ class CloudArmorFamily:
     def edits_for(self, finding: Finding, rule: Rule, asset: Asset) -> list[Edit]:
         """The edit of the remedy the finding offers that the rule's kind makes (typed remedies, never details)."""
         kind = rule.remediation or ""
-        base: dict[str, Any] = {"rules": [rule.id], "modes": [finding.mode.value], "findings": [finding.id]}
+        base = asked_by(finding, rule)
         r = first(finding.remedies, _REMEDY[kind])
         if r is None:
             offered = ", ".join(type(x).__name__ for x in finding.remedies) or "no fix"

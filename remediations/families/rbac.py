@@ -27,7 +27,7 @@ from auditor.model import Asset, Finding
 from auditor.plugins import remediation_families
 from auditor.remedies import RemoveSubject, ReplaceRoleRules, first
 from auditor.vocabulary import CLUSTER_ROLE, CLUSTER_ROLE_BINDING, ROLE, ROLE_BINDING, is_system_subject, subject_name
-from remediations.edits import Edit, EditError, prune
+from remediations.edits import Edit, EditError, asked_by, prune
 from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext
 from remediations.guards import GuardConfig, Refusal
 from remediations.targets import Target, UnsupportedTarget
@@ -95,7 +95,7 @@ class RbacFamily:
     def edits_for(self, finding: Finding, rule: Rule, asset: Asset) -> list[Edit]:
         """The edits of the remedies the finding offers that the rule's kind makes (typed remedies, never details)."""
         kind = rule.remediation or ""
-        base: dict[str, Any] = {"rules": [rule.id], "modes": [finding.mode.value], "findings": [finding.id]}
+        base = asked_by(finding, rule)
         if kind == "rbac.replace_role_rules":
             if not asset.asset_type.endswith(("/Role", "/ClusterRole")):
                 raise EditError(f"{kind} changes Roles and ClusterRoles, not {asset.asset_type}")

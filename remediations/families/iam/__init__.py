@@ -20,7 +20,7 @@ from auditor.model import Asset, Finding
 from auditor.plugins import remediation_families
 from auditor.remedies import AddMember, Remedy, RemoveBinding, RemoveMember, first
 from auditor.vocabulary import OWNER_ROLE, PUBLIC_MEMBERS, is_hierarchy_node, is_hierarchy_top
-from remediations.edits import Edit, EditError, canonical_json, condition_title, prune
+from remediations.edits import Edit, EditError, asked_by, canonical_json, condition_title, prune
 from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext
 from remediations.families.iam.endpoints import ENDPOINTS, endpoint_for
 from remediations.families.iam.transports import POLICY_VERSION, PolicyTransport
@@ -113,7 +113,7 @@ class IamFamily:
     def edits_for(self, finding: Finding, rule: Rule, asset: Asset) -> list[Edit]:
         """The edit of the remedy the finding offers that the rule's kind makes (typed remedies, never details)."""
         kind = rule.remediation or ""
-        base: dict[str, Any] = {"rules": [rule.id], "modes": [finding.mode.value], "findings": [finding.id]}
+        base = asked_by(finding, rule)
         offered = finding.remedies
         wanted: tuple[type[Remedy], ...] = {
             "iam.add_member": (AddMember,), "iam.remove_member": (RemoveMember,),
