@@ -412,6 +412,9 @@ class Auditor:
             sources=sources,
             source_errors=errors,
             rule_ids=frozenset(rule.id for rule in r.rules),
+            # A rule that could not run (at all, or on an asset) keeps the findings it did not see open, stale.
+            not_evaluated=[*((n.rule_id, "") for n in r.not_evaluated),
+                           *((e.rule, e.asset) for e in r.evaluation.errors)],
         )
 
     def _check_shrink(self, result: ScanResult) -> None:
