@@ -97,8 +97,9 @@ class Ledger:
         while True:
             rows = self.db.rows(
                 "SELECT f.id, f.rule, f.check_name, f.severity, f.mode, f.asset, f.asset_type, f.message, f.exempted, "
-                "f.exemption, f.first_seen, f.last_seen, f.resolved_at, f.project, f.ancestry, m.value AS mark FROM findings f "
-                "LEFT JOIN sink_marks m ON m.sink = ? AND m.key = f.id WHERE f.id > ? ORDER BY f.id LIMIT ?",
+                "f.exemption, f.first_seen, f.last_seen, f.resolved_at, f.project, f.ancestry, m.value AS mark "
+                "FROM findings f LEFT JOIN sink_marks m ON m.sink = ? AND m.key = f.id WHERE f.id > ? ORDER BY f.id "
+                "LIMIT ?",
                 (sink, after, page),
             )
             for r in rows:

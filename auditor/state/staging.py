@@ -9,10 +9,11 @@ repeated finding id wins, as in a report. Memory: one batch of rows.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterable, Iterator
 from itertools import islice
 from typing import Any
+
+import msgspec
 
 from auditor.model import Finding
 from auditor.state.db import Database
@@ -51,14 +52,19 @@ _INSERT = (f"INSERT INTO cycle_seen ({STAGED_COLUMNS}, note) VALUES (?, ?, ?, ?,
            "ON CONFLICT (id) DO NOTHING")
 
 
+# Keys sorted, so that the same details are the same text every cycle (a cycle with no change writes no row); values
+# JSON cannot hold are written as text.
+_encode = msgspec.json.Encoder(order="sorted", enc_hook=str).encode
+
+
 def staged_row(f: Finding) -> tuple[Any, ...]:
     e = f.exempted or f.expired_exemption
-    exemption = json.dumps({"reason": e.reason, "owner": e.owner, "ticket": e.ticket, "expires": e.expires,
-                            "expired": f.exempted is None}) if e is not None else None
+    exemption = _encode({"reason": e.reason, "owner": e.owner, "ticket": e.ticket, "expires": e.expires,
+                         "expired": f.exempted is None}).decode() if e is not None else None
     # The message of the drift event if this finding's exemption started or ended while it stayed open.
     note = (f"exempted ({f.exempted.reason}, {f.exempted.owner}): " if f.exempted else "exemption ended: ") + f.message
     return (f.id, f.rule, f.check, f.severity.value, f.mode.value, f.asset, f.asset_type, f.message,
-            json.dumps(f.details, default=str, sort_keys=True), int(f.exempted is not None), exemption, f.project,
+            _encode(f.details).decode(), int(f.exempted is not None), exemption, f.project,
             f.ancestry, note)
 
 
@@ -107,6 +113,11 @@ class Staging:
         in_rules, args = db.in_list("rule", sorted(rules))
         with db.transaction(immediate=False):
             db.execute(f"DELETE FROM cycle_seen WHERE asset = ? AND {in_rules}", (asset, *args))
+
+    def discard(self) -> None:
+        """Drop what was staged (a cycle that is not recorded)."""
+        self._rows = []
+        clear(self.db)
 
     def flush(self) -> None:
         if not self._rows:
