@@ -190,7 +190,7 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
 
     def _fault(self, plural: str, page: int | None, watch: bool = False) -> KubeFault | None:
         for f in self.faults:
-            if f.times is not None and f.hits >= f.times or f.watch != watch:
+            if (f.times is not None and f.hits >= f.times) or f.watch != watch:
                 continue
             if (f.plural is None or f.plural == plural) and (f.page is None or page is None or f.page == page):
                 f.hits += 1
@@ -270,7 +270,9 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
         for _, _, queue in self.watchers:
             queue.put_nowait(None)
 
-    async def _watch(self, raw: aiohttp.web.BaseRequest, kind: str, namespace: str | None) -> aiohttp.web.StreamResponse:
+    async def _watch(
+        self, raw: aiohttp.web.BaseRequest, kind: str, namespace: str | None
+    ) -> aiohttp.web.StreamResponse:
         group, version, plural, _ = KINDS[kind]
         params = dict(raw.query)
         since = params.get("resourceVersion") or ""
