@@ -18,7 +18,7 @@ from auditor.daemon import Daemon, respond
 from auditor.settings import ConfigError, load_settings
 from auditor.state import Store
 from tests.daemon.support import example_org, free_port, wait_until, write_config
-from tests.fakes.kube import KubeServer, kube_api  # noqa: F401 - fixture
+from tests.fakes.kube import KubeServer
 
 RBAC = "rbac.authorization.k8s.io"
 TENANT_ADMIN = {
@@ -26,6 +26,15 @@ TENANT_ADMIN = {
     "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "cluster-admin"},
     "subjects": [{"kind": "Group", "apiGroup": RBAC, "name": "vision-users@example.com"}],
 }
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeServer]:
+    server = KubeServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class Clock:
@@ -78,12 +87,12 @@ def test_watch_settings_are_checked(tmp_path: Path, watch: dict[str, Any], probl
     assert problem in str(err.value) and str(path) in str(err.value)
 
 
-def test_watched_changes_reach_the_feed_entry_point_and_the_metrics(tmp_path: Path, kube_api: KubeServer) -> None:
-    with daemon(watch_config(tmp_path, kube_api)) as d:
+def test_watched_changes_reach_the_feed_entry_point_and_the_metrics(tmp_path: Path, kube: KubeServer) -> None:
+    with daemon(watch_config(tmp_path, kube)) as d:
         d.sync_watches()
-        wait_until(lambda: kube_api.open_watches() == 7, 30, "the seven kinds' watches to open")
+        wait_until(lambda: kube.open_watches() == 7, 30, "the seven kinds' watches to open")
         assert d.watches.ready() == (True, "ok")
-        rbac = client.RbacAuthorizationV1Api(kube_api.api_client())
+        rbac = client.RbacAuthorizationV1Api(kube.api_client())
         rbac.create_namespaced_role_binding("vision", TENANT_ADMIN)
         changes = wait_until(lambda: list(d.auditor.feed_changes), 30, "the change to reach the auditor")
         (change,) = changes
@@ -99,16 +108,16 @@ def test_watched_changes_reach_the_feed_entry_point_and_the_metrics(tmp_path: Pa
         d.scheduler.start(paused=True)
         assert d.shutdown() == 0
         assert not d.watches.running
-        wait_until(lambda: kube_api.open_watches() == 0, 30, "the streams to close")
+        wait_until(lambda: kube.open_watches() == 0, 30, "the streams to close")
 
 
-def test_a_watch_down_for_long_makes_the_daemon_unready(tmp_path: Path, kube_api: KubeServer) -> None:
+def test_a_watch_down_for_long_makes_the_daemon_unready(tmp_path: Path, kube: KubeServer) -> None:
     clock = Clock()
     dead = tmp_path / "dead-kubeconfig"
-    KubeServer.kubeconfig(kube_api, dead, context="fake")
-    dead.write_text(dead.read_text().replace(kube_api.url, f"http://127.0.0.1:{free_port()}"))
+    KubeServer.kubeconfig(kube, dead, context="fake")
+    dead.write_text(dead.read_text().replace(kube.url, f"http://127.0.0.1:{free_port()}"))
     src = f"k8s://fake?kubeconfig={dead}"
-    config = watch_config(tmp_path, kube_api, sources=[str(tmp_path / "org"), src],
+    config = watch_config(tmp_path, kube, sources=[str(tmp_path / "org"), src],
                           watch={"sources": [src], "down_after_seconds": 120})
     with daemon(config, clock) as d:
         d.sync_watches()
@@ -125,17 +134,17 @@ def test_a_watch_down_for_long_makes_the_daemon_unready(tmp_path: Path, kube_api
         assert reply.status == 503 and b"watch" in reply.body
 
 
-def test_only_the_leader_watches(tmp_path: Path, kube_api: KubeServer, postgres_url: str) -> None:
-    config = watch_config(tmp_path, kube_api, state_url=postgres_url, ha={"enabled": True, "lease_seconds": 1})
+def test_only_the_leader_watches(tmp_path: Path, kube: KubeServer, postgres_url: str) -> None:
+    config = watch_config(tmp_path, kube, state_url=postgres_url, ha={"enabled": True, "lease_seconds": 1})
     with daemon(config) as a, daemon(config) as b:
         a.schedule(), b.schedule()  # not started: the leader check runs by hand here
         a._poll_leadership()
         b._poll_leadership()
         assert a.auditor.leading and not b.auditor.leading
-        wait_until(lambda: kube_api.open_watches() == 7, 30, "the leader's watches to open")
+        wait_until(lambda: kube.open_watches() == 7, 30, "the leader's watches to open")
         assert a.watches.running and not b.watches.running
         a.watches.stop()
         a.auditor.close()  # the leader goes away: its lock is released
         wait_until(lambda: (b._poll_leadership(), b.auditor.leading)[1], 30, "b to take over")
         assert b.watches.running
-        wait_until(lambda: kube_api.open_watches() == 7, 30, "the new leader's watches to open")
+        wait_until(lambda: kube.open_watches() == 7, 30, "the new leader's watches to open")
