@@ -45,6 +45,17 @@ class WriteConflict(Exception):
     """The API refused the write because the token is stale (409 ABORTED, 412, Kubernetes 409 Conflict)."""
 
 
+def token_moved(token_field: str, planned: str | None, before: Any, live_token: str | None, live_section: Any
+                ) -> str | None:
+    """The concurrency check of apply: the live token is the one planned against; a change planned without a
+    token (a source that carries none) compares the live state with the planned before-state instead."""
+    if planned is not None and live_token != planned:
+        return f"{token_field} is {live_token}, planned against {planned}: changed since the plan"
+    if planned is None and live_section != before:
+        return "the live state differs from the planned before-state: changed since the plan"
+    return None
+
+
 # Transient API errors (429, 5xx, timeouts) are retried per API call by each writer, honouring Retry-After.
 DEFAULT_RETRY = RetryPolicy(attempts=4, initial=0.5, maximum=10.0)
 
@@ -88,6 +99,10 @@ class Remediator(Protocol):
         ...
 
     def token_of(self, state: dict[str, Any] | None) -> str | None: ...
+
+    def moved(self, target: Target, planned: str | None, before: Any, live: Live) -> str | None:
+        """Why the live resource is not the one a change was planned against (None: it is); see `token_moved`."""
+        ...
 
     def edits_for(self, finding: Finding, rule: Rule, asset: Asset) -> list[Edit]:
         """The edits a finding asks for; EditError says why it cannot be planned."""

@@ -28,7 +28,7 @@ from auditor.plugins import remediation_families
 from auditor.remedies import RemoveSubject, ReplaceRoleRules, first
 from auditor.vocabulary import CLUSTER_ROLE, CLUSTER_ROLE_BINDING, ROLE, ROLE_BINDING, is_system_subject, subject_name
 from remediations.edits import Edit, EditError, asked_by, prune
-from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext
+from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext, token_moved
 from remediations.guards import GuardConfig, Refusal
 from remediations.targets import Target, UnsupportedTarget
 
@@ -91,6 +91,9 @@ class RbacFamily:
     def token_of(self, state: dict[str, Any] | None) -> str | None:
         value = ((state or {}).get("metadata") or {}).get("resourceVersion")
         return str(value) if value not in (None, "") else None
+    def moved(self, target: Target, planned: str | None, before: Any, live: Live) -> str | None:
+        return token_moved(self.token_field, planned, before, live.token, self.section(live.state))
+
 
     def edits_for(self, finding: Finding, rule: Rule, asset: Asset) -> list[Edit]:
         """The edits of the remedies the finding offers that the rule's kind makes (typed remedies, never details)."""
