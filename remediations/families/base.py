@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from auditor.evaluate.rulebook import Rule
     from remediations.edits import Edit
     from remediations.guards import GuardConfig, Refusal
+    from remediations.manual import ManualStep
     from remediations.targets import Target
 
 
@@ -138,3 +139,14 @@ class Remediator(Protocol):
         ...
 
     def writer(self, ctx: WriterContext) -> Writer: ...
+
+
+class ManualPlanner(Protocol):
+    """A family whose kinds are planned only: each finding becomes manual steps in the plan, never a write."""
+
+    name: str
+    kinds: tuple[Kind, ...]
+
+    def manual_steps(self, kind: str, finding: Finding) -> list[ManualStep]:
+        """The steps the finding's typed remedies ask for; ManualStepError says why there are none."""
+        ...
