@@ -205,7 +205,7 @@ def test_a_dataset_changed_between_the_read_and_the_write_is_refused(
     assert _live(fake_gcp, name) == moved
 
 
-@pytest.mark.parametrize("asset_type", [v.TOPIC, v.DATASET, v.BUCKET])
+@pytest.mark.parametrize("asset_type", sorted(TYPES))
 def test_the_api_refuses_a_stale_etag(asset_type: str, fake_gcp: FakeGcp, gcp_endpoint: str,
                                       tmp_path: Path) -> None:
     """The fake enforces the etag itself: a write with a stale one is refused (409 or 412), never applied."""
