@@ -55,12 +55,11 @@ def test_no_shared_remediation_module_names_a_family_or_a_kind() -> None:
                       if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and n.body
                       and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-                if node.value in names:
-                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("remediations.families."):
-                if node.module != "remediations.families.base":
-                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: imports {node.module}")
+            if isinstance(node, ast.Constant) and id(node) not in docstrings and node.value in names:
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
+            if (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("remediations.families.")
+                    and node.module != "remediations.families.base"):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}: imports {node.module}")
     assert found == []
 
 
