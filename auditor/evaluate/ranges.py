@@ -5,8 +5,8 @@ closed intervals of integers. Both families share one number line: IPv4 addresse
 addresses are shifted past every IPv4 one (`V6`), so an interval never spans families and a sorted list of them
 needs no family tag. A union is a sorted list of merged intervals (adjacent ones joined: two /25 halves are their
 /24); "is this range inside that union" is one binary search. No `ipaddress` object is made in the hot path:
-the usual spellings are read by the C socket parsers, anything else once by `ipaddress`, whose verdict on what is
-an address stays the reference.
+IPv4 in the canonical spelling is read by splitting it and looking its octets up, IPv6 by the C socket parser,
+anything else once by `ipaddress`, whose verdict on what is an address stays the reference.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import ipaddress
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from functools import lru_cache
-from socket import AF_INET6, inet_aton, inet_ntoa, inet_pton
+from socket import AF_INET6, inet_pton
 
 V6 = 1 << 128  # where IPv6 addresses start on the shared number line
 V4_ALL = (0, (1 << 32) - 1)
@@ -26,44 +26,44 @@ FAMILIES = frozenset(EVERYTHING)
 Interval = tuple[int, int]
 
 
-def _prefix(text: str, width: int) -> int | None:
-    """A prefix length in ASCII digits (as `ipaddress` reads it), or None."""
-    if not (0 < len(text) <= 3 and text.isascii() and text.isdigit()):
-        return None
-    bits = int(text)
-    return bits if bits <= width else None
+# Exact spellings read without parsing: an octet is one of these 256 strings (no sign, space, leading zero or
+# non-ASCII digit, which `int` would accept and `ipaddress` refuses); a prefix length maps to its host mask.
+_OCTET = {str(i): i for i in range(256)}
+_HOST4 = {str(b): (1 << (32 - b)) - 1 for b in range(33)}
+_HOST6 = {str(b): (1 << (128 - b)) - 1 for b in range(129)}
+_MISSING = object()
+CACHE_SIZE = 8192  # distinct strings remembered; emptied when full (ranges that never repeat cost no bookkeeping)
+_cache: dict[str, tuple[Interval, ...] | None] = {}
 
 
 def _fast(text: str) -> Interval | None:
-    """The interval of an address or CIDR range in a spelling the C parsers read exactly as `ipaddress` does, or
-    None to let `ipaddress` decide (other spellings, or not an address). IPv4 must be canonical: `inet_aton` also
-    reads `10.1` and `0x0a.0.0.1`, which `ipaddress` refuses, so the text must be what `inet_ntoa` writes back."""
+    """The interval of an address or CIDR range in the spelling `ipaddress` writes (canonical IPv4 octets and
+    prefix lengths, any IPv6 spelling the C parser reads, which `ipaddress` reads the same), or None to let
+    `ipaddress` decide (other spellings, or not an address)."""
     addr, slash, prefix = text.partition("/")
-    try:
-        if ":" in addr:
+    if ":" in addr:
+        try:
             n = int.from_bytes(inet_pton(AF_INET6, addr), "big")
-            width, offset = 128, V6
-        else:
-            packed = inet_aton(addr)
-            if inet_ntoa(packed) != addr:
-                return None
-            n = int.from_bytes(packed, "big")
-            width, offset = 32, 0
-    except (OSError, ValueError):
+        except (OSError, ValueError):
+            return None
+        host = _HOST6.get(prefix) if slash else 0
+        if host is None:
+            return None
+        lo = (n & ~host) + V6
+        return (lo, lo + host)
+    try:
+        a, b, c, d = addr.split(".")
+        n = (_OCTET[a] << 24) | (_OCTET[b] << 16) | (_OCTET[c] << 8) | _OCTET[d]
+    except (KeyError, ValueError):
         return None
-    bits = _prefix(prefix, width) if slash else width
-    if bits is None:
+    host = _HOST4.get(prefix) if slash else 0
+    if host is None:
         return None
-    host = (1 << (width - bits)) - 1
     lo = n & ~host
-    return (lo + offset, (lo | host) + offset)
+    return (lo, lo + host)
 
 
-@lru_cache(maxsize=65536)
-def parse(text: str) -> tuple[Interval, ...] | None:
-    """The intervals of one range: `*` is every IPv4 and IPv6 address, a bare address a /32 or /128, host bits
-    are dropped (`10.1.2.3/8` is `10.0.0.0/8`, as `ipaddress.ip_network(strict=False)`); None when the text is not
-    an address. Cached: an organization's policies repeat the same ranges."""
+def _parse(text: str) -> tuple[Interval, ...] | None:
     text = text.strip()
     if text == "*":
         return EVERYTHING
@@ -78,6 +78,20 @@ def parse(text: str) -> tuple[Interval, ...] | None:
     if net.version == 6:
         lo, hi = lo + V6, hi + V6
     return ((lo, hi),)
+
+
+def parse(text: str) -> tuple[Interval, ...] | None:
+    """The intervals of one range: `*` is every IPv4 and IPv6 address, a bare address a /32 or /128, host bits
+    are dropped (`10.1.2.3/8` is `10.0.0.0/8`, as `ipaddress.ip_network(strict=False)`); None when the text is not
+    an address. Remembered per string (a plain dict, emptied when full): an organization's policies repeat their
+    trusted and internal ranges, while most single addresses occur once."""
+    got = _cache.get(text, _MISSING)
+    if got is _MISSING:
+        got = _parse(text)
+        if len(_cache) >= CACHE_SIZE:
+            _cache.clear()
+        _cache[text] = got
+    return got  # type: ignore[return-value]
 
 
 def is_everything(iv: Interval) -> bool:
