@@ -1,12 +1,12 @@
 """Address ranges as integer intervals: what the Cloud Armor checks reason with.
 
-A range string (`10.0.0.0/8`, `2001:db8::/32`, a bare address, `*`) is parsed once per distinct string into
-closed intervals of integers. Both families share one number line: IPv4 addresses are their own value, IPv6
-addresses are shifted past every IPv4 one (`V6`), so an interval never spans families and a sorted list of them
-needs no family tag. A union is a sorted list of merged intervals (adjacent ones joined: two /25 halves are their
-/24); "is this range inside that union" is one binary search. No `ipaddress` object is made in the hot path:
-IPv4 in the canonical spelling is read by splitting it and looking its octets up, IPv6 by the C socket parser,
-anything else once by `ipaddress`, whose verdict on what is an address stays the reference.
+A range string (`10.0.0.0/8`, `2001:db8::/32`, a bare address, `*`) is parsed into closed intervals of integers
+(once per policy rule: the checks share a rule's parsed ranges). Both families share one number line: IPv4
+addresses are their own value, IPv6 addresses are shifted past every IPv4 one (`V6`), so an interval never spans
+families and a sorted list of them needs no family tag. A union is a sorted list of merged intervals (adjacent
+ones joined: two /25 halves are their /24); "is this range inside that union" is one binary search. No `ipaddress`
+object is made in the hot path: the usual spellings are read by the C socket parser (`inet_pton`, as strict as
+`ipaddress`), anything else once by `ipaddress`, whose verdict on what is an address stays the reference.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import ipaddress
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from functools import lru_cache
-from socket import AF_INET6, inet_pton
+from socket import AF_INET, AF_INET6, inet_pton
 
 V6 = 1 << 128  # where IPv6 addresses start on the shared number line
 V4_ALL = (0, (1 << 32) - 1)
@@ -26,44 +26,39 @@ FAMILIES = frozenset(EVERYTHING)
 Interval = tuple[int, int]
 
 
-# Exact spellings read without parsing: an octet is one of these 256 strings (no sign, space, leading zero or
-# non-ASCII digit, which `int` would accept and `ipaddress` refuses); a prefix length maps to its host mask.
-_OCTET = {str(i): i for i in range(256)}
+# Prefix lengths in the spelling `ipaddress` writes, and the host mask of each.
 _HOST4 = {str(b): (1 << (32 - b)) - 1 for b in range(33)}
 _HOST6 = {str(b): (1 << (128 - b)) - 1 for b in range(129)}
-_MISSING = object()
-CACHE_SIZE = 8192  # distinct strings remembered; emptied when full (ranges that never repeat cost no bookkeeping)
-_cache: dict[str, tuple[Interval, ...] | None] = {}
 
 
 def _fast(text: str) -> Interval | None:
-    """The interval of an address or CIDR range in the spelling `ipaddress` writes (canonical IPv4 octets and
-    prefix lengths, any IPv6 spelling the C parser reads, which `ipaddress` reads the same), or None to let
-    `ipaddress` decide (other spellings, or not an address)."""
+    """The interval of an address or CIDR range read by the C parser (`inet_pton`: IPv4 as exactly four decimal
+    octets without leading zeros, as `ipaddress` reads them; IPv6 in any spelling, read as `ipaddress` reads it)
+    with a prefix length as `ipaddress` writes it, or None to let `ipaddress` decide (other spellings, such as
+    `/08` or a netmask, or not an address)."""
     addr, slash, prefix = text.partition("/")
-    if ":" in addr:
-        try:
-            n = int.from_bytes(inet_pton(AF_INET6, addr), "big")
-        except (OSError, ValueError):
-            return None
-        host = _HOST6.get(prefix) if slash else 0
-        if host is None:
-            return None
-        lo = (n & ~host) + V6
-        return (lo, lo + host)
     try:
-        a, b, c, d = addr.split(".")
-        n = (_OCTET[a] << 24) | (_OCTET[b] << 16) | (_OCTET[c] << 8) | _OCTET[d]
-    except (KeyError, ValueError):
+        if ":" in addr:
+            n = int.from_bytes(inet_pton(AF_INET6, addr), "big")
+            host = _HOST6.get(prefix) if slash else 0
+            offset = V6
+        else:
+            n = int.from_bytes(inet_pton(AF_INET, addr), "big")
+            host = _HOST4.get(prefix) if slash else 0
+            offset = 0
+    except (OSError, ValueError):  # not an address, or a NUL in the text
         return None
-    host = _HOST4.get(prefix) if slash else 0
     if host is None:
         return None
-    lo = n & ~host
+    lo = (n & ~host) + offset
     return (lo, lo + host)
 
 
-def _parse(text: str) -> tuple[Interval, ...] | None:
+def parse(text: str) -> tuple[Interval, ...] | None:
+    """The intervals of one range: `*` is every IPv4 and IPv6 address, a bare address a /32 or /128, host bits
+    are dropped (`10.1.2.3/8` is `10.0.0.0/8`, as `ipaddress.ip_network(strict=False)`); None when the text is not
+    an address. Not cached: parsing a range costs about what a cache lookup and its bookkeeping do, and most
+    ranges of a large organization's policies (single addresses) occur once."""
     text = text.strip()
     if text == "*":
         return EVERYTHING
@@ -78,20 +73,6 @@ def _parse(text: str) -> tuple[Interval, ...] | None:
     if net.version == 6:
         lo, hi = lo + V6, hi + V6
     return ((lo, hi),)
-
-
-def parse(text: str) -> tuple[Interval, ...] | None:
-    """The intervals of one range: `*` is every IPv4 and IPv6 address, a bare address a /32 or /128, host bits
-    are dropped (`10.1.2.3/8` is `10.0.0.0/8`, as `ipaddress.ip_network(strict=False)`); None when the text is not
-    an address. Remembered per string (a plain dict, emptied when full): an organization's policies repeat their
-    trusted and internal ranges, while most single addresses occur once."""
-    got = _cache.get(text, _MISSING)
-    if got is _MISSING:
-        got = _parse(text)
-        if len(_cache) >= CACHE_SIZE:
-            _cache.clear()
-        _cache[text] = got
-    return got  # type: ignore[return-value]
 
 
 def is_everything(iv: Interval) -> bool:
