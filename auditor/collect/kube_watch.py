@@ -142,10 +142,21 @@ class KindWatcher:
         self.failures = 0  # errors in a row (the backoff's attempt number)
         self._watch: Any = None
         self._lock = threading.Lock()
+        self._stamped = ""
 
     @property
     def cluster(self) -> str:
         return self.source.cluster
+
+    def _stamp(self) -> str:
+        """The change's window start: the time it was received, strictly increasing for this watcher (two events
+        of one object in the same microsecond must not look like a redelivery to whoever orders by it)."""
+        key = time_key(_now_rfc3339(self.clock))
+        if key <= self._stamped:
+            head, _, nanos = self._stamped.rpartition(".")
+            key = f"{head}.{int(nanos) + 1:09d}" if int(nanos) < 999_999_999 else key
+        self._stamped = max(key, self._stamped)
+        return key
 
     # -- the loop ---------------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -220,16 +231,15 @@ class KindWatcher:
         if self.primed:
             self.relists += 1
             self.observer.relisted(self.cluster, self.kind.kind)
-            now = time_key(_now_rfc3339(self.clock))
             for name, known in list(self.known.items()):
                 if name not in listed:
                     gone = Asset(name=name, asset_type=known.asset_type, origin=f"{self.source.uri} relist")
-                    self._hand_on(gone, True, None, "relist", now)
+                    self._hand_on(gone, True, None, "relist", self._stamp())
                     self.known.pop(name, None)
             for name, (rv, asset) in listed.items():
                 known_now = self.known.get(name)
                 if known_now is None or known_now.rv != rv:
-                    self._hand_on(asset, False, rv or None, "relist", now)
+                    self._hand_on(asset, False, rv or None, "relist", self._stamp())
                     self.known[name] = Known(rv, asset.asset_type)
         else:
             self.known = {name: Known(rv, asset.asset_type) for name, (rv, asset) in listed.items()}
@@ -309,7 +319,7 @@ class KindWatcher:
             self.rv = rv
             return
         self.observer.event(self.cluster, self.kind.kind, type_)
-        self._hand_on(asset, type_ == "DELETED", rv, "watch", time_key(_now_rfc3339(self.clock)))
+        self._hand_on(asset, type_ == "DELETED", rv, "watch", self._stamp())
         if type_ == "DELETED":
             self.known.pop(asset.name, None)
         else:

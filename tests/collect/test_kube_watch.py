@@ -312,3 +312,20 @@ def test_watched_assets_are_the_collectors_assets(kube_api: KubeServer, source: 
         assert (b.asset_type, b.resource, b.iam_policy, b.ancestors, b.update_time) == (
             a.asset_type, a.resource, a.iam_policy, a.ancestors, a.update_time), name
     assert {c.asset.asset_type for c in got} == {k.asset_type for k in KINDS}
+
+
+def test_changes_of_one_object_get_increasing_window_starts_even_in_one_microsecond(
+    kube_api: KubeServer, source: KubernetesApiSource, running: Callable[[KindWatcher], KindWatcher]
+) -> None:
+    """Whoever orders changes by window start must not take the second of two quick changes for a redelivery."""
+    changes: queue.Queue[FeedChange] = queue.Queue()
+    running(watcher(source, changes, clock=lambda: 1_800_000_000.0))  # a clock that does not move
+    wait_until(lambda: kube_api.open_watches("RoleBinding") == 1, "the watch to open")
+    kube_api.load(binding("tenant-admin", role="cluster-admin"))
+    kube_api.load(binding("tenant-admin", role="view"))
+    kube_api.remove("RoleBinding", "tenant-admin", "vision")
+    got = drain(changes, 3)
+    assert [short(c) for c in got] == [("tenant-admin", "cluster-admin", False), ("tenant-admin", "view", False),
+                                       ("tenant-admin", "view", True)]
+    starts = [c.window_start for c in got]
+    assert starts == sorted(set(starts)) and starts[0] == "2027-01-15T08:00:00.000000000"
