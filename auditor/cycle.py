@@ -577,6 +577,7 @@ class Auditor:
             self.settings.sources,
             self._plan_changes,
             queued=self.outbound.queued() if self.outbound is not None else None,
+            queue_oldest=self.outbound.oldest() if self.outbound is not None else None,
             rule_evaluated=self._rule_evaluated,
         )
         now = self.clock()

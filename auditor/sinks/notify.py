@@ -159,6 +159,11 @@ class DiskQueue:
     def __len__(self) -> int:
         return len(self._files())
 
+    def oldest_at(self) -> float | None:
+        """When the oldest waiting event was queued (epoch seconds, from its file name), None when none waits."""
+        first = min((p.name for p in self.folder.iterdir() if _FILE.match(p.name)), default=None)
+        return int(first[:20]) / 1e9 if first is not None else None
+
     def put(self, items: Sequence[Notice]) -> int:
         """Append events (durably); returns how many old events were dropped to stay within the bound."""
         seq = time.time_ns()
@@ -346,6 +351,11 @@ class Notifier:
 
     def queued(self) -> dict[str, int]:
         return {name: len(q) for name, q in self.queues.items()}
+
+    def oldest(self) -> dict[str, float | None]:
+        """Per sink, when its oldest waiting event was queued (None: its queue is empty). A sink that has been
+        failing shows here first: the age grows while the count may stay small."""
+        return {name: q.oldest_at() for name, q in self.queues.items()}
 
     def flush(self) -> FlushResult:
         out = FlushResult()
