@@ -255,11 +255,13 @@ def unique_findings(findings: list[Finding]) -> int:
 
 
 def _chain(sources: list[Source], on_asset: Callable[[int], None] | None,
-           dedupe: Duplicates | None = None) -> Iterator[Asset]:
+           dedupe: Duplicates | None = None, observe: Callable[[Asset], None] | None = None) -> Iterator[Asset]:
     if dedupe is not None:
         stream: Iterator[Asset] = itertools.chain.from_iterable(dedupe.stream(_read(s), s.status) for s in sources)
     else:
         stream = itertools.chain.from_iterable(_read(s) for s in sources)
+    if observe is not None:
+        stream = _observed(stream, observe)
     if on_asset is None:
         yield from stream
         return
@@ -267,6 +269,12 @@ def _chain(sources: list[Source], on_asset: Callable[[int], None] | None,
         if n % 1000 == 0:
             # readers may skip assets no rule reads: the count read so far is theirs when they keep one
             on_asset(max(n, sum(s.status.assets for s in sources)))
+        yield a
+
+
+def _observed(stream: Iterator[Asset], observe: Callable[[Asset], None]) -> Iterator[Asset]:
+    for a in stream:
+        observe(a)
         yield a
 
 
@@ -278,6 +286,7 @@ def _parallel(
     cluster: str,
     on_progress: Callable[[int], None] | None,
     threaded: bool,
+    observe: Callable[[Asset], None] | None = None,
 ) -> None:
     from auditor.collect.files import FileSource
     from auditor.parallel import ParallelReader
@@ -290,7 +299,7 @@ def _parallel(
                 with attributed(source.uri):
                     reader.feed(source, run, on_progress, dedupe)
             else:
-                run.feed(_chain([source], on_progress, dedupe))
+                run.feed(_chain([source], on_progress, dedupe, observe))
     run.finish()
 
 
@@ -304,6 +313,7 @@ def run_scan(
     jobs: int = 1,
     threaded: bool = False,
     on_finding: Callable[[Finding], None] | None = None,
+    observe: Callable[[Asset], None] | None = None,
 ) -> ScanResult:
     """Scan the named sources with the given rules. Sources that cannot be opened raise SourceError.
 
@@ -311,7 +321,8 @@ def run_scan(
     a malformed line is then reported once its range is read). `--strict` scans stay in one process. `threaded`:
     the caller runs other threads for good (the daemon), and workers come from a fork server (auditor/parallel.py).
     `on_finding`: each finding is handed to it as it is made and not kept (a report written as it goes); the
-    result then counts them (`tally`) but its `findings` is empty.
+    result then counts them (`tally`) but its `findings` is empty. `observe`: each asset read is shown to it (the
+    daemon's retained index, auditor.incremental; not the assets of export files read by worker processes).
     """
     options = options or SourceOptions()
     engine = Engine(rules, now=now)
@@ -346,10 +357,10 @@ def run_scan(
             select(engine.wants, evaluation.assets_by_type)
     with fewer_collections():
         if jobs > 1 and not options.strict:
-            _parallel(engine, sources, evaluation, jobs, options.cluster, on_progress, threaded)
+            _parallel(engine, sources, evaluation, jobs, options.cluster, on_progress, threaded, observe)
         else:
             run = engine.start(evaluation)
-            run.feed(_chain(sources, on_progress, Duplicates(run)))
+            run.feed(_chain(sources, on_progress, Duplicates(run), observe))
             run.finish()
     unique_findings(evaluation.findings)
     elapsed = time.perf_counter() - t0
