@@ -273,3 +273,39 @@ def test_on_a_shared_database_a_follower_stores_pushes_and_only_the_leader_recor
     finally:
         follower.close()
         leader.close()
+
+
+def test_a_changed_namespace_re_evaluates_its_cluster_tenancy(auditor: Auditor, org: Path) -> None:
+    store = auditor.store
+    share = TRAINING + "/namespaces/tenant-nlp/rbac.authorization.k8s.io/rolebindings/share-with-vision"
+    assert open_ids(store, share, "rbac-tenant-isolation")  # tenant-vision's service account bound in tenant-nlp
+    vision = resource_record(org, TRAINING + "/namespaces/tenant-vision")
+    merged = json.loads(json.dumps(vision))
+    merged["resource"]["data"]["metadata"]["labels"]["platform.helix-ml.example/tenant"] = "nlp"
+    push(auditor, envelope(merged, "2026-12-07T03:00:00Z"))  # tenant-vision now belongs to tenant nlp
+    assert not open_ids(store, share, "rbac-tenant-isolation")
+    assert ("resolved", "rbac-tenant-isolation", share) in event_drift(store)
+    push(auditor, envelope(vision, "2026-12-07T03:00:01Z", message_id="2"))
+    assert open_ids(store, share, "rbac-tenant-isolation")
+
+
+def test_drift_from_an_event_is_notified_like_a_cycle_s(tmp_path: Path, org: Path) -> None:
+    from tests.sinks.test_notify import Receiver
+
+    receiver = Receiver()
+    try:
+        settings = load_settings(write_config(tmp_path / "config.yaml", notifications={
+            "queue_dir": str(tmp_path / "queue"), "retry_attempts": 2, "retry_initial_seconds": 0,
+            "webhooks": [{"name": "soc", "url": receiver.url}]}))
+        a = Auditor(settings, Store(settings.state_path))
+        try:
+            a.run_cycle()
+            assert receiver.received == []  # the baseline is not drift
+            push(a, envelope(public(iam_record(org, BUCKET)), "2026-12-07T03:00:00Z"))
+            [event] = receiver.events()
+            assert event["type"].endswith(".new") and event.data["asset"] == BUCKET
+            assert event.data["rule"] == "iam-no-public-members"
+        finally:
+            a.close()
+    finally:
+        receiver.stop()
