@@ -92,6 +92,16 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 Key = tuple[str, bool, bool]  # an asset's name, and whether the copy carries its resource, its IAM policy
 
 
+def order_of(change: FeedChange) -> tuple[str, str]:
+    """(mark, ordering key) of a change: the store keeps the newest key per asset and mark. A source's changes are
+    ordered among themselves (a feed's by window start time, a watch's by resourceVersion `sequence`, else by the
+    time it was received): a feed and a watch reporting the same object are both recorded (the second finds the
+    verdict unchanged)."""
+    source = getattr(change, "source", "cai-feed")
+    mark = change.content if source == "cai-feed" else f"{change.content}:{source}"
+    return mark, getattr(change, "sequence", None) or change.window_start
+
+
 def _key(a: Asset) -> Key:
     return (a.name, a.has_resource, a.has_iam_policy)
 
@@ -274,7 +284,8 @@ class Incremental:
         """Write the change to the inbox (durable once this returns), and wake the worker. Raises when it could
         not be written: the caller answers so that the sender retries."""
         now = self.clock()
-        row = (now, change.asset.name, change.content, change.window_start, encode_change(change, now))
+        mark, order = order_of(change)
+        row = (now, change.asset.name, mark, order, encode_change(change, now))
         with self._inbox_lock:
             if self._inbox is None:
                 self._inbox = self.auditor.store.reopen()
@@ -401,13 +412,14 @@ class Incremental:
 
     def _accepted(self, works: Sequence[_Work]) -> set[int]:
         """The inbox ids of the changes newer than what the store recorded for their asset (in order)."""
-        known = self.auditor.store.change_marks([w.change.key for w in works])
+        keys = [(w.change.asset.name, *order_of(w.change)) for w in works]
+        known = self.auditor.store.change_marks([(name, mark) for name, mark, _ in keys])
         out = set()
-        for w in works:
-            last = known.get(w.change.key)
-            if last is not None and w.change.window_start <= last:
+        for w, (name, mark, order) in zip(works, keys, strict=True):
+            last = known.get((name, mark))
+            if last is not None and order <= last:
                 continue
-            known[w.change.key] = w.change.window_start
+            known[(name, mark)] = order
             out.add(w.inbox_id)
         return out
 
@@ -481,7 +493,8 @@ class Incremental:
         items = []
         for w in works:
             c = w.change
-            item = ChangeInput(c.asset.name, c.content, c.asset.asset_type, c.window_start, w.inbox_id)
+            mark, order = order_of(c)
+            item = ChangeInput(c.asset.name, mark, c.asset.asset_type, order, w.inbox_id)
             if w.inbox_id in accepted:
                 if c.deleted:
                     item.verdicts.append(AssetVerdict(c.asset.name, None, ()))

@@ -221,15 +221,16 @@ def analyse(state: Path, sent: list[tuple[str, float, int]]) -> dict[str, Any]:
         events.setdefault(asset, []).append(float(at))
     conn.close()
     by_asset: dict[str, list[float]] = {}
-    for name, published, status in sent:
+    for name, when, status in sent:
         if status == 204:
-            by_asset.setdefault(name, []).append(published)
-    latencies, lost, twice = [], 0, 0
-    for name, published in by_asset.items():
+            by_asset.setdefault(name, []).append(when)
+    latencies: list[float] = []
+    lost = twice = 0
+    for name, times in by_asset.items():
         recorded = events.get(name, [])
-        lost += max(0, len(published) - len(recorded))
-        twice += max(0, len(recorded) - len(published))
-        latencies += [at - p for p, at in zip(published, recorded, strict=False)]
+        lost += max(0, len(times) - len(recorded))
+        twice += max(0, len(recorded) - len(times))
+        latencies += [at - p for p, at in zip(times, recorded, strict=False)]
     return {"latencies": latencies, "lost": lost, "twice": twice}
 
 

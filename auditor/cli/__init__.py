@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "auditor.cli.permissions",
     "auditor.cli.sinks",
     "auditor.cli.feeds",
+    "auditor.cli.token",
 )
 
 

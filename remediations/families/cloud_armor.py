@@ -28,7 +28,7 @@ from auditor.permissions import declare
 from auditor.plugins import remediation_families
 from auditor.remedies import DENY, Remedy, RemoveRule, SetDefaultDeny, SetRule, SetRuleAction, first
 from remediations.edits import Edit, EditError, asked_by, prune
-from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext
+from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext, token_moved
 from remediations.guards import GuardConfig, Refusal
 from remediations.targets import Target, UnsupportedTarget
 
@@ -110,6 +110,9 @@ class CloudArmorFamily:
     def token_of(self, state: dict[str, Any] | None) -> str | None:
         value = (state or {}).get("fingerprint")
         return str(value) if value not in (None, "") else None
+    def moved(self, target: Target, planned: str | None, before: Any, live: Live) -> str | None:
+        return token_moved(self.token_field, planned, before, live.token, self.section(live.state))
+
 
     def edits_for(self, finding: Finding, rule: Rule, asset: Asset) -> list[Edit]:
         """The edit of the remedy the finding offers that the rule's kind makes (typed remedies, never details)."""

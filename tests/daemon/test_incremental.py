@@ -309,3 +309,25 @@ def test_drift_from_an_event_is_notified_like_a_cycle_s(tmp_path: Path, org: Pat
             a.close()
     finally:
         receiver.stop()
+
+
+def test_watch_changes_are_ordered_by_resource_version(auditor: Auditor, org: Path) -> None:
+    from auditor.collect.cai_feed import FeedChange, time_key
+    from auditor.collect.kube_watch import SOURCE, rv_sequence
+
+    role = resource_record(org, JOB_VIEWER)
+    powerful = json.loads(json.dumps(role))
+    powerful["resource"]["data"]["rules"].append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})
+
+    def watched(rec: dict[str, Any], rv: str, received: str) -> FeedChange:
+        asset = parse_push(envelope(rec, received)).asset
+        return FeedChange(asset, False, time_key(received), "resource", f"watch:{rv}", received, source=SOURCE,
+                          sequence=rv_sequence(rv))
+
+    binding = TRAINING + "/rbac.authorization.k8s.io/clusterrolebindings/nlp-job-viewer"
+    auditor.feed_change(watched(powerful, "90000", "2026-12-07T03:00:00Z"))
+    auditor.feed_change(watched(role, "89999", "2026-12-07T03:00:05Z"))  # received later, an older version
+    auditor.feed_change(watched(powerful, "90000", "2026-12-07T03:00:06Z"))  # the same version again (a relist)
+    assert auditor.incremental.drain() == 3
+    assert open_ids(auditor.store, binding, "rbac-no-powerful-cluster-roles")
+    assert [c for c, r, a in event_drift(auditor.store) if a == binding] == ["new"]
