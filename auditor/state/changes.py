@@ -25,11 +25,12 @@ from typing import Any
 
 from auditor.model import Finding
 from auditor.state.db import Database
+from auditor.state.staging import STAGED_COLUMNS, staged_row
 
 _CONTENT = ("rule", "check_name", "severity", "mode", "asset", "asset_type", "message", "details", "exempted",
-            "exemption")
+            "exemption", "project", "ancestry")  # the stored columns of a finding, as the cycle's staging writes them
 _EVENTS = ("INSERT INTO drift_events (cycle_id, at, change, finding_id, rule, severity, asset, asset_type, exempted, "
-           "message, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'event')")
+           "message, project, ancestry, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'event')")
 
 
 @dataclass(frozen=True)
@@ -79,15 +80,11 @@ class ChangesRecorded:
         return sum(o.resolved for o in self.outcomes)
 
 
-def encode_finding(f: Finding) -> tuple[Any, ...]:
-    """The content columns of a finding as stored (the order of _CONTENT), and the note of an exemption change."""
-    exemption = None
-    e = f.exempted or f.expired_exemption
-    if e is not None:
-        exemption = json.dumps({"reason": e.reason, "owner": e.owner, "ticket": e.ticket, "expires": e.expires,
-                                "expired": f.exempted is None})
-    return (f.rule, f.check, f.severity.value, f.mode.value, f.asset, f.asset_type, f.message,
-            json.dumps(f.details, default=str, sort_keys=True), int(f.exempted is not None), exemption)
+def encode_finding(f: Finding) -> tuple[tuple[Any, ...], str]:
+    """The content columns of a finding as stored (the order of _CONTENT, encoded as a cycle's staging encodes
+    them: the same finding is the same row), and the note of an exemption change."""
+    row = staged_row(f)
+    return row[1:13], row[13]
 
 
 def enqueue(db: Database, rows: Iterable[tuple[float, str, str, str, str]]) -> None:
@@ -187,7 +184,7 @@ def _apply(db: Database, v: AssetVerdict, cid: int, now: float, o: ChangeOutcome
         if f.id in seen:
             continue
         seen.add(f.id)
-        content = encode_finding(f)
+        content, note = encode_finding(f)
         row = open_rows.get(f.id)
         if row is not None:
             if row["stale"] or tuple(row[k] for k in _CONTENT) != content:
@@ -198,10 +195,8 @@ def _apply(db: Database, v: AssetVerdict, cid: int, now: float, o: ChangeOutcome
                 )
             if bool(row["exempted"]) != bool(content[8]):
                 # its exemption started or ended while it stayed open: the open, not exempted set changed
-                note = (f"exempted ({f.exempted.reason}, {f.exempted.owner}): " if f.exempted
-                        else "exemption ended: ") + f.message
                 _event(db, out, (cid, now, "resolved" if f.exempted else "new", f.id, f.rule, f.severity.value,
-                                 f.asset, f.asset_type, 0, note))
+                                 f.asset, f.asset_type, 0, note, f.project, f.ancestry))
                 if f.exempted:
                     o.resolved += 1
                 else:
@@ -209,21 +204,21 @@ def _apply(db: Database, v: AssetVerdict, cid: int, now: float, o: ChangeOutcome
             continue
         db.execute(
             "INSERT INTO findings (id, " + ", ".join(_CONTENT) + ", first_seen, last_seen, first_cycle, last_cycle) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
             + ", ".join(f"{k} = excluded.{k}" for k in _CONTENT)
             + ", first_seen = excluded.first_seen, last_seen = excluded.last_seen, resolved_at = NULL, stale = 0, "
             "first_cycle = excluded.first_cycle, last_cycle = excluded.last_cycle",
             (f.id, *content, now, now, cid, cid),
         )
         _event(db, out, (cid, now, "new", f.id, f.rule, f.severity.value, f.asset, f.asset_type,
-                         int(f.exempted is not None), f.message))
+                         int(f.exempted is not None), f.message, f.project, f.ancestry))
         o.new += 1
     for fid, row in open_rows.items():
         if fid in seen:
             continue
         db.execute("UPDATE findings SET resolved_at = ?, stale = 0, last_seen = ? WHERE id = ?", (now, now, fid))
         _event(db, out, (cid, now, "resolved", fid, row["rule"], row["severity"], row["asset"], row["asset_type"],
-                         int(row["exempted"]), row["message"]))
+                         int(row["exempted"]), row["message"], row["project"], row["ancestry"]))
         o.resolved += 1
 
 
@@ -242,7 +237,7 @@ def keep_event_state(db: Database, since: float) -> int:
     if not n:
         return 0
     db.execute(f"DELETE FROM cycle_seen WHERE asset IN ({fresh})", (since,))
-    columns = "id, " + ", ".join(_CONTENT)
+    columns = STAGED_COLUMNS
     db.execute(
         f"INSERT INTO cycle_seen ({columns}, note) SELECT {columns}, message FROM findings "
         f"WHERE resolved_at IS NULL AND asset IN ({fresh}) ON CONFLICT (id) DO NOTHING",

@@ -18,8 +18,6 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from google.api_core import exceptions as gexc
-
 from auditor.collect import gcp_clients
 from auditor.collect.retry import RetryPolicy
 from auditor.evaluate.policy import DEFAULT_RULE_PRIORITY
@@ -44,7 +42,6 @@ declare(
 
 NAME = "cloud_armor"
 OPERATION_TIMEOUT = 120.0
-_CONFLICTS = (gexc.PreconditionFailed, gexc.Conflict, gexc.FailedPrecondition)
 _ARMOR = re.compile(r"^//compute\.googleapis\.com/projects/([^/]+)/global/securityPolicies/([^/]+)$")
 # The remedy each kind makes of what a check offers.
 _REMEDY: dict[str, type[Remedy]] = {
@@ -227,6 +224,7 @@ class CloudArmorWriter:
         return self._client
 
     def read(self, target: Target) -> Live:
+        from google.api_core import exceptions as gexc
         from google.cloud import compute_v1
 
         try:
@@ -276,8 +274,16 @@ class CloudArmorWriter:
                     expected.pop(prio, None)
                 else:
                     expected[prio] = prune(want[prio])
-        except _CONFLICTS as exc:
+        except _conflicts() as exc:
             raise WriteConflict(str(exc)) from exc
+
+
+
+def _conflicts() -> tuple[type[Exception], ...]:
+    # imported when a write fails, not with the family: rule loading imports it, and a scan needs no client library
+    from google.api_core import exceptions as gexc
+
+    return (gexc.PreconditionFailed, gexc.Conflict, gexc.FailedPrecondition)
 
 
 FAMILY = remediation_families.add(NAME, CloudArmorFamily())

@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from google.api_core import exceptions as gexc
-
 from auditor.evaluate.globs import any_match, any_member_match
 from auditor.evaluate.principals import is_google_managed
 from auditor.model import Asset, Finding
@@ -31,7 +29,6 @@ if TYPE_CHECKING:
     from auditor.evaluate.rulebook import Rule
 
 NAME = "iam"
-_CONFLICTS = (gexc.Aborted, gexc.Conflict, gexc.PreconditionFailed, gexc.FailedPrecondition)
 Grant = tuple[str, str, str]  # role, condition, member
 
 
@@ -78,6 +75,13 @@ def _full_condition(asset: Asset, role: str, cond: dict[str, Any] | None) -> dic
         return {k: v for k, v in cond.items() if v is not None}
     raise EditError(f"no binding of {role} with condition {title!r} in the policy, and no expression for it")
 
+
+
+def _conflicts() -> tuple[type[Exception], ...]:
+    # imported when a write fails, not with the family: rule loading imports it, and a scan needs no client library
+    from google.api_core import exceptions as gexc
+
+    return (gexc.Aborted, gexc.Conflict, gexc.PreconditionFailed, gexc.FailedPrecondition)
 
 class IamFamily:
     name = NAME
@@ -320,7 +324,7 @@ class IamWriter:
             policy["etag"] = live.token
         try:
             self.retry.call(lambda: self.transport.set(target.api, target.resource, target.name, live.state, policy))
-        except _CONFLICTS as exc:
+        except _conflicts() as exc:
             raise WriteConflict(str(exc.message if hasattr(exc, "message") else exc)) from exc
 
 
