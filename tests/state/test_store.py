@@ -23,6 +23,7 @@ from auditor.state import (
     open_database,
     state_target,
 )
+from auditor.state.store import _SEVERITY_ORDER
 from tests.fakes.postgres import PostgresServer
 
 BUCKET = "storage.googleapis.com/Bucket"
@@ -375,6 +376,21 @@ def test_staged_findings_are_recorded_without_being_held(state_target: str) -> N
 
     small, big = peak(3000), peak(30000)
     assert big < small * 1.5, (small, big)
+
+
+def test_a_page_of_the_worst_findings_is_read_from_the_index(tmp_path: Path) -> None:
+    """SQLite walks findings_worst for a page instead of sorting every open finding (EXPLAIN QUERY PLAN)."""
+    with Store(tmp_path / "s.db") as store:
+        sevs = ("low", "critical", "high", "medium", "info")
+        store.record_cycle(cycle(100, [finding(f"r{i % 3}", f"//a{i}", sev=sevs[i % 5]) for i in range(500)]))
+        total, page = store.find(exempted=False, limit=50, offset=100)
+        ranks = [("critical", "high", "medium", "low", "info").index(f.severity) for f in page]
+        assert total == 500 and ranks == sorted(ranks) and len(page) == 50
+        where = "resolved_at IS NULL AND exempted = ?"
+        plan = " ".join(str(r[-1]) for r in store.db.rows(
+            f"EXPLAIN QUERY PLAN SELECT * FROM findings WHERE {where} ORDER BY {_SEVERITY_ORDER}, rule, asset, id "
+            "LIMIT 50 OFFSET 100", (0,)))
+        assert "findings_worst" in plan and "TEMP B-TREE" not in plan, plan
 
 
 def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
