@@ -259,6 +259,8 @@ def test_sqlite_file_is_wal(tmp_path: Path) -> None:
     Store(path).close()
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with Store(path) as store:  # the WAL of a first big cycle is cut back once checkpointed
+        assert store.db.execute("PRAGMA journal_size_limit").fetchone()[0] == 64 << 20
     check.close()
 
 
