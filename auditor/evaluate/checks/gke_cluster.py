@@ -17,13 +17,7 @@ from typing import Any
 
 from pydantic import Field
 
-from auditor.collect.k8s_objects import (
-    GKE_CLUSTER,
-    NAMESPACE,
-    NETWORK_POLICY,
-    cluster_of,
-    namespace_of,
-)
+from auditor.collect.k8s_objects import cluster_of, namespace_of
 from auditor.evaluate.checks.rbac import (
     TENANT_CONTEXT,
     TENANT_CONTEXT_NAMES,
@@ -36,6 +30,7 @@ from auditor.evaluate.gke_posture import ClusterPosture, NodePool, cluster_key, 
 from auditor.evaluate.globs import any_match
 from auditor.evaluate.registry import Context, NoParams, Params, Violation, check
 from auditor.model import Asset
+from auditor.vocabulary import GKE_CLUSTER, NAMESPACE, NETWORK_POLICY
 
 
 def _details(p: ClusterPosture, setting: str, pool: NodePool | None = None, **extra: Any) -> dict[str, Any]:
