@@ -84,7 +84,8 @@ def _not_evaluated(result: Evaluation, r: LoadedRule, u: Unevaluated) -> None:
     result.not_evaluated.append(entry)
 
 
-def _finding_order(f: Finding) -> tuple[int, str, str, str]:
+def finding_order(f: Finding) -> tuple[int, str, str, str]:
+    """The order of findings in a result: worst severity first, then rule, asset and id."""
     return (-f.severity.rank, f.rule, f.asset, f.id)
 
 
@@ -495,7 +496,8 @@ class EvaluationRun:
         result.assets_by_type[asset.asset_type] -= 1
         if rules:
             result.findings[:] = [f for f in result.findings if f.asset != asset.name or f.rule not in rules]
-        self.deferred = [
+        # in place: a `feed` under way appends to this very list
+        self.deferred[:] = [
             (a, later)
             for a, later in self.deferred
             if not (a.name == asset.name and a.has_iam_policy == asset.has_iam_policy
@@ -510,5 +512,5 @@ class EvaluationRun:
             asset.release()
         self.deferred = []
         if result.sink is None:
-            result.findings.sort(key=_finding_order)
+            result.findings.sort(key=finding_order)
         return result
