@@ -206,8 +206,8 @@ def local_key(a: Asset) -> int:
 
 def stable_key(a: Asset) -> int:
     """`local_key`, the same in every process (worker processes of `--jobs` may start with another hash seed)."""
-    text = f"{a.name}\x00{a.has_resource:d}{a.has_iam_policy:d}".encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little", signed=True)
+    digest = hashlib.blake2b(a.name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True) ^ (a.has_resource << 1 | a.has_iam_policy)
 
 
 def is_later(update_time: str | None, kept: str | None) -> bool:

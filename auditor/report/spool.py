@@ -180,14 +180,15 @@ class Spool:
                 metas.clear()
         self._held = 0
 
-    def _records(self, key: str) -> Iterator[bytes]:
-        """The records of a group's lines, in order: in the file, then in memory."""
+    def _segments_of(self, key: str, records: bool = False) -> Iterator[bytes]:
+        """A group's lines (or, `records`, their records) a segment at a time, in order: in the file, then in
+        memory (a segment is at most the budget)."""
         fh = self._file
-        for _, _, offset, length in self._segments.get(key, ()):
+        for line_at, line_len, meta_at, meta_len in self._segments.get(key, ()):
             assert fh is not None
-            fh.seek(offset)
-            yield fh.read(length)
-        yield bytes(self._metas.get(key, b""))
+            fh.seek(meta_at if records else line_at)
+            yield fh.read(meta_len if records else line_len)
+        yield bytes((self._metas if records else self._buffers).get(key, b""))
 
     def find(self, match: Callable[[bytes], bool]) -> list[Spot]:
         """The lines whose record `match` accepts (one pass over the records, none over the lines)."""
@@ -197,7 +198,7 @@ class Spool:
             return out
         for key in self._buffers:
             index = 0
-            for records in self._records(key):
+            for records in self._segments_of(key, records=True):
                 for at in range(0, len(records), size):
                     meta = records[at : at + size]
                     if match(meta):
@@ -235,18 +236,10 @@ class Spool:
         if buf:
             yield bytes(buf)
 
-    def _pieces(self, key: str) -> Iterator[bytes]:
-        fh = self._file
-        for offset, length, _, _ in self._segments.get(key, ()):
-            assert fh is not None
-            fh.seek(offset)
-            yield fh.read(length)
-        yield bytes(self._buffers.get(key, b""))
-
     def _kept(self, key: str, dropped: set[int]) -> Iterator[bytes]:
-        """The lines of a group but those taken back; a piece at a time (a segment is at most the budget)."""
+        """The lines of a group but those taken back, a segment at a time."""
         index = 0
-        for piece in self._pieces(key):
+        for piece in self._segments_of(key):
             lines = piece.split(b"\n")[:-1]
             kept = [line for i, line in enumerate(lines, index) if i not in dropped]
             index += len(lines)
