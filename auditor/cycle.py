@@ -228,6 +228,11 @@ class Auditor:
         self._was_leader = False
         return CycleOutcome("follower", now, now, {})
 
+    @property
+    def leading(self) -> bool:
+        """Whether this replica leads: always without HA; with it, since a leader check found it holds the lock."""
+        return self.leader is None or self._was_leader is True
+
     def poll_leadership(self) -> bool:
         """Every lease period: True when this replica has just become the leader (run a cycle now); a follower
         refreshes what it serves from the shared store."""

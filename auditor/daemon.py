@@ -6,8 +6,10 @@
   /metrics, /healthz (alive: the scheduler runs and no cycle is stuck past
   schedule.cycle_timeout_seconds), /readyz (ready after the first completed cycle), /findings.json (filters:
   severity, rule, asset_type, stale, exempted), /report, and POST /v1/cai-feed (Cloud Asset Inventory feed pushes,
-  auditor/feed.py). Responses are prebuilt after each cycle, so a request
-  never waits on a cycle or touches the sources.
+  auditor/feed.py). Responses are prebuilt after each cycle, so a request never waits on a cycle or touches the
+  sources. /readyz also fails while a Kubernetes watch has been down for watch.down_after_seconds.
+- Kubernetes watches (auditor/watch.py) of the sources in watch.sources, on the leader only: each change goes to
+  Auditor.feed_change like a feed push; they stop first on shutdown.
 - SIGTERM/SIGINT: stop scheduling; a running cycle gets schedule.shutdown_grace_seconds to finish, then it is
   abandoned (it stops at the next asset batch and records nothing, so the store stays consistent); exit 0.
 """
@@ -49,6 +51,7 @@ from auditor.logs import get_logger
 from auditor.report.formats import render_published, renderers
 from auditor.report.metrics import AuditorCollector, make_registry
 from auditor.settings import Settings
+from auditor.watch import KubeWatches
 
 JOB_ID = "audit-cycle"
 HA_JOB_ID = "leader-check"
@@ -68,6 +71,9 @@ def respond(d: Daemon, method: str, target: str, headers: Mapping[str, str]) -> 
     if path == "/readyz":
         ok = d.auditor.published.cycles_completed > 0
         body = b"ready\n" if ok else b"not ready: no cycle has completed yet\n"
+        if ok:
+            ok, why = d.watches.ready()
+            body = b"ready\n" if ok else why.encode() + b"\n"
         return _reply(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", body)
     if path in PROTECTED and not d.authorized(headers.get("authorization", ""), headers.get(CLIENT_HEADER, "")):
         if d.settings.report_token is None:
@@ -147,6 +153,8 @@ class Daemon:
         self._add_process_metrics(self.registry)
         # Feed pushes: each accepted change is handed to the auditor (see Auditor.feed_change).
         self.feed = FeedIntake(settings.feed, self.registry, auditor.feed_change, clock=self.clock)
+        # Kubernetes watches hand their changes to the same entry point; they run on the leader only.
+        self.watches = KubeWatches(settings, self.registry, auditor.feed_change, clock=self.clock)
         self._metrics_lock = threading.Lock()
         self._metrics_cache: dict[str, tuple[tuple[str, int], float, bytes]] = {}
         self.server: HttpServer | None = None
@@ -251,6 +259,11 @@ class Daemon:
     def _poll_leadership(self) -> None:
         if not self.stop.is_set() and self.auditor.poll_leadership():
             self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))  # took over: a cycle now
+        self.sync_watches()
+
+    def sync_watches(self) -> None:
+        """Watches run while this replica leads (and the daemon is not stopping)."""
+        self.watches.sync(self.auditor.leading and not self.stop.is_set())
 
     def start_http(self) -> tuple[str, int]:
         host, port = self.settings.listen_address
@@ -270,6 +283,7 @@ class Daemon:
         if self.stop.is_set():
             return
         self.auditor.run_cycle()
+        self.sync_watches()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.log.info("signal", signal=signal.Signals(signum).name)
@@ -283,6 +297,7 @@ class Daemon:
         sch = self.settings.schedule
         self.schedule()
         self.scheduler.start()
+        self.sync_watches()
         self.log.info(
             "listening", host=host, port=port, sources=list(self.settings.sources),
             state_path=str(self.settings.state_path),
@@ -296,6 +311,7 @@ class Daemon:
     def shutdown(self) -> int:
         grace = self.settings.schedule.shutdown_grace_seconds
         self.scheduler.shutdown(wait=False)
+        self.watches.stop()  # no change is handed on once the daemon stops
         running = self.auditor.running_since is not None
         if running:
             self.log.info("shutdown_waiting", grace_seconds=grace)

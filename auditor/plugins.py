@@ -2,7 +2,9 @@
 steps, commands.
 
 A `Registry` maps names to plugins; a plugin registers itself when its module is imported (a decorator or an
-`add` call), and a registry that has a loader runs it once before its first lookup. Packages outside `auditor`
+`add` call), and a registry that has a loader runs it once before its first lookup. `add_lazy` registers a name
+with a function that makes the plugin on its first lookup: a command whose module imports what only it needs is
+not imported by a run that never calls it. Packages outside `auditor`
 (the remediations) join through the `drift_auditor.plugins` entry point group: `load_plugins()` imports each one,
 and their imports register what they bring. So `auditor` never names them, and adding a plugin touches one place.
 """
@@ -16,6 +18,13 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 ENTRY_POINT_GROUP = "drift_auditor.plugins"
+
+
+class _Lazy:
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
 
 
 class Registry(Generic[T]):
@@ -34,6 +43,19 @@ class Registry(Generic[T]):
             if name in self._items:
                 raise RuntimeError(f"{self.kind} {name} registered twice")
             self._items[name] = item
+        return item
+
+    def add_lazy(self, name: str, make: Callable[[], T]) -> None:
+        """Register `name`, its plugin made by `make()` when first looked up."""
+        self.add(name, _Lazy(make))  # type: ignore[arg-type]
+
+    def _made(self, name: str) -> T:
+        item = self._items[name]
+        if isinstance(item, _Lazy):
+            with self._lock:
+                item = self._items[name]
+                if isinstance(item, _Lazy):
+                    item = self._items[name] = item.make()
         return item
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -58,7 +80,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T | None:
         self._ensure_loaded()
-        return self._items.get(name)
+        return self._made(name) if name in self._items else None
 
     def __contains__(self, name: object) -> bool:
         self._ensure_loaded()
@@ -70,7 +92,7 @@ class Registry(Generic[T]):
 
     def items(self) -> dict[str, T]:
         self._ensure_loaded()
-        return dict(sorted(self._items.items()))
+        return {name: self._made(name) for name in sorted(self._items)}
 
     def names(self) -> list[str]:
         return list(self)
@@ -78,7 +100,7 @@ class Registry(Generic[T]):
     def values(self) -> list[T]:
         """The plugins in registration order, for kinds that are tried in turn (readers of input shapes)."""
         self._ensure_loaded()
-        return list(self._items.values())
+        return [self._made(name) for name in list(self._items)]
 
 
 _plugins_loaded = False

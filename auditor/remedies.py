@@ -9,7 +9,7 @@ its action to deny) or the parts (each extra subject of a binding); the rule's k
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 DENY = "deny(403)"
 
@@ -102,6 +102,51 @@ class ReplaceRoleRules(Remedy):
 
     family: ClassVar[str] = "rbac"
     rules: tuple[dict[str, Any], ...] = ()
+
+
+# -- GKE clusters (planned only: the plan shows the command, the API call and the impact) -----------------------------
+# Settings of the cluster itself (clusters.update or its own method), of a node pool changed in place (its nodes are
+# recreated), and of a node pool that can only be replaced by a new one.
+ClusterSetting = Literal["network_policy", "legacy_abac", "workload_identity", "authorized_networks", "shielded_nodes"]
+PoolSetting = Literal["gke_metadata", "secure_boot"]
+ReplacedPoolSetting = Literal["node_service_account", "legacy_endpoints"]
+
+
+@dataclass(frozen=True)
+class FixClusterSetting(Remedy):
+    """Turn on the cluster's `setting` (legacy ABAC: turn it off)."""
+
+    family: ClassVar[str] = "gke"
+    cluster: str  # projects/P/locations/L/clusters/C
+    setting: ClusterSetting
+
+
+@dataclass(frozen=True)
+class FixNodePoolSetting(Remedy):
+    """Change a node pool's `setting` in place (the pool's nodes are recreated)."""
+
+    family: ClassVar[str] = "gke"
+    cluster: str
+    node_pool: str
+    setting: PoolSetting
+
+
+@dataclass(frozen=True)
+class ReplaceNodePool(Remedy):
+    """Replace a node pool by a new one with `setting` fixed (it cannot be changed on the pool)."""
+
+    family: ClassVar[str] = "gke"
+    cluster: str
+    node_pool: str
+    setting: ReplacedPoolSetting
+
+
+@dataclass(frozen=True)
+class AddSandboxNodePool(Remedy):
+    """Add a GKE Sandbox (gVisor) node pool for the untrusted tenants' pods."""
+
+    family: ClassVar[str] = "gke"
+    cluster: str
 
 
 def first(remedies: tuple[Remedy, ...], *types: type[Remedy]) -> Remedy | None:

@@ -170,6 +170,26 @@ class Feed(BaseModel):
                            description="Where the token signing certificates are read (kid -> PEM).")
 
 
+class Watch(BaseModel):
+    """Kubernetes watches (auditor/collect/kube_watch.py): changes to RBAC, Namespaces, ResourceQuotas and
+    NetworkPolicies handed to the daemon as they happen, between cycles; the cycle stays the reconciler."""
+
+    model_config = ConfigDict(extra="forbid")
+    sources: list[str] = Field(
+        default_factory=list,
+        description="The k8s:// sources to watch, each written as in `sources` (the switch is per cluster source).",
+    )
+    timeout_seconds: int = Field(
+        300, ge=10, le=3600, description="Each watch request is ended by the server after this long and re-opened "
+        "from the last resourceVersion seen.",
+    )
+    backoff_initial_seconds: float = Field(1.0, gt=0, description="The first wait after an error (full jitter).")
+    backoff_max_seconds: float = Field(60.0, gt=0, description="The longest wait between tries after errors.")
+    down_after_seconds: float = Field(
+        300.0, gt=0, description="/readyz fails while a watch of the leader has been down (not connected) this long."
+    )
+
+
 class Remediation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -275,6 +295,7 @@ class Settings(BaseSettings):
     http: Http = Field(default_factory=Http)  # type: ignore[arg-type]
     remediation: Remediation = Field(default_factory=Remediation)  # type: ignore[arg-type]
     feed: Feed = Field(default_factory=Feed)  # type: ignore[arg-type]
+    watch: Watch = Field(default_factory=Watch)  # type: ignore[arg-type]
     scc: Scc = Field(default_factory=Scc)  # type: ignore[arg-type]
     notifications: Notifications = Field(default_factory=Notifications)  # type: ignore[arg-type]
 
@@ -301,6 +322,15 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _FileSettings(settings_cls))
+
+    @model_validator(mode="after")
+    def _watched_sources(self) -> Settings:
+        for src in self.watch.sources:
+            if not src.startswith("k8s://"):
+                raise ValueError(f"watch.sources: {src} is not a Kubernetes source (k8s://CONTEXT or k8s://in-cluster)")
+            if src not in self.sources:
+                raise ValueError(f"watch.sources: {src} is not one of `sources` (write it as it is written there)")
+        return self
 
     @model_validator(mode="after")
     def _token_file(self) -> Settings:

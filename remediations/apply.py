@@ -20,6 +20,7 @@ from typing import Any
 from auditor.errors import AuditorError
 from remediations.edits import EditError
 from remediations.families import apply_edits, section
+from remediations.families import family as get_family
 from remediations.families.base import DEFAULT_RETRY, Live, WriteConflict, Writer
 from remediations.guards import (
     GuardConfig,
@@ -217,13 +218,9 @@ def apply_change(change: Change, writer: Writer, cfg: GuardConfig, journal: Jour
         reasons = dict.fromkeys(str(r) for _, why in refused for r in why)
         result.outcome, result.reason = Outcome.refused, "; ".join(reasons)
         return result
-    if change.token is not None and live.token != change.token:
-        result.outcome = Outcome.conflict
-        result.reason = f"{change.token_field} is {live.token}, planned against {change.token}: changed since the plan"
-        return result
-    if change.token is None and section(family, live.state) != change.before:
-        result.outcome = Outcome.conflict
-        result.reason = "the live state differs from the planned before-state: changed since the plan"
+    stale = get_family(family).moved(change.target, change.token, change.before, live)
+    if stale is not None:
+        result.outcome, result.reason = Outcome.conflict, stale
         return result
     result.edits = [e.describe() for e in accepted]
     if refused:

@@ -70,7 +70,7 @@ def elector_for(settings: Any) -> Elector:
     with _electors_lock:
         if key not in _electors:
             if key[0] == "lease":
-                from remediations.families.rbac import kube_clients
+                from remediations.kube_clients import kube_clients
 
                 api = kube_clients()("in-cluster")
                 elector = LeaseElector(api, key[2], key[1]).start()

@@ -20,9 +20,9 @@ from auditor import __version__
 from auditor.errors import AuditorError
 from auditor.evaluate.rulebook import LoadedRule, Rule
 from auditor.model import Asset, Finding, Mode
-from remediations import gke
 from remediations.edits import Edit, EditError, canonical_json
-from remediations.families import apply_edits, diff_items, family, family_of, kinds, planned_only
+from remediations.families import apply_edits, diff_items, family, family_of, kinds, manual_steps, planned_only
+from remediations.manual import ManualStep, ManualStepError, merge
 from remediations.targets import Target, UnsupportedTarget
 
 PLAN_FORMAT = 1
@@ -117,7 +117,7 @@ class Plan:
     sources: list[str] = field(default_factory=list)
     modes: list[str] = field(default_factory=lambda: list(ACTIVE_MODES))
     # Planned-only fixes (cluster settings): shown with their command, API call and impact; apply never runs them.
-    manual: list[gke.ManualStep] = field(default_factory=list)
+    manual: list[ManualStep] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -169,7 +169,7 @@ class Plan:
                 skipped=list(d.get("skipped", [])),
                 sources=list(d.get("sources", [])),
                 modes=list(d.get("modes", ACTIVE_MODES)),
-                manual=[gke.ManualStep.from_dict(m) for m in d.get("manual", [])],
+                manual=[ManualStep.from_dict(m) for m in d.get("manual", [])],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"{origin}: malformed plan: {type(exc).__name__}: {exc}") from None
@@ -277,12 +277,12 @@ def build_plan(
     def skip(f: Finding, reason: str) -> None:
         skipped.append({"finding": f.id, "rule": f.rule, "asset": f.asset, "reason": reason})
 
-    manual: list[gke.ManualStep] = []
+    manual: list[ManualStep] = []
     for f, rule in remediable(findings, rules, modes):
         if planned_only(rule.remediation or ""):
             try:
-                manual.append(gke.step_for(rule.remediation or "", f))
-            except gke.ManualStepError as exc:
+                manual.extend(manual_steps(rule.remediation or "", f))
+            except ManualStepError as exc:
                 skip(f, str(exc))
             continue
         asset = assets.get(f.asset)
@@ -335,5 +335,5 @@ def build_plan(
                 change.notes = list(notes(change))
             changes.append(change)
     return Plan(changes=changes, created_at=now or datetime.now(UTC), skipped=skipped, sources=list(sources),
-                modes=modes, manual=gke.merge(manual))
+                modes=modes, manual=merge(manual))
 

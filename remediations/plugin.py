@@ -25,13 +25,18 @@ def _stop() -> None:
     stop_electors()
 
 
-def _register() -> None:
+def _command(name: str) -> Any:
     from remediations.cli import commands
 
+    return next(c for c in commands if c.name == name)
+
+
+def _register() -> None:
     plugins.cycle_steps.add("remediate", _step)
     plugins.stop_hooks.add("remediation-leader", _stop)
-    for cmd in commands:
-        plugins.commands.add(cmd.name or "", cmd)
+    # The commands' module (and what it imports) is loaded when one of them runs: loading rules loads this plugin.
+    for name in ("plan", "apply", "rollback"):
+        plugins.commands.add_lazy(name, lambda name=name: _command(name))  # type: ignore[misc]
     plugins.permission_packages.add("remediations", "remediations")
 
 

@@ -17,6 +17,7 @@ from auditor import __version__, plugins
 from auditor.errors import AuditorError
 
 # Subcommand modules, each defining `command` (a click command or group) registered under its own name.
+# Imported when a command is looked up, not with this module: `auditor scan` does not load the daemon's libraries.
 _COMMAND_MODULES = (
     "auditor.cli.scan",
     "auditor.cli.rules",
@@ -25,10 +26,47 @@ _COMMAND_MODULES = (
     "auditor.cli.permissions",
     "auditor.cli.sinks",
     "auditor.cli.feeds",
+    "auditor.cli.token",
 )
 
 
+# The module of the commands run most, imported alone when one of them is called.
+_MODULE_OF = {"scan": "auditor.cli.scan", "rules": "auditor.cli.rules", "serve": "auditor.cli.daemon"}
+
+
+def _module_commands(name: str) -> list[click.Command]:
+    mod = importlib.import_module(name)
+    return list(getattr(mod, "commands", None) or [mod.command])
+
+
 class _Main(click.Group):
+    _all_loaded = False
+
+    def _load_all(self) -> None:
+        if self._all_loaded:
+            return
+        for name in _COMMAND_MODULES:
+            for cmd in _module_commands(name):
+                if cmd.name not in self.commands:
+                    self.add_command(cmd)
+        # Commands that plugins bring (the remediations' plan, apply and rollback).
+        for name, cmd in plugins.commands.items().items():
+            if name not in self.commands:
+                self.add_command(cmd, name)
+        self._all_loaded = True
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_all()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _MODULE_OF:
+            for cmd in _module_commands(_MODULE_OF[cmd_name]):
+                self.commands.setdefault(cmd.name or "", cmd)
+        if cmd_name not in self.commands:
+            self._load_all()
+        return super().get_command(ctx, cmd_name)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -52,15 +90,6 @@ class _Main(click.Group):
 @click.version_option(__version__, prog_name="auditor")
 def cli() -> None:
     """Keep a Google Cloud organization and its GKE clusters on their security baseline."""
-
-
-for _name in _COMMAND_MODULES:
-    _mod = importlib.import_module(_name)
-    for _cmd in getattr(_mod, "commands", None) or [_mod.command]:
-        cli.add_command(_cmd)
-# Commands that plugins bring (the remediations' plan, apply and rollback).
-for _cmd in plugins.commands.items().values():
-    cli.add_command(_cmd)
 
 
 def main() -> None:

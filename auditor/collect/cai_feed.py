@@ -66,7 +66,7 @@ def time_key(value: str) -> str:
 
 @dataclass(frozen=True)
 class FeedChange:
-    """One changed asset, as a feed reported it."""
+    """One changed asset, as a feed (or a Kubernetes watch) reported it."""
 
     asset: Asset  # the new state (for a deletion: the name and type, no data)
     deleted: bool
@@ -75,6 +75,10 @@ class FeedChange:
     message_id: str
     publish_time: str | None
     prior: Asset | None = None
+    source: str = "cai-feed"  # who reported it: "cai-feed", or "k8s-watch" (auditor/collect/kube_watch.py)
+    # A key that sorts with the other changes of the same asset from the same source (a Kubernetes resourceVersion
+    # zero-padded); None when the source gives no order beyond window_start.
+    sequence: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:

@@ -104,6 +104,14 @@ def kinds_for(globs: frozenset[str] | None) -> list[Kind]:
     return [k for k in KINDS if any_match(globs, k.asset_type)]
 
 
+def item_asset(obj: dict[str, Any], kind: Kind, cluster: str, origin: str) -> Asset | None:
+    """The asset for one object of `kind` as the API sent it (a list item or a watch event's object): `kind` and
+    `apiVersion` set, as `kubectl get -o json` prints them. The one conversion of the list and the watch."""
+    obj["kind"] = kind.kind
+    obj["apiVersion"] = kind.api_version
+    return object_asset(obj, cluster, origin=origin)
+
+
 def cluster_from_context(context: str) -> str:
     """`projects/P/locations/L/clusters/C` for a GKE context `gke_P_L_C`, else the context name."""
     parts = context.split("_")
@@ -303,10 +311,8 @@ class KubernetesApiSource:
             for obj in doc.get("items") or ():
                 if not isinstance(obj, dict):
                     continue
-                obj["kind"] = kind.kind
-                obj["apiVersion"] = kind.api_version
                 try:
-                    asset = object_asset(obj, self.cluster, origin=origin)
+                    asset = item_asset(obj, kind, self.cluster, origin)
                 except ValueError as exc:
                     self._problem(origin, str(exc))
                     continue

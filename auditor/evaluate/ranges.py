@@ -1,12 +1,12 @@
 """Address ranges as integer intervals: what the Cloud Armor checks reason with.
 
-A range string (`10.0.0.0/8`, `2001:db8::/32`, a bare address, `*`) is parsed once per distinct string into
-closed intervals of integers. Both families share one number line: IPv4 addresses are their own value, IPv6
-addresses are shifted past every IPv4 one (`V6`), so an interval never spans families and a sorted list of them
-needs no family tag. A union is a sorted list of merged intervals (adjacent ones joined: two /25 halves are their
-/24); "is this range inside that union" is one binary search. No `ipaddress` object is made in the hot path:
-the usual spellings are read by the C socket parsers, anything else once by `ipaddress`, whose verdict on what is
-an address stays the reference.
+A range string (`10.0.0.0/8`, `2001:db8::/32`, a bare address, `*`) is parsed into closed intervals of integers
+(once per policy rule: the checks share a rule's parsed ranges). Both families share one number line: IPv4
+addresses are their own value, IPv6 addresses are shifted past every IPv4 one (`V6`), so an interval never spans
+families and a sorted list of them needs no family tag. A union is a sorted list of merged intervals (adjacent
+ones joined: two /25 halves are their /24); "is this range inside that union" is one binary search. No `ipaddress`
+object is made in the hot path: the usual spellings are read by the C socket parser (`inet_pton`, as strict as
+`ipaddress`), anything else once by `ipaddress`, whose verdict on what is an address stays the reference.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import ipaddress
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from functools import lru_cache
-from socket import AF_INET6, inet_aton, inet_ntoa, inet_pton
+from socket import AF_INET, AF_INET6, inet_pton
 
 V6 = 1 << 128  # where IPv6 addresses start on the shared number line
 V4_ALL = (0, (1 << 32) - 1)
@@ -26,44 +26,39 @@ FAMILIES = frozenset(EVERYTHING)
 Interval = tuple[int, int]
 
 
-def _prefix(text: str, width: int) -> int | None:
-    """A prefix length in ASCII digits (as `ipaddress` reads it), or None."""
-    if not (0 < len(text) <= 3 and text.isascii() and text.isdigit()):
-        return None
-    bits = int(text)
-    return bits if bits <= width else None
+# Prefix lengths in the spelling `ipaddress` writes, and the host mask of each.
+_HOST4 = {str(b): (1 << (32 - b)) - 1 for b in range(33)}
+_HOST6 = {str(b): (1 << (128 - b)) - 1 for b in range(129)}
 
 
 def _fast(text: str) -> Interval | None:
-    """The interval of an address or CIDR range in a spelling the C parsers read exactly as `ipaddress` does, or
-    None to let `ipaddress` decide (other spellings, or not an address). IPv4 must be canonical: `inet_aton` also
-    reads `10.1` and `0x0a.0.0.1`, which `ipaddress` refuses, so the text must be what `inet_ntoa` writes back."""
+    """The interval of an address or CIDR range read by the C parser (`inet_pton`: IPv4 as exactly four decimal
+    octets without leading zeros, as `ipaddress` reads them; IPv6 in any spelling, read as `ipaddress` reads it)
+    with a prefix length as `ipaddress` writes it, or None to let `ipaddress` decide (other spellings, such as
+    `/08` or a netmask, or not an address)."""
     addr, slash, prefix = text.partition("/")
     try:
         if ":" in addr:
             n = int.from_bytes(inet_pton(AF_INET6, addr), "big")
-            width, offset = 128, V6
+            host = _HOST6.get(prefix) if slash else 0
+            offset = V6
         else:
-            packed = inet_aton(addr)
-            if inet_ntoa(packed) != addr:
-                return None
-            n = int.from_bytes(packed, "big")
-            width, offset = 32, 0
-    except (OSError, ValueError):
+            n = int.from_bytes(inet_pton(AF_INET, addr), "big")
+            host = _HOST4.get(prefix) if slash else 0
+            offset = 0
+    except (OSError, ValueError):  # not an address, or a NUL in the text
         return None
-    bits = _prefix(prefix, width) if slash else width
-    if bits is None:
+    if host is None:
         return None
-    host = (1 << (width - bits)) - 1
-    lo = n & ~host
-    return (lo + offset, (lo | host) + offset)
+    lo = (n & ~host) + offset
+    return (lo, lo + host)
 
 
-@lru_cache(maxsize=65536)
 def parse(text: str) -> tuple[Interval, ...] | None:
     """The intervals of one range: `*` is every IPv4 and IPv6 address, a bare address a /32 or /128, host bits
     are dropped (`10.1.2.3/8` is `10.0.0.0/8`, as `ipaddress.ip_network(strict=False)`); None when the text is not
-    an address. Cached: an organization's policies repeat the same ranges."""
+    an address. Not cached: parsing a range costs about what a cache lookup and its bookkeeping do, and most
+    ranges of a large organization's policies (single addresses) occur once."""
     text = text.strip()
     if text == "*":
         return EVERYTHING

@@ -1,7 +1,7 @@
 """Remediation families, one module per kind of resource a fix writes, each behind the `Remediator` protocol.
 
 `iam` (the IAM policy of every resource that has one), `cloud_armor` (security policy rules), `rbac` (Kubernetes
-Roles and bindings) and `gke` (cluster settings: planned only, never written) register themselves in
+Roles and bindings) and `gke` (cluster settings: planned only, manual steps never written) register themselves in
 `auditor.plugins.remediation_families` when imported; the shared stages (plan, apply, guards) reach a family
 through `family(name)` or `family_of(kind)` and never name one. Adding a family is one module here and its name in
 the import at the bottom of this file.
@@ -14,10 +14,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from auditor.plugins import remediation_families
-from remediations.families.base import Kind, Remediator
+from remediations.families.base import Kind, ManualPlanner, Remediator
 
 if TYPE_CHECKING:
+    from auditor.model import Finding
     from remediations.edits import Edit
+    from remediations.manual import ManualStep
 
 
 def family(name: str) -> Remediator:
@@ -45,6 +47,12 @@ def family_of(kind: str) -> Remediator:
 def planned_only(kind: str) -> bool:
     k = kinds().get(kind)
     return k is not None and k.planned_only
+
+
+def manual_steps(kind: str, finding: Finding) -> list[ManualStep]:
+    """The manual steps a finding asks for under a planned-only kind (its family's `manual_steps`)."""
+    fam: ManualPlanner = family_of(kind)  # type: ignore[assignment]
+    return fam.manual_steps(kind, finding)
 
 
 def apply_edits(name: str, state: dict[str, Any] | None, edits: Iterable[Edit]) -> dict[str, Any] | None:

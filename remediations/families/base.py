@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from auditor.evaluate.rulebook import Rule
     from remediations.edits import Edit
     from remediations.guards import GuardConfig, Refusal
+    from remediations.manual import ManualStep
     from remediations.targets import Target
 
 
@@ -43,6 +44,17 @@ class Live:
 
 class WriteConflict(Exception):
     """The API refused the write because the token is stale (409 ABORTED, 412, Kubernetes 409 Conflict)."""
+
+
+def token_moved(token_field: str, planned: str | None, before: Any, live_token: str | None, live_section: Any
+                ) -> str | None:
+    """The concurrency check of apply: the live token is the one planned against; a change planned without a
+    token (a source that carries none) compares the live state with the planned before-state instead."""
+    if planned is not None and live_token != planned:
+        return f"{token_field} is {live_token}, planned against {planned}: changed since the plan"
+    if planned is None and live_section != before:
+        return "the live state differs from the planned before-state: changed since the plan"
+    return None
 
 
 # Transient API errors (429, 5xx, timeouts) are retried per API call by each writer, honouring Retry-After.
@@ -89,6 +101,10 @@ class Remediator(Protocol):
 
     def token_of(self, state: dict[str, Any] | None) -> str | None: ...
 
+    def moved(self, target: Target, planned: str | None, before: Any, live: Live) -> str | None:
+        """Why the live resource is not the one a change was planned against (None: it is); see `token_moved`."""
+        ...
+
     def edits_for(self, finding: Finding, rule: Rule, asset: Asset) -> list[Edit]:
         """The edits a finding asks for; EditError says why it cannot be planned."""
         ...
@@ -123,3 +139,14 @@ class Remediator(Protocol):
         ...
 
     def writer(self, ctx: WriterContext) -> Writer: ...
+
+
+class ManualPlanner(Protocol):
+    """A family whose kinds are planned only: each finding becomes manual steps in the plan, never a write."""
+
+    name: str
+    kinds: tuple[Kind, ...]
+
+    def manual_steps(self, kind: str, finding: Finding) -> list[ManualStep]:
+        """The steps the finding's typed remedies ask for; ManualStepError says why there are none."""
+        ...

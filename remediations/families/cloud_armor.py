@@ -18,8 +18,6 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from google.api_core import exceptions as gexc
-
 from auditor.collect import gcp_clients
 from auditor.collect.retry import RetryPolicy
 from auditor.evaluate.policy import DEFAULT_RULE_PRIORITY
@@ -28,7 +26,7 @@ from auditor.permissions import declare
 from auditor.plugins import remediation_families
 from auditor.remedies import DENY, Remedy, RemoveRule, SetDefaultDeny, SetRule, SetRuleAction, first
 from remediations.edits import Edit, EditError, asked_by, prune
-from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext
+from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext, token_moved
 from remediations.guards import GuardConfig, Refusal
 from remediations.targets import Target, UnsupportedTarget
 
@@ -44,7 +42,6 @@ declare(
 
 NAME = "cloud_armor"
 OPERATION_TIMEOUT = 120.0
-_CONFLICTS = (gexc.PreconditionFailed, gexc.Conflict, gexc.FailedPrecondition)
 _ARMOR = re.compile(r"^//compute\.googleapis\.com/projects/([^/]+)/global/securityPolicies/([^/]+)$")
 # The remedy each kind makes of what a check offers.
 _REMEDY: dict[str, type[Remedy]] = {
@@ -110,6 +107,9 @@ class CloudArmorFamily:
     def token_of(self, state: dict[str, Any] | None) -> str | None:
         value = (state or {}).get("fingerprint")
         return str(value) if value not in (None, "") else None
+    def moved(self, target: Target, planned: str | None, before: Any, live: Live) -> str | None:
+        return token_moved(self.token_field, planned, before, live.token, self.section(live.state))
+
 
     def edits_for(self, finding: Finding, rule: Rule, asset: Asset) -> list[Edit]:
         """The edit of the remedy the finding offers that the rule's kind makes (typed remedies, never details)."""
@@ -224,6 +224,7 @@ class CloudArmorWriter:
         return self._client
 
     def read(self, target: Target) -> Live:
+        from google.api_core import exceptions as gexc
         from google.cloud import compute_v1
 
         try:
@@ -273,8 +274,16 @@ class CloudArmorWriter:
                     expected.pop(prio, None)
                 else:
                     expected[prio] = prune(want[prio])
-        except _CONFLICTS as exc:
+        except _conflicts() as exc:
             raise WriteConflict(str(exc)) from exc
+
+
+
+def _conflicts() -> tuple[type[Exception], ...]:
+    # imported when a write fails, not with the family: rule loading imports it, and a scan needs no client library
+    from google.api_core import exceptions as gexc
+
+    return (gexc.PreconditionFailed, gexc.Conflict, gexc.FailedPrecondition)
 
 
 FAMILY = remediation_families.add(NAME, CloudArmorFamily())

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from auditor.collect.k8s_objects import cluster_of, namespace_of
@@ -28,8 +27,9 @@ from auditor.plugins import remediation_families
 from auditor.remedies import RemoveSubject, ReplaceRoleRules, first
 from auditor.vocabulary import CLUSTER_ROLE, CLUSTER_ROLE_BINDING, ROLE, ROLE_BINDING, is_system_subject, subject_name
 from remediations.edits import Edit, EditError, asked_by, prune
-from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext
+from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext, token_moved
 from remediations.guards import GuardConfig, Refusal
+from remediations.kube_clients import ApiClientFactory, kube_clients
 from remediations.targets import Target, UnsupportedTarget
 
 if TYPE_CHECKING:
@@ -91,6 +91,9 @@ class RbacFamily:
     def token_of(self, state: dict[str, Any] | None) -> str | None:
         value = ((state or {}).get("metadata") or {}).get("resourceVersion")
         return str(value) if value not in (None, "") else None
+    def moved(self, target: Target, planned: str | None, before: Any, live: Live) -> str | None:
+        return token_moved(self.token_field, planned, before, live.token, self.section(live.state))
+
 
     def edits_for(self, finding: Finding, rule: Rule, asset: Asset) -> list[Edit]:
         """The edits of the remedies the finding offers that the rule's kind makes (typed remedies, never details)."""
@@ -197,38 +200,6 @@ class RbacFamily:
 
     def writer(self, ctx: WriterContext) -> RbacWriter:
         return RbacWriter(ctx.kube_client_factory or kube_clients(ctx.kube_contexts), ctx.retry)
-
-
-ApiClientFactory = Callable[[str], Any]  # cluster (//container.googleapis.com/...) -> kubernetes.client.ApiClient
-
-
-def kube_clients(contexts: Mapping[str, str] | None = None) -> ApiClientFactory:
-    """ApiClients per cluster: a kubeconfig context named for the cluster (CLUSTER=CONTEXT, the cluster as its
-    full name or its last segment), else the in-cluster service account when running in a pod, else the current
-    kubeconfig context."""
-    contexts = dict(contexts or {})
-    cache: dict[str, Any] = {}
-
-    def factory(cluster: str) -> Any:
-        from kubernetes import client, config
-
-        if cluster in cache:
-            return cache[cluster]
-        short = cluster.rsplit("/", 1)[-1]
-        context = contexts.get(cluster) or contexts.get(short)
-        try:
-            if context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-                cfg = client.Configuration()
-                config.load_incluster_config(client_configuration=cfg)
-                api = client.ApiClient(cfg)
-            else:
-                api = config.new_client_from_config(context=context)
-        except Exception as exc:  # a missing kubeconfig or context: one clear line
-            raise AuditorError(f"no Kubernetes credentials for {cluster}: {exc}") from None
-        cache[cluster] = api
-        return api
-
-    return factory
 
 
 class KubeApiError(AuditorError):

@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from dockerfile_parse import DockerfileParser
 from packaging.requirements import Requirement
@@ -153,7 +154,7 @@ def test_no_healthcheck_and_serve_is_the_entrypoint() -> None:
     assert "auditor" in project["project"]["scripts"]
     from auditor.cli import cli
 
-    assert "serve" in cli.commands
+    assert "serve" in cli.list_commands(click.Context(cli))
 
 
 def test_default_config_path_is_the_one_the_deployment_mounts() -> None:

@@ -148,16 +148,36 @@ def config_text(objs: tuple[dict[str, Any], ...], deployment: dict[str, Any]) ->
     return path, cm["data"][key]
 
 
+def init_container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
+    found = [c for c in deployment["spec"]["template"]["spec"].get("initContainers", []) if c["name"] == name]
+    assert len(found) == 1, f"{deployment['metadata']['name']} has no single init container {name!r}"
+    return found[0]
+
+
+TOKEN_FILE_ENV = "AUDITOR_REPORT_TOKEN_FILE"
+A_TOKEN = "made-by-the-report-token-init-container"
+
+
 @pytest.fixture
 def pod_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Load the daemon's settings exactly as a pod of a Deployment would: its config file and its environment."""
+    """Load the daemon's settings exactly as a pod of a Deployment would: its config file and its environment.
+
+    The report token file the init container writes in the pod is read from `token_dir` (default: a file holding
+    A_TOKEN is laid out there); `token_dir=None` loads the settings as a pod whose token file is missing."""
     from auditor.settings import load_settings
 
-    def load(objs: tuple[dict[str, Any], ...], deployment: dict[str, Any]) -> Any:
+    def load(objs: tuple[dict[str, Any], ...], deployment: dict[str, Any],
+             token_dir: Path | str | None = "default") -> Any:
         for k in list(os.environ):
             if k.upper().startswith("AUDITOR_"):
                 monkeypatch.delenv(k)
         for k, v in container_env(deployment).items():
+            if k == TOKEN_FILE_ENV:
+                if token_dir == "default":
+                    (tmp_path / "run").mkdir(exist_ok=True)
+                    (tmp_path / "run" / Path(v).name).write_text(A_TOKEN + "\n", encoding="utf-8")
+                    token_dir = tmp_path / "run"
+                v = str(Path(str(token_dir or tmp_path / "no-token")) / Path(v).name)
             monkeypatch.setenv(k, v)
         _, text = config_text(objs, deployment)
         cfg = tmp_path / f"{deployment['metadata']['name']}.yaml"
@@ -282,10 +302,18 @@ def test_deployment_runs_locked_down(name: str) -> None:
             for t in anti
         )
         assert {c["topologyKey"] for c in spec["topologySpreadConstraints"]} >= {"topology.kubernetes.io/zone"}
-        # Every writable path is a scratch volume or the state claim; the configuration and rules are read-only.
+        # Every writable path is a scratch volume or the state claim; the configuration and rules are read-only, and
+        # so is the report token the init container wrote.
         for m in container(dep)["volumeMounts"]:
             writable = m["name"] in claims or "emptyDir" in volume_for_mount(dep, m["mountPath"])
-            assert writable != bool(m.get("readOnly")), f"{m['mountPath']}: writable only if scratch or state"
+            assert writable or m.get("readOnly"), f"{m['mountPath']}: writable only if scratch or state"
+            assert bool(m.get("readOnly")) is (not writable or m["name"] == "report-token"), m["mountPath"]
+        # The init containers (the report token, the Cloud SQL proxy) are as locked down as the auditor.
+        for c in spec.get("initContainers", []):
+            isc = c["securityContext"]
+            assert isc["readOnlyRootFilesystem"] is True and isc["allowPrivilegeEscalation"] is False, c["name"]
+            assert isc["runAsNonRoot"] is True and isc["capabilities"]["drop"] == ["ALL"], c["name"]
+            assert "memory" in c["resources"]["limits"], c["name"]
         assert "emptyDir" in volume_for_mount(dep, "/tmp")
         pdbs = [p for p in of_kind(build(name), "PodDisruptionBudget")
                 if p["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()]
@@ -451,7 +479,8 @@ def _leader_lease_verbs() -> set[str] | None:
 def test_lease_role_is_namespaced_and_matches_the_leader_election_code() -> None:
     objs = build("base")
     grants = _grants(objs, "Role")
-    assert set(grants) == {("coordination.k8s.io", "leases")}
+    # Leases for leader election; the report token's Secret (test_the_report_token_* below).
+    assert set(grants) == {("coordination.k8s.io", "leases"), ("", "secrets")}
     role = named(objs, "Role", "drift-auditor-leader-election")
     assert role["metadata"]["namespace"] == NAMESPACE
     verbs = grants[("coordination.k8s.io", "leases")]
@@ -616,7 +645,9 @@ def test_ha_overlay_reaches_cloud_sql_through_the_proxy_with_workload_identity(p
     objs = build("ha")
     (sts,) = workloads(objs)
     pod = sts["spec"]["template"]["spec"]
-    (proxy,) = pod["initContainers"]
+    proxy = init_container(sts, "cloud-sql-proxy")
+    # The proxy starts first; the report token's init container follows (it needs the API server, not the database).
+    assert [c["name"] for c in pod["initContainers"]] == ["cloud-sql-proxy", "report-token"]
     # A native sidecar: started before the auditor and kept running beside it.
     assert proxy["name"] == "cloud-sql-proxy" and proxy["restartPolicy"] == "Always"
     assert "--auto-iam-authn" in proxy["args"] and proxy["securityContext"]["runAsNonRoot"] is True
@@ -627,3 +658,120 @@ def test_ha_overlay_reaches_cloud_sql_through_the_proxy_with_workload_identity(p
     sa = named(objs, "ServiceAccount", pod["serviceAccountName"])
     assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
     assert sts["spec"]["podManagementPolicy"] == "Parallel"
+
+
+# -- the report token ------------------------------------------------------------------------------------------------
+def _token_init(dep: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """(the Secret's name, the file the init container writes, the volume it writes on)."""
+    init = init_container(dep, "report-token")
+    cmd = init["command"]
+    assert cmd[:3] == ["auditor", "token", "ensure"] and "args" not in init
+    secret, path = cmd[cmd.index("--secret") + 1], cmd[cmd.index("--write") + 1]
+    mounts = [m for m in init["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert len(mounts) == 1 and not mounts[0].get("readOnly"), f"{path} is on no writable volume of the init container"
+    vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    return secret, path, vols[mounts[0]["name"]]
+
+
+@pytest.mark.parametrize("name", sorted(BUILDS))
+def test_the_report_token_is_made_into_a_secret_by_an_init_container_and_mounted(name: str) -> None:
+    objs = build(name)
+    secret_names = set()
+    for dep in workloads(objs):
+        secret, path, vol = _token_init(dep)
+        secret_names.add(secret)
+        # Same image as the auditor (the command is in it); the namespace from the pod's own metadata.
+        init = init_container(dep, "report-token")
+        assert init["image"] == container(dep)["image"]
+        assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in init["env"]
+        # The token lives in memory, and the auditor reads the very file, read-only, through report_token_file.
+        assert vol["emptyDir"]["medium"] == "Memory"
+        assert container_env(dep)[TOKEN_FILE_ENV] == path
+        mount = mount_covering(dep, path)
+        assert mount is not None and mount["name"] == vol["name"] and mount["readOnly"] is True
+    # Shards and replicas share one token: one Secret, which the Role lets the pods read and nothing else.
+    (secret,) = secret_names
+    grants = [
+        (rule["verbs"], rule.get("resourceNames"))
+        for role in of_kind(objs, "Role")
+        for rule in role["rules"]
+        if rule["resources"] == ["secrets"] and rule["apiGroups"] == [""]
+    ]
+    assert sorted(grants, key=str) == sorted([(["get"], [secret]), (["create"], None)], key=str)
+    role = next(r for r in of_kind(objs, "Role") if any(x["resources"] == ["secrets"] for x in r["rules"]))
+    binding = [b for b in of_kind(objs, "RoleBinding") if b["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}]
+    assert len(binding) == 1
+    assert binding[0]["subjects"] == [{"kind": "ServiceAccount", "name": "drift-auditor", "namespace": NAMESPACE}]
+    # The Secret is made by the pods, never shipped: a manifest holding a token would publish it.
+    assert not [o for o in objs if o["kind"] == "Secret"]
+
+
+@pytest.mark.parametrize("name", ["base", "ha"])
+def test_the_pod_reads_the_token_its_init_container_made_and_refuses_to_start_without_it(
+    name: str, pod_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+    import types
+
+    from click.testing import CliRunner
+    from kubernetes import client as k8s
+
+    from auditor.cli import cli
+    from auditor.daemon import Daemon
+    from auditor.errors import AuditorError
+    from tests.fakes.kube import KubeServer
+
+    objs = build(name)
+    (dep,) = workloads(objs)
+    secret, path, _ = _token_init(dep)
+    # Without the file (the init container did not run, or failed), the auditor does not start at all.
+    with pytest.raises(AuditorError, match="report_token_file"):
+        pod_settings(objs, dep, token_dir=None)
+    # The init container's own command, against a Kubernetes API: the volume is a folder here.
+    server = KubeServer().start()
+    try:
+        monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig")))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        monkeypatch.setenv("POD_NAMESPACE", dep["metadata"]["namespace"])
+        volume = tmp_path / "volume"
+        cmd = init_container(dep, "report-token")["command"]
+        args = [str(volume / Path(a).name) if a == path else a for a in cmd[1:]]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        stored = k8s.CoreV1Api(server.api_client()).read_namespaced_secret(secret, NAMESPACE)
+        token = base64.b64decode(stored.data["token"]).decode()
+    finally:
+        server.stop()
+    s = pod_settings(objs, dep, token_dir=volume)
+    assert s.report_token is not None and s.report_token.get_secret_value() == token
+    # The daemon asks every caller, loopback included, for that token (tests/daemon/test_access.py serves it).
+    daemon = types.SimpleNamespace(settings=s)
+    for client_ip in ("10.8.0.12", "127.0.0.1"):
+        assert Daemon.authorized(daemon, "", client_ip) is False  # type: ignore[arg-type]
+        assert Daemon.authorized(daemon, "Bearer not-the-token", client_ip) is False  # type: ignore[arg-type]
+        assert Daemon.authorized(daemon, f"Bearer {token}", client_ip) is True  # type: ignore[arg-type]
+
+
+# -- the install guide against the manifests ------------------------------------------------------------------------
+_KUBECTL_REF = re.compile(r"kubectl\b[^`\n]*?\b(?:rollout \w+|logs|exec|port-forward|get|describe|delete|scale)"
+                          r"\s+(?:-\S+\s+)*(deploy|deployment|statefulset|sts|svc|service|secret)/([a-z0-9-]+)")
+_REF_KINDS = {"deploy": "Deployment", "deployment": "Deployment", "statefulset": "StatefulSet", "sts": "StatefulSet",
+              "svc": "Service", "service": "Service"}
+
+
+def test_kubectl_commands_in_the_docs_name_objects_the_manifests_make() -> None:
+    """`kubectl rollout status deploy/drift-auditor` against a StatefulSet is NotFound: the guide must follow the
+    manifests."""
+    made = {(o["kind"], o["metadata"]["name"]) for name in BUILDS for o in build(name)}
+    docs = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")), *sorted((REPO / "deploy").rglob("*.md"))]
+    refs = 0
+    for doc in docs:
+        for n, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+            for short, obj in _KUBECTL_REF.findall(line):
+                refs += 1
+                if short == "secret":  # made by the pod, not by the manifests
+                    assert obj == "drift-auditor-report-token", f"{doc.name}:{n}: secret/{obj}"
+                    continue
+                assert (_REF_KINDS[short], obj) in made, f"{doc.relative_to(REPO)}:{n}: {short}/{obj} does not exist"
+    assert refs >= 3

@@ -200,6 +200,8 @@ def test_every_declared_permission_is_needed_by_a_call_of_its_module() -> None:
         assert d.module, f"{d.component}: declared from an unknown module"
         used = {p for c in calls_by_module.get(d.module, []) for alts in c.needs for p in alts}
         for perm in d.permissions:
+            if d.operator:
+                continue  # a person running the planned-only steps needs these; the module calls none of them
             if perm not in used and (d.module, perm) not in KNOWN_UNUSED:
                 problems.append(f"{d.module} ({d.component}) declares {perm}, which none of its calls needs")
     assert not problems, "\n".join(problems)
@@ -225,7 +227,7 @@ def _run(*args: str) -> str:
 
 
 def _expected(decls: list[Declaration], remediation: bool) -> list[str]:
-    return sorted({p for d in decls if remediation or not d.remediation for p in d.permissions})
+    return sorted({p for d in decls if (remediation or not d.remediation) and not d.operator for p in d.permissions})
 
 
 def test_gcloud_role_file_holds_the_read_permissions_only() -> None:
@@ -261,6 +263,21 @@ def test_terraform_and_json_list_the_same_permissions() -> None:
     assert tf.count("{") == tf.count("}")
 
 
+def test_the_planned_only_steps_permissions_are_listed_apart_from_the_role() -> None:
+    """The GKE fixes are planned only: `--remediation` names what a person running them needs, outside the role
+    (a comment in the role file, `operatorPermissions` in JSON), and the auditor's role never holds them."""
+    operator = {p for d in load_declarations() if d.operator for p in d.permissions}
+    assert {"container.clusters.update", "iam.serviceAccounts.actAs"} <= operator
+    doc = json.loads(_run("--remediation", "--format", "json"))
+    assert set(doc["operatorPermissions"]) == operator
+    assert "container.clusters.update" not in doc["includedPermissions"]
+    gcloud = _run("--remediation")
+    role, _, listed = gcloud.partition("# Not in this role")
+    assert "container.clusters.update" not in yaml.safe_load(role)["includedPermissions"]
+    assert "container.clusters.update  (remediations.gke)" in listed
+    assert "Not in this role" not in _run() and json.loads(_run("--format", "json"))["operatorPermissions"] == []
+
+
 def test_a_bad_role_id_is_refused_in_one_line() -> None:
     result = CliRunner().invoke(cli, ["permissions", "--role-id", "no spaces"])
     assert result.exit_code == 2
@@ -269,7 +286,7 @@ def test_a_bad_role_id_is_refused_in_one_line() -> None:
 
 @pytest.mark.parametrize("fmt", ["gcloud", "terraform"])
 def test_every_format_names_each_permission_once(fmt: str) -> None:
-    out = _run("--remediation", "--format", fmt)
+    out = _run("--remediation", "--format", fmt).split("Not in this role")[0]
     for perm in _expected(load_declarations(), remediation=True):
         assert len(re.findall(rf"(?<![\w.]){re.escape(perm)}(?![\w.])", out)) == 1, perm
 
@@ -314,7 +331,7 @@ def test_export_route_and_remote_clusters_add_their_permissions(tmp_path: Path) 
 def test_enabled_remediation_in_the_configuration_adds_the_writes(tmp_path: Path) -> None:
     cfg = _config(tmp_path, ["cai://organizations/1", "k8s://in-cluster"], remediation=True)
     doc = yaml.safe_load(_run("--config", cfg))
-    writes = {p for d in load_declarations() if d.remediation for p in d.permissions}
+    writes = {p for d in load_declarations() if d.remediation and not d.operator for p in d.permissions}
     assert writes <= set(doc["includedPermissions"]) and "audit and remediation" in doc["title"]
 
 

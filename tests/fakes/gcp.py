@@ -960,7 +960,7 @@ class FakeGcp:
         access = [e for e in extra if not _access_member(e)] + _bindings_to_access(policy.get("bindings") or [])
         return {"kind": "bigquery#dataset", "id": f"{project}:{dataset}",
                 "datasetReference": {"projectId": project, "datasetId": dataset},
-                "etag": policy.get("etag") or _token(name, 0), "access": access}
+                "etag": _dataset_etag(policy.get("etag") or _token(name, 0)), "access": access}
 
     def _get_dataset(self, req: RecordedRequest, project: str, dataset: str) -> dict[str, Any]:
         with self.state.lock:
@@ -1102,6 +1102,12 @@ _DATASET_ROLES = {"OWNER": "roles/bigquery.dataOwner", "WRITER": "roles/bigquery
                   "READER": "roles/bigquery.dataViewer"}
 _SPECIAL_GROUPS = {"projectOwners": "projectOwner", "projectWriters": "projectEditor",
                    "projectReaders": "projectViewer"}
+
+
+def _dataset_etag(policy_etag: str) -> str:
+    """The dataset's own etag (datasets.get), which moves with its access list but is not the etag CAI shows on
+    the dataset's IAM policy: the two APIs' tokens are never comparable."""
+    return base64.b64encode(hashlib.sha256(f"dataset:{policy_etag}".encode()).digest()[:12]).decode()
 
 
 def _access_member(e: dict[str, Any], project: str = "") -> str | None:

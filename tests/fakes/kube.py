@@ -9,7 +9,16 @@ remediations rely on and kmock lacks:
   and, as the real server does, not on its items;
 - discovery for the types the auditor reads, so a type with no objects lists as empty instead of 404;
 - injected faults: N answers with a status (429 with Retry-After, 500, 403, 410 for an expired continue token),
-  matched by resource plural and page.
+  matched by resource plural and page (lists) or as watches (`KubeFault(watch=True)`);
+- watches (`?watch=true`), which kmock 0.8 serves without resourceVersions (it replays every object as ADDED on
+  each connection, ignores `resourceVersion`, `allowWatchBookmarks` and `timeoutSeconds`, and does not stream
+  Namespaces or objects stored by PUT): here every write is kept in an event history, like etcd's, and a watch
+  from resourceVersion N streams the events after N, then live ones, as newline-delimited JSON; with no
+  resourceVersion (or "0") it starts with a synthetic ADDED per object, as the real API server does. A watch
+  from before the compacted history (`KubeServer.compact()`) gets a `410 Gone` ERROR event (reason Expired);
+  with `allowWatchBookmarks=true` a BOOKMARK carrying the server's current resourceVersion is sent every
+  `bookmark_interval` seconds without events; `timeoutSeconds` ends the stream; `KubeServer.close_watches()`
+  drops every open stream (a connection lost, an API server restarted).
 
 The server runs on its own event loop in a thread, so synchronous code (the kubernetes client) can call it.
 `KubeServer.kubeconfig(path, context)` writes a kubeconfig that points a context at it.
@@ -71,6 +80,7 @@ class KubeFault:
     reason: str = "InternalError"
     message: str = "injected failure"
     hits: int = 0
+    watch: bool = False  # True: fails watch requests only (a 410 is then an ERROR event, as the API server sends)
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -107,6 +117,13 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.namespaces: dict[str, dict[str, Any]] = {}
         self.faults: list[KubeFault] = []
         self.list_requests: list[dict[str, Any]] = []  # {"plural", "limit", "continue", "status"} per list
+        # Watches: every write as (resourceVersion, kind, event), the first resourceVersion still kept, the open
+        # streams (kind, namespace, queue), and each watch request's parameters.
+        self.history: list[tuple[int, str, dict[str, Any]]] = []
+        self.compacted = 0
+        self.watchers: list[tuple[str, str | None, asyncio.Queue[dict[str, Any] | None]]] = []
+        self.watch_requests: list[dict[str, Any]] = []
+        self.bookmark_interval = 0.5
         for kind, (_, _, _, namespaced) in KINDS.items():
             info = self.resources[resource_path(kind)]
             info.kind = kind
@@ -115,6 +132,10 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
             info.verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw_request.method == "GET" and raw_request.query.get("watch") in ("true", "1"):
+            target = _watch_target(raw_request.path)
+            if target is not None:
+                return await self._watch(raw_request, *target)
         # kmock 0.8 cannot parse `/api/v1/namespaces[/NAME]` (it takes `namespaces` for the namespace prefix of a
         # namespaced path), so Namespaces are stored and served here.
         m = re.match(r"^/api/v1/namespaces(?:/([^/]+))?/?$", raw_request.path)
@@ -151,6 +172,7 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
             return _json(stored)
         if method == "DELETE":
             del self.namespaces[name]
+            self._record("Namespace", "DELETED", stored, bump=True)
             return _json(stored)
         if method in ("PUT", "PATCH") and isinstance(data, dict):
             sent = (data.get("metadata") or {}).get("resourceVersion")
@@ -162,14 +184,15 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
             new["metadata"]["uid"] = stored["metadata"].get("uid")
             new["metadata"]["resourceVersion"] = self.next_rv()
             self.namespaces[name] = new
+            self._record("Namespace", "MODIFIED", new)
             return _json(new)
         return _json(_status(405, "MethodNotAllowed", f"{method} is not supported on namespaces"), 405)
 
-    def _fault(self, plural: str, page: int) -> KubeFault | None:
+    def _fault(self, plural: str, page: int | None, watch: bool = False) -> KubeFault | None:
         for f in self.faults:
-            if f.times is not None and f.hits >= f.times:
+            if (f.times is not None and f.hits >= f.times) or f.watch != watch:
                 continue
-            if (f.plural is None or f.plural == plural) and (f.page is None or f.page == page):
+            if (f.plural is None or f.plural == plural) and (f.page is None or page is None or f.page == page):
                 f.hits += 1
                 return f
         return None
@@ -199,9 +222,115 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
         meta["resourceVersion"] = self.next_rv()
         meta.setdefault("uid", str(uuid.uuid4()))
         if kind == "Namespace":
+            existed = meta["name"] in self.namespaces
             self.namespaces[meta["name"]] = obj
-            return
-        self.objects[resource_path(kind), meta.get("namespace"), meta["name"]] = obj
+        else:
+            group, _, plural, _ = KINDS[kind]
+            existed = self._stored(group, plural, meta.get("namespace"), meta["name"]) is not None
+            self.objects[resource_path(kind), meta.get("namespace"), meta["name"]] = obj
+        self._record(kind, "MODIFIED" if existed else "ADDED", obj)
+
+    def remove(self, kind: str, name: str, namespace: str | None = None) -> None:
+        """Delete an object as the API server would (a DELETED event at a new resourceVersion)."""
+        if kind == "Namespace":
+            obj = self.namespaces.pop(name)
+        else:
+            group, _, plural, _ = KINDS[kind]
+            stored = self._stored(group, plural, namespace, name)
+            if stored is None:
+                raise KeyError(f"no {kind} {namespace}/{name}")
+            obj = copy.deepcopy(stored.raw)
+            stored.delete()
+        self._record(kind, "DELETED", obj, bump=True)
+
+    # -- watch ------------------------------------------------------------------------------------------------------
+    def _record(self, kind: str, type_: str, obj: dict[str, Any], bump: bool = False) -> None:
+        """Keep a write in the history and hand it to the open watches of its kind (and namespace).
+
+        A deletion is an event at a new resourceVersion (`bump`), as etcd gives one to the delete itself."""
+        obj = copy.deepcopy(obj)
+        group, version, _, _ = KINDS[kind]
+        obj["kind"] = kind
+        obj["apiVersion"] = f"{group}/{version}" if group else version
+        meta = obj.setdefault("metadata", {})
+        if bump:
+            meta["resourceVersion"] = self.next_rv()
+        event = {"type": type_, "object": obj}
+        self.history.append((int(meta["resourceVersion"]), kind, event))
+        for wkind, namespace, queue in self.watchers:
+            if wkind == kind and namespace in (None, meta.get("namespace")):
+                queue.put_nowait(event)
+
+    def compact(self) -> None:
+        """Forget the history up to now (etcd compaction): a watch from an older resourceVersion gets 410 Gone."""
+        self.compacted = self.rv
+        self.history.clear()
+
+    def close_watches(self) -> None:
+        for _, _, queue in self.watchers:
+            queue.put_nowait(None)
+
+    async def _watch(
+        self, raw: aiohttp.web.BaseRequest, kind: str, namespace: str | None
+    ) -> aiohttp.web.StreamResponse:
+        group, version, plural, _ = KINDS[kind]
+        params = dict(raw.query)
+        since = params.get("resourceVersion") or ""
+        bookmarks = params.get("allowWatchBookmarks") in ("true", "1")
+        timeout = float(params.get("timeoutSeconds") or 0) or None
+        self.watch_requests.append({"plural": plural, "namespace": namespace, "resourceVersion": since or None,
+                                    "allowWatchBookmarks": bookmarks, "timeoutSeconds": timeout})
+        fault = self._fault(plural, None, watch=True)
+        if fault is not None and fault.status != 410:
+            return self._fault_response(fault)
+        resp = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await resp.prepare(raw)
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        backlog: list[dict[str, Any]] = []
+        if fault is not None or (since not in ("", "0") and int(since) < self.compacted):
+            message = f"too old resource version: {since} ({self.compacted})" if fault is None else fault.message
+            backlog = [{"type": "ERROR", "object": _status(410, "Expired", message)}]
+        elif since in ("", "0"):
+            current = (self._live(group, plural) if namespace is None else
+                       [o for o in self._live(group, plural) if o["metadata"].get("namespace") == namespace])
+            backlog = [{"type": "ADDED", "object": {**o, "kind": kind, "apiVersion": f"{group}/{version}"
+                                                   if group else version}} for o in current]
+        else:
+            backlog = [e for rv, k, e in self.history if rv > int(since) and k == kind
+                       and namespace in (None, e["object"]["metadata"].get("namespace"))]
+        entry = (kind, namespace, queue)
+        if not (backlog and backlog[0]["type"] == "ERROR"):
+            self.watchers.append(entry)  # no await since the backlog was read: no event falls between the two
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout else None
+        try:
+            for event in backlog:
+                await resp.write(json.dumps(event).encode() + b"\n")
+            while entry in self.watchers:
+                wait = self.bookmark_interval if bookmarks else None
+                if deadline is not None:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    wait = left if wait is None else min(wait, left)
+                try:
+                    event = await asyncio.wait_for(queue.get(), wait)
+                except TimeoutError:
+                    if bookmarks and (deadline is None or loop.time() < deadline):
+                        mark = {"kind": kind, "apiVersion": f"{group}/{version}" if group else version,
+                                "metadata": {"resourceVersion": str(self.rv)}}
+                        await resp.write(json.dumps({"type": "BOOKMARK", "object": mark}).encode() + b"\n")
+                    continue
+                if event is None:
+                    break
+                await resp.write(json.dumps(event).encode() + b"\n")
+            await resp.write_eof()
+        except ConnectionResetError:  # the client went away
+            pass
+        finally:
+            if entry in self.watchers:
+                self.watchers.remove(entry)
+        return resp
 
     def _live(self, group: str, plural: str) -> list[dict[str, Any]]:
         if (group, plural) == ("", "namespaces"):
@@ -236,11 +365,16 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
             return self._list(request, kind)
         if request.method == kmock.method.PUT and request.name:
             return self._replace(request, kind)
+        where: tuple[str | None, str | None] = (request.namespace, request.name)
+        before: dict[str, Any] | None = None
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             meta["resourceVersion"] = self.next_rv()
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            if KINDS[kind][3]:  # the API server fills in the namespace of the path
+                meta.setdefault("namespace", request.namespace or "default")
+            where = (meta.get("namespace"), meta.get("name"))
         if request.action == kmock.action.UPDATE and request.name:
             stored = self._stored(res.group, res.plural, request.namespace, request.name)
             if stored is not None and isinstance(request.data, dict):
@@ -249,7 +383,19 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
                 if sent is not None and sent != current:
                     return self._conflict(kind, request.name)
                 request.data.setdefault("metadata", {})["resourceVersion"] = self.next_rv()
-        return await super()._handle(request)
+        if request.action == kmock.action.DELETE and request.name:
+            stored = self._stored(res.group, res.plural, request.namespace, request.name)
+            before = copy.deepcopy(stored.raw) if stored is not None else None
+        resp = await super()._handle(request)
+        if resp.status < 300 and request.action in (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE):
+            if request.action == kmock.action.DELETE:
+                if before is not None:
+                    self._record(kind, "DELETED", before, bump=True)
+            else:
+                after = self._stored(res.group, res.plural, where[0], where[1] or "")
+                if after is not None:
+                    self._record(kind, "ADDED" if request.action == kmock.action.CREATE else "MODIFIED", after.raw)
+        return resp
 
     def _conflict(self, kind: str, name: str) -> aiohttp.web.Response:
         _, _, plural, _ = KINDS[kind]
@@ -281,6 +427,7 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
                 meta[keep] = stored.raw["metadata"][keep]
         meta["resourceVersion"] = self.next_rv()
         self.objects[resource_path(kind), request.namespace, request.name] = new
+        self._record(kind, "MODIFIED", new)
         return _json(new)
 
     def _list(self, request: kmock.Request, kind: str) -> aiohttp.web.Response:
@@ -399,6 +546,22 @@ class KubeServer:
         reqs: list[dict[str, Any]] = self.call(lambda: list(self.handler.list_requests))
         return [r for r in reqs if plural is None or r["plural"] == plural]
 
+    def remove(self, kind: str, name: str, namespace: str | None = None) -> None:
+        self.call(self.handler.remove, kind, name, namespace)
+
+    def compact(self) -> None:
+        self.call(self.handler.compact)
+
+    def close_watches(self) -> None:
+        self.call(self.handler.close_watches)
+
+    def open_watches(self, kind: str | None = None) -> int:
+        return int(self.call(lambda: sum(1 for k, _, _ in self.handler.watchers if kind in (None, k))))
+
+    def watch_requests(self, plural: str | None = None) -> list[dict[str, Any]]:
+        reqs: list[dict[str, Any]] = self.call(lambda: list(self.handler.watch_requests))
+        return [r for r in reqs if plural is None or r["plural"] == plural]
+
     def objects(self, kind: str) -> list[dict[str, Any]]:
         """The stored objects of a kind, as a GET would return them."""
         group, _, plural, _ = KINDS[kind]
@@ -415,6 +578,20 @@ class KubeServer:
         }
         path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
         return path
+
+
+_WATCH_PATH = re.compile(r"^/(?:api/v1|apis/(?P<group>[^/]+)/v1)(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[a-z]+)/?$")
+
+
+def _watch_target(path: str) -> tuple[str, str | None] | None:
+    """(kind, namespace or None) for the path of a collection of an audited kind."""
+    m = _WATCH_PATH.match(path)
+    if m is None:
+        return None
+    kind = _BY_PLURAL.get((m["group"] or "", m["plural"]))
+    if kind is None or (m["ns"] is not None and not KINDS[kind][3]):
+        return None
+    return kind, m["ns"]
 
 
 def _objects(sources: Iterable[Any]) -> Iterator[dict[str, Any]]:

@@ -92,3 +92,34 @@ def test_runs_as_a_command(tmp_path: Path, public_data: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_watches_stream_writes_after_a_resource_version(kube_api: KubeServer, api: Any) -> None:
+    """Namespaces (served by the fake itself) and a namespaced collection: the events after the given version, in
+    order, each at its own resourceVersion; a deletion is an event at a new one."""
+    from kubernetes import watch
+
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    kube_api.load({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "speech"}})
+    since = core.list_namespace().metadata.resource_version
+    assert since == "1"
+    core.create_namespace({"metadata": {"name": "vision"}})
+    core.patch_namespace("vision", {"metadata": {"labels": {"tenant": "vision"}}})
+    core.delete_namespace("vision")
+    rb = {"metadata": {"name": "b"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                                  "name": "view"}, "subjects": []}
+    rbac.create_namespaced_role_binding("speech", rb)
+    rbac.create_namespaced_role_binding("vision", rb)
+    events = list(watch.Watch(return_type="object").stream(core.list_namespace, resource_version=since,
+                                                           timeout_seconds=1))
+    assert [(e["type"], e["raw_object"]["metadata"]["name"]) for e in events] == [
+        ("ADDED", "vision"), ("MODIFIED", "vision"), ("DELETED", "vision")]
+    versions = [int(e["raw_object"]["metadata"]["resourceVersion"]) for e in events]
+    assert versions == sorted(set(versions)) and versions[0] > int(since)
+    scoped = list(watch.Watch(return_type="object").stream(rbac.list_namespaced_role_binding, "vision",
+                                                           resource_version=since, timeout_seconds=1))
+    assert [(e["type"], e["raw_object"]["metadata"]["namespace"]) for e in scoped] == [("ADDED", "vision")]
+    kube_api.compact()
+    with pytest.raises(client.ApiException) as gone:
+        list(watch.Watch(return_type="object").stream(core.list_namespace, resource_version=since, timeout_seconds=1))
+    assert gone.value.status == 410

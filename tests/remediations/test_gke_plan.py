@@ -88,6 +88,7 @@ def test_plan_round_trips_and_renders_the_steps(plan: Plan, tmp_path: Path) -> N
     assert again.id == plan.id and [m.to_dict() for m in again.manual] == [m.to_dict() for m in plan.manual]
     md = render_markdown(plan)
     assert "## Planned only" in md and "--no-enable-legacy-authorization" in md and ":setLegacyAbac" in md
+    assert "- needs: container.clusters.get, container.clusters.update, container.operations.get" in md
     html = render_html(plan)
     assert "Planned only" in html and "setNetworkPolicy" in html
 
@@ -99,3 +100,40 @@ def test_apply_never_runs_a_manual_step(plan: Plan, tmp_path: Path) -> None:
     with Journal(tmp_path / "state.db") as journal:
         report = apply_plan(plan, no_writer, journal, GuardConfig(), approved=True)  # type: ignore[arg-type]
     assert report.results == []
+
+
+def test_every_cluster_finding_offers_a_typed_fix_and_steps_name_their_permissions(plan: Plan) -> None:
+    rules = load_rules([shipped_rules_dir() / "gke-cluster.yaml"])
+    result = run_scan([str(EXAMPLES / "org"), str(EXAMPLES / "k8s")], rules, SourceOptions(cluster=INFERENCE))
+    by_rule = {r.rule.id: r.rule for r in rules}
+    fixable = [f for f in result.findings if by_rule[f.rule].remediation]
+    assert fixable and all(len(f.remedies) == 1 and f.remedies[0].family == "gke" for f in fixable)
+    pool = _step(plan, TRAINING, "node_service_account", "gpu-a100")
+    assert pool["permissions"] == ["container.clusters.get", "container.clusters.update", "container.operations.get",
+                                   "iam.serviceAccounts.actAs"]
+    assert "iam.serviceAccounts.actAs" not in _step(plan, NOTEBOOKS, "legacy_abac")["permissions"]
+
+
+def test_the_planner_reads_the_remedy_never_the_details() -> None:
+    from auditor.evaluate.rulebook import Rule
+    from auditor.model import Finding, Mode, Severity
+    from auditor.remedies import FixClusterSetting
+    from remediations.plan import build_plan
+
+    asset = f"//container.googleapis.com/{NOTEBOOKS}"
+    rule = Rule.model_validate({"id": "abac", "check": "gke.legacy_abac_disabled", "severity": "critical",
+                                "mode": "dryrun", "remediation": "gke.update_cluster"})
+
+    def finding(fid: str, details: dict, remedies: tuple) -> Finding:  # type: ignore[type-arg]
+        return Finding(id=fid, rule="abac", check="gke.legacy_abac_disabled", severity=Severity.critical,
+                       mode=Mode.dryrun, asset=asset, asset_type="container.googleapis.com/Cluster", message="m",
+                       details=details, remedies=remedies)
+
+    # Details that name another setting are ignored; details alone plan nothing.
+    typed = finding("f1", {"cluster": NOTEBOOKS, "setting": "shielded_nodes"},
+                    (FixClusterSetting(NOTEBOOKS, "legacy_abac"),))
+    bare = finding("f2", {"cluster": NOTEBOOKS, "setting": "legacy_abac", "node_pool": None}, ())
+    plan = build_plan([typed, bare], [rule], {})
+    assert [(m.setting, m.findings) for m in plan.manual] == [("legacy_abac", ("f1",))]
+    assert [(s["finding"], s["reason"]) for s in plan.skipped] == [
+        ("f2", "the finding offers no fix that gke.update_cluster makes")]

@@ -13,7 +13,7 @@ reason about ranges skip them and say so in their docstrings.
 from __future__ import annotations
 
 import ipaddress
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
@@ -64,23 +64,26 @@ def normalized_ranges(texts: Iterable[str]) -> list[str]:
 
 
 class RuleRanges(NamedTuple):
-    """A rule's source ranges, parsed: each range's intervals (None: not an address), all of them together (None
-    when one is not an address), and whether each range is a whole address family."""
+    """A rule's source ranges, parsed: each range's intervals (None: not an address), and all of them together
+    (None when one is not an address)."""
 
     each: tuple[tuple[Interval, ...] | None, ...]
     all: list[Interval] | None
-    everything: tuple[bool, ...]
+
+    @property
+    def everything(self) -> tuple[bool, ...]:
+        """Whether each range is a whole address family: `*` (both families) or a /0."""
+        families = ranges.FAMILIES
+        return tuple([ivs is not None and (len(ivs) > 1 or ivs[0] in families) for ivs in self.each])
 
 
 def _rule_ranges(asset: Asset) -> tuple[RuleRanges, ...]:
-    parse, families = ranges.parse, ranges.FAMILIES
+    parse = ranges.parse
     out = []
     for r in asset_armor_rules(asset):
         each = tuple([parse(t) for t in r.src_ranges])
         flat = None if None in each else [iv for ivs in each if ivs is not None for iv in ivs]
-        # a whole family: `*` (both families) or a /0
-        everything = tuple([ivs is not None and (len(ivs) > 1 or ivs[0] in families) for ivs in each])
-        out.append(RuleRanges(each, flat, everything))
+        out.append(RuleRanges(each, flat))
     return tuple(out)
 
 
@@ -90,6 +93,16 @@ def armor_rule_ranges(asset: Asset) -> tuple[RuleRanges, ...]:
 
 
 def _union_covers_a_family(rr: RuleRanges) -> bool:
+    # Ranges shorter in all than a family cannot cover it: most rules are ruled out without building their union.
+    v4 = v6 = 0
+    for ivs in rr.each:
+        for lo, hi in ivs or ():
+            if lo < ranges.V6:
+                v4 += hi - lo + 1
+            else:
+                v6 += hi - lo + 1
+    if v4 <= ranges.V4_ALL[1] and v6 <= ranges.V6_ALL[1] - ranges.V6:
+        return False
     u = ranges.Union(iv for ivs in rr.each if ivs is not None for iv in ivs)
     return u.covers(*ranges.V4_ALL) or u.covers(*ranges.V6_ALL)
 
@@ -268,10 +281,11 @@ def trusted_source_ranges(asset: Asset, params: TrustedRangesParams, ctx: Contex
     ```
     """
     trusted = ranges.cached_union(tuple(params.trusted_ranges))
-    for r in asset_armor_rules(asset):
+    covers_all = trusted.covers_all
+    for r, rr in zip(asset_armor_rules(asset), armor_rule_ranges(asset), strict=True):
         if r.is_default or r.action not in params.actions or r.expression is not None:
             continue
-        untrusted = [s for s in r.src_ranges if not ranges.within(s, trusted)]
+        untrusted = [s for s, ivs in zip(r.src_ranges, rr.each, strict=True) if ivs is None or not covers_all(ivs)]
         if untrusted:
             yield Violation(
                 f"rule {r.priority} ({r.action}) lets in {', '.join(untrusted)}, outside the trusted ranges",
@@ -429,11 +443,15 @@ class _RulesAbove:
         self.pending = []
 
     def _index(self) -> None:
-        for index in range(self.indexed, len(self.joined)):
-            for lo, hi in self.joined[index]:
-                insort(self.by_start, (lo, hi, index))
-                self.blocks[(lo, hi)].append(index)
-                self.sizes.add(hi - lo + 1)
+        fresh = [(lo, hi, index) for index in range(self.indexed, len(self.joined)) for lo, hi in self.joined[index]]
+        if not fresh:
+            return
+        self.by_start += fresh
+        self.by_start.sort()  # the sorted run and the new tail: merged, not sorted from scratch
+        blocks, sizes = self.blocks, self.sizes
+        for lo, hi, index in fresh:
+            blocks[(lo, hi)].append(index)
+            sizes.add(hi - lo + 1)
         self.indexed = len(self.joined)
 
     def overlapping(self, ivs: list[Interval]) -> list[int]:

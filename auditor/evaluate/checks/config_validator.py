@@ -28,7 +28,7 @@ from auditor.evaluate.policy import (
 )
 from auditor.evaluate.registry import Context, Params, Violation, check
 from auditor.model import Asset
-from auditor.remedies import RemoveBinding
+from auditor.remedies import RemoveBinding, RemoveMember
 
 CONVENIENCE_DEFAULT = ["projectOwner", "projectEditor", "projectViewer"]
 
@@ -148,7 +148,9 @@ def member_domains(asset: Asset, params: MemberDomainsParams, ctx: Context) -> I
     GCPIAMAllowedPolicyMemberDomainsConstraintV2: each distinct member of the policy whose text does not end with
     `@domain` or `:domain` (or, with `allow_sub_domains`, the default, `.domain`) for some listed domain is one
     violation. Members whose type (the text before `:`) is in `member_type_allowlist` (default projectOwner,
-    projectEditor, projectViewer) are skipped. Details: `member`, `roles` (every role it holds here).
+    projectEditor, projectViewer) are skipped. Details: `member`, `roles` (every role it holds here). The fix
+    offered (`iam.remove_member`) takes the member out of every binding that lists it, each binding's condition
+    kept, so a conditional binding loses that member and nothing else.
 
     ```yaml
     - id: members-in-company-domain
@@ -158,11 +160,15 @@ def member_domains(asset: Asset, params: MemberDomainsParams, ctx: Context) -> I
     ```
     """
     roles: dict[str, list[str]] = {}
+    held_in: dict[str, list[RemoveMember]] = {}  # the member out of each binding (role and condition) that lists it
     for b in asset_bindings(asset):
         for m in b.members:
             roles.setdefault(m, [])
             if b.role not in roles[m]:
                 roles[m].append(b.role)
+            out = RemoveMember(b.role, m, b.condition)
+            if out not in held_in.setdefault(m, []):
+                held_in[m].append(out)
     for m, held in roles.items():
         mtype = m.split(":", 1)[0] if ":" in m else None
         if mtype is not None and mtype in params.member_type_allowlist:
@@ -170,7 +176,8 @@ def member_domains(asset: Asset, params: MemberDomainsParams, ctx: Context) -> I
         if _in_domain(m, params.domains, params.allow_sub_domains):
             continue
         yield Violation(
-            f"{m} is not in the allowed domains {', '.join(params.domains)}", m, {"member": m, "roles": held}
+            f"{m} is not in the allowed domains {', '.join(params.domains)}", m, {"member": m, "roles": held},
+            tuple(held_in[m]),
         )
 
 

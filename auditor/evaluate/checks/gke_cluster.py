@@ -6,7 +6,9 @@ the current and older field names), and connect the two: NetworkPolicies in a cl
 untrusted tenants on a cluster without a sandboxed node pool.
 
 Every finding carries `cluster` (`projects/P/locations/L/clusters/C`), `setting` (what is wrong, one word) and,
-for node pool findings, `node_pool`: the remediation planner turns these into the API call that fixes it.
+for node pool findings, `node_pool`, for people and reports; the fix is offered as a typed remedy
+(`auditor.remedies`: FixClusterSetting, FixNodePoolSetting, ReplaceNodePool, AddSandboxNodePool), which the
+remediation planner turns into the command and API call that fix it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ from auditor.evaluate.gke_posture import ClusterPosture, NodePool, cluster_key, 
 from auditor.evaluate.globs import any_match
 from auditor.evaluate.registry import Context, NoParams, Params, Violation, check
 from auditor.model import Asset
+from auditor.remedies import (
+    AddSandboxNodePool,
+    ClusterSetting,
+    FixClusterSetting,
+    FixNodePoolSetting,
+    PoolSetting,
+    ReplacedPoolSetting,
+    ReplaceNodePool,
+)
 from auditor.vocabulary import GKE_CLUSTER, NAMESPACE, NETWORK_POLICY
 
 
@@ -37,6 +48,18 @@ def _details(p: ClusterPosture, setting: str, pool: NodePool | None = None, **ex
     d: dict[str, Any] = {"cluster": p.key, "setting": setting, "node_pool": pool.name if pool else None}
     d.update(extra)
     return d
+
+
+def _cluster_fix(p: ClusterPosture, setting: ClusterSetting) -> tuple[FixClusterSetting]:
+    return (FixClusterSetting(p.key, setting),)
+
+
+def _pool_fix(p: ClusterPosture, pool: NodePool, setting: PoolSetting) -> tuple[FixNodePoolSetting]:
+    return (FixNodePoolSetting(p.key, pool.name, setting),)
+
+
+def _pool_replacement(p: ClusterPosture, pool: NodePool, setting: ReplacedPoolSetting) -> tuple[ReplaceNodePool]:
+    return (ReplaceNodePool(p.key, pool.name, setting),)
 
 
 @check("gke.network_policy_enforced", asset_types=[GKE_CLUSTER])
@@ -60,6 +83,7 @@ def network_policy_enforced(asset: Asset, params: NoParams, ctx: Context) -> Ite
             "network_policy",
             _details(p, "network_policy", datapath=p.datapath or None, addon=p.network_policy_addon,
                      enabled=p.network_policy_enabled),
+            _cluster_fix(p, "network_policy"),
         )
 
 
@@ -78,7 +102,7 @@ def legacy_abac_disabled(asset: Asset, params: NoParams, ctx: Context) -> Iterat
     if p.legacy_abac:
         yield Violation(
             f"cluster {p.name} has legacy ABAC enabled: RBAC is not the only authorizer", "legacy_abac",
-            _details(p, "legacy_abac"),
+            _details(p, "legacy_abac"), _cluster_fix(p, "legacy_abac"),
         )
 
 
@@ -102,7 +126,7 @@ def workload_identity(asset: Asset, params: NoParams, ctx: Context) -> Iterator[
         yield Violation(
             f"cluster {p.name} has Workload Identity off: every pod can use its node's service account",
             "workload_identity",
-            _details(p, "workload_identity"),
+            _details(p, "workload_identity"), _cluster_fix(p, "workload_identity"),
         )
     for pool in p.node_pools:
         if not pool.gke_metadata:
@@ -112,6 +136,7 @@ def workload_identity(asset: Asset, params: NoParams, ctx: Context) -> Iterator[
                 f"metadata|{pool.name}",
                 _details(p, "gke_metadata", pool, metadata_mode=pool.metadata_mode or None,
                          workload_pool=p.workload_pool or None),
+                _pool_fix(p, pool, "gke_metadata"),
             )
 
 
@@ -151,6 +176,7 @@ def node_service_account(asset: Asset, params: NodeServiceAccountParams, ctx: Co
             f"service_account|{pool.name}",
             _details(p, "node_service_account", pool, service_account=pool.service_account or "default",
                      cloud_platform=pool.cloud_platform),
+            _pool_replacement(p, pool, "node_service_account"),
         )
 
 
@@ -183,6 +209,7 @@ def control_plane_access(asset: Asset, params: ControlPlaneParams, ctx: Context)
         yield Violation(
             f"cluster {p.name} has a public control plane endpoint and no authorized networks",
             "control_plane", _details(p, "authorized_networks", authorized_networks=None),
+            _cluster_fix(p, "authorized_networks"),
         )
         return
     open_to = sorted(n for n in nets if n in params.forbidden_networks)
@@ -191,6 +218,7 @@ def control_plane_access(asset: Asset, params: ControlPlaneParams, ctx: Context)
             f"cluster {p.name} has a public control plane endpoint whose authorized networks admit "
             f"{', '.join(open_to)}",
             "control_plane", _details(p, "authorized_networks", authorized_networks=list(nets)),
+            _cluster_fix(p, "authorized_networks"),
         )
 
 
@@ -212,14 +240,15 @@ def shielded_nodes(asset: Asset, params: ShieldedNodesParams, ctx: Context) -> I
     """
     p = posture(asset)
     if not p.shielded_nodes:
-        yield Violation(f"cluster {p.name} has shielded nodes off", "shielded_nodes", _details(p, "shielded_nodes"))
+        yield Violation(f"cluster {p.name} has shielded nodes off", "shielded_nodes", _details(p, "shielded_nodes"),
+                        _cluster_fix(p, "shielded_nodes"))
     if params.require_secure_boot:
         for pool in p.node_pools:
             if not pool.secure_boot:
                 yield Violation(
                     f"node pool {pool.name} of cluster {p.name} has secure boot off",
                     f"secure_boot|{pool.name}",
-                    _details(p, "secure_boot", pool),
+                    _details(p, "secure_boot", pool), _pool_fix(p, pool, "secure_boot"),
                 )
 
 
@@ -241,7 +270,7 @@ def legacy_metadata_endpoints_disabled(asset: Asset, params: NoParams, ctx: Cont
             yield Violation(
                 f"node pool {pool.name} of cluster {p.name} serves the legacy metadata endpoints",
                 f"legacy_endpoints|{pool.name}",
-                _details(p, "legacy_endpoints", pool),
+                _details(p, "legacy_endpoints", pool), _pool_replacement(p, pool, "legacy_endpoints"),
             )
 
 
@@ -305,7 +334,7 @@ def sandboxed_node_pool(asset: Asset, params: SandboxParams, ctx: Context) -> It
             f"cluster {p.name} hosts tenants running untrusted code ({', '.join(untrusted[:5])}"
             f"{' and more' if len(untrusted) > 5 else ''}) and has no GKE Sandbox (gVisor) node pool",
             "sandbox",
-            _details(p, "sandbox", tenants=untrusted),
+            _details(p, "sandbox", tenants=untrusted), (AddSandboxNodePool(p.key),),
         )
 
 

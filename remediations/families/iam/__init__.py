@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from google.api_core import exceptions as gexc
-
 from auditor.evaluate.globs import any_match, any_member_match
 from auditor.evaluate.principals import is_google_managed
 from auditor.model import Asset, Finding
@@ -21,7 +19,7 @@ from auditor.plugins import remediation_families
 from auditor.remedies import AddMember, Remedy, RemoveBinding, RemoveMember, first
 from auditor.vocabulary import OWNER_ROLE, PUBLIC_MEMBERS, is_hierarchy_node, is_hierarchy_top
 from remediations.edits import Edit, EditError, asked_by, canonical_json, condition_title, prune
-from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext
+from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext, token_moved
 from remediations.families.iam.endpoints import ENDPOINTS, endpoint_for
 from remediations.families.iam.transports import POLICY_VERSION, PolicyTransport
 from remediations.guards import GuardConfig, Refusal
@@ -31,7 +29,6 @@ if TYPE_CHECKING:
     from auditor.evaluate.rulebook import Rule
 
 NAME = "iam"
-_CONFLICTS = (gexc.Aborted, gexc.Conflict, gexc.PreconditionFailed, gexc.FailedPrecondition)
 Grant = tuple[str, str, str]  # role, condition, member
 
 
@@ -79,6 +76,13 @@ def _full_condition(asset: Asset, role: str, cond: dict[str, Any] | None) -> dic
     raise EditError(f"no binding of {role} with condition {title!r} in the policy, and no expression for it")
 
 
+
+def _conflicts() -> tuple[type[Exception], ...]:
+    # imported when a write fails, not with the family: rule loading imports it, and a scan needs no client library
+    from google.api_core import exceptions as gexc
+
+    return (gexc.Aborted, gexc.Conflict, gexc.PreconditionFailed, gexc.FailedPrecondition)
+
 class IamFamily:
     name = NAME
     token_field = "etag"
@@ -108,10 +112,26 @@ class IamFamily:
     def token_of(self, state: dict[str, Any] | None) -> str | None:
         value = (state or {}).get("etag")
         return str(value) if value not in (None, "") else None
+    def moved(self, target: Target, planned: str | None, before: Any, live: Live) -> str | None:
+        """A dataset planned from CAI carries the etag CAI shows on its IAM policy, which is not the etag
+        datasets.get returns: no comparison of the two tells anything. The finding is stale when the access list
+        read now is not the one it was planned on; the write then goes with the live etag (If-Match), so a change
+        between this read and the write is refused by the API."""
+        if target.api == "bigquery" and planned is not None and planned != live.token:
+            if iam_section(live.state) != before:
+                return (f"the dataset's access list changed since the plan (planned against etag {planned}, "
+                        f"datasets.get now has {live.token}): the finding is stale")
+            return None
+        return token_moved(self.token_field, planned, before, live.token, iam_section(live.state))
+
 
     # -- edits ------------------------------------------------------------------------------------------------------
     def edits_for(self, finding: Finding, rule: Rule, asset: Asset) -> list[Edit]:
-        """The edit of the remedy the finding offers that the rule's kind makes (typed remedies, never details)."""
+        """The edits of the remedies the finding offers that the rule's kind makes (typed remedies, never details).
+
+        Every remedy of the first type the kind takes: a member outside the allowed domains is taken out of each
+        binding that lists it (each with its condition), one edit a binding.
+        """
         kind = rule.remediation or ""
         base = asked_by(finding, rule)
         offered = finding.remedies
@@ -127,6 +147,10 @@ class IamFamily:
                 raise EditError("iam.add_member does not remove members (a rule with iam.remove_member answers extra "
                                 "ones)")
             raise EditError(f"the finding offers no IAM fix that {kind} makes")
+        return [self._edit(kind, x, asset, base) for x in offered if type(x) is type(r)]
+
+    @staticmethod
+    def _edit(kind: str, r: Remedy, asset: Asset, base: dict[str, Any]) -> Edit:
         assert isinstance(r, (AddMember, RemoveMember, RemoveBinding))
         args: dict[str, Any] = {"role": r.role}
         cond = _full_condition(asset, r.role, r.condition)
@@ -134,7 +158,7 @@ class IamFamily:
             args["condition"] = cond
         if kind != "iam.remove_binding" and isinstance(r, (AddMember, RemoveMember)):
             args["member"] = r.member
-        return [Edit(kind, args, **base)]
+        return Edit(kind, args, **{k: list(v) for k, v in base.items()})
 
     def apply(self, state: dict[str, Any] | None, edit: Edit) -> dict[str, Any] | None:
         policy = state if state is not None else {}
@@ -300,7 +324,7 @@ class IamWriter:
             policy["etag"] = live.token
         try:
             self.retry.call(lambda: self.transport.set(target.api, target.resource, target.name, live.state, policy))
-        except _CONFLICTS as exc:
+        except _conflicts() as exc:
             raise WriteConflict(str(exc.message if hasattr(exc, "message") else exc)) from exc
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.api_core import exceptions as gexc
-
 from auditor.collect import gcp_clients
 from auditor.permissions import declare
 from remediations.families.iam.datasets import access_from_policy, policy_from_access
@@ -75,6 +73,8 @@ class PolicyTransport:
     def _rest(self, verb: str, url: str, **kw: Any) -> dict[str, Any]:
         resp = self.session.request(verb, url, timeout=TIMEOUT, **kw)
         if resp.status_code >= 400:
+            from google.api_core import exceptions as gexc
+
             raise gexc.from_http_response(resp)
         out = resp.json()
         return out if isinstance(out, dict) else {}
