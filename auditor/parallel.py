@@ -69,6 +69,7 @@ class _Copies:
     types: list[str] = field(default_factory=list)  # the asset types met, and each copy's place in this list
     type_of: array[int] = field(default_factory=lambda: array("I"))
     lines: array[int] = field(default_factory=lambda: array("I"))  # line in the range
+    iam: array[int] = field(default_factory=lambda: array("B"))  # 1: it carries an IAM policy
     findings: array[int] = field(default_factory=lambda: array("I"))  # findings made before it: then come its own
     held: array[int] = field(default_factory=lambda: array("I"))  # likewise the assets kept for the end
 
@@ -76,8 +77,8 @@ class _Copies:
         from auditor.scan import stable_key
 
         index: dict[str, int] = {}
-        keys, times, type_of, lines, made, kept = (
-            self.keys, self.times, self.type_of, self.lines, self.findings, self.held,
+        keys, times, type_of, lines, iam, made, kept = (
+            self.keys, self.times, self.type_of, self.lines, self.iam, self.findings, self.held,
         )  # fmt: skip
         for a in assets:
             t = index.get(a.asset_type)
@@ -88,6 +89,7 @@ class _Copies:
             times.append(a.update_time)
             type_of.append(t)
             lines.append(a.line)
+            iam.append(a.has_iam_policy)
             made.append(len(findings))
             kept.append(len(held))
             yield a
@@ -294,6 +296,21 @@ def _merge(
     out."""
     copies, evaluation = part.copies, part.evaluation
     merged = dedupe.merge(copies.keys, copies.times)
+    if merged.replaced:
+        # the copies read before, now replaced: their count, the checks with context still to run on them and, for
+        # a sink that takes findings back by asset (the daemon's staging), their findings, before the later
+        # copies' findings go out
+        for i in merged.replaced.values():
+            run.result.assets_by_type[copies.asset_type(i)] -= 1
+        replaced = merged.replaced.keys()
+        run.deferred[:] = [(a, later) for a, later in run.deferred if dedupe.key(a) not in replaced]
+        withdraw = run.result.withdraw
+        if withdraw is not None:
+            names = _names_at(job, sorted({copies.lines[i] for i in merged.replaced.values()}))
+            for i in merged.replaced.values():
+                name = names.get(copies.lines[i])
+                if name is not None:
+                    withdraw(name, run.streamed_rule_ids(copies.asset_type(i), bool(copies.iam[i])))
     findings, evaluation.findings = evaluation.findings, []
     made, keys, dropped, gens = copies.findings, copies.keys, merged.dropped, merged.gens
     i = 0
@@ -312,12 +329,6 @@ def _merge(
         held = [h for k, h in enumerate(held) if bisect_right(kept, k) - 1 not in dropped]
         for i in dropped:
             evaluation.assets_by_type[copies.asset_type(i)] -= 1
-    if merged.replaced:
-        # the copies read before, now replaced: their count, and the checks with context still to run on them
-        for i in merged.replaced.values():
-            run.result.assets_by_type[copies.asset_type(i)] -= 1
-        replaced = merged.replaced.keys()
-        run.deferred[:] = [(a, later) for a, later in run.deferred if dedupe.key(a) not in replaced]
     if merged.notes:
         _note(merged, copies, job, base, source, dedupe)
     return held

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from auditor import __version__
 from auditor.collect import Source, SourceOptions, open_source
@@ -43,6 +43,15 @@ EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
 EXIT_INVALID = 2
 EXIT_PARTIAL = 3
+
+
+class StagingSink(Protocol):
+    """Where a scan hands each finding as it is made, and that can take back those of an asset a later copy
+    replaces, by asset and rules (the daemon's state staging): the scan keeps and counts none of them."""
+
+    def add(self, finding: Finding) -> None: ...
+
+    def withdraw(self, asset: str, rules: frozenset[str]) -> None: ...
 
 
 @dataclass
@@ -224,7 +233,8 @@ class Duplicates:
     A later copy read second replaces the first: the first's count and the checks with context still to run on it
     are withdrawn (`EvaluationRun.forget`), and its findings, already handed on (a report streams them as they are
     made), are taken back by the scan's `Collector` once the scan is over: every finding goes out tagged with the
-    copy that gave it (`current`), and `losers` names the copies replaced. Otherwise the copy read second is
+    copy that gave it (`cur_key`, `cur_gen`), and `losers` names the copies replaced; a sink that takes findings
+    back by asset (the daemon's staging) is told at once, by `forget`. Otherwise the copy read second is
     dropped before it is evaluated. Copies read in worker processes (`--jobs`) are merged the same way, in read
     order (`merge`). Each source's status lists the copies it gave that were dropped or replaced. Memory: a hash
     and an update time for each asset a rule reads (the assets no rule reads are never built), and a little for
@@ -465,6 +475,7 @@ def run_scan(
     jobs: int = 1,
     threaded: bool = False,
     on_finding: FindingSink | Callable[[Finding], None] | None = None,
+    sink: StagingSink | None = None,
 ) -> ScanResult:
     """Scan the named sources with the given rules. Sources that cannot be opened raise SourceError.
 
@@ -475,6 +486,9 @@ def run_scan(
     result then counts them (`tally`) but its `findings` is empty. A FindingSink (a StreamedReport) is also asked to
     take back the findings of an asset copy that a later copy replaced (see `Duplicates`); a plain function gets
     every finding and cannot take one back.
+    `sink`: each finding is handed to it as it is made, repeated ids included, and none is kept or counted (the
+    daemon stages them in its state store, which counts them and drops repeats); the findings of a copy a later
+    one replaces are withdrawn from it by asset and rules as the later copy arrives.
     """
     options = options or SourceOptions()
     engine = Engine(rules, now=now)
@@ -490,17 +504,22 @@ def run_scan(
     parallel = jobs > 1 and not options.strict
     run = engine.start(evaluation)
     dedupe = Duplicates(run, stable_key if parallel else local_key)
-    tally = Tally()
+    tally: Tally | None = Tally()
     kept: KeptFindings | None = None
+    collector: Collector | None = None
     out: FindingSink
-    if on_finding is None:
-        out = kept = KeptFindings()
-    elif isinstance(on_finding, FindingSink):
-        out = on_finding
+    if sink is not None and on_finding is None:
+        evaluation.sink, evaluation.withdraw, tally = sink.add, sink.withdraw, None
     else:
-        out = _Calls(on_finding)
-    collector = Collector(out, dedupe, tally)
-    evaluation.sink = collector
+        if on_finding is None:
+            out = kept = KeptFindings()
+        elif isinstance(on_finding, FindingSink):
+            out = on_finding
+        else:
+            out = _Calls(on_finding)
+        assert tally is not None
+        collector = Collector(out, dedupe, tally)
+        evaluation.sink = collector
     for source in sources:
         select = getattr(source, "select", None)
         if select is not None:  # the reader skips building assets no rule reads, and counts them
@@ -511,9 +530,10 @@ def run_scan(
         else:
             run.feed(_chain(sources, on_progress, dedupe))
         run.finish()
-    collector.settle()
+    if collector is not None:
+        collector.settle()
     if kept is not None:
-        evaluation.sink = None
+        evaluation.sink, tally = None, None
         evaluation.findings = sorted(kept.findings, key=finding_order)
     elapsed = time.perf_counter() - t0
     stale = [
@@ -533,5 +553,5 @@ def run_scan(
         sources=[s.status for s in sources],
         durations={"collect_and_evaluate": elapsed},
         stale_exemptions=stale,
-        tally=tally if kept is None else None,
+        tally=tally,
     )

@@ -51,6 +51,8 @@ class Evaluation:
     # rules that could not be evaluated, with the reason: the snapshot is then partial (exit 3), never clean
     not_evaluated: list[NotEvaluated] = field(default_factory=list)
     sink: Callable[[Finding], None] | None = None
+    # With a sink that can take findings back (the daemon's state staging): (asset name, rule ids) -> forget them
+    withdraw: Callable[[str, frozenset[str]], None] | None = None
 
     def add(self, finding: Finding) -> None:
         if self.sink is not None:
@@ -485,16 +487,21 @@ class EvaluationRun:
                 if kept:
                     self.deferred.append((asset, later))
 
+    def streamed_rule_ids(self, asset_type: str, has_iam_policy: bool) -> frozenset[str]:
+        """The rules run on an asset of this type as it streams by (those a replaced copy's findings came from)."""
+        plan = self.engine._plans.get(asset_type) or self.engine._plan(asset_type)
+        return frozenset(r.id for r in (plan.streamed_iam if has_iam_policy else plan.streamed).rules)
+
     def forget(self, asset: Asset) -> None:
         """Withdraw an asset fed earlier, which a later copy of it (same name and content) replaces: its count, the
         findings its streamed rules gave, and the deferred rules still to run on it. (What context checks kept of it
         stays: context is read by name.)"""
-        plan = self.engine._plans.get(asset.asset_type) or self.engine._plan(asset.asset_type)
-        streamed = plan.streamed_iam if asset.has_iam_policy else plan.streamed
-        rules = {r.id for r in streamed.rules}
+        rules = self.streamed_rule_ids(asset.asset_type, asset.has_iam_policy)
         result = self.result
         result.assets_by_type[asset.asset_type] -= 1
-        if rules:
+        if rules and result.withdraw is not None:
+            result.withdraw(asset.name, rules)
+        elif rules:
             result.findings[:] = [f for f in result.findings if f.asset != asset.name or f.rule not in rules]
         # in place: a `feed` under way appends to this very list
         self.deferred[:] = [
