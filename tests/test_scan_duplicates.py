@@ -222,3 +222,23 @@ def test_a_spooled_report_takes_back_findings_already_spilled(tmp_path: Path) ->
     rows = list(csv.DictReader(io.StringIO(buf.getvalue().decode())))
     assert sorted(r["id"] for r in rows) == sorted(_open_findings(expected))
     assert result.counts().open == len(rows)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_the_daemons_staging_takes_the_earlier_copy_back(tmp_path: Path, workers: list[int], jobs: int) -> None:
+    """The daemon stages findings in its state store as they are made (a real SQLite database here): the earlier
+    copy's are withdrawn by asset as the later copy arrives, from another file read by another worker too."""
+    from auditor.state.db import open_database
+    from auditor.state.staging import Staging
+
+    (tmp_path / "1.ndjson").write_text(OLD)
+    (tmp_path / "2.ndjson").write_text(NEW)
+    expected = _result([tmp_path / "2.ndjson"], 1)
+    db = open_database(tmp_path / "state.db")
+    staging = Staging(db, batch=5)
+    result = run_scan([str(tmp_path)], load_rules(), SourceOptions(), jobs=jobs, sink=staging)
+    staged = {r[0]: r[1] for r in staging.db.rows("SELECT id, asset FROM cycle_seen")}
+    assert staged == _open_findings(expected)
+    assert result.evaluation.assets == 22
+    if jobs > 1:
+        assert sum(workers) == 44
