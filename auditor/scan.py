@@ -429,11 +429,13 @@ class Collector:
 
 
 def _chain(sources: list[Source], on_asset: Callable[[int], None] | None,
-           dedupe: Duplicates | None = None) -> Iterator[Asset]:
+           dedupe: Duplicates | None = None, observe: Callable[[Asset], None] | None = None) -> Iterator[Asset]:
     if dedupe is not None:
         stream: Iterator[Asset] = itertools.chain.from_iterable(dedupe.stream(_read(s), s.status) for s in sources)
     else:
         stream = itertools.chain.from_iterable(_read(s) for s in sources)
+    if observe is not None:
+        stream = _observed(stream, observe)
     if on_asset is None:
         yield from stream
         return
@@ -441,6 +443,12 @@ def _chain(sources: list[Source], on_asset: Callable[[int], None] | None,
         if n % 1000 == 0:
             # readers may skip assets no rule reads: the count read so far is theirs when they keep one
             on_asset(max(n, sum(s.status.assets for s in sources)))
+        yield a
+
+
+def _observed(stream: Iterator[Asset], observe: Callable[[Asset], None]) -> Iterator[Asset]:
+    for a in stream:
+        observe(a)
         yield a
 
 
@@ -452,6 +460,7 @@ def _parallel(
     cluster: str,
     on_progress: Callable[[int], None] | None,
     threaded: bool,
+    observe: Callable[[Asset], None] | None = None,
 ) -> None:
     from auditor.collect.files import FileSource
     from auditor.parallel import ParallelReader
@@ -462,7 +471,7 @@ def _parallel(
                 with attributed(source.uri):
                     reader.feed(source, run, on_progress, dedupe)
             else:
-                run.feed(_chain([source], on_progress, dedupe))
+                run.feed(_chain([source], on_progress, dedupe, observe))
 
 
 def run_scan(
@@ -476,6 +485,7 @@ def run_scan(
     threaded: bool = False,
     on_finding: FindingSink | Callable[[Finding], None] | None = None,
     sink: StagingSink | None = None,
+    observe: Callable[[Asset], None] | None = None,
 ) -> ScanResult:
     """Scan the named sources with the given rules. Sources that cannot be opened raise SourceError.
 
@@ -489,6 +499,8 @@ def run_scan(
     `sink`: each finding is handed to it as it is made, repeated ids included, and none is kept or counted (the
     daemon stages them in its state store, which counts them and drops repeats); the findings of a copy a later
     one replaces are withdrawn from it by asset and rules as the later copy arrives.
+    `observe`: each asset read is shown to it (the daemon's retained index, auditor.incremental; not the assets of
+    export files read by worker processes).
     """
     options = options or SourceOptions()
     engine = Engine(rules, now=now)
@@ -526,9 +538,9 @@ def run_scan(
             select(engine.wants, evaluation.assets_by_type)
     with fewer_collections():
         if parallel:
-            _parallel(run, sources, dedupe, jobs, options.cluster, on_progress, threaded)
+            _parallel(run, sources, dedupe, jobs, options.cluster, on_progress, threaded, observe)
         else:
-            run.feed(_chain(sources, on_progress, dedupe))
+            run.feed(_chain(sources, on_progress, dedupe, observe))
         run.finish()
     if collector is not None:
         collector.settle()
