@@ -166,7 +166,10 @@ def default_rule_denies(asset: Asset, params: NoParams, ctx: Context) -> Iterato
     ```
     """
     rules = asset_armor_rules(asset)
-    default = next((r for r in rules if r.is_default), None)
+    i = len(rules)  # rules come by priority: the default rule is among the last
+    while i and rules[i - 1].priority >= DEFAULT_RULE_PRIORITY:
+        i -= 1
+    default = next((r for r in rules[i:] if r.is_default), None)
     if default is None:
         yield Violation(
             "the policy has no default rule (priority 2147483647)",
@@ -338,8 +341,11 @@ def unique_priorities(asset: Asset, params: NoParams, ctx: Context) -> Iterator[
       severity: medium
     ```
     """
+    rules = asset_armor_rules(asset)
+    if len({r.priority for r in rules}) == len(rules):
+        return  # the usual policy
     by_priority: dict[int, list[ArmorRule]] = defaultdict(list)
-    for r in asset_armor_rules(asset):
+    for r in rules:
         by_priority[r.priority].append(r)
     for priority, rs in sorted(by_priority.items()):
         if len(rs) > 1:
@@ -452,9 +458,11 @@ class _RulesAbove:
         by_start, blocks, sizes = self.by_start, self.blocks, self.sizes
         for index in range(self.indexed, len(self.joined)):
             for iv in self.joined[index]:
-                by_start.append((iv[0], index))
-                blocks[iv].append(index)
-                sizes.add(iv[1] - iv[0] + 1)
+                lo, hi = iv
+                by_start.append((lo, index))
+                if hi != lo:  # a single address contains nothing larger than itself: found by its start alone
+                    blocks[iv].append(index)
+                    sizes.add(hi - lo + 1)
         by_start.sort()  # the sorted run and the new tail: merged, not sorted from scratch
         self.indexed = len(self.joined)
 
