@@ -97,6 +97,16 @@ class DeleteRoleBinding(Remedy):
 
 
 @dataclass(frozen=True)
+class ReplaceRoleBinding(Remedy):
+    """Make a RoleBinding exactly the declared one: this roleRef and these subjects. A roleRef cannot be changed in
+    place, so a binding whose roleRef differs is deleted and created again."""
+
+    family: ClassVar[str] = "rbac"
+    role_ref: dict[str, Any] = field(default_factory=dict)
+    subjects: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class ReplaceRoleRules(Remedy):
     """Give a (Cluster)Role exactly these rules."""
 

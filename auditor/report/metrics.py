@@ -56,6 +56,7 @@ METRIC_NAMES = (
     "auditor_plan_changes",
     "auditor_notifications_total",
     "auditor_notifications_queued",
+    "auditor_notifications_oldest_age_seconds",
     "auditor_scc_writes_total",
 )
 
@@ -86,6 +87,7 @@ class MetricsView:
     rule_evaluated: tuple[tuple[str, int], ...] = ()  # rule, 1 when the last cycle evaluated it, 0 when it could not
     notifications: tuple[tuple[str, str, float], ...] = ()  # sink, outcome (delivered/failed/dropped), count
     notifications_queued: tuple[tuple[str, int], ...] = ()  # sink, events waiting
+    notifications_oldest: tuple[tuple[str, float], ...] = ()  # sink, when its oldest waiting event was queued
     scc_writes: tuple[tuple[str, float], ...] = ()  # outcome (created/updated/state_changed/failed), count
 
 
@@ -109,10 +111,12 @@ def build_view(
     plan_changes: Iterable[tuple[str, str, int]] = (),
     rule_evaluated: Mapping[str, int] | None = None,
     queued: dict[str, int] | None = None,
+    queue_oldest: Mapping[str, float | None] | None = None,
 ) -> MetricsView:
     """The view after a cycle (or at start, from what the store kept across the restart).
 
     `rule_evaluated`: rule id -> 1 or 0, whether the last cycle evaluated the rule (None before the first cycle).
+    `queued`, `queue_oldest`: per notification sink, the events waiting and when the oldest was queued.
     """
     cycles = dict.fromkeys(OUTCOMES, 0.0)
     for labels, v in store.counters("cycles_total"):
@@ -146,6 +150,7 @@ def build_view(
         rule_evaluated=tuple(sorted((rule_evaluated or {}).items())),
         notifications=tuple(sorted((lb["sink"], lb["outcome"], v) for lb, v in store.counters("notifications_total"))),
         notifications_queued=tuple(sorted((queued or {}).items())),
+        notifications_oldest=tuple(sorted((k, v) for k, v in (queue_oldest or {}).items() if v is not None)),
         scc_writes=tuple(sorted((lb["outcome"], v) for lb, v in store.counters("scc_writes_total"))),
     )
 
@@ -340,6 +345,17 @@ class AuditorCollector(Collector):
         for sink, n in v.notifications_queued:
             queued.add_metric([sink], n)
         yield queued
+        # An age, not only a count: a receiver that is down with little drift keeps a short queue whose events get
+        # old, and undelivered drift is drift nobody saw. 0 for an empty queue, so every sink has a series to alert on.
+        oldest_age = GaugeMetricFamily(
+            "auditor_notifications_oldest_age_seconds",
+            "Seconds the oldest drift notification waiting in a sink's queue has waited (0: none waits).",
+            labels=["sink"],
+        )
+        oldest = dict(v.notifications_oldest)
+        for sink, _ in v.notifications_queued:
+            oldest_age.add_metric([sink], max(0.0, now - oldest[sink]) if sink in oldest else 0.0)
+        yield oldest_age
         scc = CounterMetricFamily(
             "auditor_scc_writes_total", "Security Command Center writes by outcome.", labels=["outcome"]
         )

@@ -38,6 +38,9 @@ class OutboundStep:
     def queued(self) -> dict[str, int]:
         return self.notifier.queued() if self.notifier is not None else {}
 
+    def oldest(self) -> dict[str, float | None]:
+        return self.notifier.oldest() if self.notifier is not None else {}
+
     def run(self, recorded: Recorded, labels: Mapping[str, dict[str, str]] | None = None) -> dict[str, Any]:
         """`labels`: each loaded rule's labels, carried by its notifications."""
         out: dict[str, Any] = {}

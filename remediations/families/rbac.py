@@ -1,9 +1,11 @@
 """The RBAC family: Roles, ClusterRoles and their bindings, written through each cluster's API server.
 
-Kinds: `rbac.remove_subject`, `rbac.delete_binding`, `rbac.replace_role_rules`. The token is the object's
-`metadata.resourceVersion`. Subjects and rules are changed with a JSON merge patch that carries the resourceVersion:
-the API server refuses it (409 Conflict) when the object changed since it was read. A binding is deleted with a
-resourceVersion (and uid) precondition; a rollback of a deletion creates the object again. Its guards never touch
+Kinds: `rbac.remove_subject`, `rbac.delete_binding`, `rbac.replace_binding`, `rbac.replace_role_rules`. The token is
+the object's `metadata.resourceVersion`. Subjects and rules are changed with a JSON merge patch that carries the
+resourceVersion: the API server refuses it (409 Conflict) when the object changed since it was read. A binding is
+deleted with a resourceVersion (and uid) precondition; a rollback of a deletion creates the object again. A
+binding's roleRef is immutable: one that must change is replaced, deleted with those preconditions and created
+again (and created back as it was should the create fail); a rollback replaces it back. Its guards never touch
 Kubernetes' own objects and subjects (`system:`, `kube-system`), the auditor or the protected principals.
 
 The GKE permissions this writer needs (container.roles.*, roleBindings.*, leases.*, and bind/escalate) are listed
@@ -24,7 +26,7 @@ from auditor.errors import AuditorError
 from auditor.evaluate.globs import any_match
 from auditor.model import Asset, Finding
 from auditor.plugins import remediation_families
-from auditor.remedies import RemoveSubject, ReplaceRoleRules, first
+from auditor.remedies import RemoveSubject, ReplaceRoleBinding, ReplaceRoleRules, first
 from auditor.vocabulary import CLUSTER_ROLE, CLUSTER_ROLE_BINDING, ROLE, ROLE_BINDING, is_system_subject, subject_name
 from remediations.edits import Edit, EditError, asked_by, prune
 from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext, token_moved
@@ -67,6 +69,8 @@ class RbacFamily:
     kinds = (
         Kind("rbac.remove_subject", NAME, "remove the subject from the (Cluster)RoleBinding"),
         Kind("rbac.delete_binding", NAME, "delete the (Cluster)RoleBinding"),
+        Kind("rbac.replace_binding", NAME, "make the RoleBinding the declared one (a roleRef that differs is "
+             "immutable: the binding is deleted and created again)"),
         Kind("rbac.replace_role_rules", NAME, "replace the (Cluster)Role's rules with the desired ones"),
     )
 
@@ -111,6 +115,12 @@ class RbacFamily:
             raise EditError(f"{kind} changes RoleBindings and ClusterRoleBindings, not {asset.asset_type}")
         if kind == "rbac.delete_binding":
             return [Edit(kind, {}, **base)]
+        if kind == "rbac.replace_binding":
+            wanted = first(finding.remedies, ReplaceRoleBinding)
+            if not isinstance(wanted, ReplaceRoleBinding):
+                raise EditError("the finding offers no declared binding to replace this one with")
+            return [Edit(kind, {"roleRef": dict(wanted.role_ref), "subjects": [dict(x) for x in wanted.subjects]},
+                         **base)]
         gone = [r for r in finding.remedies if isinstance(r, RemoveSubject)]
         if not gone:
             raise EditError("the finding offers no subject to remove (a roleRef cannot be changed, and "
@@ -131,6 +141,10 @@ class RbacFamily:
             return state
         if edit.kind == "rbac.delete_binding":
             return None
+        if edit.kind == "rbac.replace_binding":
+            state["roleRef"] = copy.deepcopy(a["roleRef"])
+            state["subjects"] = copy.deepcopy(a["subjects"])
+            return state
         if edit.kind == "rbac.replace_role_rules":
             state["rules"] = copy.deepcopy(a["rules"])
             return state
@@ -164,6 +178,10 @@ class RbacFamily:
             return f"remove subject {edit.args['subject_name']}"
         if edit.kind == "rbac.delete_binding":
             return "delete the binding"
+        if edit.kind == "rbac.replace_binding":
+            ref = edit.args["roleRef"]
+            return (f"make the binding {ref.get('kind')}/{ref.get('name')} for {len(edit.args['subjects'])} subject(s) "
+                    "(deleted and created again if its roleRef differs)")
         return f"replace the rules with the {len(edit.args['rules'])} desired rules"
 
     def principals(self, edits: Iterable[Edit], diff: Iterable[dict[str, Any]]) -> set[str]:
@@ -171,6 +189,8 @@ class RbacFamily:
         for d in diff:
             if d["item"] == "object" and d["before"]:
                 out.update(subject_name(s) for s in d["before"].get("subjects") or ())
+            elif d["item"].startswith("subject "):
+                out.add(subject_name(d["before"] or d["after"]))
         return out
 
     def contradictions(self, edits: list[Edit]) -> tuple[list[Edit], list[str]]:
@@ -246,24 +266,17 @@ class RbacWriter:
         self.retry.call(lambda: self._write(target, live, new))
 
     def _write(self, target: Target, live: Live, new: dict[str, Any] | None) -> None:
-        from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
         try:
             if new is None:
                 if live.state is None:
                     return
-                meta = live.state.get("metadata") or {}
-                pre = {"resourceVersion": live.token, **({"uid": meta["uid"]} if meta.get("uid") else {})}
-                self._call(target, "delete", name=target.name, body=client.V1DeleteOptions.from_dict(
-                    {"preconditions": pre}), _request_timeout=REQUEST_TIMEOUT)
+                self._delete(target, live)
             elif live.state is None:
-                body = json.loads(json.dumps(new))
-                meta = body.setdefault("metadata", {})
-                for k in _SERVER_FIELDS:
-                    meta.pop(k, None)
-                model = getattr(client, f"V1{target.kind}")
-                self._call(target, "create", body=model.from_dict(body), _request_timeout=REQUEST_TIMEOUT)
+                self._create(target, new)
+            elif _ref(new) != _ref(live.state):
+                self._replace(target, live, new)
             else:
                 patch: dict[str, Any] = {"metadata": {"resourceVersion": live.token}}
                 if target.kind in ("Role", "ClusterRole"):
@@ -276,6 +289,56 @@ class RbacWriter:
             if exc.status == 409:
                 raise WriteConflict(f"409 Conflict: {_k8s_message(exc)}") from exc
             raise KubeApiError(exc.status, f"Kubernetes API {exc.status}: {_k8s_message(exc)}") from exc
+
+    def _delete(self, target: Target, live: Live) -> None:
+        """Delete the object as read: refused (409) when its resourceVersion or uid is no longer the one read."""
+        from kubernetes import client
+
+        meta = (live.state or {}).get("metadata") or {}
+        pre = {"resourceVersion": live.token, **({"uid": meta["uid"]} if meta.get("uid") else {})}
+        self._call(target, "delete", name=target.name, body=client.V1DeleteOptions.from_dict({"preconditions": pre}),
+                   _request_timeout=REQUEST_TIMEOUT)
+
+    def _create(self, target: Target, obj: dict[str, Any]) -> None:
+        from kubernetes import client
+
+        body = json.loads(json.dumps(obj))
+        meta = body.setdefault("metadata", {})
+        for k in _SERVER_FIELDS:
+            meta.pop(k, None)
+        model = getattr(client, f"V1{target.kind}")
+        self._call(target, "create", body=model.from_dict(body), _request_timeout=REQUEST_TIMEOUT)
+
+    def _replace(self, target: Target, live: Live, new: dict[str, Any]) -> None:
+        """A binding's roleRef is immutable: delete the binding as read (resourceVersion and uid preconditions, so a
+        concurrent change refuses it with nothing changed), then create it with the new roleRef and subjects. Should
+        the create fail, the binding as read is created again before the error is raised, so a failed replace
+        leaves the binding as it was (the journal holds it too)."""
+        from kubernetes.client.exceptions import ApiException
+
+        self._delete(target, live)
+        try:
+            self._create(target, new)
+        except ApiException as exc:
+            try:
+                self._create(target, live.state or {})
+            except ApiException as again:
+                raise ReplaceFailed(
+                    f"the binding was deleted and creating it with roleRef {_ref(new)} failed "
+                    f"({exc.status}: {_k8s_message(exc)}); restoring it failed too ({again.status}: "
+                    f"{_k8s_message(again)}): create it again from the journal's before-state") from exc
+            raise ReplaceFailed(
+                f"creating the binding with roleRef {_ref(new)} failed ({exc.status}: {_k8s_message(exc)}); the "
+                "binding as it was has been created again") from exc
+
+
+class ReplaceFailed(AuditorError):
+    """A replace (delete and create) that did not go through; never retried, since its delete did."""
+
+
+def _ref(obj: dict[str, Any] | None) -> tuple[str, str]:
+    ref = (obj or {}).get("roleRef") or {}
+    return str(ref.get("kind", "")), str(ref.get("name", ""))
 
 
 def _k8s_message(exc: Any) -> str:

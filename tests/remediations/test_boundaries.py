@@ -128,3 +128,17 @@ def test_the_import_scan_sees_arrows() -> None:
     imports its checks."""
     assert _into("remediations", REPO / "tests" / "remediations")
     assert _into("auditor.evaluate.checks", REPO / "auditor" / "evaluate")
+
+
+def test_the_docs_say_which_asset_types_can_be_fixed() -> None:
+    """The remediation page's table lists every asset type the IAM family writes, and its kinds table every kind
+    of every family; the README's coverage table names the families' resources."""
+    from remediations.families.iam.endpoints import ENDPOINTS
+
+    page = (REPO / "docs" / "remediation.md").read_text(encoding="utf-8")
+    assert [t for t in ENDPOINTS if f"| `{t}` |" not in page] == []
+    assert [k for k in kinds() if f"| `{k}` |" not in page] == []
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## What it fixes", 1)[1].split("\n## ", 1)[0]
+    for label in ("BigQuery datasets", "Cloud Armor", "Kubernetes Roles", "GKE clusters", "buckets", "Pub/Sub topics"):
+        assert label in table, label

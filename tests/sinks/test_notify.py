@@ -112,6 +112,9 @@ def test_drift_goes_out_as_cloudevents_to_every_sink(tmp_path: Path, fake_gcp: F
         assert new.data["asset"] == drift.made_public and new.data["rule"] == PUBLIC_RULE
         assert new["subject"] == new.data["finding_id"] and new["severity"] == new.data["severity"]
         assert new.data["labels"] == {"domain": "iam"}  # the rule's labels travel with its findings
+        # where the asset sits, as the scan's reports say it (its CAI ancestors, from the top down)
+        assert new.data["project"] and new.data["project"].startswith("projects/")
+        assert new.data["ancestry"].startswith("organizations/") and new.data["ancestry"].endswith(new.data["project"])
         assert new.data["report_url"] == f"https://auditor.example/report#finding-{new.data['finding_id']}"
         assert by_change["resolved"].data["asset"] == drift.made_private
         assert len({e["id"] for e in events}) == len(events)
@@ -196,3 +199,52 @@ def test_the_queue_is_bounded_and_says_what_it_dropped(tmp_path: Path) -> None:
     assert n.queued() == {"soc": 3}
     assert counted == [("soc", "dropped", 2)]
     assert [x.id for _, x in n.queues["soc"].peek() if x] == ["id2", "id3", "id4"]  # the newest are kept
+
+
+def _scraped(view: Any, now: float) -> dict[tuple[str, str], float]:
+    """The queue series a scrape at `now` exports, parsed back from the text format."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from auditor.report.metrics import AuditorCollector, StageHistogram, make_registry
+
+    text = generate_latest(make_registry(AuditorCollector(lambda: view, StageHistogram(), clock=lambda: now)))
+    return {(s.name, s.labels["sink"]): s.value for fam in text_string_to_metric_families(text.decode())
+            for s in fam.samples if s.name.startswith("auditor_notifications_") and "outcome" not in s.labels}
+
+
+def test_a_sink_that_stays_down_shows_as_a_growing_queue_age(tmp_path: Path, fake_gcp: FakeGcp) -> None:
+    """An outage of a receiver hides drift: the oldest waiting event's age says so (the alert
+    AuditorNotificationsDelayed reads it), and drops to 0 once the queue is delivered."""
+    port = free_port()
+    cfg = _config(tmp_path, fake_gcp, webhooks=[{"name": "soc", "url": f"http://127.0.0.1:{port}/hook"}])
+    settings = load_settings(cfg)
+    store = Store(settings.state_path)
+    auditor = Auditor(settings, store)
+    try:
+        auditor.run_cycle()
+        view = auditor.published.view
+        assert _scraped(view, 1e10)[("auditor_notifications_oldest_age_seconds", "soc")] == 0.0  # nothing waits
+        make_drift(tmp_path / "org")
+        auditor.run_cycle()  # nothing listens: the events stay queued
+        view = auditor.published.view
+        files = sorted(p.name for p in (tmp_path / "queue" / "soc").iterdir())
+        queued_at = int(files[0][:20]) / 1e9  # the oldest file's name: when it was queued
+        assert dict(view.notifications_oldest) == {"soc": queued_at}  # Pub/Sub delivered: its queue is empty
+        for later in (60.0, 7200.0):
+            series = _scraped(view, queued_at + later)
+            assert series[("auditor_notifications_oldest_age_seconds", "soc")] == pytest.approx(later)  # grows
+            assert series[("auditor_notifications_oldest_age_seconds", "bus")] == 0.0
+            assert series[("auditor_notifications_queued", "soc")] == len(files) >= 2
+        # The receiver comes back: the next cycle delivers the queue and the age is 0 again.
+        receiver = Receiver(port)
+        try:
+            auditor.run_cycle()
+        finally:
+            receiver.stop()
+        assert len(receiver.received) == len(files)
+        series = _scraped(auditor.published.view, queued_at + 7200.0)
+        assert series[("auditor_notifications_oldest_age_seconds", "soc")] == 0.0
+        assert series[("auditor_notifications_queued", "soc")] == 0
+    finally:
+        store.close()

@@ -50,7 +50,7 @@ from auditor.evaluate.rbac_rules import (
 )
 from auditor.evaluate.registry import Context, Outcome, Params, Prefilter, Unevaluated, Violation, check
 from auditor.model import Asset, Severity
-from auditor.remedies import DeleteRoleBinding, RemoveSubject, ReplaceRoleRules
+from auditor.remedies import DeleteRoleBinding, Remedy, RemoveSubject, ReplaceRoleBinding, ReplaceRoleRules
 from auditor.vocabulary import (
     SUBJECT_KINDS,
     SYSTEM_NAMESPACES,
@@ -1039,7 +1039,9 @@ def tenant_desired_state(asset: Asset, params: TenantDesiredStateParams, ctx: Co
     Drift is reported where it can be fixed: a missing Role or RoleBinding on the Namespace (`change: missing`,
     the object's body in `desired`); an extra one on the object itself (`change: extra`, for
     `rbac.delete_binding`); a changed one on the object (`change: changed`: a Role's rules, with `desired_rules`
-    for `rbac.replace_role_rules`; a RoleBinding's roleRef or subjects, with `desired`). `{tenant}` and
+    for `rbac.replace_role_rules`; a RoleBinding's roleRef or subjects, with `desired`, fixed by
+    `rbac.replace_binding`, which deletes and creates the binding again when its roleRef differs, or, while the
+    roleRef is the declared one, by `rbac.remove_subject` for the extra subjects). `{tenant}` and
     `{namespace}` are filled in names and subjects. Objects named `system:` and `unmanaged` globs are left alone.
 
     ```yaml
@@ -1129,15 +1131,19 @@ def tenant_desired_state(asset: Asset, params: TenantDesiredStateParams, ctx: Co
     if want_s - have_s:
         diffs.append(f"missing subjects {', '.join(sorted(want_s - have_s))}")
     if diffs:
-        # Subjects beyond the declaration can be taken out; a roleRef cannot be changed, nor a subject added here.
+        # Two fixes, the rule's kind picks: take out the subjects beyond the declaration (rbac.remove_subject, only
+        # while the roleRef is the declared one), or make the binding the declared one (rbac.replace_binding: a
+        # roleRef is immutable, so one that differs means deleting the binding and creating it again).
         same_ref = (ref.get("kind"), ref.get("name")) == (body["roleRef"]["kind"], body["roleRef"]["name"])
         extra = tuple(RemoveSubject(s, subject_name(s, ns)) for s in subjects(obj) if subject_name(s, ns) not in want_s)
+        offered: tuple[Remedy, ...] = (*(extra if same_ref else ()),
+                                       ReplaceRoleBinding(body["roleRef"], tuple(body["subjects"])))
         yield Violation(
             f"RoleBinding {name} in tenant {tenant}'s namespace {ns} differs: {'; '.join(diffs)}",
             f"changed|RoleBinding|{name}",
             binding_details(asset, None, change="changed", kind="RoleBinding", tenant=tenant, desired=body,
                             extra_subjects=sorted(have_s - want_s), missing_subjects=sorted(want_s - have_s)),
-            extra if same_ref else (),
+            offered,
         )
 
 
