@@ -3,7 +3,9 @@
 Stages and their timing (`auditor_cycle_duration_seconds{stage}`):
 - collect_evaluate: auditor.scan.run_scan streams assets from the sources straight through the engine, so
   reading and evaluating are interleaved per asset and timed together;
-- record: findings and drift written to the state store (one transaction);
+- record: drift computed and written in the state store (one transaction). The findings themselves went into the
+  store's staging table a batch at a time as the evaluation made them (`CycleFindings`): the daemon never holds
+  them all, only their counts;
 - remediate: the remediation step, only when `remediation.enabled` and a plugin registers it (the remediations);
 - report: the metrics view, /findings.json and the HTML report rebuilt from the store.
 
@@ -31,19 +33,67 @@ from auditor.collect.cai_feed import FeedChange
 from auditor.errors import AuditorError, Cancelled, SourceError
 from auditor.evaluate.rulebook import LoadedRule, load_rules
 from auditor.logs import bind_labels, get_logger, unbind_labels
-from auditor.model import SourceStatus
+from auditor.model import SEVERITIES, Finding, Mode, SourceStatus
 from auditor.report.html import MAX_ROWS, render_report
 from auditor.report.metrics import MetricsView, StageHistogram, build_view, plan_change_counts
 from auditor.report.pages import FindingQuery
+from auditor.report.spool import Tally
 from auditor.scan import ScanResult, run_scan
 from auditor.settings import Settings
 from auditor.sinks.step import OutboundStep
 from auditor.state import AdvisoryLeader, CycleInput, NotLeader, Recorded, Store, iso
+from auditor.state.staging import Staging
 
 REMEDIATION_STEP = "remediate"  # the cycle step a plugin registers in auditor.plugins.cycle_steps
 REPORT_FINDINGS = 1000  # the worst open findings the report lists; every one is a page of /findings.json away
 REPORT_NEWEST = 20
 PROGRESS_EVERY = 10.0  # seconds between `progress` events of a running cycle
+
+
+class CycleFindings:
+    """The findings of a cycle as the evaluation makes them: staged in the state store a batch at a time, never all
+    in memory (the store counts them and drops repeated ids). With remediation on, the ones a plan can answer (their
+    rule names a remediation, in dryrun or enforce mode, not exempted) are also kept for the remediation step."""
+
+    def __init__(self, staging: Staging, rules: Sequence[LoadedRule], keep_remediable: bool) -> None:
+        self.staging = staging
+        self._remediable = frozenset(
+            r.id for r in rules if r.rule.remediation is not None and r.rule.mode is not Mode.audit
+        ) if keep_remediable else frozenset()
+        self._kept: list[Finding] = []
+
+    def add(self, finding: Finding) -> None:
+        self.staging.add(finding)
+        if finding.rule in self._remediable and finding.exempted is None:
+            self._kept.append(finding)
+
+    def withdraw(self, asset: str, rules: frozenset[str]) -> None:
+        self.staging.withdraw(asset, rules)
+        if self._kept:
+            self._kept = [f for f in self._kept if f.asset != asset or f.rule not in rules]
+
+    def tally(self) -> Tally:
+        """The counts of the distinct findings staged (what the summary, the log and the exit status read)."""
+        tally = Tally()
+        for rule, severity, exempted, n in self.staging.counts():
+            if exempted:
+                tally.exempted_by_rule[rule] += n
+                continue
+            tally.open_by_severity[severity] += n
+            tally.open_by_rule[rule] += n
+            if severity in SEVERITIES:
+                tally.worst_rank = max(tally.worst_rank, SEVERITIES.index(severity))
+        return tally
+
+    def remediable(self) -> list[Finding]:
+        """The kept findings, one per id, in the engine's order (worst first)."""
+        seen: set[str] = set()
+        out = []
+        for f in sorted(self._kept, key=lambda f: (-f.severity.rank, f.rule, f.asset, f.id)):
+            if f.id not in seen:
+                seen.add(f.id)
+                out.append(f)
+        return out
 
 
 class CycleAbandoned(Cancelled):
@@ -278,6 +328,7 @@ class Auditor:
         durations: dict[str, float] = {}
         out = CycleOutcome("failed", started, started, durations)
         self._shrunk = {}
+        findings: CycleFindings | None = None
         t = time.perf_counter()
         try:
             self._check_cancel()
@@ -285,6 +336,7 @@ class Auditor:
                 self.rules = load_rules(s.rules or None)
             except AuditorError as exc:
                 raise AuditorError(f"rules: {exc}") from None
+            findings = CycleFindings(self.store.staging(), self.rules, s.remediation.enabled)
             out.result = run_scan(
                 list(s.sources),
                 self.rules,
@@ -292,7 +344,10 @@ class Auditor:
                 on_progress=self._on_progress,
                 jobs=s.jobs,
                 threaded=True,  # the daemon's scheduler, server and elector threads run on
+                sink=findings,
             )
+            out.result.tally = findings.tally()
+            out.result.evaluation.findings = findings.remediable()
             self._check_shrink(out.result)
             out.outcome = "success" if out.result.complete else "partial"
         except CycleAbandoned:
@@ -314,7 +369,11 @@ class Auditor:
         self._rule_evaluated = {
             rule.id: 0 if unevaluated is None or rule.id in unevaluated else 1 for rule in self.rules
         }
+        if findings is not None and out.result is None:
+            findings.staging.discard()  # what a failed scan staged is not recorded
         if out.outcome == "abandoned" or self.cancel.is_set():
+            if findings is not None:
+                findings.staging.discard()
             out.outcome = "abandoned"
             out.ended_at = self.clock()
             self.log.warning("cycle_abandoned", reason="shutting down", duration_seconds=round(durations[
@@ -323,7 +382,7 @@ class Auditor:
 
         t = time.perf_counter()
         try:
-            out.recorded = self.store.record_cycle(self._cycle_input(out),
+            out.recorded = self.store.record_cycle(self._cycle_input(out, findings),
                                                    fence=self.leader.fence if self.leader else None)
             out.cycle_id = out.recorded.cycle_id
         except NotLeader as exc:
@@ -370,10 +429,10 @@ class Auditor:
         self.published = dataclasses.replace(self.published, cycles_completed=self.cycles_completed)
         return out
 
-    def _cycle_input(self, out: CycleOutcome) -> CycleInput:
+    def _cycle_input(self, out: CycleOutcome, findings: CycleFindings | None) -> CycleInput:
         r = out.result
         specs = list(self.settings.sources)
-        if r is None:
+        if r is None or findings is None:
             # A source that cannot be opened is a source error (counted, named); a broken rule file or a bug is not:
             # the sources were not read, so their state is left as it was.
             source = out.failed_source if out.failed_source in specs else _source_for(out.error or "", specs)
@@ -408,7 +467,7 @@ class Auditor:
             started_at=out.started_at,
             ended_at=self.clock(),
             outcome=out.outcome,
-            findings=r.findings,
+            findings=findings.staging,
             incomplete=r.incomplete_types(),
             snapshot_at=min(data_times) if data_times else None,
             assets_by_type=dict(r.evaluation.assets_by_type),
@@ -417,6 +476,9 @@ class Auditor:
             sources=sources,
             source_errors=errors,
             rule_ids=frozenset(rule.id for rule in r.rules),
+            # A rule that could not run (at all, or on an asset) keeps the findings it did not see open, stale.
+            not_evaluated=[*((n.rule_id, "") for n in r.not_evaluated),
+                           *((e.rule, e.asset) for e in r.evaluation.errors)],
         )
 
     def _check_shrink(self, result: ScanResult) -> None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from auditor import __version__
 from auditor.collect import Source, SourceOptions, open_source
@@ -32,6 +32,15 @@ EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
 EXIT_INVALID = 2
 EXIT_PARTIAL = 3
+
+
+class FindingSink(Protocol):
+    """Where a scan hands each finding as it is made, and that can take back those of an asset a later copy
+    replaces (the daemon's state staging): the scan keeps none of them."""
+
+    def add(self, finding: Finding) -> None: ...
+
+    def withdraw(self, asset: str, rules: frozenset[str]) -> None: ...
 
 
 @dataclass
@@ -193,8 +202,9 @@ class Duplicates:
 
     The copy with the later update time is kept: a later copy read second replaces the first (whose findings are
     withdrawn, `EvaluationRun.forget`); otherwise the copy read second is dropped. When findings are streamed to
-    a report as they are made, a first copy's findings cannot be withdrawn: a newer copy read second is then not
-    read, and the source is marked partial, naming it. Each source's status lists the
+    a report as they are made, a first copy's findings cannot be withdrawn (the daemon's state staging can take them
+    back: `FindingSink.withdraw`): a newer copy read second is then not read, and the source is marked partial,
+    naming it. Each source's status lists the
     copies it gave that were dropped or replaced. Memory: a hash and an update time for each asset a rule reads
     (the assets no rule reads are never built); assets read in other processes (`--jobs`) are deduplicated by
     finding id only (`unique_findings`).
@@ -217,7 +227,7 @@ class Duplicates:
                 continue
             times = f"update times {kept or 'unknown'} and {a.update_time or 'unknown'}"
             later = a.update_time is not None and (kept is None or a.update_time > kept)
-            if later and run.result.sink is not None:
+            if later and run.result.sink is not None and run.result.withdraw is None:
                 # the first copy's findings are already written (a streamed report): it stays, and the result
                 # says that a newer copy was not read
                 self._note(status, f"{a.name}: read again at {a.origin} ({times}); the copy read first was "
@@ -304,6 +314,7 @@ def run_scan(
     jobs: int = 1,
     threaded: bool = False,
     on_finding: Callable[[Finding], None] | None = None,
+    sink: FindingSink | None = None,
 ) -> ScanResult:
     """Scan the named sources with the given rules. Sources that cannot be opened raise SourceError.
 
@@ -312,6 +323,8 @@ def run_scan(
     the caller runs other threads for good (the daemon), and workers come from a fork server (auditor/parallel.py).
     `on_finding`: each finding is handed to it as it is made and not kept (a report written as it goes); the
     result then counts them (`tally`) but its `findings` is empty.
+    `sink`: each finding is handed to it as it is made, repeated ids included, and none is kept or counted (the
+    daemon stages them in its state store, which counts them and drops repeats).
     """
     options = options or SourceOptions()
     engine = Engine(rules, now=now)
@@ -331,7 +344,7 @@ def run_scan(
         # one finding per id (a binding repeated in a policy, an asset read twice): 8 bytes of the id a finding
         sent: set[int] = set()
 
-        def sink(f: Finding) -> None:
+        def send(f: Finding) -> None:
             key = int(f.id[:16], 16)
             if key in sent:
                 return
@@ -339,7 +352,9 @@ def run_scan(
             count(f)
             out(f)
 
-        evaluation.sink = sink
+        evaluation.sink = send
+    elif sink is not None:
+        evaluation.sink, evaluation.withdraw = sink.add, sink.withdraw
     for source in sources:
         select = getattr(source, "select", None)
         if select is not None:  # the reader skips building assets no rule reads, and counts them

@@ -51,6 +51,8 @@ class Evaluation:
     # rules that could not be evaluated, with the reason: the snapshot is then partial (exit 3), never clean
     not_evaluated: list[NotEvaluated] = field(default_factory=list)
     sink: Callable[[Finding], None] | None = None
+    # With a sink that can take findings back (the daemon's state staging): (asset name, rule ids) -> forget them
+    withdraw: Callable[[str, frozenset[str]], None] | None = None
 
     def add(self, finding: Finding) -> None:
         if self.sink is not None:
@@ -490,10 +492,12 @@ class EvaluationRun:
         stays: context is read by name.)"""
         plan = self.engine._plans.get(asset.asset_type) or self.engine._plan(asset.asset_type)
         streamed = plan.streamed_iam if asset.has_iam_policy else plan.streamed
-        rules = {r.id for r in streamed.rules}
+        rules = frozenset(r.id for r in streamed.rules)
         result = self.result
         result.assets_by_type[asset.asset_type] -= 1
-        if rules:
+        if rules and result.withdraw is not None:
+            result.withdraw(asset.name, rules)
+        elif rules:
             result.findings[:] = [f for f in result.findings if f.asset != asset.name or f.rule not in rules]
         self.deferred = [
             (a, later)

@@ -484,6 +484,11 @@ def finding_from_json(d: dict[str, Any]) -> Finding:
     """A finding as the daemon publishes it (`/findings.json`) back into the typed form the renderers read."""
     e = d.get("exemption") if d.get("exempted") else None
     exempted = Exempted(e["reason"], e["owner"], e.get("ticket"), e.get("expires")) if isinstance(e, dict) else None
+    # `organizations/1/folders/2/projects/3` back into the ancestors, from the asset upwards
+    parts = str(d.get("ancestry") or "").split("/")
+    ancestors = tuple(reversed(["/".join(parts[i:i + 2]) for i in range(0, len(parts) - 1, 2)]))
+    if not ancestors and d.get("project"):
+        ancestors = (str(d["project"]),)
     return Finding(
         id=d["id"],
         rule=d["rule"],
@@ -495,6 +500,7 @@ def finding_from_json(d: dict[str, Any]) -> Finding:
         message=d["message"],
         details=d.get("details") or {},
         exempted=exempted,
+        ancestors=ancestors,
     )
 
 

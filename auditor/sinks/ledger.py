@@ -48,6 +48,8 @@ class FindingRow:
     last_seen: float
     resolved_at: float | None
     mark: str | None
+    project: str | None = None
+    ancestry: str = ""
 
     @property
     def open(self) -> bool:
@@ -95,8 +97,9 @@ class Ledger:
         while True:
             rows = self.db.rows(
                 "SELECT f.id, f.rule, f.check_name, f.severity, f.mode, f.asset, f.asset_type, f.message, f.exempted, "
-                "f.exemption, f.first_seen, f.last_seen, f.resolved_at, m.value AS mark FROM findings f "
-                "LEFT JOIN sink_marks m ON m.sink = ? AND m.key = f.id WHERE f.id > ? ORDER BY f.id LIMIT ?",
+                "f.exemption, f.first_seen, f.last_seen, f.resolved_at, f.project, f.ancestry, m.value AS mark "
+                "FROM findings f LEFT JOIN sink_marks m ON m.sink = ? AND m.key = f.id WHERE f.id > ? ORDER BY f.id "
+                "LIMIT ?",
                 (sink, after, page),
             )
             for r in rows:
@@ -121,4 +124,5 @@ def _row(r: Any) -> FindingRow:
         id=r["id"], rule=r["rule"], check=r["check_name"], severity=r["severity"], mode=r["mode"], asset=r["asset"],
         asset_type=r["asset_type"], message=r["message"], exempted=bool(r["exempted"]), exemption=r["exemption"],
         first_seen=r["first_seen"], last_seen=r["last_seen"], resolved_at=r["resolved_at"], mark=r["mark"],
+        project=r["project"], ancestry=r["ancestry"],
     )

@@ -61,6 +61,8 @@ class Notice:
     scope: str = ""
     report_url: str | None = None
     labels: dict[str, str] = field(default_factory=dict)  # the rule's labels (team, domain, ...)
+    project: str | None = None  # projects/NUMBER the asset is in
+    ancestry: str = ""  # organizations/1/folders/2/projects/3
 
     @property
     def type(self) -> str:
@@ -84,13 +86,16 @@ class Notice:
             "at": iso(self.at),
             "report_url": self.report_url,
             "labels": self.labels,
+            "project": self.project,
+            "ancestry": self.ancestry,
         }
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "change": self.change, "finding_id": self.finding_id, "rule": self.rule,
                 "severity": self.severity, "asset": self.asset, "asset_type": self.asset_type,
                 "message": self.message, "exempted": self.exempted, "at": self.at, "cycle": self.cycle,
-                "scope": self.scope, "report_url": self.report_url, "labels": self.labels}
+                "scope": self.scope, "report_url": self.report_url, "labels": self.labels,
+                "project": self.project, "ancestry": self.ancestry}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Notice:
@@ -130,7 +135,7 @@ def notices(events: Iterable[DriftEvent], ledger: Ledger, *, baseline: bool, inc
         link = f"{report_url.rstrip('/')}#finding-{e.finding_id}" if report_url else None
         out.append(Notice(f"{e.finding_id}-{e.cycle_id}-{change}", change, e.finding_id, e.rule, e.severity,
                           e.asset, e.asset_type, e.message, e.exempted, e.at, e.cycle_id, scope, link,
-                          dict((labels or {}).get(e.rule, {}))))
+                          dict((labels or {}).get(e.rule, {})), e.project, e.ancestry))
     return out, marks
 
 
@@ -234,7 +239,7 @@ def slack_body(n: Notice) -> dict[str, Any]:
     """A Slack incoming-webhook message (also understood by Mattermost and Rocket.Chat)."""
     icon = {"new": ":rotating_light:", "reopened": ":repeat:", "resolved": ":white_check_mark:"}[n.change]
     title = f"{icon} {n.change.upper()} {n.severity} finding: {n.rule}"
-    lines = [f"*{title}*", n.message, f"`{n.asset}`"]
+    lines = [f"*{title}*", n.message, f"`{n.asset}`" + (f" in `{n.ancestry}`" if n.ancestry else "")]
     if n.report_url:
         lines.append(f"<{n.report_url}|finding {n.finding_id}>")
     else:

@@ -95,6 +95,10 @@ def desired(row: FindingRow, external_uri: str | None = None) -> Desired:
         "first_seen": iso(row.first_seen),
         "exempted": row.exempted,
     }
+    if row.project:  # where the asset sits: SCC's own resource fields are filled by SCC for Google resources only
+        props["project"] = row.project
+    if row.ancestry:
+        props["ancestry"] = row.ancestry
     if row.exemption:
         ex = json.loads(row.exemption)
         for key in ("reason", "owner", "ticket", "expires"):

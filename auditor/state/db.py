@@ -179,11 +179,12 @@ class Database:
             return self.execute(statement, args).fetchall()
 
     @contextmanager
-    def transaction(self) -> Iterator[Database]:
-        """One transaction; a writer on SQLite takes the lock up front (BEGIN IMMEDIATE), so it never deadlocks."""
+    def transaction(self, immediate: bool = True) -> Iterator[Database]:
+        """One transaction; a writer on SQLite takes the lock up front (BEGIN IMMEDIATE), so it never deadlocks.
+        `immediate=False` for one that writes only TEMP tables: it takes no lock on the state database."""
         with self.lock:
             self.reconnect_if_broken()
-            self._conn.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+            self._conn.execute(("BEGIN IMMEDIATE" if immediate else "BEGIN") if self.dialect == "sqlite" else "BEGIN")
             try:
                 yield self
             except BaseException:

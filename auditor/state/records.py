@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from auditor.model import Finding
+
+if TYPE_CHECKING:
+    from auditor.state.staging import Staging
 
 
 def iso(ts: float) -> str:
@@ -26,6 +29,8 @@ class DriftEvent:
     message: str
     at: float
     cycle_id: int
+    project: str | None = None  # projects/NUMBER the asset is in, when it is in one
+    ancestry: str = ""  # organizations/1/folders/2/projects/3: the asset's ancestors from the top down
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,6 +44,8 @@ class DriftEvent:
             "message": self.message,
             "at": iso(self.at),
             "cycle": self.cycle_id,
+            "project": self.project,
+            "ancestry": self.ancestry,
         }
 
 
@@ -59,6 +66,8 @@ class StoredFinding:
     last_seen: float
     resolved_at: float | None
     stale: bool
+    project: str | None = None
+    ancestry: str = ""
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
@@ -70,6 +79,8 @@ class StoredFinding:
             "mode": self.mode,
             "asset": self.asset,
             "asset_type": self.asset_type,
+            "project": self.project,
+            "ancestry": self.ancestry,
             "message": self.message,
             "details": self.details,
             "exempted": self.exempted,
@@ -174,7 +185,9 @@ class CycleInput:
     started_at: float
     ended_at: float
     outcome: str
-    findings: Iterable[Finding] | None  # None: the cycle failed before producing findings; read once, in batches
+    # None: the cycle failed before producing findings. Else read once, in batches, or already staged as they were
+    # made (Store.staging()).
+    findings: Iterable[Finding] | Staging | None
     incomplete: dict[str, str] = field(default_factory=dict)
     snapshot_at: float | None = None
     assets_by_type: Mapping[str, int] = field(default_factory=dict)
@@ -183,6 +196,9 @@ class CycleInput:
     sources: list[dict[str, Any]] = field(default_factory=list)
     source_errors: list[tuple[str, str]] = field(default_factory=list)  # (source, code) to count
     rule_ids: frozenset[str] | None = None  # the rules loaded: findings of other rules are retired, not resolved
+    # (rule, asset) not evaluated this cycle, asset "" for all its assets (a rule that could not run): their open
+    # findings not seen are carried (open, stale), not resolved
+    not_evaluated: Iterable[tuple[str, str]] = ()
     error: str | None = None
 
 

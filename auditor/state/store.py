@@ -4,11 +4,13 @@ SQLite (one file, WAL: `auditor history` reads while the daemon writes) or Postg
 `auditor.state.db`. This module versions its tables in `schema_versions` under "auditor.state"; the remediation
 journal keeps its own tables in the same database, and no migration here touches a table it does not own.
 
-Findings stream in: `record_cycle` reads the cycle's findings once, in batches, into a staging table of the
-connection (TEMP: it never grows the state file), and drift is computed in SQL against the findings still open:
+Findings stream in: the daemon stages them as the evaluation makes them (`staging()`, auditor.state.staging), or
+`record_cycle` reads them once, in batches, into the connection's staging table (TEMP: it never grows the state
+file); drift is computed in SQL against the findings still open:
 - a finding seen now and not open before is `new` (also one that was resolved and came back);
 - an open finding not seen now is `resolved`, unless its asset type was not read completely this cycle
-  (ScanResult.incomplete_types(); "*" means every type): then it stays open and is marked stale;
+  (ScanResult.incomplete_types(); "*" means every type) or its rule could not be evaluated (at all, or on its
+  asset: `CycleInput.not_evaluated`): then it is carried, open and marked stale;
 - an open finding whose rule is no longer loaded is closed without a drift event (the organization did not change);
 - the rest are still open; their rows are written only when something about them changed, so a cycle with no
   change writes no finding row. Their last-seen time is the end of the last cycle that recorded findings (a stale
@@ -23,12 +25,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from auditor.evaluate.globs import compile_glob
-from auditor.model import Finding
 from auditor.state.db import Database, Row, StateError, migrate, open_database
 from auditor.state.records import (
     CycleInput,
@@ -38,9 +38,9 @@ from auditor.state.records import (
     SourceState,
     StoredFinding,
 )
+from auditor.state.staging import BATCH, STAGED_COLUMNS, Staging, clear
 
 COMPONENT = "auditor.state"
-BATCH = 2000  # findings per staging insert: bounded memory, few round trips
 
 OUTCOMES = ("success", "partial", "failed")
 CHANGES = ("new", "resolved")
@@ -126,46 +126,32 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE cycles ADD COLUMN baseline INTEGER NOT NULL DEFAULT 0;
     """,
+    # v3: where the asset of a finding sits (its project, its ancestry from the top down), for /findings.json,
+    # notifications and Security Command Center. Rows written before are filled by the next cycle that sees them.
+    """
+    ALTER TABLE findings ADD COLUMN project TEXT;
+    ALTER TABLE findings ADD COLUMN ancestry TEXT NOT NULL DEFAULT '';
+    ALTER TABLE drift_events ADD COLUMN project TEXT;
+    ALTER TABLE drift_events ADD COLUMN ancestry TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 
 
-_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS cycle_seen (
-    id TEXT PRIMARY KEY,
-    rule TEXT NOT NULL,
-    check_name TEXT NOT NULL,
-    severity TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    asset TEXT NOT NULL,
-    asset_type TEXT NOT NULL,
-    message TEXT NOT NULL,
-    details TEXT NOT NULL,
-    exempted INTEGER NOT NULL,
-    exemption TEXT,
-    note TEXT NOT NULL
-)
-"""
-_STAGED_COLUMNS = "id, rule, check_name, severity, mode, asset, asset_type, message, details, exempted, exemption"
 _CONTENT = ("rule", "check_name", "severity", "mode", "asset", "asset_type", "message", "details", "exempted",
-            "exemption")
+            "exemption", "project", "ancestry")
 _SEVERITY_ORDER = (
     "CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 WHEN 'low' THEN 3 ELSE 4 END"
 )
 _OPEN = "findings.resolved_at IS NULL"
 _NOT_SEEN = "NOT EXISTS (SELECT 1 FROM cycle_seen s WHERE s.id = findings.id)"
+# Its rule could not be evaluated this cycle (at all, or on its asset): its absence is no evidence of a fix.
+_UNEVALUATED = ("EXISTS (SELECT 1 FROM cycle_unevaluated u WHERE u.rule = findings.rule "
+                "AND (u.asset = '' OR u.asset = findings.asset))")
 
 
 def _labels(labels: Mapping[str, str]) -> str:
     return json.dumps(dict(sorted(labels.items())), separators=(",", ":"))
-
-
-def _staged(f: Finding) -> tuple[Any, ...]:
-    exemption = json.dumps(_exemption(f)) if f.exempted or f.expired_exemption else None
-    # The message of the drift event if this finding's exemption started or ended while it stayed open.
-    note = (f"exempted ({f.exempted.reason}, {f.exempted.owner}): " if f.exempted else "exemption ended: ") + f.message
-    return (f.id, f.rule, f.check, f.severity.value, f.mode.value, f.asset, f.asset_type, f.message,
-            json.dumps(f.details, default=str, sort_keys=True), int(f.exempted is not None), exemption, note)
 
 
 class Store:
@@ -209,62 +195,67 @@ class Store:
             raise ValueError(f"unknown cycle outcome {c.outcome!r}")
         db = self.db
         with db.lock:
-            if c.findings is not None:
-                self._stage(c.findings)
-            with db.transaction():
-                if fence is not None:
-                    fence()
-                cycle_id = int(db.execute(
-                    "INSERT INTO cycles (started_at, ended_at, outcome, complete, incomplete, snapshot_at, rules, "
-                    "durations, sources, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (c.started_at, c.ended_at, c.outcome, int(c.outcome == "success"), json.dumps(c.incomplete),
-                     c.snapshot_at, c.rules, json.dumps(c.durations), json.dumps(c.sources), c.error),
-                ).fetchone()[0])
-                rec = Recorded(cycle_id, load_drift=lambda: self.iter_drift(cycle_id))
-                self._bump(db, "cycles_total", {"outcome": c.outcome})
-                for source, code in c.source_errors:
-                    self._bump(db, "source_errors_total", {"source": source, "code": code})
-                self._record_sources(db, c)
-                if c.findings is not None:
-                    self._record_findings(db, c, rec)
-                    self._record_assets(db, c)
-                totals = db.execute(
-                    "SELECT count(*) FILTER (WHERE exempted = 0), count(*) FILTER (WHERE exempted = 1), "
-                    "count(*) FILTER (WHERE stale = 1) FROM findings WHERE resolved_at IS NULL"
-                ).fetchone()
-                by_sev = {
-                    r[0]: int(r[1])
-                    for r in db.execute(
-                        "SELECT severity, count(*) FROM findings WHERE resolved_at IS NULL AND exempted = 0 "
-                        "GROUP BY severity"
-                    )
-                }
-                assets = int(db.execute("SELECT coalesce(sum(count), 0) FROM asset_counts").fetchone()[0])
-                rec.open, rec.stale = int(totals[0]), int(totals[2])
-                db.execute(
-                    "UPDATE cycles SET findings = ?, exempted = ?, stale = ?, new = ?, resolved = ?, by_severity = ?, "
-                    "assets = ? WHERE id = ?",
-                    (int(totals[0]), int(totals[1]), int(totals[2]), rec.new_count, rec.resolved_count,
-                     json.dumps(by_sev), assets, cycle_id),
-                )
-            if c.findings is not None:
-                db.execute("DELETE FROM cycle_seen")
+            staging: Staging | None = None
+            if isinstance(c.findings, Staging):
+                if c.findings.db is not db:
+                    raise ValueError("findings staged on another connection")
+                staging = c.findings
+                staging.flush()
+            elif c.findings is not None:
+                staging = Staging(db)
+                staging.extend(c.findings)
+            if staging is not None:
+                staging.not_evaluated(c.not_evaluated)
+            try:
+                rec = self._record(db, c, fence)
+            finally:
+                if staging is not None:
+                    clear(db)
         return rec
 
-    def _stage(self, findings: Iterable[Finding]) -> None:
-        """The cycle's findings into the connection's staging table, a batch at a time (the first of a repeated id
-        wins)."""
-        db = self.db
-        db.execute(db.ddl(_STAGING))
-        db.execute("DELETE FROM cycle_seen")
-        it = iter(findings)
-        with db.transaction():  # TEMP only: takes no lock a reader of the state database waits on
-            while batch := [_staged(f) for f in islice(it, BATCH)]:
-                db.executemany(
-                    f"INSERT INTO cycle_seen ({_STAGED_COLUMNS}, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (id) DO NOTHING",
-                    batch,
+    def _record(self, db: Database, c: CycleInput, fence: Callable[[], None] | None) -> Recorded:
+        with db.transaction():
+            if fence is not None:
+                fence()
+            cycle_id = int(db.execute(
+                "INSERT INTO cycles (started_at, ended_at, outcome, complete, incomplete, snapshot_at, rules, "
+                "durations, sources, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (c.started_at, c.ended_at, c.outcome, int(c.outcome == "success"), json.dumps(c.incomplete),
+                 c.snapshot_at, c.rules, json.dumps(c.durations), json.dumps(c.sources), c.error),
+            ).fetchone()[0])
+            rec = Recorded(cycle_id, load_drift=lambda: self.iter_drift(cycle_id))
+            self._bump(db, "cycles_total", {"outcome": c.outcome})
+            for source, code in c.source_errors:
+                self._bump(db, "source_errors_total", {"source": source, "code": code})
+            self._record_sources(db, c)
+            if c.findings is not None:
+                self._record_findings(db, c, rec)
+                self._record_assets(db, c)
+            totals = db.execute(
+                "SELECT count(*) FILTER (WHERE exempted = 0), count(*) FILTER (WHERE exempted = 1), "
+                "count(*) FILTER (WHERE stale = 1) FROM findings WHERE resolved_at IS NULL"
+            ).fetchone()
+            by_sev = {
+                r[0]: int(r[1])
+                for r in db.execute(
+                    "SELECT severity, count(*) FROM findings WHERE resolved_at IS NULL AND exempted = 0 "
+                    "GROUP BY severity"
                 )
+            }
+            assets = int(db.execute("SELECT coalesce(sum(count), 0) FROM asset_counts").fetchone()[0])
+            rec.open, rec.stale = int(totals[0]), int(totals[2])
+            db.execute(
+                "UPDATE cycles SET findings = ?, exempted = ?, stale = ?, new = ?, resolved = ?, by_severity = ?, "
+                "assets = ? WHERE id = ?",
+                (int(totals[0]), int(totals[1]), int(totals[2]), rec.new_count, rec.resolved_count,
+                 json.dumps(by_sev), assets, cycle_id),
+            )
+        return rec
+
+    def staging(self) -> Staging:
+        """A sink for the findings of the cycle about to be recorded: they go to the connection's staging table a
+        batch at a time as they are made; record them with `record_cycle(CycleInput(findings=staging, ...))`."""
+        return Staging(self.db)
 
     def _record_sources(self, db: Database, c: CycleInput) -> None:
         for s in c.sources:
@@ -301,12 +292,12 @@ class Store:
         ).fetchone() is None
         seen_before = prev if prev is not None else now
         events = ("INSERT INTO drift_events (cycle_id, at, change, finding_id, rule, severity, asset, asset_type, "
-                  "exempted, message) ")
+                  "exempted, message, project, ancestry) ")
         # Still open, with an exemption that started or ended: the set of open, not exempted findings changed, which
         # is what the drift counters and alerts follow.
         db.execute(
             events + "SELECT ?, ?, CASE WHEN s.exempted = 1 THEN 'resolved' ELSE 'new' END, s.id, s.rule, s.severity, "
-            "s.asset, s.asset_type, 0, s.note FROM cycle_seen s JOIN findings f ON f.id = s.id "
+            "s.asset, s.asset_type, 0, s.note, s.project, s.ancestry FROM cycle_seen s JOIN findings f ON f.id = s.id "
             "WHERE f.resolved_at IS NULL AND f.exempted != s.exempted ORDER BY s.id",
             (cid, now),
         )
@@ -315,7 +306,8 @@ class Store:
         ).fetchone()[0])
         # New, or resolved earlier and back again: a new occurrence, first seen now.
         db.execute(
-            events + "SELECT ?, ?, 'new', s.id, s.rule, s.severity, s.asset, s.asset_type, s.exempted, s.message "
+            events + "SELECT ?, ?, 'new', s.id, s.rule, s.severity, s.asset, s.asset_type, s.exempted, s.message, "
+            "s.project, s.ancestry "
             "FROM cycle_seen s WHERE NOT EXISTS (SELECT 1 FROM findings f WHERE f.id = s.id AND f.resolved_at IS NULL) "
             "ORDER BY s.id",
             (cid, now),
@@ -327,8 +319,8 @@ class Store:
             (now, cid),
         ).rowcount
         rec.changed += db.execute(
-            f"INSERT INTO findings ({_STAGED_COLUMNS}, first_seen, last_seen, first_cycle, last_cycle) "
-            f"SELECT {_STAGED_COLUMNS}, ?, ?, ?, ? FROM cycle_seen s WHERE NOT EXISTS "
+            f"INSERT INTO findings ({STAGED_COLUMNS}, first_seen, last_seen, first_cycle, last_cycle) "
+            f"SELECT {STAGED_COLUMNS}, ?, ?, ?, ? FROM cycle_seen s WHERE NOT EXISTS "
             "(SELECT 1 FROM findings f WHERE f.id = s.id AND f.resolved_at IS NULL) ON CONFLICT (id) DO UPDATE SET "
             + ", ".join(f"{k} = excluded.{k}" for k in _CONTENT)
             + ", first_seen = excluded.first_seen, last_seen = excluded.last_seen, resolved_at = NULL, stale = 0, "
@@ -351,7 +343,8 @@ class Store:
         unread = [compile_glob(t) for t in c.incomplete]
         types = [r[0] for r in db.execute(f"SELECT DISTINCT asset_type FROM findings WHERE {_OPEN} AND {_NOT_SEEN}")]
         stale_types = types if "*" in c.incomplete else [t for t in types if any(p.match(t) for p in unread)]
-        in_stale, stale_args = db.in_list("findings.asset_type", stale_types)
+        in_types, stale_args = db.in_list("findings.asset_type", stale_types)
+        in_stale = f"({in_types} OR {_UNEVALUATED})"
         rec.changed += db.execute(
             f"UPDATE findings SET stale = 1, last_seen = CASE WHEN last_seen > ? THEN last_seen ELSE ? END "
             f"WHERE {_OPEN} AND {_NOT_SEEN} AND stale = 0 AND {in_stale}",
@@ -359,7 +352,8 @@ class Store:
         ).rowcount
         # The rest is resolved.
         db.execute(
-            events + "SELECT ?, ?, 'resolved', id, rule, severity, asset, asset_type, exempted, message FROM findings "
+            events + "SELECT ?, ?, 'resolved', id, rule, severity, asset, asset_type, exempted, message, project, "
+            "ancestry FROM findings "
             f"WHERE {_OPEN} AND {_NOT_SEEN} AND NOT ({in_stale}) ORDER BY id",
             (cid, now, *stale_args),
         )
@@ -571,14 +565,7 @@ class Store:
 
 def _event(r: Row) -> DriftEvent:
     return DriftEvent(r["change"], r["finding_id"], r["rule"], r["severity"], r["asset"], r["asset_type"],
-                      bool(r["exempted"]), r["message"], r["at"], int(r["cycle_id"]))
-
-
-def _exemption(f: Finding) -> dict[str, Any]:
-    e = f.exempted or f.expired_exemption
-    assert e is not None
-    return {"reason": e.reason, "owner": e.owner, "ticket": e.ticket, "expires": e.expires,
-            "expired": f.exempted is None}
+                      bool(r["exempted"]), r["message"], r["at"], int(r["cycle_id"]), r["project"], r["ancestry"])
 
 
 def _finding(r: Row, seen_at: float = 0.0) -> StoredFinding:
@@ -598,6 +585,8 @@ def _finding(r: Row, seen_at: float = 0.0) -> StoredFinding:
         last_seen=max(r["last_seen"], seen_at) if r["resolved_at"] is None and not r["stale"] else r["last_seen"],
         resolved_at=r["resolved_at"],
         stale=bool(r["stale"]),
+        project=r["project"],
+        ancestry=r["ancestry"],
     )
 
 

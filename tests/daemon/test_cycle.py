@@ -207,6 +207,32 @@ def test_malformed_records_make_a_partial_cycle_that_resolves_nothing(tmp_path: 
     auditor.store.close()
 
 
+def test_a_rule_that_could_not_run_keeps_its_findings_open(tmp_path: Path, logs: io.StringIO) -> None:
+    """Without the Organization asset, iam-no-external-members has no domain to compare with: it is not evaluated,
+    and its finding of the last cycle stays open (stale), never resolved; the other rules' findings are as before."""
+    org, _ = example_org(tmp_path)
+    auditor = make_auditor(write_config(tmp_path / "config.yaml"))
+    auditor.run_cycle()
+    rule = "iam-no-external-members"
+    before = {f.id: f for f in auditor.store.open_findings()}
+    external = {i for i, f in before.items() if f.rule == rule}
+    assert external
+    path = org / "resources.ndjson"
+    organization = '"cloudresourcemanager.googleapis.com/Organization"'
+    kept = [line for line in path.read_text().splitlines() if organization not in line]
+    path.write_text("\n".join(kept) + "\n")
+    out = auditor.run_cycle()
+    assert out.outcome == "partial" and out.recorded is not None and out.result is not None
+    assert [n.rule_id for n in out.result.not_evaluated] == [rule]
+    assert out.recorded.drift == []  # nothing resolved: the rule said nothing
+    now = {f.id: f for f in auditor.store.open_findings()}
+    assert set(now) == set(before)
+    assert {i for i, f in now.items() if f.stale} == external
+    doc = json.loads(auditor.findings_json({"stale": ["true"]}))
+    assert [f["id"] for f in doc["findings"]] == sorted(external)
+    auditor.store.close()
+
+
 def test_a_live_source_against_a_dead_endpoint_is_partial_and_never_fresh(tmp_path: Path,
                                                                           logs: io.StringIO) -> None:
     _, k8s = example_org(tmp_path)
@@ -383,5 +409,9 @@ def test_a_cycle_with_jobs_reads_a_large_export_in_worker_processes(tmp_path: Pa
     assert auditor.settings.jobs == 2
     out = auditor.run_cycle()
     assert out.outcome == "success" and out.result is not None
-    assert [f.id for f in out.result.findings] == [f.id for f in one.findings] and one.findings
+    # The findings went to the store as they were made; the cycle kept their counts, not them.
+    assert out.result.findings == [] and one.findings
+    assert sorted(f.id for f in auditor.store.open_findings()) == sorted(f.id for f in one.findings)
+    assert out.result.summary()["findings"] == one.summary()["findings"]
+    assert out.result.summary()["by_severity"] == one.summary()["by_severity"]
     assert multiprocessing.active_children() == []  # the workers are gone once the cycle ends

@@ -14,6 +14,7 @@ from junitparser import Failure, JUnitXml
 from auditor.cycle import Auditor
 from auditor.daemon import Daemon, respond
 from auditor.http_server import CLIENT_HEADER
+from auditor.scan import run_scan
 from auditor.settings import load_settings
 from auditor.state import Store
 from tests.conftest import DATA
@@ -32,6 +33,11 @@ def test_findings_in_every_report_format(tmp_path: Path) -> None:
         plain = json.loads(respond(daemon, "GET", "/findings.json", LOCAL).body)
         open_ids = [f["id"] for f in plain["findings"]]
         assert open_ids
+        # Each finding says where its asset sits, as the scan of the same sources does.
+        scanned = run_scan(list(settings.sources), auditor.rules, settings.sources_options())
+        where = {f.id: (f.project, f.ancestry) for f in scanned.findings}
+        assert {f["id"]: (f["project"], f["ancestry"]) for f in plain["findings"]} == {i: where[i] for i in open_ids}
+        assert any(f["ancestry"].startswith("organizations/") for f in plain["findings"])
 
         sarif = respond(daemon, "GET", "/findings.json?format=sarif", LOCAL)
         assert sarif.status == 200 and sarif.content_type == "application/sarif+json"
@@ -48,6 +54,7 @@ def test_findings_in_every_report_format(tmp_path: Path) -> None:
         body = respond(daemon, "GET", "/findings.json?format=csv", LOCAL).body
         rows = list(csv.DictReader(io.StringIO(body.decode())))
         assert sorted(r["id"] for r in rows) == sorted(open_ids)
+        assert {r["id"]: (r["project"] or None, r["ancestry"]) for r in rows} == {i: where[i] for i in open_ids}
 
         junit = JUnitXml.fromstring(respond(daemon, "GET", "/findings.json?format=junit", LOCAL).body.decode())
         failures = sum(1 for suite in junit for case in suite for r in case.result if isinstance(r, Failure))

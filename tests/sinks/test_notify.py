@@ -112,6 +112,9 @@ def test_drift_goes_out_as_cloudevents_to_every_sink(tmp_path: Path, fake_gcp: F
         assert new.data["asset"] == drift.made_public and new.data["rule"] == PUBLIC_RULE
         assert new["subject"] == new.data["finding_id"] and new["severity"] == new.data["severity"]
         assert new.data["labels"] == {"domain": "iam"}  # the rule's labels travel with its findings
+        # where the asset sits, as the scan's reports say it (its CAI ancestors, from the top down)
+        assert new.data["project"] and new.data["project"].startswith("projects/")
+        assert new.data["ancestry"].startswith("organizations/") and new.data["ancestry"].endswith(new.data["project"])
         assert new.data["report_url"] == f"https://auditor.example/report#finding-{new.data['finding_id']}"
         assert by_change["resolved"].data["asset"] == drift.made_private
         assert len({e["id"] for e in events}) == len(events)

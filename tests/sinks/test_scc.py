@@ -151,6 +151,10 @@ def test_the_command_and_the_daemon_step(tmp_path: Path, fake_gcp: FakeGcp, sour
     gone = next(v for v in held.values() if v["resourceName"] == drift.made_private)
     new = next(v for v in held.values() if v["resourceName"] == drift.made_public and v["category"] == PUBLIC_RULE)
     assert (gone["state"], new["state"]) == ("INACTIVE", "ACTIVE")
+    # where the asset sits travels with it (the daemon's store keeps the project and ancestry of each finding)
+    props = new["sourceProperties"]
+    assert props["project"].startswith("projects/") and props["ancestry"].startswith("organizations/")
+    assert props["ancestry"].endswith(props["project"])
     assert ({lb["outcome"] for lb, _ in store.counters("scc_writes_total")}
             >= {"created", "state_changed"})
 

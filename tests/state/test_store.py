@@ -27,7 +27,8 @@ BUCKET = "storage.googleapis.com/Bucket"
 PROJECT = "cloudresourcemanager.googleapis.com/Project"
 
 
-def finding(rule: str, asset: str, atype: str = BUCKET, sev: str = "high", exempt: bool = False) -> Finding:
+def finding(rule: str, asset: str, atype: str = BUCKET, sev: str = "high", exempt: bool = False,
+            ancestors: tuple[str, ...] = ()) -> Finding:
     return Finding(
         id=finding_id(rule, asset, "k"),
         rule=rule,
@@ -38,6 +39,7 @@ def finding(rule: str, asset: str, atype: str = BUCKET, sev: str = "high", exemp
         asset_type=atype,
         message=f"{rule} on {asset}",
         exempted=Exempted("reason", "team", "SEC-1", None) if exempt else None,
+        ancestors=ancestors,
     )
 
 
@@ -195,6 +197,50 @@ def test_findings_of_a_removed_rule_are_retired_not_resolved(state_target: str) 
         assert [f.id for f in store.open_findings()] == [a.id]
 
 
+def test_findings_of_a_rule_not_evaluated_are_carried_not_resolved(state_target: str) -> None:
+    """A rule that could not run says nothing about its findings: they stay open (stale), with no drift; a rule that
+    failed on one asset carries that asset's findings only."""
+    a, b, c = finding("r1", "//a"), finding("r1", "//b"), finding("r2", "//c")
+    with Store(state_target) as store:
+        store.record_cycle(cycle(100, [a, b, c], rule_ids=frozenset({"r1", "r2"})))
+        rec = store.record_cycle(cycle(200, [], outcome="partial", rule_ids=frozenset({"r1", "r2"}),
+                                       not_evaluated=[("r1", "")]))
+        assert [(e.change, e.asset) for e in rec.drift] == [("resolved", "//c")]
+        assert rec.stale == 2 and rec.open == 2
+        assert {(f.asset, f.stale, f.last_seen) for f in store.open_findings()} == {("//a", True, 101),
+                                                                                      ("//b", True, 101)}
+        # An evaluation error of r1 on //a: only //a's finding is carried; //b was evaluated and is gone.
+        rec = store.record_cycle(cycle(300, [], outcome="partial", rule_ids=frozenset({"r1", "r2"}),
+                                       not_evaluated=[("r1", "//a")]))
+        assert [(e.change, e.asset) for e in rec.drift] == [("resolved", "//b")]
+        assert [(f.asset, f.stale) for f in store.open_findings()] == [("//a", True)]
+        # Evaluated again and seen: open, no longer stale, not new.
+        rec = store.record_cycle(cycle(400, [a], rule_ids=frozenset({"r1", "r2"})))
+        assert rec.drift == [] and rec.stale == 0
+        f = store.finding(a.id)
+        assert f is not None and f.first_seen == 101 and not f.stale
+
+
+def test_findings_keep_their_project_and_ancestry(state_target: str) -> None:
+    where = ("projects/123", "folders/45", "organizations/6")
+    a, b = finding("r1", "//a", ancestors=where), finding("r1", "//b")
+    with Store(state_target) as store:
+        rec = store.record_cycle(cycle(100, [a, b]))
+        events = {e.asset: e for e in rec.drift}
+        assert (events["//a"].project, events["//a"].ancestry) == ("projects/123",
+                                                                     "organizations/6/folders/45/projects/123")
+        assert (events["//b"].project, events["//b"].ancestry) == (None, "")
+        f = store.finding(a.id)
+        assert f is not None and f.project == "projects/123"
+        assert f.to_dict(200)["ancestry"] == "organizations/6/folders/45/projects/123"
+        # The project moved to another folder: the row follows (no drift), and its resolution event says where.
+        moved = dataclasses.replace(a, ancestors=("projects/123", "folders/78", "organizations/6"))
+        rec = store.record_cycle(cycle(200, [moved, b]))
+        assert rec.drift == [] and rec.changed == 1
+        rec = store.record_cycle(cycle(300, [b]))
+        assert [(e.asset, e.ancestry) for e in rec.resolved] == [("//a", "organizations/6/folders/78/projects/123")]
+
+
 def test_restart_keeps_first_seen_and_reports_nothing_new(state_target: str) -> None:
     a, b = finding("r1", "//a"), finding("r1", "//b")
     with Store(state_target) as store:
@@ -237,6 +283,27 @@ def test_a_database_of_the_first_schema_is_upgraded_in_place(state_target: str) 
         rec = store.record_cycle(cycle(100, [finding("r1", "//a")]))
         assert not rec.baseline  # a cycle existed before: this one is drift
         assert store.schema_versions()[COMPONENT] == len(MIGRATIONS)
+
+
+def test_findings_of_the_second_schema_get_their_ancestry_on_the_next_cycle(state_target: str) -> None:
+    a = finding("r1", "//a", ancestors=("projects/9", "organizations/1"))
+    old = open_database(state_target)
+    migrate(old, COMPONENT, MIGRATIONS[:2])
+    old.execute(
+        "INSERT INTO findings (id, rule, check_name, severity, mode, asset, asset_type, message, details, first_seen, "
+        "last_seen) VALUES (?, 'r1', 'iam.forbidden_members', 'high', 'audit', '//a', ?, 'r1 on //a', '{}', 1, 1)",
+        (a.id, BUCKET),
+    )
+    old.execute("INSERT INTO cycles (started_at, ended_at, outcome, complete) VALUES (0, 1, 'success', 1)")
+    old.close()
+    with Store(state_target) as store:
+        f = store.finding(a.id)
+        assert f is not None and (f.project, f.ancestry) == (None, "")
+        rec = store.record_cycle(cycle(100, [a]))
+        assert rec.drift == [] and rec.changed == 1
+        f = store.finding(a.id)
+        assert f is not None and f.first_seen == 1
+        assert (f.project, f.ancestry) == ("projects/9", "organizations/1/projects/9")
 
 
 def test_a_newer_schema_is_refused(state_target: str) -> None:
