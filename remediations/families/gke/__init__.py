@@ -33,7 +33,6 @@ from auditor.remedies import (
 )
 from remediations.edits import Edit, EditError, asked_by
 from remediations.families.base import ApiObjectState, Kind, WriterContext
-from remediations.families.gke.clusters import GkeWriter
 from remediations.families.gke.steps import step
 from remediations.guards import GuardConfig, Refusal
 from remediations.manual import ManualStep, ManualStepError
@@ -41,6 +40,7 @@ from remediations.targets import Target, UnsupportedTarget
 
 if TYPE_CHECKING:
     from auditor.evaluate.rulebook import Rule
+    from remediations.families.gke.clusters import GkeWriter
 
 NAME = "gke"
 WORKLOAD_IDENTITY = "gke.enable_workload_identity"
@@ -133,6 +133,8 @@ class GkeFamily(ApiObjectState):
         return []
 
     def writer(self, ctx: WriterContext) -> GkeWriter:
+        from remediations.families.gke.clusters import GkeWriter  # the client libraries only when writing
+
         return GkeWriter(ctx.gcp_endpoint, ctx.retry)
 
 
