@@ -32,6 +32,7 @@ from auditor import plugins
 from auditor.collect.cai_feed import FeedChange
 from auditor.errors import AuditorError, Cancelled, SourceError
 from auditor.evaluate.rulebook import LoadedRule, load_rules
+from auditor.incremental import EVENT_GRACE_SECONDS, Incremental
 from auditor.logs import bind_labels, get_logger, unbind_labels
 from auditor.model import SEVERITIES, Finding, Mode, SourceStatus
 from auditor.report.html import MAX_ROWS, render_report
@@ -232,15 +233,28 @@ class Auditor:
         step = OutboundStep(settings, store)
         self.outbound: OutboundStep | None = step if step.enabled else None
         self._shrunk: dict[str, int] = {}  # sources treated as partial this cycle -> their last complete count
-        # Changes reported by feeds since the last cycle (bounded: the cycle reconciles whatever is dropped).
-        self.feed_changes: deque[FeedChange] = deque(maxlen=100_000)
+        # The last changes events reported (bounded; for inspection): each is recorded by `incremental`.
+        self.feed_changes: deque[FeedChange] = deque(maxlen=1000)
+        self._remediate_lock = threading.Lock()
+        self.incremental = Incremental(self, clock)
         self.published = self._publish()
+        self.incremental.refresh_missed()
 
     def feed_change(self, change: FeedChange) -> None:
-        """A change a Cloud Asset Inventory feed reported (already authenticated and ordered by auditor/feed.py)."""
+        """A change an event reported (a Cloud Asset Inventory feed, authenticated and ordered by auditor/feed.py; a
+        Kubernetes watch). Written to the store's inbox before this returns, then recorded by the incremental worker
+        (auditor.incremental): raises when it could not be written, so that the sender retries."""
+        self.incremental.submit(change)
         self.feed_changes.append(change)
-        self.log.info("feed_change", asset=change.asset.name, asset_type=change.asset.asset_type,
-                      deleted=change.deleted, content=change.content, window_start=change.window_start)
+        self.log.debug("feed_change", asset=change.asset.name, asset_type=change.asset.asset_type,
+                       deleted=change.deleted, content=change.content, window_start=change.window_start)
+
+    def refresh_view(self) -> None:
+        """The metrics view rebuilt from the store (changes recorded between cycles); the rest as published."""
+        view = build_view(self.store, self.rules, self.settings.sources, self._plan_changes,
+                          queued=self.outbound.queued() if self.outbound is not None else None,
+                          rule_evaluated=self._rule_evaluated)
+        self.published = dataclasses.replace(self.published, view=view)
 
     # -- one cycle ---------------------------------------------------------------------------------------------------
     def run_cycle(self) -> CycleOutcome:
@@ -336,6 +350,7 @@ class Auditor:
                 self.rules = load_rules(s.rules or None)
             except AuditorError as exc:
                 raise AuditorError(f"rules: {exc}") from None
+            retained = self.incremental.cycle_started()
             findings = CycleFindings(self.store.staging(), self.rules, s.remediation.enabled)
             out.result = run_scan(
                 list(s.sources),
@@ -345,6 +360,7 @@ class Auditor:
                 jobs=s.jobs,
                 threaded=True,  # the daemon's scheduler, server and elector threads run on
                 sink=findings,
+                observe=retained.observe,  # what changes between cycles are evaluated against
             )
             out.result.tally = findings.tally()
             out.result.evaluation.findings = findings.remediable()
@@ -383,8 +399,11 @@ class Auditor:
         t = time.perf_counter()
         try:
             out.recorded = self.store.record_cycle(self._cycle_input(out, findings),
-                                                   fence=self.leader.fence if self.leader else None)
+                                                   fence=self.leader.fence if self.leader else None,
+                                                   events_since=out.started_at - EVENT_GRACE_SECONDS)
             out.cycle_id = out.recorded.cycle_id
+            if out.result is not None:
+                self.incremental.cycle_ended(out.result.complete, out.result.incomplete_types())
         except NotLeader as exc:
             # Leadership was lost during the cycle (the connection dropped): the new leader records its own cycle.
             out.outcome, out.error = "abandoned", str(exc)
@@ -513,7 +532,16 @@ class Auditor:
                              max_drop_fraction=limits.max_drop_fraction, cycles=streak + 1)
 
     # -- remediation (optional) --------------------------------------------------------------------------------------
-    def _remediate(self, result: ScanResult) -> RemediationOutput | None:
+    def remediate_findings(self, result: ScanResult) -> RemediationOutput | None:
+        """The remediation step on findings recorded between cycles (auditor.incremental): applied and counted as a
+        cycle's, without replacing the cycle's pending plan."""
+        return self._remediate(result, publish=False)
+
+    def _remediate(self, result: ScanResult, publish: bool = True) -> RemediationOutput | None:
+        with self._remediate_lock:
+            return self._remediate_step(result, publish)
+
+    def _remediate_step(self, result: ScanResult, publish: bool) -> RemediationOutput | None:
         step = plugins.cycle_steps.get(REMEDIATION_STEP)
         if step is None:
             if not self._remediation_missing_logged:
@@ -532,8 +560,9 @@ class Auditor:
         for rule, kind, outcome, n in out.counts:
             if n:
                 self.store.bump("remediations_total", {"rule": rule, "kind": kind, "outcome": outcome}, n)
-        self._plan_changes = plan_change_counts(out.plan)
-        self._remediation = out
+        if publish:
+            self._plan_changes = plan_change_counts(out.plan)
+            self._remediation = out
         return out
 
     # -- publishing --------------------------------------------------------------------------------------------------
@@ -563,6 +592,7 @@ class Auditor:
         return json.dumps(doc, default=str).encode()
 
     def close(self) -> None:
+        self.incremental.stop()
         with self._reader_lock:
             if self._reader is not None:
                 self._reader.close()

@@ -155,6 +155,10 @@ class Daemon:
         self.feed = FeedIntake(settings.feed, self.registry, auditor.feed_change, clock=self.clock)
         # Kubernetes watches hand their changes to the same entry point; they run on the leader only.
         self.watches = KubeWatches(settings, self.registry, auditor.feed_change, clock=self.clock)
+        # Both are recorded between cycles by the incremental worker (auditor/incremental.py), which may ask for a
+        # cycle now.
+        auditor.incremental.register(self.registry)
+        auditor.incremental.request_cycle = self._cycle_now
         self._metrics_lock = threading.Lock()
         self._metrics_cache: dict[str, tuple[tuple[str, int], float, bytes]] = {}
         self.server: HttpServer | None = None
@@ -256,6 +260,11 @@ class Daemon:
                                    id=HA_JOB_ID, executor="ha")
         return self.scheduler.add_job(self._job, self.trigger(), id=JOB_ID, next_run_time=datetime.now(UTC))
 
+    def _cycle_now(self, reason: str) -> None:
+        if self.scheduler.running and not self.stop.is_set() and self.scheduler.get_job(JOB_ID) is not None:
+            self.log.info("cycle_requested", reason=reason)
+            self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
+
     def _poll_leadership(self) -> None:
         if not self.stop.is_set() and self.auditor.poll_leadership():
             self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))  # took over: a cycle now
@@ -297,6 +306,7 @@ class Daemon:
         sch = self.settings.schedule
         self.schedule()
         self.scheduler.start()
+        self.auditor.incremental.start()
         self.sync_watches()
         self.log.info(
             "listening", host=host, port=port, sources=list(self.settings.sources),

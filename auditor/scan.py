@@ -265,11 +265,13 @@ def unique_findings(findings: list[Finding]) -> int:
 
 
 def _chain(sources: list[Source], on_asset: Callable[[int], None] | None,
-           dedupe: Duplicates | None = None) -> Iterator[Asset]:
+           dedupe: Duplicates | None = None, observe: Callable[[Asset], None] | None = None) -> Iterator[Asset]:
     if dedupe is not None:
         stream: Iterator[Asset] = itertools.chain.from_iterable(dedupe.stream(_read(s), s.status) for s in sources)
     else:
         stream = itertools.chain.from_iterable(_read(s) for s in sources)
+    if observe is not None:
+        stream = _observed(stream, observe)
     if on_asset is None:
         yield from stream
         return
@@ -277,6 +279,12 @@ def _chain(sources: list[Source], on_asset: Callable[[int], None] | None,
         if n % 1000 == 0:
             # readers may skip assets no rule reads: the count read so far is theirs when they keep one
             on_asset(max(n, sum(s.status.assets for s in sources)))
+        yield a
+
+
+def _observed(stream: Iterator[Asset], observe: Callable[[Asset], None]) -> Iterator[Asset]:
+    for a in stream:
+        observe(a)
         yield a
 
 
@@ -288,6 +296,7 @@ def _parallel(
     cluster: str,
     on_progress: Callable[[int], None] | None,
     threaded: bool,
+    observe: Callable[[Asset], None] | None = None,
 ) -> None:
     from auditor.collect.files import FileSource
     from auditor.parallel import ParallelReader
@@ -300,7 +309,7 @@ def _parallel(
                 with attributed(source.uri):
                     reader.feed(source, run, on_progress, dedupe)
             else:
-                run.feed(_chain([source], on_progress, dedupe))
+                run.feed(_chain([source], on_progress, dedupe, observe))
     run.finish()
 
 
@@ -315,6 +324,7 @@ def run_scan(
     threaded: bool = False,
     on_finding: Callable[[Finding], None] | None = None,
     sink: FindingSink | None = None,
+    observe: Callable[[Asset], None] | None = None,
 ) -> ScanResult:
     """Scan the named sources with the given rules. Sources that cannot be opened raise SourceError.
 
@@ -325,6 +335,8 @@ def run_scan(
     result then counts them (`tally`) but its `findings` is empty.
     `sink`: each finding is handed to it as it is made, repeated ids included, and none is kept or counted (the
     daemon stages them in its state store, which counts them and drops repeats).
+    `observe`: each asset read is shown to it (the daemon's retained index, auditor.incremental; not the assets of
+    export files read by worker processes).
     """
     options = options or SourceOptions()
     engine = Engine(rules, now=now)
@@ -361,10 +373,10 @@ def run_scan(
             select(engine.wants, evaluation.assets_by_type)
     with fewer_collections():
         if jobs > 1 and not options.strict:
-            _parallel(engine, sources, evaluation, jobs, options.cluster, on_progress, threaded)
+            _parallel(engine, sources, evaluation, jobs, options.cluster, on_progress, threaded, observe)
         else:
             run = engine.start(evaluation)
-            run.feed(_chain(sources, on_progress, Duplicates(run)))
+            run.feed(_chain(sources, on_progress, Duplicates(run), observe))
             run.finish()
     unique_findings(evaluation.findings)
     elapsed = time.perf_counter() - t0

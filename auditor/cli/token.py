@@ -168,14 +168,22 @@ def ensure(secret: str, namespace: str | None, key: str, write: Path, context: s
            kubeconfig: str | None) -> None:
     """Read the report token from a Secret, creating the Secret with a random token when it is absent, and write
     the token to a file. An existing Secret is never changed. Exit 0 when the file is written, 2 otherwise."""
+    import sys
+
+    from auditor.logs import configure, get_logger
+
+    # As the daemon logs: JSON lines on stdout in a pod (Cloud Logging reads `severity`; a plain line on stderr
+    # would show as an error), readable text on a terminal. Errors still end as one `error:` line on stderr.
+    configure("auto", "info", stream=sys.stdout)
     ns = _namespace(namespace)
     value, created = ensure_secret(_api_client(context, kubeconfig), ns, secret, key)
     try:
         write_private(write, value)
     except OSError as exc:
         raise AuditorError(f"cannot write the token to {write}: {exc.strerror or exc}") from None
-    click.echo(f"secret {ns}/{secret}: {'created with a new random token' if created else 'exists, token reused'}; "
-               f"token written to {write}", err=True)
+    # Keys naming a secret or a token are masked by the log processor: this one names where it is, not what.
+    get_logger("auditor.token").info("report_token", resource=f"namespaces/{ns}/secrets/{secret}", file=str(write),
+                                     action="created" if created else "reused")
 
 
 command = token

@@ -392,6 +392,23 @@ class Engine:
             remedies=remedies,
         )
 
+    def evaluate_one(self, asset: Asset, ctx: Context, result: Evaluation, *,
+                     context_only: bool = False) -> tuple[LoadedRule, ...]:
+        """Evaluate one asset against a context already read (the daemon re-evaluating a changed asset between
+        cycles, auditor.incremental): its streamed rules (unless `context_only`) and its rules with context, without
+        screens. Returns the rules that ran."""
+        plan = self._plans.get(asset.asset_type) or self._plan(asset.asset_type)
+        streamed, later = (plan.streamed_iam, plan.deferred_iam) if asset.has_iam_policy else (plan.streamed,
+                                                                                                plan.deferred)
+        ran: tuple[LoadedRule, ...] = ()
+        if streamed.rules and not context_only:
+            self._run(asset, streamed, ctx, result)
+            ran += streamed.rules
+        if later.rules:
+            self._run(asset, later, ctx, result)
+            ran += later.rules
+        return ran
+
     @property
     def today(self) -> date:
         return self.now.date()

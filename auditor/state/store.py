@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.evaluate.globs import compile_glob
+from auditor.state import changes
 from auditor.state.db import Database, Row, StateError, migrate, open_database
 from auditor.state.records import (
     CycleInput,
@@ -134,6 +135,31 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE drift_events ADD COLUMN project TEXT;
     ALTER TABLE drift_events ADD COLUMN ancestry TEXT NOT NULL DEFAULT '';
     """,
+    # v4: changes reported by events (feeds, watches) between cycles (auditor.incremental, auditor.state.changes):
+    # the inbox of changes received and not yet recorded, the newest state recorded per asset and content (its
+    # window start time or resourceVersion key: older and repeated messages change nothing, across restarts), and
+    # where a drift event came from (a cycle, or an event).
+    """
+    CREATE TABLE change_inbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        received_at REAL NOT NULL,
+        asset TEXT NOT NULL,
+        content TEXT NOT NULL,
+        window_start TEXT NOT NULL,
+        payload TEXT NOT NULL
+    );
+    CREATE TABLE change_marks (
+        asset TEXT NOT NULL,
+        content TEXT NOT NULL,
+        asset_type TEXT NOT NULL,
+        window_start TEXT NOT NULL,
+        recorded_at REAL NOT NULL,
+        PRIMARY KEY (asset, content)
+    );
+    CREATE INDEX change_marks_recorded ON change_marks (recorded_at);
+    CREATE INDEX findings_asset ON findings (asset, resolved_at);
+    ALTER TABLE drift_events ADD COLUMN origin TEXT NOT NULL DEFAULT 'cycle';
+    """,
 )
 
 
@@ -189,8 +215,13 @@ class Store:
         self.close()
 
     # -- writing ---------------------------------------------------------------------------------------------------
-    def record_cycle(self, c: CycleInput, fence: Callable[[], None] | None = None) -> Recorded:
-        """Record one cycle in one transaction. `fence` runs first inside it and may refuse (an HA follower)."""
+    def record_cycle(self, c: CycleInput, fence: Callable[[], None] | None = None,
+                     events_since: float | None = None) -> Recorded:
+        """Record one cycle in one transaction. `fence` runs first inside it and may refuse (an HA follower).
+
+        `events_since` (the daemon, which also records changes from events): the assets a change was recorded for
+        since then keep what that change recorded (the snapshot may be older), and the drift this cycle finds on the
+        asset types events report is counted as missed by them (`reconcile_missed_total`)."""
         if c.outcome not in OUTCOMES:
             raise ValueError(f"unknown cycle outcome {c.outcome!r}")
         db = self.db
@@ -207,13 +238,14 @@ class Store:
             if staging is not None:
                 staging.not_evaluated(c.not_evaluated)
             try:
-                rec = self._record(db, c, fence)
+                rec = self._record(db, c, fence, events_since)
             finally:
                 if staging is not None:
                     clear(db)
         return rec
 
-    def _record(self, db: Database, c: CycleInput, fence: Callable[[], None] | None) -> Recorded:
+    def _record(self, db: Database, c: CycleInput, fence: Callable[[], None] | None,
+                events_since: float | None = None) -> Recorded:
         with db.transaction():
             if fence is not None:
                 fence()
@@ -229,8 +261,13 @@ class Store:
                 self._bump(db, "source_errors_total", {"source": source, "code": code})
             self._record_sources(db, c)
             if c.findings is not None:
+                if events_since is not None:
+                    changes.keep_event_state(db, events_since)
                 self._record_findings(db, c, rec)
                 self._record_assets(db, c)
+                if events_since is not None and not rec.baseline:
+                    for asset_type, n in changes.missed(db, cycle_id).items():
+                        self._bump(db, "reconcile_missed_total", {"asset_type": asset_type}, n)
             totals = db.execute(
                 "SELECT count(*) FILTER (WHERE exempted = 0), count(*) FILTER (WHERE exempted = 1), "
                 "count(*) FILTER (WHERE stale = 1) FROM findings WHERE resolved_at IS NULL"
@@ -399,6 +436,37 @@ class Store:
             [(n, c.ended_at, t) for t, n in c.assets_by_type.items() if t not in keep],
         )
 
+    # -- changes between cycles (auditor.incremental; the tables and rules are in auditor.state.changes) -----------
+    def enqueue_changes(self, rows: Iterable[tuple[float, str, str, str, str]]) -> None:
+        """(received_at, asset, content, window_start, payload) of changes received, into the inbox."""
+        changes.enqueue(self.db, rows)
+
+    def pending_changes(self, limit: int) -> list[tuple[int, float, str]]:
+        return changes.pending(self.db, limit)
+
+    def pending_change_count(self) -> int:
+        return changes.pending_count(self.db)
+
+    def discard_changes(self, ids: Sequence[int]) -> None:
+        changes.discard(self.db, ids)
+
+    def change_marks(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        return changes.marks(self.db, keys)
+
+    def record_changes(self, items: Sequence[changes.ChangeInput], now: float,
+                       fence: Callable[[], None] | None = None) -> changes.ChangesRecorded | None:
+        """Record changes from events in one transaction (see auditor.state.changes); None before the first cycle."""
+        with self.db.transaction() as db:
+            if fence is not None:
+                fence()
+            return changes.record(db, items, now)
+
+    def event_drift(self, rec: changes.ChangesRecorded) -> Iterator[DriftEvent]:
+        """The drift events that recording these changes wrote."""
+        if rec.first_event is None or rec.last_event is None:
+            return iter(())
+        return (_event(r) for r in changes.event_drift(self.db, rec.first_event, rec.last_event))
+
     def update_durations(self, cycle_id: int, durations: Mapping[str, float]) -> None:
         """The stage durations, known once the cycle has reported (its ended_at stays the time it was recorded)."""
         with self.db.transaction() as db:
@@ -501,10 +569,12 @@ class Store:
         return [_event(r) for r in rows]
 
     def iter_drift(self, cycle_id: int, page: int = BATCH) -> Iterator[DriftEvent]:
-        """Every drift event of a cycle, a page at a time (memory bounded by the page, not the cycle)."""
+        """Every drift event a cycle recorded, a page at a time (memory bounded by the page, not the cycle). Events
+        recorded between cycles are attached to the cycle before them but are not its own: they are left out."""
         after = 0
         while rows := self._rows(
-            "SELECT * FROM drift_events WHERE cycle_id = ? AND id > ? ORDER BY id LIMIT ?", (cycle_id, after, page)
+            "SELECT * FROM drift_events WHERE cycle_id = ? AND origin = 'cycle' AND id > ? ORDER BY id LIMIT ?",
+            (cycle_id, after, page),
         ):
             for r in rows:
                 yield _event(r)

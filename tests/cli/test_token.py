@@ -5,6 +5,7 @@ token (the loser's 409 is resolved by reading the winner's)."""
 from __future__ import annotations
 
 import base64
+import json
 import stat
 import threading
 from collections.abc import Iterator
@@ -49,6 +50,15 @@ class Secrets(KubeApi):
         return await super()._handle(request)
 
 
+@pytest.fixture(autouse=True)
+def _logging_back() -> Iterator[None]:
+    """The command sets up logging on the stdout CliRunner captured: set it back for the tests that follow."""
+    yield
+    from auditor.logs import configure
+
+    configure("console", "warning")
+
+
 @pytest.fixture
 def secrets_api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[KubeServer]:
     server = KubeServer(emulator=Secrets).start()
@@ -82,6 +92,14 @@ def _ensure(out: Path, *extra: str) -> Any:
                                     *extra])
 
 
+def _event(result: Any) -> dict[str, Any]:
+    """The command's one `report_token` event; every line on stdout is JSON, as Cloud Logging reads it (the fake
+    API server's access log shares this process's logging here)."""
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    (event,) = [e for e in lines if e.get("message") == "report_token"]
+    return event  # type: ignore[no-any-return]
+
+
 def _token_of(secret: dict[str, Any]) -> str:
     return base64.b64decode(secret["data"]["token"]).decode()
 
@@ -94,7 +112,10 @@ def test_an_absent_secret_is_created_with_a_random_token_written_to_the_file(sec
     token = out.read_text(encoding="utf-8").strip()
     assert len(token) >= 40 and token not in result.output  # 32 random bytes; never printed
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
-    assert "created" in result.output
+    event = _event(result)
+    assert event["severity"] == "INFO" and str(event["time"]).endswith("Z")
+    assert {k: event[k] for k in ("resource", "file", "action")} == {
+        "resource": f"namespaces/{NS}/secrets/{NAME}", "file": str(out), "action": "created"}
     secret = _stored(secrets_api)
     assert secret is not None and _token_of(secret) == token
     assert secret["immutable"] is True and secret["type"] == "Opaque"
@@ -112,7 +133,7 @@ def test_a_secret_that_exists_is_reused_and_never_written(secrets_api: KubeServe
         out = tmp_path / f"token-{i}"
         result = _ensure(out)
         assert result.exit_code == 0, result.output
-        assert out.read_text(encoding="utf-8") == mine + "\n" and "reused" in result.output
+        assert out.read_text(encoding="utf-8") == mine + "\n" and _event(result)["action"] == "reused"
     assert secrets_api.handler.seen == [f"GET {NAME}", f"GET {NAME}"]  # read, nothing else
     assert _stored(secrets_api) == {**_secret(mine), "kind": "Secret", "apiVersion": "v1"}
 
@@ -150,7 +171,7 @@ def test_a_create_that_loses_the_race_reads_the_winners_token(secrets_api: KubeS
     out = tmp_path / "token"
     result = _ensure(out)
     assert result.exit_code == 0, result.output
-    assert out.read_text(encoding="utf-8").strip() == winner and "reused" in result.output
+    assert out.read_text(encoding="utf-8").strip() == winner and _event(result)["action"] == "reused"
     assert secrets_api.handler.seen == [f"GET {NAME}", "POST", f"GET {NAME}"]
     stored = _stored(secrets_api)
     assert stored is not None and _token_of(stored) == winner

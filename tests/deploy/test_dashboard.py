@@ -20,7 +20,7 @@ DASHBOARD = REPO / "deploy" / "grafana" / "drift-auditor.json"
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1d", "$project": ".*",
                      "$severity": ".*", "$scope": ".*"}
 BOUNDED_LABELS = {"rule", "severity", "asset_type", "mode", "outcome", "stage", "change", "source", "code",
-                  "exemption", "kind", "le", "project"}
+                  "exemption", "kind", "le", "project", "sink"}  # sink: the configured notification sinks
 
 
 def dashboard() -> dict[str, Any]:
@@ -81,6 +81,9 @@ def test_a_scope_variable_and_a_link_to_the_report() -> None:
         ("Cycle duration by stage (p90)", "auditor_cycle_duration_seconds_bucket"),
         ("Data freshness", "auditor_snapshot_age_seconds"),
         ("Errors and cycle outcomes", "auditor_source_errors_total"),
+        # A receiver that is down hides drift: the queue's age and what it dropped are on the dashboard too.
+        ("Oldest notification waiting", "auditor_notifications_oldest_age_seconds"),
+        ("Notifications queued, delivered and dropped", "auditor_notifications_total"),
     ],
 )
 def test_the_panels_the_issue_asks_for(title: str, metric: str) -> None:
@@ -123,7 +126,7 @@ def test_replicas_of_one_scope_are_counted_once() -> None:
     """Two replicas audit the same scope: findings, assets and drift are taken once per scope before summing."""
     for title, expr in exprs():
         for metric in ("auditor_findings", "auditor_assets", "auditor_plan_changes", "auditor_drift_events_total",
-                       "auditor_remediations_total"):
+                       "auditor_remediations_total", "auditor_notifications_total"):
             for m in re.finditer(rf"\b{metric}\{{", expr):
                 before = expr[: m.start()]
                 assert re.search(r"max without \(instance, pod\) \((increase\()?$", before), f"{title}: {expr}"

@@ -743,6 +743,9 @@ def test_the_pod_reads_the_token_its_init_container_made_and_refuses_to_start_wi
         token = base64.b64decode(stored.data["token"]).decode()
     finally:
         server.stop()
+        from auditor.logs import configure
+
+        configure("console", "warning")  # the command logged to the stdout CliRunner captured
     s = pod_settings(objs, dep, token_dir=volume)
     assert s.report_token is not None and s.report_token.get_secret_value() == token
     # The daemon asks every caller, loopback included, for that token (tests/daemon/test_access.py serves it).
