@@ -802,3 +802,21 @@ def test_each_alert_links_the_report_of_the_service_it_was_scraped_through(name:
     # The fallback is the base's own Service.
     base = named(build("base"), "Service", "drift-auditor")
     assert '"drift-auditor" }}.{{ or' in template and base["metadata"]["namespace"] == "drift-auditor"
+
+
+def test_the_commented_notifications_example_loads_and_queues_on_the_state_volume(tmp_path: Path,
+                                                                                  pod_settings: Any) -> None:
+    objs = build("base")
+    dep = named(objs, "StatefulSet", "drift-auditor")
+    _, text = config_text(objs, dep)
+    lines = text.splitlines()
+    start = lines.index("# notifications:")
+    block = [lines[start][2:]] + [ln[2:] for ln in lines[start + 1 :] if ln.startswith("#   ")]
+    uncommented = "\n".join([*lines[:start], *block, *lines[start + len(block) :]]) + "\n"
+    cm = dict(named(objs, "ConfigMap", volume_for_mount(dep, "/etc/drift-auditor")["configMap"]["name"]))
+    cm["data"] = {**cm["data"], "config.yaml": uncommented}
+    s = pod_settings(tuple(o if o["kind"] != "ConfigMap" or o["metadata"]["name"] != cm["metadata"]["name"] else cm
+                           for o in objs), dep)
+    assert s.notifications.enabled and len(block) > 3
+    mount = mount_covering(dep, str(s.notifications.queue_dir))
+    assert mount is not None and mount["name"] == "state"
