@@ -234,6 +234,14 @@ def analyse(state: Path, sent: list[tuple[str, float, int]]) -> dict[str, Any]:
     return {"latencies": latencies, "lost": lost, "twice": twice}
 
 
+def retained_assets(log: Path) -> int | None:
+    """The size of the daemon's retained index after its first cycle (its `retained_index` log event)."""
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        if '"retained_index"' in line:
+            return int(json.loads(line).get("assets", 0))
+    return None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--assets", type=int, default=100_000)
@@ -259,6 +267,7 @@ def main() -> None:
             drain = time.monotonic() - t
             after = metrics(port)
             found = analyse(state, run["sent"])
+            retained = retained_assets(Path(tmp) / "daemon.log")
         finally:
             proc.terminate()
             proc.wait(60)
@@ -279,7 +288,9 @@ def main() -> None:
         "rss_after_first_cycle_mib": round(before.get("process_resident_memory_bytes", 0) / 2**20),
         "rss_after_load_mib": round(after.get("process_resident_memory_bytes", 0) / 2**20),
         "histogram_count": after.get("auditor_event_to_drift_seconds_count"),
+        "histogram_le_0.1s": after.get('auditor_event_to_drift_seconds_bucket{le="0.1"}'),
         "histogram_le_2s": after.get('auditor_event_to_drift_seconds_bucket{le="2.0"}'),
+        "retained_assets": retained,
     }
     if args.json:
         print(json.dumps(out, indent=2))
