@@ -23,8 +23,13 @@ from typing import Any
 
 from auditor.collect.cai_feed import FeedChange, FeedMessageError, parse_push
 from auditor.logs import get_logger
+from auditor.permissions import declare
 
-PERMISSIONS = ("pubsub.subscriptions.consume",)
+declare(
+    "collect.cai_pull",
+    ["pubsub.subscriptions.consume"],
+    why="feed messages pulled from a Pub/Sub subscription (feed.pull_subscription): pull and acknowledge",
+)
 MAX_PAUSE_SECONDS = 60.0
 IDLE_SECONDS = 0.5
 
