@@ -233,8 +233,10 @@ class KindWatcher:
             self.observer.relisted(self.cluster, self.kind.kind)
             for name, known in list(self.known.items()):
                 if name not in listed:
+                    # Gone as of the list's resourceVersion: that is the deletion's place in the order (a later
+                    # re-creation has a later resourceVersion).
                     gone = Asset(name=name, asset_type=known.asset_type, origin=f"{self.source.uri} relist")
-                    self._hand_on(gone, True, None, "relist", self._stamp())
+                    self._hand_on(gone, True, list_rv, "relist", self._stamp())
                     self.known.pop(name, None)
             for name, (rv, asset) in listed.items():
                 known_now = self.known.get(name)

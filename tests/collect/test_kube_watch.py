@@ -190,8 +190,14 @@ def test_410_gone_relists_and_reports_what_changed_in_the_gap(
     kube_api.compact()
     gate.opened.set()
 
-    got = {short(c) for c in drain(changes, 3)}
+    relisted = drain(changes, 3)
+    got = {short(c) for c in relisted}
     assert got == {("borrowed", "", True), ("trainers", "admin", False), ("tenant-admin", "cluster-admin", False)}
+    # each in the order of resourceVersions: a deletion found by the relist is placed at the list's version
+    list_rv = str(kube_api.call(lambda: kube_api.handler.rv))
+    gone = next(c for c in relisted if c.deleted)
+    assert gone.sequence == list_rv.rjust(20, "0")
+    assert all(c.sequence and c.sequence <= gone.sequence for c in relisted)
     time.sleep(0.3)
     assert changes.empty(), "the untouched binding is not handed on"
     assert w.relists == 1 and seen.relists == ["RoleBinding"]
@@ -201,6 +207,10 @@ def test_410_gone_relists_and_reports_what_changed_in_the_gap(
     # The watch goes on from the relist: a later change arrives once.
     client.RbacAuthorizationV1Api(kube_api.api_client()).delete_namespaced_role_binding("readers", "vision")
     assert [short(c) for c in drain(changes, 1)] == [("readers", "view", True)]
+    # and a re-creation of the binding deleted in the gap comes after its deletion
+    kube_api.load(binding("borrowed", role="edit", subject="speech@example.com"))
+    [again] = drain(changes, 1)
+    assert short(again) == ("borrowed", "edit", False) and str(again.sequence) > str(gone.sequence)
 
 
 def test_bookmarks_advance_the_resume_point_so_a_compaction_needs_no_relist(

@@ -16,7 +16,7 @@ remediations rely on and kmock lacks:
   from resourceVersion N streams the events after N, then live ones, as newline-delimited JSON; with no
   resourceVersion (or "0") it starts with a synthetic ADDED per object, as the real API server does. A watch
   from before the compacted history (`KubeServer.compact()`) gets a `410 Gone` ERROR event (reason Expired);
-  with `allowWatchBookmarks=true` a BOOKMARK carrying the server's current resourceVersion is sent every
+  with `allowWatchBookmarks=true` a BOOKMARK carrying the newest resourceVersion written is sent every
   `bookmark_interval` seconds without events; `timeoutSeconds` ends the stream; `KubeServer.close_watches()`
   drops every open stream (a connection lost, an API server restarted).
 
@@ -124,6 +124,8 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.watchers: list[tuple[str, str | None, asyncio.Queue[dict[str, Any] | None]]] = []
         self.watch_requests: list[dict[str, Any]] = []
         self.bookmark_interval = 0.5
+        self.recorded_rv = 0  # the newest resourceVersion in the history: what a bookmark may promise
+        self._write_lock = asyncio.Lock()
         for kind, (_, _, _, namespaced) in KINDS.items():
             info = self.resources[resource_path(kind)]
             info.kind = kind
@@ -257,6 +259,7 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
             meta["resourceVersion"] = self.next_rv()
         event = {"type": type_, "object": obj}
         self.history.append((int(meta["resourceVersion"]), kind, event))
+        self.recorded_rv = max(self.recorded_rv, int(meta["resourceVersion"]))
         for wkind, namespace, queue in self.watchers:
             if wkind == kind and namespace in (None, meta.get("namespace")):
                 queue.put_nowait(event)
@@ -303,6 +306,9 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
             self.watchers.append(entry)  # no await since the backlog was read: no event falls between the two
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout if timeout else None
+        # One pending get at a time, kept across bookmark timeouts: wait_for(queue.get()) can lose an item that
+        # arrives as its timeout fires (Python before 3.12).
+        getter: asyncio.Future[dict[str, Any] | None] | None = None
         try:
             for event in backlog:
                 await resp.write(json.dumps(event).encode() + b"\n")
@@ -313,14 +319,16 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
                     if left <= 0:
                         break
                     wait = left if wait is None else min(wait, left)
-                try:
-                    event = await asyncio.wait_for(queue.get(), wait)
-                except TimeoutError:
+                if getter is None:
+                    getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter}, timeout=wait)
+                if not done:
                     if bookmarks and (deadline is None or loop.time() < deadline):
                         mark = {"kind": kind, "apiVersion": f"{group}/{version}" if group else version,
-                                "metadata": {"resourceVersion": str(self.rv)}}
+                                "metadata": {"resourceVersion": str(self.recorded_rv)}}
                         await resp.write(json.dumps({"type": "BOOKMARK", "object": mark}).encode() + b"\n")
                     continue
+                event, getter = getter.result(), None
                 if event is None:
                     break
                 await resp.write(json.dumps(event).encode() + b"\n")
@@ -328,6 +336,8 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
         except ConnectionResetError:  # the client went away
             pass
         finally:
+            if getter is not None:
+                getter.cancel()
             if entry in self.watchers:
                 self.watchers.remove(entry)
         return resp
@@ -363,6 +373,13 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
             return self._fault_response(fault)
         if request.action == kmock.action.LIST:
             return self._list(request, kind)
+        # Writes one at a time, as etcd orders them: each resourceVersion is recorded (and streamed) before the next
+        # is handed out, so watches see events in resourceVersion order.
+        async with self._write_lock:
+            return await self._write(request, kind)
+
+    async def _write(self, request: kmock.Request, kind: str) -> aiohttp.web.StreamResponse:
+        res = request.resource
         if request.method == kmock.method.PUT and request.name:
             return self._replace(request, kind)
         where: tuple[str | None, str | None] = (request.namespace, request.name)
