@@ -108,12 +108,15 @@ def _key(a: Asset) -> Key:
 
 
 def _compact(a: Asset) -> Asset:
-    """A copy holding its JSON bytes (decoded when read, then dropped): what the index keeps of an asset."""
+    """A copy holding its own JSON bytes (decoded when read, then dropped): what the index keeps of an asset. Taken
+    as the asset pickles itself: raw JSON as bytes, not decoded (a reader's Raw would keep its whole block alive)."""
     import msgspec
 
+    _, parts = a.__reduce__()
+    res, iam = parts[2], parts[3]
     return Asset(a.name, a.asset_type,
-                 resource=msgspec.json.encode(a.resource) if a.has_resource else None,
-                 iam_policy=msgspec.json.encode(a.iam_policy) if a.has_iam_policy else None,
+                 resource=res if res is None or isinstance(res, bytes) else msgspec.json.encode(res),
+                 iam_policy=iam if iam is None or isinstance(iam, bytes) else msgspec.json.encode(iam),
                  ancestors=a.ancestors, update_time=a.update_time, origin=a.origin)
 
 
