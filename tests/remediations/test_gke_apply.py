@@ -61,8 +61,8 @@ def test_workload_identity_is_turned_on_with_the_etag_verified_and_rolled_back(
     plan, rules = _plan(fake_gcp, tmp_path)
     (change,) = plan.changes
     assert change.token == "a1b2c3d4" and change.target.resource == NAME.split("//container.googleapis.com/")[1]
-    assert change.diff == [{"item": "workloadIdentityConfig.workloadPool", "before": None,
-                            "after": "ml-platform-prod.svc.id.goog"}]
+    assert change.diff == [{"item": "workloadIdentityConfig", "before": None,
+                            "after": {"workloadPool": "ml-platform-prod.svc.id.goog"}}]
     with Journal(tmp_path / "state.db") as journal:
         report = apply_plan(plan, writers(), journal, GuardConfig(), approved=True)
         assert report.ok, report.to_dict()
