@@ -20,7 +20,6 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from auditor.collect.k8s_objects import GKE_CLUSTER
 from auditor.model import Asset, Finding
 from auditor.plugins import remediation_families
 from auditor.remedies import (
@@ -31,6 +30,7 @@ from auditor.remedies import (
     ReplaceNodePool,
     first,
 )
+from auditor.vocabulary import GKE_CLUSTER
 from remediations.edits import Edit, EditError, asked_by
 from remediations.families.base import ApiObjectState, Kind, WriterContext
 from remediations.families.gke.steps import step
@@ -114,7 +114,10 @@ class GkeFamily(ApiObjectState):
 
     def diff(self, before: Any, after: Any) -> list[dict[str, Any]]:
         b, a = (before or {}).get("workloadPool"), (after or {}).get("workloadPool")
-        return [] if a == b else [{"item": "workloadIdentityConfig.workloadPool", "before": b, "after": a}]
+        if a == b:
+            return []
+        return [{"item": "workloadIdentityConfig", "before": {"workloadPool": b} if b else None,
+                 "after": {"workloadPool": a} if a else None}]
 
     def describe(self, edit: Edit) -> str:
         return f"turn Workload Identity on (workload pool {edit.args.get('workload_pool')})"
