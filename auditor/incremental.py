@@ -54,7 +54,6 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from auditor import plugins
 from auditor.collect.cai_feed import FeedChange, FeedMessageError, epoch
 from auditor.collect.files import decode_record, record_to_asset
-from auditor.collect.k8s_objects import GKE_CLUSTER, NETWORK_POLICY, RESOURCE_QUOTA
 from auditor.evaluate.engine import Engine, Evaluation
 from auditor.evaluate.gke_posture import cluster_key
 from auditor.evaluate.registry import Context
@@ -67,10 +66,13 @@ from auditor.vocabulary import (
     CLUSTER_ROLE,
     CLUSTER_ROLE_BINDING,
     FOLDER,
+    GKE_CLUSTER,
     HIERARCHY_TYPES,
     NAMESPACE,
+    NETWORK_POLICY,
     ORGANIZATION,
     PROJECT,
+    RESOURCE_QUOTA,
     ROLE,
     ROLE_BINDING,
 )

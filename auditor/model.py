@@ -106,6 +106,11 @@ class Asset:
     def origin(self, value: str) -> None:
         self._origin, self._line = value, 0
 
+    @property
+    def line(self) -> int:
+        """The line of its file the asset was read at (0 when it was not read from a file)."""
+        return self._line
+
     def renumber(self, offset: int) -> None:
         """Move the line the asset was read at by `offset` (a worker numbered it from the start of its range)."""
         if self._line:

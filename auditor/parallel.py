@@ -12,20 +12,29 @@ more than doubled its memory (each worker copied the pages of the snapshot it to
 
 Workers see line numbers counted from the start of their range; the parent renumbers what comes back (problems, and
 the `origin` of the assets it keeps), since the lines before a range are only counted once every range is read.
+
+One asset is one asset across workers too: each worker lists the assets it evaluated (a stable hash of what makes
+an asset one, its update time, which findings and kept assets it gave; `_Copies`), and the parent merges the lists
+in read order (`Duplicates.merge`, auditor/scan.py): a copy that loses to one read before it is left out with its
+findings, and a copy read before that loses to a later one has its findings taken back when the scan settles.
 """
 
 from __future__ import annotations
 
 import gc
+import gzip
+import itertools
 import multiprocessing
 import sys
-from collections.abc import Callable, Iterator
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from auditor.collect import SourceOptions
 from auditor.collect.files import FileSource
@@ -34,9 +43,10 @@ from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun, Held
 from auditor.evaluate.registry import get_check
 from auditor.evaluate.rulebook import LoadedRule, Rule
 from auditor.model import Asset
+from auditor.report.spool import NO_GEN
 
 if TYPE_CHECKING:
-    from auditor.scan import Duplicates
+    from auditor.scan import Duplicates, Merged
 
 RANGES_PER_JOB = 4  # more ranges than processes, so that a slow range does not leave a core idle
 MIN_RANGE_BYTES = 8 << 20
@@ -51,10 +61,49 @@ class _Range:
 
 
 @dataclass
+class _Copies:
+    """The assets a worker evaluated, in order: what the parent needs to tell copies of one asset apart."""
+
+    keys: array[int] = field(default_factory=lambda: array("q"))  # scan.stable_key of each
+    times: list[str | None] = field(default_factory=list)  # update times
+    types: list[str] = field(default_factory=list)  # the asset types met, and each copy's place in this list
+    type_of: array[int] = field(default_factory=lambda: array("I"))
+    lines: array[int] = field(default_factory=lambda: array("I"))  # line in the range
+    iam: array[int] = field(default_factory=lambda: array("B"))  # 1: it carries an IAM policy
+    findings: array[int] = field(default_factory=lambda: array("I"))  # findings made before it: then come its own
+    held: array[int] = field(default_factory=lambda: array("I"))  # likewise the assets kept for the end
+
+    def track(self, assets: Iterable[Asset], findings: list[Any], held: list[Held]) -> Iterator[Asset]:
+        from auditor.scan import stable_key
+
+        index: dict[str, int] = {}
+        keys, times, type_of, lines, iam, made, kept = (
+            self.keys, self.times, self.type_of, self.lines, self.iam, self.findings, self.held,
+        )  # fmt: skip
+        for a in assets:
+            t = index.get(a.asset_type)
+            if t is None:
+                t = index[a.asset_type] = len(self.types)
+                self.types.append(a.asset_type)
+            keys.append(stable_key(a))
+            times.append(a.update_time)
+            type_of.append(t)
+            lines.append(a.line)
+            iam.append(a.has_iam_policy)
+            made.append(len(findings))
+            kept.append(len(held))
+            yield a
+
+    def asset_type(self, i: int) -> str:
+        return self.types[self.type_of[i]]
+
+
+@dataclass
 class _Part:
     evaluation: Evaluation
     held: list[Held]
     lines: int
+    copies: _Copies
     problems: list[tuple[int, str]] = field(default_factory=list)  # (line in the range, reason)
     unknown: dict[str, int] = field(default_factory=dict)  # objects of kinds no reader knows, by kind
     failed: dict[str, str] = field(default_factory=dict)  # what could not be read (a corrupt gzip shard)
@@ -87,7 +136,9 @@ def _scan_range(job: _Range) -> _Part:
     held: list[Held] = []
     run = engine.start(evaluation, on_held=held.append)
     path = Path(job.path)
-    run.feed(source.file_assets(path) if job.end < 0 else source.range_assets(path, job.start, job.end))
+    copies = _Copies()
+    assets = source.file_assets(path) if job.end < 0 else source.range_assets(path, job.start, job.end)
+    run.feed(copies.track(assets, evaluation.findings, held))
     prefix = f"{path}:"
     problems = []
     failed = dict(source.status.failed_types)  # a file that could not be read (a corrupt gzip shard)
@@ -96,7 +147,7 @@ def _scan_range(job: _Range) -> _Part:
         line, _, reason = msg[len(prefix) :].partition(": ")
         if msg not in unreadable and line.isdigit():
             problems.append((int(line), reason))
-    return _Part(evaluation=evaluation, held=held, lines=source.lines_read, problems=problems,
+    return _Part(evaluation=evaluation, held=held, lines=source.lines_read, copies=copies, problems=problems,
                  unknown=dict(source.status.unknown), failed=failed)
 
 
@@ -157,21 +208,20 @@ class ParallelReader:
         source: FileSource,
         run: EvaluationRun,
         on_asset: Callable[[int], None] | None,
-        dedupe: Duplicates | None = None,
+        dedupe: Duplicates,
     ) -> None:
-        """Every asset of the source, in order: large NDJSON files in parallel ranges, other files here (where
-        `dedupe` sees the assets; those read in workers are deduplicated by finding id)."""
+        """Every asset of the source, in order: large NDJSON files in parallel ranges, other files here; `dedupe`
+        sees them all (those read in workers through the lists of copies the workers give)."""
         plan = self._plan(source)
         batch: list[_Range] = []  # consecutive files' jobs, run together so that small shards share the workers
         for f, jobs in plan:
             if jobs is not None:
                 batch += jobs
                 continue
-            self._run(batch, source, run, on_asset)
+            self._run(batch, source, run, on_asset, dedupe)
             batch = []
-            assets = source.file_assets(f)
-            run.feed(self._progress(source, dedupe.stream(assets, source.status) if dedupe else assets, on_asset))
-        self._run(batch, source, run, on_asset)
+            run.feed(self._progress(source, dedupe.stream(source.file_assets(f), source.status), on_asset))
+        self._run(batch, source, run, on_asset, dedupe)
         source.finish()
 
     def _plan(self, source: FileSource) -> list[tuple[Path, list[_Range] | None]]:
@@ -195,7 +245,12 @@ class ParallelReader:
         return out
 
     def _run(
-        self, jobs: list[_Range], source: FileSource, run: EvaluationRun, on_asset: Callable[[int], None] | None
+        self,
+        jobs: list[_Range],
+        source: FileSource,
+        run: EvaluationRun,
+        on_asset: Callable[[int], None] | None,
+        dedupe: Duplicates,
     ) -> None:
         """Run the jobs in the workers; absorb their parts in order, numbering lines per file."""
         if not jobs:
@@ -214,7 +269,8 @@ class ParallelReader:
             for asset, _ in part.held:
                 asset.renumber(base - 1)
             source.status.assets += sum(part.evaluation.assets_by_type.values())
-            run.absorb(part.evaluation, part.held)
+            held = _merge(part, job, base, source, run, dedupe)
+            run.absorb(part.evaluation, held)
             base += part.lines
             if on_asset is not None:
                 on_asset(source.status.assets)
@@ -231,3 +287,87 @@ class ParallelReader:
                 on_asset(source.status.assets)
             yield a
 
+
+def _merge(
+    part: _Part, job: _Range, base: int, source: FileSource, run: EvaluationRun, dedupe: Duplicates
+) -> list[Held]:
+    """Merge a worker's copies with those read before (see the module's docstring); hand on its findings, each
+    tagged with its copy, but those of copies left out; the assets it kept for the end, but those of copies left
+    out."""
+    copies, evaluation = part.copies, part.evaluation
+    merged = dedupe.merge(copies.keys, copies.times)
+    if merged.replaced:
+        # the copies read before, now replaced: their count, the checks with context still to run on them and, for
+        # a sink that takes findings back by asset (the daemon's staging), their findings, before the later
+        # copies' findings go out
+        for i in merged.replaced.values():
+            run.result.assets_by_type[copies.asset_type(i)] -= 1
+        replaced = merged.replaced.keys()
+        run.deferred[:] = [(a, later) for a, later in run.deferred if dedupe.key(a) not in replaced]
+        withdraw = run.result.withdraw
+        if withdraw is not None:
+            names = _names_at(job, sorted({copies.lines[i] for i in merged.replaced.values()}))
+            for i in merged.replaced.values():
+                name = names.get(copies.lines[i])
+                if name is not None:
+                    withdraw(name, run.streamed_rule_ids(copies.asset_type(i), bool(copies.iam[i])))
+    findings, evaluation.findings = evaluation.findings, []
+    made, keys, dropped, gens = copies.findings, copies.keys, merged.dropped, merged.gens
+    i = 0
+    try:
+        for j, f in enumerate(findings):
+            i = bisect_right(made, j, i) - 1  # the copy that made it: the last one with no more findings before it
+            if i in dropped:
+                continue
+            dedupe.cur_key, dedupe.cur_gen = keys[i], gens.get(i, 0)
+            run.result.add(f)
+    finally:
+        dedupe.cur_gen = NO_GEN
+    held = part.held
+    if dropped:
+        kept = copies.held
+        held = [h for k, h in enumerate(held) if bisect_right(kept, k) - 1 not in dropped]
+        for i in dropped:
+            evaluation.assets_by_type[copies.asset_type(i)] -= 1
+    if merged.notes:
+        _note(merged, copies, job, base, source, dedupe)
+    return held
+
+
+def _note(merged: Merged, copies: _Copies, job: _Range, base: int, source: FileSource, dedupe: Duplicates) -> None:
+    """List the copies read again, by name (read again from the file: a worker sends no names)."""
+    from auditor.scan import MAX_DUPLICATES_LISTED
+
+    room = MAX_DUPLICATES_LISTED - len(source.status.duplicates)
+    listed = itertools.islice(merged.notes, max(room, 0))
+    names = _names_at(job, sorted({copies.lines[i] for i, _ in listed} - {0}))
+    for i, what in merged.notes:
+        line = copies.lines[i]
+        where = f"{job.path}:{base + line - 1}" if line else job.path
+        name = names.get(line, "an asset")
+        dedupe.note(source.status, f"{name}: read again at {where} ({what})")
+
+
+def _names_at(job: _Range, lines: list[int]) -> dict[int, str]:
+    """The asset names on these lines of a range (numbered from 1)."""
+    import msgspec
+
+    out: dict[int, str] = {}
+    if not lines:
+        return out
+    wanted, last = set(lines), lines[-1]
+    path = Path(job.path)
+    opener: Callable[[Path], Any] = gzip.open if FileSource.is_gzip(path) else open
+    with opener(path) as fh:  # mode "rb" is both openers' default
+        if job.end >= 0:
+            fh.seek(job.start)
+        for n, raw in enumerate(fh, 1):
+            if n in wanted:
+                try:
+                    obj = msgspec.json.decode(raw)
+                    out[n] = str(obj.get("name")) if isinstance(obj, dict) else "an asset"
+                except msgspec.DecodeError:
+                    out[n] = "an asset"
+            if n >= last:
+                break
+    return out

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -23,10 +24,20 @@ from typing import Any, Protocol
 from auditor import __version__
 from auditor.collect import Source, SourceOptions, open_source
 from auditor.errors import AuditorError, Cancelled, SourceError
-from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun
+from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun, finding_order
 from auditor.evaluate.rulebook import LoadedRule
 from auditor.model import SEVERITIES, Asset, Finding, NotEvaluated, SourceStatus
-from auditor.report.spool import Tally
+from auditor.report.spool import (
+    COPY_BYTES,
+    NO_COPY,
+    NO_GEN,
+    FindingSink,
+    Spot,
+    Tally,
+    copy_tag,
+    finding_meta,
+    matching,
+)
 
 EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
@@ -34,9 +45,9 @@ EXIT_INVALID = 2
 EXIT_PARTIAL = 3
 
 
-class FindingSink(Protocol):
+class StagingSink(Protocol):
     """Where a scan hands each finding as it is made, and that can take back those of an asset a later copy
-    replaces (the daemon's state staging): the scan keeps none of them."""
+    replaces, by asset and rules (the daemon's state staging): the scan keeps and counts none of them."""
 
     def add(self, finding: Finding) -> None: ...
 
@@ -145,7 +156,7 @@ class ScanResult:
 _gc_lock = threading.Lock()
 _gc_scans = 0
 _gc_saved: tuple[int, int, int] | None = None
-GC_THRESHOLD = 10_000  # allocations between young-generation collections while a scan runs (Python's default: 700)
+GC_THRESHOLD = 100_000  # allocations between young-generation collections while a scan runs (Python default: 700)
 
 
 @contextlib.contextmanager
@@ -154,8 +165,10 @@ def fewer_collections() -> Iterator[None]:
 
     A scan allocates millions of short-lived objects (records, decoded policies) while it keeps a few hundred
     thousand (context): at Python's default threshold the cyclic collector ran thousands of times over them,
-    about a fifth of a million-asset scan. Nothing a scan makes relies on prompt cycle collection. Scans running
-    at once (daemon threads) share the setting; the last one to finish restores it.
+    about a fifth of a million-asset scan. At 10,000 it still cost about a tenth of a scan of large Cloud Armor
+    policies (the thousands of objects one policy's checks make were alive at each collection); at 100,000 most
+    have been freed by then, and the peak is the same. Nothing a scan makes relies on prompt cycle collection.
+    Scans running at once (daemon threads) share the setting; the last one to finish restores it.
     """
     global _gc_scans, _gc_saved
     with _gc_lock:
@@ -196,72 +209,225 @@ def _read(source: Source) -> Iterator[Asset]:
 MAX_DUPLICATES_LISTED = 100
 
 
-class Duplicates:
-    """One asset is one asset: the same asset (its name, and whether it carries its resource and its IAM policy:
-    a CAI export gives those in two files) read twice, from two files or two sources, is evaluated once.
+def local_key(a: Asset) -> int:
+    """What makes two assets one (its name, and whether it carries its resource and its IAM policy: a CAI export
+    gives those in two files), hashed for this process."""
+    return hash((a.name, a.has_resource, a.has_iam_policy))
 
-    The copy with the later update time is kept: a later copy read second replaces the first (whose findings are
-    withdrawn, `EvaluationRun.forget`); otherwise the copy read second is dropped. When findings are streamed to
-    a report as they are made, a first copy's findings cannot be withdrawn (the daemon's state staging can take them
-    back: `FindingSink.withdraw`): a newer copy read second is then not read, and the source is marked partial,
-    naming it. Each source's status lists the
-    copies it gave that were dropped or replaced. Memory: a hash and an update time for each asset a rule reads
-    (the assets no rule reads are never built); assets read in other processes (`--jobs`) are deduplicated by
-    finding id only (`unique_findings`).
+
+def stable_key(a: Asset) -> int:
+    """`local_key`, the same in every process (worker processes of `--jobs` may start with another hash seed)."""
+    digest = hashlib.blake2b(a.name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True) ^ (a.has_resource << 1 | a.has_iam_policy)
+
+
+def is_later(update_time: str | None, kept: str | None) -> bool:
+    """Whether a copy read after the kept one replaces it: its update time is later (RFC 3339 times, compared as
+    text), or it has one and the kept copy has none. On a tie the copy read first stays (files are read in sorted
+    order, sources in the order given): a copy of an export beside itself changes nothing."""
+    return update_time is not None and (kept is None or update_time > kept)
+
+
+class Duplicates:
+    """One asset is one asset: the same asset (see `local_key`) read twice, from two files or two sources, is
+    evaluated once: the copy with the later update time (`is_later`) is kept.
+
+    A later copy read second replaces the first: the first's count and the checks with context still to run on it
+    are withdrawn (`EvaluationRun.forget`), and its findings, already handed on (a report streams them as they are
+    made), are taken back by the scan's `Collector` once the scan is over: every finding goes out tagged with the
+    copy that gave it (`cur_key`, `cur_gen`), and `losers` names the copies replaced; a sink that takes findings
+    back by asset (the daemon's staging) is told at once, by `forget`. Otherwise the copy read second is
+    dropped before it is evaluated. Copies read in worker processes (`--jobs`) are merged the same way, in read
+    order (`merge`). Each source's status lists the copies it gave that were dropped or replaced. Memory: a hash
+    and an update time for each asset a rule reads (the assets no rule reads are never built), and a little for
+    each asset read more than once.
     """
 
-    def __init__(self, run: EvaluationRun) -> None:
+    def __init__(self, run: EvaluationRun, key: Callable[[Asset], int] = local_key) -> None:
         self.run = run
-        # hash of (name, has resource, has IAM policy) -> the kept copy's update time (a string the asset held)
+        self.key = key
+        # hash of what makes an asset one -> the kept copy's update time (a string the asset held)
         self.seen: dict[int, str | None] = {}
+        self.gens: dict[int, int] = {}  # hash -> copies of it replaced so far (only assets read more than once)
+        self.losers: set[bytes] = set()  # copy tags (auditor/report/spool.py) of the copies replaced
+        # the copy being evaluated: its hash and generation (how many copies it replaced); NO_GEN between copies
+        self.cur_key, self.cur_gen = 0, NO_GEN
 
     def stream(self, assets: Iterable[Asset], status: SourceStatus) -> Iterator[Asset]:
-        seen, run = self.seen, self.run
+        seen, run, keyof = self.seen, self.run, self.key
         missing = object()
         for a in assets:
-            key = hash((a.name, a.has_resource, a.has_iam_policy))
+            key = keyof(a)
             kept: Any = seen.get(key, missing)
             if kept is missing:
                 seen[key] = a.update_time
+                self.cur_key, self.cur_gen = key, 0
                 yield a
                 continue
             times = f"update times {kept or 'unknown'} and {a.update_time or 'unknown'}"
-            later = a.update_time is not None and (kept is None or a.update_time > kept)
-            if later and run.result.sink is not None and run.result.withdraw is None:
-                # the first copy's findings are already written (a streamed report): it stays, and the result
-                # says that a newer copy was not read
-                self._note(status, f"{a.name}: read again at {a.origin} ({times}); the copy read first was "
-                                   "already reported and is kept")
-                status.fail("*", f"{a.name}: a newer copy at {a.origin} was read after the older one was reported")
-                continue
-            if later:
+            if is_later(a.update_time, kept):
                 run.forget(a)
-                seen[key] = a.update_time
-                self._note(status, f"{a.name}: read again at {a.origin} ({times}); the later copy replaces the first")
+                self.cur_key, self.cur_gen = key, self.replace(key, a.update_time)
+                self.note(status, f"{a.name}: read again at {a.origin} ({times}); the later copy replaces the first")
                 yield a
             else:
-                self._note(status, f"{a.name}: read again at {a.origin} ({times}); the copy read first is kept")
+                self.note(status, f"{a.name}: read again at {a.origin} ({times}); the copy read first is kept")
+        self.cur_gen = NO_GEN
+
+    def replace(self, key: int, update_time: str | None, handed_on: bool = True) -> int:
+        """A copy with this update time replaces the kept one; the new copy's generation. `handed_on`: the kept
+        copy's findings were handed on (otherwise they are simply left out, and nothing is taken back)."""
+        gen = self.gens.get(key, 0)
+        if handed_on:
+            self.losers.add(copy_tag(key, gen))
+        self.gens[key] = gen + 1
+        self.seen[key] = update_time
+        return gen + 1
+
+    def merge(self, keys: Sequence[int], times: Sequence[str | None]) -> Merged:
+        """The copies a worker read, in order (their hashes and update times), against those read before.
+
+        Copies read earlier in the same batch are ones whose findings were not handed on yet: a copy of them that
+        loses is left out (`dropped`), not taken back."""
+        out = Merged()
+        seen = self.seen
+        fresh = dict(zip(keys, times, strict=True))
+        if len(fresh) == len(keys) and seen.keys().isdisjoint(fresh):
+            seen.update(fresh)  # the usual case: nothing read twice, decided at the speed of dict.update
+            return out
+        missing = object()
+        here: dict[int, int] = {}  # hash -> the copy of this batch that is kept
+        for i, (key, t) in enumerate(zip(keys, times, strict=True)):
+            kept: Any = seen.get(key, missing)
+            if kept is missing:
+                seen[key] = t
+                here[key] = i
+                continue
+            notes = out.notes
+            times_ = f"update times {kept or 'unknown'} and {t or 'unknown'}"
+            if is_later(t, kept):
+                first = here.get(key)
+                if first is None:
+                    out.replaced[key] = i
+                else:
+                    out.dropped.add(first)
+                out.gens[i] = self.replace(key, t, handed_on=first is None)
+                here[key] = i
+                notes.append((i, f"{times_}; the later copy replaces the first"))
+            else:
+                out.dropped.add(i)
+                notes.append((i, f"{times_}; the copy read first is kept"))
+        return out
 
     @staticmethod
-    def _note(status: SourceStatus, what: str) -> None:
+    def note(status: SourceStatus, what: str | Callable[[], str]) -> None:
+        """Count a copy read again; list what happened (`what`, asked only while the list has room)."""
         status.duplicate_count += 1
         if len(status.duplicates) < MAX_DUPLICATES_LISTED:
-            status.duplicates.append(what)
+            status.duplicates.append(what if isinstance(what, str) else what())
 
 
-def unique_findings(findings: list[Finding]) -> int:
-    """Drop repeated findings (the same id: rule, asset and detail), keeping the first; the number dropped.
-    `findings` is in the engine's order, where findings with one id are next to each other."""
-    out: list[Finding] = []
-    last = None
-    for f in findings:
-        if f.id != last:
-            out.append(f)
-            last = f.id
-    dropped = len(findings) - len(out)
-    if dropped:
-        findings[:] = out
-    return dropped
+@dataclass
+class Merged:
+    """What `Duplicates.merge` decided for a batch of copies read in a worker (by their place in the batch)."""
+
+    dropped: set[int] = field(default_factory=set)  # copies left out: a copy kept elsewhere is as late or later
+    gens: dict[int, int] = field(default_factory=dict)  # copies that replaced one: their generation
+    # hashes whose copy read before this batch was replaced -> the copy of the batch that replaced it
+    replaced: dict[int, int] = field(default_factory=dict)
+    notes: list[tuple[int, str]] = field(default_factory=list)  # (copy, what happened) for each copy read again
+
+
+class KeptFindings:
+    """The findings a scan keeps (when no report takes them as they come), each with the asset copy that gave it."""
+
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+        self._copies = bytearray()  # COPY_BYTES a finding, in the order of `findings`
+
+    def add(self, f: Finding, copy: bytes) -> None:
+        self.findings.append(f)
+        self._copies += copy
+
+    def find(self, match: Callable[[bytes], bool]) -> list[Spot]:
+        out = []
+        for i, f in enumerate(self.findings):
+            meta = finding_meta(f, bytes(self._copies[i * COPY_BYTES : (i + 1) * COPY_BYTES]))
+            if match(meta):
+                out.append(Spot(f.rule, i, meta))
+        return out
+
+    def drop(self, spots: Iterable[Spot]) -> None:
+        gone = {s.place for s in spots}
+        self.findings = [f for i, f in enumerate(self.findings) if i not in gone]
+
+
+class _Calls:
+    """A plain function given as `on_finding`: it gets each finding as it is made and cannot take one back."""
+
+    def __init__(self, fn: Callable[[Finding], None]) -> None:
+        self.fn = fn
+
+    def add(self, f: Finding, copy: bytes) -> None:
+        self.fn(f)
+
+    def find(self, match: Callable[[bytes], bool]) -> list[Spot]:
+        return []
+
+    def drop(self, spots: Iterable[Spot]) -> None:
+        pass
+
+
+class Collector:
+    """The sink of a scan's evaluation: one finding per id (a binding repeated in a policy, an asset read twice),
+    counted, handed to `out` with the asset copy that gave it; `settle` takes back those of replaced copies.
+
+    A copy that replaced another may report what the other reported (the same id): that finding is handed on again
+    (a claim), and kept once the other's is taken back. Memory: 8 bytes of the id a finding (as any per-id
+    deduplication), and the ids of the copies that replaced another.
+    """
+
+    def __init__(self, out: FindingSink, dedupe: Duplicates, tally: Tally) -> None:
+        self.out = out
+        self.dedupe = dedupe
+        self.tally = tally
+        self.sent: set[int] = set()
+        self.own: dict[bytes, set[int]] = {}  # copies that replaced another -> the ids they handed on
+        self.claims: set[bytes] = set()  # copy + id: handed on again by a copy that replaced another
+
+    def __call__(self, f: Finding) -> None:
+        d = self.dedupe
+        key = int(f.id[:16], 16)
+        gen = d.cur_gen
+        copy = NO_COPY if gen == NO_GEN else copy_tag(d.cur_key, gen)
+        if 0 < gen < NO_GEN:
+            own = self.own.setdefault(copy, set())
+            if key in own:
+                return
+            own.add(key)
+            if key in self.sent:
+                self.claims.add(copy + bytes.fromhex(f.id[:16]))
+            self.sent.add(key)
+        elif key in self.sent:
+            return
+        else:
+            self.sent.add(key)
+        self.tally.add(f)
+        self.out.add(f, copy)
+
+    def settle(self) -> int:
+        """Take back the findings of the replaced copies, and the claims that turn out to be repeats of a copy that
+        stays; the number taken back."""
+        losers = self.dedupe.losers
+        if not losers and not self.claims:
+            return 0
+        spots = self.out.find(matching(losers, self.claims))
+        taken = {(s.copy[:8], s.id) for s in spots if s.copy in losers}
+        drop = [s for s in spots if s.copy in losers or (s.copy[:8], s.id) not in taken]
+        self.out.drop(drop)
+        for s in drop:
+            self.tally.remove(s.rule, s.rank, s.exempted)
+        return len(drop)
 
 
 def _chain(sources: list[Source], on_asset: Callable[[int], None] | None,
@@ -289,9 +455,9 @@ def _observed(stream: Iterator[Asset], observe: Callable[[Asset], None]) -> Iter
 
 
 def _parallel(
-    engine: Engine,
+    run: EvaluationRun,
     sources: list[Source],
-    evaluation: Evaluation,
+    dedupe: Duplicates,
     jobs: int,
     cluster: str,
     on_progress: Callable[[int], None] | None,
@@ -301,16 +467,13 @@ def _parallel(
     from auditor.collect.files import FileSource
     from auditor.parallel import ParallelReader
 
-    run = engine.start(evaluation)
-    dedupe = Duplicates(run)
-    with ParallelReader(engine, jobs, cluster, threaded) as reader:
+    with ParallelReader(run.engine, jobs, cluster, threaded) as reader:
         for source in sources:
             if isinstance(source, FileSource):
                 with attributed(source.uri):
                     reader.feed(source, run, on_progress, dedupe)
             else:
                 run.feed(_chain([source], on_progress, dedupe, observe))
-    run.finish()
 
 
 def run_scan(
@@ -322,8 +485,8 @@ def run_scan(
     on_progress: Callable[[int], None] | None = None,
     jobs: int = 1,
     threaded: bool = False,
-    on_finding: Callable[[Finding], None] | None = None,
-    sink: FindingSink | None = None,
+    on_finding: FindingSink | Callable[[Finding], None] | None = None,
+    sink: StagingSink | None = None,
     observe: Callable[[Asset], None] | None = None,
 ) -> ScanResult:
     """Scan the named sources with the given rules. Sources that cannot be opened raise SourceError.
@@ -332,9 +495,12 @@ def run_scan(
     a malformed line is then reported once its range is read). `--strict` scans stay in one process. `threaded`:
     the caller runs other threads for good (the daemon), and workers come from a fork server (auditor/parallel.py).
     `on_finding`: each finding is handed to it as it is made and not kept (a report written as it goes); the
-    result then counts them (`tally`) but its `findings` is empty.
+    result then counts them (`tally`) but its `findings` is empty. A FindingSink (a StreamedReport) is also asked to
+    take back the findings of an asset copy that a later copy replaced (see `Duplicates`); a plain function gets
+    every finding and cannot take one back.
     `sink`: each finding is handed to it as it is made, repeated ids included, and none is kept or counted (the
-    daemon stages them in its state store, which counts them and drops repeats).
+    daemon stages them in its state store, which counts them and drops repeats); the findings of a copy a later
+    one replaces are withdrawn from it by asset and rules as the later copy arrives.
     `observe`: each asset read is shown to it (the daemon's retained index, auditor.incremental; not the assets of
     export files read by worker processes).
     """
@@ -349,36 +515,40 @@ def run_scan(
         with attributed(spec):
             sources.append(open_source(spec, options))
     evaluation = Evaluation()
-    tally: Tally | None = None
-    if on_finding is not None:
-        tally = Tally()
-        count, out = tally.add, on_finding
-        # one finding per id (a binding repeated in a policy, an asset read twice): 8 bytes of the id a finding
-        sent: set[int] = set()
-
-        def send(f: Finding) -> None:
-            key = int(f.id[:16], 16)
-            if key in sent:
-                return
-            sent.add(key)
-            count(f)
-            out(f)
-
-        evaluation.sink = send
-    elif sink is not None:
-        evaluation.sink, evaluation.withdraw = sink.add, sink.withdraw
+    parallel = jobs > 1 and not options.strict
+    run = engine.start(evaluation)
+    dedupe = Duplicates(run, stable_key if parallel else local_key)
+    tally: Tally | None = Tally()
+    kept: KeptFindings | None = None
+    collector: Collector | None = None
+    out: FindingSink
+    if sink is not None and on_finding is None:
+        evaluation.sink, evaluation.withdraw, tally = sink.add, sink.withdraw, None
+    else:
+        if on_finding is None:
+            out = kept = KeptFindings()
+        elif isinstance(on_finding, FindingSink):
+            out = on_finding
+        else:
+            out = _Calls(on_finding)
+        assert tally is not None
+        collector = Collector(out, dedupe, tally)
+        evaluation.sink = collector
     for source in sources:
         select = getattr(source, "select", None)
         if select is not None:  # the reader skips building assets no rule reads, and counts them
             select(engine.wants, evaluation.assets_by_type)
     with fewer_collections():
-        if jobs > 1 and not options.strict:
-            _parallel(engine, sources, evaluation, jobs, options.cluster, on_progress, threaded, observe)
+        if parallel:
+            _parallel(run, sources, dedupe, jobs, options.cluster, on_progress, threaded, observe)
         else:
-            run = engine.start(evaluation)
-            run.feed(_chain(sources, on_progress, Duplicates(run), observe))
-            run.finish()
-    unique_findings(evaluation.findings)
+            run.feed(_chain(sources, on_progress, dedupe, observe))
+        run.finish()
+    if collector is not None:
+        collector.settle()
+    if kept is not None:
+        evaluation.sink, tally = None, None
+        evaluation.findings = sorted(kept.findings, key=finding_order)
     elapsed = time.perf_counter() - t0
     stale = [
         {

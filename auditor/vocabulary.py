@@ -34,7 +34,13 @@ ROLE_BINDING = "rbac.authorization.k8s.io/RoleBinding"
 CLUSTER_ROLE = "rbac.authorization.k8s.io/ClusterRole"
 CLUSTER_ROLE_BINDING = "rbac.authorization.k8s.io/ClusterRoleBinding"
 NAMESPACE = "k8s.io/Namespace"
-
+RESOURCE_QUOTA = "k8s.io/ResourceQuota"
+NETWORK_POLICY = "networking.k8s.io/NetworkPolicy"
+GKE_CLUSTER = "container.googleapis.com/Cluster"
+# The Kubernetes asset types of a cluster (the readers' kinds, auditor/collect/k8s_objects.py, map onto these)
+K8S_ASSET_TYPES = frozenset(
+    {ROLE, ROLE_BINDING, CLUSTER_ROLE, CLUSTER_ROLE_BINDING, NAMESPACE, RESOURCE_QUOTA, NETWORK_POLICY}
+)
 
 
 def is_hierarchy_node(resource: str) -> bool:

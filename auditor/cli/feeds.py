@@ -8,9 +8,9 @@ import click
 
 from auditor.cli.options import rules_option
 from auditor.collect.feeds import FEED_TYPES, desired_feeds, ensure_feeds
-from auditor.collect.k8s_objects import K8S_ASSET_TYPES
 from auditor.evaluate.engine import Engine
 from auditor.evaluate.rulebook import LoadedRule, load_rules
+from auditor.vocabulary import K8S_ASSET_TYPES
 
 
 def feed_types(rules: list[LoadedRule]) -> tuple[list[str], list[str]]:

@@ -102,8 +102,8 @@ def role_permissions(decls: Iterable[Declaration], *, remediation: bool) -> dict
 
 
 def operator_permissions(decls: Iterable[Declaration]) -> dict[str, list[Declaration]]:
-    """Permission -> the declarations of the planned-only steps that need it: a person running them holds these,
-    the auditor never does (they are listed beside the remediation role, not in it)."""
+    """Permission -> the declarations of the planned-only steps that need it: a person running them holds these
+    (those the role lacks are listed beside the remediation role, never added to it)."""
     out: dict[str, list[Declaration]] = {}
     for d in decls:
         if d.operator:
@@ -244,7 +244,7 @@ def command(remediation: bool, fmt: str, role_id: str | None, config_path: str |
             "no Google Cloud permissions are declared: the live collectors (auditor.collect.asset_inventory) "
             "and the remediation appliers are not installed"
         )
-    operator = operator_permissions(decls) if remediation else {}
+    operator = {p: ds for p, ds in operator_permissions(decls).items() if p not in perms} if remediation else {}
     if fmt == "gcloud":
         text = render_gcloud(perms, remediation=remediation, role_id=role_id, operator=operator)
     elif fmt == "terraform":

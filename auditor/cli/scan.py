@@ -23,12 +23,12 @@ from auditor.cli.options import (
 from auditor.collect import SourceOptions
 from auditor.errors import AuditorError
 from auditor.evaluate.rulebook import LoadedRule, load_rules
-from auditor.model import Finding
 from auditor.report import terminal
 from auditor.report.compliance import assess_scan, compliance_dict, render_compliance
 from auditor.report.escape import plain
 from auditor.report.formats import StreamedReport, format_names
 from auditor.report.render import render_table, summary_line
+from auditor.report.spool import FindingSink
 from auditor.scan import ScanResult, run_scan
 
 MAX_PROBLEMS_SHOWN = 20
@@ -56,10 +56,11 @@ def do_scan(
     strict: bool,
     require_complete: bool,
     jobs: int = 1,
-    sink_for: Callable[[list[LoadedRule]], Callable[[Finding], None]] | None = None,
+    sink_for: Callable[[list[LoadedRule]], FindingSink] | None = None,
     selection: RuleSelection | None = None,
 ) -> ScanResult:
-    """`sink_for(rules)`, when given, returns where each finding goes as it is made (the scan then keeps none)."""
+    """`sink_for(rules)`, when given, returns where each finding goes as it is made (the scan then keeps none; a
+    finding of an asset copy replaced by a later one is taken back from it before it is written)."""
     if not sources:
         raise AuditorError("no --source given (a CAI export file or folder, a Kubernetes list, cai://..., k8s://...)")
     rules = load_rules(list(rules_paths) or None)
@@ -147,9 +148,9 @@ def command(
         # comes first): nothing holds them all. A scan that fails leaves no report file behind.
         reports: list[StreamedReport] = []
 
-        def sink_for(rules: list[LoadedRule]) -> Callable[[Finding], None]:
+        def sink_for(rules: list[LoadedRule]) -> FindingSink:
             reports.append(StreamedReport(fmt, rules))
-            return reports[0].add
+            return reports[0]
 
         result = do_scan(sources, rules_paths, cluster, strict, require_complete, jobs, sink_for, selection)
         if framework and fmt == "json":

@@ -38,6 +38,11 @@ def new_token() -> str:
 
 
 def _decode(secret: Any, where: str, key: str) -> str:
+    # Only a plain Secret holds a token someone chose: one of type kubernetes.io/service-account-token under this
+    # name would hand the auditor a Kubernetes credential (filled in by the token controller) as its report token.
+    if (secret.type or "Opaque") != "Opaque":
+        raise AuditorError(f"secret {where} is of type {secret.type}, not Opaque: it is left as it is (delete it to "
+                           "let a new token be made)")
     data = secret.data or {}
     if key not in data:
         raise AuditorError(f"secret {where} exists but has no key {key!r}: it is left as it is (delete it to let a "

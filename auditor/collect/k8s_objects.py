@@ -10,15 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from auditor.model import Asset
-
-ROLE = "rbac.authorization.k8s.io/Role"
-ROLE_BINDING = "rbac.authorization.k8s.io/RoleBinding"
-CLUSTER_ROLE = "rbac.authorization.k8s.io/ClusterRole"
-CLUSTER_ROLE_BINDING = "rbac.authorization.k8s.io/ClusterRoleBinding"
-NAMESPACE = "k8s.io/Namespace"
-RESOURCE_QUOTA = "k8s.io/ResourceQuota"
-NETWORK_POLICY = "networking.k8s.io/NetworkPolicy"
-GKE_CLUSTER = "container.googleapis.com/Cluster"
+from auditor.vocabulary import (
+    CLUSTER_ROLE,
+    CLUSTER_ROLE_BINDING,
+    NAMESPACE,
+    NETWORK_POLICY,
+    RESOURCE_QUOTA,
+    ROLE,
+    ROLE_BINDING,
+)
 
 # kind -> (asset type, path segment under the namespace or cluster, namespaced)
 KINDS: dict[str, tuple[str, str, bool]] = {
@@ -30,7 +30,6 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "ResourceQuota": (RESOURCE_QUOTA, "resourcequotas", True),
     "NetworkPolicy": (NETWORK_POLICY, "networking.k8s.io/networkpolicies", True),
 }
-K8S_ASSET_TYPES = frozenset(t for t, _, _ in KINDS.values())
 
 
 def cluster_path(cluster: str) -> str:

@@ -86,7 +86,8 @@ def _not_evaluated(result: Evaluation, r: LoadedRule, u: Unevaluated) -> None:
     result.not_evaluated.append(entry)
 
 
-def _finding_order(f: Finding) -> tuple[int, str, str, str]:
+def finding_order(f: Finding) -> tuple[int, str, str, str]:
+    """The order of findings in a result: worst severity first, then rule, asset and id."""
     return (-f.severity.rank, f.rule, f.asset, f.id)
 
 
@@ -503,20 +504,24 @@ class EvaluationRun:
                 if kept:
                     self.deferred.append((asset, later))
 
+    def streamed_rule_ids(self, asset_type: str, has_iam_policy: bool) -> frozenset[str]:
+        """The rules run on an asset of this type as it streams by (those a replaced copy's findings came from)."""
+        plan = self.engine._plans.get(asset_type) or self.engine._plan(asset_type)
+        return frozenset(r.id for r in (plan.streamed_iam if has_iam_policy else plan.streamed).rules)
+
     def forget(self, asset: Asset) -> None:
         """Withdraw an asset fed earlier, which a later copy of it (same name and content) replaces: its count, the
         findings its streamed rules gave, and the deferred rules still to run on it. (What context checks kept of it
         stays: context is read by name.)"""
-        plan = self.engine._plans.get(asset.asset_type) or self.engine._plan(asset.asset_type)
-        streamed = plan.streamed_iam if asset.has_iam_policy else plan.streamed
-        rules = frozenset(r.id for r in streamed.rules)
+        rules = self.streamed_rule_ids(asset.asset_type, asset.has_iam_policy)
         result = self.result
         result.assets_by_type[asset.asset_type] -= 1
         if rules and result.withdraw is not None:
             result.withdraw(asset.name, rules)
         elif rules:
             result.findings[:] = [f for f in result.findings if f.asset != asset.name or f.rule not in rules]
-        self.deferred = [
+        # in place: a `feed` under way appends to this very list
+        self.deferred[:] = [
             (a, later)
             for a, later in self.deferred
             if not (a.name == asset.name and a.has_iam_policy == asset.has_iam_policy
@@ -531,5 +536,5 @@ class EvaluationRun:
             asset.release()
         self.deferred = []
         if result.sink is None:
-            result.findings.sort(key=_finding_order)
+            result.findings.sort(key=finding_order)
         return result

@@ -21,9 +21,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from auditor.collect.k8s_objects import GKE_CLUSTER
 from auditor.evaluate.registry import Context
 from auditor.model import Asset
+from auditor.vocabulary import GKE_CLUSTER
 
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _DEFAULT_SA = re.compile(r"^\d+-compute@developer\.gserviceaccount\.com$")

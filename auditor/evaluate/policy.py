@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from auditor.model import Asset
@@ -150,16 +151,20 @@ def armor_rules(policy: dict[str, Any]) -> list[ArmorRule]:
             priority = int(r.get("priority", DEFAULT_RULE_PRIORITY))
         except (TypeError, ValueError):
             priority = DEFAULT_RULE_PRIORITY
+        preview = r.get("preview")
         out.append(
-            ArmorRule(
-                priority=priority,
-                action=str(r.get("action") or ""),
-                preview=r.get("preview") is True or str(r.get("preview")).lower() == "true",
-                src_ranges=tuple(str(x) for x in ranges),
-                expression=expr,
-                description=str(r.get("description") or ""),
-                raw=r,
+            ArmorRule(  # by position: this runs for every rule of every policy
+                priority,
+                str(r.get("action") or ""),
+                preview is True or (preview is not False and str(preview).lower() == "true"),
+                tuple(map(str, ranges)),
+                expr,
+                str(r.get("description") or ""),
+                r,
             )
         )
-    out.sort(key=lambda x: x.priority)
+    out.sort(key=_priority)
     return out
+
+
+_priority = itemgetter(0)  # ArmorRule.priority

@@ -29,42 +29,41 @@ Interval = tuple[int, int]
 # Prefix lengths in the spelling `ipaddress` writes, and the host mask of each.
 _HOST4 = {str(b): (1 << (32 - b)) - 1 for b in range(33)}
 _HOST6 = {str(b): (1 << (128 - b)) - 1 for b in range(129)}
-
-
-def _fast(text: str) -> Interval | None:
-    """The interval of an address or CIDR range read by the C parser (`inet_pton`: IPv4 as exactly four decimal
-    octets without leading zeros, as `ipaddress` reads them; IPv6 in any spelling, read as `ipaddress` reads it)
-    with a prefix length as `ipaddress` writes it, or None to let `ipaddress` decide (other spellings, such as
-    `/08` or a netmask, or not an address)."""
-    addr, slash, prefix = text.partition("/")
-    try:
-        if ":" in addr:
-            n = int.from_bytes(inet_pton(AF_INET6, addr), "big")
-            host = _HOST6.get(prefix) if slash else 0
-            offset = V6
-        else:
-            n = int.from_bytes(inet_pton(AF_INET, addr), "big")
-            host = _HOST4.get(prefix) if slash else 0
-            offset = 0
-    except (OSError, ValueError):  # not an address, or a NUL in the text
-        return None
-    if host is None:
-        return None
-    lo = (n & ~host) + offset
-    return (lo, lo + host)
+_from_bytes = int.from_bytes
 
 
 def parse(text: str) -> tuple[Interval, ...] | None:
     """The intervals of one range: `*` is every IPv4 and IPv6 address, a bare address a /32 or /128, host bits
     are dropped (`10.1.2.3/8` is `10.0.0.0/8`, as `ipaddress.ip_network(strict=False)`); None when the text is not
     an address. Not cached: parsing a range costs about what a cache lookup and its bookkeeping do, and most
-    ranges of a large organization's policies (single addresses) occur once."""
+    ranges of a large organization's policies (single addresses) occur once.
+
+    The usual spelling is read here by the C parser (`inet_pton`: IPv4 as exactly four decimal octets without
+    leading zeros, as `ipaddress` reads them; IPv6 in any spelling, read as `ipaddress` reads it) with a prefix
+    length as `ipaddress` writes it; anything else (`*`, spaces, `/08`, a netmask, not an address) by `_other`."""
+    addr, slash, prefix = text.partition("/")
+    try:
+        if ":" in addr:
+            n = _from_bytes(inet_pton(AF_INET6, addr), "big")
+            host = _HOST6.get(prefix) if slash else 0
+            offset = V6
+        else:
+            n = _from_bytes(inet_pton(AF_INET, addr), "big")
+            host = _HOST4.get(prefix) if slash else 0
+            offset = 0
+    except (OSError, ValueError):  # not an address in this spelling, or a NUL in the text
+        return _other(text)
+    if host is None:
+        return _other(text)
+    lo = (n & ~host) + offset
+    return ((lo, lo + host),)
+
+
+def _other(text: str) -> tuple[Interval, ...] | None:
+    """`parse` for what `inet_pton` does not read: `*`, surrounding spaces, other spellings `ipaddress` accepts."""
     text = text.strip()
     if text == "*":
         return EVERYTHING
-    fast = _fast(text)
-    if fast is not None:
-        return (fast,)
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:
@@ -102,16 +101,26 @@ class Union:
         return i >= 0 and self.ends[i] >= hi
 
     def covers_all(self, intervals: Iterable[Interval]) -> bool:
-        return all(self.covers(lo, hi) for lo, hi in intervals)
+        starts, ends = self.starts, self.ends
+        for lo, hi in intervals:
+            i = bisect_right(starts, lo) - 1
+            if i < 0 or ends[i] < hi:
+                return False
+        return True
 
     def add(self, lo: int, hi: int) -> None:
         """Add one interval, merging it with those it overlaps or touches."""
         starts, ends = self.starts, self.ends
         i = bisect_left(ends, lo - 1)  # first interval ending at or after the address before lo: may merge
         j = bisect_right(starts, hi + 1)  # intervals before j start at or before the address after hi
-        if i < j:
-            lo = min(lo, starts[i])
-            hi = max(hi, ends[j - 1])
+        if i == j:  # touches nothing: inserted as it is
+            starts.insert(i, lo)
+            ends.insert(i, hi)
+            return
+        if starts[i] < lo:
+            lo = starts[i]
+        if ends[j - 1] > hi:
+            hi = ends[j - 1]
         starts[i:j] = [lo]
         ends[i:j] = [hi]
 

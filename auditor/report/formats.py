@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 from xml.sax.saxutils import escape, quoteattr
@@ -25,7 +25,7 @@ from auditor.model import SEVERITIES, Exempted, Finding, Mode, Severity
 from auditor.plugins import Registry
 from auditor.report.escape import md_code, md_text
 from auditor.report.records import RuleFacts, finding_record, report_order
-from auditor.report.spool import Spool, Tally
+from auditor.report.spool import META_BYTES, NO_COPY, Spool, Spot, Tally, finding_meta
 
 if TYPE_CHECKING:
     from auditor.evaluate.engine import EvaluationError
@@ -68,7 +68,7 @@ class Renderer:
         self.by_id = {r.id: r for r in rules}
 
     def key(self, f: Finding) -> str:
-        """The group a finding waits in until it is written (its rule)."""
+        """The group a finding waits in until it is written: its rule (a format may add a qualifier after a NUL)."""
         return f.rule
 
     def line(self, f: Finding) -> bytes:
@@ -429,10 +429,11 @@ class MarkdownRenderer(Renderer):
 
 # -- the report of one scan -----------------------------------------------------------------------------------------
 class StreamedReport:
-    """A report in the making: `add` each finding as it is found (the evaluation's sink), then `write` once.
+    """A report in the making: `add` each finding as it is found (the scan's sink), then `write` once.
 
     Holds the encoded findings (spooled), never the findings themselves; the counts are the scan's
-    (`ScanResult.counts`)."""
+    (`ScanResult.counts`). A FindingSink (auditor/report/spool.py): the findings of an asset copy that a later copy
+    replaced are taken back before the report is written."""
 
     def __init__(self, fmt: str, rules: list[LoadedRule], budget: int | None = None) -> None:
         cls = renderers.get(fmt)
@@ -440,10 +441,16 @@ class StreamedReport:
             raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(renderers)}")
         self.facts = report_order(rules)
         self.renderer = cls(self.facts)
-        self.spool = Spool() if budget is None else Spool(budget)
+        self.spool = Spool(meta_size=META_BYTES) if budget is None else Spool(budget, META_BYTES)
 
-    def add(self, f: Finding) -> None:
-        self.spool.add(self.renderer.key(f), self.renderer.line(f))
+    def add(self, f: Finding, copy: bytes = NO_COPY) -> None:
+        self.spool.add(self.renderer.key(f), self.renderer.line(f), finding_meta(f, copy))
+
+    def find(self, match: Callable[[bytes], bool]) -> list[Spot]:
+        return self.spool.find(match)
+
+    def drop(self, spots: Iterable[Spot]) -> None:
+        self.spool.drop(spots)
 
     def document(self, result: ScanResult) -> Document:
         from auditor.report.render import summary_line

@@ -1,10 +1,10 @@
 """Remediation families, one module per kind of resource a fix writes, each behind the `Remediator` protocol.
 
 `iam` (the IAM policy of every resource that has one), `cloud_armor` (security policy rules), `rbac` (Kubernetes
-Roles and bindings) and `gke` (cluster settings: planned only, manual steps never written) register themselves in
-`auditor.plugins.remediation_families` when imported; the shared stages (plan, apply, guards) reach a family
-through `family(name)` or `family_of(kind)` and never name one. Adding a family is one module here and its name in
-the import at the bottom of this file.
+Roles and bindings) and `gke` (GKE clusters: Workload Identity written, the other settings planned only as manual
+steps) register themselves in `auditor.plugins.remediation_families` when imported; the shared stages (plan,
+apply, guards) reach a family through `family(name)` or `family_of(kind)` and never name one. Adding a family is
+one module (or package) here and its name in the import at the bottom of this file.
 """
 
 from __future__ import annotations

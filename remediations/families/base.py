@@ -57,6 +57,30 @@ def token_moved(token_field: str, planned: str | None, before: Any, live_token: 
     return None
 
 
+class ApiObjectState:
+    """What a family whose state is the API object itself (the asset's resource: a security policy, a cluster),
+    with its token at the top (`fingerprint`, `etag`), shares: the state, the asset, the token and the check of
+    the token."""
+
+    token_field: str
+
+    def section(self, state: dict[str, Any] | None) -> Any:
+        raise NotImplementedError
+
+    def state_of(self, asset: Asset) -> dict[str, Any] | None:
+        return asset.resource or None
+
+    def asset_of(self, name: str, asset_type: str, state: dict[str, Any]) -> Asset:
+        return Asset(name, asset_type, resource=state)
+
+    def token_of(self, state: dict[str, Any] | None) -> str | None:
+        value = (state or {}).get(self.token_field)
+        return str(value) if value not in (None, "") else None
+
+    def moved(self, target: Target, planned: str | None, before: Any, live: Live) -> str | None:
+        return token_moved(self.token_field, planned, before, live.token, self.section(live.state))
+
+
 # Transient API errors (429, 5xx, timeouts) are retried per API call by each writer, honouring Retry-After.
 DEFAULT_RETRY = RetryPolicy(attempts=4, initial=0.5, maximum=10.0)
 

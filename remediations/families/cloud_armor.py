@@ -26,7 +26,7 @@ from auditor.permissions import declare
 from auditor.plugins import remediation_families
 from auditor.remedies import DENY, Remedy, RemoveRule, SetDefaultDeny, SetRule, SetRuleAction, first
 from remediations.edits import Edit, EditError, asked_by, prune
-from remediations.families.base import DEFAULT_RETRY, Kind, Live, WriteConflict, WriterContext, token_moved
+from remediations.families.base import DEFAULT_RETRY, ApiObjectState, Kind, Live, WriteConflict, WriterContext
 from remediations.guards import GuardConfig, Refusal
 from remediations.targets import Target, UnsupportedTarget
 
@@ -81,7 +81,7 @@ def default_deny_rule() -> dict[str, Any]:
     }
 
 
-class CloudArmorFamily:
+class CloudArmorFamily(ApiObjectState):
     name = NAME
     token_field = "fingerprint"
     kinds = (
@@ -97,19 +97,6 @@ class CloudArmorFamily:
             raise UnsupportedTarget("Cloud Armor remediation supports global security policies only")
         return Target(NAME, "compute", f"projects/{m.group(1)}/global/securityPolicies/{m.group(2)}",
                       project=m.group(1), policy=m.group(2))
-
-    def state_of(self, asset: Asset) -> dict[str, Any] | None:
-        return asset.resource or None
-
-    def asset_of(self, name: str, asset_type: str, state: dict[str, Any]) -> Asset:
-        return Asset(name, asset_type, resource=state)
-
-    def token_of(self, state: dict[str, Any] | None) -> str | None:
-        value = (state or {}).get("fingerprint")
-        return str(value) if value not in (None, "") else None
-    def moved(self, target: Target, planned: str | None, before: Any, live: Live) -> str | None:
-        return token_moved(self.token_field, planned, before, live.token, self.section(live.state))
-
 
     def edits_for(self, finding: Finding, rule: Rule, asset: Asset) -> list[Edit]:
         """The edit of the remedy the finding offers that the rule's kind makes (typed remedies, never details)."""

@@ -95,9 +95,9 @@ class RbacFamily:
     def token_of(self, state: dict[str, Any] | None) -> str | None:
         value = ((state or {}).get("metadata") or {}).get("resourceVersion")
         return str(value) if value not in (None, "") else None
+
     def moved(self, target: Target, planned: str | None, before: Any, live: Live) -> str | None:
         return token_moved(self.token_field, planned, before, live.token, self.section(live.state))
-
 
     def edits_for(self, finding: Finding, rule: Rule, asset: Asset) -> list[Edit]:
         """The edits of the remedies the finding offers that the rule's kind makes (typed remedies, never details)."""

@@ -151,6 +151,10 @@ def test_the_token_made_by_the_first_pod_is_the_one_the_next_pod_reads(secrets_a
     (_secret("short"), f"at least {MIN_LENGTH} printable"),
     (_secret("has a space in the middle of it"), "no spaces"),
     ({**_secret(None), "data": {"token": "%%% not base64"}}, "not base64"),
+    # Made under this name by someone with `create` on secrets: the token controller would fill in a credential.
+    ({**_secret("eyJhbGciOiJSUzI1NiJ9.a-service-account-jwt"), "type": "kubernetes.io/service-account-token",
+      "metadata": {"name": NAME, "namespace": NS, "annotations": {"kubernetes.io/service-account.name": "default"}}},
+     "not Opaque"),
 ])
 def test_a_secret_that_is_not_a_usable_token_is_refused_and_left_alone(secrets_api: KubeServer, tmp_path: Path,
                                                                         secret: dict[str, Any], why: str) -> None:

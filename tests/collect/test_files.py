@@ -10,8 +10,8 @@ import pytest
 
 from auditor.collect import SourceOptions, open_source
 from auditor.collect.files import FileSource, iter_file_assets
-from auditor.collect.k8s_objects import CLUSTER_ROLE_BINDING, NAMESPACE, ROLE_BINDING
 from auditor.errors import SourceError
+from auditor.vocabulary import CLUSTER_ROLE_BINDING, NAMESPACE, ROLE_BINDING
 
 PROJECT_LINE = {
     "name": "//cloudresourcemanager.googleapis.com/projects/1",

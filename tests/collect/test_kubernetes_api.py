@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from auditor.cli import cli
 from auditor.collect import SourceOptions, open_source
 from auditor.collect.files import iter_file_assets
-from auditor.collect.k8s_objects import ROLE_BINDING
 from auditor.collect.kubernetes_api import KINDS, KubernetesApiSource, cluster_from_context, kinds_for
 from auditor.evaluate.engine import Engine
 from auditor.evaluate.rulebook import load_rules
+from auditor.vocabulary import ROLE_BINDING
 from tests.conftest import EXAMPLES
 from tests.fakes.kube import KubeFault, KubeServer
 

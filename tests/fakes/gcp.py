@@ -1298,7 +1298,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # The outbound APIs register their routes on import (at the end: they use ApiError and EXTRA_ROUTES from here).
-from tests.fakes import gcp_outbound  # noqa: E402, F401
+from tests.fakes import gcp_container, gcp_outbound  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

@@ -27,7 +27,9 @@ API = "https://container.googleapis.com/v1"
 
 @pytest.fixture(scope="module")
 def plan() -> Plan:
-    rules = load_rules([shipped_rules_dir() / "gke-cluster.yaml"])
+    # the cluster posture pack, and the cluster rules that read tenancy (they live in rbac.yaml)
+    rules = load_rules([shipped_rules_dir() / "gke-cluster.yaml", shipped_rules_dir() / "rbac.yaml"])
+    rules = [r for r in rules if r.id.startswith("gke-")]
     sources = [str(EXAMPLES / "org"), str(EXAMPLES / "k8s")]
     result = run_scan(sources, rules, SourceOptions(cluster=INFERENCE))
     return plan_from_scan(result, sources, SourceOptions(cluster=INFERENCE))

@@ -82,8 +82,10 @@ def test_example_cluster_plan_applies_rescan_and_rollback(kube: KubeServer, repo
         assert back.ok and back.counts()["applied"] == len(applied), back.to_dict()
     restored = _by_key(kube)
     assert {k: _bare(v) for k, v in restored.items()} == {k: _bare(v) for k, v in before_objects.items()}
+    # the cluster's own objects give back every finding but those of the cluster settings (GKE rules of rbac.yaml
+    # that read the Cluster asset, which the export of Kubernetes objects does not hold)
     assert {f.id for f in _scan([str(kube.export(tmp_path / "back.yaml"))], rules).findings} == {
-        f.id for f in scan0.findings}
+        f.id for f in scan0.findings if not f.rule.startswith("gke-")}
 
 
 BINDINGS = """

@@ -64,26 +64,21 @@ def normalized_ranges(texts: Iterable[str]) -> list[str]:
 
 
 class RuleRanges(NamedTuple):
-    """A rule's source ranges, parsed: each range's intervals (None: not an address), and all of them together
-    (None when one is not an address)."""
+    """A rule's source ranges, parsed: each range's intervals (None: not an address), all of them together (None
+    when one is not an address), and the intervals of those that are addresses (the same list when all are)."""
 
     each: tuple[tuple[Interval, ...] | None, ...]
     all: list[Interval] | None
-
-    @property
-    def everything(self) -> tuple[bool, ...]:
-        """Whether each range is a whole address family: `*` (both families) or a /0."""
-        families = ranges.FAMILIES
-        return tuple([ivs is not None and (len(ivs) > 1 or ivs[0] in families) for ivs in self.each])
+    valid: list[Interval]
 
 
 def _rule_ranges(asset: Asset) -> tuple[RuleRanges, ...]:
     parse = ranges.parse
     out = []
     for r in asset_armor_rules(asset):
-        each = tuple([parse(t) for t in r.src_ranges])
-        flat = None if None in each else [iv for ivs in each if ivs is not None for iv in ivs]
-        out.append(RuleRanges(each, flat))
+        each = tuple(map(parse, r.src_ranges))
+        valid = [iv for ivs in each if ivs is not None for iv in ivs]
+        out.append(RuleRanges(each, None if None in each else valid, valid))
     return tuple(out)
 
 
@@ -93,24 +88,22 @@ def armor_rule_ranges(asset: Asset) -> tuple[RuleRanges, ...]:
 
 
 def _union_covers_a_family(rr: RuleRanges) -> bool:
-    # Ranges shorter in all than a family cannot cover it: most rules are ruled out without building their union.
-    v4 = v6 = 0
-    for ivs in rr.each:
-        for lo, hi in ivs or ():
-            if lo < ranges.V6:
-                v4 += hi - lo + 1
-            else:
-                v6 += hi - lo + 1
-    if v4 <= ranges.V4_ALL[1] and v6 <= ranges.V6_ALL[1] - ranges.V6:
+    ivs = sorted(rr.valid)
+    # A union covering a family has an interval starting at its first address: most rules are ruled out by two
+    # lookups, without building their union.
+    if not ivs or (ivs[0][0] != 0 and ivs[min(bisect_left(ivs, (ranges.V6, -1)), len(ivs) - 1)][0] != ranges.V6):
         return False
-    u = ranges.Union(iv for ivs in rr.each if ivs is not None for iv in ivs)
+    u = ranges.Union(ivs)
     return u.covers(*ranges.V4_ALL) or u.covers(*ranges.V6_ALL)
+
+
+_SOURCE_MATCH_KEYS = frozenset({"config", "versionedExpr"})
 
 
 def only_source_ip_match(r: ArmorRule) -> bool:
     """The rule matches on source ranges alone (SRC_IPS_V1), not on a CEL expression or anything else."""
     match = r.raw.get("match") or {}
-    return r.expression is None and bool(r.src_ranges) and set(match) <= {"config", "versionedExpr"}
+    return r.expression is None and bool(r.src_ranges) and match.keys() <= _SOURCE_MATCH_KEYS
 
 
 def rule_details(r: ArmorRule, **extra: Any) -> dict[str, Any]:
@@ -173,7 +166,10 @@ def default_rule_denies(asset: Asset, params: NoParams, ctx: Context) -> Iterato
     ```
     """
     rules = asset_armor_rules(asset)
-    default = next((r for r in rules if r.is_default), None)
+    i = len(rules)  # rules come by priority: the default rule is among the last
+    while i and rules[i - 1].priority >= DEFAULT_RULE_PRIORITY:
+        i -= 1
+    default = next((r for r in rules[i:] if r.is_default), None)
     if default is None:
         yield Violation(
             "the policy has no default rule (priority 2147483647)",
@@ -229,11 +225,19 @@ def no_open_allow(asset: Asset, params: OpenAllowParams, ctx: Context) -> Iterat
       remediation: cloud_armor.remove_rule
     ```
     """
+    actions, open_ranges, families = params.actions, frozenset(params.open_ranges), ranges.FAMILIES
+    # Open ranges that are not whole families (the others are found by their intervals) are compared as strings.
+    listed = frozenset(o for o in open_ranges if not families.issuperset(ranges.parse(o) or ((0, 0),)))
     for r, rr in zip(asset_armor_rules(asset), armor_rule_ranges(asset), strict=True):
-        if r.is_default or r.action not in params.actions:
+        if r.action not in actions or r.is_default:
             continue
-        opened = [s for s, every in zip(r.src_ranges, rr.everything, strict=True)
-                  if every or s.strip() in params.open_ranges]  # fmt: skip
+        if families.isdisjoint(rr.valid) and not (listed and any(s.strip() in listed for s in r.src_ranges)):
+            opened = []  # the usual rule: no range is open by itself (one set lookup per range, in C)
+        else:
+            # a range is open when it is a whole family (`*`, any /0) or listed as open
+            opened = [s for s, ivs in zip(r.src_ranges, rr.each, strict=True)
+                      if (ivs is not None and (len(ivs) > 1 or ivs[0] in families))
+                      or s.strip() in open_ranges]  # fmt: skip
         if not opened and r.src_ranges and _union_covers_a_family(rr):
             opened = list(r.src_ranges)  # halves that together are every address: 0.0.0.0/1 and 128.0.0.0/1
         if opened:
@@ -285,6 +289,8 @@ def trusted_source_ranges(asset: Asset, params: TrustedRangesParams, ctx: Contex
     for r, rr in zip(asset_armor_rules(asset), armor_rule_ranges(asset), strict=True):
         if r.is_default or r.action not in params.actions or r.expression is not None:
             continue
+        if rr.all is not None and covers_all(rr.all):
+            continue  # every range trusted: asked once for the rule
         untrusted = [s for s, ivs in zip(r.src_ranges, rr.each, strict=True) if ivs is None or not covers_all(ivs)]
         if untrusted:
             yield Violation(
@@ -335,8 +341,11 @@ def unique_priorities(asset: Asset, params: NoParams, ctx: Context) -> Iterator[
       severity: medium
     ```
     """
+    rules = asset_armor_rules(asset)
+    if len({r.priority for r in rules}) == len(rules):
+        return  # the usual policy
     by_priority: dict[int, list[ArmorRule]] = defaultdict(list)
-    for r in asset_armor_rules(asset):
+    for r in rules:
         by_priority[r.priority].append(r)
     for priority, rs in sorted(by_priority.items()):
         if len(rs) > 1:
@@ -383,6 +392,7 @@ def no_shadowed_rules(asset: Asset, params: ShadowParams, ctx: Context) -> Itera
     ```
     """
     above = _RulesAbove()
+    families = ranges.FAMILIES
     for r, rr in zip(asset_armor_rules(asset), armor_rule_ranges(asset), strict=True):
         if not only_source_ip_match(r):
             continue
@@ -400,7 +410,7 @@ def no_shadowed_rules(asset: Asset, params: ShadowParams, ctx: Context) -> Itera
                 offered(r),
             )
             continue  # a dead rule adds nothing to what the rules above it already match
-        if not r.preview and (params.open_rules_shadow or not any(map(ranges.is_everything, ivs))):
+        if not r.preview and (params.open_rules_shadow or families.isdisjoint(ivs)):
             above.push(r.priority, ivs)
 
 
@@ -423,7 +433,7 @@ class _RulesAbove:
         self.union = ranges.Union()
         self.pending: list[tuple[int, list[Interval]]] = []
         self.indexed = 0  # rules joined that the index holds
-        self.by_start: list[tuple[int, int, int]] = []  # (start, end, rule index), sorted
+        self.by_start: list[tuple[int, int]] = []  # (start, rule index), sorted
         self.blocks: dict[Interval, list[int]] = defaultdict(list)  # block -> rule indexes
         self.sizes: set[int] = set()
 
@@ -443,15 +453,17 @@ class _RulesAbove:
         self.pending = []
 
     def _index(self) -> None:
-        fresh = [(lo, hi, index) for index in range(self.indexed, len(self.joined)) for lo, hi in self.joined[index]]
-        if not fresh:
+        if self.indexed == len(self.joined):
             return
-        self.by_start += fresh
-        self.by_start.sort()  # the sorted run and the new tail: merged, not sorted from scratch
-        blocks, sizes = self.blocks, self.sizes
-        for lo, hi, index in fresh:
-            blocks[(lo, hi)].append(index)
-            sizes.add(hi - lo + 1)
+        by_start, blocks, sizes = self.by_start, self.blocks, self.sizes
+        for index in range(self.indexed, len(self.joined)):
+            for iv in self.joined[index]:
+                lo, hi = iv
+                by_start.append((lo, index))
+                if hi != lo:  # a single address contains nothing larger than itself: found by its start alone
+                    blocks[iv].append(index)
+                    sizes.add(hi - lo + 1)
+        by_start.sort()  # the sorted run and the new tail: merged, not sorted from scratch
         self.indexed = len(self.joined)
 
     def overlapping(self, ivs: list[Interval]) -> list[int]:
@@ -460,9 +472,9 @@ class _RulesAbove:
         found: set[int] = set()
         starts = self.by_start
         for lo, hi in ivs:
-            i = bisect_left(starts, (lo, -1, -1))
-            j = bisect_right(starts, (hi, ranges.V6_ALL[1] + 1, len(self.rules)))
-            found.update(index for _, _, index in starts[i:j])
+            i = bisect_left(starts, (lo, -1))
+            j = bisect_right(starts, (hi, len(self.rules)))
+            found.update(index for _, index in starts[i:j])
             base = ranges.V6 if lo >= ranges.V6 else 0
             for size in self.sizes:
                 if size > hi - lo + 1:

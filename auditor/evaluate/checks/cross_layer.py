@@ -21,7 +21,6 @@ from collections.abc import Iterator
 
 from pydantic import Field
 
-from auditor.collect.k8s_objects import GKE_CLUSTER
 from auditor.evaluate.checks.iam import (
     HIERARCHY_TYPES,
     PROJECT,
@@ -36,6 +35,7 @@ from auditor.evaluate.globs import any_match
 from auditor.evaluate.policy import asset_bindings
 from auditor.evaluate.registry import Context, Violation, check
 from auditor.model import Asset
+from auditor.vocabulary import GKE_CLUSTER
 
 GKE_ROLES = ["roles/container.admin", "roles/container.clusterAdmin", "roles/container.developer"]
 _CLUSTER_NAME = re.compile(

@@ -19,13 +19,7 @@ from typing import Any
 
 from pydantic import Field
 
-from auditor.collect.k8s_objects import (
-    GKE_CLUSTER,
-    NAMESPACE,
-    NETWORK_POLICY,
-    cluster_of,
-    namespace_of,
-)
+from auditor.collect.k8s_objects import cluster_of, namespace_of
 from auditor.evaluate.checks.rbac import (
     TENANT_CONTEXT,
     TENANT_CONTEXT_NAMES,
@@ -47,6 +41,7 @@ from auditor.remedies import (
     ReplacedPoolSetting,
     ReplaceNodePool,
 )
+from auditor.vocabulary import GKE_CLUSTER, NAMESPACE, NETWORK_POLICY
 
 
 def _details(p: ClusterPosture, setting: str, pool: NodePool | None = None, **extra: Any) -> dict[str, Any]:

@@ -46,12 +46,9 @@ from auditor.evaluate.principals import (
 from auditor.evaluate.registry import Context, Outcome, Params, Prefilter, Unevaluated, Violation, check
 from auditor.model import Asset
 from auditor.remedies import AddMember, RemoveMember
+from auditor.vocabulary import HIERARCHY_TYPES, ORGANIZATION, PROJECT
 
-ORGANIZATION = "cloudresourcemanager.googleapis.com/Organization"
-FOLDER = "cloudresourcemanager.googleapis.com/Folder"
-PROJECT = "cloudresourcemanager.googleapis.com/Project"
 SERVICE_ACCOUNT_KEY = "iam.googleapis.com/ServiceAccountKey"
-HIERARCHY_TYPES = (ORGANIZATION, FOLDER, PROJECT)
 
 ADMIN_ROLE_GLOBS = ["roles/owner", "roles/editor", "roles/*admin", "roles/*Admin"]
 IMPERSONATION_ROLES = ["roles/iam.serviceAccountUser", "roles/iam.serviceAccountTokenCreator"]

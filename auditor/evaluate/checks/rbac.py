@@ -23,18 +23,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import Field, field_validator
 
-from auditor.collect.k8s_objects import (
-    CLUSTER_ROLE,
-    CLUSTER_ROLE_BINDING,
-    GKE_CLUSTER,
-    NAMESPACE,
-    NETWORK_POLICY,
-    RESOURCE_QUOTA,
-    ROLE,
-    ROLE_BINDING,
-    cluster_of,
-    namespace_of,
-)
+from auditor.collect.k8s_objects import cluster_of, namespace_of
 from auditor.evaluate.gke_posture import cluster_of_asset
 from auditor.evaluate.globs import any_match, glob_match
 from auditor.evaluate.rbac_rules import (
@@ -52,6 +41,14 @@ from auditor.evaluate.registry import Context, Outcome, Params, Prefilter, Uneva
 from auditor.model import Asset, Severity
 from auditor.remedies import DeleteRoleBinding, Remedy, RemoveSubject, ReplaceRoleBinding, ReplaceRoleRules
 from auditor.vocabulary import (
+    CLUSTER_ROLE,
+    CLUSTER_ROLE_BINDING,
+    GKE_CLUSTER,
+    NAMESPACE,
+    NETWORK_POLICY,
+    RESOURCE_QUOTA,
+    ROLE,
+    ROLE_BINDING,
     SUBJECT_KINDS,
     SYSTEM_NAMESPACES,
     is_system_subject,

@@ -14,9 +14,9 @@ from pathlib import Path
 import yaml
 
 from auditor.collect import SourceOptions
-from auditor.collect.k8s_objects import CLUSTER_ROLE, CLUSTER_ROLE_BINDING, ROLE, ROLE_BINDING
 from auditor.evaluate.rulebook import load_file, shipped_rules_dir
 from auditor.scan import ScanResult, run_scan
+from auditor.vocabulary import CLUSTER_ROLE, CLUSTER_ROLE_BINDING, ROLE, ROLE_BINDING
 
 CLUSTER = "projects/p/locations/us-central1/clusters/stock"
 

@@ -99,6 +99,22 @@ def test_no_open_allow(tmp_path: Path) -> None:
     assert scan(tmp_path, rules, policy("ok", rule(100, "allow", ["10.0.0.0/8"]), DENY_ALL)) == []
 
 
+def test_no_open_allow_listed_ranges_spaces_and_family_halves(tmp_path: Path) -> None:
+    p = policy(
+        "p",
+        rule(100, "allow", ["10.0.0.0/8", " 0.0.0.0/0 "]),  # spaces around a /0
+        rule(200, "allow", ["100.64.0.0/10"]),  # listed as open below, though not a whole family
+        rule(300, "allow", ["::/1", "8000::/1"]),  # the IPv6 halves
+        rule(400, "allow", ["0.0.0.0/1", "8000::/1", "not-an-ip"]),  # a half of each family: not everyone
+        rule(500, "allow", ["128.0.0.0/1", "0.0.0.0/2", "64.0.0.0/2", "bad"]),  # every IPv4 address, and a typo
+    )
+    opened = {f.details["priority"]: f.message.split(" lets every address in: ")[1]
+              for f in scan(tmp_path, one_rule("cloud_armor.no_open_allow"), p)}
+    assert opened == {100: " 0.0.0.0/0 ", 300: "::/1, 8000::/1", 500: "128.0.0.0/1, 0.0.0.0/2, 64.0.0.0/2, bad"}
+    listed = one_rule("cloud_armor.no_open_allow", '{open_ranges: ["100.64.0.0/10", "*"]}')
+    assert sorted(f.details["priority"] for f in scan(tmp_path, listed, p)) == [100, 200, 300, 500]
+
+
 def test_no_open_allow_exemption_by_priority(tmp_path: Path) -> None:
     rules = one_rule(
         "cloud_armor.no_open_allow",

@@ -234,7 +234,9 @@ def tenant_objects(cluster: str = "projects/ml-prod/locations/us-central1/cluste
 
 
 def pack() -> list[Any]:
-    return load_file(shipped_rules_dir() / "gke-cluster.yaml")
+    """The cluster posture rules: gke-cluster.yaml, and those reading tenancy, which live in rbac.yaml beside it."""
+    tenancy = [r for r in load_file(shipped_rules_dir() / "rbac.yaml") if r.id.startswith("gke-")]
+    return load_file(shipped_rules_dir() / "gke-cluster.yaml") + tenancy
 
 
 def evaluate(assets: list[Asset], shortcuts: bool = True) -> list[Finding]:

@@ -1,16 +1,6 @@
-"""The GKE family: cluster and node pool settings, planned only.
-
-A cluster's posture is fixed by an operator, never by the auditor: turning on network policy enforcement or shielded
-nodes recreates every node, and a node pool's service account, scopes, metadata settings and sandbox are fixed only
-by creating a new pool and draining the old one; legacy ABAC is turned off by setLegacyAbac, which takes no
-concurrency token (a guarded write cannot be made of it) and breaks whatever ABAC alone allowed; authorized networks
-need the operator's own CIDRs. So each finding of the gke-cluster pack becomes a manual step in the plan: the exact
-`gcloud` command, the Kubernetes Engine API calls (method, URL, body), what they disrupt and the permissions whoever
-runs them needs (`declare`d as operator permissions: `auditor permissions --remediation` lists them apart from the
-auditor's role). Apply never runs one.
-
-Built from the finding's typed remedy (`auditor.remedies`: FixClusterSetting, FixNodePoolSetting, ReplaceNodePool,
-AddSandboxNodePool); the details are never read.
+"""The GKE family's manual steps: for each planned-only fix, the `gcloud` command, the Kubernetes Engine API calls
+(method, URL, body), what they disrupt and the permissions whoever runs them needs. Built from the finding's typed
+remedy; the details are never read.
 """
 
 from __future__ import annotations
@@ -19,12 +9,9 @@ from typing import Any
 
 from auditor.model import Finding
 from auditor.permissions import declare
-from auditor.plugins import remediation_families
 from auditor.remedies import AddSandboxNodePool, FixClusterSetting, FixNodePoolSetting, Remedy, ReplaceNodePool
-from remediations.families.base import Kind
 from remediations.manual import ManualStep, ManualStepError
 
-NAME = "gke"
 API = "https://container.googleapis.com/v1"
 # What whoever runs the steps needs: clusters.update (setLegacyAbac, setNetworkPolicy and node pool create, update
 # and delete are authorized by it too), reading the cluster and its operations; a new pool's service account is
@@ -32,7 +19,7 @@ API = "https://container.googleapis.com/v1"
 CLUSTER_PERMISSIONS = ("container.clusters.get", "container.clusters.update", "container.operations.get")
 ACT_AS = ("iam.serviceAccounts.actAs",)
 declare(
-    "remediations.gke",
+    "remediations.gke.steps",
     [*CLUSTER_PERMISSIONS, *ACT_AS],
     remediation=True,
     operator=True,
@@ -154,15 +141,7 @@ def _cluster_step(setting: str, cluster: str, pool: str | None) -> tuple[str, li
     raise ManualStepError(f"no planned step for setting {setting!r}")
 
 
-# The remedies each kind answers.
-_ANSWERS: dict[str, tuple[type[Remedy], ...]] = {
-    "gke.update_cluster": (FixClusterSetting, FixNodePoolSetting),
-    "gke.recreate_node_pool": (ReplaceNodePool,),
-    "gke.add_sandbox_node_pool": (AddSandboxNodePool,),
-}
-
-
-def _step(kind: str, f: Finding, r: Remedy) -> ManualStep:
+def step(kind: str, f: Finding, r: Remedy) -> ManualStep:
     if isinstance(r, AddSandboxNodePool):
         cluster, setting, pool = r.cluster, "sandbox", None
     elif isinstance(r, FixClusterSetting):
@@ -178,24 +157,3 @@ def _step(kind: str, f: Finding, r: Remedy) -> ManualStep:
         api=api if isinstance(api, list) else [api], impact=impact, rules=(f.rule,), findings=(f.id,),
         permissions=tuple(sorted(perms)),
     )
-
-
-class GkeFamily:
-    name = NAME
-    token_field = ""
-    kinds = (
-        Kind("gke.update_cluster", NAME, "change a cluster setting (planned only: command, API call, impact)", True),
-        Kind("gke.recreate_node_pool", NAME, "replace a node pool with a fixed one (planned only)", True),
-        Kind("gke.add_sandbox_node_pool", NAME, "add a GKE Sandbox (gVisor) node pool (planned only)", True),
-    )
-
-    def manual_steps(self, kind: str, finding: Finding) -> list[ManualStep]:
-        """The steps a finding's remedies ask for under the rule's kind; ManualStepError when it offers none."""
-        wanted = _ANSWERS.get(kind, ())
-        offered = [r for r in finding.remedies if isinstance(r, wanted)]
-        if not offered:
-            raise ManualStepError(f"the finding offers no fix that {kind} makes")
-        return [_step(kind, finding, r) for r in offered]
-
-
-FAMILY = remediation_families.add(NAME, GkeFamily())
