@@ -20,7 +20,6 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from auditor.collect.k8s_objects import GKE_CLUSTER
 from auditor.model import Asset, Finding
 from auditor.plugins import remediation_families
 from auditor.remedies import (
@@ -31,6 +30,7 @@ from auditor.remedies import (
     ReplaceNodePool,
     first,
 )
+from auditor.vocabulary import GKE_CLUSTER
 from remediations.edits import Edit, EditError, asked_by
 from remediations.families.base import ApiObjectState, Kind, WriterContext
 from remediations.families.gke.steps import step
