@@ -42,6 +42,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from auditor import plugins
+from auditor.collect.cai_pull import PullReceiver
+from auditor.collect.gcp_clients import subscriber_client
 from auditor.cycle import Auditor
 from auditor.errors import AuditorError
 from auditor.feed import PATH as FEED_PATH
@@ -155,6 +157,12 @@ class Daemon:
         self.feed = FeedIntake(settings.feed, self.registry, auditor.feed_change, clock=self.clock)
         # Kubernetes watches hand their changes to the same entry point; they run on the leader only.
         self.watches = KubeWatches(settings, self.registry, auditor.feed_change, clock=self.clock)
+        # Or feed messages pulled from a subscription (the alternative to push), through the same intake.
+        self.feed_pull: PullReceiver | None = None
+        if settings.feed.pull_subscription:
+            self.feed_pull = PullReceiver(settings.feed.pull_subscription, self.feed.receive,
+                                          client=subscriber_client(settings.gcp_endpoint),
+                                          max_messages=settings.feed.pull_max_messages, on_invalid=self.feed.invalid)
         # Both are recorded between cycles by the incremental worker (auditor/incremental.py), which may ask for a
         # cycle now.
         auditor.incremental.register(self.registry)
@@ -307,6 +315,8 @@ class Daemon:
         self.schedule()
         self.scheduler.start()
         self.auditor.incremental.start()
+        if self.feed_pull is not None:
+            self.feed_pull.start()
         self.sync_watches()
         self.log.info(
             "listening", host=host, port=port, sources=list(self.settings.sources),
@@ -322,6 +332,8 @@ class Daemon:
         grace = self.settings.schedule.shutdown_grace_seconds
         self.scheduler.shutdown(wait=False)
         self.watches.stop()  # no change is handed on once the daemon stops
+        if self.feed_pull is not None:
+            self.feed_pull.stop()
         running = self.auditor.running_since is not None
         if running:
             self.log.info("shutdown_waiting", grace_seconds=grace)

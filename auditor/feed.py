@@ -1,4 +1,6 @@
 """The daemon's intake of Cloud Asset Inventory feed pushes (`POST /v1/cai-feed`): authenticate, parse, order, hand on.
+Messages pulled from a subscription instead (`feed.pull_subscription`, auditor/collect/cai_pull.py) are ordered,
+handed on and counted by the same `receive`.
 
 Answers, which Pub/Sub reads as ack or retry: 204 for a change accepted, and for a redelivery or an older state
 (acknowledged: retrying it would change nothing); 400 for a body that is not a feed message (Pub/Sub retries, then
@@ -67,20 +69,34 @@ class FeedIntake:
             self.messages.labels("invalid").inc()
             self.log.warning("feed_push_invalid", reason=str(exc))
             return _text(400, str(exc))
+        try:
+            self.receive(change)
+        except Exception:  # not acknowledged: Pub/Sub delivers it again
+            return _text(503, "the change could not be recorded; retry")
+        return Response(204, "text/plain", b"")
+
+    def receive(self, change: FeedChange) -> str:
+        """Order a change and hand it on (a push, or a message pulled by auditor/collect/cai_pull.py): its outcome
+        (accepted, redelivery, out_of_order), counted. Raises when it could not be handed on (counted failed): the
+        message must not be acknowledged."""
         ignored = self.order.check(change)
         if ignored is not None:
             self.messages.labels(ignored).inc()
-            return Response(204, "text/plain", b"")
+            return ignored
         try:
             self.on_change(change)
-        except Exception as exc:  # not acknowledged: Pub/Sub delivers it again
+        except Exception as exc:
             self.messages.labels("failed").inc()
             self.log.exception("feed_change_failed", asset=change.asset.name, error=f"{type(exc).__name__}: {exc}")
-            return _text(503, "the change could not be recorded; retry")
+            raise
         self.order.commit(change)
         self.messages.labels("accepted").inc()
         if change.publish_time:
             # an unreadable publish time: the lag is not measured, the change stands
             with contextlib.suppress(FeedMessageError):
                 self.lag.set(max(0.0, self.clock() - epoch(change.publish_time)))
-        return Response(204, "text/plain", b"")
+        return "accepted"
+
+    def invalid(self, reason: str) -> None:
+        """A pulled message that is not a feed message (logged by the puller)."""
+        self.messages.labels("invalid").inc()

@@ -11,8 +11,9 @@ The path of a change (`Incremental`):
    against the retained context, and their verdicts recorded in one transaction with the inbox rows they came from
    (new / resolved / reopened: the same drift records, ages and counters as a cycle's).
 3. After the commit: the drift is logged, notified (the notification sinks of the outbound step; Security Command
-   Center catches up at the next cycle), and, when remediation is on and a new finding's rule is in enforce mode,
-   handed to the remediation step (found in the plugin registry, as the cycle does) with the batch's findings.
+   Center catches up at the next cycle), and, when remediation is on, the findings of the changed assets whose rule
+   is in enforce mode are handed to the remediation step (found in the plugin registry, as the cycle does), which
+   re-reads each resource, applies within its guards and journals, as after a cycle.
 
 The retained index (`Retained`): the daemon does not keep the organization's assets; a cycle feeds each asset it
 reads to `Retained.observe` (its one call in the cycle's per-asset path), which keeps only what re-evaluating a
@@ -89,7 +90,7 @@ EVENT_GRACE_SECONDS = 30.0
 K8S_KINDS = (ROLE, ROLE_BINDING, CLUSTER_ROLE, CLUSTER_ROLE_BINDING, NAMESPACE, RESOURCE_QUOTA, NETWORK_POLICY)
 BINDINGS = (ROLE_BINDING, CLUSTER_ROLE_BINDING)
 RETAINED = frozenset({*K8S_KINDS, GKE_CLUSTER, *HIERARCHY_TYPES})
-LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 Key = tuple[str, bool, bool]  # an asset's name, and whether the copy carries its resource, its IAM policy
 
@@ -109,12 +110,15 @@ def _key(a: Asset) -> Key:
 
 
 def _compact(a: Asset) -> Asset:
-    """A copy holding its JSON bytes (decoded when read, then dropped): what the index keeps of an asset."""
+    """A copy holding its own JSON bytes (decoded when read, then dropped): what the index keeps of an asset. Taken
+    as the asset pickles itself: raw JSON as bytes, not decoded (a reader's Raw would keep its whole block alive)."""
     import msgspec
 
+    _, parts = a.__reduce__()
+    res, iam = parts[2], parts[3]
     return Asset(a.name, a.asset_type,
-                 resource=msgspec.json.encode(a.resource) if a.has_resource else None,
-                 iam_policy=msgspec.json.encode(a.iam_policy) if a.has_iam_policy else None,
+                 resource=res if res is None or isinstance(res, bytes) else msgspec.json.encode(res),
+                 iam_policy=iam if iam is None or isinstance(iam, bytes) else msgspec.json.encode(iam),
                  ancestors=a.ancestors, update_time=a.update_time, origin=a.origin)
 
 
@@ -533,18 +537,17 @@ class Incremental:
             if o.outcome == "recorded" and (o.new or o.resolved) and w.change.publish_time:
                 with contextlib.suppress(FeedMessageError):
                     self.latency.observe(max(0.0, now - epoch(w.change.publish_time)))
-        if rec.first_event is None:
-            return
-        events = list(self.auditor.store.event_drift(rec))
-        for e in events:
-            self.log.info("drift", cycle=e.cycle_id, change=e.change, rule=e.rule, finding_severity=e.severity,
-                          asset=e.asset, asset_type=e.asset_type, exempted=e.exempted, finding=e.finding_id,
-                          finding_message=e.message, origin="event")
-        self._notify(rec, events)
-        self._remediate(works, rec, events)
-        if now - self._view_at >= VIEW_EVERY_SECONDS:
-            self._view_at = now
-            self.auditor.refresh_view()
+        if rec.first_event is not None:
+            events = list(self.auditor.store.event_drift(rec))
+            for e in events:
+                self.log.info("drift", cycle=e.cycle_id, change=e.change, rule=e.rule, finding_severity=e.severity,
+                              asset=e.asset, asset_type=e.asset_type, exempted=e.exempted, finding=e.finding_id,
+                              finding_message=e.message, origin="event")
+            self._notify(rec, events)
+            if now - self._view_at >= VIEW_EVERY_SECONDS:
+                self._view_at = now
+                self.auditor.refresh_view()
+        self._remediate(works, rec)
 
     def _notify(self, rec: ChangesRecorded, events: list[Any]) -> None:
         outbound = self.auditor.outbound
@@ -563,17 +566,22 @@ class Incremental:
         except Exception as exc:  # delivered later from the queue; never loses the recorded drift
             self.log.exception("notify_error", error=f"{type(exc).__name__}: {exc}")
 
-    def _remediate(self, works: Sequence[_Work], rec: ChangesRecorded, events: list[Any]) -> None:
+    def _remediate(self, works: Sequence[_Work], rec: ChangesRecorded) -> None:
         s = self.auditor.settings
         if not s.remediation.enabled:
             return
-        new = {e.finding_id for e in events if e.change == "new" and not e.exempted}
+        # What the changed assets violate now, of the rules in enforce mode (new or still open: the live state
+        # changed, and the cycle would plan them too); the step re-reads each resource before writing.
         enforced = {r.id for r in self.auditor.rules if r.rule.mode == Mode.enforce}
         findings: list[Finding] = []
+        seen: set[str] = set()
         for w, o in zip(works, rec.outcomes, strict=False):
-            if o.outcome != "recorded" or not o.new:
+            if o.outcome != "recorded":
                 continue
-            findings += [f for v in w.verdicts for f in v.findings if f.id in new and f.rule in enforced]
+            for f in (f for v in w.verdicts for f in v.findings):
+                if f.rule in enforced and f.exempted is None and f.id not in seen:
+                    seen.add(f.id)
+                    findings.append(f)
         if not findings:
             return
         step = plugins.cycle_steps.get("remediate")

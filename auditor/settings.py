@@ -168,6 +168,12 @@ class Feed(BaseModel):
     service_account: str | None = Field(None, description="The push subscription's service account (token email).")
     certs_url: str = Field("https://www.googleapis.com/oauth2/v1/certs",
                            description="Where the token signing certificates are read (kid -> PEM).")
+    pull_subscription: str | None = Field(
+        None, pattern=r"^projects/[^/]+/subscriptions/[^/]+$",
+        description="Pull feed messages from this Pub/Sub subscription (projects/P/subscriptions/S) instead of "
+                    "receiving pushes (both work at once).",
+    )
+    pull_max_messages: int = Field(100, ge=1, le=1000, description="Messages asked for by each pull.")
 
 
 class Watch(BaseModel):

@@ -161,6 +161,14 @@ def publisher_client(endpoint: Endpoint | str | None = None) -> Any:
     return pubsub_v1.PublisherClient(**_client_kwargs(_endpoint(endpoint)))
 
 
+def subscriber_client(endpoint: Endpoint | str | None = None) -> Any:
+    """The generated Pub/Sub subscriber: unary `pull` and `acknowledge`, what the feed's pull receiver needs
+    (auditor/collect/cai_pull.py)."""
+    from google import pubsub_v1
+
+    return pubsub_v1.SubscriberClient(**_client_kwargs(_endpoint(endpoint)))
+
+
 def authorized_session(endpoint: Endpoint | str | None = None) -> AuthorizedSession:
     """A requests session that signs calls with the endpoint's credentials (refreshing tokens as needed)."""
     from google.auth.transport.requests import AuthorizedSession

@@ -68,6 +68,8 @@ CALLS: dict[str, list[tuple[str, ...]]] = {
     "update_feed": [("cloudasset.feeds.update",)],
     "get_dataset": [_DATASET_GET],  # BigQuery datasets.get and datasets.patch, the way the google-cloud-bigquery
     "update_dataset": [_DATASET_UPDATE],  # client names them
+    "pull": [("pubsub.subscriptions.consume",)],  # the feed's pull receiver (Pub/Sub subscriber client)
+    "acknowledge": [("pubsub.subscriptions.consume",)],
 }
 KEYWORDED: dict[tuple[str, str], list[tuple[str, ...]]] = {
     ("get", "security_policy"): [("compute.securityPolicies.get",)],

@@ -7,7 +7,7 @@ real API, an `update.etag` that is not the cluster's current one is refused with
 starts an operation (`RUNNING` when answered, `DONE` when next read through `GET .../operations/OP`). Only
 `desiredWorkloadIdentityConfig` is understood (an empty workloadPool turns Workload Identity off); any other field
 is refused with 400, so a writer cannot send what the fake would silently ignore. Every update gives a new etag, so
-later CAI listings see the change.
+later CAI listings see the change. `fake.ext["container_operation_error"]` makes the operations end with that error.
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ def _update(fake: FakeGcp, req: RecordedRequest, project: str, location: str, cl
             raise ApiError(409, "Cluster etag mismatch: the cluster has been modified; read it again.",
                            status="ABORTED")
         pool = (update["desiredWorkloadIdentityConfig"] or {}).get("workloadPool") or ""
-        if pool:
+        failing = bool(fake.ext.get("container_operation_error"))  # then the cluster stays as it was
+        if pool and not failing:
             data["workloadIdentityConfig"] = {"workloadPool": pool}
-        else:
+        elif not failing:
             data.pop("workloadIdentityConfig", None)
         data["etag"] = _token(name, fake.state.next_id())
         res = copy.deepcopy((fake.state.asset(name) or {}).get("resource") or {})
@@ -70,7 +71,8 @@ def _update(fake: FakeGcp, req: RecordedRequest, project: str, location: str, cl
 def _operation(fake: FakeGcp, req: RecordedRequest, project: str, location: str, op: str) -> dict[str, Any]:
     if fake.ext.get("container_operations", {}).get(op) != location:
         raise ApiError(404, f"Not found: operation {op}.")
-    return {"name": op, "operationType": "UPDATE_CLUSTER", "status": "DONE"}
+    error = fake.ext.get("container_operation_error")  # a test's failing operation: {"code": N, "message": ...}
+    return {"name": op, "operationType": "UPDATE_CLUSTER", "status": "DONE", **({"error": error} if error else {})}
 
 
 EXTRA_ROUTES.extend([

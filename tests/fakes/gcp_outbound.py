@@ -12,7 +12,11 @@ Served as the real REST clients send them (`google-cloud-securitycenter` `securi
   `pageSize`, `pageToken`; `sources/-` lists every source of the organization).
   Enums are accepted as names or numbers and answered as names; every write sets `eventTime`/`createTime`.
 - Pub/Sub: `PUT /v1/projects/P/topics/T` (create), `POST /v1/projects/P/topics/T:publish` (404 for an unknown
-  topic; messages kept with their decoded data, attributes and ids).
+  topic; messages kept with their decoded data, attributes, ids and publish times).
+- Pub/Sub subscriptions (the subscriber client's unary calls): `PUT /v1/projects/P/subscriptions/S` (`topic`,
+  `ackDeadlineSeconds`), `POST /v1/{subscription}:pull` (`maxMessages`: the messages published to the topic since
+  the subscription was made, not acknowledged and not leased: a message pulled and not acknowledged within its ack
+  deadline is delivered again, its `deliveryAttempt` counted), `POST /v1/{subscription}:acknowledge` (`ackIds`).
 
 State lives in `fake.ext["scc"]` (`SccFake`) and `fake.ext["pubsub"]` (`PubSubFake`); writes are counted per method.
 """
@@ -106,12 +110,23 @@ class PubSubFake:
     topics: set[str] = field(default_factory=set)
     messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # topic -> published messages
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)
 
     def create_topic(self, name: str) -> str:
         with self.lock:
             self.topics.add(name)
             self.messages.setdefault(name, [])
         return name
+
+
+@dataclass
+class Subscription:
+    topic: str
+    ack_deadline: float = 10.0
+    cursor: int = 0  # topic messages taken so far
+    # ackId -> [message, leased until (monotonic), delivery attempts]
+    outstanding: dict[str, list[Any]] = field(default_factory=dict)
+    acked: int = 0
 
 
 def scc(fake: FakeGcp) -> SccFake:
@@ -278,9 +293,65 @@ def _publish(fake: FakeGcp, req: RecordedRequest, topic: str) -> dict[str, Any]:
             data = base64.b64decode(m.get("data") or "")
             mid = str(next(state._ids))
             state.messages[topic].append({"data": data, "attributes": dict(m.get("attributes") or {}),
-                                          "messageId": mid, "orderingKey": m.get("orderingKey", "")})
+                                          "messageId": mid, "orderingKey": m.get("orderingKey", ""),
+                                          "publishTime": _now()})
             ids.append(mid)
     return {"messageIds": ids}
+
+
+def _create_subscription(fake: FakeGcp, req: RecordedRequest, sub: str) -> dict[str, Any]:
+    state = pubsub(fake)
+    body = req.body or {}
+    with state.lock:
+        if body.get("topic") not in state.topics:
+            raise ApiError(404, "Resource not found (resource=topic).")
+        state.subscriptions[sub] = Subscription(body["topic"], float(body.get("ackDeadlineSeconds", 10)),
+                                                len(state.messages[body["topic"]]))
+    return {"name": sub, "topic": body["topic"], "ackDeadlineSeconds": int(body.get("ackDeadlineSeconds", 10))}
+
+
+def _subscription(fake: FakeGcp, sub: str) -> Subscription:
+    s = pubsub(fake).subscriptions.get(sub)
+    if s is None:
+        raise ApiError(404, f"Resource not found (resource={sub.rsplit('/', 1)[1]}).")
+    return s
+
+
+def _pull(fake: FakeGcp, req: RecordedRequest, sub: str) -> dict[str, Any]:
+    import time
+
+    state = pubsub(fake)
+    limit = int((req.body or {}).get("maxMessages") or 0)
+    if limit <= 0:
+        raise ApiError(400, "maxMessages must be positive")
+    out = []
+    with state.lock:
+        s = _subscription(fake, sub)
+        for m in state.messages[s.topic][s.cursor:]:
+            s.outstanding[f"ack-{m['messageId']}"] = [m, 0.0, 0]
+        s.cursor = len(state.messages[s.topic])
+        now = time.monotonic()
+        for ack_id, entry in s.outstanding.items():
+            if len(out) >= limit:
+                break
+            if entry[1] > now:
+                continue
+            entry[1], entry[2] = now + s.ack_deadline, entry[2] + 1
+            m = entry[0]
+            out.append({"ackId": ack_id, "deliveryAttempt": entry[2], "message": {
+                "data": base64.b64encode(m["data"]).decode(), "attributes": m["attributes"],
+                "messageId": m["messageId"], "publishTime": m["publishTime"]}})
+    return {"receivedMessages": out}
+
+
+def _acknowledge(fake: FakeGcp, req: RecordedRequest, sub: str) -> dict[str, Any]:
+    state = pubsub(fake)
+    with state.lock:
+        s = _subscription(fake, sub)
+        for ack_id in (req.body or {}).get("ackIds") or []:
+            if s.outstanding.pop(ack_id, None) is not None:
+                s.acked += 1
+    return {}
 
 
 _SRC = r"(?P<source>organizations/[^/]+/sources/[^/]+)"
@@ -293,4 +364,7 @@ EXTRA_ROUTES.extend([
     ("POST", re.compile(rf"^/v1/{_SRC}/findings/(?P<fid>[^/:]+):setState$"), _set_state),
     ("PUT", re.compile(r"^/v1/(?P<topic>projects/[^/]+/topics/[^/:]+)$"), _create_topic),
     ("POST", re.compile(r"^/v1/(?P<topic>projects/[^/]+/topics/[^/:]+):publish$"), _publish),
+    ("PUT", re.compile(r"^/v1/(?P<sub>projects/[^/]+/subscriptions/[^/:]+)$"), _create_subscription),
+    ("POST", re.compile(r"^/v1/(?P<sub>projects/[^/]+/subscriptions/[^/:]+):pull$"), _pull),
+    ("POST", re.compile(r"^/v1/(?P<sub>projects/[^/]+/subscriptions/[^/:]+):acknowledge$"), _acknowledge),
 ])  # fmt: skip

@@ -61,8 +61,8 @@ def test_workload_identity_is_turned_on_with_the_etag_verified_and_rolled_back(
     plan, rules = _plan(fake_gcp, tmp_path)
     (change,) = plan.changes
     assert change.token == "a1b2c3d4" and change.target.resource == NAME.split("//container.googleapis.com/")[1]
-    assert change.diff == [{"item": "workloadIdentityConfig.workloadPool", "before": None,
-                            "after": "ml-platform-prod.svc.id.goog"}]
+    assert change.diff == [{"item": "workloadIdentityConfig", "before": None,
+                            "after": {"workloadPool": "ml-platform-prod.svc.id.goog"}}]
     with Journal(tmp_path / "state.db") as journal:
         report = apply_plan(plan, writers(), journal, GuardConfig(), approved=True)
         assert report.ok, report.to_dict()
@@ -125,3 +125,15 @@ def test_a_remediation_never_turns_workload_identity_off(fake_gcp: FakeGcp, gcp_
     refused = check_change("gke", target, on, CLUSTER, [], GuardConfig())
     assert [r.guard for r in refused] == ["workload-identity"]
     assert check_change("gke", target, on, CLUSTER, [], GuardConfig(), restoring=True) == []
+
+
+def test_an_operation_that_ends_in_error_is_a_failed_write(fake_gcp: FakeGcp, gcp_endpoint: str,
+                                                           tmp_path: Path) -> None:
+    plan, _ = _plan(fake_gcp, tmp_path)
+    fake_gcp.ext["container_operation_error"] = {"code": 9, "message": "Workload Identity needs the IAM API"}
+    with Journal(tmp_path / "state.db") as journal:
+        report = apply_plan(plan, writers(), journal, GuardConfig(), approved=True)
+        (entry,) = journal.entries(report.apply_id or "")
+    (result,) = report.results
+    assert result.outcome == Outcome.failed and "Workload Identity needs the IAM API" in result.reason
+    assert entry.outcome == "failed"

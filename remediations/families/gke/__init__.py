@@ -114,7 +114,10 @@ class GkeFamily(ApiObjectState):
 
     def diff(self, before: Any, after: Any) -> list[dict[str, Any]]:
         b, a = (before or {}).get("workloadPool"), (after or {}).get("workloadPool")
-        return [] if a == b else [{"item": "workloadIdentityConfig.workloadPool", "before": b, "after": a}]
+        if a == b:
+            return []
+        return [{"item": "workloadIdentityConfig", "before": {"workloadPool": b} if b else None,
+                 "after": {"workloadPool": a} if a else None}]
 
     def describe(self, edit: Edit) -> str:
         return f"turn Workload Identity on (workload pool {edit.args.get('workload_pool')})"

@@ -72,11 +72,13 @@ class ClusterTransport:
         """Until the operation is DONE; its error, or running past the timeout, raises OperationFailed."""
         location = cluster.rsplit("/clusters/", 1)[0]
         deadline = time.monotonic() + self.operation_timeout
+        delay = min(0.25, self.poll)  # short operations answer soon; long ones are polled every `poll` seconds
         while str(op.get("status")) != "DONE":
             if time.monotonic() > deadline:
                 raise OperationFailed(f"operation {op.get('name')} on {cluster} still {op.get('status')} after "
                                       f"{self.operation_timeout:.0f}s")
-            time.sleep(self.poll)
+            time.sleep(delay)
+            delay = min(delay * 2, self.poll)
             op = self.get_cluster_operation(location, str(op.get("name")).rsplit("/", 1)[-1])
         error = op.get("error") or ({"message": op["statusMessage"]} if op.get("statusMessage") else None)
         if error:
