@@ -70,6 +70,7 @@ CALLS: dict[str, list[tuple[str, ...]]] = {
     "update_dataset": [_DATASET_UPDATE],  # client names them
     "pull": [("pubsub.subscriptions.consume",)],  # the feed's pull receiver (Pub/Sub subscriber client)
     "acknowledge": [("pubsub.subscriptions.consume",)],
+    "modify_ack_deadline": [("pubsub.subscriptions.consume",)],  # a nack: the ack deadline set to 0
 }
 KEYWORDED: dict[tuple[str, str], list[tuple[str, ...]]] = {
     ("get", "security_policy"): [("compute.securityPolicies.get",)],
