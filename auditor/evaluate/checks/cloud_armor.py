@@ -123,7 +123,17 @@ def offered(r: ArmorRule) -> tuple[Remedy, ...]:
     deny (the rule's `remediation:` kind picks)."""
     if r.is_default:
         return (SetDefaultDeny(),)
-    return RemoveRule(r.priority), SetRuleAction(r.priority)
+    # Remedies are frozen: one tuple per priority serves every finding at it (most findings of a messy
+    # organization are rule-level ones), up to a bound, since priorities are the data's.
+    hit = _OFFERED.get(r.priority)
+    if hit is None:
+        hit = (RemoveRule(r.priority), SetRuleAction(r.priority))
+        if len(_OFFERED) < 4096:
+            _OFFERED[r.priority] = hit
+    return hit
+
+
+_OFFERED: dict[int, tuple[Remedy, ...]] = {}
 
 
 def _default_deny(priority: int) -> tuple[Remedy, ...]:
