@@ -404,10 +404,8 @@ def no_shadowed_rules(asset: Asset, params: ShadowParams, ctx: Context) -> Itera
     above = _RulesAbove()
     families = ranges.FAMILIES
     for r, rr in zip(asset_armor_rules(asset), armor_rule_ranges(asset), strict=True):
-        if not only_source_ip_match(r):
-            continue
         ivs = rr.all
-        if ivs is None:
+        if ivs is None or not only_source_ip_match(r):
             continue
         above.reach(r.priority)
         if not r.is_default and above.rules and above.union.covers_all(ivs):
@@ -454,12 +452,11 @@ class _RulesAbove:
         """Let in the pending rules of a lower priority number than `priority`."""
         if not self.pending or self.pending[0][0] >= priority:
             return
-        add = self.union.add
+        add_all = self.union.add_all
         for p, ivs in self.pending:
             self.rules.append(p)
             self.joined.append(ivs)
-            for lo, hi in ivs:
-                add(lo, hi)
+            add_all(ivs)
         self.pending = []
 
     def _index(self) -> None:
