@@ -184,10 +184,13 @@ class DiskQueue:
         return len(excess)
 
     def peek(self) -> Iterable[tuple[Path, Notice | None]]:
-        """Queued events, oldest first; None for a file that cannot be read back (reported, then removed)."""
+        """Queued events, oldest first; None for a file that cannot be read back (reported, then removed). A file
+        gone since the listing was delivered by another flush (`auditor notify flush` beside the daemon): skipped."""
         for p in self._files():
             try:
                 yield p, Notice.from_json(json.loads(p.read_text(encoding="utf-8")))
+            except FileNotFoundError:
+                continue
             except (OSError, ValueError, TypeError):
                 yield p, None
 

@@ -78,3 +78,11 @@ def test_alerts_read_only_metrics_the_daemon_exports(tmp_path: Path) -> None:
         used = promql_metric_names(rule["expr"])
         assert used, f"{rule['alert']}: no metric found in {rule['expr']!r}"
         assert used - exported - PROMETHEUS_SERIES == set(), f"{rule['alert']} reads metrics nobody exports"
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
+def test_each_runbook_shows_the_expression_its_alert_evaluates(rule: dict[str, Any]) -> None:
+    text = RUNBOOKS.read_text(encoding="utf-8")
+    section = text.split(f"\n## {rule['alert']}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0].strip() for b in section.split("```promql\n")[1:]]
+    assert blocks == [rule["expr"].strip()], f"the runbook of {rule['alert']} shows another expression"

@@ -778,3 +778,45 @@ def test_kubectl_commands_in_the_docs_name_objects_the_manifests_make() -> None:
                     continue
                 assert (_REF_KINDS[short], obj) in made, f"{doc.relative_to(REPO)}:{n}: {short}/{obj} does not exist"
     assert refs >= 3
+
+
+@pytest.mark.parametrize("name", sorted(set(BUILDS) - set(MONITORING)))
+def test_each_alert_links_the_report_of_the_service_it_was_scraped_through(name: str) -> None:
+    """The Prometheus Operator labels each series with the `service` and `namespace` it was scraped through; the
+    alerts' report_url renders from them (a shard's alert links that shard's Service), with the base's names as the
+    fallback when they are absent (Managed Prometheus, absent())."""
+    alerts = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yaml").read_text(encoding="utf-8"))
+    urls = {r["annotations"]["report_url"] for g in alerts["groups"] for r in g["rules"]}
+    (template,) = urls
+    objs = build(name)
+    for svc in of_kind(objs, "Service"):
+        port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http")
+        rendered = (template.replace('{{ or $labels.service "drift-auditor" }}', svc["metadata"]["name"])
+                    .replace('{{ or $labels.namespace "drift-auditor" }}', svc["metadata"]["namespace"]))
+        assert rendered == f"http://{svc['metadata']['name']}.{NAMESPACE}.svc:{port}/report", template
+    for sm in of_kind(objs, "ServiceMonitor"):
+        for ep in sm["spec"]["endpoints"]:
+            dropped = {r.get("targetLabel") for r in ep.get("relabelings", []) + ep.get("metricRelabelings", [])}
+            assert not {"service", "namespace"} & dropped
+            assert all(r.get("action") not in ("labeldrop", "labelkeep") for r in ep.get("relabelings", []))
+    # The fallback is the base's own Service.
+    base = named(build("base"), "Service", "drift-auditor")
+    assert '"drift-auditor" }}.{{ or' in template and base["metadata"]["namespace"] == "drift-auditor"
+
+
+def test_the_commented_notifications_example_loads_and_queues_on_the_state_volume(tmp_path: Path,
+                                                                                  pod_settings: Any) -> None:
+    objs = build("base")
+    dep = named(objs, "StatefulSet", "drift-auditor")
+    _, text = config_text(objs, dep)
+    lines = text.splitlines()
+    start = lines.index("# notifications:")
+    block = [lines[start][2:]] + [ln[2:] for ln in lines[start + 1 :] if ln.startswith("#   ")]
+    uncommented = "\n".join([*lines[:start], *block, *lines[start + len(block) :]]) + "\n"
+    cm = dict(named(objs, "ConfigMap", volume_for_mount(dep, "/etc/drift-auditor")["configMap"]["name"]))
+    cm["data"] = {**cm["data"], "config.yaml": uncommented}
+    s = pod_settings(tuple(o if o["kind"] != "ConfigMap" or o["metadata"]["name"] != cm["metadata"]["name"] else cm
+                           for o in objs), dep)
+    assert s.notifications.enabled and len(block) > 3
+    mount = mount_covering(dep, str(s.notifications.queue_dir))
+    assert mount is not None and mount["name"] == "state"

@@ -248,3 +248,30 @@ def test_a_sink_that_stays_down_shows_as_a_growing_queue_age(tmp_path: Path, fak
         assert series[("auditor_notifications_queued", "soc")] == 0
     finally:
         store.close()
+
+
+def test_an_event_another_flush_delivered_meanwhile_is_skipped_not_reported(tmp_path: Path, receiver: Receiver) -> None:
+    """`auditor notify flush` beside the daemon: both list the queue; what one delivers, the other finds gone. That
+    is no unreadable event (no error, no `failed` count), and nothing is sent twice for it."""
+    counted: list[tuple[str, str, int]] = []
+    cfg = Notifications(webhooks=[{"name": "soc", "url": receiver.url}],  # type: ignore[list-item]
+                        queue_dir=tmp_path / "q", retry_attempts=1)
+    from auditor.sinks.notify import build_sinks
+
+    n = Notifier(cfg, build_sinks(cfg), lambda s, o, k: counted.append((s, o, k)))
+    n.enqueue([Notice(f"id{i}", "new", f"f{i}", "r", "high", "a", "t", "m", False, float(i), 1) for i in range(3)])
+    q = n.queues["soc"]
+    real_files = q._files
+
+    def listing() -> list[Path]:
+        # The other flusher delivers id1 between this one's listing and its reading of id1.
+        q._files = real_files  # type: ignore[method-assign]
+        listed = real_files()
+        listed[1].unlink()
+        return listed
+
+    q._files = listing  # type: ignore[method-assign]
+    result = n.flush()
+    assert [e["id"] for e in receiver.events()] == ["id0", "id2"]
+    assert result.delivered == {"soc": 2} and result.errors == {} and len(q) == 0
+    assert counted == [("soc", "delivered", 2)]
