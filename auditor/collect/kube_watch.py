@@ -50,6 +50,7 @@ SOURCE = "k8s-watch"
 DEFAULT_TIMEOUT_SECONDS = 300  # a watch is re-opened this often (the server ends it), from the last resourceVersion
 EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK")
 RV_DIGITS = 20  # an int64 has at most 19 digits
+MIN_QUIET_STREAM_SECONDS = 1.0  # a stream ending sooner with no event counts as an error (backed off)
 
 
 def rv_sequence(rv: str | None) -> str | None:
@@ -283,6 +284,7 @@ class KindWatcher:
     def _watch_once(self) -> None:
         """One watch request, until the server ends it (timeout), the stream breaks, or a stop."""
         connected = False
+        opened = time.monotonic()
         for event in self._stream():
             if self.stop_event.is_set():
                 break
@@ -292,7 +294,11 @@ class KindWatcher:
                 self.observer.connected(self.cluster, self.kind.kind, True)
             self._event(event)
         if not connected and not self.stop_event.is_set():
-            # The stream opened and ended with nothing in it (a quiet server without bookmarks): still up.
+            if time.monotonic() - opened < MIN_QUIET_STREAM_SECONDS:
+                # Ended at once with nothing in it (a proxy closing streams, a server going away): an error, backed
+                # off, or the watcher would reconnect in a tight loop.
+                raise ConnectionError("the watch stream ended at once, with no event")
+            # The stream stayed open and ended with nothing in it (a quiet server without bookmarks): up.
             self.failures = 0
             self.observer.connected(self.cluster, self.kind.kind, True)
 

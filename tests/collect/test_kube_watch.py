@@ -339,3 +339,21 @@ def test_changes_of_one_object_get_increasing_window_starts_even_in_one_microsec
                                        ("tenant-admin", "view", True)]
     starts = [c.window_start for c in got]
     assert starts == sorted(set(starts)) and starts[0] == "2027-01-15T08:00:00.000000000"
+
+
+def test_streams_that_end_at_once_are_backed_off_not_reopened_in_a_loop(
+    kube_api: KubeServer, source: KubernetesApiSource, running: Callable[[KindWatcher], KindWatcher]
+) -> None:
+    changes: queue.Queue[FeedChange] = queue.Queue()
+    gate, seen = Gate(), Recorder()
+    running(watcher(source, changes, sleep=gate, observer=seen))
+    wait_until(lambda: kube_api.open_watches("RoleBinding") == 1, "the watch to open")
+    kube_api.load(binding("trainers"))
+    drain(changes, 1)  # the first stream carried an event: its end is not an error
+    kube_api.inject(KubeFault(status=200, watch=True, times=3))  # three empty streams, closed at once
+    kube_api.close_watches()
+    wait_until(lambda: len(kube_api.watch_requests("rolebindings")) == 5 and kube_api.open_watches("RoleBinding"),
+               "the watch to reopen")
+    assert [f.split(":")[0] for f in seen.failures] == ["ConnectionError"] * 3 and len(gate.waits) == 3
+    kube_api.load(binding("tenant-admin", role="cluster-admin"))
+    assert [short(c) for c in drain(changes, 1)] == [("tenant-admin", "cluster-admin", False)]

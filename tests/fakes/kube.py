@@ -80,7 +80,9 @@ class KubeFault:
     reason: str = "InternalError"
     message: str = "injected failure"
     hits: int = 0
-    watch: bool = False  # True: fails watch requests only (a 410 is then an ERROR event, as the API server sends)
+    # True: fails watch requests only (a 410 is then an ERROR event, as the API server sends; a 200, a stream that
+    # ends at once with no event)
+    watch: bool = False
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -284,8 +286,13 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.watch_requests.append({"plural": plural, "namespace": namespace, "resourceVersion": since or None,
                                     "allowWatchBookmarks": bookmarks, "timeoutSeconds": timeout})
         fault = self._fault(plural, None, watch=True)
-        if fault is not None and fault.status != 410:
+        if fault is not None and fault.status not in (200, 410):
             return self._fault_response(fault)
+        if fault is not None and fault.status == 200:  # a stream closed at once, empty (a proxy, a restart)
+            empty = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+            await empty.prepare(raw)
+            await empty.write_eof()
+            return empty
         resp = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         await resp.prepare(raw)
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
