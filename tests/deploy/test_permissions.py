@@ -71,6 +71,7 @@ CALLS: dict[str, list[tuple[str, ...]]] = {
     "update_dataset": [_DATASET_UPDATE],  # client names them
     "pull": [("pubsub.subscriptions.consume",)],  # the feed's pull receiver (Pub/Sub subscriber client)
     "acknowledge": [("pubsub.subscriptions.consume",)],
+    "modify_ack_deadline": [("pubsub.subscriptions.consume",)],  # a nack: the ack deadline set to 0
     "publish": [("pubsub.topics.publish",)],  # drift notifications to Pub/Sub (auditor/sinks/notify.py)
     # Security Command Center (auditor/sinks/scc.py): CreateFinding and UpdateFinding need findings.update.
     "create_finding": [("securitycenter.findings.update",)],
