@@ -201,7 +201,10 @@ def _source_for(message: str, specs: Iterable[str]) -> str:
 class Auditor:
     """Runs cycles for the daemon (and `auditor serve --once`), and publishes what the endpoints serve."""
 
-    def __init__(self, settings: Settings, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, store: Store, clock: Callable[[], float] = time.time,
+                 publish_at_start: bool = True) -> None:
+        """`publish_at_start`: what the endpoints serve is read from the store now (the daemon serves it before its
+        first cycle); `serve --once` serves nothing and skips it."""
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -237,7 +240,7 @@ class Auditor:
         self.feed_changes: deque[FeedChange] = deque(maxlen=1000)
         self._remediate_lock = threading.Lock()
         self.incremental = Incremental(self, clock)
-        self.published = self._publish()
+        self.published = self._publish() if publish_at_start else Published(MetricsView(), b"{}", b"", 0)
         self.incremental.refresh_missed()
 
     def feed_change(self, change: FeedChange) -> None:
@@ -622,7 +625,7 @@ class Auditor:
         _, newest = store.find(limit=REPORT_NEWEST, newest=True)
         counts: dict[str, int] = {}
         rule_counts: dict[tuple[str, str], int] = {}
-        for rule, severity, _type, _mode, is_exempted, n in store.finding_counts():
+        for rule, severity, _type, _mode, is_exempted, n in view.findings:  # counted once, for the metrics
             if not is_exempted:
                 counts[severity] = counts.get(severity, 0) + n
                 rule_counts[(severity, rule)] = rule_counts.get((severity, rule), 0) + n

@@ -9,7 +9,9 @@
   auditor/feed.py). Responses are prebuilt after each cycle, so a request never waits on a cycle or touches the
   sources. /readyz also fails while a Kubernetes watch has been down for watch.down_after_seconds.
 - Kubernetes watches (auditor/watch.py) of the sources in watch.sources, on the leader only: each change goes to
-  Auditor.feed_change like a feed push; they stop first on shutdown.
+  Auditor.feed_change like a feed push; they stop first on shutdown. So does the feed pull (feed.pull_subscription,
+  auditor/collect/cai_pull.py): leader only, through the push's intake; /readyz fails while it has been down for
+  feed.pull_down_after_seconds.
 - SIGTERM/SIGINT: stop scheduling; a running cycle gets schedule.shutdown_grace_seconds to finish, then it is
   abandoned (it stops at the next asset batch and records nothing, so the store stays consistent); exit 0.
 """
@@ -37,6 +39,7 @@ from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client import Gauge
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
@@ -44,6 +47,7 @@ from prometheus_client.registry import CollectorRegistry
 from auditor import plugins
 from auditor.collect.cai_pull import PullReceiver
 from auditor.collect.gcp_clients import subscriber_client
+from auditor.collect.retry import RetryPolicy
 from auditor.cycle import Auditor
 from auditor.errors import AuditorError
 from auditor.feed import PATH as FEED_PATH
@@ -75,6 +79,8 @@ def respond(d: Daemon, method: str, target: str, headers: Mapping[str, str]) -> 
         body = b"ready\n" if ok else b"not ready: no cycle has completed yet\n"
         if ok:
             ok, why = d.watches.ready()
+            if ok:
+                ok, why = d.pull_ready()
             body = b"ready\n" if ok else why.encode() + b"\n"
         return _reply(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", body)
     if path in PROTECTED and not d.authorized(headers.get("authorization", ""), headers.get(CLIENT_HEADER, "")):
@@ -160,9 +166,13 @@ class Daemon:
         # Or feed messages pulled from a subscription (the alternative to push), through the same intake.
         self.feed_pull: PullReceiver | None = None
         if settings.feed.pull_subscription:
-            self.feed_pull = PullReceiver(settings.feed.pull_subscription, self.feed.receive,
-                                          client=subscriber_client(settings.gcp_endpoint),
-                                          max_messages=settings.feed.pull_max_messages, on_invalid=self.feed.invalid)
+            f = settings.feed
+            pull = self.feed_pull = PullReceiver(
+                settings.feed.pull_subscription, self.feed.receive, client=subscriber_client(settings.gcp_endpoint),
+                max_messages=f.pull_max_messages, on_invalid=self.feed.invalid, clock=self.clock,
+                backoff=RetryPolicy(initial=f.pull_backoff_initial_seconds, maximum=f.pull_backoff_max_seconds))
+            Gauge("auditor_feed_pull_up", "1 while this replica pulls feed messages and its last pull answered.",
+                  registry=self.registry).set_function(lambda: 1.0 if pull.up else 0.0)
         # Both are recorded between cycles by the incremental worker (auditor/incremental.py), which may ask for a
         # cycle now.
         auditor.incremental.register(self.registry)
@@ -279,8 +289,22 @@ class Daemon:
         self.sync_watches()
 
     def sync_watches(self) -> None:
-        """Watches run while this replica leads (and the daemon is not stopping)."""
-        self.watches.sync(self.auditor.leading and not self.stop.is_set())
+        """Watches and the feed pull run while this replica leads (and the daemon is not stopping)."""
+        leading = self.auditor.leading and not self.stop.is_set()
+        self.watches.sync(leading)
+        if self.feed_pull is not None:  # pulled on the leader only, like the watches
+            if leading:
+                self.feed_pull.start()
+            else:
+                self.feed_pull.stop()
+
+    def pull_ready(self) -> tuple[bool, str]:
+        """Not ready while the leader's feed pull has gone feed.pull_down_after_seconds without a successful pull."""
+        down = self.feed_pull.down_for() if self.feed_pull is not None else None
+        limit = self.settings.feed.pull_down_after_seconds
+        if down is not None and down > limit:
+            return False, f"not ready: the feed pull has been down for {down:.0f}s (limit {limit:.0f}s)"
+        return True, "ok"
 
     def start_http(self) -> tuple[str, int]:
         host, port = self.settings.listen_address
@@ -315,8 +339,6 @@ class Daemon:
         self.schedule()
         self.scheduler.start()
         self.auditor.incremental.start()
-        if self.feed_pull is not None:
-            self.feed_pull.start()
         self.sync_watches()
         self.log.info(
             "listening", host=host, port=port, sources=list(self.settings.sources),

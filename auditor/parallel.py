@@ -302,8 +302,7 @@ def _merge(
         # copies' findings go out
         for i in merged.replaced.values():
             run.result.assets_by_type[copies.asset_type(i)] -= 1
-        replaced = merged.replaced.keys()
-        run.deferred[:] = [(a, later) for a, later in run.deferred if dedupe.key(a) not in replaced]
+        run.forget_hashed(merged.replaced, dedupe.key)
         withdraw = run.result.withdraw
         if withdraw is not None:
             names = _names_at(job, sorted({copies.lines[i] for i in merged.replaced.values()}))

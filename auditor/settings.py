@@ -159,7 +159,7 @@ class LeaderElection(BaseModel):
 
 
 class Feed(BaseModel):
-    """Cloud Asset Inventory feed messages pushed by Pub/Sub to POST /v1/cai-feed."""
+    """Cloud Asset Inventory feed messages pushed by Pub/Sub to POST /v1/cai-feed, or pulled from a subscription."""
 
     model_config = ConfigDict(extra="forbid")
     audience: str | None = Field(
@@ -174,6 +174,12 @@ class Feed(BaseModel):
                     "receiving pushes (both work at once).",
     )
     pull_max_messages: int = Field(100, ge=1, le=1000, description="Messages asked for by each pull.")
+    pull_backoff_initial_seconds: float = Field(1.0, gt=0, description="The first wait after a failed pull (full "
+                                                "jitter).")
+    pull_backoff_max_seconds: float = Field(60.0, gt=0, description="The longest wait between pulls after errors.")
+    pull_down_after_seconds: float = Field(
+        300.0, gt=0, description="/readyz fails while the leader's pull has gone this long without a successful pull."
+    )
 
 
 class Watch(BaseModel):

@@ -471,6 +471,12 @@ def run_profile(args: argparse.Namespace, profile: str) -> dict[str, Any]:
         "ratio_scan_to_envelope_floor": round(scan1["seconds"] / env["seconds"], 2),
         "ratio_parallel_scan_to_floor": round(scan_j["seconds"] / fl["seconds"], 2) if scan_j else None,
         "ratio_serve_to_scan": round(serve[0]["seconds"] / cli["seconds"], 2) if serve and cli else None,
+        # CPU time: on a shared machine the wall time of a cycle mostly measures the other processes
+        "ratio_serve_to_scan_cpu": round(serve[0]["cpu_seconds"] / cli["cpu_seconds"], 2) if serve and cli else None,
+        "ratio_second_cycle_to_scan_cpu": round(serve[1]["cpu_seconds"] / cli["cpu_seconds"], 2)
+        if len(serve) > 1 and cli else None,
+        "state_growth_percent": round(100 * (serve[1]["state_mb"] / serve[0]["state_mb"] - 1), 2)
+        if len(serve) > 1 and serve[0]["state_mb"] else None,
         "rule_scaling": scaling,
     }
 
@@ -506,6 +512,12 @@ def render(report: dict[str, Any]) -> str:
             f"CLI json / floor {p['ratio_cli_to_floor']} (CPU {p['ratio_cli_to_floor_cpu']}); "
             f"scan / typed floor {p['ratio_scan_to_typed_floor']}; serve / CLI scan {p['ratio_serve_to_scan']}"
         )
+        if p.get("ratio_serve_to_scan_cpu") is not None:
+            lines.append(
+                f"  serve / CLI scan in CPU time: first cycle {p['ratio_serve_to_scan_cpu']}, second (nothing changed) "
+                f"{p['ratio_second_cycle_to_scan_cpu']}; state file growth on the second cycle "
+                f"{p['state_growth_percent']}%"
+            )
         s = p["rule_scaling"]
         if s:
             lines.append(

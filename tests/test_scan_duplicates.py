@@ -242,3 +242,30 @@ def test_the_daemons_staging_takes_the_earlier_copy_back(tmp_path: Path, workers
     assert result.evaluation.assets == 22
     if jobs > 1:
         assert sum(workers) == 44
+
+
+def test_an_exempted_finding_of_the_replaced_copy_is_taken_back_and_uncounted(tmp_path: Path) -> None:
+    """JUnit keeps exempted findings in a group of their own; the counts of exempted findings follow too."""
+    rules_file = tmp_path / "public.yaml"
+    rules_file.write_text(
+        "rules:\n"
+        "  - id: public-members\n"
+        "    check: iam.forbidden_members\n"
+        "    severity: critical\n"
+        "    params: {members: [allUsers, allAuthenticatedUsers]}\n"
+        "    exemptions:\n"
+        f"      - {{resource: '{BUCKET}', reason: public site, owner: web-team}}\n"
+    )
+    folder = tmp_path / "org"
+    folder.mkdir()
+    (folder / "1.ndjson").write_text(OLD)
+    (folder / "2.ndjson").write_text(NEW)
+    rules = load_rules([rules_file])
+    report = StreamedReport("junit", rules)
+    result = run_scan([str(folder)], rules, on_finding=report)
+    buf = io.BytesIO()
+    report.write(buf, result)
+    text = buf.getvalue().decode()
+    exempted = re.findall(r">exempted ([0-9a-f]+) (\S+): ([^<]*)", text)
+    assert len(exempted) == 1 and exempted[0][1] == BUCKET and "allAuthenticatedUsers" in exempted[0][2]
+    assert result.counts().exempted == 1 and result.summary()["exempted"] == 1

@@ -2,7 +2,8 @@
 
 A push is a JSON envelope: `message.data` is the base64 of a `TemporalAsset` (`asset`, `priorAsset`, `deleted`,
 `window.startTime`), `message.messageId` and `message.publishTime` say which delivery it is. `parse_push` turns it
-into a `FeedChange` carrying the asset as every other source gives it (auditor/collect/files.py's reader).
+into a `FeedChange` carrying the asset as every other source gives it (auditor/collect/files.py's reader);
+`parse_message` reads one message's decoded data, for pushes and pulls (auditor/collect/pubsub_pull.py) alike.
 
 Authentication (`PushAuth`): Pub/Sub signs each push with an OIDC token of the subscription's service account
 (`Authorization: Bearer JWT`). With an audience configured, the token must verify against Google's signing
@@ -97,9 +98,19 @@ def parse_push(body: bytes) -> FeedChange:
     message_id = str(message.get("messageId") or message.get("message_id") or "")
     try:
         raw = base64.b64decode(message["data"], validate=True)
-        temporal = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError) as exc:
         raise FeedMessageError(f"message {message_id}: data is not base64 JSON: {exc}") from None
+    publish = message.get("publishTime") or message.get("publish_time")
+    return parse_message(raw, message_id, str(publish) if publish else None)
+
+
+def parse_message(data: bytes, message_id: str, publish_time: str | None) -> FeedChange:
+    """The feed change in one Pub/Sub message, however it came (a push envelope, a pull): `data` is the
+    TemporalAsset JSON, already base64-decoded."""
+    try:
+        temporal = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FeedMessageError(f"message {message_id}: data is not JSON: {exc}") from None
     if not isinstance(temporal, dict) or not isinstance(temporal.get("asset"), dict):
         raise FeedMessageError(f"message {message_id}: not a TemporalAsset (no asset)")
     window = temporal.get("window") or {}
@@ -115,9 +126,7 @@ def parse_push(body: bytes) -> FeedChange:
         raise FeedMessageError(f"message {message_id}: unreadable asset: {exc}") from None
     a = temporal["asset"]
     content = "iam_policy" if ("iamPolicy" in a or "iam_policy" in a) else "resource"
-    publish = message.get("publishTime") or message.get("publish_time")
-    return FeedChange(asset, bool(temporal.get("deleted")), time_key(start), content, message_id,
-                      str(publish) if publish else None, prior)
+    return FeedChange(asset, bool(temporal.get("deleted")), time_key(start), content, message_id, publish_time, prior)
 
 
 class FeedOrder:

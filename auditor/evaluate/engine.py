@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import NamedTuple
@@ -435,6 +435,11 @@ class EvaluationRun:
         self.result = result
         self.ctx = Context(now=engine.now)
         self.deferred: list[tuple[Asset, _Rules]] = []
+        # Replaced copies (see `forget`): a key of the asset -> how many deferred entries there were when its copy
+        # was replaced (the entries of that asset before that place are the replaced copy's); `finish` drops them
+        self._gone: dict[Hashable, int] = {}
+        self._gone_hashed: dict[int, int] = {}
+        self._hash: Callable[[Asset], int] | None = None
         self.on_held = on_held
 
     def feed(self, assets: Iterable[Asset]) -> None:
@@ -520,18 +525,31 @@ class EvaluationRun:
             result.withdraw(asset.name, rules)
         elif rules:
             result.findings[:] = [f for f in result.findings if f.asset != asset.name or f.rule not in rules]
-        # in place: a `feed` under way appends to this very list
-        self.deferred[:] = [
+        # dropped in `finish`: filtering the list here took time in the number of copies replaced times its length
+        self._gone[(asset.name, asset.has_iam_policy, asset.has_resource)] = len(self.deferred)
+
+    def forget_hashed(self, keys: Iterable[int], hash_: Callable[[Asset], int]) -> None:
+        """`forget`'s part for the deferred rules, for copies known by a hash of what makes them one (`hash_`)."""
+        self._hash = hash_
+        for key in keys:
+            self._gone_hashed[key] = len(self.deferred)
+
+    def _live(self) -> list[tuple[Asset, _Rules]]:
+        """The deferred entries but those of replaced copies."""
+        gone, hashed, hash_ = self._gone, self._gone_hashed, self._hash
+        if not gone and not hashed:
+            return self.deferred
+        return [
             (a, later)
-            for a, later in self.deferred
-            if not (a.name == asset.name and a.has_iam_policy == asset.has_iam_policy
-                    and a.has_resource == asset.has_resource)
+            for i, (a, later) in enumerate(self.deferred)
+            if not (gone and i < gone.get((a.name, a.has_iam_policy, a.has_resource), 0))
+            and not (hashed and hash_ is not None and i < hashed.get(hash_(a), 0))
         ]
 
     def finish(self) -> Evaluation:
         """Run the checks with context, then order the findings."""
         engine, result, ctx = self.engine, self.result, self.ctx
-        for asset, later in self.deferred:
+        for asset, later in self._live():
             engine._run(asset, later, ctx, result)
             asset.release()
         self.deferred = []

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from auditor.errors import AuditorError
 
 BUSY_TIMEOUT_MS = 30_000
+WAL_LIMIT_BYTES = 64 << 20
 _POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 
 
@@ -116,6 +117,9 @@ class Database:
             if str(mode).lower() != "wal":
                 raise StateError(f"{p}: cannot switch the state file to WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous = NORMAL")
+            # A first cycle of a million findings passes through the WAL (about the size of the state file): once
+            # checkpointed, the WAL is cut back to this size instead of keeping that much disk for good.
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{p}: cannot open the state file ({exc})") from None

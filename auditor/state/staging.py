@@ -46,6 +46,12 @@ CREATE TEMP TABLE IF NOT EXISTS cycle_unevaluated (
     asset TEXT NOT NULL
 )
 """
+# The open findings a cycle did not see (usually few): found once, read by the statements that carry or resolve them.
+GONE_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS cycle_gone (
+    id TEXT PRIMARY KEY
+)
+"""
 STAGED_COLUMNS = ("id, rule, check_name, severity, mode, asset, asset_type, message, details, exempted, exemption, "
                   "project, ancestry")
 _INSERT = (f"INSERT INTO cycle_seen ({STAGED_COLUMNS}, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -73,14 +79,17 @@ def prepare(db: Database) -> None:
     with db.lock:
         db.execute(db.ddl(STAGING_DDL))
         db.execute(db.ddl(UNEVALUATED_DDL))
+        db.execute(db.ddl(GONE_DDL))
         db.execute("DELETE FROM cycle_seen")
         db.execute("DELETE FROM cycle_unevaluated")
+        db.execute("DELETE FROM cycle_gone")
 
 
 def clear(db: Database) -> None:
     with db.lock:
         db.execute("DELETE FROM cycle_seen")
         db.execute("DELETE FROM cycle_unevaluated")
+        db.execute("DELETE FROM cycle_gone")
 
 
 class Staging:

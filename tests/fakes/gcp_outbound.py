@@ -14,9 +14,13 @@ Served as the real REST clients send them (`google-cloud-securitycenter` `securi
 - Pub/Sub: `PUT /v1/projects/P/topics/T` (create), `POST /v1/projects/P/topics/T:publish` (404 for an unknown
   topic; messages kept with their decoded data, attributes, ids and publish times).
 - Pub/Sub subscriptions (the subscriber client's unary calls): `PUT /v1/projects/P/subscriptions/S` (`topic`,
-  `ackDeadlineSeconds`), `POST /v1/{subscription}:pull` (`maxMessages`: the messages published to the topic since
-  the subscription was made, not acknowledged and not leased: a message pulled and not acknowledged within its ack
-  deadline is delivered again, its `deliveryAttempt` counted), `POST /v1/{subscription}:acknowledge` (`ackIds`).
+  `ackDeadlineSeconds`, `deadLetterPolicy`), `POST /v1/{subscription}:pull` (`maxMessages`: the messages published
+  to the topic since the subscription was made, fanned out to each of its subscriptions, not acknowledged and not
+  leased: a message pulled and not acknowledged within its ack deadline is delivered again with a new `ackId`, its
+  delivery attempts counted, and said as `deliveryAttempt` when the subscription has a dead-letter policy, as the
+  service does), `POST /v1/{subscription}:acknowledge` (`ackIds`; an earlier delivery's ackId does nothing),
+  `POST /v1/{subscription}:modifyAckDeadline` (`ackIds`, `ackDeadlineSeconds` 0 to 600: 0 is a nack, the message
+  can be pulled again at once). Ack deadlines run on `PubSubFake.clock` (monotonic unless a test sets one).
 
 State lives in `fake.ext["scc"]` (`SccFake`) and `fake.ext["pubsub"]` (`PubSubFake`); writes are counted per method.
 """
@@ -28,7 +32,9 @@ import copy
 import itertools
 import re
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -111,6 +117,7 @@ class PubSubFake:
     messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # topic -> published messages
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic  # ack deadlines run on it: a test may pass its own
 
     def create_topic(self, name: str) -> str:
         with self.lock:
@@ -124,9 +131,16 @@ class Subscription:
     topic: str
     ack_deadline: float = 10.0
     cursor: int = 0  # topic messages taken so far
-    # ackId -> [message, leased until (monotonic), delivery attempts]
+    # ackId -> [message, leased until (PubSubFake.clock), delivery attempts]; each delivery gets a new ackId (the
+    # entry moves), so acknowledging an earlier delivery's ackId does nothing, as with the real service
     outstanding: dict[str, list[Any]] = field(default_factory=dict)
     acked: int = 0
+    dead_letter: bool = False  # created with a deadLetterPolicy: pulls then say each message's deliveryAttempt
+    nacked: int = 0  # ackIds whose deadline was set to 0
+
+    def delivered(self, message_id: str) -> int:
+        """How many times the message was delivered (0: acknowledged, or never pulled)."""
+        return next((e[2] for e in self.outstanding.values() if e[0]["messageId"] == message_id), 0)
 
 
 def scc(fake: FakeGcp) -> SccFake:
@@ -306,7 +320,8 @@ def _create_subscription(fake: FakeGcp, req: RecordedRequest, sub: str) -> dict[
         if body.get("topic") not in state.topics:
             raise ApiError(404, "Resource not found (resource=topic).")
         state.subscriptions[sub] = Subscription(body["topic"], float(body.get("ackDeadlineSeconds", 10)),
-                                                len(state.messages[body["topic"]]))
+                                                len(state.messages[body["topic"]]),
+                                                dead_letter=bool(body.get("deadLetterPolicy")))
     return {"name": sub, "topic": body["topic"], "ackDeadlineSeconds": int(body.get("ackDeadlineSeconds", 10))}
 
 
@@ -318,29 +333,33 @@ def _subscription(fake: FakeGcp, sub: str) -> Subscription:
 
 
 def _pull(fake: FakeGcp, req: RecordedRequest, sub: str) -> dict[str, Any]:
-    import time
-
     state = pubsub(fake)
     limit = int((req.body or {}).get("maxMessages") or 0)
     if limit <= 0:
         raise ApiError(400, "maxMessages must be positive")
-    out = []
+    out: list[dict[str, Any]] = []
     with state.lock:
         s = _subscription(fake, sub)
-        for m in state.messages[s.topic][s.cursor:]:
-            s.outstanding[f"ack-{m['messageId']}"] = [m, 0.0, 0]
+        for m in state.messages[s.topic][s.cursor:]:  # published since the last pull: fanned out to this one
+            s.outstanding[f"ack-{m['messageId']}-0"] = [m, 0.0, 0]
         s.cursor = len(state.messages[s.topic])
-        now = time.monotonic()
-        for ack_id, entry in s.outstanding.items():
+        now = state.clock()
+        for ack_id, entry in list(s.outstanding.items()):
             if len(out) >= limit:
                 break
             if entry[1] > now:
-                continue
+                continue  # leased to an earlier pull whose deadline has not passed
             entry[1], entry[2] = now + s.ack_deadline, entry[2] + 1
             m = entry[0]
-            out.append({"ackId": ack_id, "deliveryAttempt": entry[2], "message": {
+            new_id = f"ack-{m['messageId']}-{entry[2]}"
+            del s.outstanding[ack_id]
+            s.outstanding[new_id] = entry
+            received: dict[str, Any] = {"ackId": new_id, "message": {
                 "data": base64.b64encode(m["data"]).decode(), "attributes": m["attributes"],
-                "messageId": m["messageId"], "publishTime": m["publishTime"]}})
+                "messageId": m["messageId"], "publishTime": m["publishTime"]}}
+            if s.dead_letter:  # the service fills it only for a subscription with a dead-letter policy
+                received["deliveryAttempt"] = entry[2]
+            out.append(received)
     return {"receivedMessages": out}
 
 
@@ -351,6 +370,23 @@ def _acknowledge(fake: FakeGcp, req: RecordedRequest, sub: str) -> dict[str, Any
         for ack_id in (req.body or {}).get("ackIds") or []:
             if s.outstanding.pop(ack_id, None) is not None:
                 s.acked += 1
+    return {}
+
+
+def _modify_ack_deadline(fake: FakeGcp, req: RecordedRequest, sub: str) -> dict[str, Any]:
+    state = pubsub(fake)
+    body = req.body or {}
+    seconds = int(body.get("ackDeadlineSeconds") or 0)  # proto3 JSON leaves a 0 out
+    if not 0 <= seconds <= 600:
+        raise ApiError(400, f"Invalid ack deadline {seconds}: it must be between 0 and 600 seconds")
+    with state.lock:
+        s = _subscription(fake, sub)
+        now = state.clock()
+        for ack_id in body.get("ackIds") or []:
+            entry = s.outstanding.get(ack_id)
+            if entry is not None:  # an earlier delivery's ackId, or an acknowledged one: nothing to do
+                entry[1] = now + seconds
+                s.nacked += seconds == 0
     return {}
 
 
@@ -367,4 +403,6 @@ EXTRA_ROUTES.extend([
     ("PUT", re.compile(r"^/v1/(?P<sub>projects/[^/]+/subscriptions/[^/:]+)$"), _create_subscription),
     ("POST", re.compile(r"^/v1/(?P<sub>projects/[^/]+/subscriptions/[^/:]+):pull$"), _pull),
     ("POST", re.compile(r"^/v1/(?P<sub>projects/[^/]+/subscriptions/[^/:]+):acknowledge$"), _acknowledge),
+    ("POST", re.compile(r"^/v1/(?P<sub>projects/[^/]+/subscriptions/[^/:]+):modifyAckDeadline$"),
+     _modify_ack_deadline),
 ])  # fmt: skip

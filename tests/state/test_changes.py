@@ -81,5 +81,5 @@ def test_a_cycle_keeps_what_a_newer_event_recorded_and_counts_what_events_missed
 
 def test_migration_adds_the_change_tables(state_target: str) -> None:
     with Store(state_target) as store:
-        assert store.schema_versions()["auditor.state"] == 4
+        assert store.schema_versions()["auditor.state"] >= 4  # v4 brought them
         assert {"change_inbox", "change_marks"} <= store.db.tables()
