@@ -383,6 +383,9 @@ class Incremental:
         """One batch: the number of changes handled (0: nothing to do, or not ready)."""
         with self._work_lock:
             if not self.ready():
+                # what waits (the gauge): the inbox a follower shares, or one no cycle has yet let this one record
+                with contextlib.suppress(Exception):
+                    self._pending = self.auditor.store.pending_change_count()
                 return 0
             store = self.auditor.store
             rows = store.pending_changes(limit)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import msgspec
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
+_RANK = {s: i for i, s in enumerate(SEVERITIES)}  # str-valued: a Severity looks itself up
 
 
 class Severity(StrEnum):
@@ -26,7 +27,7 @@ class Severity(StrEnum):
 
     @property
     def rank(self) -> int:
-        return SEVERITIES.index(self.value)
+        return _RANK[self]
 
 
 class Mode(StrEnum):

@@ -384,7 +384,7 @@ class Collector:
 
     A copy that replaced another may report what the other reported (the same id): that finding is handed on again
     (a claim), and kept once the other's is taken back. Memory: 8 bytes of the id a finding (as any per-id
-    deduplication), and the ids of the copies that replaced another.
+    deduplication), and 20 bytes a claim.
     """
 
     def __init__(self, out: FindingSink, dedupe: Duplicates, tally: Tally) -> None:
@@ -392,7 +392,9 @@ class Collector:
         self.dedupe = dedupe
         self.tally = tally
         self.sent: set[int] = set()
-        self.own: dict[bytes, set[int]] = {}  # copies that replaced another -> the ids they handed on
+        # the ids handed on by the copy being evaluated, when it replaced another: a copy's findings come one after
+        # the other (its streamed checks run as it passes; its deferred ones at the end, as no copy's)
+        self.own_copy, self.own = NO_COPY, set[int]()
         self.claims: set[bytes] = set()  # copy + id: handed on again by a copy that replaced another
 
     def __call__(self, f: Finding) -> None:
@@ -401,7 +403,9 @@ class Collector:
         gen = d.cur_gen
         copy = NO_COPY if gen == NO_GEN else copy_tag(d.cur_key, gen)
         if 0 < gen < NO_GEN:
-            own = self.own.setdefault(copy, set())
+            if copy != self.own_copy:
+                self.own_copy, self.own = copy, set()
+            own = self.own
             if key in own:
                 return
             own.add(key)

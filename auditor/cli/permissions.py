@@ -6,7 +6,8 @@ custom role: YAML for `gcloud iam roles create --organization=ORG --file=FILE`, 
 `google_organization_iam_custom_role`, or JSON for scripts. `--remediation` adds what the appliers write with.
 `--config FILE` narrows the role to what that daemon configuration uses: the collectors of its sources (none for
 files, nor for `k8s://in-cluster`, which Kubernetes RBAC authorizes), the CAI export route only when a source
-asks for it, and the appliers only when `remediation.enabled` is set.
+asks for it, and the appliers only when `remediation.enabled` is set; and it adds what the outbound sinks it
+enables write with (Pub/Sub notifications, Security Command Center), which the role without `--config` leaves out.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import json
 import pkgutil
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import click
@@ -28,7 +30,12 @@ from auditor.permissions import Declaration, declarations
 
 # Packages whose modules may declare permissions: every module in them is imported, so a new collector or
 # writer is picked up without a change here. Plugins add theirs (the remediations) to `plugins.permission_packages`.
-DECLARING_PACKAGES = ("auditor.collect",)
+DECLARING_PACKAGES = ("auditor.collect", "auditor.sinks")
+# Outbound sinks: in the role only for a configuration that enables them (component -> is it enabled?).
+SINK_COMPONENTS: dict[str, Callable[[Any], bool]] = {
+    "sinks.notify.pubsub": lambda s: bool(s.notifications.pubsub),
+    "sinks.scc": lambda s: bool(s.scc.enabled),
+}
 # The live collectors, which serve the source schemes a configuration names.
 DECLARING_MODULES = ("auditor.collect.asset_inventory", "auditor.collect.kubernetes_api")
 
@@ -84,6 +91,12 @@ def for_sources(decls: Iterable[Declaration], sources: Iterable[str]) -> list[De
         if any(d.module == m and (export or not is_export) for m, export in wanted):
             keep.append(d)
     return keep
+
+
+def for_sinks(decls: Iterable[Declaration], settings: Any | None) -> list[Declaration]:
+    """The outbound sinks' declarations that a configuration enables (none without a configuration)."""
+    return [d for d in decls if d.component in SINK_COMPONENTS and settings is not None
+            and SINK_COMPONENTS[d.component](settings)]
 
 
 def role_permissions(decls: Iterable[Declaration], *, remediation: bool) -> dict[str, list[Declaration]]:
@@ -225,12 +238,14 @@ def command(remediation: bool, fmt: str, role_id: str | None, config_path: str |
     auditor permissions --remediation --format terraform > role.tf
     """
     decls = load_declarations()
+    sinks = [d for d in decls if d.component.startswith("sinks.")]
+    decls = [d for d in decls if d not in sinks]
     if config_path is not None:
         from auditor.settings import load_settings
 
         settings = load_settings(config_path)
         remediation = remediation or settings.remediation.enabled
-        decls = for_sources(decls, settings.sources)
+        decls = for_sources(decls, settings.sources) + for_sinks(sinks, settings)
     role_id = role_id or (DEFAULT_REMEDIATION_ROLE_ID if remediation else DEFAULT_ROLE_ID)
     if not _ROLE_ID.match(role_id):
         raise AuditorError(

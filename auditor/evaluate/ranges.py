@@ -110,19 +110,24 @@ class Union:
 
     def add(self, lo: int, hi: int) -> None:
         """Add one interval, merging it with those it overlaps or touches."""
+        self.add_all(((lo, hi),))
+
+    def add_all(self, intervals: Iterable[Interval]) -> None:
+        """Add intervals one by one (one call for a rule's ranges: this runs for every range of every policy)."""
         starts, ends = self.starts, self.ends
-        i = bisect_left(ends, lo - 1)  # first interval ending at or after the address before lo: may merge
-        j = bisect_right(starts, hi + 1)  # intervals before j start at or before the address after hi
-        if i == j:  # touches nothing: inserted as it is
-            starts.insert(i, lo)
-            ends.insert(i, hi)
-            return
-        if starts[i] < lo:
-            lo = starts[i]
-        if ends[j - 1] > hi:
-            hi = ends[j - 1]
-        starts[i:j] = [lo]
-        ends[i:j] = [hi]
+        for lo, hi in intervals:
+            i = bisect_left(ends, lo - 1)  # first interval ending at or after the address before lo: may merge
+            j = bisect_right(starts, hi + 1)  # intervals before j start at or before the address after hi
+            if i == j:  # touches nothing: inserted as it is
+                starts.insert(i, lo)
+                ends.insert(i, hi)
+                continue
+            if starts[i] < lo:
+                lo = starts[i]
+            if ends[j - 1] > hi:
+                hi = ends[j - 1]
+            starts[i:j] = [lo]
+            ends[i:j] = [hi]
 
     def __len__(self) -> int:
         return len(self.starts)

@@ -30,9 +30,14 @@ from typing import Any, Protocol
 
 from auditor.collect.retry import RetryPolicy
 from auditor.logs import get_logger
+from auditor.permissions import declare
 from auditor.sinks.config import Notifications, PubSubTopic, Webhook
 from auditor.sinks.ledger import Ledger
 from auditor.state import DriftEvent, iso
+
+# `auditor permissions --config` adds this to the role when the configuration lists Pub/Sub sinks.
+declare("sinks.notify.pubsub", ["pubsub.topics.publish"],
+        why="publish drift notifications (CloudEvents) to the configured Pub/Sub topics")
 
 LEDGER_SINK = "notify"
 EVENT_TYPE = "com.github.drift-auditor.finding.{change}"

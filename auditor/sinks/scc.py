@@ -27,8 +27,14 @@ from typing import Any
 
 from auditor.collect.retry import RetryPolicy
 from auditor.logs import get_logger
+from auditor.permissions import declare
 from auditor.sinks.ledger import FindingRow, Ledger
 from auditor.state import iso
+
+# `auditor permissions --config` adds these to the role when scc.enabled: CreateFinding and UpdateFinding need
+# findings.update, SetFindingState findings.setState (on the source).
+declare("sinks.scc", ["securitycenter.findings.update", "securitycenter.findings.setState"],
+        why="write each finding to the configured Security Command Center source and set its state")
 
 SINK = "scc"
 SEVERITY = {"critical": "CRITICAL", "high": "HIGH", "medium": "MEDIUM", "low": "LOW", "info": "LOW"}

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,7 +24,7 @@ from auditor.cli.permissions import load_declarations
 from auditor.permissions import Declaration
 
 REPO = Path(__file__).resolve().parents[2]
-SCANNED = (REPO / "auditor" / "collect", REPO / "remediations")
+SCANNED = (REPO / "auditor" / "collect", REPO / "auditor" / "sinks", REPO / "remediations")
 
 _IAM_GET = (
     "resourcemanager.organizations.getIamPolicy",
@@ -71,6 +72,11 @@ CALLS: dict[str, list[tuple[str, ...]]] = {
     "pull": [("pubsub.subscriptions.consume",)],  # the feed's pull receiver (Pub/Sub subscriber client)
     "acknowledge": [("pubsub.subscriptions.consume",)],
     "modify_ack_deadline": [("pubsub.subscriptions.consume",)],  # a nack: the ack deadline set to 0
+    "publish": [("pubsub.topics.publish",)],  # drift notifications to Pub/Sub (auditor/sinks/notify.py)
+    # Security Command Center (auditor/sinks/scc.py): CreateFinding and UpdateFinding need findings.update.
+    "create_finding": [("securitycenter.findings.update",)],
+    "update_finding": [("securitycenter.findings.update",)],
+    "set_finding_state": [("securitycenter.findings.setState",)],
 }
 KEYWORDED: dict[tuple[str, str], list[tuple[str, ...]]] = {
     ("get", "security_policy"): [("compute.securityPolicies.get",)],
@@ -232,7 +238,9 @@ def _run(*args: str) -> str:
 
 
 def _expected(decls: list[Declaration], remediation: bool) -> list[str]:
-    return sorted({p for d in decls if (remediation or not d.remediation) and not d.operator for p in d.permissions})
+    """The role without --config: the collectors (and appliers); the outbound sinks only for a configuration."""
+    return sorted({p for d in decls if (remediation or not d.remediation) and not d.operator
+                   and not d.component.startswith("sinks.") for p in d.permissions})
 
 
 def test_gcloud_role_file_holds_the_read_permissions_only() -> None:
@@ -307,9 +315,9 @@ def _perms_of(module: str, *, export: bool) -> set[str]:
     }
 
 
-def _config(tmp_path: Path, sources: list[str], remediation: bool = False) -> str:
+def _config(tmp_path: Path, sources: list[str], remediation: bool = False, **extra: Any) -> str:
     path = tmp_path / "config.yaml"
-    doc = {"sources": sources, "remediation": {"enabled": remediation}}
+    doc = {"sources": sources, "remediation": {"enabled": remediation}, **extra}
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
     return str(path)
 
@@ -345,3 +353,25 @@ def test_a_configuration_that_calls_no_google_api_gets_no_role(tmp_path: Path) -
     cfg = _config(tmp_path, [str(tmp_path / "export.ndjson"), "k8s://in-cluster"])
     result = CliRunner().invoke(cli, ["permissions", "--config", cfg])
     assert result.exit_code == 2 and "no role is needed" in result.output
+
+
+def test_the_sinks_a_configuration_enables_add_what_they_write_with(tmp_path: Path) -> None:
+    """Without these the daemon's Pub/Sub notifications and SCC writes answer 403 (AuditorNotificationsDelayed):
+    the role of a configuration that enables them must hold them, and no other role does."""
+    sources = ["cai://organizations/1"]
+    base = set(yaml.safe_load(_run("--config", _config(tmp_path, sources)))["includedPermissions"])
+    pubsub = {"pubsub": [{"name": "bus", "topic": "projects/p/topics/drift"}],
+              "webhooks": [{"name": "soc", "url": "https://soc.example/hook"}]}
+    with_pubsub = _config(tmp_path, sources, notifications=pubsub)
+    assert set(yaml.safe_load(_run("--config", with_pubsub))["includedPermissions"]) - base == {
+        "pubsub.topics.publish"}
+    webhooks_only = _config(tmp_path, sources, notifications={"webhooks": pubsub["webhooks"]})
+    assert set(yaml.safe_load(_run("--config", webhooks_only))["includedPermissions"]) == base
+    with_scc = _config(tmp_path, sources, scc={"enabled": True, "source": "organizations/1/sources/2"})
+    doc = json.loads(_run("--config", with_scc, "--format", "json"))
+    assert set(doc["includedPermissions"]) - base == {"securitycenter.findings.update",
+                                                      "securitycenter.findings.setState"}
+    assert {c["component"] for c in doc["components"]} >= {"sinks.scc"}
+    # The role without a configuration is the collectors' read-only one.
+    default = set(yaml.safe_load(_run())["includedPermissions"])
+    assert not {"pubsub.topics.publish", "securitycenter.findings.update"} & default

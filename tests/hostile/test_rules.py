@@ -162,6 +162,18 @@ REFUSED = [
             "takes no format spec", 1),
     Refused("cel message reading attributes", text(rule("cel", "{expression: 'true', message: '{name.__class__}'}")),
             "unknown field", 1),
+    Refused("trusted range with a leading zero", text(rule("cloud_armor.trusted_source_ranges",
+                                                          "{trusted_ranges: ['010.0.0.0/8']}")),
+            "not an IP address or CIDR range: 010.0.0.0/8", 1),
+    Refused("trusted range in full-width digits", text(rule("cloud_armor.trusted_source_ranges",
+                                                           "{trusted_ranges: ['\uff11.2.3.0/24']}")),
+            "not an IP address or CIDR range", 1),
+    Refused("trusted range with host bits set", text(rule("cloud_armor.trusted_source_ranges",
+                                                         "{trusted_ranges: ['10.0.0.1/8']}")),
+            "10.0.0.1/8 (10.0.0.1/8 has host bits set)", 1),
+    Refused("required range with a NUL and a prefix past 128", text(rule(
+        "cloud_armor.required_rules", '{rules: [{name: x, src_ranges: ["10.0.0.0/8\\0", "2001:db8::/129"]}]}')),
+            "not an IP address or CIDR range: 10.0.0.0/8\x00, 2001:db8::/129", 1),
     Refused("constraint with ancestries of the wrong type", text(
         "apiVersion: constraints.gatekeeper.sh/v1alpha1\nkind: GCPIAMAllowBanRolesConstraintV1\nmetadata: {name: x}\n"
         "spec: {match: {ancestries: 5}, parameters: {roles: [a]}}\n"), "spec.match.ancestries", 1),
@@ -250,6 +262,44 @@ def test_rules_meeting_hostile_data_give_the_right_answer_or_an_error(case: Runs
     assert all(e["rule"] == "r" and e["asset"] == PROJECT for e in report["errors"])
     # an evaluation error is a partial result (exit 3), never "checked and clean"
     assert (report["complete"], result.exit_code) == ((False, 3) if case.errors else (True, 0))
+
+
+# Source ranges as hand-edited or crafted policies may hold them: each is read as `ipaddress` reads it or not at all
+HOSTILE_RANGES = ["010.0.0.1", "1.2.3.4\x00", "\uff11.2.3.4", "1.2.3.4/33", "  1.2.3.4  ", "1" * 20_000, "1.2.3.4/08",
+                  "::ffff:1.2.3.4/129", "0x7f.0.0.1", "1.2.3", "fe80::1%eth0", "1.2.3.4/255.255.255.0", "*", "", "/"]
+
+
+def test_hostile_source_ranges_are_judged_as_ipaddress_reads_them(tmp_path: Path) -> None:
+    """Each range in its own allow rule: reported untrusted unless `ipaddress` reads it inside the trusted range;
+    `*` is open; never an error, a crash or a range silently taken for another."""
+    import ipaddress
+
+    policy = {"name": "//compute.googleapis.com/projects/p/global/securityPolicies/edge",
+              "asset_type": "compute.googleapis.com/SecurityPolicy", "ancestors": ["projects/1", "organizations/9"],
+              "resource": {"data": {"name": "edge", "rule": [
+                  {"priority": 100 + i, "action": "allow",
+                   "match": {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRange": [r]}}}
+                  for i, r in enumerate(HOSTILE_RANGES)] + [
+                  {"priority": 2147483647, "action": "deny(403)",
+                   "match": {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRange": ["*"]}}}]}}}
+    f = tmp_path / "rules.yaml"
+    f.write_text(rule("cloud_armor.trusted_source_ranges", "{trusted_ranges: [1.2.3.0/24]}")
+                 + rule("cloud_armor.no_open_allow").replace("id: r,", "id: open,"))
+    result = scan(tmp_path, f, source(tmp_path, policy))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["errors"] == [] and report["complete"]
+
+    def trusted(text: str) -> bool:
+        try:
+            return ipaddress.ip_network(text.strip(), strict=False).subnet_of(ipaddress.ip_network("1.2.3.0/24"))
+        except (ValueError, TypeError):
+            return False
+
+    untrusted = sorted(x["details"]["src_ranges"][0] for x in report["findings"] if x["rule"] == "r")
+    assert untrusted == sorted(r for r in HOSTILE_RANGES if not trusted(r))
+    assert "  1.2.3.4  " not in untrusted and "1.2.3.4/08" in untrusted  # spaces read; /08 is 1.0.0.0/8
+    assert [x["details"]["src_ranges"] for x in report["findings"] if x["rule"] == "open"] == [["*"]]
 
 
 def test_the_exemption_glob_with_many_wildcards_still_exempts(tmp_path: Path) -> None:

@@ -123,7 +123,17 @@ def offered(r: ArmorRule) -> tuple[Remedy, ...]:
     deny (the rule's `remediation:` kind picks)."""
     if r.is_default:
         return (SetDefaultDeny(),)
-    return RemoveRule(r.priority), SetRuleAction(r.priority)
+    # Remedies are frozen: one tuple per priority serves every finding at it (most findings of a messy
+    # organization are rule-level ones), up to a bound, since priorities are the data's.
+    hit = _OFFERED.get(r.priority)
+    if hit is None:
+        hit = (RemoveRule(r.priority), SetRuleAction(r.priority))
+        if len(_OFFERED) < 4096:
+            _OFFERED[r.priority] = hit
+    return hit
+
+
+_OFFERED: dict[int, tuple[Remedy, ...]] = {}
 
 
 def _default_deny(priority: int) -> tuple[Remedy, ...]:
@@ -394,10 +404,8 @@ def no_shadowed_rules(asset: Asset, params: ShadowParams, ctx: Context) -> Itera
     above = _RulesAbove()
     families = ranges.FAMILIES
     for r, rr in zip(asset_armor_rules(asset), armor_rule_ranges(asset), strict=True):
-        if not only_source_ip_match(r):
-            continue
         ivs = rr.all
-        if ivs is None:
+        if ivs is None or not only_source_ip_match(r):
             continue
         above.reach(r.priority)
         if not r.is_default and above.rules and above.union.covers_all(ivs):
@@ -444,12 +452,11 @@ class _RulesAbove:
         """Let in the pending rules of a lower priority number than `priority`."""
         if not self.pending or self.pending[0][0] >= priority:
             return
-        add = self.union.add
+        add_all = self.union.add_all
         for p, ivs in self.pending:
             self.rules.append(p)
             self.joined.append(ivs)
-            for lo, hi in ivs:
-                add(lo, hi)
+            add_all(ivs)
         self.pending = []
 
     def _index(self) -> None:
