@@ -352,6 +352,7 @@ class Daemon:
 
     def shutdown(self) -> int:
         grace = self.settings.schedule.shutdown_grace_seconds
+        self.stop.set()  # a cycle still running must not start the watches or the pull again when it ends
         self.scheduler.shutdown(wait=False)
         self.watches.stop()  # no change is handed on once the daemon stops
         if self.feed_pull is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -23,6 +24,10 @@ import structlog
 _SECRET_KEY = re.compile(r"(pass(word)?|secret|token|authorization|credential|api[_-]?key|private[_-]?key)", re.I)
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s:]+(:[^/@\s]*)?@", re.I)
 _HANDLER_NAME = "drift-auditor"
+# One lock for every line written to the log stream: structlog's own logger and the standard library's handler
+# (APScheduler, uvicorn, google-auth) would otherwise hold different locks, and structlog's `print` writes the
+# message and its newline in two calls, so two threads could splice their lines into one that is not JSON.
+_WRITE_LOCK = threading.RLock()
 _BEARER = re.compile(r"(bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
 
 
@@ -81,6 +86,20 @@ def cloud_logging(_logger: Any, method: str, event: MutableMapping[str, Any]) ->
     return out
 
 
+class _LineLogger:
+    """A structlog logger that writes each event as one line, in one call, under the lock the library handler uses."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        with _WRITE_LOCK:
+            self._stream.write(message + "\n")
+            self._stream.flush()
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = failure = err = msg
+
+
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Set up structlog (and the standard logging of libraries) to write to `stream` (stderr by default).
 
@@ -111,7 +130,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=lambda *_: _LineLogger(stream),
         cache_logger_on_first_use=False,
     )
     # Libraries (APScheduler, urllib3, google-auth) log through the standard library: same format, same stream.
@@ -122,6 +141,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         )
     )
+    handler.lock = _WRITE_LOCK  # lines of both kinds never interleave (see _WRITE_LOCK)
     handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
     # Replace only our own handler: others (a test runner's capture, an embedding program's) stay.

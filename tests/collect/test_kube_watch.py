@@ -34,7 +34,7 @@ def binding(name: str, role: str = "view", namespace: str = "vision", subject: s
             "subjects": [{"kind": "Group", "apiGroup": RBAC, "name": subject}]}
 
 
-def wait_until(cond: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+def wait_until(cond: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
     """Poll until `cond()` is truthy (a generous bound: the condition, not the time, is what is tested)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -113,7 +113,7 @@ def watcher(source: KubernetesApiSource, changes: queue.Queue[FeedChange], **kw:
 
 
 def drain(changes: queue.Queue[FeedChange], n: int) -> list[FeedChange]:
-    return [changes.get(timeout=30) for _ in range(n)]
+    return [changes.get(timeout=90) for _ in range(n)]
 
 
 def short(change: FeedChange) -> tuple[str, str, bool]:

@@ -261,3 +261,19 @@ def test_the_pull_permission_is_declared() -> None:
 
     [decl] = [d for d in load_declarations() if d.component == "collect.cai_pull"]
     assert decl.permissions == ("pubsub.subscriptions.consume",) and not decl.remediation
+
+
+def test_shutdown_stops_the_pull(tmp_path: Path, fake_gcp: FakeGcp) -> None:  # noqa: F811
+    with running_daemon(pull_config(tmp_path, fake_gcp), cycle=False) as d:
+        d.schedule()
+        d.scheduler.start()
+        d.sync_watches()  # as run() does once the scheduler runs
+        thread = receiver(d)._thread
+        assert thread is not None and thread.is_alive()
+        wait_until(lambda: receiver(d).up, 30, "the first pull to answer")
+        assert d.shutdown() == 0
+        assert not receiver(d).running and not thread.is_alive()
+        pulls = sum(r.path.endswith(":pull") for r in fake_gcp.requests)
+        publish(fake_gcp, temporal(public(iam_record(tmp_path / "org", BUCKET)), "2026-12-07T03:00:00Z"))
+        assert sum(r.path.endswith(":pull") for r in fake_gcp.requests) == pulls
+        assert subscription(fake_gcp).outstanding == {} and subscription(fake_gcp).cursor == 0  # never pulled

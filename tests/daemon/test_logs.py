@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import re
+import threading
+import time
 from pathlib import Path
 
 from auditor.logs import bind_labels, configure, get_logger, unbind_labels
@@ -145,3 +147,40 @@ def test_a_cycle_logs_progress_labels_and_one_event_per_drift(tmp_path: Path) ->
         assert e["logging.googleapis.com/labels"]["cycle_id"] == ids[1]  # type: ignore[index]
         assert {"change", "rule", "finding_severity", "asset", "finding"} <= set(e)
         assert e["severity"] == "INFO" and e["finding_severity"] in ("info", "low", "medium", "high", "critical")
+
+
+class _YieldingStream(io.StringIO):
+    """A stream that lets other threads run inside each write, as a pipe under load does."""
+
+    def write(self, s: str) -> int:
+        n = super().write(s)
+        time.sleep(0)
+        return n
+
+
+def test_lines_of_structlog_and_library_loggers_never_splice() -> None:
+    buf = _YieldingStream()
+    configure("json", "info", stream=buf)
+    try:
+        log = get_logger("test")
+        library = logging.getLogger("apscheduler.scheduler")
+        library.setLevel(logging.WARNING)
+
+        def ours() -> None:
+            for i in range(300):
+                log.info("cycle", cycle=i)
+
+        def theirs() -> None:
+            for i in range(300):
+                library.warning("job %d missed", i)
+
+        threads = [threading.Thread(target=ours), threading.Thread(target=theirs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        out = lines(buf)  # every line is one whole JSON object
+    finally:
+        configure("console", "warning")
+    assert sorted(int(e["cycle"]) for e in out if e["event"] == "cycle") == list(range(300))
+    assert sum(1 for e in out if str(e["event"]).endswith("missed")) == 300

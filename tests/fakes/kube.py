@@ -330,7 +330,10 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
                     getter = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait({getter}, timeout=wait)
                 if not done:
-                    if bookmarks and (deadline is None or loop.time() < deadline):
+                    # A bookmark promises every event up to its version was sent: never while one is on its way
+                    # (still queued, or taken by the getter but not yet handed over).
+                    idle = queue.empty() and not getter.done()
+                    if idle and bookmarks and (deadline is None or loop.time() < deadline):
                         mark = {"kind": kind, "apiVersion": f"{group}/{version}" if group else version,
                                 "metadata": {"resourceVersion": str(self.recorded_rv)}}
                         await resp.write(json.dumps({"type": "BOOKMARK", "object": mark}).encode() + b"\n")
