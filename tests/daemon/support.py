@@ -226,7 +226,11 @@ def scrape_metric_names(tmp_path: Path) -> set[str]:
     from auditor.state import Store
 
     example_org(tmp_path)
-    settings = load_settings(write_config(tmp_path / "config.yaml"))
+    # A pull subscription configured (never pulled: the daemon is not run) so its metrics are exported too; the
+    # local endpoint needs no credentials.
+    config = write_config(tmp_path / "config.yaml", gcp_endpoint="http://127.0.0.1:9",
+                          feed={"pull_subscription": "projects/p/subscriptions/cai-feed"})
+    settings = load_settings(config)
     store = Store(settings.state_path)
     auditor = Auditor(settings, store)
     auditor.run_cycle()
