@@ -26,6 +26,7 @@ from auditor.collect import Source, SourceOptions, open_source
 from auditor.errors import AuditorError, Cancelled, SourceError
 from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun, finding_order
 from auditor.evaluate.rulebook import LoadedRule
+from auditor.keys import KeyMap, KeySet, UpdateTimes
 from auditor.model import SEVERITIES, Asset, Finding, NotEvaluated, SourceStatus
 from auditor.report.spool import (
     COPY_BYTES,
@@ -238,32 +239,33 @@ class Duplicates:
     copy that gave it (`cur_key`, `cur_gen`), and `losers` names the copies replaced; a sink that takes findings
     back by asset (the daemon's staging) is told at once, by `forget`. Otherwise the copy read second is
     dropped before it is evaluated. Copies read in worker processes (`--jobs`) are merged the same way, in read
-    order (`merge`). Each source's status lists the copies it gave that were dropped or replaced. Memory: a hash
-    and an update time for each asset a rule reads (the assets no rule reads are never built), and a little for
-    each asset read more than once.
+    order (`merge`). Each source's status lists the copies it gave that were dropped or replaced. Memory: for each
+    asset a rule reads (the assets no rule reads are never built), its hash and its update time in 16 to 32 bytes
+    (`KeyMap`; a time of an unusual form is kept once as text, `UpdateTimes`), and a little for each asset read
+    more than once.
     """
 
     def __init__(self, run: EvaluationRun, key: Callable[[Asset], int] = local_key) -> None:
         self.run = run
         self.key = key
-        # hash of what makes an asset one -> the kept copy's update time (a string the asset held)
-        self.seen: dict[int, str | None] = {}
+        # hash of what makes an asset one -> the kept copy's update time, as `times` encodes it
+        self.seen = KeyMap()
+        self.times = UpdateTimes()
         self.gens: dict[int, int] = {}  # hash -> copies of it replaced so far (only assets read more than once)
         self.losers: set[bytes] = set()  # copy tags (auditor/report/spool.py) of the copies replaced
         # the copy being evaluated: its hash and generation (how many copies it replaced); NO_GEN between copies
         self.cur_key, self.cur_gen = 0, NO_GEN
 
     def stream(self, assets: Iterable[Asset], status: SourceStatus) -> Iterator[Asset]:
-        seen, run, keyof = self.seen, self.run, self.key
-        missing = object()
+        seen, run, keyof, encode = self.seen, self.run, self.key, self.times.encode
         for a in assets:
             key = keyof(a)
-            kept: Any = seen.get(key, missing)
-            if kept is missing:
-                seen[key] = a.update_time
+            place = seen.add(key, encode(a.update_time))
+            if place < 0:  # read first
                 self.cur_key, self.cur_gen = key, 0
                 yield a
                 continue
+            kept = self.times.decode(seen.value_at(place))
             times = f"update times {kept or 'unknown'} and {a.update_time or 'unknown'}"
             if is_later(a.update_time, kept):
                 run.forget(a)
@@ -281,7 +283,7 @@ class Duplicates:
         if handed_on:
             self.losers.add(copy_tag(key, gen))
         self.gens[key] = gen + 1
-        self.seen[key] = update_time
+        self.seen.put(key, self.times.encode(update_time))
         return gen + 1
 
     def merge(self, keys: Sequence[int], times: Sequence[str | None]) -> Merged:
@@ -290,19 +292,14 @@ class Duplicates:
         Copies read earlier in the same batch are ones whose findings were not handed on yet: a copy of them that
         loses is left out (`dropped`), not taken back."""
         out = Merged()
-        seen = self.seen
-        fresh = dict(zip(keys, times, strict=True))
-        if len(fresh) == len(keys) and seen.keys().isdisjoint(fresh):
-            seen.update(fresh)  # the usual case: nothing read twice, decided at the speed of dict.update
-            return out
-        missing = object()
+        seen, encode = self.seen, self.times.encode
         here: dict[int, int] = {}  # hash -> the copy of this batch that is kept
         for i, (key, t) in enumerate(zip(keys, times, strict=True)):
-            kept: Any = seen.get(key, missing)
-            if kept is missing:
-                seen[key] = t
+            place = seen.add(key, encode(t))
+            if place < 0:  # read first
                 here[key] = i
                 continue
+            kept = self.times.decode(seen.value_at(place))
             notes = out.notes
             times_ = f"update times {kept or 'unknown'} and {t or 'unknown'}"
             if is_later(t, kept):
@@ -383,15 +380,15 @@ class Collector:
     counted, handed to `out` with the asset copy that gave it; `settle` takes back those of replaced copies.
 
     A copy that replaced another may report what the other reported (the same id): that finding is handed on again
-    (a claim), and kept once the other's is taken back. Memory: 8 bytes of the id a finding (as any per-id
-    deduplication), and 20 bytes a claim.
+    (a claim), and kept once the other's is taken back. Memory: 8 bytes of the id a finding in a table at most half
+    full (`KeySet`: 16 to 32 bytes a finding), and 20 bytes a claim.
     """
 
     def __init__(self, out: FindingSink, dedupe: Duplicates, tally: Tally) -> None:
         self.out = out
         self.dedupe = dedupe
         self.tally = tally
-        self.sent: set[int] = set()
+        self.sent = KeySet()  # the ids handed on (their first 8 bytes)
         # the ids handed on by the copy being evaluated, when it replaced another: a copy's findings come one after
         # the other (its streamed checks run as it passes; its deferred ones at the end, as no copy's)
         self.own_copy, self.own = NO_COPY, set[int]()
@@ -409,13 +406,10 @@ class Collector:
             if key in own:
                 return
             own.add(key)
-            if key in self.sent:
+            if self.sent.add(key) >= 0:  # handed on before
                 self.claims.add(copy + bytes.fromhex(f.id[:16]))
-            self.sent.add(key)
-        elif key in self.sent:
+        elif self.sent.add(key) >= 0:
             return
-        else:
-            self.sent.add(key)
         self.tally.add(f)
         self.out.add(f, copy)
 

@@ -1,0 +1,196 @@
+"""Compact sets and maps of 64-bit keys, for what a scan must remember of every finding or asset it has seen.
+
+A Python `set[int]` of hashes costs about 70 bytes a key (its slots and an int object each), a `dict[int, str]` well
+over 100 with its values: at a million findings and a million assets that was most of a scan's peak memory. These
+keep each key (and each value) as 8 bytes in an `array('Q')`, found by open addressing (linear probing from a
+multiplicative hash of the key, at most half full): about 16 to 32 bytes a key, 8 more with a value.
+
+Keys are integers taken modulo 2**64 (a signed 64-bit hash and its unsigned twin are the same key); values are
+integers from 0 to 2**64 - 1. `UpdateTimes` turns the update times of assets into such values and back, exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: the top bits of key * 2**64/phi spread even patterned keys
+_MIN_BITS = 10
+EMPTY = 0  # a free slot; the key 0 itself is remembered apart
+
+
+class KeyMap:
+    """A map from 64-bit keys to 64-bit values (a set when made with `values=False`), 8 bytes a slot each."""
+
+    __slots__ = ("_bits", "_has_zero", "_keys", "_limit", "_n", "_shift", "_vals", "_zero_val")
+
+    def __init__(self, values: bool = True, expected: int = 0) -> None:
+        bits = _MIN_BITS
+        while (1 << bits) < 2 * expected:
+            bits += 1
+        self._alloc(bits, values)
+        self._n = 0
+        self._has_zero, self._zero_val = False, 0
+
+    def _alloc(self, bits: int, values: bool) -> None:
+        self._bits, self._shift = bits, 64 - bits
+        self._limit = (1 << bits) // 2  # grow past half full: linear probing stays short (about 2.5 probes a miss)
+        self._keys = array("Q", bytes(8 << bits))
+        self._vals: array[int] | None = array("Q", bytes(8 << bits)) if values else None
+
+    def __len__(self) -> int:
+        return self._n + self._has_zero
+
+    def __contains__(self, key: int) -> bool:
+        key &= _M64
+        if key == EMPTY:
+            return self._has_zero
+        keys, mask = self._keys, (1 << self._bits) - 1
+        i = (key * _GOLDEN & _M64) >> self._shift
+        while True:
+            k = keys[i]
+            if k == key:
+                return True
+            if k == EMPTY:
+                return False
+            i = (i + 1) & mask
+
+    def add(self, key: int, value: int = 0) -> int:
+        """Put the key in if it is not there (with `value`); -1 when it was put in, else where it is (`value_at`,
+        `set_at`: its value is left as it was)."""
+        key &= _M64
+        if key == EMPTY:
+            if self._has_zero:
+                return 1 << 64  # a place no slot has: the key 0 lives apart
+            self._has_zero, self._zero_val = True, value
+            return -1
+        keys, mask = self._keys, (1 << self._bits) - 1
+        i = (key * _GOLDEN & _M64) >> self._shift
+        while True:
+            k = keys[i]
+            if k == key:
+                return i
+            if k == EMPTY:
+                break
+            i = (i + 1) & mask
+        keys[i] = key
+        if self._vals is not None:
+            self._vals[i] = value
+        self._n += 1
+        if self._n > self._limit:
+            self._grow()
+        return -1
+
+    def value_at(self, place: int) -> int:
+        if place >> 64:
+            return self._zero_val
+        assert self._vals is not None
+        return self._vals[place]
+
+    def set_at(self, place: int, value: int) -> None:
+        if place >> 64:
+            self._zero_val = value
+            return
+        assert self._vals is not None
+        self._vals[place] = value
+
+    def get(self, key: int, default: int | None = None) -> int | None:
+        place = self.find(key)
+        return default if place < 0 else self.value_at(place)
+
+    def find(self, key: int) -> int:
+        """Where the key is (see `add`), or -1 when it is not there; nothing is put in."""
+        key &= _M64
+        if key == EMPTY:
+            return 1 << 64 if self._has_zero else -1
+        keys, mask = self._keys, (1 << self._bits) - 1
+        i = (key * _GOLDEN & _M64) >> self._shift
+        while True:
+            k = keys[i]
+            if k == key:
+                return i
+            if k == EMPTY:
+                return -1
+            i = (i + 1) & mask
+
+    def put(self, key: int, value: int) -> None:
+        place = self.add(key, value)
+        if place >= 0:
+            self.set_at(place, value)
+
+    def _grow(self) -> None:
+        old_keys, old_vals = self._keys, self._vals
+        self._alloc(self._bits + 1, old_vals is not None)
+        keys, vals, shift, mask = self._keys, self._vals, self._shift, (1 << self._bits) - 1
+        for j, key in enumerate(old_keys):
+            if key == EMPTY:
+                continue
+            i = (key * _GOLDEN & _M64) >> shift
+            while keys[i] != EMPTY:
+                i = (i + 1) & mask
+            keys[i] = key
+            if vals is not None:
+                assert old_vals is not None
+                vals[i] = old_vals[j]
+
+    def nbytes(self) -> int:
+        """The bytes its slots take (what it costs beyond a few hundred bytes of itself)."""
+        return self._keys.itemsize * len(self._keys) * (1 if self._vals is None else 2)
+
+
+class KeySet(KeyMap):
+    """A set of 64-bit keys, 8 bytes a slot."""
+
+    __slots__ = ()
+
+    def __init__(self, expected: int = 0) -> None:
+        super().__init__(values=False, expected=expected)
+
+
+# RFC 3339 times as exports write them, to the microsecond, in UTC: packed in 61 bits (fields, then the fraction's
+# digits behind a leading 1, which keeps how many there were). Only ASCII digits: the text comes back exactly.
+_TIME = re.compile(
+    r"([0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):([0-5][0-9]):([0-5][0-9]|60)"
+    r"(?:\.([0-9]{1,6}))?Z"
+)
+
+
+class UpdateTimes:
+    """Update times (strings or None) as 64-bit values and back, exactly: 0 is None; a time of the usual form is
+    packed into the value (even values); any other text is kept once in a list, and its value names it (odd)."""
+
+    __slots__ = ("_codes", "_texts")
+
+    def __init__(self) -> None:
+        self._texts: list[str] = []
+        self._codes: dict[str, int] = {}
+
+    def encode(self, t: str | None) -> int:
+        if t is None:
+            return 0
+        m = _TIME.fullmatch(t)
+        if m is None:
+            code = self._codes.get(t)
+            if code is None:
+                code = self._codes[t] = len(self._texts) << 1 | 1
+                self._texts.append(t)
+            return code
+        y, mo, d, h, mi, s, frac = m.groups()
+        packed = (((((int(y) << 4 | int(mo)) << 5 | int(d)) << 5 | int(h)) << 6 | int(mi)) << 6 | int(s)) << 21
+        if frac is not None:
+            packed |= int("1" + frac)
+        return (packed + 1) << 1  # + 1: the year 0 at its first second is not None
+
+    def decode(self, code: int) -> str | None:
+        if code == 0:
+            return None
+        if code & 1:
+            return self._texts[code >> 1]
+        packed = (code >> 1) - 1
+        frac = packed & 0x1FFFFF
+        packed >>= 21
+        s, mi, h = packed & 63, packed >> 6 & 63, packed >> 12 & 31
+        d, mo, y = packed >> 17 & 31, packed >> 22 & 15, packed >> 26
+        tail = "." + str(frac)[1:] if frac else ""
+        return f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}{tail}Z"
