@@ -36,8 +36,8 @@ class KeyMap:
     def _alloc(self, bits: int, values: bool) -> None:
         self._bits, self._shift = bits, 64 - bits
         self._limit = (1 << bits) // 2  # grow past half full: linear probing stays short (about 2.5 probes a miss)
-        self._keys = array("Q", bytes(8 << bits))
-        self._vals: array[int] | None = array("Q", bytes(8 << bits)) if values else None
+        self._keys = array("Q", (0,)) * (1 << bits)  # repeated in place: no zeroed bytes object beside it
+        self._vals: array[int] | None = array("Q", (0,)) * (1 << bits) if values else None
 
     def __len__(self) -> int:
         return self._n + self._has_zero
