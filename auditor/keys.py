@@ -148,12 +148,16 @@ class KeySet(KeyMap):
         super().__init__(values=False, expected=expected)
 
 
-# RFC 3339 times as exports write them, to the microsecond, in UTC: packed in 61 bits (fields, then the fraction's
-# digits behind a leading 1, which keeps how many there were). Only ASCII digits: the text comes back exactly.
+# RFC 3339 times as Google's APIs write them (protobuf's JSON: UTC, "Z", no fraction or 3 or 6 digits of one), of
+# the years 1970 to 2099: their digits read as one decimal number less that of the first second of 1970 (at most
+# 1.3e18 with 6 digits of fraction), then which of the three forms (2 bits), then 0 (an even value). Only ASCII
+# digits, and the digits are kept as written: the text comes back exactly. Anything else is kept as text.
 _TIME = re.compile(
-    r"([0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):([0-5][0-9]):([0-5][0-9]|60)"
-    r"(?:\.([0-9]{1,6}))?Z"
+    r"(?:19[7-9][0-9]|20[0-9][0-9])-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9](?:\.[0-9]{3}|\.[0-9]{6})?Z"
 )
+_BASE = {20: 1970 * 10**10, 24: 1970 * 10**13, 27: 1970 * 10**16}  # by the length of the text
+_FORM = {20: 1, 24: 2, 27: 3}
+_LENGTH = {1: 20, 2: 24, 3: 27}
 
 
 class UpdateTimes:
@@ -169,28 +173,22 @@ class UpdateTimes:
     def encode(self, t: str | None) -> int:
         if t is None:
             return 0
-        m = _TIME.fullmatch(t)
-        if m is None:
+        if _TIME.fullmatch(t) is None:
             code = self._codes.get(t)
             if code is None:
                 code = self._codes[t] = len(self._texts) << 1 | 1
                 self._texts.append(t)
             return code
-        y, mo, d, h, mi, s, frac = m.groups()
-        packed = (((((int(y) << 4 | int(mo)) << 5 | int(d)) << 5 | int(h)) << 6 | int(mi)) << 6 | int(s)) << 21
-        if frac is not None:
-            packed |= int("1" + frac)
-        return (packed + 1) << 1  # + 1: the year 0 at its first second is not None
+        n = len(t)
+        digits = int(t[0:4] + t[5:7] + t[8:10] + t[11:13] + t[14:16] + t[17:19] + t[20:-1])
+        return (digits - _BASE[n]) << 3 | _FORM[n] << 1
 
     def decode(self, code: int) -> str | None:
         if code == 0:
             return None
         if code & 1:
             return self._texts[code >> 1]
-        packed = (code >> 1) - 1
-        frac = packed & 0x1FFFFF
-        packed >>= 21
-        s, mi, h = packed & 63, packed >> 6 & 63, packed >> 12 & 31
-        d, mo, y = packed >> 17 & 31, packed >> 22 & 15, packed >> 26
-        tail = "." + str(frac)[1:] if frac else ""
-        return f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}{tail}Z"
+        n = _LENGTH[code >> 1 & 3]
+        d = str((code >> 3) + _BASE[n])
+        tail = "." + d[14:] if n > 20 else ""
+        return f"{d[0:4]}-{d[4:6]}-{d[6:8]}T{d[8:10]}:{d[10:12]}:{d[12:14]}{tail}Z"
