@@ -43,17 +43,16 @@ class KeyMap:
         return self._n + self._has_zero
 
     def __contains__(self, key: int) -> bool:
-        key &= _M64
-        if key == EMPTY:
-            return self._has_zero
+        return self.find(key) >= 0
+
+    def _probe(self, key: int) -> int:
+        """The slot that holds `key` (masked, not EMPTY), or the free slot where it would go."""
         keys, mask = self._keys, (1 << self._bits) - 1
         i = (key * _GOLDEN & _M64) >> self._shift
         while True:
             k = keys[i]
-            if k == key:
-                return True
-            if k == EMPTY:
-                return False
+            if k in (key, EMPTY):
+                return i
             i = (i + 1) & mask
 
     def add(self, key: int, value: int = 0) -> int:
@@ -65,15 +64,10 @@ class KeyMap:
                 return 1 << 64  # a place no slot has: the key 0 lives apart
             self._has_zero, self._zero_val = True, value
             return -1
-        keys, mask = self._keys, (1 << self._bits) - 1
-        i = (key * _GOLDEN & _M64) >> self._shift
-        while True:
-            k = keys[i]
-            if k == key:
-                return i
-            if k == EMPTY:
-                break
-            i = (i + 1) & mask
+        keys = self._keys
+        i = self._probe(key)
+        if keys[i] == key:
+            return i
         keys[i] = key
         if self._vals is not None:
             self._vals[i] = value
@@ -104,15 +98,8 @@ class KeyMap:
         key &= _M64
         if key == EMPTY:
             return 1 << 64 if self._has_zero else -1
-        keys, mask = self._keys, (1 << self._bits) - 1
-        i = (key * _GOLDEN & _M64) >> self._shift
-        while True:
-            k = keys[i]
-            if k == key:
-                return i
-            if k == EMPTY:
-                return -1
-            i = (i + 1) & mask
+        i = self._probe(key)
+        return i if self._keys[i] == key else -1
 
     def put(self, key: int, value: int) -> None:
         place = self.add(key, value)
