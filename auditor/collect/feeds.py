@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from auditor import vocabulary as v
 from auditor.collect.gcp_clients import Endpoint, asset_client
 from auditor.errors import AuditorError
 from auditor.evaluate.globs import glob_match
@@ -40,30 +41,30 @@ declare(
 
 # Asset types a glob in a rule expands to in a feed: those carrying IAM policies, and those the checks read.
 FEED_TYPES: tuple[str, ...] = (
-    "cloudresourcemanager.googleapis.com/Organization",
-    "cloudresourcemanager.googleapis.com/Folder",
-    "cloudresourcemanager.googleapis.com/Project",
-    "iam.googleapis.com/ServiceAccount",
-    "storage.googleapis.com/Bucket",
-    "bigquery.googleapis.com/Dataset",
+    v.ORGANIZATION,
+    v.FOLDER,
+    v.PROJECT,
+    v.SERVICE_ACCOUNT,
+    v.BUCKET,
+    v.DATASET,
     "bigquery.googleapis.com/Table",
-    "pubsub.googleapis.com/Topic",
-    "pubsub.googleapis.com/Subscription",
-    "cloudkms.googleapis.com/KeyRing",
-    "cloudkms.googleapis.com/CryptoKey",
-    "secretmanager.googleapis.com/Secret",
-    "artifactregistry.googleapis.com/Repository",
-    "run.googleapis.com/Service",
-    "ml.googleapis.com/Model",
+    v.TOPIC,
+    v.SUBSCRIPTION,
+    v.KEY_RING,
+    v.CRYPTO_KEY,
+    v.SECRET,
+    v.REPOSITORY,
+    v.RUN_SERVICE,
+    v.ML_MODEL,
     "aiplatform.googleapis.com/Endpoint",
     "notebooks.googleapis.com/Instance",
-    "compute.googleapis.com/SecurityPolicy",
-    "container.googleapis.com/Cluster",
-    "rbac.authorization.k8s.io/Role",
-    "rbac.authorization.k8s.io/RoleBinding",
-    "rbac.authorization.k8s.io/ClusterRole",
-    "rbac.authorization.k8s.io/ClusterRoleBinding",
-    "k8s.io/Namespace",
+    v.SECURITY_POLICY,
+    v.GKE_CLUSTER,
+    v.ROLE,
+    v.ROLE_BINDING,
+    v.CLUSTER_ROLE,
+    v.CLUSTER_ROLE_BINDING,
+    v.NAMESPACE,
 )
 _SCOPE = re.compile(r"^(organizations/\d+|folders/\d+|projects/[a-z0-9][a-z0-9.:-]*[a-z0-9])$")
 _TOPIC = re.compile(r"^projects/[a-z0-9][a-z0-9.:-]*[a-z0-9]/topics/[A-Za-z][\w.~+%-]{2,254}$")
