@@ -297,11 +297,11 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
-def _check_nesting(text: str, problems: _Problems) -> None:
+def _check_nesting(text: str, problems: _Problems, loader: type[Any] = yaml.SafeLoader) -> None:
     """Refuse YAML nested deeper than MAX_YAML_NESTING, found from the parser's events (which nest no calls) before
     the composer, which recurses once per level, sees it."""
     depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+    for event in yaml.parse(text, Loader=loader):
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             depth += 1
             if depth > MAX_YAML_NESTING:
@@ -312,14 +312,33 @@ def _check_nesting(text: str, problems: _Problems) -> None:
             depth -= 1
 
 
+def _parse(text: str, problems: _Problems) -> tuple[list[yaml.Node], list[Any]]:
+    """The documents of a rule file, as nodes (for line numbers) and as values.
+
+    libyaml's parser, where present, is about ten times faster than the pure Python one (three quarters of the
+    time of loading the shipped rules); the documents are composed once and their values built from those nodes.
+    On any problem the file is parsed again by the pure Python parser, whose messages and line numbers name it.
+    """
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None:
+        try:
+            _check_nesting(text, problems, fast)
+            nodes = list(yaml.compose_all(text, Loader=fast))
+            builder = fast("")
+            return nodes, [None if n is None else builder.construct_document(n) for n in nodes]
+        except (yaml.YAMLError, RecursionError, RuleError):
+            problems.items.clear()
+    _check_nesting(text, problems)
+    nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    return nodes, list(yaml.safe_load_all(text))
+
+
 def load_file(path: Path) -> list[LoadedRule]:
     """The rules of one file; RuleError lists every problem in it. A file that holds no rule is an error too."""
     text = _read_text(path)
     problems = _Problems(str(path))
     try:
-        _check_nesting(text, problems)
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-        docs = list(yaml.safe_load_all(text))
+        nodes, docs = _parse(text, problems)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
