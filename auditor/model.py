@@ -174,12 +174,17 @@ class Asset:
 
     def release(self) -> None:
         """Forget the decoded resource and IAM policy where their raw JSON is kept (they decode again when read),
-        and what was derived from them."""
+        and what was derived from them. The raw JSON kept is then bytes of its own: a reader's Raw view of its line
+        is copied (most assets are never kept, and never copied)."""
         self._derived = None
         if self._res_raw is not None:
             self._res = None
+            if type(self._res_raw) is msgspec.Raw:
+                self._res_raw = bytes(self._res_raw)
         if self._iam_raw is not None:
             self._iam = None
+            if type(self._iam_raw) is msgspec.Raw:
+                self._iam_raw = bytes(self._iam_raw)
 
     @property
     def ancestry_path(self) -> str:

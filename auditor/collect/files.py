@@ -57,7 +57,6 @@ _record_decoder = record_decoder
 _any_decoder = msgspec.json.Decoder()
 _EXPORT_SUFFIXES = (".json", ".ndjson", ".jsonl", ".dump", ".gz")
 _YAML_SUFFIXES = (".yaml", ".yml")
-_BLOCK = 1 << 22  # NDJSON bytes read and decoded at a time
 _READ_ERRORS = (OSError, EOFError, zlib.error)  # an unreadable file, a corrupt or truncated gzip
 
 
@@ -76,13 +75,12 @@ class _Bounded:
         self.fh = fh
         self.left = left
 
-    def read(self, n: int) -> bytes:
+    def readline(self, n: int) -> bytes:
         if self.left <= 0:
             return b""
-        read = self.fh.read1 if isinstance(self.fh, io.BufferedReader) else self.fh.read
-        data = read(min(n, self.left))
-        self.left -= len(data)
-        return data
+        line = self.fh.readline(min(n, self.left))
+        self.left -= len(line)
+        return line
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -393,52 +391,66 @@ class FileSource:
         yield from self._document(path, before + first + rest)
 
     def _ndjson(self, path: Path, fh: IO[bytes] | _Bounded, first: bytes, lineno: int) -> Iterator[Asset]:
-        """NDJSON read in blocks of whole lines, one decoder call per block (see `_block`)."""
-        pending = first  # the start of a line not yet complete (or the first line, read by the caller)
-        # read1: one read into a fresh block, not a read into the file's buffer and a copy out of it (half the time)
-        read = getattr(fh, "read1", fh.read)
+        """NDJSON read and decoded one line at a time, `first` (read by the caller) being line `lineno`.
+
+        A CAI record is built here, in this loop that runs for every line of an export; any other line (blank, a
+        comment, malformed, a Kubernetes object...) goes to `_lines`, which reports each problem with its line.
+        One line at a time rather than a block of lines per decoder call: the objects of one line are freed
+        before the next is decoded (a block's were alive together, which cost about a fifth more).
+        """
+        readline = fh.readline
         limit = self.options.max_line_bytes
-        while True:
+        decode = _record_decoder.decode
+        status = self.status
+        wanted = self._wanted
+        skipped = self._skipped_types
+        verdicts = self._verdicts
+        shared: dict[tuple[str, ...], tuple[str, ...]] = self._shared_ancestors
+        shared_types: dict[str, str] = self._shared_types
+        where_file = str(path)
+        try:
+            line = first or readline(limit + 1)  # a range read by a worker starts with no line read
+        except _READ_ERRORS as exc:
             self._next_line = lineno
+            raise _Unreadable() from exc
+        while line:
+            if len(line) > limit and not line.endswith(b"\n"):
+                self._next_line = lineno
+                raise SourceError(f"{path}:{lineno}: a line longer than {_mib(limit)} (the line-size limit, "
+                                  "AUDITOR_MAX_LINE_BYTES)")
             try:
-                data = read(_BLOCK)
+                rec = decode(line)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                rec = None
+            asset_type = None if rec is None or not rec.name else rec.asset_type or rec.assetType
+            if not asset_type:
+                yield from self._lines(path, [line], lineno)
+            else:
+                assert rec is not None
+                iam = rec.iam_policy or rec.iamPolicy
+                has_iam = bool(iam) and iam != _NULL
+                verdict = True
+                if wanted is not None:
+                    known = verdicts[has_iam]
+                    verdict = known.get(asset_type)  # type: ignore[assignment]
+                    if verdict is None:
+                        verdict = known[asset_type] = wanted(asset_type, has_iam)
+                if not verdict:
+                    if skipped is not None:
+                        skipped[asset_type] += 1
+                    status.assets += 1
+                else:
+                    asset_type = shared_types.setdefault(asset_type, asset_type)
+                    asset = self._record(rec, asset_type, iam if has_iam else None, where_file, lineno, shared)
+                    if asset is not None:
+                        status.assets += 1
+                        yield asset
+            lineno += 1
+            try:
+                line = readline(limit + 1)
             except _READ_ERRORS as exc:
+                self._next_line = lineno
                 raise _Unreadable() from exc
-            if not data:
-                break
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:  # a line longer than a block
-                pending += data
-                if len(pending) > limit:
-                    raise SourceError(f"{path}:{lineno}: a line longer than {_mib(limit)} (the line-size limit, "
-                                      "AUDITOR_MAX_LINE_BYTES)")
-                continue
-            start = 0
-            if pending:
-                start = data.find(b"\n") + 1
-                head = pending + data[:start]
-                if len(head) > limit + 1:
-                    for i, line in enumerate(head.split(b"\n")):
-                        if len(line) > limit:
-                            raise SourceError(f"{path}:{lineno + i}: a line longer than {_mib(limit)} (the line-size "
-                                              "limit, AUDITOR_MAX_LINE_BYTES)")
-                n = head.count(b"\n")
-                yield from self._block(path, head, n, lineno)
-                lineno += n
-            n = data.count(b"\n", start, cut)
-            if limit < _BLOCK and n and cut - start > limit:  # a limit set below a block: each line is measured
-                for i, line in enumerate(data[start:cut].split(b"\n")):
-                    if len(line) > limit:
-                        raise SourceError(f"{path}:{lineno + i}: a line longer than {_mib(limit)} (the line-size "
-                                          "limit, AUDITOR_MAX_LINE_BYTES)")
-            if n:
-                yield from self._block(path, memoryview(data)[start:cut], n, lineno)
-                lineno += n
-            pending = data[cut:]
-        if pending:
-            n = pending.count(b"\n") + (not pending.endswith(b"\n"))
-            yield from self._block(path, pending, n, lineno)
-            lineno += n
         self._next_line = lineno
 
     def select(self, wanted: Callable[[str, bool], bool], skipped: Counter[str]) -> None:
@@ -450,89 +462,46 @@ class FileSource:
         self._wanted = wanted
         self._skipped_types = skipped
 
-    def _block(self, path: Path, buf: bytes | memoryview, lines: int, lineno: int) -> Iterator[Asset]:
-        """The assets of `lines` whole lines starting at line `lineno`.
+    def _record(self, rec: Any, asset_type: str, iam: msgspec.Raw | None, where_file: str, lineno: int,
+                shared: dict[tuple[str, ...], tuple[str, ...]]) -> Asset | None:
+        """The Asset of a decoded CAI record of a type some rule reads, or None when it is malformed (reported).
 
-        A block of CAI records without a blank, bad or other line is decoded in one call; otherwise it is read line
-        by line, so that each problem is reported with its own line number and each other object by its reader.
-        """
+        Its payloads stay the decoder's Raw views of the line: an asset the engine keeps copies them then (`hold`),
+        the others are let go with their line."""
+        data = rec.resource.data if rec.resource is not None else _NO_RAW
+        res = data if data and data != _NULL else None
         try:
-            recs = _record_decoder.decode_lines(buf)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            recs = None
-        if recs is None or len(recs) != lines or not all(r.name and (r.asset_type or r.assetType) for r in recs):
-            yield from self._lines(path, bytes(buf).split(b"\n")[:lines], lineno)
-            return
-        status = self.status
-        wanted = self._wanted
-        skipped = self._skipped_types
-        verdicts = self._verdicts
-        shared: dict[tuple[str, ...], tuple[str, ...]] = self._shared_ancestors
-        shared_types: dict[str, str] = self._shared_types
-        where_file = str(path)
-        out: list[Asset] = []
-        skips: dict[str, int] = {}  # added to `skipped` once per block: this loop runs for every line of an export
-        bad = 0
-        for rec in recs:
-            asset_type: str = rec.asset_type or rec.assetType  # type: ignore[assignment]
-            iam = rec.iam_policy or rec.iamPolicy
-            has_iam = bool(iam) and iam != _NULL
-            if wanted is not None:
-                known = verdicts[has_iam]
-                verdict = known.get(asset_type)
-                if verdict is None:
-                    verdict = known[asset_type] = wanted(asset_type, has_iam)
-                if not verdict:
-                    skips[asset_type] = skips.get(asset_type, 0) + 1
-                    lineno += 1
-                    continue
-            data = rec.resource.data if rec.resource is not None else _NO_RAW
-            # copies: the raw bytes would otherwise keep the whole block alive for as long as the asset lives
-            res = bytes(data) if data and data != _NULL else None
-            pol = bytes(iam) if has_iam else None
-            try:
-                if res is not None and res[:1] != b"{":
-                    raise ValueError(f"asset {rec.name}: 'resource.data' is not an object")
-                if pol is not None:
-                    check_iam_policy(pol)
-                if rec.ancestors:
-                    # one tuple per distinct ancestry: the assets a scan holds to its end share it
-                    ancestors = tuple(rec.ancestors)
-                    ancestors = shared.setdefault(ancestors, ancestors)
-                    if len(shared) > 100_000:
-                        shared.clear()
-                elif rec.ancestry_path:
-                    ancestors = record_to_asset(rec, where_file).ancestors
-                else:
-                    ancestors = ()
-            except ValueError as exc:
-                self._problem(f"{path}:{lineno}", str(exc) if str(exc).startswith("asset ") else
-                              f"asset {rec.name}: {exc}")
-                bad += 1
-                lineno += 1
-                continue
-            except RecursionError:
-                self._problem(f"{path}:{lineno}", f"asset {rec.name}: {self._depth_error()}")
-                bad += 1
-                lineno += 1
-                continue
-            out.append(
-                Asset(
-                    name=rec.name,  # type: ignore[arg-type]
-                    asset_type=shared_types.setdefault(asset_type, asset_type),
-                    resource=res,
-                    iam_policy=pol,
-                    ancestors=ancestors,
-                    update_time=rec.update_time or rec.updateTime,
-                    origin=where_file,
-                    line=lineno,
-                )
-            )
-            lineno += 1
-        if skips and skipped is not None:
-            skipped.update(skips)
-        status.assets += len(out) + sum(skips.values())
-        yield from out
+            if res is not None and bytes(memoryview(res)[:1]) != b"{":
+                raise ValueError(f"asset {rec.name}: 'resource.data' is not an object")
+            if iam is not None:
+                check_iam_policy(iam)
+            if rec.ancestors:
+                # one tuple per distinct ancestry: the assets a scan holds to its end share it
+                ancestors = tuple(rec.ancestors)
+                ancestors = shared.setdefault(ancestors, ancestors)
+                if len(shared) > 100_000:
+                    shared.clear()
+            elif rec.ancestry_path:
+                ancestors = record_to_asset(rec, where_file).ancestors
+            else:
+                ancestors = ()
+        except ValueError as exc:
+            self._problem(f"{where_file}:{lineno}", str(exc) if str(exc).startswith("asset ") else
+                          f"asset {rec.name}: {exc}")
+            return None
+        except RecursionError:
+            self._problem(f"{where_file}:{lineno}", f"asset {rec.name}: {self._depth_error()}")
+            return None
+        return Asset(
+            name=rec.name,
+            asset_type=asset_type,
+            resource=res,
+            iam_policy=iam,
+            ancestors=ancestors,
+            update_time=rec.update_time or rec.updateTime,
+            origin=where_file,
+            line=lineno,
+        )
 
     def _lines(self, path: Path, lines: list[bytes], lineno: int) -> Iterator[Asset]:
         status = self.status
