@@ -32,6 +32,7 @@ from auditor.report.spool import (
     COPY_BYTES,
     NO_COPY,
     NO_GEN,
+    EncodingSink,
     FindingSink,
     Spot,
     Tally,
@@ -396,22 +397,35 @@ class Collector:
 
     def __call__(self, f: Finding) -> None:
         d = self.dedupe
-        key = int(f.id[:16], 16)
         gen = d.cur_gen
         copy = NO_COPY if gen == NO_GEN else copy_tag(d.cur_key, gen)
+        if self._admit(int(f.id[:16], 16), copy, gen):
+            self.tally.add(f)
+            self.out.add(f, copy)
+
+    def take(self, rule: str, group: str, line: bytes, mark: bytes) -> None:
+        """A finding encoded by a worker process (`--jobs`): its rule, report group, line and record but the copy
+        (`finding_mark`); `out` is then an EncodingSink. The same decisions as for a finding object."""
+        d = self.dedupe
+        gen = d.cur_gen
+        copy = NO_COPY if gen == NO_GEN else copy_tag(d.cur_key, gen)
+        if self._admit(int.from_bytes(mark[:8], "big"), copy, gen):
+            self.tally.add_record(rule, mark[8], bool(mark[9]))
+            self.out.add_line(group, line, copy + mark)  # type: ignore[attr-defined]
+
+    def _admit(self, key: int, copy: bytes, gen: int) -> bool:
+        """Whether a finding (the first 8 bytes of its id, as a number) of this copy is handed on."""
         if 0 < gen < NO_GEN:
             if copy != self.own_copy:
                 self.own_copy, self.own = copy, set()
             own = self.own
             if key in own:
-                return
+                return False
             own.add(key)
             if self.sent.add(key) >= 0:  # handed on before
-                self.claims.add(copy + bytes.fromhex(f.id[:16]))
-        elif self.sent.add(key) >= 0:
-            return
-        self.tally.add(f)
-        self.out.add(f, copy)
+                self.claims.add(copy + key.to_bytes(8, "big"))
+            return True
+        return self.sent.add(key) < 0
 
     def settle(self) -> int:
         """Take back the findings of the replaced copies, and the claims that turn out to be repeats of a copy that
@@ -461,11 +475,12 @@ def _parallel(
     on_progress: Callable[[int], None] | None,
     threaded: bool,
     observe: Callable[[Asset], None] | None = None,
+    collector: Collector | None = None,
 ) -> None:
     from auditor.collect.files import FileSource
     from auditor.parallel import ParallelReader
 
-    with ParallelReader(run.engine, jobs, cluster, threaded) as reader:
+    with ParallelReader(run.engine, jobs, cluster, threaded, collector) as reader:
         for source in sources:
             if isinstance(source, FileSource):
                 with attributed(source.uri):
@@ -538,7 +553,9 @@ def run_scan(
             select(engine.wants, evaluation.assets_by_type)
     with fewer_collections():
         if parallel:
-            _parallel(run, sources, dedupe, jobs, options.cluster, on_progress, threaded, observe)
+            # a report that takes encoded lines gets them from the workers: no finding crosses as an object
+            encoded = collector if collector is not None and isinstance(collector.out, EncodingSink) else None
+            _parallel(run, sources, dedupe, jobs, options.cluster, on_progress, threaded, observe, encoded)
         else:
             run.feed(_chain(sources, on_progress, dedupe, observe))
         run.finish()
