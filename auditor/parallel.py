@@ -28,8 +28,9 @@ import multiprocessing
 import sys
 from array import array
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -50,6 +51,10 @@ if TYPE_CHECKING:
 
 RANGES_PER_JOB = 4  # more ranges than processes, so that a slow range does not leave a core idle
 MIN_RANGE_BYTES = 8 << 20
+# A range's findings and kept assets wait whole in its worker, then in the parent until merged: ranges of about
+# this size keep both small (at 52 MB a range, a worker's peak rose by about 40 MB), for a few milliseconds a range.
+RANGE_BYTES = 8 << 20
+AHEAD = 2  # ranges handed out per worker ahead of the parent's merging: the parts that may wait in the parent
 
 
 @dataclass
@@ -224,11 +229,24 @@ def _context(threaded: bool) -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork")
 
 
-def _parts(pool: ProcessPoolExecutor, jobs: list[_Range]) -> Iterator[_Part]:
+def _parts(pool: ProcessPoolExecutor, jobs: list[_Range], ahead: int = 4) -> Iterator[_Part]:
+    """The workers' parts, in the order of `jobs`; at most `ahead` ranges are handed out beyond the one merged
+    (`pool.map` hands out all at once: parts done early waited in the parent, its peak grew with the file)."""
+    pending: deque[Future[_Part]] = deque()
+    todo = iter(jobs)
     try:
-        yield from pool.map(_scan_range, jobs)
+        pending.extend(pool.submit(_scan_range, job) for job in itertools.islice(todo, ahead + 1))
+        while pending:
+            part = pending.popleft().result()
+            following = next(todo, None)
+            if following is not None:  # before the parent merges this part, so that no worker waits for it
+                pending.append(pool.submit(_scan_range, following))
+            yield part
     except BrokenProcessPool as exc:
         raise AuditorError(f"a scan worker process died ({exc}); out of memory? retry with fewer --jobs") from exc
+    finally:
+        for f in pending:
+            f.cancel()
 
 
 class ParallelReader:
@@ -297,7 +315,9 @@ class ParallelReader:
             if not source.is_ndjson(f):
                 out.append((f, None))
                 continue
-            ranges = [] if source.is_gzip(f) else source.cut(f, self.jobs * RANGES_PER_JOB, MIN_RANGE_BYTES)
+            size = f.stat().st_size
+            parts = max(self.jobs * RANGES_PER_JOB, -(-size // RANGE_BYTES))
+            ranges = [] if source.is_gzip(f) else source.cut(f, parts, MIN_RANGE_BYTES)
             if len(ranges) > 1:
                 out.append((f, [_Range(str(f), start, end, self.cluster) for start, end in ranges]))
             else:
@@ -319,7 +339,7 @@ class ParallelReader:
         if not jobs:
             return
         base, path = 1, ""  # line number of the first line of the next range of `path`
-        for job, part in zip(jobs, _parts(self._executor(), jobs), strict=True):
+        for job, part in zip(jobs, _parts(self._executor(), jobs, AHEAD * self.jobs), strict=True):
             if job.path != path:
                 base, path = 1, job.path
             for line, reason in part.problems:
