@@ -94,7 +94,7 @@ def test_only_plain_ndjson_is_split(tmp_path: Path) -> None:
 def test_cli_jobs_gives_the_same_report(export: tuple[Path, dict[int, str]], tmp_path: Path) -> None:
     path, _ = export
     docs = []
-    for jobs in ("1", "2"):
+    for jobs in ("1", "2", "auto"):  # auto: one per usable core
         out = tmp_path / f"report-{jobs}.json"
         cmd = [sys.executable, "-m", "auditor", "scan", "--source", str(path), "--jobs", jobs, "--format", "json"]
         proc = subprocess.run([*cmd, "-o", str(out), "--fail-on", "never"], capture_output=True, text=True, timeout=120)
@@ -102,7 +102,7 @@ def test_cli_jobs_gives_the_same_report(export: tuple[Path, dict[int, str]], tmp
         doc = json.loads(out.read_text())
         doc.pop("scanned_at")
         docs.append(doc)
-    assert docs[0] == docs[1]
+    assert docs[0] == docs[1] == docs[2]
     assert docs[0]["findings"]
 
 
