@@ -159,8 +159,8 @@ def test_workers_send_a_report_its_findings_encoded(
     parts: list[Any] = []
     real = auditor.parallel._parts
 
-    def kept(pool: Any, jobs: list[Any]) -> Iterator[Any]:
-        for part in real(pool, jobs):
+    def kept(pool: Any, jobs: list[Any], *more: Any) -> Iterator[Any]:
+        for part in real(pool, jobs, *more):
             parts.append(part)
             yield part
 
