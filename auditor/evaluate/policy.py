@@ -224,8 +224,8 @@ class _Expr(msgspec.Struct):
 
 
 class _Config(msgspec.Struct):
-    srcIpRanges: list[str] | str | None = None
-    srcIpRange: list[str] | str | None = None
+    srcIpRanges: tuple[str, ...] | str | None = None  # decoded as the tuple a rule keeps
+    srcIpRange: tuple[str, ...] | str | None = None
 
 
 class _Match(msgspec.Struct, forbid_unknown_fields=True):  # which keys it holds decides `source_match`
@@ -259,15 +259,15 @@ def _typed_armor_rules(json: Json) -> list[ArmorRule]:
     out: list[ArmorRule] = []
     for index, r in enumerate(policy.rules or policy.rule or ()):
         match = r.match
+        ranges: tuple[str, ...] = ()
         if match is None:
-            ranges: Any = ()
             expression = None
             source_match = True
         else:
             config = match.config
-            ranges = (config.srcIpRanges or config.srcIpRange or ()) if config is not None else ()
-            if isinstance(ranges, str):
-                ranges = (ranges,)
+            if config is not None:
+                given = config.srcIpRanges or config.srcIpRange or ()
+                ranges = (given,) if isinstance(given, str) else given  # a str: a hand-written policy's one range
             expr = match.expr
             expression = expr.expression if expr else None  # UNSET and None are false
             source_match = expr is UNSET and not match.exprOptions
@@ -277,7 +277,7 @@ def _typed_armor_rules(json: Json) -> list[ArmorRule]:
                 DEFAULT_RULE_PRIORITY if priority is None else priority,
                 r.action or "",
                 r.preview is True,
-                tuple(ranges),
+                ranges,
                 expression,
                 r.description or "",
                 source_match,

@@ -26,36 +26,34 @@ FAMILIES = frozenset(EVERYTHING)
 Interval = tuple[int, int]
 
 
-# Prefix lengths in the spelling `ipaddress` writes, and the host mask of each.
-_HOST4 = {str(b): (1 << (32 - b)) - 1 for b in range(33)}
-_HOST6 = {str(b): (1 << (128 - b)) - 1 for b in range(129)}
+# Prefix lengths in the spelling `ipaddress` writes, and the network and host masks of each (a bare address is a
+# /32 or /128).
+_MASKS4 = {str(b): ((1 << 32) - (1 << (32 - b)), (1 << (32 - b)) - 1) for b in range(33)}
+_MASKS6 = {str(b): ((1 << 128) - (1 << (128 - b)), (1 << (128 - b)) - 1) for b in range(129)}
+_BARE4, _BARE6 = _MASKS4["32"], _MASKS6["128"]
 _from_bytes = int.from_bytes
 
 
 def parse(text: str) -> tuple[Interval, ...] | None:
     """The intervals of one range: `*` is every IPv4 and IPv6 address, a bare address a /32 or /128, host bits
     are dropped (`10.1.2.3/8` is `10.0.0.0/8`, as `ipaddress.ip_network(strict=False)`); None when the text is not
-    an address. Not cached: parsing a range costs about what a cache lookup and its bookkeeping do, and most
-    ranges of a large organization's policies (single addresses) occur once.
+    an address. Not cached: a memo of recent ranges missed on most of a large organization's ranges (single
+    addresses occur once), and looking up a text in it costs a third of a parse once it outgrows the CPU's caches.
 
     The usual spelling is read here by the C parser (`inet_pton`: IPv4 as exactly four decimal octets without
     leading zeros, as `ipaddress` reads them; IPv6 in any spelling, read as `ipaddress` reads it) with a prefix
-    length as `ipaddress` writes it; anything else (`*`, spaces, `/08`, a netmask, not an address) by `_other`."""
+    length as `ipaddress` writes it; anything else (`*`, spaces, `/08`, a netmask, not an address) by `_other`.
+    This runs for every range of every policy: the masks are looked up, not computed."""
     addr, slash, prefix = text.partition("/")
     try:
         if ":" in addr:
-            n = _from_bytes(inet_pton(AF_INET6, addr), "big")
-            host = _HOST6.get(prefix) if slash else 0
-            offset = V6
+            network, host = _MASKS6[prefix] if slash else _BARE6
+            lo = (_from_bytes(inet_pton(AF_INET6, addr), "big") & network) + V6
         else:
-            n = _from_bytes(inet_pton(AF_INET, addr), "big")
-            host = _HOST4.get(prefix) if slash else 0
-            offset = 0
-    except (OSError, ValueError):  # not an address in this spelling, or a NUL in the text
+            network, host = _MASKS4[prefix] if slash else _BARE4
+            lo = _from_bytes(inet_pton(AF_INET, addr), "big") & network
+    except (OSError, ValueError, KeyError):  # not an address in this spelling, a NUL in the text, another prefix
         return _other(text)
-    if host is None:
-        return _other(text)
-    lo = (n & ~host) + offset
     return ((lo, lo + host),)
 
 
