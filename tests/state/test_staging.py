@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from auditor.model import Exempted, Finding
-from auditor.state import CycleInput, Store
+from auditor.state import Store
 from auditor.state.staging import Staging, id_key
 from tests.state.test_store import cycle, finding
 
