@@ -78,33 +78,61 @@ def is_everything(iv: Interval) -> bool:
 
 
 class Union:
-    """The union of intervals, sorted and merged: `starts[i]..ends[i]` are disjoint and not adjacent."""
+    """The union of intervals, sorted and merged, kept as one flat list of half-open bounds
+    `[start0, end0 + 1, start1, end1 + 1, ...]` (disjoint, not adjacent, increasing): an address lies inside
+    when the binary search for it lands after a start, at an odd place. One list instead of a list of starts and
+    one of ends: a question is one search, adding an interval one or two searches and one slice assignment."""
 
-    __slots__ = ("ends", "starts")
+    __slots__ = ("bounds",)
 
     def __init__(self, intervals: Iterable[Interval] = ()) -> None:
-        self.starts: list[int] = []
-        self.ends: list[int] = []
+        bounds: list[int] = []
         for lo, hi in sorted(intervals):
-            if self.ends and lo <= self.ends[-1] + 1:
-                if hi > self.ends[-1]:
-                    self.ends[-1] = hi
+            if bounds and lo <= bounds[-1]:  # overlaps or touches the last interval
+                if hi >= bounds[-1]:
+                    bounds[-1] = hi + 1
             else:
-                self.starts.append(lo)
-                self.ends.append(hi)
+                bounds += (lo, hi + 1)
+        self.bounds = bounds
+
+    @property
+    def starts(self) -> list[int]:
+        return self.bounds[0::2]
+
+    @property
+    def ends(self) -> list[int]:
+        """Last addresses (closed) of the merged intervals."""
+        return [e - 1 for e in self.bounds[1::2]]
 
     def covers(self, lo: int, hi: int) -> bool:
         """Whether every address of `lo..hi` is in the union (one binary search)."""
-        i = bisect_right(self.starts, lo) - 1
-        return i >= 0 and self.ends[i] >= hi
+        i = bisect_right(self.bounds, lo)
+        return i & 1 == 1 and self.bounds[i] > hi
 
     def covers_all(self, intervals: Iterable[Interval]) -> bool:
-        starts, ends = self.starts, self.ends
+        bounds = self.bounds
         for lo, hi in intervals:
-            i = bisect_right(starts, lo) - 1
-            if i < 0 or ends[i] < hi:
+            i = bisect_right(bounds, lo)  # odd: lo is inside the interval ending (exclusive) at bounds[i]
+            if not i & 1 or bounds[i] <= hi:
                 return False
         return True
+
+    def outside(self, texts: Iterable[str], parsed: Iterable[tuple[Interval, ...] | None]) -> list[str]:
+        """The texts whose range (`parsed`, None: not an address) is not inside the union, in their order.
+
+        One call for a rule's ranges (this runs for every range of every rule that lets traffic in)."""
+        bounds = self.bounds
+        out = []
+        for text, ivs in zip(texts, parsed, strict=True):
+            if ivs is None:
+                out.append(text)
+                continue
+            for lo, hi in ivs:
+                i = bisect_right(bounds, lo)
+                if not i & 1 or bounds[i] <= hi:
+                    out.append(text)
+                    break
+        return out
 
     def add(self, lo: int, hi: int) -> None:
         """Add one interval, merging it with those it overlaps or touches."""
@@ -112,23 +140,28 @@ class Union:
 
     def add_all(self, intervals: Iterable[Interval]) -> None:
         """Add intervals one by one (one call for a rule's ranges: this runs for every range of every policy)."""
-        starts, ends = self.starts, self.ends
+        bounds = self.bounds
         for lo, hi in intervals:
-            i = bisect_left(ends, lo - 1)  # first interval ending at or after the address before lo: may merge
-            j = bisect_right(starts, hi + 1)  # intervals before j start at or before the address after hi
-            if i == j:  # touches nothing: inserted as it is
-                starts.insert(i, lo)
-                ends.insert(i, hi)
+            end = hi + 1
+            i = bisect_left(bounds, lo)  # bounds[i - 1] < lo <= bounds[i]
+            # The two usual cases answered by this one search: inside an interval, or clear of every interval.
+            if i & 1:  # lo is inside interval (i - 1) // 2, or just at its end
+                if bounds[i] >= end:
+                    continue
+            elif i == len(bounds) or bounds[i] > end:
+                bounds[i:i] = (lo, end)
                 continue
-            if starts[i] < lo:
-                lo = starts[i]
-            if ends[j - 1] > hi:
-                hi = ends[j - 1]
-            starts[i:j] = [lo]
-            ends[i:j] = [hi]
+            j = bisect_right(bounds, end, i)  # bounds[j - 1] <= end < bounds[j]
+            if i & 1:  # start where the interval lo is in starts
+                i -= 1
+                lo = bounds[i]
+            if j & 1:  # end touches or is inside the interval starting at bounds[j - 1]: end where it ends
+                end = bounds[j]
+                j += 1
+            bounds[i:j] = (lo, end)
 
     def __len__(self) -> int:
-        return len(self.starts)
+        return len(self.bounds) // 2
 
 
 def union_of(texts: Iterable[str]) -> Union:
