@@ -202,9 +202,10 @@ class Auditor:
     """Runs cycles for the daemon (and `auditor serve --once`), and publishes what the endpoints serve."""
 
     def __init__(self, settings: Settings, store: Store, clock: Callable[[], float] = time.time,
-                 publish_at_start: bool = True) -> None:
+                 publish_at_start: bool = True, retain: bool = True) -> None:
         """`publish_at_start`: what the endpoints serve is read from the store now (the daemon serves it before its
-        first cycle); `serve --once` serves nothing and skips it."""
+        first cycle); `serve --once` serves nothing and skips it. `retain`: cycles keep the index changes from events
+        are evaluated against (auditor.incremental); `serve --once` records no event and keeps none."""
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -240,6 +241,7 @@ class Auditor:
         self.feed_changes: deque[FeedChange] = deque(maxlen=1000)
         self._remediate_lock = threading.Lock()
         self.incremental = Incremental(self, clock)
+        self.retain = retain
         self.published = self._publish() if publish_at_start else Published(MetricsView(), b"{}", b"", 0)
         self.incremental.refresh_missed()
 
@@ -353,7 +355,7 @@ class Auditor:
                 self.rules = load_rules(s.rules or None)
             except AuditorError as exc:
                 raise AuditorError(f"rules: {exc}") from None
-            retained = self.incremental.cycle_started()
+            observe = self.incremental.cycle_started().observe if self.retain else None
             findings = CycleFindings(self.store.staging(), self.rules, s.remediation.enabled)
             out.result = run_scan(
                 list(s.sources),
@@ -363,7 +365,7 @@ class Auditor:
                 jobs=s.jobs,
                 threaded=True,  # the daemon's scheduler, server and elector threads run on
                 sink=findings,
-                observe=retained.observe,  # what changes between cycles are evaluated against
+                observe=observe,  # what changes between cycles are evaluated against
             )
             out.result.tally = findings.tally()
             out.result.evaluation.findings = findings.remediable()

@@ -18,9 +18,10 @@ The path of a change (`Incremental`):
 The retained index (`Retained`): the daemon does not keep the organization's assets; a cycle feeds each asset it
 reads to `Retained.observe` (its one call in the cycle's per-asset path), which keeps only what re-evaluating a
 change needs: the assets the rules read as context (Organization, folders, projects, GKE clusters) and the
-Kubernetes objects of each cluster (they are small), as their JSON bytes. A cycle fills a new index while the
-current one serves; the new one replaces it when the cycle is recorded, with the changes recorded meanwhile laid
-over it. Dependents:
+Kubernetes objects of each cluster (they are small), as their JSON bytes. There is one index: a cycle updates it in
+place as it reads (a copy filled beside the serving one doubled its memory), except the assets a change recorded
+during the cycle (newer than the cycle's snapshot); once the cycle is recorded, the assets of the types it read
+completely that it did not see are dropped. Dependents:
 - a Role or ClusterRole: the bindings of its cluster that reference it;
 - a Namespace: the bindings of its cluster (tenancy), the cluster, and the Namespace itself;
 - a ResourceQuota or NetworkPolicy: its Namespace and the cluster;
@@ -129,40 +130,87 @@ def retained_types(rules: Iterable[LoadedRule]) -> frozenset[str]:
 
 
 class Retained:
-    """The compact index of the assets re-evaluating a change needs (see the module's docstring)."""
+    """The compact index of the assets re-evaluating a change needs (see the module's docstring). Thread-safe: a
+    cycle updates it while the incremental worker reads it."""
 
     def __init__(self, types: frozenset[str] = RETAINED) -> None:
         self.types = types
         self.by_type: dict[str, dict[Key, Asset]] = {}
         self.version = 0
+        self.lock = threading.RLock()
+        self._seen: dict[str, set[Key]] | None = None  # what the running cycle read, by type
+        self._held: set[str] = set()  # names a change recorded during the running cycle: the cycle's copy is older
 
     def observe(self, asset: Asset) -> None:
         """One asset a cycle read: kept when its type is retained (the cycle's per-asset hook)."""
-        if asset.asset_type in self.types:
-            self.by_type.setdefault(asset.asset_type, {})[_key(asset)] = _compact(asset)
+        if asset.asset_type not in self.types:
+            return
+        key = _key(asset)
+        with self.lock:
+            if self._seen is not None:
+                self._seen.setdefault(asset.asset_type, set()).add(key)
+            if asset.name not in self._held:
+                self.by_type.setdefault(asset.asset_type, {})[key] = _compact(asset)
 
     def put(self, asset: Asset) -> None:
         if asset.asset_type in self.types:
-            self.by_type.setdefault(asset.asset_type, {})[_key(asset)] = _compact(asset)
-            self.version += 1
+            with self.lock:
+                self.by_type.setdefault(asset.asset_type, {})[_key(asset)] = _compact(asset)
+                self.version += 1
 
     def drop(self, asset_type: str, name: str) -> None:
-        kept = self.by_type.get(asset_type)
-        if kept:
-            for k in [k for k in kept if k[0] == name]:
-                del kept[k]
+        with self.lock:
+            kept = self.by_type.get(asset_type)
+            if kept:
+                for k in [k for k in kept if k[0] == name]:
+                    del kept[k]
+                self.version += 1
+
+    def hold(self, name: str) -> None:
+        """A change recorded for this asset during the running cycle: the cycle's copy does not replace it."""
+        with self.lock:
+            if self._seen is not None:
+                self._held.add(name)
+
+    def begin(self, types: frozenset[str]) -> None:
+        """A cycle starts reading: it will update the index in place (`observe`), then `end`."""
+        with self.lock:
+            self.types = types
+            self._seen, self._held = {}, set()
+
+    def end(self, complete: bool, incomplete: Iterable[str] = ()) -> None:
+        """The cycle was recorded: the assets it did not see, of the types it read completely (all of them when
+        `complete`; none when it was not recorded), are gone. Assets of types no longer retained are dropped."""
+        from auditor.evaluate.globs import compile_glob
+
+        with self.lock:
+            seen, self._seen, self._held = self._seen, None, set()
+            if seen is None:
+                return
+            unread = [compile_glob(t) for t in incomplete]
+            for t in list(self.by_type):
+                if t not in self.types:
+                    del self.by_type[t]
+                elif (complete or incomplete) and not any(p.match(t) for p in unread):
+                    kept, saw = self.by_type[t], seen.get(t, set())
+                    for k in [k for k in kept if k not in saw]:
+                        del kept[k]
             self.version += 1
 
     def assets(self, asset_type: str) -> Iterator[Asset]:
-        yield from self.by_type.get(asset_type, {}).values()
+        with self.lock:
+            kept = list(self.by_type.get(asset_type, {}).values())
+        yield from kept
 
     def count(self) -> int:
-        return sum(len(v) for v in self.by_type.values())
+        with self.lock:
+            return sum(len(v) for v in self.by_type.values())
 
     def context(self, now: datetime) -> Context:
         ctx = Context(now=now)
-        for t, kept in self.by_type.items():
-            ctx.by_type[t] = list(kept.values())
+        with self.lock:
+            for t, kept in self.by_type.items():
+                ctx.by_type[t] = list(kept.values())
         return ctx
 
     # -- dependents ----------------------------------------------------------------------------------------------
@@ -259,8 +307,6 @@ class Incremental:
         self.clock = clock
         self.log = get_logger("auditor.incremental")
         self.retained = Retained(retained_types(auditor.rules))
-        self._next: Retained | None = None  # the index a running cycle fills
-        self._touched: dict[tuple[str, str], FeedChange] = {}  # changes applied while a cycle fills `_next`
         self.filled = False  # a cycle of this process filled the index: changes can be evaluated
         self._inbox: Any = None  # a store connection of its own for `submit` (never waits on a cycle's write)
         self._inbox_lock = threading.Lock()
@@ -300,33 +346,17 @@ class Incremental:
 
     # -- the cycle's side ----------------------------------------------------------------------------------------
     def cycle_started(self) -> Retained:
-        """A new index for the cycle to fill (returned: its `observe` is the per-asset hook)."""
-        with self._work_lock:
-            self._next = Retained(retained_types(self.auditor.rules))
-            self._touched = {}
-            return self._next
+        """The index, for the cycle to update in place (returned: its `observe` is the per-asset hook)."""
+        self.retained.begin(retained_types(self.auditor.rules))
+        return self.retained
 
     def cycle_ended(self, complete: bool, incomplete: Iterable[str] = ()) -> None:
-        """The cycle was recorded (or not: `complete` False with nothing recorded drops its index). A partial
-        cycle keeps the current index's assets of the types it did not read completely."""
-        from auditor.evaluate.globs import compile_glob
-
+        """The cycle was recorded (or not: `complete` False with nothing recorded drops nothing). A partial cycle
+        keeps the assets of the types it did not read completely."""
         with self._work_lock:
-            new, self._next = self._next, None
-            if new is None:
-                return
-            if not complete and not incomplete:
-                return
-            unread = [compile_glob(t) for t in incomplete]
-            for t, kept in self.retained.by_type.items():
-                if any(p.match(t) for p in unread):
-                    new.by_type[t] = kept
-            for change in self._touched.values():
-                self._apply(new, change)
-            self._touched = {}
-            new.version = self.retained.version + 1
-            self.retained = new
-            self.filled = True
+            self.retained.end(complete, incomplete)
+            if complete or incomplete:
+                self.filled = True
         self.log.info("retained_index", assets=self.retained.count(),
                       types={t: len(v) for t, v in sorted(self.retained.by_type.items()) if v})
         self.refresh_missed()
@@ -445,8 +475,7 @@ class Incremental:
             c = w.change
             if c.asset.asset_type in self.retained.types:
                 self._apply(self.retained, c)
-                if self._next is not None:
-                    self._touched[(c.asset.name, c.content)] = c
+                self.retained.hold(c.asset.name)
             self._fan_out(c)
         for w in works:
             c = w.change

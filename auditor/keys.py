@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 from array import array
+from collections.abc import Iterator
+from itertools import repeat
 
 _M64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: the top bits of key * 2**64/phi spread even patterned keys
@@ -120,6 +122,15 @@ class KeyMap:
             if vals is not None:
                 assert old_vals is not None
                 vals[i] = old_vals[j]
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        """Every (key, value), in no particular order (value 0 in a set)."""
+        if self._has_zero:
+            yield 0, self._zero_val
+        vals = self._vals if self._vals is not None else repeat(0)
+        for key, value in zip(self._keys, vals, strict=False):  # vals may be an endless run of 0
+            if key != EMPTY:
+                yield key, value
 
     def nbytes(self) -> int:
         """The bytes its slots take (what it costs beyond a few hundred bytes of itself)."""

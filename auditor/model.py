@@ -129,6 +129,12 @@ class Asset:
         return self._res
 
     @property
+    def resource_json(self) -> Json | None:
+        """The resource data's JSON as read, while the asset keeps it (None when the asset was made from a dict, or
+        once `resource` decoded it and dropped it): for a reader that decodes only what it needs, into typed structs."""
+        return self._res_raw
+
+    @property
     def has_resource(self) -> bool:
         return self._res is not None or self._res_raw is not None
 

@@ -28,8 +28,9 @@ import multiprocessing
 import sys
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sized
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,14 +43,18 @@ from auditor.errors import AuditorError, RuleError
 from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun, Held
 from auditor.evaluate.registry import get_check
 from auditor.evaluate.rulebook import LoadedRule, Rule
-from auditor.model import Asset
-from auditor.report.spool import NO_GEN
+from auditor.model import Asset, Finding
+from auditor.report.spool import MARK_BYTES, NO_GEN, finding_mark
 
 if TYPE_CHECKING:
-    from auditor.scan import Duplicates, Merged
+    from auditor.scan import Collector, Duplicates, Merged
 
 RANGES_PER_JOB = 4  # more ranges than processes, so that a slow range does not leave a core idle
 MIN_RANGE_BYTES = 8 << 20
+# A range's findings and kept assets wait whole in its worker, then in the parent until merged: ranges of about
+# this size keep both small (at 52 MB a range, a worker's peak rose by about 40 MB), for a few milliseconds a range.
+RANGE_BYTES = 8 << 20
+AHEAD = 2  # ranges handed out per worker ahead of the parent's merging: the parts that may wait in the parent
 
 
 @dataclass
@@ -73,7 +78,7 @@ class _Copies:
     findings: array[int] = field(default_factory=lambda: array("I"))  # findings made before it: then come its own
     held: array[int] = field(default_factory=lambda: array("I"))  # likewise the assets kept for the end
 
-    def track(self, assets: Iterable[Asset], findings: list[Any], held: list[Held]) -> Iterator[Asset]:
+    def track(self, assets: Iterable[Asset], findings: Sized, held: list[Held]) -> Iterator[Asset]:
         from auditor.scan import stable_key
 
         index: dict[str, int] = {}
@@ -99,6 +104,54 @@ class _Copies:
 
 
 @dataclass
+class _Encoded:
+    """A worker's findings as the report writes them (see report/spool.py's EncodingSink), in the order they were
+    made: the report groups met, and for each finding its group, the end of its line in `lines` and its record but
+    the copy (`finding_mark`, MARK_BYTES each), which the parent completes once it has merged the copies.
+
+    A few arrays and byte strings to pickle: findings pickled one by one cost the worker and the parent together
+    about as much as evaluating them (30 microseconds a finding on the messy profile, most of it their remedies and
+    details), and made `--jobs 2` cost more CPU than one process."""
+
+    groups: list[str]
+    group_of: array[int]
+    ends: array[int]
+    lines: bytes
+    marks: bytes
+
+
+class _Encoder:
+    """The worker's evaluation sink when the parent's report takes encoded findings: each finding encoded as the
+    report's `renderer` (a report/formats.py Renderer) does, into an `_Encoded`."""
+
+    def __init__(self, renderer: Any) -> None:
+        self.key, self.line = renderer.key, renderer.line
+        self.index: dict[str, int] = {}
+        self.groups: list[str] = []
+        self.group_of = array("I")
+        self.ends = array("Q")
+        self.lines = bytearray()
+        self.marks = bytearray()
+
+    def __len__(self) -> int:  # the findings made so far (`_Copies.track`)
+        return len(self.ends)
+
+    def __call__(self, f: Finding) -> None:
+        group = self.key(f)
+        g = self.index.get(group)
+        if g is None:
+            g = self.index[group] = len(self.groups)
+            self.groups.append(group)
+        self.group_of.append(g)
+        self.lines += self.line(f)
+        self.ends.append(len(self.lines))
+        self.marks += finding_mark(f)
+
+    def done(self) -> _Encoded:
+        return _Encoded(self.groups, self.group_of, self.ends, bytes(self.lines), bytes(self.marks))
+
+
+@dataclass
 class _Part:
     evaluation: Evaluation
     held: list[Held]
@@ -107,13 +160,15 @@ class _Part:
     problems: list[tuple[int, str]] = field(default_factory=list)  # (line in the range, reason)
     unknown: dict[str, int] = field(default_factory=dict)  # objects of kinds no reader knows, by kind
     failed: dict[str, str] = field(default_factory=dict)  # what could not be read (a corrupt gzip shard)
+    encoded: _Encoded | None = None  # the findings, when the parent's report takes encoded lines (not `evaluation`)
 
 
 _engine: Engine | None = None  # the worker's engine, built once per process
+_renderer: Any = None  # the report's renderer, when the parent's report takes encoded lines
 
 
-def _init(rules: list[tuple[Rule, str]], now: datetime) -> None:
-    global _engine
+def _init(rules: list[tuple[Rule, str]], now: datetime, encoding: tuple[type[Any], list[Any]] | None) -> None:
+    global _engine, _renderer
     from auditor.scan import GC_THRESHOLD
 
     # a worker does nothing but read and evaluate: the collector's pace of a scan (a forked worker inherits it)
@@ -125,6 +180,9 @@ def _init(rules: list[tuple[Rule, str]], now: datetime) -> None:
             raise RuleError(f"{origin}: rule {rule.id}: check {rule.check!r} is not registered in a worker process")
         loaded.append(LoadedRule(rule=rule, spec=spec, params=spec.params.model_validate(rule.params), origin=origin))
     _engine = Engine(loaded, now=now)
+    if encoding is not None:
+        renderer_class, facts = encoding
+        _renderer = renderer_class(facts)
 
 
 def _scan_range(job: _Range) -> _Part:
@@ -137,8 +195,12 @@ def _scan_range(job: _Range) -> _Part:
     run = engine.start(evaluation, on_held=held.append)
     path = Path(job.path)
     copies = _Copies()
+    encoder = _Encoder(_renderer) if _renderer is not None else None
+    evaluation.sink = encoder
     assets = source.file_assets(path) if job.end < 0 else source.range_assets(path, job.start, job.end)
-    run.feed(copies.track(assets, evaluation.findings, held))
+    run.feed(copies.track(assets, encoder if encoder is not None else evaluation.findings, held))
+    evaluation.sink = None
+    encoded = encoder.done() if encoder is not None else None
     prefix = f"{path}:"
     problems = []
     failed = dict(source.status.failed_types)  # a file that could not be read (a corrupt gzip shard)
@@ -148,7 +210,7 @@ def _scan_range(job: _Range) -> _Part:
         if msg not in unreadable and line.isdigit():
             problems.append((int(line), reason))
     return _Part(evaluation=evaluation, held=held, lines=source.lines_read, copies=copies, problems=problems,
-                 unknown=dict(source.status.unknown), failed=failed)
+                 unknown=dict(source.status.unknown), failed=failed, encoded=encoded)
 
 
 def _context(threaded: bool) -> multiprocessing.context.BaseContext:
@@ -167,18 +229,36 @@ def _context(threaded: bool) -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork")
 
 
-def _parts(pool: ProcessPoolExecutor, jobs: list[_Range]) -> Iterator[_Part]:
+def _parts(pool: ProcessPoolExecutor, jobs: list[_Range], ahead: int = 4) -> Iterator[_Part]:
+    """The workers' parts, in the order of `jobs`; at most `ahead` ranges are handed out beyond the one merged
+    (`pool.map` hands out all at once: parts done early waited in the parent, its peak grew with the file)."""
+    pending: deque[Future[_Part]] = deque()
+    todo = iter(jobs)
     try:
-        yield from pool.map(_scan_range, jobs)
+        pending.extend(pool.submit(_scan_range, job) for job in itertools.islice(todo, ahead + 1))
+        while pending:
+            part = pending.popleft().result()
+            following = next(todo, None)
+            if following is not None:  # before the parent merges this part, so that no worker waits for it
+                pending.append(pool.submit(_scan_range, following))
+            yield part
     except BrokenProcessPool as exc:
         raise AuditorError(f"a scan worker process died ({exc}); out of memory? retry with fewer --jobs") from exc
+    finally:
+        for f in pending:
+            f.cancel()
 
 
 class ParallelReader:
     """Feeds an evaluation from sources, splitting each large NDJSON file over `jobs` processes."""
 
-    def __init__(self, engine: Engine, jobs: int, cluster: str, threaded: bool = False) -> None:
+    def __init__(
+        self, engine: Engine, jobs: int, cluster: str, threaded: bool = False, collector: Collector | None = None
+    ) -> None:
+        """`collector`: the scan's, when its report takes findings encoded (spool.EncodingSink): the workers then
+        encode them, and the parent hands their lines on."""
         self.engine = engine
+        self.collector = collector
         self.jobs = max(1, jobs)
         self.cluster = cluster
         self.threaded = threaded
@@ -195,11 +275,12 @@ class ParallelReader:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             rules = [(r.rule, r.origin) for r in self.engine.rules]
+            encoding = self.collector.out.encoding() if self.collector is not None else None  # type: ignore[attr-defined]
             self._pool = ProcessPoolExecutor(
                 max_workers=self.jobs,
                 mp_context=_context(self.threaded),
                 initializer=_init,
-                initargs=(rules, self.engine.now),
+                initargs=(rules, self.engine.now, encoding),
             )
         return self._pool
 
@@ -234,7 +315,9 @@ class ParallelReader:
             if not source.is_ndjson(f):
                 out.append((f, None))
                 continue
-            ranges = [] if source.is_gzip(f) else source.cut(f, self.jobs * RANGES_PER_JOB, MIN_RANGE_BYTES)
+            size = f.stat().st_size
+            parts = max(self.jobs * RANGES_PER_JOB, -(-size // RANGE_BYTES))
+            ranges = [] if source.is_gzip(f) else source.cut(f, parts, MIN_RANGE_BYTES)
             if len(ranges) > 1:
                 out.append((f, [_Range(str(f), start, end, self.cluster) for start, end in ranges]))
             else:
@@ -256,7 +339,7 @@ class ParallelReader:
         if not jobs:
             return
         base, path = 1, ""  # line number of the first line of the next range of `path`
-        for job, part in zip(jobs, _parts(self._executor(), jobs), strict=True):
+        for job, part in zip(jobs, _parts(self._executor(), jobs, AHEAD * self.jobs), strict=True):
             if job.path != path:
                 base, path = 1, job.path
             for line, reason in part.problems:
@@ -269,7 +352,7 @@ class ParallelReader:
             for asset, _ in part.held:
                 asset.renumber(base - 1)
             source.status.assets += sum(part.evaluation.assets_by_type.values())
-            held = _merge(part, job, base, source, run, dedupe)
+            held = _merge(part, job, base, source, run, dedupe, self.collector)
             run.absorb(part.evaluation, held)
             base += part.lines
             if on_asset is not None:
@@ -289,7 +372,13 @@ class ParallelReader:
 
 
 def _merge(
-    part: _Part, job: _Range, base: int, source: FileSource, run: EvaluationRun, dedupe: Duplicates
+    part: _Part,
+    job: _Range,
+    base: int,
+    source: FileSource,
+    run: EvaluationRun,
+    dedupe: Duplicates,
+    collector: Collector | None = None,
 ) -> list[Held]:
     """Merge a worker's copies with those read before (see the module's docstring); hand on its findings, each
     tagged with its copy, but those of copies left out; the assets it kept for the end, but those of copies left
@@ -314,6 +403,9 @@ def _merge(
     made, keys, dropped, gens = copies.findings, copies.keys, merged.dropped, merged.gens
     i = 0
     try:
+        if part.encoded is not None:
+            assert collector is not None
+            _take(part.encoded, collector, made, keys, dropped, gens, dedupe)
         for j, f in enumerate(findings):
             i = bisect_right(made, j, i) - 1  # the copy that made it: the last one with no more findings before it
             if i in dropped:
@@ -331,6 +423,30 @@ def _merge(
     if merged.notes:
         _note(merged, copies, job, base, source, dedupe)
     return held
+
+
+def _take(
+    encoded: _Encoded,
+    collector: Collector,
+    made: array[int],
+    keys: array[int],
+    dropped: set[int],
+    gens: dict[int, int],
+    dedupe: Duplicates,
+) -> None:
+    """Hand on a worker's encoded findings, each tagged with its copy, but those of copies left out (as `_merge`
+    does with finding objects)."""
+    rules = [g.partition("\x00")[0] for g in encoded.groups]  # a group is a rule, perhaps qualified after a NUL
+    groups, group_of, ends, lines, marks = encoded.groups, encoded.group_of, encoded.ends, encoded.lines, encoded.marks
+    take = collector.take
+    i = start = 0
+    for j, end in enumerate(ends):
+        i = bisect_right(made, j, i) - 1  # the copy that made it: the last one with no more findings before it
+        if i not in dropped:
+            dedupe.cur_key, dedupe.cur_gen = keys[i], gens.get(i, 0)
+            g = group_of[j]
+            take(rules[g], groups[g], lines[start:end], marks[j * MARK_BYTES : (j + 1) * MARK_BYTES])
+        start = end
 
 
 def _note(merged: Merged, copies: _Copies, job: _Range, base: int, source: FileSource, dedupe: Duplicates) -> None:

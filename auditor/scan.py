@@ -14,12 +14,15 @@ import contextlib
 import gc
 import hashlib
 import itertools
+import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from auditor import __version__
 from auditor.collect import Source, SourceOptions, open_source
@@ -32,6 +35,7 @@ from auditor.report.spool import (
     COPY_BYTES,
     NO_COPY,
     NO_GEN,
+    EncodingSink,
     FindingSink,
     Spot,
     Tally,
@@ -152,6 +156,35 @@ class ScanResult:
 
     def worst_open_rank(self) -> int:
         return self.counts().worst_rank
+
+
+JOBS_AUTO = "auto"
+Jobs = int | Literal["auto"]  # processes for `--jobs`: a number, or "auto" (`usable_cores`)
+
+
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may keep busy: those it may run on (`os.sched_getaffinity`: a cpuset, `taskset`),
+    fewer when a CPU quota (a container's CPU limit, cgroup v2 `cpu.max`) allows less; at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):  # no cgroup v2 limit readable here: the affinity alone
+        pass
+    return max(1, cores)
+
+
+def resolve_jobs(jobs: Jobs) -> int:
+    """`jobs` as a number of processes ("auto": `usable_cores`)."""
+    if jobs == JOBS_AUTO:
+        return usable_cores()
+    if isinstance(jobs, int) and not isinstance(jobs, bool) and jobs >= 1:
+        return jobs
+    raise ValueError(f"jobs must be a number of processes (1 or more) or {JOBS_AUTO!r}, not {jobs!r}")
 
 
 _gc_lock = threading.Lock()
@@ -396,22 +429,35 @@ class Collector:
 
     def __call__(self, f: Finding) -> None:
         d = self.dedupe
-        key = int(f.id[:16], 16)
         gen = d.cur_gen
         copy = NO_COPY if gen == NO_GEN else copy_tag(d.cur_key, gen)
+        if self._admit(int(f.id[:16], 16), copy, gen):
+            self.tally.add(f)
+            self.out.add(f, copy)
+
+    def take(self, rule: str, group: str, line: bytes, mark: bytes) -> None:
+        """A finding encoded by a worker process (`--jobs`): its rule, report group, line and record but the copy
+        (`finding_mark`); `out` is then an EncodingSink. The same decisions as for a finding object."""
+        d = self.dedupe
+        gen = d.cur_gen
+        copy = NO_COPY if gen == NO_GEN else copy_tag(d.cur_key, gen)
+        if self._admit(int.from_bytes(mark[:8], "big"), copy, gen):
+            self.tally.add_record(rule, mark[8], bool(mark[9]))
+            self.out.add_line(group, line, copy + mark)  # type: ignore[attr-defined]
+
+    def _admit(self, key: int, copy: bytes, gen: int) -> bool:
+        """Whether a finding (the first 8 bytes of its id, as a number) of this copy is handed on."""
         if 0 < gen < NO_GEN:
             if copy != self.own_copy:
                 self.own_copy, self.own = copy, set()
             own = self.own
             if key in own:
-                return
+                return False
             own.add(key)
             if self.sent.add(key) >= 0:  # handed on before
-                self.claims.add(copy + bytes.fromhex(f.id[:16]))
-        elif self.sent.add(key) >= 0:
-            return
-        self.tally.add(f)
-        self.out.add(f, copy)
+                self.claims.add(copy + key.to_bytes(8, "big"))
+            return True
+        return self.sent.add(key) < 0
 
     def settle(self) -> int:
         """Take back the findings of the replaced copies, and the claims that turn out to be repeats of a copy that
@@ -461,11 +507,12 @@ def _parallel(
     on_progress: Callable[[int], None] | None,
     threaded: bool,
     observe: Callable[[Asset], None] | None = None,
+    collector: Collector | None = None,
 ) -> None:
     from auditor.collect.files import FileSource
     from auditor.parallel import ParallelReader
 
-    with ParallelReader(run.engine, jobs, cluster, threaded) as reader:
+    with ParallelReader(run.engine, jobs, cluster, threaded, collector) as reader:
         for source in sources:
             if isinstance(source, FileSource):
                 with attributed(source.uri):
@@ -481,7 +528,7 @@ def run_scan(
     *,
     now: datetime | None = None,
     on_progress: Callable[[int], None] | None = None,
-    jobs: int = 1,
+    jobs: Jobs = 1,
     threaded: bool = False,
     on_finding: FindingSink | Callable[[Finding], None] | None = None,
     sink: StagingSink | None = None,
@@ -490,8 +537,9 @@ def run_scan(
     """Scan the named sources with the given rules. Sources that cannot be opened raise SourceError.
 
     With `jobs` > 1, large uncompressed NDJSON exports are read and evaluated in that many processes (same result;
-    a malformed line is then reported once its range is read). `--strict` scans stay in one process. `threaded`:
-    the caller runs other threads for good (the daemon), and workers come from a fork server (auditor/parallel.py).
+    a malformed line is then reported once its range is read); "auto": as many as `usable_cores`. `--strict` scans
+    stay in one process. `threaded`: the caller runs other threads for good (the daemon), and workers come from a
+    fork server (auditor/parallel.py).
     `on_finding`: each finding is handed to it as it is made and not kept (a report written as it goes); the
     result then counts them (`tally`) but its `findings` is empty. A FindingSink (a StreamedReport) is also asked to
     take back the findings of an asset copy that a later copy replaced (see `Duplicates`); a plain function gets
@@ -503,6 +551,7 @@ def run_scan(
     export files read by worker processes).
     """
     options = options or SourceOptions()
+    jobs = resolve_jobs(jobs)
     engine = Engine(rules, now=now)
     options.asset_types = engine.asset_type_globs()
     options.extra.setdefault("needs_iam", engine.needs_iam())
@@ -538,7 +587,9 @@ def run_scan(
             select(engine.wants, evaluation.assets_by_type)
     with fewer_collections():
         if parallel:
-            _parallel(run, sources, dedupe, jobs, options.cluster, on_progress, threaded, observe)
+            # a report that takes encoded lines gets them from the workers: no finding crosses as an object
+            encoded = collector if collector is not None and isinstance(collector.out, EncodingSink) else None
+            _parallel(run, sources, dedupe, jobs, options.cluster, on_progress, threaded, observe, encoded)
         else:
             run.feed(_chain(sources, on_progress, dedupe, observe))
         run.finish()

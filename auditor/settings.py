@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -268,8 +268,10 @@ class Settings(BaseSettings):
     rules: list[str] = Field(default_factory=list, description="Rule files or folders; empty: the shipped baseline.")
     cluster: str = Field("local", description="Cluster name for Kubernetes objects read from files.")
     strict: bool = Field(False, description="A malformed record fails the source instead of being skipped.")
-    jobs: int = Field(
-        1, ge=1, le=64, description="Processes reading a large uncompressed NDJSON export (as `auditor scan --jobs`)."
+    jobs: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        1,
+        description="Processes reading a large uncompressed NDJSON export (as `auditor scan --jobs`); `auto`: one "
+        "per core the daemon may use (its CPU affinity, and its container's CPU limit).",
     )
     schedule: Schedule = Field(default_factory=Schedule)  # type: ignore[arg-type]
     state_path: Path = Field(Path("drift-auditor.db"), description="The SQLite state file (when no state_url).")

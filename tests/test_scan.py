@@ -6,17 +6,19 @@ import csv
 import gc
 import io
 import json
+import os
 import re
 import threading
 from pathlib import Path
 
 import pytest
 
+import auditor.scan
 from auditor.collect import SourceOptions
 from auditor.evaluate.engine import EvaluationError
 from auditor.evaluate.rulebook import load_rules
 from auditor.model import NotEvaluated
-from auditor.scan import GC_THRESHOLD, ScanResult, fewer_collections, run_scan
+from auditor.scan import GC_THRESHOLD, ScanResult, fewer_collections, resolve_jobs, run_scan, usable_cores
 from bench.generate import generate
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples"
@@ -178,3 +180,24 @@ def test_a_binding_repeated_in_a_policy_gives_one_finding(tmp_path: Path) -> Non
     ids = [f.id for f in findings]
     assert len(ids) == len(set(ids))
     assert [f.rule for f in findings].count("iam-no-public-members") == 1
+
+
+def test_usable_cores_are_the_affinity_within_the_cpu_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    cpu_max = tmp_path / "cpu.max"
+    assert usable_cores(tmp_path / "absent") == 4  # no cgroup v2 limit readable: the affinity
+    for quota, cores in [("max 100000", 4), ("150000 100000", 2), ("200000 100000", 2), ("50000 100000", 1),
+                         ("800000 100000", 4), ("not a quota", 4)]:
+        cpu_max.write_text(quota + "\n")
+        assert usable_cores(cpu_max) == cores, quota
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {7}, raising=False)  # `taskset -c 7`
+    assert usable_cores(tmp_path / "absent") == 1
+
+
+def test_jobs_are_a_number_or_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auditor.scan, "usable_cores", lambda: 3)
+    assert resolve_jobs("auto") == 3
+    assert resolve_jobs(1) == 1 and resolve_jobs(8) == 8
+    for bad in (0, -1, True, "2", "many", None):
+        with pytest.raises(ValueError, match="number of processes"):
+            resolve_jobs(bad)  # type: ignore[arg-type]

@@ -89,8 +89,8 @@ def workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     parts: list[int] = []
     real = auditor.parallel._parts
 
-    def counted(pool: Any, jobs: list[Any]) -> Iterator[Any]:
-        for part in real(pool, jobs):
+    def counted(pool: Any, jobs: list[Any], *more: Any) -> Iterator[Any]:
+        for part in real(pool, jobs, *more):
             parts.append(len(part.copies.keys))
             yield part
 

@@ -56,7 +56,7 @@ def command(config: str | None, once: bool, check: bool, fail_on: str, allow_par
     # summary and logs on stderr.
     configure(settings.log_format, settings.log_level, stream=sys.stderr if once else sys.stdout)
     store = Store(*state_target(settings))
-    auditor = Auditor(settings, store, publish_at_start=not once)
+    auditor = Auditor(settings, store, publish_at_start=not once, retain=not once)
     if once:
         out = auditor.run_cycle()
         store.close()

@@ -14,6 +14,7 @@ from auditor.model import SEVERITIES
 
 if TYPE_CHECKING:
     from auditor.evaluate.rulebook import LoadedRule
+    from auditor.scan import Jobs
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,14 +50,35 @@ def source_options(fn: F) -> F:
     return fn
 
 
+class JobsType(click.ParamType):
+    """A number of processes (1 or more), or `auto`: as many as the cores this process may use."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Jobs:
+        if isinstance(value, int) and value >= 1:
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+        if n < 1:
+            self.fail(f"{value!r} is neither a number of processes (1 or more) nor 'auto'", param, ctx)
+        return n
+
+
 def jobs_option(fn: F) -> F:
     return click.option(
         "--jobs",
         "-j",
-        type=click.IntRange(min=1),
+        type=JobsType(),
         default=1,
         show_default=True,
-        help="Processes that read and evaluate large NDJSON exports in parallel (same result as one).",
+        help="Processes that read and evaluate large uncompressed NDJSON exports in parallel (same result as one); "
+        "auto: one per usable core (CPU affinity and container limit).",
     )(fn)
 
 

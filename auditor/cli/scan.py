@@ -29,7 +29,7 @@ from auditor.report.escape import plain
 from auditor.report.formats import StreamedReport, format_names
 from auditor.report.render import render_table, summary_line
 from auditor.report.spool import FindingSink
-from auditor.scan import ScanResult, run_scan
+from auditor.scan import Jobs, ScanResult, run_scan
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -55,7 +55,7 @@ def do_scan(
     cluster: str,
     strict: bool,
     require_complete: bool,
-    jobs: int = 1,
+    jobs: Jobs = 1,
     sink_for: Callable[[list[LoadedRule]], FindingSink] | None = None,
     selection: RuleSelection | None = None,
 ) -> ScanResult:
@@ -108,7 +108,7 @@ def command(
     strict: bool,
     require_complete: bool,
     rules_paths: tuple[str, ...],
-    jobs: int,
+    jobs: Jobs,
     fmt: str,
     output: str | None,
     fail_on: str,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from operator import itemgetter
+from operator import attrgetter
 from typing import Any, NamedTuple
 
-from auditor.model import Asset
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from auditor.model import Asset, Json
 
 DEFAULT_RULE_PRIORITY = 2147483647
 
@@ -95,14 +98,29 @@ def audit_log_configs(policy: dict[str, Any]) -> list[AuditLogConfig]:
     return out
 
 
-class ArmorRule(NamedTuple):
+class ArmorRule(msgspec.Struct, frozen=True, gc=False):
+    """One rule of a Cloud Armor security policy, as the checks read it.
+
+    A Struct rather than a NamedTuple: a large organization has hundreds of thousands of rules, and a Struct is made
+    in C (about a quarter of the time). Not tracked by the garbage collector: it holds strings, tuples and the
+    rule's source, never itself.
+    """
+
     priority: int
     action: str
     preview: bool
     src_ranges: tuple[str, ...]
-    expression: str | None
+    expression: str | None  # `match.expr.expression` as written, or None
     description: str
-    raw: dict[str, Any]
+    source_match: bool  # its `match` holds nothing but source ranges (`config`, `versionedExpr`)
+    _source: dict[str, Any] | _PolicyJson  # the rule's dict, or the policy's JSON it is decoded from on demand
+    _index: int = 0  # the rule's place in the policy's rule list (for `_PolicyJson`)
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The rule as the policy spells it (decoded from the policy's JSON when first asked for)."""
+        source = self._source
+        return source if isinstance(source, dict) else source.rule(self._index)
 
     @property
     def is_default(self) -> bool:
@@ -117,7 +135,30 @@ class ArmorRule(NamedTuple):
         return self.action.startswith("deny")
 
 
+class _PolicyJson:
+    """A policy's JSON, decoded into dicts only if a rule's `raw` is asked for (once for all its rules)."""
+
+    __slots__ = ("_json", "_rules")
+
+    def __init__(self, json: Json) -> None:
+        self._json = json
+        self._rules: list[Any] | None = None
+
+    def rule(self, index: int) -> dict[str, Any]:
+        if self._rules is None:
+            policy = msgspec.json.decode(self._json)
+            self._rules = policy.get("rules") or policy.get("rule")
+        rule: dict[str, Any] = self._rules[index]
+        return rule
+
+
 def _armor_rules_of(asset: Asset) -> tuple[ArmorRule, ...]:
+    json = asset.resource_json
+    if json is not None:
+        try:
+            return tuple(_typed_armor_rules(json))
+        except msgspec.ValidationError:
+            pass  # a spelling the typed form does not take (a priority as a string...): read as dicts
     return tuple(armor_rules(asset.resource))
 
 
@@ -136,7 +177,9 @@ def asset_audit_log_configs(asset: Asset) -> tuple[AuditLogConfig, ...]:
 
 
 def armor_rules(policy: dict[str, Any]) -> list[ArmorRule]:
-    """The rules of a security policy: `rules` (Compute API) or `rule` (CAI), `srcIpRanges` or `srcIpRange`."""
+    """The rules of a security policy: `rules` (Compute API) or `rule` (CAI), `srcIpRanges` or `srcIpRange`.
+
+    Every spelling a policy dict may have: this is the reference `_typed_armor_rules` must agree with."""
     out: list[ArmorRule] = []
     for r in policy.get("rules") or policy.get("rule") or ():
         if not isinstance(r, dict):
@@ -153,13 +196,14 @@ def armor_rules(policy: dict[str, Any]) -> list[ArmorRule]:
             priority = DEFAULT_RULE_PRIORITY
         preview = r.get("preview")
         out.append(
-            ArmorRule(  # by position: this runs for every rule of every policy
+            ArmorRule(
                 priority,
                 str(r.get("action") or ""),
                 preview is True or (preview is not False and str(preview).lower() == "true"),
                 tuple(map(str, ranges)),
                 expr,
                 str(r.get("description") or ""),
+                match.keys() <= _SOURCE_MATCH_KEYS,
                 r,
             )
         )
@@ -167,4 +211,79 @@ def armor_rules(policy: dict[str, Any]) -> list[ArmorRule]:
     return out
 
 
-_priority = itemgetter(0)  # ArmorRule.priority
+_SOURCE_MATCH_KEYS = frozenset({"config", "versionedExpr"})
+_priority = attrgetter("priority")
+
+
+# The parts of a policy the checks read, as typed structs msgspec decodes the policy's JSON into, in C: no dict is
+# made for the rest of the policy, and each field is read by name rather than looked up. They take the spelling of
+# the Compute API and CAI; anything else (a priority as a string, a range that is not a string, a `match` key the
+# Compute API does not have...) fails validation and the policy is read by `armor_rules` instead.
+class _Expr(msgspec.Struct):
+    expression: str | None = None
+
+
+class _Config(msgspec.Struct):
+    srcIpRanges: tuple[str, ...] | str | None = None  # decoded as the tuple a rule keeps
+    srcIpRange: tuple[str, ...] | str | None = None
+
+
+class _Match(msgspec.Struct, forbid_unknown_fields=True):  # which keys it holds decides `source_match`
+    config: _Config | None = None
+    versionedExpr: msgspec.Raw = msgspec.Raw()  # not read
+    expr: _Expr | UnsetType | None = UNSET
+    exprOptions: msgspec.Raw = msgspec.Raw()  # not read: its presence is what counts (empty when absent)
+
+
+class _Rule(msgspec.Struct):
+    priority: int | None = DEFAULT_RULE_PRIORITY
+    action: str | None = None
+    preview: bool | None = None
+    description: str | None = None
+    match: _Match | None = None
+
+
+class _Policy(msgspec.Struct):
+    rules: list[_Rule] | None = None
+    rule: list[_Rule] | None = None
+
+
+_policy_decoder = msgspec.json.Decoder(_Policy)
+
+
+def _typed_armor_rules(json: Json) -> list[ArmorRule]:
+    """`armor_rules` of a policy's JSON, through the typed structs (raises msgspec.ValidationError on another
+    spelling). This runs for every rule of every policy: fields are read once into locals, rules made by position."""
+    policy = _policy_decoder.decode(json)
+    source = _PolicyJson(json)
+    out: list[ArmorRule] = []
+    for index, r in enumerate(policy.rules or policy.rule or ()):
+        match = r.match
+        ranges: tuple[str, ...] = ()
+        if match is None:
+            expression = None
+            source_match = True
+        else:
+            config = match.config
+            if config is not None:
+                given = config.srcIpRanges or config.srcIpRange or ()
+                ranges = (given,) if isinstance(given, str) else given  # a str: a hand-written policy's one range
+            expr = match.expr
+            expression = expr.expression if expr else None  # UNSET and None are false
+            source_match = expr is UNSET and not match.exprOptions
+        priority = r.priority
+        out.append(
+            ArmorRule(
+                DEFAULT_RULE_PRIORITY if priority is None else priority,
+                r.action or "",
+                r.preview is True,
+                ranges,
+                expression,
+                r.description or "",
+                source_match,
+                source,
+                index,
+            )
+        )
+    out.sort(key=_priority)
+    return out

@@ -446,6 +446,14 @@ class StreamedReport:
     def add(self, f: Finding, copy: bytes = NO_COPY) -> None:
         self.spool.add(self.renderer.key(f), self.renderer.line(f), finding_meta(f, copy))
 
+    def encoding(self) -> tuple[type[Renderer], list[RuleFacts]]:
+        """What a worker process needs to encode findings as `add` does (see spool.EncodingSink)."""
+        return type(self.renderer), self.facts
+
+    def add_line(self, group: str, line: bytes, meta: bytes) -> None:
+        """A finding a worker process encoded: its group (`Renderer.key`), line (`Renderer.line`) and record."""
+        self.spool.add(group, line, meta)
+
     def find(self, match: Callable[[bytes], bool]) -> list[Spot]:
         return self.spool.find(match)
 

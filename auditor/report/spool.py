@@ -18,7 +18,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, NamedTuple, Protocol, runtime_checkable
+from typing import IO, Any, NamedTuple, Protocol, runtime_checkable
 
 from auditor.model import SEVERITIES, Finding
 
@@ -41,7 +41,15 @@ def copy_tag(key: int, gen: int) -> bytes:
 
 def finding_meta(f: Finding, copy: bytes) -> bytes:
     """The record spooled beside a finding's line (see the module's docstring)."""
-    return copy + bytes.fromhex(f.id[:16]) + bytes((f.severity.rank, f.exempted is not None))
+    return copy + finding_mark(f)
+
+
+MARK_BYTES = META_BYTES - COPY_BYTES
+
+
+def finding_mark(f: Finding) -> bytes:
+    """The finding's own part of its record (all but the copy): 8 bytes of its id, its severity's rank, exempted."""
+    return bytes.fromhex(f.id[:16]) + bytes((f.severity.rank, f.exempted is not None))
 
 
 class Spot(NamedTuple):
@@ -90,6 +98,18 @@ class FindingSink(Protocol):
     def drop(self, spots: Iterable[Spot]) -> None: ...
 
 
+@runtime_checkable
+class EncodingSink(FindingSink, Protocol):
+    """A FindingSink that also takes findings encoded elsewhere (by the worker processes of `--jobs`): it tells
+    them how to encode (`encoding`: a renderer class and its rules, built again in each worker) and takes each
+    finding as its group, its encoded line and its record (`add_line`), so that no finding crosses between
+    processes as an object."""
+
+    def encoding(self) -> tuple[type[Any], list[Any]]: ...
+
+    def add_line(self, group: str, line: bytes, meta: bytes) -> None: ...
+
+
 @dataclass
 class Tally:
     """The counts a summary needs, kept as findings pass: open findings by severity and by rule, exempted ones."""
@@ -106,6 +126,16 @@ class Tally:
         self.open_by_severity[f.severity.value] += 1
         self.open_by_rule[f.rule] += 1
         rank = f.severity.rank
+        if rank > self.worst_rank:
+            self.worst_rank = rank
+
+    def add_record(self, rule: str, rank: int, exempted: bool) -> None:
+        """`add`, from what a finding's record says of it (a finding encoded in a worker process)."""
+        if exempted:
+            self.exempted_by_rule[rule] += 1
+            return
+        self.open_by_severity[SEVERITIES[rank]] += 1
+        self.open_by_rule[rule] += 1
         if rank > self.worst_rank:
             self.worst_rank = rank
 

@@ -25,10 +25,10 @@ from typing import Any
 
 from auditor.model import Finding
 from auditor.state.db import Database
-from auditor.state.staging import STAGED_COLUMNS, staged_row
+from auditor.state.staging import STAGED_COLUMNS, Staging, staged_row
 
 _CONTENT = ("rule", "check_name", "severity", "mode", "asset", "asset_type", "message", "details", "exempted",
-            "exemption", "project", "ancestry")  # the stored columns of a finding, as the cycle's staging writes them
+            "exemption", "project", "ancestry", "digest")  # the stored columns of a finding, as a cycle writes them
 _EVENTS = ("INSERT INTO drift_events (cycle_id, at, change, finding_id, rule, severity, asset, asset_type, exempted, "
            "message, project, ancestry, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'event')")
 
@@ -84,7 +84,7 @@ def encode_finding(f: Finding) -> tuple[tuple[Any, ...], str]:
     """The content columns of a finding as stored (the order of _CONTENT, encoded as a cycle's staging encodes
     them: the same finding is the same row), and the note of an exemption change."""
     row = staged_row(f)
-    return row[1:13], row[13]
+    return row[1:14], row[14]
 
 
 def enqueue(db: Database, rows: Iterable[tuple[float, str, str, str, str]]) -> None:
@@ -204,7 +204,7 @@ def _apply(db: Database, v: AssetVerdict, cid: int, now: float, o: ChangeOutcome
             continue
         db.execute(
             "INSERT INTO findings (id, " + ", ".join(_CONTENT) + ", first_seen, last_seen, first_cycle, last_cycle) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
             + ", ".join(f"{k} = excluded.{k}" for k in _CONTENT)
             + ", first_seen = excluded.first_seen, last_seen = excluded.last_seen, resolved_at = NULL, stale = 0, "
             "first_cycle = excluded.first_cycle, last_cycle = excluded.last_cycle",
@@ -228,7 +228,7 @@ def event_drift(db: Database, first: int, last: int) -> Iterator[Any]:
                        (first, last))
 
 
-def keep_event_state(db: Database, since: float) -> int:
+def keep_event_state(db: Database, since: float, staging: Staging | None = None) -> int:
     """Inside a cycle's recording, with its findings staged: the assets a change recorded at or after `since` keep
     the findings that change gave them (the cycle's snapshot may have been read before it). Returns how many."""
     fresh = "SELECT asset FROM change_marks WHERE recorded_at >= ?"
@@ -237,6 +237,8 @@ def keep_event_state(db: Database, since: float) -> int:
     if not n:
         return 0
     db.execute(f"DELETE FROM cycle_seen WHERE asset IN ({fresh})", (since,))
+    if staging is not None:
+        staging.unmark(f"asset IN ({fresh})", (since,))  # nor seen unchanged: what the change recorded is
     columns = STAGED_COLUMNS
     db.execute(
         f"INSERT INTO cycle_seen ({columns}, note) SELECT {columns}, message FROM findings "

@@ -182,6 +182,19 @@ class Database:
         with self.lock:
             return self.execute(statement, args).fetchall()
 
+    def stream(self, statement: str, args: Sequence[Any] = (), size: int = 10_000) -> Iterator[Any]:
+        """The rows of a large result a few thousand at a time, never all at once: SQLite steps its cursor;
+        PostgreSQL reads through a server-side cursor (a client-side one would receive every row first). Holds the
+        connection until the rows are read: read them all before another statement."""
+        with self.lock:
+            if self.dialect == "sqlite":
+                yield from self._conn.execute(statement, tuple(args))
+                return
+            with self.transaction(), self._conn.cursor(name="auditor_stream") as cur:
+                cur.itersize = size
+                cur.execute(self.sql(statement), tuple(args))
+                yield from cur
+
     @contextmanager
     def transaction(self, immediate: bool = True) -> Iterator[Database]:
         """One transaction; a writer on SQLite takes the lock up front (BEGIN IMMEDIATE), so it never deadlocks.

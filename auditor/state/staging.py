@@ -4,18 +4,28 @@ time, as the evaluation makes them, so that neither the daemon nor the store eve
 `Staging` is the evaluation's sink (`add`, and `withdraw` for the findings of an asset a later copy replaces);
 `Store.record_cycle` then computes drift in SQL from the staged rows. A TEMP table never grows the state file and
 takes no lock on the state database (its batches run in deferred transactions that touch only TEMP). The first of a
-repeated finding id wins, as in a report. Memory: one batch of rows.
+repeated finding id wins, as in a report.
+
+Most findings of a cycle are the open findings of the last one, unchanged. Each stored finding carries a digest of
+its content (`digest`: its id and every column a cycle would write); when a staging starts it reads the digests of
+the open findings into a compact table (`auditor.keys.KeyMap`, 16 to 32 bytes a finding), and a finding whose digest
+is the stored one is only marked seen and counted: it is neither staged nor compared in SQL (a stale finding is
+always staged: seeing it again clears its mark). The open findings not seen are the few left unmarked, handed to
+the drift statements by `unseen()`. Memory: one batch of rows and that table.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
 import msgspec
 
-from auditor.model import Finding
+from auditor.keys import KeyMap
+from auditor.model import SEVERITIES, Finding
 from auditor.state.db import Database
 
 BATCH = 2000  # findings per staging insert: bounded memory, few round trips
@@ -35,6 +45,7 @@ CREATE TEMP TABLE IF NOT EXISTS cycle_seen (
     exemption TEXT,
     project TEXT,
     ancestry TEXT NOT NULL,
+    digest INTEGER,
     note TEXT NOT NULL
 )
 """
@@ -52,9 +63,15 @@ CREATE TEMP TABLE IF NOT EXISTS cycle_gone (
     id TEXT PRIMARY KEY
 )
 """
+# The open findings not seen this cycle are among these: the first 16 hexadecimal digits of their ids (see `unseen`).
+UNSEEN_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS cycle_unseen (
+    prefix TEXT PRIMARY KEY
+)
+"""
 STAGED_COLUMNS = ("id, rule, check_name, severity, mode, asset, asset_type, message, details, exempted, exemption, "
-                  "project, ancestry")
-_INSERT = (f"INSERT INTO cycle_seen ({STAGED_COLUMNS}, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                  "project, ancestry, digest")
+_INSERT = (f"INSERT INTO cycle_seen ({STAGED_COLUMNS}, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
            "ON CONFLICT (id) DO NOTHING")
 
 
@@ -63,15 +80,44 @@ _INSERT = (f"INSERT INTO cycle_seen ({STAGED_COLUMNS}, note) VALUES (?, ?, ?, ?,
 _encode = msgspec.json.Encoder(order="sorted", enc_hook=str).encode
 
 
-def staged_row(f: Finding) -> tuple[Any, ...]:
+def content_row(f: Finding) -> tuple[Any, ...]:
+    """The id and the content columns of a finding as stored, with their digest last (`STAGED_COLUMNS`)."""
     e = f.exempted or f.expired_exemption
     exemption = _encode({"reason": e.reason, "owner": e.owner, "ticket": e.ticket, "expires": e.expires,
                          "expired": f.exempted is None}).decode() if e is not None else None
-    # The message of the drift event if this finding's exemption started or ended while it stayed open.
-    note = (f"exempted ({f.exempted.reason}, {f.exempted.owner}): " if f.exempted else "exemption ended: ") + f.message
-    return (f.id, f.rule, f.check, f.severity.value, f.mode.value, f.asset, f.asset_type, f.message,
-            _encode(f.details).decode(), int(f.exempted is not None), exemption, f.project,
-            f.ancestry, note)
+    row = (f.id, f.rule, f.check, f.severity.value, f.mode.value, f.asset, f.asset_type, f.message,
+           _encode(f.details).decode(), int(f.exempted is not None), exemption, f.project, f.ancestry)
+    return (*row, digest(row))
+
+
+def digest(row: tuple[Any, ...]) -> int:
+    """A signed 64-bit digest of a finding's id and content (a column both backends hold): stable across processes
+    and versions of Python, unlike `hash`."""
+    return int.from_bytes(hashlib.blake2b(_encode(row), digest_size=8).digest(), "big", signed=True)
+
+
+def note_of(f: Finding) -> str:
+    """The message of the drift event if this finding's exemption started or ended while it stayed open."""
+    return (f"exempted ({f.exempted.reason}, {f.exempted.owner}): " if f.exempted else "exemption ended: ") + f.message
+
+
+def staged_row(f: Finding) -> tuple[Any, ...]:
+    return (*content_row(f), note_of(f))
+
+
+def id_key(fid: str) -> int:
+    """The 64-bit key of a finding id (its first 16 hexadecimal digits, see `auditor.model.finding_id`)."""
+    return int(fid[:16], 16)
+
+
+# The value of an open finding in `Staging`'s table: the top 56 bits of its stored digest, then flags.
+_SEEN = 1  # seen unchanged this cycle: counted, not staged
+_STAGED = 2  # seen and staged (changed, or stale)
+_ALWAYS = 4  # stale, or stored before digests: staged whatever its digest
+_EXEMPTED = 8  # (when seen) it was exempted
+_SEVERITY = 4  # (when seen) its severity's index in SEVERITIES, in the 3 bits from this one
+_FLAGS = 0xFF
+_M64 = (1 << 64) - 1
 
 
 def prepare(db: Database) -> None:
@@ -80,31 +126,54 @@ def prepare(db: Database) -> None:
         db.execute(db.ddl(STAGING_DDL))
         db.execute(db.ddl(UNEVALUATED_DDL))
         db.execute(db.ddl(GONE_DDL))
-        db.execute("DELETE FROM cycle_seen")
-        db.execute("DELETE FROM cycle_unevaluated")
-        db.execute("DELETE FROM cycle_gone")
+        db.execute(db.ddl(UNSEEN_DDL))
+    clear(db)
 
 
 def clear(db: Database) -> None:
     with db.lock:
-        db.execute("DELETE FROM cycle_seen")
-        db.execute("DELETE FROM cycle_unevaluated")
-        db.execute("DELETE FROM cycle_gone")
+        for table in ("cycle_seen", "cycle_unevaluated", "cycle_gone", "cycle_unseen"):
+            db.execute(f"DELETE FROM {table}")
 
 
 class Staging:
-    """The findings of one cycle in progress (see the module's docstring). Use one per cycle, from one thread."""
+    """The findings of one cycle in progress (see the module's docstring). Use one per cycle, from one thread.
 
-    def __init__(self, db: Database, batch: int = BATCH) -> None:
+    `compare`: read the open findings' digests first and stage only the findings that differ from them (the store's
+    own stagings; a bare connection without the store's tables stages everything)."""
+
+    def __init__(self, db: Database, batch: int = BATCH, compare: bool = False) -> None:
         self.db = db
         self.batch = batch
         self._rows: list[tuple[Any, ...]] = []
         self.added = 0  # findings handed in (repeated ids included)
+        self.unchanged = 0  # distinct findings seen as stored: marked, not staged
+        self._same: Counter[tuple[str, str, bool]] = Counter()  # their (rule, severity, exempted)
         prepare(db)
+        self._known: KeyMap | None = _open_digests(db) if compare else None
+
+    @property
+    def compared(self) -> bool:
+        return self._known is not None
 
     def add(self, finding: Finding) -> None:
-        self._rows.append(staged_row(finding))
+        row = content_row(finding)
         self.added += 1
+        known = self._known
+        if known is not None:
+            place = known.find(id_key(finding.id))
+            if place >= 0:
+                value = known.value_at(place)
+                if value & _SEEN:
+                    return  # a repeated id: the first copy (unchanged) wins
+                if not value & (_STAGED | _ALWAYS) and value >> 8 == (row[-1] & _M64) >> 8:
+                    exempted = finding.exempted is not None
+                    known.set_at(place, value | _SEEN | exempted * _EXEMPTED | finding.severity.rank << _SEVERITY)
+                    self._same[(finding.rule, finding.severity.value, exempted)] += 1
+                    self.unchanged += 1
+                    return
+                known.set_at(place, value | _STAGED)
+        self._rows.append((*row, note_of(finding)))
         if len(self._rows) >= self.batch:
             self.flush()
 
@@ -122,10 +191,43 @@ class Staging:
         in_rules, args = db.in_list("rule", sorted(rules))
         with db.transaction(immediate=False):
             db.execute(f"DELETE FROM cycle_seen WHERE asset = ? AND {in_rules}", (asset, *args))
+        if self._known is not None:
+            self.unmark(f"asset = ? AND {in_rules}", (asset, *args))
+
+    def unmark(self, where: str, args: Iterable[Any] = ()) -> None:
+        """The stored findings matching `where` are not seen (yet): their marks are cleared and their counts taken
+        back (their staged rows are the caller's)."""
+        known = self._known
+        if known is None:
+            return
+        for fid, rule in self.db.rows(f"SELECT id, rule FROM findings WHERE {where}", tuple(args)):
+            place = known.find(id_key(fid))
+            if place < 0:
+                continue
+            value = known.value_at(place)
+            if value & _SEEN:
+                severity = SEVERITIES[value >> _SEVERITY & 7]
+                self._same[(rule, severity, bool(value & _EXEMPTED))] -= 1
+                self.unchanged -= 1
+            known.set_at(place, value & ~_FLAGS | value & _ALWAYS)
+
+    def unseen(self) -> None:
+        """Into `cycle_unseen`: the id prefixes of the open findings read at the start that were neither seen
+        unchanged nor staged (the drift statements look for the open findings not seen among them only). A key two
+        open findings share stays in: that one of them was staged says nothing of the other."""
+        known = self._known
+        if known is None:
+            raise ValueError("a staging that did not read the open findings cannot tell which were not seen")
+        it = ((f"{key:016x}",) for key, value in known.items()
+              if not value & (_SEEN | _STAGED) or value & _ALWAYS)
+        while chunk := list(islice(it, self.batch)):
+            self.db.executemany("INSERT INTO cycle_unseen (prefix) VALUES (?)", chunk)
 
     def discard(self) -> None:
         """Drop what was staged (a cycle that is not recorded)."""
         self._rows = []
+        self._known = None
+        self._same.clear()
         clear(self.db)
 
     def flush(self) -> None:
@@ -143,10 +245,26 @@ class Staging:
                 self.db.executemany("INSERT INTO cycle_unevaluated (rule, asset) VALUES (?, ?)", chunk)
 
     def counts(self) -> Iterator[tuple[str, str, bool, int]]:
-        """(rule, severity, exempted, number) of the distinct findings staged so far."""
+        """(rule, severity, exempted, number) of the distinct findings seen so far (staged, or unchanged)."""
         self.flush()
+        counts = Counter(self._same)
         for r in self.db.rows(
-            "SELECT rule, severity, exempted, count(*) FROM cycle_seen GROUP BY rule, severity, exempted "
-            "ORDER BY rule, severity, exempted"
+            "SELECT rule, severity, exempted, count(*) FROM cycle_seen GROUP BY rule, severity, exempted"
         ):
-            yield str(r[0]), str(r[1]), bool(r[2]), int(r[3])
+            counts[(str(r[0]), str(r[1]), bool(r[2]))] += int(r[3])
+        for (rule, severity, exempted), n in sorted(counts.items()):
+            if n:
+                yield rule, severity, exempted, n
+
+
+def _open_digests(db: Database) -> KeyMap:
+    """The open findings' keys, each with its stored digest (or `_ALWAYS`: stale, no digest, or a key two open
+    findings share)."""
+    n = int(db.rows("SELECT count(*) FROM findings WHERE resolved_at IS NULL")[0][0])
+    known = KeyMap(expected=n)
+    for fid, stored, stale in db.stream("SELECT id, digest, stale FROM findings WHERE resolved_at IS NULL"):
+        value = _ALWAYS if stale or stored is None else stored & _M64 & ~_FLAGS
+        place = known.add(id_key(fid), value)
+        if place >= 0:
+            known.set_at(place, _ALWAYS)
+    return known

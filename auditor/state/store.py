@@ -166,12 +166,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX findings_worst ON findings (resolved_at, (CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1
         WHEN 'medium' THEN 2 WHEN 'low' THEN 3 ELSE 4 END), rule, asset, id);
     """,
+    # v6: a digest of each finding's id and content (auditor.state.staging): a cycle compares the findings it makes
+    # with the open ones by digest in memory, and stages only those that differ. Rows written before have none: the
+    # next cycle that sees them stages them and fills it in.
+    """
+    ALTER TABLE findings ADD COLUMN digest INTEGER;
+    """,
 )
 
 
 
 _CONTENT = ("rule", "check_name", "severity", "mode", "asset", "asset_type", "message", "details", "exempted",
-            "exemption", "project", "ancestry")
+            "exemption", "project", "ancestry", "digest")
 # The order of the index findings_worst (v5): the same expression, or the index is not used.
 _SEVERITY_ORDER = (
     "CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 WHEN 'low' THEN 3 ELSE 4 END"
@@ -179,6 +185,10 @@ _SEVERITY_ORDER = (
 _OPEN = "findings.resolved_at IS NULL"
 _NOT_SEEN = "NOT EXISTS (SELECT 1 FROM cycle_seen s WHERE s.id = findings.id)"
 _GONE = "findings.id IN (SELECT g.id FROM cycle_gone g)"  # open and not seen this cycle (see _record_findings)
+# Among the open findings whose id starts with a prefix the staging did not see (`Staging.unseen`; the prefix is
+# 16 hexadecimal digits, so `prefix || 'g'` is past every id that starts with it, in any collation).
+_UNSEEN = ("SELECT f.id FROM cycle_unseen u JOIN findings f ON f.id >= u.prefix AND f.id < u.prefix || 'g' "
+           "WHERE f.resolved_at IS NULL AND NOT EXISTS (SELECT 1 FROM cycle_seen s WHERE s.id = f.id)")
 # Its rule could not be evaluated this cycle (at all, or on its asset): its absence is no evidence of a fix.
 _UNEVALUATED = ("EXISTS (SELECT 1 FROM cycle_unevaluated u WHERE u.rule = findings.rule "
                 "AND (u.asset = '' OR u.asset = findings.asset))")
@@ -241,19 +251,19 @@ class Store:
                 staging = c.findings
                 staging.flush()
             elif c.findings is not None:
-                staging = Staging(db)
+                staging = Staging(db, compare=True)
                 staging.extend(c.findings)
             if staging is not None:
                 staging.not_evaluated(c.not_evaluated)
             try:
-                rec = self._record(db, c, fence, events_since)
+                rec = self._record(db, c, fence, events_since, staging)
             finally:
                 if staging is not None:
                     clear(db)
         return rec
 
     def _record(self, db: Database, c: CycleInput, fence: Callable[[], None] | None,
-                events_since: float | None = None) -> Recorded:
+                events_since: float | None = None, staging: Staging | None = None) -> Recorded:
         with db.transaction():
             if fence is not None:
                 fence()
@@ -268,10 +278,10 @@ class Store:
             for source, code in c.source_errors:
                 self._bump(db, "source_errors_total", {"source": source, "code": code})
             self._record_sources(db, c)
-            if c.findings is not None:
+            if c.findings is not None and staging is not None:
                 if events_since is not None:
-                    changes.keep_event_state(db, events_since)
-                self._record_findings(db, c, rec)
+                    changes.keep_event_state(db, events_since, staging)
+                self._record_findings(db, c, rec, staging)
                 self._record_assets(db, c)
                 if events_since is not None and not rec.baseline:
                     for asset_type, n in changes.missed(db, cycle_id).items():
@@ -300,7 +310,7 @@ class Store:
     def staging(self) -> Staging:
         """A sink for the findings of the cycle about to be recorded: they go to the connection's staging table a
         batch at a time as they are made; record them with `record_cycle(CycleInput(findings=staging, ...))`."""
-        return Staging(self.db)
+        return Staging(self.db, compare=True)
 
     def _record_sources(self, db: Database, c: CycleInput) -> None:
         for s in c.sources:
@@ -323,8 +333,9 @@ class Store:
                 ),
             )
 
-    def _record_findings(self, db: Database, c: CycleInput, rec: Recorded) -> None:
-        """Drift as set differences in SQL between the staged findings and the open ones."""
+    def _record_findings(self, db: Database, c: CycleInput, rec: Recorded, staging: Staging) -> None:
+        """Drift as set differences in SQL between the staged findings and the open ones (the findings seen
+        unchanged were only counted by the staging: nothing about them is written)."""
         now, cid = c.ended_at, rec.cycle_id
         # When the open findings were last actually seen: the end of the previous cycle that recorded findings.
         prev = db.execute(
@@ -348,7 +359,7 @@ class Store:
         )
         staged = int(db.execute("SELECT count(*) FROM cycle_seen").fetchone()[0])
         # New, or resolved earlier and back again: a new occurrence, first seen now. The others seen were open.
-        rec.still_open = staged - db.execute(
+        rec.still_open = staging.unchanged + staged - db.execute(
             events + "SELECT ?, ?, 'new', s.id, s.rule, s.severity, s.asset, s.asset_type, s.exempted, s.message, "
             "s.project, s.ancestry "
             "FROM cycle_seen s WHERE NOT EXISTS (SELECT 1 FROM findings f WHERE f.id = s.id AND f.resolved_at IS NULL) "
@@ -370,8 +381,13 @@ class Store:
             "first_cycle = excluded.first_cycle, last_cycle = excluded.last_cycle",
             (now, now, cid, cid),
         ).rowcount
-        # Open and not seen now: their ids, found in one pass, drive the statements below.
-        db.execute(f"INSERT INTO cycle_gone (id) SELECT id FROM findings WHERE {_OPEN} AND {_NOT_SEEN}")
+        # Open and not seen now: their ids, found in one pass, drive the statements below. The staging knows which
+        # of the open findings it neither saw unchanged nor staged: only those are looked at.
+        if staging.compared:
+            staging.unseen()
+            db.execute(f"INSERT INTO cycle_gone (id) {_UNSEEN}")
+        else:
+            db.execute(f"INSERT INTO cycle_gone (id) SELECT id FROM findings WHERE {_OPEN} AND {_NOT_SEEN}")
         # Its rule was removed from the rule files: nothing changed in the organization, so
         # it is closed without a drift event (no "resolved" alert for a rule someone deleted).
         if c.rule_ids is not None:

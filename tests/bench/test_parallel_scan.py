@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import gzip
+import io
 import itertools
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import auditor.parallel
 from auditor.collect import SourceOptions
 from auditor.collect.files import FileSource
 from auditor.evaluate.engine import Engine
 from auditor.evaluate.rulebook import load_rules
 from auditor.parallel import MIN_RANGE_BYTES, ParallelReader
+from auditor.report.formats import StreamedReport, format_names
 from auditor.scan import run_scan
 from bench.generate import generate
 
@@ -89,7 +94,7 @@ def test_only_plain_ndjson_is_split(tmp_path: Path) -> None:
 def test_cli_jobs_gives_the_same_report(export: tuple[Path, dict[int, str]], tmp_path: Path) -> None:
     path, _ = export
     docs = []
-    for jobs in ("1", "2"):
+    for jobs in ("1", "2", "auto"):  # auto: one per usable core
         out = tmp_path / f"report-{jobs}.json"
         cmd = [sys.executable, "-m", "auditor", "scan", "--source", str(path), "--jobs", jobs, "--format", "json"]
         proc = subprocess.run([*cmd, "-o", str(out), "--fail-on", "never"], capture_output=True, text=True, timeout=120)
@@ -97,7 +102,7 @@ def test_cli_jobs_gives_the_same_report(export: tuple[Path, dict[int, str]], tmp
         doc = json.loads(out.read_text())
         doc.pop("scanned_at")
         docs.append(doc)
-    assert docs[0] == docs[1]
+    assert docs[0] == docs[1] == docs[2]
     assert docs[0]["findings"]
 
 
@@ -142,3 +147,33 @@ def test_a_sharded_export_is_read_a_shard_per_worker(export: tuple[Path, dict[in
     assert parallel == serial and serial["findings"]
     assert parallel_problems == serial_problems
     assert [p.split(": ", 1)[0] for p in parallel_problems][-1] == f"{folder / 'part-2.ndjson'}:2"
+
+
+@pytest.mark.parametrize("fmt", format_names())
+def test_workers_send_a_report_its_findings_encoded(
+    export: tuple[Path, dict[int, str]], monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """With a report as the sink, the workers send each finding as the report's line and record, never as an
+    object, and the report is byte for byte the one of one process."""
+    path, _ = export
+    parts: list[Any] = []
+    real = auditor.parallel._parts
+
+    def kept(pool: Any, jobs: list[Any], *more: Any) -> Iterator[Any]:
+        for part in real(pool, jobs, *more):
+            parts.append(part)
+            yield part
+
+    monkeypatch.setattr(auditor.parallel, "_parts", kept)
+    rules = load_rules()
+    out = []
+    for jobs in (1, 2):
+        report = StreamedReport(fmt, rules)
+        result = run_scan([str(path)], rules, SourceOptions(), now=NOW, jobs=jobs, on_finding=report)
+        buf = io.BytesIO()
+        report.write(buf, result)
+        out.append(buf.getvalue())
+    assert out[0] == out[1]
+    assert len(parts) > 1
+    assert all(p.encoded is not None and not p.evaluation.findings for p in parts)
+    assert sum(len(p.encoded.ends) for p in parts) > 0  # the streamed checks' (those with context run in the parent)

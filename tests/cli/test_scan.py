@@ -116,6 +116,9 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert_clean_error(auditor("scan"), "no --source given")
     assert_clean_error(auditor("scan", "--source", str(tmp_path / "missing.json")), "no such file or folder")
     assert auditor("scan", "--source", "examples/org", "--format", "xml").returncode == 2
+    for jobs in ("0", "-2", "many", ""):
+        assert_clean_error(auditor("scan", "--source", "examples/org", "--jobs", jobs),
+                           "neither a number of processes (1 or more) nor 'auto'")
 
 
 def test_rules_list_validate_and_exemptions() -> None:

@@ -440,3 +440,17 @@ def test_a_cycle_with_jobs_reads_a_large_export_in_worker_processes(tmp_path: Pa
     assert out.result.summary()["findings"] == one.summary()["findings"]
     assert out.result.summary()["by_severity"] == one.summary()["by_severity"]
     assert multiprocessing.active_children() == []  # the workers are gone once the cycle ends
+
+
+def test_jobs_setting_takes_a_number_or_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`jobs: auto` (one per usable core, resolved by the scan) from the file or AUDITOR_JOBS; nothing else."""
+    assert load_settings(write_config(tmp_path / "a.yaml", jobs="auto")).jobs == "auto"
+    assert load_settings(write_config(tmp_path / "b.yaml", jobs=3)).jobs == 3
+    monkeypatch.setenv("AUDITOR_JOBS", "auto")
+    assert load_settings(write_config(tmp_path / "c.yaml")).jobs == "auto"
+    monkeypatch.setenv("AUDITOR_JOBS", "2")
+    assert load_settings(write_config(tmp_path / "c.yaml")).jobs == 2
+    monkeypatch.delenv("AUDITOR_JOBS")
+    for bad in (0, 65, "many"):
+        with pytest.raises(AuditorError, match="jobs"):
+            load_settings(write_config(tmp_path / "d.yaml", jobs=bad))

@@ -16,6 +16,8 @@ import pytest
 from auditor.collect.cai_feed import parse_push
 from auditor.cycle import Auditor
 from auditor.daemon import Daemon
+from auditor.incremental import Retained
+from auditor.model import Asset
 from auditor.settings import Settings, load_settings
 from auditor.state import Store
 from tests.daemon.support import example_org, wait_until, write_config
@@ -333,3 +335,63 @@ def test_watch_changes_are_ordered_by_resource_version(auditor: Auditor, org: Pa
     assert auditor.incremental.drain() == 3
     assert open_ids(auditor.store, binding, "rbac-no-powerful-cluster-roles")
     assert [c for c, r, a in event_drift(auditor.store) if a == binding] == ["new"]
+
+
+def _asset(name: str, kind: str = "rbac.authorization.k8s.io/ClusterRole", rules: int = 0) -> Asset:
+    return Asset(TRAINING + "/" + name, kind, resource={"rules": [{"verbs": ["get"]}] * rules})
+
+
+def test_the_retained_index_is_updated_in_place_by_a_cycle() -> None:
+    """One index: a cycle replaces what it reads, drops what it did not see of the types it read completely, keeps
+    the types it could not read, and never replaces an asset a change was recorded for while it ran."""
+    kinds = frozenset({"rbac.authorization.k8s.io/ClusterRole", "rbac.authorization.k8s.io/Role"})
+    index = Retained(kinds)
+    index.begin(kinds)
+    for a in (_asset("a"), _asset("b"), _asset("c"), _asset("r", "rbac.authorization.k8s.io/Role")):
+        index.observe(a)
+    index.observe(Asset("//storage.googleapis.com/x", "storage.googleapis.com/Bucket"))  # not retained
+    index.end(True)
+    assert {k[0].rsplit("/", 1)[-1] for v in index.by_type.values() for k in v} == {"a", "b", "c", "r"}
+    kept = index.by_type["rbac.authorization.k8s.io/ClusterRole"]
+    # The next cycle: "a" changed, "b" is gone, "c" was changed by an event meanwhile (newer than the cycle's copy),
+    # and the Role type could not be read.
+    index.begin(kinds)
+    index.observe(_asset("a", rules=2))
+    index.put(_asset("c", rules=5))
+    index.hold(TRAINING + "/c")
+    index.observe(_asset("c", rules=1))
+    index.end(False, ["rbac.authorization.k8s.io/Role"])
+    assert index.by_type["rbac.authorization.k8s.io/ClusterRole"] is kept  # the same table, not a copy
+    names = {k[0].rsplit("/", 1)[-1]: len(a.resource["rules"]) for k, a in kept.items()}
+    assert names == {"a": 2, "c": 5}
+    assert [a.name for a in index.assets("rbac.authorization.k8s.io/Role")] == [TRAINING + "/r"]
+    # A cycle that was not recorded drops nothing.
+    index.begin(kinds)
+    index.end(False)
+    assert len(kept) == 2
+
+
+def test_a_cycle_keeps_one_index_and_serve_once_none(settings: Settings, org: Path) -> None:
+    a = Auditor(settings, Store(settings.state_path))
+    try:
+        assert a.run_cycle().outcome == "success"
+        index = a.incremental.retained
+        n = index.count()
+        assert n > 0 and a.incremental.cycle_started() is index
+        a.incremental.retained.end(False)
+        # A cluster role deleted from the export: the next cycle drops it from the same index.
+        for path in sorted(org.glob("*.ndjson")):
+            lines = path.read_text(encoding="utf-8").splitlines()
+            out = [ln for ln in lines if not (ln.strip() and json.loads(ln)["name"] == JOB_VIEWER)]
+            if out != lines:
+                path.write_text("\n".join(out) + "\n", encoding="utf-8")
+        assert a.run_cycle().outcome == "success"
+        assert a.incremental.retained is index and index.count() == n - 1
+        assert not any(k[0] == JOB_VIEWER for v in index.by_type.values() for k in v)
+    finally:
+        a.close()
+    once = Auditor(settings, Store(settings.state_path), publish_at_start=False, retain=False)
+    try:
+        assert once.run_cycle().outcome == "success" and once.incremental.retained.count() == 0
+    finally:
+        once.close()

@@ -97,7 +97,13 @@ def test_restart_keeps_first_seen_and_the_next_cycle_reports_the_drift_made(tmp_
     with Served(cfg) as served:
         cycle = served.wait_event(lambda e: e.get("event") == "cycle", 60, "the cycle after the restart")
         doc = json.loads(served.get("/findings.json")[1])
-        events = [e for e in served.events if e.get("event") == "drift"]
+
+        def drift_events() -> list[dict[str, object]]:
+            return [e for e in list(served.events) if e.get("event") == "drift"]
+
+        # One event per change, logged after the cycle's summary: wait for them all (a loaded machine is slow).
+        wait_until(lambda: len(drift_events()) >= cycle["new"] + cycle["resolved"], 30, "the cycle's drift events")
+        events = drift_events()
     now = {f["id"]: f for f in doc["findings"]}
     new, resolved = set(now) - set(first), set(first) - set(now)
     assert new and resolved

@@ -16,7 +16,12 @@ from hypothesis import strategies as st
 
 from auditor.collect.files import iter_file_assets
 from auditor.evaluate import ranges
-from auditor.evaluate.checks.cloud_armor import ShadowParams, no_shadowed_rules, only_source_ip_match
+from auditor.evaluate.checks.cloud_armor import (
+    ShadowParams,
+    armor_rule_ranges,
+    no_shadowed_rules,
+    only_source_ip_match,
+)
 from auditor.evaluate.engine import Engine
 from auditor.evaluate.policy import ArmorRule, armor_rules
 from auditor.evaluate.registry import Context
@@ -144,6 +149,21 @@ def test_adjacent_halves_cover_their_parent_and_families_stay_apart() -> None:
     assert ranges.within("0.0.0.0/0", everything_v4) and not ranges.within("::/0", everything_v4)
     assert not ranges.within("::/128", ranges.union_of(["255.255.255.255"]))  # the last v4 and first v6 do not touch
     assert ranges.within("2001:db8::1", ranges.union_of(["*"])) and not ranges.within("nope", ranges.union_of(["*"]))
+
+
+@given(st.lists(st.lists(range_texts, max_size=6), max_size=12))
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+def test_rule_ranges_are_each_rules_ranges_parsed(rule_ranges: list[list[str]]) -> None:
+    """The ranges of a policy parsed in one pass and cut back into its rules: each rule's own, in order."""
+    data = [{"priority": i, "match": {"config": {"srcIpRanges": rs}}} for i, rs in enumerate(rule_ranges)]
+    as_json = json.dumps({"rules": data}).encode()
+    for asset in (Asset("p", POLICY, resource={"rules": data}), Asset("p", POLICY, as_json)):
+        got = armor_rule_ranges(asset)
+        assert len(got) == len(rule_ranges)
+        for rs, rr in zip(rule_ranges, got, strict=True):
+            each = tuple(ranges.parse(t) for t in rs)
+            valid = [iv for ivs in each if ivs is not None for iv in ivs]
+            assert (rr.each, rr.all, rr.valid) == (each, None if None in each else valid, valid)
 
 
 # -- the shadowing check against the reference ----------------------------------------------------------------------
