@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime
 from typing import NamedTuple
 
 from auditor.evaluate.globs import compile_glob, compile_line_globs
-from auditor.evaluate.registry import Context, Outcome, Prefilter, Unevaluated, Violation
+from auditor.evaluate.registry import Context, Outcome, Params, Prefilter, ScreenFn, Unevaluated, Violation
 from auditor.evaluate.rulebook import Exemption, LoadedRule
 from auditor.model import Asset, Exempted, Finding, NotEvaluated, finding_id
 
@@ -111,12 +111,24 @@ class _Filter(NamedTuple):
     each: tuple[tuple[int, re.Pattern[str] | None], ...]  # and each one's own globs, asked when the union matches
 
 
+class _Screen(NamedTuple):
+    """What `Engine.screen` asks of one deferred rule, gathered once."""
+
+    position: int  # the rule's place in Engine.rules
+    rule: int  # id() of the rule
+    test: ScreenFn | None
+    params: Params
+    key: tuple[str, str] | None  # its check key, when rules share check and params (they share the answer)
+    reads_context: bool
+
+
 class _Rules(NamedTuple):
     rules: tuple[LoadedRule, ...]
     needs_path: bool  # some rule restricts ancestries: the asset's ancestry path is computed
     keys: tuple[tuple[str, str], ...] | None  # check keys, when two rules share check and params
     distinct: tuple[tuple[tuple[str, str], LoadedRule], ...] = ()  # then: the first rule of each check key
     filters: tuple[_Filter, ...] = ()
+    screens: tuple[_Screen, ...] = ()
 
 
 def _filters(rules: tuple[LoadedRule, ...]) -> tuple[_Filter, ...]:
@@ -134,6 +146,9 @@ def _filters(rules: tuple[LoadedRule, ...]) -> tuple[_Filter, ...]:
         each = tuple((id(r), compile_line_globs(globs, pf.sep)) for r, globs in members)
         out.append(_Filter(pf, union, frozenset(id(r) for r, _ in members), each if len(each) > 1 else ()))
     return tuple(out)
+
+
+_NONE: frozenset[int] = frozenset()
 
 
 def _skipped(asset: Asset, filters: tuple[_Filter, ...]) -> frozenset[int]:
@@ -223,12 +238,18 @@ class Engine:
         keys = [self._check_key[id(r)] for r in chosen]
         filters = _filters(chosen)
         needs_path = any(not _all_ancestries(r) for r in chosen)
-        if len(set(keys)) == len(keys):
-            return _Rules(chosen, needs_path, None, (), filters)
+        shared = len(set(keys)) != len(keys)
+        screens = tuple(
+            _Screen(self._index[id(r)], id(r), r.spec.screen if self.shortcuts else None, r.params,
+                    k if shared else None, r.spec.screen_reads_context)
+            for r, k in zip(chosen, keys, strict=True)
+        )
+        if not shared:
+            return _Rules(chosen, needs_path, None, (), filters, screens)
         first: dict[tuple[str, str], LoadedRule] = {}
         for k, r in zip(keys, chosen, strict=True):
             first.setdefault(k, r)
-        return _Rules(chosen, needs_path, tuple(keys), tuple(first.items()), filters)
+        return _Rules(chosen, needs_path, tuple(keys), tuple(first.items()), filters, screens)
 
     def subset(self, indices: tuple[int, ...]) -> _Rules:
         """The rules at these positions of `self.rules` (made once per distinct subset)."""
@@ -244,17 +265,15 @@ class Engine:
         """
         kept: list[int] = []
         passed: dict[tuple[str, str], bool] = {}  # rules sharing a check and params share its screen's answer
-        skip = _skipped(asset, later.filters) if later.filters and self.shortcuts else frozenset()
-        for i, r in enumerate(later.rules):
-            if id(r) in skip:
+        skip = _skipped(asset, later.filters) if later.filters and self.shortcuts else _NONE
+        for position, rule, test, params, key, reads_context in later.screens:
+            if rule in skip:
                 continue
-            test = r.spec.screen if self.shortcuts and (not again or r.spec.screen_reads_context) else None
-            if test is not None:
-                key = later.keys[i] if later.keys is not None else None
+            if test is not None and (not again or reads_context):
                 ok = passed.get(key) if key is not None else None
                 if ok is None:
                     try:
-                        ok = bool(test(asset, r.params, ctx))
+                        ok = bool(test(asset, params, ctx))
                     except _FATAL:
                         raise
                     except BaseException:  # kept: the check itself reports the error when it runs at the end
@@ -263,7 +282,7 @@ class Engine:
                         passed[key] = ok
                 if not ok:
                     continue
-            kept.append(self._index[id(r)])
+            kept.append(position)
         return tuple(kept)
 
     def wants(self, asset_type: str, has_iam_policy: bool) -> bool:

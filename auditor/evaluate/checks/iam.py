@@ -77,18 +77,19 @@ def grants(asset: Asset, roles: Sequence[str]) -> Iterator[tuple[Binding, str]]:
                 yield b, m
 
 
-def _lines(values: Iterable[str]) -> str | None:
-    values = list(values)
+def _lines(values: list[str]) -> str | None:
+    text = "\n".join(values)
     # A value with a line break (never a real member or role) cannot be searched for in lines: None, run the rules.
-    return None if any("\n" in v for v in values) else "\n".join(values)
+    # The text has one line break fewer than values unless a value holds one (counted in C, not per value).
+    return text if text.count("\n") < max(len(values), 1) else None
 
 
 def _members_text(asset: Asset) -> str | None:
-    return _lines(m for b in asset_bindings(asset) for m in b.members)
+    return _lines([m for b in asset_bindings(asset) for m in b.members])
 
 
 def _roles_text(asset: Asset) -> str | None:
-    return _lines(b.role for b in asset_bindings(asset))
+    return _lines([b.role for b in asset_bindings(asset)])
 
 
 MEMBER_LINES = "iam.members"
@@ -392,8 +393,13 @@ class _OrgSoFar:
     def __init__(self) -> None:
         self.domains: frozenset[str] = frozenset()  # one or two: replaced when one is added
         self.projects: set[str] = set()
+        self._seen = (0, 0)  # how many Organizations and Projects were kept when last asked
 
     def update(self, ctx: Context) -> _OrgSoFar:
+        kept = (len(ctx.by_type.get(ORGANIZATION, ())), len(ctx.by_type.get(PROJECT, ())))
+        if kept == self._seen:  # nothing arrived (most assets): not asked
+            return self
+        self._seen = kept
         for org in ctx.arrived(ORGANIZATION, "iam.org_so_far"):
             if d := _org_domain(org):
                 self.domains = self.domains | {d}

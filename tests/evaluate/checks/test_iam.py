@@ -612,3 +612,19 @@ def test_judge_agrees_with_outside(members: list[str], domains: frozenset[str], 
     policy = Asset("//x/a", "t", iam_policy={"bindings": [{"role": "roles/x", "members": members}]})
     found = next(_domain_violations(policy, p, domains, projects, _Judge(p)), None)
     assert _Judge(p).any_outside(policy, domains, projects) is (found is not None)
+
+
+def test_member_and_role_lines() -> None:
+    """The prefilters' texts: one line a member or role; None when a value holds a line break (the rules run)."""
+    from auditor.evaluate.checks.iam import _members_text, _roles_text
+
+    def policy(*bindings: dict[str, Any]) -> Asset:
+        return Asset("//x/a", "t", iam_policy={"bindings": list(bindings)})
+
+    assert _members_text(policy()) == "" and _roles_text(policy()) == ""
+    two = policy(b("roles/a", "user:x@example.com", "user:y@example.com"), b("roles/b", "group:g@example.com"))
+    assert _members_text(two) == "user:x@example.com\nuser:y@example.com\ngroup:g@example.com"
+    assert _roles_text(two) == "roles/a\nroles/b"
+    assert _members_text(policy(b("roles/a", "user:x@example.com\nuser:y@example.com"))) is None
+    assert _members_text(policy(b("roles/a", "\n"))) is None
+    assert _roles_text(policy(b("roles/a\n", "user:x@example.com"))) is None
