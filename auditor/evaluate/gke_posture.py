@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from auditor.evaluate.registry import Context
@@ -36,6 +37,7 @@ _NODE_METADATA = {0: "UNSPECIFIED", 1: "SECURE", 2: "EXPOSE", 3: "GKE_METADATA_S
 _SANDBOX = {0: "UNSPECIFIED", 1: "GVISOR"}
 
 
+@lru_cache(maxsize=256)  # the rules of one in-cluster asset ask for its cluster one after the other
 def cluster_key(name: str) -> str:
     """`projects/P/locations/L/clusters/C` for a cluster's asset name or any in-cluster asset's name (`zones/` read
     as `locations/`, the API version dropped); `clusters/C` for a cluster known by its bare name."""

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from typing import Any, Literal, NamedTuple
 
+import msgspec
 from pydantic import Field, field_validator
 
 from auditor.collect.k8s_objects import cluster_of, namespace_of
@@ -56,6 +57,7 @@ from auditor.vocabulary import (
     subject_name,
 )
 
+_encode = msgspec.json.Encoder().encode
 NON_TENANT_NAMESPACES = ["kube-*", "default", "gke-*", "gmp-*", "istio-system", "config-management-system"]
 
 
@@ -126,7 +128,9 @@ def rbac_check(
 
     def deco(fn: _Check) -> _Check:
         def noted(asset: Asset, params: Any, ctx: Context) -> Iterator[Outcome]:
-            found = fn(asset, params, ctx)
+            found = list(fn(asset, params, ctx))
+            if not found:  # most bindings: their cluster is not looked up
+                return
             cluster = cluster_of_asset(ctx, asset.name)
             if cluster is None or not cluster.legacy_abac:
                 yield from found
@@ -181,16 +185,28 @@ class ClusterRoles:
     def __init__(self, assets: Iterable[Asset]) -> None:
         self.by_cluster: dict[str, dict[str, _ClusterRole]] = defaultdict(dict)
         self._reach: dict[tuple[str, str], Reach] = {}
+        # every cluster has the same default roles (admin, edit, view...): the reach of equal rules is judged once
+        reaches: dict[bytes, Reach] = {}
         for a in assets:
             obj = a.resource
             agg = obj.get("aggregationRule")
             selectors = (agg.get("clusterRoleSelectors") or ()) if isinstance(agg, dict) else ()
             labels = meta(obj).get("labels")
             rules = obj.get("rules")
+            rules = rules if isinstance(rules, list) else []
+            try:
+                text = _encode(rules)
+            except (msgspec.EncodeError, TypeError, ValueError, OverflowError):  # not plain JSON: judged alone
+                granted = reach(rules)
+            else:
+                known = reaches.get(text)
+                if known is None:
+                    known = reaches[text] = reach(rules)
+                granted = known
             self.by_cluster[cluster_of(a.name)][object_name(obj, a)] = _ClusterRole(
                 labels if isinstance(labels, dict) else {},
                 tuple(sel for sel in selectors if isinstance(sel, dict)) if isinstance(selectors, list) else (),
-                reach(rules if isinstance(rules, list) else ()),
+                granted,
             )
 
     def reach(self, cluster: str, name: str) -> Reach:
@@ -647,10 +663,14 @@ class _TenancySoFar:
     def __init__(self, params: TenantParams, reader: str) -> None:
         self.tenancy = Tenancy(params, ())
         self.reader = reader
+        self._seen = 0  # how many Namespaces were kept when last asked
 
     def update(self, ctx: Context) -> Tenancy:
-        for a in ctx.arrived(NAMESPACE, self.reader):
-            self.tenancy.add_namespace(a)
+        kept = len(ctx.by_type.get(NAMESPACE, ()))
+        if kept != self._seen:  # something arrived
+            self._seen = kept
+            for a in ctx.arrived(NAMESPACE, self.reader):
+                self.tenancy.add_namespace(a)
         return self.tenancy
 
 

@@ -499,3 +499,25 @@ def test_tenant_checks_without_the_namespaces_of_a_cluster_say_they_could_not_ju
         assert sorted(n.rule_id for n in result.not_evaluated) == ["iso", "roles"]
         assert all("no Namespace of cluster projects/p/locations/us-central1/clusters/inference" in n.reason
                    for n in result.not_evaluated)
+
+
+def test_cluster_roles_of_equal_rules_share_their_reach() -> None:
+    """The reach of equal rules is judged once (clusters repeat the default roles); rules that are not plain JSON
+    (a set, given by a caller) are judged alone."""
+    from auditor.evaluate.checks.rbac import ClusterRoles
+    from auditor.evaluate.rbac_rules import reach
+
+    def role(cluster: str, name: str, rules: Any) -> Asset:
+        return Asset(f"//container.googleapis.com/projects/p/locations/l/clusters/{cluster}/k8s/clusterroles/{name}",
+                     "rbac.authorization.k8s.io/ClusterRole", {"metadata": {"name": name}, "rules": rules})
+
+    admin = [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]
+    secrets = [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    odd = [{"apiGroups": [""], "resources": ["pods/exec"], "verbs": {"create"}}]
+    roles = ClusterRoles([role("a", "x", admin), role("b", "x", admin), role("a", "y", secrets), role("b", "y", odd),
+                          role("a", "z", "not a list")])
+    prefix = "//container.googleapis.com/projects/p/locations/l/clusters/"
+    assert roles.reach(prefix + "a", "x") == roles.reach(prefix + "b", "x") == reach(admin)
+    assert roles.reach(prefix + "a", "y") == reach(secrets)
+    assert roles.reach(prefix + "b", "y") == reach(odd)
+    assert roles.reach(prefix + "a", "z") == reach(())
