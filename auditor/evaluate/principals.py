@@ -183,9 +183,9 @@ def is_service_agent_role(role: str) -> bool:
 def google_grants(member: str, role: str) -> bool:
     """True when Google itself grants `role` to `member` (so a baseline must not report or remove it)."""
     email = _sa_email(member)
-    if email is None:
+    if email is None or not email.endswith(_GOOGLE_DOMAIN):  # most members: none of Google's accounts
         return False
-    if any(p.fullmatch(email) for p in _SERVICE_AGENT_PATTERNS):
+    if _SERVICE_AGENT.fullmatch(email) is not None:
         if is_service_agent_role(role):
             return True
         # The Google APIs service agent is granted roles/editor on every project when the project is created.

@@ -8,14 +8,17 @@ from hypothesis import strategies as st
 
 from auditor.evaluate.principals import (
     _DEFAULT_SA_PATTERNS,
+    _GOOGLE_APIS_AGENT,
     _POOL_PRINCIPAL,
     _SERVICE_AGENT_PATTERNS,
     _WORKLOAD_IDENTITY_KSA,
     SA_DOMAIN_SUFFIX,
     default_service_account_kind,
+    google_grants,
     google_managed_member,
     is_google_managed,
     is_service_agent,
+    is_service_agent_role,
     parse_member,
     service_account_project,
     service_account_project_of,
@@ -83,3 +86,24 @@ def _project(member: str) -> str | None:
 def test_project_of_a_member(member: str) -> None:
     assert service_account_project(member) == _project(member)
     assert service_account_project_of(member, parse_member(member)) == _project(member)
+
+
+def _grants(member: str, role: str) -> bool:
+    """The reference: each pattern asked in turn."""
+    email = _email(member)
+    if email is None:
+        return False
+    if any(p.fullmatch(email) for p in _SERVICE_AGENT_PATTERNS):
+        apis_agent = _GOOGLE_APIS_AGENT.fullmatch(email) is not None
+        return is_service_agent_role(role) or (role == "roles/editor" and apis_agent)
+    for pattern, _, roles in _DEFAULT_SA_PATTERNS:
+        if pattern.fullmatch(email):
+            return role in roles
+    return False
+
+
+@settings(max_examples=500)
+@given(MEMBERS, st.sampled_from(["roles/editor", "roles/owner", "roles/logging.serviceAgent",
+                                 "roles/cloudbuild.builds.builder", "roles/container.ServiceAgent", ""]))
+def test_google_grants_as_each_pattern_says(member: str, role: str) -> None:
+    assert google_grants(member, role) is _grants(member, role)
