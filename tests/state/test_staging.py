@@ -3,10 +3,10 @@ staging every finding gives (the reference: a staging that does not read the ope
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -43,8 +43,8 @@ def test_what_changed_is_staged_and_recorded(state_target: str) -> None:
     with Store(state_target) as store:
         store.record_cycle(cycle(100, [a, b, c]))
         staging = store.staging()
-        worse = dataclasses.replace(a, details={"members": ["allUsers"]})
-        exempted = dataclasses.replace(b, exempted=Exempted("reason", "team", None, "2030-01-01"))
+        worse = msgspec.structs.replace(a, details={"members": ["allUsers"]})
+        exempted = msgspec.structs.replace(b, exempted=Exempted("reason", "team", None, "2030-01-01"))
         staging.extend([worse, exempted, c])
         assert staging.unchanged == 1 and _staged(store) == 2
         rec = store.record_cycle(cycle(200, staging))
@@ -121,8 +121,8 @@ def test_a_stale_finding_seen_again_is_staged(state_target: str) -> None:
 
 def test_open_findings_that_share_a_key_are_always_staged(tmp_path: Path) -> None:
     """Two ids with the same first 16 hexadecimal digits (a 64-bit key): neither is taken as seen by the other."""
-    a = dataclasses.replace(finding("r1", "//a"), id="0123456789abcdef0001")
-    b = dataclasses.replace(finding("r1", "//b"), id="0123456789abcdef0002")
+    a = msgspec.structs.replace(finding("r1", "//a"), id="0123456789abcdef0001")
+    b = msgspec.structs.replace(finding("r1", "//b"), id="0123456789abcdef0002")
     assert id_key(a.id) == id_key(b.id)
     with Store(tmp_path / "s.db") as store:
         store.record_cycle(cycle(100, [a, b]))
@@ -137,11 +137,11 @@ def test_open_findings_that_share_a_key_are_always_staged(tmp_path: Path) -> Non
 def _variant(f: Finding, v: int) -> Finding:
     """The finding as a cycle may give it: unchanged, with another message, severity or exemption."""
     if v == 1:
-        return dataclasses.replace(f, message=f.message + " (changed)")
+        return msgspec.structs.replace(f, message=f.message + " (changed)")
     if v == 2:
-        return dataclasses.replace(f, exempted=Exempted("reason", "team", None, None))
+        return msgspec.structs.replace(f, exempted=Exempted("reason", "team", None, None))
     if v == 3:
-        return dataclasses.replace(f, details={"n": 1})
+        return msgspec.structs.replace(f, details={"n": 1})
     return f
 
 
