@@ -121,6 +121,28 @@ def test_parse_agrees_with_ipaddress(text: str) -> None:
     )
 
 
+@given(st.lists(range_texts, max_size=12))
+def test_parse_many_is_parse_of_each(texts: list[str]) -> None:
+    """Several ranges in one loop: their intervals in order, and each range's own unless each is one interval."""
+    each = tuple(ranges.parse(t) for t in texts)
+    valid, odd = ranges.parse_many(tuple(texts))
+    assert valid == [iv for ivs in each if ivs is not None for iv in ivs]
+    if odd is None:
+        assert all(ivs is not None and len(ivs) == 1 for ivs in each)
+    else:
+        assert odd == each
+
+
+@given(st.lists(range_texts, max_size=12), st.lists(range_texts, min_size=1, max_size=6))
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+def test_outside_agrees_with_collapse_addresses(texts: list[str], trusted: list[str]) -> None:
+    union = ranges.union_of(trusted)
+    want = [t for t in texts if not ref_within(t, trusted)]
+    valid, odd = ranges.parse_many(texts)
+    assert union.outside_each(texts, [ranges.parse(t) for t in texts]) == want
+    assert (union.outside(texts, valid) if odd is None else union.outside_each(texts, odd)) == want
+
+
 @given(st.lists(range_texts, max_size=12), range_texts)
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 def test_within_agrees_with_collapse_addresses(texts: list[str], text: str) -> None:

@@ -17,7 +17,7 @@ from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
-from itertools import chain, compress
+from itertools import compress
 from operator import attrgetter, eq
 from typing import Any
 
@@ -67,39 +67,30 @@ def normalized_ranges(texts: Iterable[str]) -> list[str]:
 
 
 class RuleRanges(msgspec.Struct, frozen=True, gc=False):
-    """A rule's source ranges, parsed: each range's intervals (None: not an address), all of them together (None
-    when one is not an address), and the intervals of those that are addresses (the same list when all are).
+    """A rule's source ranges, parsed: the intervals of those that are addresses (`valid`), the same list when all
+    of them are (`all`, else None), and `each` range's intervals (None: not an address).
 
-    A Struct (made in C, a quarter of a NamedTuple's time: there is one per rule), untracked by the garbage
-    collector (it holds tuples and lists of intervals, never itself)."""
+    `each` is kept only when a range is not one interval (`*`, not an address): in the usual rule range k is
+    interval k of `valid`, and a tuple around each would cost a sixth of the parse. A Struct (made in C, a quarter of
+    a NamedTuple's time: there is one per rule), untracked by the garbage collector (it holds tuples and lists of
+    intervals, never itself)."""
 
-    each: tuple[tuple[Interval, ...] | None, ...]
-    all: list[Interval] | None
     valid: list[Interval]
+    all: list[Interval] | None
+    odd: tuple[tuple[Interval, ...] | None, ...] | None  # `each` when not one interval per range
+
+    @property
+    def each(self) -> tuple[tuple[Interval, ...] | None, ...]:
+        return tuple((iv,) for iv in self.valid) if self.odd is None else self.odd
 
 
 def _rule_ranges(asset: Asset) -> tuple[RuleRanges, ...]:
-    rules = asset_armor_rules(asset)
-    # The ranges of all the rules parsed in one pass (a C loop over the policy's ranges), then cut back into rules:
-    # this runs for every range and rule of every policy.
-    parse = ranges.parse
-    parsed = tuple(map(parse, chain.from_iterable(map(_src_ranges, rules))))
-    all_addresses = None not in parsed
+    many = ranges.parse_many
     out = []
-    start = 0
-    for r in rules:
-        end = start + len(r.src_ranges)
-        each = parsed[start:end]
-        start = end
-        if all_addresses or None not in each:
-            valid: list[Interval] = list(chain.from_iterable(each))  # type: ignore[arg-type]
-            out.append(RuleRanges(each, valid, valid))
-        else:
-            out.append(RuleRanges(each, None, [iv for ivs in each if ivs is not None for iv in ivs]))
+    for r in asset_armor_rules(asset):
+        valid, odd = many(r.src_ranges)
+        out.append(RuleRanges(valid, valid if odd is None or None not in odd else None, odd))
     return tuple(out)
-
-
-_src_ranges = attrgetter("src_ranges")
 
 
 def armor_rule_ranges(asset: Asset) -> tuple[RuleRanges, ...]:
@@ -333,12 +324,13 @@ def trusted_source_ranges(asset: Asset, params: TrustedRangesParams, ctx: Contex
         trusted_ranges: [203.0.113.0/24, 198.51.100.0/24, "2001:db8:100::/48"]
     ```
     """
-    outside = ranges.cached_union(tuple(params.trusted_ranges)).outside
+    trusted = ranges.cached_union(tuple(params.trusted_ranges))
+    outside, outside_each = trusted.outside, trusted.outside_each
     actions = params.actions
     for r, rr in zip(asset_armor_rules(asset), armor_rule_ranges(asset), strict=True):
         if r.action not in actions or r.expression is not None or r.priority == DEFAULT_RULE_PRIORITY:
             continue
-        untrusted = outside(r.src_ranges, rr.each)
+        untrusted = outside(r.src_ranges, rr.valid) if rr.odd is None else outside_each(r.src_ranges, rr.odd)
         if untrusted:
             yield Violation(
                 f"rule {r.priority} ({r.action}) lets in {', '.join(untrusted)}, outside the trusted ranges",
@@ -462,24 +454,46 @@ def _dead_rules(
     once (`_Shadowers`). A policy costs its rules times their ranges, times a logarithm.
     """
     families = ranges.FAMILIES
-    union = ranges.Union()
+    bounds: list[int] = []  # the union, as `ranges.Union.bounds`; its search and insertion written out here
     joined: list[int] = []  # positions of the rules in the union, in the order they joined
     pending: list[int] = []  # enforced rules of the priority being walked: they join once it is passed
     pending_priority = 0
     dead: list[tuple[int, int]] = []  # (position, how many rules had joined then)
-    for k, (r, rr) in enumerate(zip(rules, rrs, strict=True)):
-        ivs = rr.all
-        if ivs is None or not only_source_ip_match(r):
+    for k, r in enumerate(rules):
+        ivs = rrs[k].all
+        # `only_source_ip_match`: with every range an address, `ivs` is empty only when the rule has no range
+        if not ivs or r.expression is not None or not r.source_match:
             continue
         priority = r.priority
         if pending and pending_priority < priority:
             for q in pending:
-                union.add_all(rrs[q].valid)
+                for lo, hi in rrs[q].valid:  # `ranges.Union.add_all`
+                    end = hi + 1
+                    i = bisect_left(bounds, lo)
+                    if i & 1:
+                        if bounds[i] >= end:
+                            continue
+                    elif i == len(bounds) or bounds[i] > end:
+                        bounds[i:i] = (lo, end)
+                        continue
+                    j = bisect_right(bounds, end, i)
+                    if i & 1:
+                        i -= 1
+                        lo = bounds[i]
+                    if j & 1:
+                        end = bounds[j]
+                        j += 1
+                    bounds[i:j] = (lo, end)
             joined += pending
             pending = []
-        if joined and priority != DEFAULT_RULE_PRIORITY and union.covers_all(ivs):
-            dead.append((k, len(joined)))
-            continue
+        if joined and priority != DEFAULT_RULE_PRIORITY:
+            for lo, hi in ivs:  # `ranges.Union.covers_all`
+                i = bisect_right(bounds, lo)
+                if not i & 1 or bounds[i] <= hi:
+                    break
+            else:
+                dead.append((k, len(joined)))
+                continue
         if not r.preview and (open_rules_shadow or families.isdisjoint(ivs)):
             pending.append(k)
             pending_priority = priority
