@@ -156,27 +156,6 @@ class KeySet(KeyMap):
     def __init__(self, expected: int = 0) -> None:
         super().__init__(values=False, expected=expected)
 
-    def add(self, key: int, value: int = 0) -> int:
-        """`KeyMap.add` without values, the probe inline: a scan asks it once per finding."""
-        key &= _M64
-        if key == EMPTY:
-            return super().add(key)
-        keys = self._keys
-        mask = len(keys) - 1
-        i = (key * _GOLDEN & _M64) >> self._shift
-        while True:
-            k = keys[i]
-            if k == key:
-                return i
-            if k == EMPTY:
-                break
-            i = (i + 1) & mask
-        keys[i] = key
-        self._n += 1
-        if self._n > self._limit:
-            self._grow()
-        return -1
-
 
 # RFC 3339 times as Google's APIs write them (protobuf's JSON: UTC, "Z", no fraction or 3 or 6 digits of one), of
 # the years 1970 to 2099: their digits read as one decimal number less that of the first second of 1970 (at most
