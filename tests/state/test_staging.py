@@ -62,7 +62,7 @@ def test_the_first_of_a_repeated_id_is_recorded_before_and_after_sealing(state_t
     """Staged rows carry no index on the id until the staging is sealed: repeated ids are dropped then, the first
     staged winning, and once sealed as they come."""
     a = finding("r1", "//a")
-    first, second, third = (dataclasses.replace(a, message=m) for m in ("first", "second", "third"))
+    first, second, third = (msgspec.structs.replace(a, message=m) for m in ("first", "second", "third"))
     with Store(state_target) as store:
         staging = Staging(store.db, batch=1)
         staging.extend([first, second, finding("r1", "//b")])
@@ -86,21 +86,21 @@ def test_the_digest_follows_every_stored_column() -> None:
     """Any change to what a stored column is made of changes the digest; the same content gives the same one."""
     a = finding("r1", "//a", ancestors=("projects/1", "folders/2", "organizations/3"))
     variants = [
-        dataclasses.replace(a, rule="r2"), dataclasses.replace(a, check="other"),
-        dataclasses.replace(a, severity=Severity.low), dataclasses.replace(a, mode=Mode.enforce),
-        dataclasses.replace(a, asset="//b"), dataclasses.replace(a, asset_type="other"),
-        dataclasses.replace(a, message="other"), dataclasses.replace(a, details={"n": 1}),
-        dataclasses.replace(a, details={"n": "1"}), dataclasses.replace(a, ancestors=("projects/2",)),
-        dataclasses.replace(a, exempted=Exempted("reason", "team", None, None)),
-        dataclasses.replace(a, expired_exemption=Exempted("reason", "team", None, None)),
-        dataclasses.replace(a, exempted=Exempted("reason", "team", None, "2030-01-01")),
-        dataclasses.replace(a, id="0" * 20),
+        msgspec.structs.replace(a, rule="r2"), msgspec.structs.replace(a, check="other"),
+        msgspec.structs.replace(a, severity=Severity.low), msgspec.structs.replace(a, mode=Mode.enforce),
+        msgspec.structs.replace(a, asset="//b"), msgspec.structs.replace(a, asset_type="other"),
+        msgspec.structs.replace(a, message="other"), msgspec.structs.replace(a, details={"n": 1}),
+        msgspec.structs.replace(a, details={"n": "1"}), msgspec.structs.replace(a, ancestors=("projects/2",)),
+        msgspec.structs.replace(a, exempted=Exempted("reason", "team", None, None)),
+        msgspec.structs.replace(a, expired_exemption=Exempted("reason", "team", None, None)),
+        msgspec.structs.replace(a, exempted=Exempted("reason", "team", None, "2030-01-01")),
+        msgspec.structs.replace(a, id="0" * 20),
     ]
     digests = {finding_digest(v) for v in variants}
     assert len(digests) == len(variants) and finding_digest(a) not in digests
     # Equal findings built apart (details in another key order) have the same digest, the one of their row.
-    b = dataclasses.replace(a, details={"y": 1, "x": [1, 2]})
-    c = dataclasses.replace(a, details={"x": [1, 2], "y": 1})
+    b = msgspec.structs.replace(a, details={"y": 1, "x": [1, 2]})
+    c = msgspec.structs.replace(a, details={"x": [1, 2], "y": 1})
     assert finding_digest(b) == finding_digest(c) == content_row(b)[-1]
     # Rows differ in their columns only where the digests differ.
     rows = {content_row(v)[:-1] for v in variants}
