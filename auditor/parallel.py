@@ -44,7 +44,7 @@ from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun, Held
 from auditor.evaluate.registry import get_check
 from auditor.evaluate.rulebook import LoadedRule, Rule
 from auditor.model import Asset, Finding
-from auditor.report.spool import MARK_BYTES, NO_GEN, finding_mark
+from auditor.report.spool import COPY_BYTES, META_BYTES, NO_COPY, NO_GEN, copy_tag, finding_mark
 
 if TYPE_CHECKING:
     from auditor.scan import Collector, Duplicates, Merged
@@ -104,51 +104,87 @@ class _Copies:
 
 
 @dataclass
+class _Group:
+    """A range's findings of one report group (see report/spool.py's EncodingSink), in the order they were made:
+    their lines one after the other (`ends`: where each ends), their records as the report spools them for a copy
+    read first (generation 0: what nearly every copy is), the first 8 bytes of each id as a number, and the copy
+    (its place in the range's `_Copies`) that made each.
+
+    Grouped in the worker, a range's findings of a group usually go into the report as one piece: the parent's
+    work for them is then a look-up of each id (`Collector.take_group`), not a copy and a record per finding."""
+
+    lines: bytes
+    records: bytes
+    ids: array[int]
+    ends: array[int]
+    copies: array[int]
+
+
+@dataclass
 class _Encoded:
-    """A worker's findings as the report writes them (see report/spool.py's EncodingSink), in the order they were
-    made: the report groups met, and for each finding its group, the end of its line in `lines` and its record but
-    the copy (`finding_mark`, MARK_BYTES each), which the parent completes once it has merged the copies.
+    """A worker's findings as the report writes them, by report group (in the order the groups were met).
 
     A few arrays and byte strings to pickle: findings pickled one by one cost the worker and the parent together
     about as much as evaluating them (30 microseconds a finding on the messy profile, most of it their remedies and
     details), and made `--jobs 2` cost more CPU than one process."""
 
     groups: list[str]
-    group_of: array[int]
-    ends: array[int]
-    lines: bytes
-    marks: bytes
+    parts: list[_Group]
+
+    def __len__(self) -> int:
+        return sum(len(g.ends) for g in self.parts)
+
+
+class _Building:
+    __slots__ = ("copies", "ends", "ids", "lines", "records")
+
+    def __init__(self) -> None:
+        self.lines, self.records = bytearray(), bytearray()
+        self.ids, self.ends, self.copies = array("Q"), array("Q"), array("I")
 
 
 class _Encoder:
     """The worker's evaluation sink when the parent's report takes encoded findings: each finding encoded as the
-    report's `renderer` (a report/formats.py Renderer) does, into an `_Encoded`."""
+    report's `renderer` (a report/formats.py Renderer) does, into an `_Encoded`; `copies` tells which copy made it
+    (the last one tracked). A copy's repeats of an id are left out here: whatever becomes of the copy, the
+    parent's collector hands on at most one finding of an id per copy."""
 
-    def __init__(self, renderer: Any) -> None:
+    def __init__(self, renderer: Any, copies: _Copies) -> None:
         self.key, self.line = renderer.key, renderer.line
-        self.index: dict[str, int] = {}
-        self.groups: list[str] = []
-        self.group_of = array("I")
-        self.ends = array("Q")
-        self.lines = bytearray()
-        self.marks = bytearray()
+        self.copies = copies
+        self.groups: dict[str, _Building] = {}
+        self.made = 0
+        self._copy, self._tag = -1, NO_COPY
+        self._own: set[int] = set()  # the ids the copy being evaluated gave
 
     def __len__(self) -> int:  # the findings made so far (`_Copies.track`)
-        return len(self.ends)
+        return self.made
 
     def __call__(self, f: Finding) -> None:
+        self.made += 1
+        copy = len(self.copies.keys) - 1
+        if copy != self._copy:
+            self._copy, self._tag = copy, copy_tag(self.copies.keys[copy], 0)
+            self._own.clear()
+        key = int(f.id[:16], 16)
+        if key in self._own:
+            return  # the copy gave it already (a binding repeated in a policy): the parent would leave it out
+        self._own.add(key)
         group = self.key(f)
-        g = self.index.get(group)
+        g = self.groups.get(group)
         if g is None:
-            g = self.index[group] = len(self.groups)
-            self.groups.append(group)
-        self.group_of.append(g)
-        self.lines += self.line(f)
-        self.ends.append(len(self.lines))
-        self.marks += finding_mark(f)
+            g = self.groups[group] = _Building()
+        g.lines += self.line(f)
+        g.ends.append(len(g.lines))
+        g.records += self._tag + finding_mark(f)
+        g.ids.append(key)
+        g.copies.append(copy)
 
     def done(self) -> _Encoded:
-        return _Encoded(self.groups, self.group_of, self.ends, bytes(self.lines), bytes(self.marks))
+        return _Encoded(
+            list(self.groups),
+            [_Group(bytes(g.lines), bytes(g.records), g.ids, g.ends, g.copies) for g in self.groups.values()],
+        )
 
 
 @dataclass
@@ -195,7 +231,7 @@ def _scan_range(job: _Range) -> _Part:
     run = engine.start(evaluation, on_held=held.append)
     path = Path(job.path)
     copies = _Copies()
-    encoder = _Encoder(_renderer) if _renderer is not None else None
+    encoder = _Encoder(_renderer, copies) if _renderer is not None else None
     evaluation.sink = encoder
     assets = source.file_assets(path) if job.end < 0 else source.range_assets(path, job.start, job.end)
     run.feed(copies.track(assets, encoder if encoder is not None else evaluation.findings, held))
@@ -405,7 +441,7 @@ def _merge(
     try:
         if part.encoded is not None:
             assert collector is not None
-            _take(part.encoded, collector, made, keys, dropped, gens, dedupe)
+            _take(part.encoded, collector, keys, merged, dedupe)
         for j, f in enumerate(findings):
             i = bisect_right(made, j, i) - 1  # the copy that made it: the last one with no more findings before it
             if i in dropped:
@@ -428,25 +464,30 @@ def _merge(
 def _take(
     encoded: _Encoded,
     collector: Collector,
-    made: array[int],
     keys: array[int],
-    dropped: set[int],
-    gens: dict[int, int],
+    merged: Merged,
     dedupe: Duplicates,
 ) -> None:
     """Hand on a worker's encoded findings, each tagged with its copy, but those of copies left out (as `_merge`
-    does with finding objects)."""
-    rules = [g.partition("\x00")[0] for g in encoded.groups]  # a group is a rule, perhaps qualified after a NUL
-    groups, group_of, ends, lines, marks = encoded.groups, encoded.group_of, encoded.ends, encoded.lines, encoded.marks
-    take = collector.take
-    i = start = 0
-    for j, end in enumerate(ends):
-        i = bisect_right(made, j, i) - 1  # the copy that made it: the last one with no more findings before it
-        if i not in dropped:
-            dedupe.cur_key, dedupe.cur_gen = keys[i], gens.get(i, 0)
-            g = group_of[j]
-            take(rules[g], groups[g], lines[start:end], marks[j * MARK_BYTES : (j + 1) * MARK_BYTES])
-        start = end
+    does with finding objects). A group at a time: a finding's id is the same only for the same rule, so its
+    repeats are all in one group, in the order they were made, and what is handed on is the same as in the order
+    the findings were made. When every copy of the range was read first, each group goes as the worker recorded
+    it (`Collector.take_group`)."""
+    dropped, gens = merged.dropped, merged.gens
+    for group, g in zip(encoded.groups, encoded.parts, strict=True):
+        rule = group.partition("\x00")[0]  # a group is a rule, perhaps qualified after a NUL
+        if not dropped and not gens:
+            collector.take_group(rule, group, g.ids, g.lines, g.records, g.ends)
+            continue
+        lines, records, ends, copies = g.lines, g.records, g.ends, g.copies
+        take = collector.take
+        start = 0
+        for j, end in enumerate(ends):
+            i = copies[j]
+            if i not in dropped:
+                dedupe.cur_key, dedupe.cur_gen = keys[i], gens.get(i, 0)
+                take(rule, group, lines[start:end], records[j * META_BYTES + COPY_BYTES : (j + 1) * META_BYTES])
+            start = end
 
 
 def _note(merged: Merged, copies: _Copies, job: _Range, base: int, source: FileSource, dedupe: Duplicates) -> None:

@@ -33,6 +33,7 @@ from auditor.keys import KeyMap, KeySet, UpdateTimes
 from auditor.model import SEVERITIES, Asset, Finding, NotEvaluated, SourceStatus
 from auditor.report.spool import (
     COPY_BYTES,
+    META_BYTES,
     NO_COPY,
     NO_GEN,
     EncodingSink,
@@ -444,6 +445,27 @@ class Collector:
         if self._admit(int.from_bytes(mark[:8], "big"), copy, gen):
             self.tally.add_record(rule, mark[8], bool(mark[9]))
             self.out.add_line(group, line, copy + mark)  # type: ignore[attr-defined]
+
+    def take_group(self, rule: str, group: str, ids: Iterable[int], lines: bytes, records: bytes,
+                   ends: Sequence[int]) -> None:
+        """Findings of one report group encoded by a worker process, all of copies read first (generation 0): the
+        first 8 bytes of their ids as numbers, their lines one after the other (`ends`: where each ends) and
+        their records. The same decisions as `take` for each, the group handed on in one piece when none was
+        handed on before (the usual case)."""
+        add = self.sent.add
+        repeated = [j for j, key in enumerate(ids) if add(key) >= 0]
+        if not repeated:
+            self.tally.add_records(rule, records)
+            self.out.add_line(group, lines, records)  # type: ignore[attr-defined]
+            return
+        skip = set(repeated)
+        start = 0
+        for j, end in enumerate(ends):
+            if j not in skip:
+                record = records[j * META_BYTES : (j + 1) * META_BYTES]
+                self.tally.add_record(rule, record[COPY_BYTES + 8], bool(record[COPY_BYTES + 9]))
+                self.out.add_line(group, lines[start:end], record)  # type: ignore[attr-defined]
+            start = end
 
     def _admit(self, key: int, copy: bytes, gen: int) -> bool:
         """Whether a finding (the first 8 bytes of its id, as a number) of this copy is handed on."""

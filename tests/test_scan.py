@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gc
 import io
+import itertools
 import json
 import os
 import re
@@ -12,13 +13,26 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import auditor.scan
 from auditor.collect import SourceOptions
-from auditor.evaluate.engine import EvaluationError
+from auditor.evaluate.engine import Engine, Evaluation, EvaluationError
 from auditor.evaluate.rulebook import load_rules
-from auditor.model import NotEvaluated
-from auditor.scan import GC_THRESHOLD, ScanResult, fewer_collections, resolve_jobs, run_scan, usable_cores
+from auditor.model import SEVERITIES, NotEvaluated
+from auditor.report.spool import META_BYTES, Tally, copy_tag
+from auditor.scan import (
+    GC_THRESHOLD,
+    Collector,
+    Duplicates,
+    ScanResult,
+    fewer_collections,
+    resolve_jobs,
+    run_scan,
+    stable_key,
+    usable_cores,
+)
 from bench.generate import generate
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples"
@@ -201,3 +215,36 @@ def test_jobs_are_a_number_or_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in (0, -1, True, "2", "many", None):
         with pytest.raises(ValueError, match="number of processes"):
             resolve_jobs(bad)  # type: ignore[arg-type]
+
+
+class _Lines:
+    """A sink of encoded findings that keeps what it is handed, one line and record at a time."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, bytes, bytes]] = []
+
+    def add_line(self, group: str, lines: bytes, records: bytes) -> None:
+        ends = [i + 1 for i, c in enumerate(lines) if c == ord("\n")]
+        for j, (start, end) in enumerate(zip([0, *ends], ends, strict=False)):
+            self.got.append((group, lines[start:end], records[j * META_BYTES : (j + 1) * META_BYTES]))
+
+
+@given(st.lists(st.lists(st.integers(1, 12), max_size=12), max_size=5))
+def test_a_group_taken_whole_is_what_its_findings_taken_one_by_one_give(groups: list[list[int]]) -> None:
+    """A worker's group of findings of copies read first: handed on in one piece but the ids handed on before."""
+    collectors = []
+    for _ in range(2):
+        dedupe = Duplicates(Engine([]).start(Evaluation()), stable_key)
+        collectors.append(Collector(_Lines(), dedupe, Tally()))  # type: ignore[arg-type]
+    whole, one_by_one = collectors
+    tag = copy_tag(7, 0)
+    for n, ids in enumerate(groups):
+        lines = [f"{n}:{key}:{j}\n".encode() for j, key in enumerate(ids)]
+        marks = [key.to_bytes(8, "big") + bytes((key % len(SEVERITIES), 0)) for key in ids]
+        ends = list(itertools.accumulate(len(line) for line in lines))
+        whole.take_group(f"r{n % 2}", f"r{n % 2}", ids, b"".join(lines), b"".join(tag + m for m in marks), ends)
+        one_by_one.dedupe.cur_key, one_by_one.dedupe.cur_gen = 7, 0
+        for line, mark in zip(lines, marks, strict=True):
+            one_by_one.take(f"r{n % 2}", f"r{n % 2}", line, mark)
+    assert whole.out.got == one_by_one.out.got  # type: ignore[attr-defined]
+    assert whole.tally == one_by_one.tally

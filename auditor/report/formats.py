@@ -451,7 +451,8 @@ class StreamedReport:
         return type(self.renderer), self.facts
 
     def add_line(self, group: str, line: bytes, meta: bytes) -> None:
-        """A finding a worker process encoded: its group (`Renderer.key`), line (`Renderer.line`) and record."""
+        """Findings a worker process encoded: their group (`Renderer.key`), their lines (`Renderer.line`) one after
+        the other and their records."""
         self.spool.add(group, line, meta)
 
     def find(self, match: Callable[[bytes], bool]) -> list[Spot]:

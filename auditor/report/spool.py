@@ -107,7 +107,8 @@ class EncodingSink(FindingSink, Protocol):
 
     def encoding(self) -> tuple[type[Any], list[Any]]: ...
 
-    def add_line(self, group: str, line: bytes, meta: bytes) -> None: ...
+    def add_line(self, group: str, line: bytes, meta: bytes) -> None:
+        """One or more findings of the group: their lines one after the other, and their records."""
 
 
 @dataclass
@@ -138,6 +139,21 @@ class Tally:
         self.open_by_rule[rule] += 1
         if rank > self.worst_rank:
             self.worst_rank = rank
+
+    def add_records(self, rule: str, records: bytes) -> None:
+        """`add_record` for each of these findings' records (META_BYTES each), all of one rule."""
+        ranks = records[COPY_BYTES + 8 :: META_BYTES]
+        exempted = records[COPY_BYTES + 9 :: META_BYTES]
+        if exempted.count(0) != len(exempted):
+            for rank, ex in zip(ranks, exempted, strict=True):
+                self.add_record(rule, rank, bool(ex))
+            return
+        for rank in set(ranks):
+            n = ranks.count(rank)
+            self.open_by_severity[SEVERITIES[rank]] += n
+            self.open_by_rule[rule] += n
+            if rank > self.worst_rank:
+                self.worst_rank = rank
 
     def remove(self, rule: str, rank: int, exempted: bool) -> None:
         """Take back a finding counted by `add` (one of a replaced asset copy)."""

@@ -176,4 +176,4 @@ def test_workers_send_a_report_its_findings_encoded(
     assert out[0] == out[1]
     assert len(parts) > 1
     assert all(p.encoded is not None and not p.evaluation.findings for p in parts)
-    assert sum(len(p.encoded.ends) for p in parts) > 0  # the streamed checks' (those with context run in the parent)
+    assert sum(len(p.encoded) for p in parts) > 0  # the streamed checks' (those with context run in the parent)

@@ -3,7 +3,11 @@ and in order, across the temporary file and memory."""
 
 from __future__ import annotations
 
-from auditor.report.spool import Spool
+from hypothesis import given
+from hypothesis import strategies as st
+
+from auditor.model import SEVERITIES
+from auditor.report.spool import COPY_BYTES, META_BYTES, Spool, Tally
 
 
 def test_memory_stays_under_the_budget_and_groups_come_back_in_order() -> None:
@@ -25,3 +29,18 @@ def test_memory_stays_under_the_budget_and_groups_come_back_in_order() -> None:
     assert spool.groups() == ["a", "b", "c"]
     spool.close()
     assert list(spool.chunks("a")) == []
+
+
+@given(st.lists(st.tuples(st.integers(0, len(SEVERITIES) - 1), st.booleans()), max_size=40), st.booleans())
+def test_a_tally_of_records_is_the_tally_of_each_record(marks: list[tuple[int, bool]], open_only: bool) -> None:
+    if open_only:
+        marks = [(rank, False) for rank, _ in marks]
+    records = b"".join(bytes(COPY_BYTES + 8) + bytes((rank, exempted)) for rank, exempted in marks)
+    assert len(records) == META_BYTES * len(marks)
+    one_by_one, at_once = Tally(), Tally()
+    one_by_one.add_record("r0", 1, False)
+    at_once.add_record("r0", 1, False)
+    for rank, exempted in marks:
+        one_by_one.add_record("r1", rank, exempted)
+    at_once.add_records("r1", records)
+    assert at_once == one_by_one
