@@ -66,9 +66,14 @@ class KeyMap:
                 return 1 << 64  # a place no slot has: the key 0 lives apart
             self._has_zero, self._zero_val = True, value
             return -1
-        keys = self._keys
-        i = self._probe(key)
-        if keys[i] == key:
+        # `_probe`, written out: this runs for every asset and finding of a scan
+        keys, mask = self._keys, (1 << self._bits) - 1
+        i = (key * _GOLDEN & _M64) >> self._shift
+        k = keys[i]
+        while k != key and k != EMPTY:
+            i = (i + 1) & mask
+            k = keys[i]
+        if k == key:
             return i
         keys[i] = key
         if self._vals is not None:
@@ -112,16 +117,22 @@ class KeyMap:
         old_keys, old_vals = self._keys, self._vals
         self._alloc(self._bits + 1, old_vals is not None)
         keys, vals, shift, mask = self._keys, self._vals, self._shift, (1 << self._bits) - 1
-        for j, key in enumerate(old_keys):
-            if key == EMPTY:
-                continue
-            i = (key * _GOLDEN & _M64) >> shift
-            while keys[i] != EMPTY:
-                i = (i + 1) & mask
-            keys[i] = key
-            if vals is not None:
-                assert old_vals is not None
-                vals[i] = old_vals[j]
+        if vals is None:
+            for key in old_keys:
+                if key != EMPTY:
+                    i = (key * _GOLDEN & _M64) >> shift
+                    while keys[i] != EMPTY:
+                        i = (i + 1) & mask
+                    keys[i] = key
+            return
+        assert old_vals is not None
+        for key, value in zip(old_keys, old_vals, strict=True):
+            if key != EMPTY:
+                i = (key * _GOLDEN & _M64) >> shift
+                while keys[i] != EMPTY:
+                    i = (i + 1) & mask
+                keys[i] = key
+                vals[i] = value
 
     def items(self) -> Iterator[tuple[int, int]]:
         """Every (key, value), in no particular order (value 0 in a set)."""
@@ -162,24 +173,30 @@ class UpdateTimes:
     """Update times (strings or None) as 64-bit values and back, exactly: 0 is None; a time of the usual form is
     packed into the value (even values); any other text is kept once in a list, and its value names it (odd)."""
 
-    __slots__ = ("_codes", "_texts")
+    __slots__ = ("_codes", "_last", "_texts")
 
     def __init__(self) -> None:
         self._texts: list[str] = []
         self._codes: dict[str, int] = {}
+        self._last: tuple[str | None, int] = (None, 0)  # the last time encoded: an export's assets often share one
 
     def encode(self, t: str | None) -> int:
         if t is None:
             return 0
-        if _TIME.fullmatch(t) is None:
-            code = self._codes.get(t)
-            if code is None:
-                code = self._codes[t] = len(self._texts) << 1 | 1
-                self._texts.append(t)
+        last, code = self._last
+        if t == last:
             return code
+        if _TIME.fullmatch(t) is None:
+            known = self._codes.get(t)
+            if known is None:
+                known = self._codes[t] = len(self._texts) << 1 | 1
+                self._texts.append(t)
+            return known
         n = len(t)
         digits = int(t[0:4] + t[5:7] + t[8:10] + t[11:13] + t[14:16] + t[17:19] + t[20:-1])
-        return (digits - _BASE[n]) << 3 | _FORM[n] << 1
+        code = (digits - _BASE[n]) << 3 | _FORM[n] << 1
+        self._last = (t, code)
+        return code
 
     def decode(self, code: int) -> str | None:
         if code == 0:

@@ -124,3 +124,14 @@ def test_unusual_times_are_kept_once() -> None:
     assert len(times._texts) == 2
     assert times.encode("2026-11-20T09:14:07.518Z") % 2 == 0  # packed, not kept
     assert len(times._texts) == 2
+
+
+def test_times_in_a_row_encode_as_alone() -> None:
+    """The last time encoded is remembered: times repeated, alternating or unusual between come back the same."""
+    row = ["2026-11-20T09:14:07.518Z", "2026-11-20T09:14:07.518Z", None, "2026-11-20T09:14:07.519Z",
+           "not a time", "not a time", "2026-11-20T09:14:07.518Z", "2021-05-12T10:20:30Z", "not a time"]
+    times = UpdateTimes()
+    for t in row:
+        code = times.encode(t)
+        assert times.decode(code) == t
+        assert code == (times.encode(t) if t == "not a time" else UpdateTimes().encode(t))

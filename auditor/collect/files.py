@@ -472,7 +472,7 @@ class FileSource:
         data = rec.resource.data if rec.resource is not None else _NO_RAW
         res = data if data and data != _NULL else None
         try:
-            if res is not None and bytes(memoryview(res)[:1]) != b"{":
+            if res is not None and memoryview(res)[0] != 0x7B:  # not "{"
                 raise ValueError(f"asset {rec.name}: 'resource.data' is not an object")
             if iam is not None:
                 check_iam_policy(iam)
@@ -493,16 +493,8 @@ class FileSource:
         except RecursionError:
             self._problem(f"{where_file}:{lineno}", f"asset {rec.name}: {self._depth_error()}")
             return None
-        return Asset(
-            name=rec.name,
-            asset_type=asset_type,
-            resource=res,
-            iam_policy=iam,
-            ancestors=ancestors,
-            update_time=rec.update_time or rec.updateTime,
-            origin=where_file,
-            line=lineno,
-        )
+        # name, asset_type, resource, iam_policy, ancestors, update_time, origin, line
+        return Asset(rec.name, asset_type, res, iam, ancestors, rec.update_time or rec.updateTime, where_file, lineno)
 
     def _lines(self, path: Path, lines: list[bytes], lineno: int) -> Iterator[Asset]:
         status = self.status

@@ -155,11 +155,17 @@ _LIT, _ONE, _STAR, _ANY, _SKIP3 = range(5)
 class LinearGlob:
     """A glob matched by simulating its automaton (one bit per step, all states at once): linear in the text."""
 
-    __slots__ = ("_accept", "_any", "_eps1", "_lits", "_one", "_sep", "_skip3", "_star", "_start", "pattern")
+    __slots__ = (
+        "_accept", "_any", "_eps1", "_lits", "_one", "_pieces", "_sep", "_skip3", "_star", "_start", "pattern"
+    )
 
     def __init__(self, pattern: str, sep: str = "/") -> None:
         self.pattern = pattern
         self._sep = sep
+        # Without `?` and the separator, over a text without the separator, every wildcard matches any run: the
+        # glob matches when its literal pieces are found in order (the first at the start, the last at the end),
+        # each at its leftmost place after the one before (str.find, not a step per character in Python).
+        self._pieces = re.split(r"\*+", pattern) if "?" not in pattern and sep not in pattern else None
         steps = _steps(pattern, sep)
         lits: dict[str, int] = {}
         one = star = any_ = eps1 = skip3 = 0
@@ -192,6 +198,9 @@ class LinearGlob:
             states = more
 
     def match(self, text: str) -> object | None:
+        pieces = self._pieces
+        if pieces is not None and self._sep not in text:
+            return True if _in_order(pieces, text) else None
         states = self._start
         lits, one, star, any_, sep = self._lits, self._one, self._star, self._any, self._sep
         for ch in text:
@@ -209,6 +218,23 @@ class LinearGlob:
 
     def __repr__(self) -> str:
         return f"LinearGlob({self.pattern!r})"
+
+
+def _in_order(pieces: list[str], text: str) -> bool:
+    """Whether `text` is pieces[0] + anything + pieces[1] + ... + anything + pieces[-1]."""
+    if len(pieces) == 1:  # no wildcard
+        return text == pieces[0]
+    first, last = pieces[0], pieces[-1]
+    end = len(text) - len(last)
+    if end < len(first) or not text.startswith(first) or not text.endswith(last):
+        return False
+    pos = len(first)
+    for piece in pieces[1:-1]:
+        at = text.find(piece, pos, end)
+        if at < 0:
+            return False
+        pos = at + len(piece)
+    return True
 
 
 def _steps(pattern: str, sep: str) -> list[tuple[int, str]]:

@@ -125,23 +125,39 @@ _GOOGLE_APIS_AGENT = re.compile(r"\d+@cloudservices\.gserviceaccount\.com")
 _SERVICE_AGENT_ROLE = re.compile(r"roles/[A-Za-z0-9_.]*[sS]erviceAgent[A-Za-z0-9_]*")
 
 
+# Every Google-managed identity above is an account of a gserviceaccount.com domain: the many that are not are told
+# apart without a regular expression, and the others by one expression of each family.
+_GOOGLE_DOMAIN = "gserviceaccount.com"
+_SERVICE_AGENT = re.compile("|".join(f"(?:{p.pattern})" for p in _SERVICE_AGENT_PATTERNS))
+_GOOGLE_MANAGED = re.compile(
+    "|".join(f"(?:{p.pattern})" for p in (*_SERVICE_AGENT_PATTERNS, *(p for p, _, _ in _DEFAULT_SA_PATTERNS)))
+)
+
+
 def _sa_email(member: str) -> str | None:
-    m = parse_member(member)
+    return _sa_email_of(parse_member(member))
+
+
+def _sa_email_of(m: Member) -> str | None:
     if m.deleted or m.type != "serviceAccount":
         return None
     return m.value.lower()
 
 
+def _is_agent_email(email: str) -> bool:
+    return email.endswith(_GOOGLE_DOMAIN) and _SERVICE_AGENT.fullmatch(email) is not None
+
+
 def is_service_agent(member: str) -> bool:
     """A Google-managed service agent: Google runs it, the customer cannot act as it."""
     email = _sa_email(member)
-    return email is not None and any(p.fullmatch(email) for p in _SERVICE_AGENT_PATTERNS)
+    return email is not None and _is_agent_email(email)
 
 
 def default_service_account_kind(member: str) -> str | None:
     """`Compute Engine default service account` and the like, or None."""
     email = _sa_email(member)
-    if email is None:
+    if email is None or not email.endswith(_GOOGLE_DOMAIN):
         return None
     for pattern, kind, _ in _DEFAULT_SA_PATTERNS:
         if pattern.fullmatch(email):
@@ -151,7 +167,13 @@ def default_service_account_kind(member: str) -> str | None:
 
 def is_google_managed(member: str) -> bool:
     """A service agent or a default service account: an identity Google created."""
-    return is_service_agent(member) or default_service_account_kind(member) is not None
+    return google_managed_member(parse_member(member))
+
+
+def google_managed_member(m: Member) -> bool:
+    """`is_google_managed` of a member already parsed."""
+    email = _sa_email_of(m)
+    return email is not None and email.endswith(_GOOGLE_DOMAIN) and _GOOGLE_MANAGED.fullmatch(email) is not None
 
 
 def is_service_agent_role(role: str) -> bool:
@@ -190,17 +212,21 @@ def service_account_project(member: str) -> str | None:
     service account `NAME@PROJECT.iam.gserviceaccount.com` or of a GKE Workload Identity member
     `serviceAccount:PROJECT.svc.id.goog[NAMESPACE/KSA]`, the project number of a workload identity pool principal
     `principal://iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/...`."""
+    return service_account_project_of(member, parse_member(member))
+
+
+def service_account_project_of(member: str, m: Member) -> str | None:
+    """`service_account_project` of a member and its parsed form (`parse_member(member)`)."""
     pool = _POOL_PRINCIPAL.match(member)
     if pool:
         return pool.group(1)
-    m = parse_member(member)
     if m.deleted or m.type != "serviceAccount":
         return None
     ksa = _WORKLOAD_IDENTITY_KSA.fullmatch(m.value)
     if ksa:
         return ksa.group(1)
     email = m.value.lower()
-    if not email.endswith(SA_DOMAIN_SUFFIX) or is_service_agent(member):
+    if not email.endswith(SA_DOMAIN_SUFFIX) or _is_agent_email(email):
         return None
     project = email.rsplit("@", 1)[1][: -len(SA_DOMAIN_SUFFIX)]
     return project or None

@@ -130,3 +130,24 @@ def test_globs_with_many_wildcards_match_in_linear_time() -> None:
     assert not member_match("*a" * 30 + "*b", "user:" + "a" * 5000)
     line = compile_line_globs((hostile,), "/")
     assert line is not None and line.search(text) is None  # the prefilter's superset is linear too
+
+
+def test_the_automaton_without_separators_agrees_with_the_regular_expression() -> None:
+    """Globs without `?` or the separator over texts without it (the automaton's literal pieces found in order),
+    against the regular expression of the same glob."""
+    import random
+    import re
+
+    from auditor.evaluate.globs import LinearGlob, _translate
+
+    rnd = random.Random(11)
+    atoms = ["a", "b", "ab", "ba", "*", "**", "-", ":"]
+    for _ in range(4000):
+        sep = rnd.choice("/.")
+        pattern = "".join(rnd.choice(atoms) for _ in range(rnd.randint(0, 8)))
+        reference = re.compile("(?s:" + _translate(pattern, sep, line=False) + r")\Z")
+        auto = LinearGlob(pattern, sep)
+        assert auto._pieces is not None
+        for _ in range(8):
+            text = "".join(rnd.choice("ab-:") for _ in range(rnd.randint(0, 10)))
+            assert (auto.match(text) is not None) == (reference.match(text) is not None), (pattern, sep, text)

@@ -33,8 +33,10 @@ from auditor.evaluate.policy import (
     known_log_types,
 )
 from auditor.evaluate.principals import (
+    CONVENIENCE_TYPES,
     default_service_account_kind,
     google_grants,
+    google_managed_member,
     in_domains,
     is_convenience_member,
     is_google_managed,
@@ -42,6 +44,7 @@ from auditor.evaluate.principals import (
     is_service_agent,
     parse_member,
     service_account_project,
+    service_account_project_of,
 )
 from auditor.evaluate.registry import Context, Outcome, Params, Prefilter, Unevaluated, Violation, check
 from auditor.model import Asset
@@ -204,6 +207,8 @@ class DomainParams(MemberFilter):
 def _outside(
     member: str, role: str, params: DomainParams, domains: AbstractSet[str], projects: AbstractSet[str]
 ) -> bool:
+    """Whether a member is outside the domains and projects, for these params: the plain statement of what
+    `_Judge.outside` answers from what it keeps of each member (the tests hold one to the other)."""
     if not params.include_public and is_public(member):
         return False
     if params.allow_convenience_members and is_convenience_member(member):
@@ -222,6 +227,81 @@ def _outside(
     return project not in projects and not any_match(params.service_account_projects, project)
 
 
+_LEFT_OUT = ("", None)  # the traits of a member the params never count as outside
+
+
+class _Judge:
+    """One rule's verdicts on members (iam.allowed_domains, iam.external_members), as `_outside` gives them.
+
+    What of a member does not depend on the domains and projects known (whether the params leave it out, its
+    domain, its service account's project) is worked out once per member: the same groups and accounts recur in
+    thousands of policies. `inside` holds the members known to be inside: domains and projects can only be added
+    to, never removed, while it is in use."""
+
+    __slots__ = ("inside", "params", "traits")
+
+    def __init__(self, params: DomainParams) -> None:
+        self.params = params
+        self.inside: set[str] = set()
+        self.traits: dict[str, tuple[str, str | None]] = {}
+
+    def _traits(self, member: str) -> tuple[str, str | None]:
+        params = self.params
+        parsed = parse_member(member)  # once, where `_outside` parses it for each question
+        if (
+            (not params.include_public and is_public(member))
+            or (params.allow_convenience_members and parsed.type in CONVENIENCE_TYPES)
+            or (params.allow_google_managed and google_managed_member(parsed))
+            or (params.except_members and any_member_match(params.except_members, member))
+            or (params.allowed_members and any_member_match(params.allowed_members, member))
+        ):
+            return _LEFT_OUT
+        return parsed.domain or "", service_account_project_of(member, parsed)
+
+    def outside(self, member: str, domains: AbstractSet[str], projects: AbstractSet[str]) -> bool:
+        """`_outside(member, ..., domains, projects)`."""
+        traits = self.traits.get(member)
+        if traits is None:
+            if len(self.traits) >= 20_000:
+                self.traits.clear()
+            traits = self.traits[member] = self._traits(member)
+        if traits is _LEFT_OUT:
+            return False
+        domain, project = traits
+        if domain and (
+            domain in domains
+            or (self.params.allow_sub_domains and any(domain.endswith("." + d) for d in domains))
+        ):
+            return False
+        if project is None:
+            return True
+        return project not in projects and not any_match(self.params.service_account_projects, project)
+
+    def keep_inside(self, member: str) -> None:
+        inside = self.inside
+        if len(inside) >= 20_000:
+            inside.clear()
+        inside.add(member)
+
+    def any_outside(self, asset: Asset, domains: AbstractSet[str], projects: AbstractSet[str]) -> bool:
+        """Whether `_domain_violations` would give anything (with the projects known): its first member outside
+        found without making the violation."""
+        roles = compile_globs(tuple(self.params.roles), "/")
+        if roles is None:
+            return False
+        inside = self.inside
+        for b in asset_bindings(asset):
+            if roles.match(b.role) is None:
+                continue
+            for m in b.members:
+                if m in inside:
+                    continue
+                if self.outside(m, domains, projects):
+                    return True
+                self.keep_inside(m)
+        return False
+
+
 NO_PROJECTS = (
     "no Project asset in the snapshot: the service accounts of the organization's own projects cannot be told from "
     "external ones (list them in `service_account_projects`, or read the projects too)"
@@ -233,18 +313,19 @@ def _domain_violations(
     params: DomainParams,
     domains: AbstractSet[str],
     projects: AbstractSet[str],
-    inside: set[str],
+    judge: _Judge,
     projects_known: bool = True,
 ) -> Iterator[Outcome]:
-    """`inside`: members known to be inside (the same groups and accounts recur in thousands of policies); it
-    grows here. Domains and projects can only be added to, never removed, while it is in use. Without
-    `projects_known` (the snapshot holds no Project), a project's service account is not judged."""
+    """The members outside, as `judge` (of these params) tells them; the members found inside are added to
+    `judge.inside`. Without `projects_known` (the snapshot holds no Project), a project's service account is not
+    judged."""
     listed = sorted(domains)
     allowed = ", ".join(listed[:3]) + (f" and {len(listed) - 3} more domains" if len(listed) > 3 else "")
+    inside = judge.inside
     for b, m in grants(asset, params.roles):
         if m in inside:
             continue
-        if _outside(m, b.role, params, domains, projects):
+        if judge.outside(m, domains, projects):
             if not projects_known and service_account_project(m) is not None:
                 yield Unevaluated(NO_PROJECTS)
                 continue
@@ -252,13 +333,11 @@ def _domain_violations(
             where = f"domain {parsed.domain}" if parsed.domain else "no domain"
             yield member_violation(b, m, f"{m} ({where}) holds {b.role} but is outside {allowed}")
         else:
-            if len(inside) >= 20_000:
-                inside.clear()
-            inside.add(m)
+            judge.keep_inside(m)
 
 
-def _inside(ctx: Context, params: DomainParams, key: str) -> set[str]:
-    found: set[str] = ctx.memo(f"iam.inside.{key}.{id(params)}", set)
+def _judge(ctx: Context, params: DomainParams, key: str) -> _Judge:
+    found: _Judge = ctx.memo(f"iam.inside.{key}.{id(params)}", lambda: _Judge(params))
     return found
 
 
@@ -283,7 +362,7 @@ def allowed_domains(asset: Asset, params: DomainParams, ctx: Context) -> Iterato
         allowed_members: ["serviceAccount:ci@vendor-build.iam.gserviceaccount.com"]
     ```
     """
-    yield from _domain_violations(asset, params, frozenset(params.domains), frozenset(), _inside(ctx, params, "fixed"))
+    yield from _domain_violations(asset, params, frozenset(params.domains), frozenset(), _judge(ctx, params, "fixed"))
 
 
 def _org_domain(org: Asset) -> str | None:
@@ -330,8 +409,7 @@ def _screen_external(asset: Asset, params: DomainParams, ctx: Context) -> bool:
     domains = seen.domains.union(params.domains)
     if not domains:
         return bool(asset_bindings(asset))  # nothing to compare with yet: an Organization may come later
-    inside = _inside(ctx, params, "org")
-    return next(_domain_violations(asset, params, domains, seen.projects, inside), None) is not None
+    return _judge(ctx, params, "org").any_outside(asset, domains, seen.projects)
 
 
 @check(
@@ -368,7 +446,7 @@ def external_members(asset: Asset, params: DomainParams, ctx: Context) -> Iterat
                 "and no `domains` in the rule's params"
             )
         return
-    yield from _domain_violations(asset, params, domains, projects, _inside(ctx, params, "org"), bool(projects))
+    yield from _domain_violations(asset, params, domains, projects, _judge(ctx, params, "org"), bool(projects))
 
 
 # -- roles ------------------------------------------------------------------------------------------------------------

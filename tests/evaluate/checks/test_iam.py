@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from auditor.collect.files import iter_file_assets
 from auditor.errors import RuleError
-from auditor.evaluate.checks.iam import NO_PROJECTS
+from auditor.evaluate.checks.iam import NO_PROJECTS, DomainParams, _domain_violations, _Judge, _outside
 from auditor.evaluate.engine import Engine
 from auditor.evaluate.principals import (
     default_service_account_kind,
@@ -574,3 +576,39 @@ def test_desired_state_stack_of_resources(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump([{"severity": "high", **both}]))
     with pytest.raises(RuleError, match=r"rule stack: params: .*or resources, not both"):
         load_file(f)
+
+
+_JUDGED = st.sampled_from([
+    "user:a@example.com", "user:b@eu.example.com", "user:c@other.org", "group:g@Example.com", "domain:example.com",
+    "allUsers", "allAuthenticatedUsers", "projectOwner:p1", "serviceAccount:ci@proj-1.iam.gserviceaccount.com",
+    "serviceAccount:ci@proj-9.iam.gserviceaccount.com",
+    "serviceAccount:service-12@gcp-sa-logging.iam.gserviceaccount.com",
+    "serviceAccount:12-compute@developer.gserviceaccount.com", "serviceAccount:proj-1.svc.id.goog[ns/ksa]",
+    "deleted:user:x@example.com?uid=1",
+    "principal://iam.googleapis.com/projects/77/locations/global/workloadIdentityPools/p/s",
+    "serviceAccount:vendor@vendor-build.iam.gserviceaccount.com", "weird", "",
+])
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    members=st.lists(_JUDGED, max_size=12),
+    domains=st.frozensets(st.sampled_from(["example.com", "other.org", "com"]), max_size=2),
+    projects=st.frozensets(st.sampled_from(["proj-1", "77", "p1"]), max_size=2),
+    params=st.fixed_dictionaries({}, optional={
+        "include_public": st.booleans(), "allow_convenience_members": st.booleans(),
+        "allow_google_managed": st.booleans(), "allow_sub_domains": st.booleans(),
+        "except_members": st.sampled_from([[], ["user:**@other.org"]]),
+        "allowed_members": st.sampled_from([[], ["serviceAccount:vendor@**"]]),
+        "service_account_projects": st.sampled_from([[], ["proj-*"]]),
+    }),
+)
+def test_judge_agrees_with_outside(members: list[str], domains: frozenset[str], projects: frozenset[str],
+                                   params: dict[str, Any]) -> None:
+    p = DomainParams(**params)
+    judge = _Judge(p)
+    for m in members * 2:  # the second time from what was kept of each member
+        assert judge.outside(m, domains, projects) is _outside(m, "roles/x", p, domains, projects), m
+    policy = Asset("//x/a", "t", iam_policy={"bindings": [{"role": "roles/x", "members": members}]})
+    found = next(_domain_violations(policy, p, domains, projects, _Judge(p)), None)
+    assert _Judge(p).any_outside(policy, domains, projects) is (found is not None)
