@@ -254,6 +254,7 @@ class Store:
                 staging = Staging(db, compare=True)
                 staging.extend(c.findings)
             if staging is not None:
+                staging.seal()
                 staging.not_evaluated(c.not_evaluated)
             try:
                 rec = self._record(db, c, fence, events_since, staging)

@@ -10,9 +10,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auditor.model import Exempted, Finding
+from auditor.model import Exempted, Finding, Mode, Severity
 from auditor.state import Store
-from auditor.state.staging import Staging, id_key
+from auditor.state.staging import Staging, content_row, finding_digest, id_key
 from tests.state.test_store import cycle, finding
 
 
@@ -56,6 +56,55 @@ def test_what_changed_is_staged_and_recorded(state_target: str) -> None:
         staging = store.staging()
         staging.extend([worse, exempted, c])
         assert staging.unchanged == 3 and _staged(store) == 0
+
+
+def test_the_first_of_a_repeated_id_is_recorded_before_and_after_sealing(state_target: str) -> None:
+    """Staged rows carry no index on the id until the staging is sealed: repeated ids are dropped then, the first
+    staged winning, and once sealed as they come."""
+    a = finding("r1", "//a")
+    first, second, third = (dataclasses.replace(a, message=m) for m in ("first", "second", "third"))
+    with Store(state_target) as store:
+        staging = Staging(store.db, batch=1)
+        staging.extend([first, second, finding("r1", "//b")])
+        staging.withdraw("//b", {"r1"})
+        staging.seal()
+        staging.extend([third, finding("r1", "//b")])
+        assert list(staging.counts()) == [("r1", "high", False, 2)]
+        store.record_cycle(cycle(100, staging))
+        got = store.finding(a.id)
+        assert got is not None and got.message == "first"
+        assert {f.asset for f in store.open_findings()} == {"//a", "//b"}
+        # The next staging starts unsealed and empty.
+        staging = store.staging()
+        staging.extend([second, third])
+        store.record_cycle(cycle(200, staging))
+        got = store.finding(a.id)
+        assert got is not None and got.message == "second"
+
+
+def test_the_digest_follows_every_stored_column() -> None:
+    """Any change to what a stored column is made of changes the digest; the same content gives the same one."""
+    a = finding("r1", "//a", ancestors=("projects/1", "folders/2", "organizations/3"))
+    variants = [
+        dataclasses.replace(a, rule="r2"), dataclasses.replace(a, check="other"),
+        dataclasses.replace(a, severity=Severity.low), dataclasses.replace(a, mode=Mode.enforce),
+        dataclasses.replace(a, asset="//b"), dataclasses.replace(a, asset_type="other"),
+        dataclasses.replace(a, message="other"), dataclasses.replace(a, details={"n": 1}),
+        dataclasses.replace(a, details={"n": "1"}), dataclasses.replace(a, ancestors=("projects/2",)),
+        dataclasses.replace(a, exempted=Exempted("reason", "team", None, None)),
+        dataclasses.replace(a, expired_exemption=Exempted("reason", "team", None, None)),
+        dataclasses.replace(a, exempted=Exempted("reason", "team", None, "2030-01-01")),
+        dataclasses.replace(a, id="0" * 20),
+    ]
+    digests = {finding_digest(v) for v in variants}
+    assert len(digests) == len(variants) and finding_digest(a) not in digests
+    # Equal findings built apart (details in another key order) have the same digest, the one of their row.
+    b = dataclasses.replace(a, details={"y": 1, "x": [1, 2]})
+    c = dataclasses.replace(a, details={"x": [1, 2], "y": 1})
+    assert finding_digest(b) == finding_digest(c) == content_row(b)[-1]
+    # Rows differ in their columns only where the digests differ.
+    rows = {content_row(v)[:-1] for v in variants}
+    assert len(rows) == len(variants)
 
 
 def test_open_findings_not_seen_are_resolved_among_the_unmarked_only(state_target: str) -> None:
