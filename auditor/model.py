@@ -259,8 +259,14 @@ class Exempted:
     expires: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
+class Finding(msgspec.Struct, frozen=True, gc=False):
+    """One violation of one rule by one asset.
+
+    A msgspec Struct rather than a dataclass: a scan makes one per finding (about a million on a messy organization),
+    and a frozen dataclass set each of its fields through `object.__setattr__`, several times the cost. Nothing it
+    holds refers back to it: no cycle for the collector to track (`gc=False`).
+    """
+
     id: str
     rule: str
     check: str
@@ -269,7 +275,7 @@ class Finding:
     asset: str
     asset_type: str
     message: str
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
     exempted: Exempted | None = None
     # An exemption that matched but has expired: the finding counts, and says why it is no longer exempt.
     expired_exemption: Exempted | None = None

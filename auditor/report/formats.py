@@ -24,8 +24,8 @@ from auditor import __version__
 from auditor.model import SEVERITIES, Exempted, Finding, Mode, Severity
 from auditor.plugins import Registry
 from auditor.report.escape import md_code, md_text
-from auditor.report.records import RuleFacts, finding_record, report_order
-from auditor.report.spool import META_BYTES, NO_COPY, Spool, Spot, Tally, finding_meta
+from auditor.report.records import FindingRecord, RuleFacts, exemption_record, project_of, report_order
+from auditor.report.spool import META_BYTES, NO_COPY, Spool, Spot, Tally, finding_mark
 
 if TYPE_CHECKING:
     from auditor.evaluate.engine import EvaluationError
@@ -74,6 +74,10 @@ class Renderer:
     def line(self, f: Finding) -> bytes:
         raise NotImplementedError
 
+    def line_into(self, f: Finding, buf: bytearray) -> None:
+        """Append the finding's line (`line`) to `buf`."""
+        buf += self.line(f)
+
     def write(self, out: BinaryIO, doc: Document) -> None:
         raise NotImplementedError
 
@@ -111,7 +115,11 @@ def _joined(doc: Document, keys: Iterator[str], sep: bytes) -> Iterator[bytes]:
 # -- JSON and NDJSON ----------------------------------------------------------------------------------------------
 @renderer
 class JsonRenderer(Renderer):
-    """The report as one JSON document (schema: auditor/report/schemas/scan-report.schema.json)."""
+    """The report as one JSON document (schema: auditor/report/schemas/scan-report.schema.json).
+
+    A finding's line in the spool is its own record only (`line`); the part every finding of its rule shares
+    (rationale, remedy, labels: about 40% of a line) is added to each line as the group is written (`_tail`), not
+    encoded, spooled and read back once per finding."""
 
     name = "json"
     media_type = "application/json"
@@ -120,6 +128,11 @@ class JsonRenderer(Renderer):
     def __init__(self, rules: list[RuleFacts]) -> None:
         super().__init__(rules)
         self._tails = {r.id: self._tail(r) for r in rules}
+        # The place of the last finding's asset in the hierarchy (project, ancestry), by its ancestors: findings
+        # come asset by asset, and share the asset's tuple of ancestors.
+        self._ancestors: tuple[str, ...] | None = None
+        self._place: tuple[str | None, str] = (None, "")
+        self._scratch = bytearray()
 
     @staticmethod
     def _tail(r: RuleFacts | None) -> bytes:
@@ -129,19 +142,59 @@ class JsonRenderer(Renderer):
             if r is not None
             else {"rationale": "", "remedy": None, "labels": {}}
         )
-        return b"," + _enc.encode(facts)[1:] + b"\n"
+        return b"," + _enc.encode(facts)[1:]
+
+    def tail(self, key: str) -> bytes:
+        """The rule's part of the lines of a group (that of no rule for a group of a rule the report does not
+        list)."""
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = self._tails[key] = self._tail(None)
+        return tail
 
     def line(self, f: Finding) -> bytes:
-        tail = self._tails.get(f.rule)
-        if tail is None:
-            tail = self._tails[f.rule] = self._tail(None)
-        return _enc.encode(finding_record(f))[:-1] + tail
+        buf = bytearray()
+        self.line_into(f, buf)
+        return bytes(buf)
+
+    def line_into(self, f: Finding, buf: bytearray) -> None:
+        """The finding's record, its closing `}` replaced by a newline: the line as written but for the rule's part
+        (`tail`), which closes it when it is written. A JSON text holds no raw newline: one ends each line."""
+        ancestors = f.ancestors
+        if ancestors is not self._ancestors:
+            self._ancestors = ancestors
+            self._place = (project_of(ancestors), "/".join(reversed(ancestors)))
+        project, ancestry = self._place
+        e, x = f.exempted, f.expired_exemption
+        record = FindingRecord(
+            f.id, f.rule, f.check, f.severity, f.mode, f.asset, f.asset_type, project, ancestry, f.message,
+            f.details, e is not None, None if e is None else exemption_record(e),
+            None if x is None else exemption_record(x),
+        )  # fmt: skip
+        # Encoded into a buffer of its own, then copied: encoding straight into `buf` grew it by half each time it
+        # had to grow, not by an eighth, and held the spool's memory half as large again.
+        scratch = self._scratch
+        _enc.encode_into(record, scratch)
+        scratch[-1] = 10
+        buf += scratch
+
+    def lines(self, doc: Document, key: str, sep: bytes) -> Iterator[bytes]:
+        """A group's lines as written, each with its rule's part and followed by `sep`, a piece at a time."""
+        joint = self.tail(key) + sep
+        for chunk in doc.spool.chunks(key):
+            yield chunk.replace(b"\n", joint)
 
     def write(self, out: BinaryIO, doc: Document) -> None:
         head = _enc.encode({**doc.head, "summary": doc.summary})
         out.write(head[:-1] + b',"findings":[\n')
-        for piece in _joined(doc, (k for _, k in self.groups(doc)), b",\n"):
-            out.write(piece)
+        last: bytes | None = None  # the piece written last, without the separator after its last line
+        for _, key in self.groups(doc):
+            for piece in self.lines(doc, key, b",\n"):
+                if last is not None:
+                    out.write(last)
+                last = piece
+        if last is not None:
+            out.write(memoryview(last)[:-2])
         out.write(b"\n]")
         for key, value in doc.tail.items():
             out.write(b"," + _enc.encode(key) + b":" + _enc.encode(value))
@@ -158,8 +211,8 @@ class NdjsonRenderer(JsonRenderer):
 
     def write(self, out: BinaryIO, doc: Document) -> None:
         for _, key in self.groups(doc):
-            for chunk in doc.spool.chunks(key):
-                out.write(chunk)
+            for piece in self.lines(doc, key, b"\n"):
+                out.write(piece)
 
 
 # -- CSV ----------------------------------------------------------------------------------------------------------
@@ -444,7 +497,12 @@ class StreamedReport:
         self.spool = Spool(meta_size=META_BYTES) if budget is None else Spool(budget, META_BYTES)
 
     def add(self, f: Finding, copy: bytes = NO_COPY) -> None:
-        self.spool.add(self.renderer.key(f), self.renderer.line(f), finding_meta(f, copy))
+        lines, records = self.spool.group(self.renderer.key(f))
+        size = len(lines)
+        self.renderer.line_into(f, lines)
+        records += copy
+        records += finding_mark(f)
+        self.spool.added(len(lines) - size + META_BYTES)
 
     def encoding(self) -> tuple[type[Renderer], list[RuleFacts]]:
         """What a worker process needs to encode findings as `add` does (see spool.EncodingSink)."""

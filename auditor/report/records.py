@@ -45,8 +45,17 @@ class Remedy(msgspec.Struct):
     kind: str | None  # the remediation (plan kind) that fixes it, when there is one
 
 
+def exemption_record(e: Exempted) -> ExemptionRecord:
+    return ExemptionRecord(e.reason, e.owner, e.ticket, e.expires)
+
+
 def _exemption(e: Exempted | None) -> ExemptionRecord | None:
-    return None if e is None else ExemptionRecord(e.reason, e.owner, e.ticket, e.expires)
+    return None if e is None else exemption_record(e)
+
+
+def project_of(ancestors: tuple[str, ...]) -> str | None:
+    """The project among an asset's ancestors (`Finding.project`)."""
+    return next((a for a in ancestors if a.startswith("projects/")), None)
 
 
 def finding_record(f: Finding) -> FindingRecord:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple, Protocol, runtime_checkable
 
-from auditor.model import SEVERITIES, Finding
+from auditor.model import SEVERITIES, Finding, Severity
 
 MEMORY_BUDGET = 8 << 20  # encoded bytes kept in memory before the groups are written to the temporary file
 READ_CHUNK = 1 << 20
@@ -47,9 +47,15 @@ def finding_meta(f: Finding, copy: bytes) -> bytes:
 MARK_BYTES = META_BYTES - COPY_BYTES
 
 
+_VALUE = {s: s.value for s in Severity}
+_RANK = {s: s.rank for s in Severity}
+# The last 2 bytes of a record, by severity and whether the finding is exempted
+_FLAGS = {(s, exempted): bytes((s.rank, exempted)) for s in Severity for exempted in (False, True)}
+
+
 def finding_mark(f: Finding) -> bytes:
     """The finding's own part of its record (all but the copy): 8 bytes of its id, its severity's rank, exempted."""
-    return bytes.fromhex(f.id[:16]) + bytes((f.severity.rank, f.exempted is not None))
+    return bytes.fromhex(f.id[:16]) + _FLAGS[f.severity, f.exempted is not None]
 
 
 class Spot(NamedTuple):
@@ -124,9 +130,10 @@ class Tally:
         if f.exempted is not None:
             self.exempted_by_rule[f.rule] += 1
             return
-        self.open_by_severity[f.severity.value] += 1
+        severity = f.severity
+        self.open_by_severity[_VALUE[severity]] += 1  # the plain text: the enum's properties cost more than a lookup
         self.open_by_rule[f.rule] += 1
-        rank = f.severity.rank
+        rank = _RANK[severity]
         if rank > self.worst_rank:
             self.worst_rank = rank
 
@@ -208,6 +215,21 @@ class Spool:
         if self._held > self.budget:
             self._spill()
 
+    def group(self, key: str) -> tuple[bytearray, bytearray]:
+        """The lines and records of a group held in memory, for a writer that encodes into them in place (no bytes
+        object a line), as `add` would have added them; it then tells how many bytes it added (`added`)."""
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = bytearray()
+            self._metas[key] = bytearray()
+        return buf, self._metas[key]
+
+    def added(self, size: int) -> None:
+        """Bytes were added in place to a group's lines and records (`group`)."""
+        self._held += size
+        if self._held > self.budget:
+            self._spill()
+
     def _spill(self) -> None:
         if self._file is None:
             self._file = tempfile.TemporaryFile(prefix="auditor-report-")  # noqa: SIM115 (closed by close())
@@ -280,7 +302,7 @@ class Spool:
                 yield piece
         buf = self._buffers.get(key)
         if buf:
-            yield bytes(buf)
+            yield from _pieces(buf)
 
     def _kept(self, key: str, dropped: set[int]) -> Iterator[bytes]:
         """The lines of a group but those taken back, a segment at a time."""
@@ -300,3 +322,19 @@ class Spool:
         self._metas.clear()
         self._segments.clear()
         self._dropped.clear()
+
+
+def _pieces(buf: bytearray) -> Iterator[bytes]:
+    """Newline-ended lines held in memory, as pieces of whole lines of about READ_CHUNK bytes (each copied once:
+    the whole of the budget copied at once, and then its written form, were most of a scan's peak)."""
+    with memoryview(buf) as view:
+        start, size = 0, len(buf)
+        while start < size:
+            end = start + READ_CHUNK
+            if end >= size:
+                end = size
+            else:
+                cut = buf.rfind(b"\n", start, end)
+                end = cut + 1 if cut >= 0 else buf.index(b"\n", end) + 1  # a line longer than a piece: whole
+            yield bytes(view[start:end])
+            start = end

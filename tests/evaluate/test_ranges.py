@@ -218,6 +218,26 @@ def test_shadowing_agrees_with_the_quadratic_reference(rules_data: list[dict[str
     assert shadowed(data, open_shadow) == ref_shadowed(armor_rules({"rules": data}), open_shadow)
 
 
+# Ranges packed into 10.0.0.0/28: single addresses next to and inside blocks, blocks tiled by single addresses.
+dense_rule = st.fixed_dictionaries({
+    "priority": st.integers(1, 12),
+    "action": st.just("deny(403)"),
+    "preview": st.booleans(),
+    "match": st.lists(
+        st.builds(lambda a, p: str(ipaddress.ip_network(f"10.0.0.{a}/{p}", strict=False)),
+                  st.integers(0, 15), st.sampled_from([28, 29, 30, 31, 32, 32, 32, 32, 32, 32])),
+        min_size=1, max_size=6,
+    ).map(lambda rs: {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRanges": rs}}),
+})
+
+
+@given(st.lists(dense_rule, max_size=30))
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300, deadline=None)
+def test_shadowing_of_packed_single_addresses_agrees_with_the_reference(rules_data: list[dict[str, Any]]) -> None:
+    """Single addresses are kept apart from the union's intervals: covers made of both, and of addresses alone."""
+    assert shadowed(rules_data) == ref_shadowed(armor_rules({"rules": rules_data}))
+
+
 def test_shadowing_finds_nested_and_combined_covers() -> None:
     def r(p: int, *rs: str, preview: bool = False) -> dict[str, Any]:
         return {"priority": p, "action": "deny(403)", "preview": preview,
@@ -227,6 +247,13 @@ def test_shadowing_finds_nested_and_combined_covers() -> None:
             r(40, "10.0.0.0/8", preview=True), r(50, "10.1.0.0/16"), r(60, "10.0.0.0/24", "2001:db8::/32")]
     # 20 shares its priority with 20: neither shadows the other; 40 is in preview and shadows nothing
     assert shadowed(data) == [(30, [10, 20, 20])] == ref_shadowed(armor_rules({"rules": data}))
+    # four single addresses, one after the other, are the /30 they make up; three are not; single addresses and
+    # blocks together cover a block
+    data = [r(10, "10.0.0.4", "10.0.0.5"), r(20, "10.0.0.6/32", "10.0.0.7"), r(30, "10.0.0.4/30"),
+            r(40, "10.0.0.8", "10.0.0.10"), r(50, "10.0.0.11"), r(60, "10.0.0.8/30"), r(70, "10.0.0.2/31"),
+            r(80, "10.0.0.0/31", "10.0.0.8/29"), r(90, "10.0.0.0/28")]
+    assert shadowed(data) == [(30, [10, 20]), (90, [10, 20, 40, 50, 60, 70, 80])]
+    assert shadowed(data) == ref_shadowed(armor_rules({"rules": data}))
 
 
 # -- whole checks on real and example policies ----------------------------------------------------------------------

@@ -3,9 +3,13 @@ and in order, across the temporary file and memory."""
 
 from __future__ import annotations
 
+import random
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import auditor.report.spool as spool_module
 from auditor.model import SEVERITIES
 from auditor.report.spool import COPY_BYTES, META_BYTES, Spool, Tally
 
@@ -29,6 +33,22 @@ def test_memory_stays_under_the_budget_and_groups_come_back_in_order() -> None:
     assert spool.groups() == ["a", "b", "c"]
     spool.close()
     assert list(spool.chunks("a")) == []
+
+
+def test_lines_held_in_memory_come_back_in_pieces_of_whole_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spool_module, "READ_CHUNK", 64)
+    rng = random.Random(5)
+    spool = Spool(budget=1 << 20)
+    lines = [b"x" * rng.choice([0, 1, 10, 63, 64, 65, 200]) + b"\n" for _ in range(500)]
+    for line in lines:
+        spool.add("a", line)
+    pieces = list(spool.chunks("a"))
+    assert spool._file is None  # all of it in memory
+    assert b"".join(pieces) == b"".join(lines)
+    for piece in pieces:
+        assert piece.endswith(b"\n")
+        assert len(piece) <= 64 or piece.count(b"\n") == 1  # a piece is at most the size, or one longer line
+    spool.close()
 
 
 @given(st.lists(st.tuples(st.integers(0, len(SEVERITIES) - 1), st.booleans()), max_size=40), st.booleans())

@@ -3,10 +3,10 @@ staging every finding gives (the reference: a staging that does not read the ope
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -43,8 +43,8 @@ def test_what_changed_is_staged_and_recorded(state_target: str) -> None:
     with Store(state_target) as store:
         store.record_cycle(cycle(100, [a, b, c]))
         staging = store.staging()
-        worse = dataclasses.replace(a, details={"members": ["allUsers"]})
-        exempted = dataclasses.replace(b, exempted=Exempted("reason", "team", None, "2030-01-01"))
+        worse = msgspec.structs.replace(a, details={"members": ["allUsers"]})
+        exempted = msgspec.structs.replace(b, exempted=Exempted("reason", "team", None, "2030-01-01"))
         staging.extend([worse, exempted, c])
         assert staging.unchanged == 1 and _staged(store) == 2
         rec = store.record_cycle(cycle(200, staging))
@@ -62,7 +62,7 @@ def test_the_first_of_a_repeated_id_is_recorded_before_and_after_sealing(state_t
     """Staged rows carry no index on the id until the staging is sealed: repeated ids are dropped then, the first
     staged winning, and once sealed as they come."""
     a = finding("r1", "//a")
-    first, second, third = (dataclasses.replace(a, message=m) for m in ("first", "second", "third"))
+    first, second, third = (msgspec.structs.replace(a, message=m) for m in ("first", "second", "third"))
     with Store(state_target) as store:
         staging = Staging(store.db, batch=1)
         staging.extend([first, second, finding("r1", "//b")])
@@ -86,21 +86,21 @@ def test_the_digest_follows_every_stored_column() -> None:
     """Any change to what a stored column is made of changes the digest; the same content gives the same one."""
     a = finding("r1", "//a", ancestors=("projects/1", "folders/2", "organizations/3"))
     variants = [
-        dataclasses.replace(a, rule="r2"), dataclasses.replace(a, check="other"),
-        dataclasses.replace(a, severity=Severity.low), dataclasses.replace(a, mode=Mode.enforce),
-        dataclasses.replace(a, asset="//b"), dataclasses.replace(a, asset_type="other"),
-        dataclasses.replace(a, message="other"), dataclasses.replace(a, details={"n": 1}),
-        dataclasses.replace(a, details={"n": "1"}), dataclasses.replace(a, ancestors=("projects/2",)),
-        dataclasses.replace(a, exempted=Exempted("reason", "team", None, None)),
-        dataclasses.replace(a, expired_exemption=Exempted("reason", "team", None, None)),
-        dataclasses.replace(a, exempted=Exempted("reason", "team", None, "2030-01-01")),
-        dataclasses.replace(a, id="0" * 20),
+        msgspec.structs.replace(a, rule="r2"), msgspec.structs.replace(a, check="other"),
+        msgspec.structs.replace(a, severity=Severity.low), msgspec.structs.replace(a, mode=Mode.enforce),
+        msgspec.structs.replace(a, asset="//b"), msgspec.structs.replace(a, asset_type="other"),
+        msgspec.structs.replace(a, message="other"), msgspec.structs.replace(a, details={"n": 1}),
+        msgspec.structs.replace(a, details={"n": "1"}), msgspec.structs.replace(a, ancestors=("projects/2",)),
+        msgspec.structs.replace(a, exempted=Exempted("reason", "team", None, None)),
+        msgspec.structs.replace(a, expired_exemption=Exempted("reason", "team", None, None)),
+        msgspec.structs.replace(a, exempted=Exempted("reason", "team", None, "2030-01-01")),
+        msgspec.structs.replace(a, id="0" * 20),
     ]
     digests = {finding_digest(v) for v in variants}
     assert len(digests) == len(variants) and finding_digest(a) not in digests
     # Equal findings built apart (details in another key order) have the same digest, the one of their row.
-    b = dataclasses.replace(a, details={"y": 1, "x": [1, 2]})
-    c = dataclasses.replace(a, details={"x": [1, 2], "y": 1})
+    b = msgspec.structs.replace(a, details={"y": 1, "x": [1, 2]})
+    c = msgspec.structs.replace(a, details={"x": [1, 2], "y": 1})
     assert finding_digest(b) == finding_digest(c) == content_row(b)[-1]
     # Rows differ in their columns only where the digests differ.
     rows = {content_row(v)[:-1] for v in variants}
@@ -170,8 +170,8 @@ def test_a_stale_finding_seen_again_is_staged(state_target: str) -> None:
 
 def test_open_findings_that_share_a_key_are_always_staged(tmp_path: Path) -> None:
     """Two ids with the same first 16 hexadecimal digits (a 64-bit key): neither is taken as seen by the other."""
-    a = dataclasses.replace(finding("r1", "//a"), id="0123456789abcdef0001")
-    b = dataclasses.replace(finding("r1", "//b"), id="0123456789abcdef0002")
+    a = msgspec.structs.replace(finding("r1", "//a"), id="0123456789abcdef0001")
+    b = msgspec.structs.replace(finding("r1", "//b"), id="0123456789abcdef0002")
     assert id_key(a.id) == id_key(b.id)
     with Store(tmp_path / "s.db") as store:
         store.record_cycle(cycle(100, [a, b]))
@@ -186,11 +186,11 @@ def test_open_findings_that_share_a_key_are_always_staged(tmp_path: Path) -> Non
 def _variant(f: Finding, v: int) -> Finding:
     """The finding as a cycle may give it: unchanged, with another message, severity or exemption."""
     if v == 1:
-        return dataclasses.replace(f, message=f.message + " (changed)")
+        return msgspec.structs.replace(f, message=f.message + " (changed)")
     if v == 2:
-        return dataclasses.replace(f, exempted=Exempted("reason", "team", None, None))
+        return msgspec.structs.replace(f, exempted=Exempted("reason", "team", None, None))
     if v == 3:
-        return dataclasses.replace(f, details={"n": 1})
+        return msgspec.structs.replace(f, details={"n": 1})
     return f
 
 

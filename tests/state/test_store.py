@@ -3,13 +3,13 @@ migrations and the shared file."""
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import sqlite3
 import tracemalloc
 from collections.abc import Iterable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from auditor.model import Exempted, Finding, Mode, Severity, finding_id
@@ -237,7 +237,7 @@ def test_findings_keep_their_project_and_ancestry(state_target: str) -> None:
         assert f is not None and f.project == "projects/123"
         assert f.to_dict(200)["ancestry"] == "organizations/6/folders/45/projects/123"
         # The project moved to another folder: the row follows (no drift), and its resolution event says where.
-        moved = dataclasses.replace(a, ancestors=("projects/123", "folders/78", "organizations/6"))
+        moved = msgspec.structs.replace(a, ancestors=("projects/123", "folders/78", "organizations/6"))
         rec = store.record_cycle(cycle(200, [moved, b]))
         assert rec.drift == [] and rec.changed == 1
         rec = store.record_cycle(cycle(300, [b]))
@@ -338,7 +338,7 @@ def test_a_cycle_with_no_change_writes_no_finding_row(state_target: str) -> None
         assert again.changed == 0 and again.drift == [] and again.still_open == 2
         # Their last-seen time still moves: it is the end of the last cycle that recorded findings.
         assert {f.last_seen for f in store.open_findings()} == {201}
-        rec = store.record_cycle(cycle(300, [dataclasses.replace(a, message="r1 on //a, now worse"), b]))
+        rec = store.record_cycle(cycle(300, [msgspec.structs.replace(a, message="r1 on //a, now worse"), b]))
         assert rec.changed == 1 and rec.drift == []
         f = store.finding(a.id)
         assert f is not None and f.message == "r1 on //a, now worse" and f.first_seen == 101
