@@ -43,6 +43,7 @@ from auditor.errors import AuditorError, RuleError
 from auditor.evaluate.engine import Engine, Evaluation, EvaluationRun, Held
 from auditor.evaluate.registry import get_check
 from auditor.evaluate.rulebook import LoadedRule, Rule
+from auditor.keys import UpdateTimes
 from auditor.model import Asset, Finding
 from auditor.report.spool import COPY_BYTES, META_BYTES, NO_COPY, NO_GEN, copy_tag, finding_mark
 
@@ -70,7 +71,9 @@ class _Copies:
     """The assets a worker evaluated, in order: what the parent needs to tell copies of one asset apart."""
 
     keys: array[int] = field(default_factory=lambda: array("q"))  # scan.stable_key of each
-    times: list[str | None] = field(default_factory=list)  # update times
+    # update times, as `coder` encodes them (the usual form packed into the number; others named by it)
+    times: array[int] = field(default_factory=lambda: array("Q"))
+    coder: UpdateTimes = field(default_factory=UpdateTimes)
     types: list[str] = field(default_factory=list)  # the asset types met, and each copy's place in this list
     type_of: array[int] = field(default_factory=lambda: array("I"))
     lines: array[int] = field(default_factory=lambda: array("I"))  # line in the range
@@ -82,8 +85,8 @@ class _Copies:
         from auditor.scan import stable_key
 
         index: dict[str, int] = {}
-        keys, times, type_of, lines, iam, made, kept = (
-            self.keys, self.times, self.type_of, self.lines, self.iam, self.findings, self.held,
+        keys, times, encode, type_of, lines, iam, made, kept = (
+            self.keys, self.times, self.coder.encode, self.type_of, self.lines, self.iam, self.findings, self.held,
         )  # fmt: skip
         for a in assets:
             t = index.get(a.asset_type)
@@ -91,7 +94,7 @@ class _Copies:
                 t = index[a.asset_type] = len(self.types)
                 self.types.append(a.asset_type)
             keys.append(stable_key(a))
-            times.append(a.update_time)
+            times.append(encode(a.update_time))
             type_of.append(t)
             lines.append(a.line)
             iam.append(a.has_iam_policy)
@@ -420,7 +423,7 @@ def _merge(
     tagged with its copy, but those of copies left out; the assets it kept for the end, but those of copies left
     out."""
     copies, evaluation = part.copies, part.evaluation
-    merged = dedupe.merge(copies.keys, copies.times)
+    merged = dedupe.merge(copies.keys, copies.times, copies.coder)
     if merged.replaced:
         # the copies read before, now replaced: their count, the checks with context still to run on them and, for
         # a sink that takes findings back by asset (the daemon's staging), their findings, before the later

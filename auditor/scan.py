@@ -320,20 +320,23 @@ class Duplicates:
         self.seen.put(key, self.times.encode(update_time))
         return gen + 1
 
-    def merge(self, keys: Sequence[int], times: Sequence[str | None]) -> Merged:
-        """The copies a worker read, in order (their hashes and update times), against those read before.
+    def merge(self, keys: Sequence[int], times: Sequence[int], coder: UpdateTimes) -> Merged:
+        """The copies a worker read, in order (their hashes, and their update times as the worker's `coder`
+        encoded them), against those read before.
 
         Copies read earlier in the same batch are ones whose findings were not handed on yet: a copy of them that
         loses is left out (`dropped`), not taken back."""
         out = Merged()
-        seen, encode = self.seen, self.times.encode
+        seen, encode, decode = self.seen, self.times.encode, self.times.decode
         here: dict[int, int] = {}  # hash -> the copy of this batch that is kept
-        for i, (key, t) in enumerate(zip(keys, times, strict=True)):
-            place = seen.add(key, encode(t))
+        for i, (key, code) in enumerate(zip(keys, times, strict=True)):
+            if code & 1:  # a time of an unusual form, named by the worker's number for it: this scan's number
+                code = encode(coder.decode(code))
+            place = seen.add(key, code)
             if place < 0:  # read first
                 here[key] = i
                 continue
-            kept = self.times.decode(seen.value_at(place))
+            t, kept = decode(code), decode(seen.value_at(place))
             notes = out.notes
             times_ = f"update times {kept or 'unknown'} and {t or 'unknown'}"
             if is_later(t, kept):

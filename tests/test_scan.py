@@ -20,6 +20,7 @@ import auditor.scan
 from auditor.collect import SourceOptions
 from auditor.evaluate.engine import Engine, Evaluation, EvaluationError
 from auditor.evaluate.rulebook import load_rules
+from auditor.keys import UpdateTimes
 from auditor.model import SEVERITIES, NotEvaluated
 from auditor.report.spool import META_BYTES, Tally, copy_tag
 from auditor.scan import (
@@ -28,6 +29,7 @@ from auditor.scan import (
     Duplicates,
     ScanResult,
     fewer_collections,
+    is_later,
     resolve_jobs,
     run_scan,
     stable_key,
@@ -248,3 +250,35 @@ def test_a_group_taken_whole_is_what_its_findings_taken_one_by_one_give(groups: 
             one_by_one.take(f"r{n % 2}", f"r{n % 2}", line, mark)
     assert whole.out.got == one_by_one.out.got  # type: ignore[attr-defined]
     assert whole.tally == one_by_one.tally
+
+
+_TIMES = st.sampled_from([None, "2026-01-05T10:00:00Z", "2026-03-02T08:30:00.123Z", "yesterday", "2026-1-5", "zz"])
+
+
+@given(st.lists(st.lists(st.tuples(st.integers(1, 6), _TIMES), max_size=8), max_size=4))
+def test_copies_merged_with_times_a_worker_encoded_are_decided_on_the_times_themselves(
+    batches: list[list[tuple[int, str | None]]],
+) -> None:
+    """Each batch's times encoded by a worker of its own (its numbers for unusual texts are not the scan's): the
+    decisions are those of comparing the texts, a copy at a time (`is_later`)."""
+    dedupe = Duplicates(Engine([]).start(Evaluation()), stable_key)
+    kept: dict[int, str | None] = {}
+    for batch in batches:
+        coder = UpdateTimes()
+        coder.encode("an unusual text met only by this worker")
+        merged = dedupe.merge([k for k, _ in batch], [coder.encode(t) for _, t in batch], coder)
+        dropped, gens = set(), {}
+        here: dict[int, int] = {}
+        for i, (key, t) in enumerate(batch):
+            if key not in kept:
+                kept[key], here[key] = t, i
+            elif is_later(t, kept[key]):
+                if key in here:
+                    dropped.add(here[key])
+                kept[key], here[key] = t, i
+                gens[i] = True
+            else:
+                dropped.add(i)
+        assert merged.dropped == dropped and set(merged.gens) == set(gens)
+        for i, note in merged.notes:
+            assert (batch[i][1] or "unknown") in note
