@@ -434,8 +434,14 @@ class Collector:
     def __call__(self, f: Finding) -> None:
         d = self.dedupe
         gen = d.cur_gen
+        key = int(f.id[:16], 16)
+        if gen == 0:  # a copy read first (nearly every finding's): `_admit`'s first case, without the call
+            if self.sent.add(key) < 0:
+                self.tally.add(f)
+                self.out.add(f, copy_tag(d.cur_key, 0))
+            return
         copy = NO_COPY if gen == NO_GEN else copy_tag(d.cur_key, gen)
-        if self._admit(int(f.id[:16], 16), copy, gen):
+        if self._admit(key, copy, gen):
             self.tally.add(f)
             self.out.add(f, copy)
 

@@ -187,14 +187,13 @@ class JsonRenderer(Renderer):
     def write(self, out: BinaryIO, doc: Document) -> None:
         head = _enc.encode({**doc.head, "summary": doc.summary})
         out.write(head[:-1] + b',"findings":[\n')
-        last: bytes | None = None  # the piece written last, without the separator after its last line
+        first = True
         for _, key in self.groups(doc):
             for piece in self.lines(doc, key, b",\n"):
-                if last is not None:
-                    out.write(last)
-                last = piece
-        if last is not None:
-            out.write(memoryview(last)[:-2])
+                if not first:
+                    out.write(b",\n")
+                out.write(memoryview(piece)[:-2])  # but the separator after its last line (not copied)
+                first = False
         out.write(b"\n]")
         for key, value in doc.tail.items():
             out.write(b"," + _enc.encode(key) + b":" + _enc.encode(value))

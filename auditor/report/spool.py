@@ -22,8 +22,10 @@ from typing import IO, Any, NamedTuple, Protocol, runtime_checkable
 
 from auditor.model import SEVERITIES, Finding, Severity
 
-MEMORY_BUDGET = 8 << 20  # encoded bytes kept in memory before the groups are written to the temporary file
-READ_CHUNK = 1 << 20
+MEMORY_BUDGET = 4 << 20  # encoded bytes kept in memory before the groups are written to the temporary file
+# The lines of a group read back (and written) at a time; a report's written form of them (JSON: with their rules'
+# facts) is about twice as large
+READ_CHUNK = 256 << 10
 
 # An asset copy: 8 bytes of the hash of (name, has resource, has IAM policy) and how many earlier copies of it were
 # replaced (see auditor/scan.py's Duplicates). NO_COPY: a finding made once every asset was read, which nothing
