@@ -622,9 +622,9 @@ class Auditor:
         n_resolved = sum(n for (change, _), n in dc.items() if change == "resolved")
         latest = store.last_cycle()
         # Bounded whatever the number of findings: the worst ones and the newest, with counts of all.
-        _, worst = store.find(exempted=False, limit=REPORT_FINDINGS)
+        _, worst = store.find(exempted=False, limit=REPORT_FINDINGS, count=False)
         exempted_total, exempted = store.find(exempted=True, limit=MAX_ROWS)
-        _, newest = store.find(limit=REPORT_NEWEST, newest=True)
+        _, newest = store.find(limit=REPORT_NEWEST, newest=True, count=False)
         counts: dict[str, int] = {}
         rule_counts: dict[tuple[str, str], int] = {}
         for rule, severity, _type, _mode, is_exempted, n in view.findings:  # counted once, for the metrics

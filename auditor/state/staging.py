@@ -225,17 +225,20 @@ class Staging:
                 self.unchanged -= 1
             known.set_at(place, value & ~_FLAGS | value & _ALWAYS)
 
-    def unseen(self) -> None:
+    def unseen(self) -> int:
         """Into `cycle_unseen`: the id prefixes of the open findings read at the start that were neither seen
         unchanged nor staged (the drift statements look for the open findings not seen among them only). A key two
-        open findings share stays in: that one of them was staged says nothing of the other."""
+        open findings share stays in: that one of them was staged says nothing of the other. Returns how many."""
         known = self._known
         if known is None:
             raise ValueError("a staging that did not read the open findings cannot tell which were not seen")
         it = ((f"{key:016x}",) for key, value in known.items()
               if not value & (_SEEN | _STAGED) or value & _ALWAYS)
+        n = 0
         while chunk := list(islice(it, self.batch)):
             self.db.executemany("INSERT INTO cycle_unseen (prefix) VALUES (?)", chunk)
+            n += len(chunk)
+        return n
 
     def seal(self) -> None:
         """The staged rows, one per id (the first staged), with their unique index: what the drift statements read.

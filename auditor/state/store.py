@@ -44,6 +44,7 @@ from auditor.state.staging import BATCH, STAGED_COLUMNS, Staging, clear
 COMPONENT = "auditor.state"
 
 OUTCOMES = ("success", "partial", "failed")
+BULK_LOAD_ROWS = 10_000  # findings a first cycle inserts before its indexes are built after them
 CHANGES = ("new", "resolved")
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
@@ -373,6 +374,7 @@ class Store:
             f"stale = 0 FROM cycle_seen s WHERE findings.id = s.id AND {_OPEN} AND (findings.stale = 1 OR {changed})",
             (now, cid),
         ).rowcount
+        rebuild = _drop_indexes_for_bulk_load(db, staged)
         rec.changed += db.execute(
             f"INSERT INTO findings ({STAGED_COLUMNS}, first_seen, last_seen, first_cycle, last_cycle) "
             f"SELECT {STAGED_COLUMNS}, ?, ?, ?, ? FROM cycle_seen s WHERE NOT EXISTS "
@@ -382,11 +384,13 @@ class Store:
             "first_cycle = excluded.first_cycle, last_cycle = excluded.last_cycle",
             (now, now, cid, cid),
         ).rowcount
+        for statement in rebuild:
+            db.execute(statement)
         # Open and not seen now: their ids, found in one pass, drive the statements below. The staging knows which
         # of the open findings it neither saw unchanged nor staged: only those are looked at.
         if staging.compared:
-            staging.unseen()
-            db.execute(f"INSERT INTO cycle_gone (id) {_UNSEEN}")
+            if staging.unseen():  # none on a first cycle or an unchanged one: no join of every open finding
+                db.execute(f"INSERT INTO cycle_gone (id) {_UNSEEN}")
         else:
             db.execute(f"INSERT INTO cycle_gone (id) SELECT id FROM findings WHERE {_OPEN} AND {_NOT_SEEN}")
         # Its rule was removed from the rule files: nothing changed in the organization, so
@@ -545,8 +549,9 @@ class Store:
 
     def find(self, *, severities: Sequence[str] = (), rules: Sequence[str] = (), asset_types: Sequence[str] = (),
              stale: bool | None = None, exempted: bool | None = None, limit: int = 100, offset: int = 0,
-             newest: bool = False) -> tuple[int, list[StoredFinding]]:
-        """(total, one page) of the open findings matching the filters, worst first (or newest first)."""
+             newest: bool = False, count: bool = True) -> tuple[int, list[StoredFinding]]:
+        """(total, one page) of the open findings matching the filters, worst first (or newest first). `count`
+        False: the page only, total -1 (counting reads every open finding)."""
         clauses, args = ["resolved_at IS NULL"], []
         for column, values in (("severity", severities), ("rule", rules), ("asset_type", asset_types)):
             if values:
@@ -558,7 +563,7 @@ class Store:
                 clauses.append(f"{column} = ?")
                 args.append(int(flag))
         where = " AND ".join(clauses)
-        total = int(self._rows(f"SELECT count(*) FROM findings WHERE {where}", args)[0][0])
+        total = int(self._rows(f"SELECT count(*) FROM findings WHERE {where}", args)[0][0]) if count else -1
         order = "first_seen DESC, id" if newest else f"{_SEVERITY_ORDER}, rule, asset, id"
         return total, self._findings(where, args, order, limit, offset)
 
@@ -656,6 +661,20 @@ class Store:
 
     def schema_versions(self) -> dict[str, int]:
         return {r[0]: int(r[1]) for r in self._rows("SELECT component, version FROM schema_versions")}
+
+
+def _drop_indexes_for_bulk_load(db: Database, rows: int) -> list[str]:
+    """A first cycle fills an empty findings table: on SQLite its secondary indexes are dropped before and built after
+    the rows (one sort each), instead of taking the rows' random keys one at a time into indexes far larger than the
+    page cache (each insert read and wrote back index pages through the WAL). Returns the statements that build them
+    again, in the same transaction."""
+    if db.dialect != "sqlite" or rows < BULK_LOAD_ROWS or db.execute("SELECT 1 FROM findings LIMIT 1").fetchone():
+        return []
+    indexes = db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'findings' "
+                         "AND sql IS NOT NULL ORDER BY name").fetchall()
+    for name, _ in indexes:
+        db.execute(f'DROP INDEX "{name}"')
+    return [str(sql) for _, sql in indexes]
 
 
 def _event(r: Row) -> DriftEvent:

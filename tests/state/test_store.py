@@ -467,3 +467,28 @@ def test_source_reads_newest_first_and_the_last_complete_one(state_target: str) 
         assert [r["assets"] for r in store.source_reads("s", 1, complete=True)] == [40]
         assert [r["assets"] for r in store.source_reads("s", 1, complete=False)] == [12]
         assert store.source_reads("missing", 3) == []
+
+
+def test_a_first_cycle_builds_its_indexes_after_its_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first cycle into an empty table drops the secondary indexes and builds them again after its rows: the same
+    schema, rows and drift as inserting through them, and later cycles (whose table is not empty) keep them."""
+    from auditor.state import store as store_module
+
+    many = [finding(f"r{i % 3}", f"//a{i}", sev=("critical", "high", "low")[i % 3]) for i in range(40)]
+    results = []
+    for threshold in (10**9, 5):
+        monkeypatch.setattr(store_module, "BULK_LOAD_ROWS", threshold)
+        with Store(tmp_path / f"{threshold}.db") as store:
+            indexes = "SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name"
+            schema = [tuple(r) for r in store.db.rows(indexes)]
+            assert len(schema) > 3
+            first = store.record_cycle(cycle(100, many))
+            second = store.record_cycle(cycle(200, [*many[5:], finding("r9", "//z")]))
+            assert [tuple(r) for r in store.db.rows(indexes)] == schema
+            assert [tuple(r) for r in store.db.rows("PRAGMA integrity_check")] == [("ok",)]
+            results.append((
+                [(e.change, e.finding_id) for e in first.drift], [(e.change, e.finding_id) for e in second.drift],
+                [(f.id, f.first_seen, f.last_seen) for f in store.find(limit=100)[1]],
+                [(f.id, f.resolved_at) for f in map(store.finding, [g.id for g in many[:5]]) if f is not None],
+            ))
+    assert results[0] == results[1]
