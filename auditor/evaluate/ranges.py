@@ -44,26 +44,17 @@ def parse(text: str) -> tuple[Interval, ...] | None:
     leading zeros, as `ipaddress` reads them; IPv6 in any spelling, read as `ipaddress` reads it) with a prefix
     length as `ipaddress` writes it; anything else (`*`, spaces, `/08`, a netmask, not an address) by `_other`.
     This runs for every range of every policy: the masks are looked up, not computed."""
-    addr, slash, prefix = text.partition("/")
-    try:
-        if ":" in addr:
-            network, host = _MASKS6[prefix] if slash else _BARE6
-            lo = (_from_bytes(inet_pton(AF_INET6, addr), "big") & network) + V6
-        else:
-            network, host = _MASKS4[prefix] if slash else _BARE4
-            lo = _from_bytes(inet_pton(AF_INET, addr), "big") & network
-    except (OSError, ValueError, KeyError):  # not an address in this spelling, a NUL in the text, another prefix
-        return _other(text)
-    return ((lo, lo + host),)
+    out, each = parse_many((text,))
+    return (out[0],) if each is None else each[0]
 
 
 def parse_many(texts: Sequence[str]) -> tuple[list[Interval], tuple[tuple[Interval, ...] | None, ...] | None]:
     """The intervals of several ranges (a rule's), in their order, and each range's own intervals (`parse` of each)
     when one is not a single interval (`*`, not an address); None in the usual case, where range k is interval k.
 
-    `parse` written out in one loop: this runs for every range of every policy, and a call, a tuple around each
-    range's interval and a flattening of them cost a third of the parse. The first range `inet_pton` does not read
-    sends the rule to `parse`, range by range."""
+    The parse is written out in one loop: this runs for every range of every policy, and a call, a tuple around
+    each range's interval and a flattening of them cost a third of it. The first range `inet_pton` does not read
+    sends the rule to `parse`, range by range (and a range alone to `_other`)."""
     out: list[Interval] = []
     append = out.append
     for text in texts:
@@ -75,7 +66,10 @@ def parse_many(texts: Sequence[str]) -> tuple[list[Interval], tuple[tuple[Interv
             else:
                 network, host = _MASKS4[prefix] if slash else _BARE4
                 lo = _from_bytes(inet_pton(AF_INET, addr), "big") & network
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError):  # not an address in this spelling, a NUL in the text, another prefix
+            if len(texts) == 1:
+                one = _other(text)
+                return list(one or ()), (one,)
             each = tuple(map(parse, texts))
             return [iv for ivs in each if ivs is not None for iv in ivs], each
         append((lo, lo + host))
