@@ -168,28 +168,66 @@ class Union:
 
     def add_all(self, intervals: Iterable[Interval]) -> None:
         """Add intervals one by one (one call for a rule's ranges: this runs for every range of every policy)."""
-        bounds = self.bounds
-        for lo, hi in intervals:
-            end = hi + 1
-            i = bisect_left(bounds, lo)  # bounds[i - 1] < lo <= bounds[i]
-            # The two usual cases answered by this one search: inside an interval, or clear of every interval.
-            if i & 1:  # lo is inside interval (i - 1) // 2, or just at its end
-                if bounds[i] >= end:
-                    continue
-            elif i == len(bounds) or bounds[i] > end:
-                bounds[i:i] = (lo, end)
-                continue
-            j = bisect_right(bounds, end, i)  # bounds[j - 1] <= end < bounds[j]
-            if i & 1:  # start where the interval lo is in starts
-                i -= 1
-                lo = bounds[i]
-            if j & 1:  # end touches or is inside the interval starting at bounds[j - 1]: end where it ends
-                end = bounds[j]
-                j += 1
-            bounds[i:j] = (lo, end)
+        _insert_all(self.bounds, intervals, None)
 
     def __len__(self) -> int:
         return len(self.bounds) // 2
+
+
+def _insert_all(bounds: list[int], intervals: Iterable[Interval], singles: set[int] | None) -> None:
+    """Add intervals to `Union.bounds`, merging each with those it overlaps or touches; single addresses into
+    `singles` instead, when given (`GrowingUnion`)."""
+    for lo, hi in intervals:
+        if lo == hi and singles is not None:
+            singles.add(lo)
+            continue
+        end = hi + 1
+        i = bisect_left(bounds, lo)  # bounds[i - 1] < lo <= bounds[i]
+        # The two usual cases answered by this one search: inside an interval, or clear of every interval.
+        if i & 1:  # lo is inside interval (i - 1) // 2, or just at its end
+            if bounds[i] >= end:
+                continue
+        elif i == len(bounds) or bounds[i] > end:
+            bounds[i:i] = (lo, end)
+            continue
+        j = bisect_right(bounds, end, i)  # bounds[j - 1] <= end < bounds[j]
+        if i & 1:  # start where the interval lo is in starts
+            i -= 1
+            lo = bounds[i]
+        if j & 1:  # end touches or is inside the interval starting at bounds[j - 1]: end where it ends
+            end = bounds[j]
+            j += 1
+        bounds[i:j] = (lo, end)
+
+
+class GrowingUnion:
+    """A union grown a rule at a time and asked whether it covers a rule's ranges (the shadowing walk of a Cloud
+    Armor policy): `Union.bounds`, but for single addresses, kept in a set beside them. They are four in ten ranges
+    of a messy organization and seldom met again: one insertion in C instead of a search and a list insertion."""
+
+    __slots__ = ("bounds", "singles")
+
+    def __init__(self) -> None:
+        self.bounds: list[int] = []
+        self.singles: set[int] = set()
+
+    def add_all(self, intervals: Iterable[Interval]) -> None:
+        _insert_all(self.bounds, intervals, self.singles)
+
+    def covers_all(self, intervals: Iterable[Interval]) -> bool:
+        """Whether every address of the intervals is in the union: from an interval's first address on, each is
+        inside an interval of the union (skipped to its end) or a single address of the set."""
+        bounds, singles = self.bounds, self.singles
+        for lo, hi in intervals:
+            while lo <= hi:
+                i = bisect_right(bounds, lo)
+                if i & 1:  # inside the interval ending (exclusive) at bounds[i]
+                    lo = bounds[i]
+                elif lo in singles:
+                    lo += 1
+                else:
+                    return False
+        return True
 
 
 def union_of(texts: Iterable[str]) -> Union:

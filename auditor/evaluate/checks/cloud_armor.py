@@ -454,12 +454,7 @@ def _dead_rules(
     once (`_Shadowers`). A policy costs its rules times their ranges, times a logarithm.
     """
     families = ranges.FAMILIES
-    # The union, as `ranges.Union.bounds` (its search and insertion written out here), but for single addresses:
-    # they are four in ten ranges of a messy organization and seldom met again, so they are kept in a set (one
-    # insertion in C instead of a search and a list insertion). A range is covered when, from its first address
-    # on, each address is inside an interval of the union (skipped to its end) or a single address of the set.
-    bounds: list[int] = []
-    singles: set[int] = set()
+    union = ranges.GrowingUnion()
     joined: list[int] = []  # positions of the rules in the union, in the order they joined
     pending: list[int] = []  # enforced rules of the priority being walked: they join once it is passed
     pending_priority = 0
@@ -472,43 +467,12 @@ def _dead_rules(
         priority = r.priority
         if pending and pending_priority < priority:
             for q in pending:
-                for lo, hi in rrs[q].valid:  # `ranges.Union.add_all`
-                    if lo == hi:
-                        singles.add(lo)
-                        continue
-                    end = hi + 1
-                    i = bisect_left(bounds, lo)
-                    if i & 1:
-                        if bounds[i] >= end:
-                            continue
-                    elif i == len(bounds) or bounds[i] > end:
-                        bounds[i:i] = (lo, end)
-                        continue
-                    j = bisect_right(bounds, end, i)
-                    if i & 1:
-                        i -= 1
-                        lo = bounds[i]
-                    if j & 1:
-                        end = bounds[j]
-                        j += 1
-                    bounds[i:j] = (lo, end)
+                union.add_all(rrs[q].valid)
             joined += pending
             pending = []
-        if joined and priority != DEFAULT_RULE_PRIORITY:
-            for lo, hi in ivs:
-                while lo <= hi:
-                    i = bisect_right(bounds, lo)
-                    if i & 1:  # inside the interval ending (exclusive) at bounds[i]
-                        lo = bounds[i]
-                    elif lo in singles:
-                        lo += 1
-                    else:
-                        break
-                if lo <= hi:  # an address of the range is outside the union
-                    break
-            else:
-                dead.append((k, len(joined)))
-                continue
+        if joined and priority != DEFAULT_RULE_PRIORITY and union.covers_all(ivs):
+            dead.append((k, len(joined)))
+            continue
         if not r.preview and (open_rules_shadow or families.isdisjoint(ivs)):
             pending.append(k)
             pending_priority = priority
