@@ -63,27 +63,30 @@ class Context:
     def assets(self, asset_type: str) -> Iterator[Asset]:
         """The kept assets of a context type. Each one's decoded form is dropped when the next is asked for (it
         decodes again if read again): the indexes built from them keep what they need, not every decoded object."""
-        for a in self.by_type.get(asset_type, ()):
-            yield a
-            a.release()
+        return _released(self.by_type.get(asset_type, ()))
 
-    def arrived(self, asset_type: str, reader: str) -> Iterator[Asset]:
+    def arrived(self, asset_type: str, reader: str) -> Iterable[Asset]:
         """The assets of a context type kept since `reader` last asked, each once per reader: what a screen's index
-        grows by as the stream goes. Decoded forms are dropped as with `assets`."""
+        grows by as the stream goes. Decoded forms are dropped as with `assets`. Screens ask for every asset, and
+        mostly nothing arrived: then no generator is made."""
         kept = self.by_type.get(asset_type, ())
         start = self._read_up_to.get((reader, asset_type), 0)
         if len(kept) <= start:
-            return
+            return ()
         self._read_up_to[(reader, asset_type)] = len(kept)
-        for a in kept[start:]:
-            yield a
-            a.release()
+        return _released(kept[start:])
 
     def memo(self, key: str, build: Callable[[], Any]) -> Any:
         """Per-snapshot cache for indexes that checks derive from the context (built once, on first use)."""
         if key not in self._index:
             self._index[key] = build()
         return self._index[key]
+
+
+def _released(assets: Iterable[Asset]) -> Iterator[Asset]:
+    for a in assets:
+        yield a
+        a.release()
 
 
 P = TypeVar("P", bound=Params)

@@ -273,3 +273,19 @@ def test_tenant_bindings_are_judged_against_the_namespaces_read_so_far(tmp_path:
     unscreened = _engine(tmp_path, rules, shortcuts=False)
     everything = unscreened.evaluate([namespaces[0], own, crossing, other_sa, unread, *namespaces[1:]])
     assert sorted((f.asset.rsplit("/", 1)[1], f.details["subject"]) for f in everything.findings) == found
+
+
+def test_context_arrived_gives_each_kept_asset_once_per_reader() -> None:
+    from auditor.evaluate.registry import Context
+
+    ctx = Context(now=NOW)
+    assert list(ctx.arrived(ORG, "a")) == []
+    first = Asset("//cloudresourcemanager.googleapis.com/organizations/1", ORG, _json({"displayName": "x.example"}))
+    second = Asset("//cloudresourcemanager.googleapis.com/organizations/2", ORG, _json({"displayName": "y.example"}))
+    ctx.by_type[ORG].append(first)
+    assert [a.name for a in ctx.arrived(ORG, "a")] == [first.name]
+    assert list(ctx.arrived(ORG, "a")) == []  # asked again, nothing new
+    ctx.by_type[ORG].append(second)
+    assert [a.name for a in ctx.arrived(ORG, "a")] == [second.name]
+    assert [a.name for a in ctx.arrived(ORG, "b")] == [first.name, second.name]  # another reader reads from the start
+    assert list(ctx.arrived(PROJECT, "a")) == []

@@ -393,13 +393,8 @@ class _OrgSoFar:
     def __init__(self) -> None:
         self.domains: frozenset[str] = frozenset()  # one or two: replaced when one is added
         self.projects: set[str] = set()
-        self._seen = (0, 0)  # how many Organizations and Projects were kept when last asked
 
     def update(self, ctx: Context) -> _OrgSoFar:
-        kept = (len(ctx.by_type.get(ORGANIZATION, ())), len(ctx.by_type.get(PROJECT, ())))
-        if kept == self._seen:  # nothing arrived (most assets): not asked
-            return self
-        self._seen = kept
         for org in ctx.arrived(ORGANIZATION, "iam.org_so_far"):
             if d := _org_domain(org):
                 self.domains = self.domains | {d}

@@ -663,14 +663,10 @@ class _TenancySoFar:
     def __init__(self, params: TenantParams, reader: str) -> None:
         self.tenancy = Tenancy(params, ())
         self.reader = reader
-        self._seen = 0  # how many Namespaces were kept when last asked
 
     def update(self, ctx: Context) -> Tenancy:
-        kept = len(ctx.by_type.get(NAMESPACE, ()))
-        if kept != self._seen:  # something arrived
-            self._seen = kept
-            for a in ctx.arrived(NAMESPACE, self.reader):
-                self.tenancy.add_namespace(a)
+        for a in ctx.arrived(NAMESPACE, self.reader):
+            self.tenancy.add_namespace(a)
         return self.tenancy
 
 
