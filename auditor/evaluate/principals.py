@@ -234,7 +234,11 @@ def service_account_project_of(member: str, m: Member) -> str | None:
 
 def in_domains(member: str, domains: AbstractSet[str], allow_sub_domains: bool) -> bool:
     """Whether the member's domain is one of `domains` (or, when allowed, a sub-domain of one)."""
-    domain = parse_member(member).domain
+    return domain_in(parse_member(member).domain, domains, allow_sub_domains)
+
+
+def domain_in(domain: str | None, domains: AbstractSet[str], allow_sub_domains: bool) -> bool:
+    """Whether a domain is one of `domains` (or, when allowed, a sub-domain of one); no domain is in none."""
     if not domain:
         return False
     if domain in domains:

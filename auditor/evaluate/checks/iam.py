@@ -35,11 +35,9 @@ from auditor.evaluate.policy import (
 from auditor.evaluate.principals import (
     CONVENIENCE_TYPES,
     default_service_account_kind,
+    domain_in,
     google_grants,
     google_managed_member,
-    in_domains,
-    is_convenience_member,
-    is_google_managed,
     is_public,
     is_service_agent,
     parse_member,
@@ -205,34 +203,11 @@ class DomainParams(MemberFilter):
         return [d.lower().lstrip("@.") for d in v]
 
 
-def _outside(
-    member: str, role: str, params: DomainParams, domains: AbstractSet[str], projects: AbstractSet[str]
-) -> bool:
-    """Whether a member is outside the domains and projects, for these params: the plain statement of what
-    `_Judge.outside` answers from what it keeps of each member (the tests hold one to the other)."""
-    if not params.include_public and is_public(member):
-        return False
-    if params.allow_convenience_members and is_convenience_member(member):
-        return False
-    if params.allow_google_managed and is_google_managed(member):
-        return False
-    if params.except_members and any_member_match(params.except_members, member):
-        return False
-    if params.allowed_members and any_member_match(params.allowed_members, member):
-        return False
-    if in_domains(member, domains, params.allow_sub_domains):
-        return False
-    project = service_account_project(member)
-    if project is None:
-        return True
-    return project not in projects and not any_match(params.service_account_projects, project)
-
-
 _LEFT_OUT = ("", None)  # the traits of a member the params never count as outside
 
 
 class _Judge:
-    """One rule's verdicts on members (iam.allowed_domains, iam.external_members), as `_outside` gives them.
+    """One rule's verdicts on members (iam.allowed_domains, iam.external_members).
 
     What of a member does not depend on the domains and projects known (whether the params leave it out, its
     domain, its service account's project) is worked out once per member: the same groups and accounts recur in
@@ -248,7 +223,7 @@ class _Judge:
 
     def _traits(self, member: str) -> tuple[str, str | None]:
         params = self.params
-        parsed = parse_member(member)  # once, where `_outside` parses it for each question
+        parsed = parse_member(member)  # once for every question below
         if (
             (not params.include_public and is_public(member))
             or (params.allow_convenience_members and parsed.type in CONVENIENCE_TYPES)
@@ -260,7 +235,8 @@ class _Judge:
         return parsed.domain or "", service_account_project_of(member, parsed)
 
     def outside(self, member: str, domains: AbstractSet[str], projects: AbstractSet[str]) -> bool:
-        """`_outside(member, ..., domains, projects)`."""
+        """Whether a member is outside the domains and projects, for these params (the tests hold this to a plain
+        statement of it, question by question)."""
         traits = self.traits.get(member)
         if traits is None:
             if len(self.traits) >= 20_000:
@@ -269,10 +245,7 @@ class _Judge:
         if traits is _LEFT_OUT:
             return False
         domain, project = traits
-        if domain and (
-            domain in domains
-            or (self.params.allow_sub_domains and any(domain.endswith("." + d) for d in domains))
-        ):
+        if domain_in(domain, domains, self.params.allow_sub_domains):
             return False
         if project is None:
             return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,14 +14,16 @@ from hypothesis import strategies as st
 
 from auditor.collect.files import iter_file_assets
 from auditor.errors import RuleError
-from auditor.evaluate.checks.iam import NO_PROJECTS, DomainParams, _domain_violations, _Judge, _outside
+from auditor.evaluate.checks.iam import NO_PROJECTS, DomainParams, _domain_violations, _Judge
 from auditor.evaluate.engine import Engine
+from auditor.evaluate.globs import any_match, any_member_match
 from auditor.evaluate.principals import (
     default_service_account_kind,
     google_grants,
     in_domains,
     is_convenience_member,
     is_google_managed,
+    is_public,
     is_service_agent,
     parse_member,
     service_account_project,
@@ -588,6 +591,29 @@ _JUDGED = st.sampled_from([
     "principal://iam.googleapis.com/projects/77/locations/global/workloadIdentityPools/p/s",
     "serviceAccount:vendor@vendor-build.iam.gserviceaccount.com", "weird", "",
 ])
+
+
+def _outside(
+    member: str, role: str, params: DomainParams, domains: AbstractSet[str], projects: AbstractSet[str]
+) -> bool:
+    """The reference: whether a member is outside the domains and projects, for these params, each question asked
+    of the member as written (`_Judge.outside` answers from what it keeps of each member)."""
+    if not params.include_public and is_public(member):
+        return False
+    if params.allow_convenience_members and is_convenience_member(member):
+        return False
+    if params.allow_google_managed and is_google_managed(member):
+        return False
+    if params.except_members and any_member_match(params.except_members, member):
+        return False
+    if params.allowed_members and any_member_match(params.allowed_members, member):
+        return False
+    if in_domains(member, domains, params.allow_sub_domains):
+        return False
+    project = service_account_project(member)
+    if project is None:
+        return True
+    return project not in projects and not any_match(params.service_account_projects, project)
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
