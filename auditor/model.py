@@ -42,6 +42,16 @@ Json = msgspec.Raw | bytes
 T = TypeVar("T")
 
 
+
+def project_of(ancestors: tuple[str, ...]) -> str | None:
+    """The project among an asset's ancestors (from the asset upwards), if it is in one."""
+    return next((a for a in ancestors if a.startswith("projects/")), None)
+
+
+def ancestry_of(ancestors: tuple[str, ...]) -> str:
+    """`organizations/1/folders/2/projects/3`: ancestors (from the asset upwards) written from the top down."""
+    return "/".join(reversed(ancestors))
+
 class Asset:
     """One Cloud Asset Inventory asset (or a Kubernetes object turned into one).
 
@@ -195,14 +205,11 @@ class Asset:
     @property
     def ancestry_path(self) -> str:
         """`organizations/1/folders/2/projects/3`: the ancestors from the top down, for ancestry globs."""
-        return "/".join(reversed(self.ancestors))
+        return ancestry_of(self.ancestors)
 
     @property
     def project(self) -> str | None:
-        for a in self.ancestors:
-            if a.startswith("projects/"):
-                return a
-        return None
+        return project_of(self.ancestors)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "asset_type": self.asset_type}
@@ -285,12 +292,12 @@ class Finding(msgspec.Struct, frozen=True, gc=False):
 
     @property
     def project(self) -> str | None:
-        return next((a for a in self.ancestors if a.startswith("projects/")), None)
+        return project_of(self.ancestors)
 
     @property
     def ancestry(self) -> str:
         """`organizations/1/folders/2/projects/3`: the asset's ancestors from the top down."""
-        return "/".join(reversed(self.ancestors))
+        return ancestry_of(self.ancestors)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

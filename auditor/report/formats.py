@@ -21,10 +21,10 @@ from xml.sax.saxutils import escape, quoteattr
 import msgspec
 
 from auditor import __version__
-from auditor.model import SEVERITIES, Exempted, Finding, Mode, Severity
+from auditor.model import SEVERITIES, Exempted, Finding, Mode, Severity, ancestry_of, project_of
 from auditor.plugins import Registry
 from auditor.report.escape import md_code, md_text
-from auditor.report.records import FindingRecord, RuleFacts, exemption_record, project_of, report_order
+from auditor.report.records import RuleFacts, finding_record, report_order
 from auditor.report.spool import META_BYTES, NO_COPY, Spool, Spot, Tally, finding_mark
 
 if TYPE_CHECKING:
@@ -163,14 +163,8 @@ class JsonRenderer(Renderer):
         ancestors = f.ancestors
         if ancestors is not self._ancestors:
             self._ancestors = ancestors
-            self._place = (project_of(ancestors), "/".join(reversed(ancestors)))
-        project, ancestry = self._place
-        e, x = f.exempted, f.expired_exemption
-        record = FindingRecord(
-            f.id, f.rule, f.check, f.severity, f.mode, f.asset, f.asset_type, project, ancestry, f.message,
-            f.details, e is not None, None if e is None else exemption_record(e),
-            None if x is None else exemption_record(x),
-        )  # fmt: skip
+            self._place = (project_of(ancestors), ancestry_of(ancestors))
+        record = finding_record(f, *self._place)
         # Encoded into a buffer of its own, then copied: encoding straight into `buf` grew it by half each time it
         # had to grow, not by an eighth, and held the spool's memory half as large again.
         scratch = self._scratch

@@ -45,36 +45,17 @@ class Remedy(msgspec.Struct):
     kind: str | None  # the remediation (plan kind) that fixes it, when there is one
 
 
-def exemption_record(e: Exempted) -> ExemptionRecord:
-    return ExemptionRecord(e.reason, e.owner, e.ticket, e.expires)
-
-
 def _exemption(e: Exempted | None) -> ExemptionRecord | None:
-    return None if e is None else exemption_record(e)
+    return None if e is None else ExemptionRecord(e.reason, e.owner, e.ticket, e.expires)
 
 
-def project_of(ancestors: tuple[str, ...]) -> str | None:
-    """The project among an asset's ancestors (`Finding.project`)."""
-    return next((a for a in ancestors if a.startswith("projects/")), None)
-
-
-def finding_record(f: Finding) -> FindingRecord:
+def finding_record(f: Finding, project: str | None, ancestry: str) -> FindingRecord:
+    """The finding's record; its `project` and `ancestry` (`Finding.project`, `Finding.ancestry`) given, as the
+    findings of one asset share them. Fields by position: this runs for every finding of a report."""
     return FindingRecord(
-        id=f.id,
-        rule=f.rule,
-        check=f.check,
-        severity=f.severity.value,
-        mode=f.mode.value,
-        asset=f.asset,
-        asset_type=f.asset_type,
-        project=f.project,
-        ancestry=f.ancestry,
-        message=f.message,
-        details=f.details,
-        exempted=f.exempted is not None,
-        exemption=_exemption(f.exempted),
-        expired_exemption=_exemption(f.expired_exemption),
-    )
+        f.id, f.rule, f.check, f.severity, f.mode, f.asset, f.asset_type, project, ancestry, f.message, f.details,
+        f.exempted is not None, _exemption(f.exempted), _exemption(f.expired_exemption),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from auditor.evaluate.rulebook import load_rules
 from auditor.model import Exempted, Finding, Mode, Severity
 from auditor.report.formats import Document, StreamedReport
-from auditor.report.records import RuleFacts, finding_record
+from auditor.report.records import ExemptionRecord, FindingRecord, RuleFacts
 from auditor.report.spool import Tally
 
 RULES = load_rules(None)[:4]
@@ -48,6 +48,32 @@ def findings(draw: st.DrawFn) -> Finding:
     )
 
 
+def reference_record(f: Finding) -> FindingRecord:
+    """The record field by field, as the report's schema names them (the renderer builds it by position)."""
+
+    def exemption(e: Exempted | None) -> ExemptionRecord | None:
+        if e is None:
+            return None
+        return ExemptionRecord(reason=e.reason, owner=e.owner, ticket=e.ticket, expires=e.expires)
+
+    return FindingRecord(
+        id=f.id,
+        rule=f.rule,
+        check=f.check,
+        severity=f.severity.value,
+        mode=f.mode.value,
+        asset=f.asset,
+        asset_type=f.asset_type,
+        project=f.project,
+        ancestry=f.ancestry,
+        message=f.message,
+        details=f.details,
+        exempted=f.exempted is not None,
+        exemption=exemption(f.exempted),
+        expired_exemption=exemption(f.expired_exemption),
+    )
+
+
 def reference_line(f: Finding) -> bytes:
     r = FACTS.get(f.rule)
     facts: dict[str, Any] = (
@@ -55,7 +81,7 @@ def reference_line(f: Finding) -> bytes:
         if r is not None
         else {"rationale": "", "remedy": None, "labels": {}}
     )
-    return msgspec.json.encode(finding_record(f))[:-1] + b"," + msgspec.json.encode(facts)[1:]
+    return msgspec.json.encode(reference_record(f))[:-1] + b"," + msgspec.json.encode(facts)[1:]
 
 
 def written(fmt: str, fs: list[Finding], budget: int, drop: set[int]) -> bytes:
