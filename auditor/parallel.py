@@ -153,7 +153,7 @@ class _Encoder:
     parent's collector hands on at most one finding of an id per copy."""
 
     def __init__(self, renderer: Any, copies: _Copies) -> None:
-        self.key, self.line = renderer.key, renderer.line
+        self.key, self.line_into = renderer.key, renderer.line_into
         self.copies = copies
         self.groups: dict[str, _Building] = {}
         self.made = 0
@@ -177,7 +177,7 @@ class _Encoder:
         g = self.groups.get(group)
         if g is None:
             g = self.groups[group] = _Building()
-        g.lines += self.line(f)
+        self.line_into(f, g.lines)
         g.ends.append(len(g.lines))
         g.records += self._tag + finding_mark(f)
         g.ids.append(key)

@@ -15,8 +15,8 @@ class _Renderer:
         return f.rule
 
     @staticmethod
-    def line(f: Finding) -> bytes:
-        return f"{f.rule} {f.asset} {f.message}\n".encode()
+    def line_into(f: Finding, buf: bytearray) -> None:
+        buf += f"{f.rule} {f.asset} {f.message}\n".encode()
 
 
 def _finding(rule: str, asset: str, key: str, message: str) -> Finding:
