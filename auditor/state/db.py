@@ -210,6 +210,16 @@ class Database:
                 raise
             self._conn.execute("COMMIT")
 
+    def repeated_key(self, exc: BaseException) -> bool:
+        """Whether `exc` is a unique index or key refusing a repeated value, on either engine."""
+        if isinstance(exc, sqlite3.IntegrityError):
+            return True
+        if self.dialect == "postgresql":
+            import psycopg
+
+            return isinstance(exc, psycopg.errors.UniqueViolation)
+        return False
+
     def ddl(self, script: str) -> str:
         """Table definitions in SQLite's spelling, translated for PostgreSQL."""
         if self.dialect == "sqlite":

@@ -1,10 +1,12 @@
-"""A cycle's findings on their way into the store: written to a TEMP table of the store's connection a batch at a
-time, as the evaluation makes them, so that neither the daemon nor the store ever holds all of them.
+"""A cycle's findings on their way into the store: written to a scratch table of the store's connection a batch at
+a time, as the evaluation makes them, so that neither the daemon nor the store ever holds all of them.
 
 `Staging` is the evaluation's sink (`add`, and `withdraw` for the findings of an asset a later copy replaces);
-`Store.record_cycle` then computes drift in SQL from the staged rows. A TEMP table never grows the state file and
-takes no lock on the state database (its batches run in deferred transactions that touch only TEMP). The first of a
-repeated finding id wins, as in a report.
+`Store.record_cycle` then computes drift in SQL from the staged rows. The scratch tables never grow the state file
+and take no lock on the state database (their batches run in deferred transactions that touch only them): TEMP tables
+on PostgreSQL; on SQLite, the tables of a private temporary database attached to the connection for the cycle
+(`SCRATCH`) and detached after it, which drops them at once (deleting a first cycle's rows from a TEMP table read and
+journalled each of its pages: seconds at a million findings). The first of a repeated finding id wins, as in a report.
 
 Most findings of a cycle are the open findings of the last one, unchanged. Each stored finding carries a digest of
 its content (`digest`: its id and every column a cycle would write); when a staging starts it reads the digests of
@@ -30,9 +32,12 @@ from auditor.state.db import Database
 
 BATCH = 2000  # findings per staging insert: bounded memory, few round trips
 
+SCRATCH = "scratch"  # SQLite: the attached database that holds the staging tables during a cycle
+
 # Appended to without an index on the id (random ids into an index of the whole cycle's findings made its pages
-# go in and out of the cache: gigabytes of temporary file I/O for 200,000 findings); `Staging.seal` drops repeated
-# ids, the first staged winning, and builds the unique index once (a sort) before the drift statements read it.
+# go in and out of the cache: gigabytes of temporary file I/O for 200,000 findings); `Staging.seal` builds the unique
+# index once (a sort) before the drift statements read it, dropping repeated ids first (the first staged winning) if
+# there are any.
 STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS cycle_seen (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -78,6 +83,7 @@ STAGED_COLUMNS = ("id, rule, check_name, severity, mode, asset, asset_type, mess
 _INSERT = f"INSERT INTO cycle_seen ({STAGED_COLUMNS}, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _SEALED_INSERT = _INSERT + " ON CONFLICT (id) DO NOTHING"  # once the unique index is built
 SEEN_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS cycle_seen_id ON cycle_seen (id)"
+_DEDUPLICATE = "DELETE FROM cycle_seen WHERE seq NOT IN (SELECT min(seq) FROM cycle_seen GROUP BY id)"
 
 
 # Keys sorted, so that the same details are the same text every cycle (a cycle with no change writes no row); values
@@ -131,18 +137,34 @@ _FLAGS = 0xFF
 _M64 = (1 << 64) - 1
 
 
+def _scratch(db: Database, statement: str) -> str:
+    """A staging table's (or its index's) statement for this connection's engine (see the module's docstring):
+    SQLite names the attached database, as an index is otherwise made in `main`."""
+    if db.dialect != "sqlite":
+        return db.ddl(statement)
+    return (statement.replace("CREATE TEMP TABLE IF NOT EXISTS ", f"CREATE TABLE IF NOT EXISTS {SCRATCH}.")
+            .replace("INDEX IF NOT EXISTS ", f"INDEX IF NOT EXISTS {SCRATCH}."))
+
+
 def prepare(db: Database) -> None:
-    """The connection's staging tables, created if needed and emptied."""
+    """The connection's staging tables, created empty."""
     with db.lock:
-        db.execute(db.ddl(STAGING_DDL))
-        db.execute(db.ddl(UNEVALUATED_DDL))
-        db.execute(db.ddl(GONE_DDL))
-        db.execute(db.ddl(UNSEEN_DDL))
-    clear(db)
+        if db.dialect == "sqlite":
+            clear(db)  # what an earlier staging left
+            db.execute(f"ATTACH DATABASE '' AS {SCRATCH}")  # '': private, deleted when detached
+        for ddl in (STAGING_DDL, UNEVALUATED_DDL, GONE_DDL, UNSEEN_DDL):
+            db.execute(_scratch(db, ddl))
+        if db.dialect != "sqlite":
+            clear(db)
 
 
 def clear(db: Database) -> None:
+    """Empty the staging tables (SQLite: drop them with their database)."""
     with db.lock:
+        if db.dialect == "sqlite":
+            if any(r[1] == SCRATCH for r in db.rows("PRAGMA database_list")):
+                db.execute(f"DETACH DATABASE {SCRATCH}")
+            return
         db.execute("DROP INDEX IF EXISTS cycle_seen_id")
         for table in ("cycle_seen", "cycle_unevaluated", "cycle_gone", "cycle_unseen"):
             db.execute(f"DELETE FROM {table}")
@@ -246,9 +268,17 @@ class Staging:
         self.flush()
         if self._sealed:
             return
-        with self.db.lock, self.db.transaction(immediate=False):
-            self.db.execute("DELETE FROM cycle_seen WHERE seq NOT IN (SELECT min(seq) FROM cycle_seen GROUP BY id)")
-            self.db.execute(SEEN_INDEX)
+        db, index = self.db, _scratch(self.db, SEEN_INDEX)
+        with db.lock:
+            try:  # repeated ids are rare: the unique index refuses them, and only then are they looked for
+                with db.transaction(immediate=False):
+                    db.execute(index)
+            except Exception as exc:
+                if not db.repeated_key(exc):
+                    raise
+                with db.transaction(immediate=False):
+                    db.execute(_DEDUPLICATE)
+                    db.execute(index)
         self._sealed = True
 
     def discard(self) -> None:
