@@ -184,12 +184,15 @@ _SEVERITY_ORDER = (
     "CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 WHEN 'low' THEN 3 ELSE 4 END"
 )
 _OPEN = "findings.resolved_at IS NULL"
+# The same test on rows found by their id: the unary plus keeps SQLite from walking every open finding through the
+# index findings_open (it takes `resolved_at IS NULL` for a selective equality) to find the few a cycle names.
+_OPEN_BY_ID = "+findings.resolved_at IS NULL"
 _NOT_SEEN = "NOT EXISTS (SELECT 1 FROM cycle_seen s WHERE s.id = findings.id)"
 _GONE = "findings.id IN (SELECT g.id FROM cycle_gone g)"  # open and not seen this cycle (see _record_findings)
 # Among the open findings whose id starts with a prefix the staging did not see (`Staging.unseen`; the prefix is
 # 16 hexadecimal digits, so `prefix || 'g'` is past every id that starts with it, in any collation).
 _UNSEEN = ("SELECT f.id FROM cycle_unseen u JOIN findings f ON f.id >= u.prefix AND f.id < u.prefix || 'g' "
-           "WHERE f.resolved_at IS NULL AND NOT EXISTS (SELECT 1 FROM cycle_seen s WHERE s.id = f.id)")
+           "WHERE +f.resolved_at IS NULL AND NOT EXISTS (SELECT 1 FROM cycle_seen s WHERE s.id = f.id)")
 # Its rule could not be evaluated this cycle (at all, or on its asset): its absence is no evidence of a fix.
 _UNEVALUATED = ("EXISTS (SELECT 1 FROM cycle_unevaluated u WHERE u.rule = findings.rule "
                 "AND (u.asset = '' OR u.asset = findings.asset))")
@@ -356,7 +359,7 @@ class Store:
         db.execute(
             events + "SELECT ?, ?, CASE WHEN s.exempted = 1 THEN 'resolved' ELSE 'new' END, s.id, s.rule, s.severity, "
             "s.asset, s.asset_type, 0, s.note, s.project, s.ancestry FROM cycle_seen s JOIN findings f ON f.id = s.id "
-            "WHERE f.resolved_at IS NULL AND f.exempted != s.exempted ORDER BY s.id",
+            "WHERE +f.resolved_at IS NULL AND f.exempted != s.exempted ORDER BY s.id",
             (cid, now),
         )
         staged = int(db.execute("SELECT count(*) FROM cycle_seen").fetchone()[0])
@@ -371,7 +374,8 @@ class Store:
         changed = " OR ".join(f"findings.{k} IS DISTINCT FROM s.{k}" for k in _CONTENT)
         rec.changed += db.execute(
             "UPDATE findings SET " + ", ".join(f"{k} = s.{k}" for k in _CONTENT) + ", last_seen = ?, last_cycle = ?, "
-            f"stale = 0 FROM cycle_seen s WHERE findings.id = s.id AND {_OPEN} AND (findings.stale = 1 OR {changed})",
+            "stale = 0 FROM cycle_seen s WHERE findings.id IN (SELECT id FROM cycle_seen) AND findings.id = s.id "
+            f"AND {_OPEN_BY_ID} AND (findings.stale = 1 OR {changed})",
             (now, cid),
         ).rowcount
         rebuild = _drop_indexes_for_bulk_load(db, staged)
@@ -399,7 +403,7 @@ class Store:
             rules = sorted(c.rule_ids)
             kept, args = db.in_list("findings.rule", rules)
             rec.retired = db.execute(
-                f"UPDATE findings SET resolved_at = ?, stale = 0 WHERE {_OPEN} AND {_GONE} AND NOT ({kept})",
+                f"UPDATE findings SET resolved_at = ?, stale = 0 WHERE {_OPEN_BY_ID} AND {_GONE} AND NOT ({kept})",
                 (now, *args),
             ).rowcount
             rec.changed += rec.retired
@@ -407,25 +411,25 @@ class Store:
         # report what they could not read as asset types or globs (`compute.googleapis.com/*`): matched against the
         # few distinct asset types of the missing findings.
         unread = [compile_glob(t) for t in c.incomplete]
-        types = [r[0] for r in db.execute(f"SELECT DISTINCT asset_type FROM findings WHERE {_OPEN} AND {_GONE}")]
+        types = [r[0] for r in db.execute(f"SELECT DISTINCT asset_type FROM findings WHERE {_OPEN_BY_ID} AND {_GONE}")]
         stale_types = types if "*" in c.incomplete else [t for t in types if any(p.match(t) for p in unread)]
         in_types, stale_args = db.in_list("findings.asset_type", stale_types)
         in_stale = f"({in_types} OR {_UNEVALUATED})"
         rec.changed += db.execute(
             f"UPDATE findings SET stale = 1, last_seen = CASE WHEN last_seen > ? THEN last_seen ELSE ? END "
-            f"WHERE {_OPEN} AND {_GONE} AND stale = 0 AND {in_stale}",
+            f"WHERE {_OPEN_BY_ID} AND {_GONE} AND stale = 0 AND {in_stale}",
             (seen_before, seen_before, *stale_args),
         ).rowcount
         # The rest is resolved.
         db.execute(
             events + "SELECT ?, ?, 'resolved', id, rule, severity, asset, asset_type, exempted, message, project, "
             "ancestry FROM findings "
-            f"WHERE {_OPEN} AND {_GONE} AND NOT ({in_stale}) ORDER BY id",
+            f"WHERE {_OPEN_BY_ID} AND {_GONE} AND NOT ({in_stale}) ORDER BY id",
             (cid, now, *stale_args),
         )
         rec.changed += db.execute(
             f"UPDATE findings SET resolved_at = ?, stale = 0, last_seen = CASE WHEN stale = 1 THEN last_seen "
-            f"WHEN last_seen > ? THEN last_seen ELSE ? END WHERE {_OPEN} AND {_GONE} AND NOT ({in_stale})",
+            f"WHEN last_seen > ? THEN last_seen ELSE ? END WHERE {_OPEN_BY_ID} AND {_GONE} AND NOT ({in_stale})",
             (now, seen_before, seen_before, *stale_args),
         ).rowcount
         db.execute("UPDATE cycles SET baseline = ? WHERE id = ?", (int(rec.baseline), cid))
