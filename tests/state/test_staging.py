@@ -3,6 +3,9 @@ staging every finding gives (the reference: a staging that does not read the ope
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -113,6 +116,26 @@ def test_the_digest_follows_every_stored_column() -> None:
     # Rows differ in their columns only where the digests differ.
     rows = {content_row(v)[:-1] for v in variants}
     assert len(rows) == len(variants)
+
+
+def test_digests_are_signed_64_bit_stable_across_processes_and_stored_as_made(state_target: str) -> None:
+    """Both backends store a digest as a signed 64-bit integer; another interpreter (another string hash seed) makes
+    the same digest, and a cycle compares against what it stored (a second cycle of the same findings stages none)."""
+    many = [finding("r1", f"//a{i}", ancestors=("projects/1",)) for i in range(200)]
+    digests = [finding_digest(f) for f in many]
+    assert all(-(1 << 63) <= d < 1 << 63 for d in digests) and min(digests) < 0 <= max(digests)
+    script = ("from tests.state.test_store import finding; from auditor.state.staging import finding_digest;"
+              " print(finding_digest(finding('r1', '//a7', ancestors=('projects/1',))))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONHASHSEED": "12345"}, cwd=Path(__file__).parents[2])
+    assert int(out.stdout) == digests[7]
+    with Store(state_target) as store:
+        store.record_cycle(cycle(100, many))
+        stored = dict(store.db.rows("SELECT id, digest FROM findings"))
+        assert [stored[f.id] for f in many] == digests
+        staging = store.staging()
+        staging.extend(many)
+        assert staging.unchanged == len(many) and _staged(store) == 0
 
 
 def test_open_findings_not_seen_are_resolved_among_the_unmarked_only(state_target: str) -> None:
