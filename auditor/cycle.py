@@ -617,9 +617,12 @@ class Auditor:
         )
         now = self.clock()
         last, drift = store.last_drift(limit=MAX_ROWS)
-        dc = store.drift_counts(last.id) if last else {}
-        n_new = sum(n for (change, _), n in dc.items() if change == "new")
-        n_resolved = sum(n for (change, _), n in dc.items() if change == "resolved")
+        if last is not None and last.baseline:  # counted on the cycle, with no drift event (see auditor.state.store)
+            n_new, n_resolved = last.new, last.resolved
+        else:
+            dc = store.drift_counts(last.id) if last else {}
+            n_new = sum(n for (change, _), n in dc.items() if change == "new")
+            n_resolved = sum(n for (change, _), n in dc.items() if change == "resolved")
         latest = store.last_cycle()
         # Bounded whatever the number of findings: the worst ones and the newest, with counts of all.
         _, worst = store.find(exempted=False, limit=REPORT_FINDINGS, count=False)
@@ -703,8 +706,7 @@ class Auditor:
         if rec is not None and rec.baseline:
             # The first findings are the state the organization was already in, not changes: one summary event
             # instead of one line per finding (they are all in the store, /findings.json and /report).
-            self.log.info("baseline", cycle=rec.cycle_id, findings=rec.new_count,
-                          exempted=self.store.drift_counts(rec.cycle_id).get(("new", True), 0))
+            self.log.info("baseline", cycle=rec.cycle_id, findings=rec.new_count, exempted=rec.new_exempted)
             return
         # One event per change, read back from the store a page at a time (a cycle may change many findings).
         for e in self.store.iter_drift(rec.cycle_id) if rec else ():

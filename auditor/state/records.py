@@ -152,6 +152,7 @@ class Recorded:
     open: int = 0  # open, not exempted findings after this cycle (stale ones included): what the metrics show
     retired: int = 0  # closed because their rule is no longer loaded (not drift)
     baseline: bool = False  # the first cycle with findings: its "new" findings are not counted as drift
+    new_exempted: int = 0  # (a baseline, which records no drift event) how many of its new findings are exempted
     changed: int = 0  # finding rows written (inserted, updated, resolved, marked stale): 0 when nothing changed
     load_drift: Callable[[], Iterator[DriftEvent]] | None = field(default=None, repr=False, compare=False)
 

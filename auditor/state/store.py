@@ -15,8 +15,9 @@ file); drift is computed in SQL against the findings still open:
 - the rest are still open; their rows are written only when something about them changed, so a cycle with no
   change writes no finding row. Their last-seen time is the end of the last cycle that recorded findings (a stale
   finding keeps the time it was last actually seen); their first-seen time never moves.
-Until a cycle has read everything, cycles are the baseline (that complete cycle included): stored and logged, not
-counted as drift.
+Until a cycle has read everything, cycles are the baseline (that complete cycle included): their findings are stored
+and counted (the cycle's new and resolved), not drift; they record no drift event (a first cycle on a messy
+organization would copy a million findings into events nobody reads as drift).
 Counters behind the Prometheus counters (cycles, drift events, source errors, remediations) live here too, so
 they survive restarts and never go backwards.
 """
@@ -356,21 +357,29 @@ class Store:
                   "exempted, message, project, ancestry) ")
         # Still open, with an exemption that started or ended: the set of open, not exempted findings changed, which
         # is what the drift counters and alerts follow.
-        db.execute(
-            events + "SELECT ?, ?, CASE WHEN s.exempted = 1 THEN 'resolved' ELSE 'new' END, s.id, s.rule, s.severity, "
-            "s.asset, s.asset_type, 0, s.note, s.project, s.ancestry FROM cycle_seen s JOIN findings f ON f.id = s.id "
-            "WHERE +f.resolved_at IS NULL AND f.exempted != s.exempted ORDER BY s.id",
-            (cid, now),
-        )
+        if not rec.baseline:
+            db.execute(
+                events + "SELECT ?, ?, CASE WHEN s.exempted = 1 THEN 'resolved' ELSE 'new' END, s.id, s.rule, "
+                "s.severity, s.asset, s.asset_type, 0, s.note, s.project, s.ancestry FROM cycle_seen s JOIN findings f "
+                "ON f.id = s.id WHERE +f.resolved_at IS NULL AND f.exempted != s.exempted ORDER BY s.id",
+                (cid, now),
+            )
         staged = int(db.execute("SELECT count(*) FROM cycle_seen").fetchone()[0])
         # New, or resolved earlier and back again: a new occurrence, first seen now. The others seen were open.
-        rec.still_open = staging.unchanged + staged - db.execute(
-            events + "SELECT ?, ?, 'new', s.id, s.rule, s.severity, s.asset, s.asset_type, s.exempted, s.message, "
-            "s.project, s.ancestry "
-            "FROM cycle_seen s WHERE NOT EXISTS (SELECT 1 FROM findings f WHERE f.id = s.id AND f.resolved_at IS NULL) "
-            "ORDER BY s.id",
-            (cid, now),
-        ).rowcount
+        arrived = "FROM cycle_seen s WHERE NOT EXISTS (SELECT 1 FROM findings f WHERE f.id = s.id AND " \
+                  "f.resolved_at IS NULL)"
+        if rec.baseline:
+            n_new, n_exempted = db.execute(
+                f"SELECT count(*), count(*) FILTER (WHERE s.exempted = 1) {arrived}"
+            ).fetchone()
+            rec.new_count, rec.new_exempted = int(n_new), int(n_exempted or 0)
+        else:
+            rec.new_count = db.execute(
+                events + "SELECT ?, ?, 'new', s.id, s.rule, s.severity, s.asset, s.asset_type, s.exempted, s.message, "
+                f"s.project, s.ancestry {arrived} ORDER BY s.id",
+                (cid, now),
+            ).rowcount
+        rec.still_open = staging.unchanged + staged - rec.new_count
         changed = " OR ".join(f"findings.{k} IS DISTINCT FROM s.{k}" for k in _CONTENT)
         rec.changed += db.execute(
             "UPDATE findings SET " + ", ".join(f"{k} = s.{k}" for k in _CONTENT) + ", last_seen = ?, last_cycle = ?, "
@@ -421,35 +430,37 @@ class Store:
             (seen_before, seen_before, *stale_args),
         ).rowcount
         # The rest is resolved.
-        db.execute(
-            events + "SELECT ?, ?, 'resolved', id, rule, severity, asset, asset_type, exempted, message, project, "
-            "ancestry FROM findings "
-            f"WHERE {_OPEN_BY_ID} AND {_GONE} AND NOT ({in_stale}) ORDER BY id",
-            (cid, now, *stale_args),
-        )
-        rec.changed += db.execute(
+        if not rec.baseline:
+            db.execute(
+                events + "SELECT ?, ?, 'resolved', id, rule, severity, asset, asset_type, exempted, message, project, "
+                "ancestry FROM findings "
+                f"WHERE {_OPEN_BY_ID} AND {_GONE} AND NOT ({in_stale}) ORDER BY id",
+                (cid, now, *stale_args),
+            )
+        resolved = db.execute(
             f"UPDATE findings SET resolved_at = ?, stale = 0, last_seen = CASE WHEN stale = 1 THEN last_seen "
             f"WHEN last_seen > ? THEN last_seen ELSE ? END WHERE {_OPEN_BY_ID} AND {_GONE} AND NOT ({in_stale})",
             (now, seen_before, seen_before, *stale_args),
         ).rowcount
+        rec.changed += resolved
         db.execute("UPDATE cycles SET baseline = ? WHERE id = ?", (int(rec.baseline), cid))
+        if rec.baseline:
+            # The baseline is what the organization already was, not drift: its findings are stored and counted,
+            # the counters (and the alerts on them) stay quiet, and a lost state file does not page for every
+            # existing finding.
+            rec.resolved_count = resolved
+            return
         for rule, severity, change, n in db.execute(
             "SELECT rule, severity, change, count(*) FROM drift_events WHERE cycle_id = ? AND exempted = 0 "
             "GROUP BY rule, severity, change ORDER BY rule, severity, change",
             (cid,),
         ).fetchall():
-            # The baseline is what the organization already was, not drift: its findings are stored and logged as
-            # new but the counters (and the alerts on them) stay quiet, and a lost state file does not page for every
-            # existing finding. Exempted findings coming and going are bookkeeping, not drift anyone is paged for.
-            if not rec.baseline:
-                self._bump(db, "drift_events_total", {"rule": rule, "severity": severity, "change": change}, int(n))
-        for change, n in db.execute(
+            # Exempted findings coming and going are bookkeeping, not drift anyone is paged for.
+            self._bump(db, "drift_events_total", {"rule": rule, "severity": severity, "change": change}, int(n))
+        counts = dict(db.execute(
             "SELECT change, count(*) FROM drift_events WHERE cycle_id = ? GROUP BY change", (cid,)
-        ).fetchall():
-            if change == "new":
-                rec.new_count = int(n)
-            else:
-                rec.resolved_count = int(n)
+        ).fetchall())
+        rec.new_count, rec.resolved_count = int(counts.get("new", 0)), int(counts.get("resolved", 0))
 
     def _record_assets(self, db: Database, c: CycleInput) -> None:
         """Asset counts of the snapshot; types not read completely keep their last good count."""

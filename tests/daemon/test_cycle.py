@@ -75,7 +75,9 @@ def test_second_cycle_reports_exactly_the_drift_made(tmp_path: Path, logs: io.St
 
     first = auditor.run_cycle()
     assert first.outcome == "success" and first.recorded is not None
-    assert {e.finding_id for e in first.recorded.new} == set(before)
+    # The first cycle is the baseline: every finding stored and counted, none of them drift.
+    assert first.recorded.baseline and first.recorded.new_count == len(before) and first.recorded.drift == []
+    assert {f.id for f in auditor.store.open_findings(include_exempted=True)} == set(before)
     drift = make_drift(org)
     after = scan()
     second = auditor.run_cycle()
@@ -94,7 +96,8 @@ def test_second_cycle_reports_exactly_the_drift_made(tmp_path: Path, logs: io.St
     # Findings still open kept their first-seen time from the first cycle.
     kept = {f.id: f for f in auditor.store.open_findings()}
     assert set(kept) == set(after)
-    assert {kept[i].first_seen for i in set(before) & set(after)} == {first.recorded.drift[0].at}
+    first_end = auditor.store.cycles()[-1].ended_at
+    assert {kept[i].first_seen for i in set(before) & set(after)} == {first_end}
 
     # The metrics: drift counters hold exactly the second cycle's events (the first one is the baseline);
     # findings are the new snapshot.
@@ -133,6 +136,9 @@ def test_restart_keeps_first_seen_and_reports_nothing_new(tmp_path: Path, logs: 
     auditor = make_auditor(cfg)
     auditor.run_cycle()
     first_seen = {f.id: f.first_seen for f in auditor.store.open_findings()}
+    exempted = sum(1 for f in auditor.store.open_findings() if f.exempted)
+    # The baseline records no drift event: the report counts its findings from the cycle.
+    assert f"whose {len(first_seen)} finding(s) were already there" in auditor.published.report_html.decode()
     auditor.store.close()
 
     again = make_auditor(cfg)
@@ -143,7 +149,8 @@ def test_restart_keeps_first_seen_and_reports_nothing_new(tmp_path: Path, logs: 
     assert out.recorded is not None and out.recorded.drift == []
     assert {f.id: f.first_seen for f in again.store.open_findings()} == first_seen
     assert events(logs, "drift") == []  # the first cycle is a baseline, the second changed nothing
-    assert [(e["cycle"], e["findings"]) for e in events(logs, "baseline")] == [(1, len(first_seen))]
+    assert [(e["cycle"], e["findings"], e["exempted"]) for e in events(logs, "baseline")] == [
+        (1, len(first_seen), exempted)]
     again.store.close()
 
 

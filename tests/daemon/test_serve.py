@@ -159,7 +159,7 @@ def test_once_runs_one_cycle_and_exits_with_its_outcome(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     cycles = json.loads(hist.stdout)
     assert [c["outcome"] for c in cycles] == ["partial", "partial", "success"]
-    assert len(cycles[2]["drift"]) == cycles[2]["new"] and cycles[0]["incomplete"]
+    assert cycles[2]["baseline"] and cycles[2]["drift"] == [] and cycles[2]["new"] > 0 and cycles[0]["incomplete"]
     table = subprocess.run([sys.executable, "-m", "auditor", "findings", "--state", str(tmp_path / "state.db")],
                            capture_output=True, text=True, timeout=60, env={"COLUMNS": "200", "PATH": "/usr/bin"})
     assert table.returncode == 0 and f"{cycles[0]['findings']} open findings" in table.stdout

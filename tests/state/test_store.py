@@ -55,7 +55,8 @@ def test_drift_new_resolved_and_still_open(state_target: str) -> None:
     a, b, c = finding("r1", "//a"), finding("r1", "//b"), finding("r2", "//c", sev="critical")
     with Store(state_target) as store:
         first = store.record_cycle(cycle(100, [a, b]))
-        assert sorted(e.asset for e in first.new) == ["//a", "//b"] and first.resolved == []
+        # The baseline counts its findings and records no drift event (they were already there).
+        assert (first.new_count, first.resolved_count, first.drift) == (2, 0, [])
         second = store.record_cycle(cycle(200, [b, c]))
         assert [(e.change, e.asset) for e in second.new] == [("new", "//c")]
         assert [(e.change, e.asset) for e in second.resolved] == [("resolved", "//a")]
@@ -86,7 +87,7 @@ def test_the_baseline_is_the_first_cycle_that_records_findings(state_target: str
         failed = store.record_cycle(cycle(50, None, outcome="failed", error="x"))
         assert failed.drift == []
         first = store.record_cycle(cycle(100, [a]))
-        assert first.baseline and [e.change for e in first.new] == ["new"]
+        assert first.baseline and (first.new_count, first.new_exempted, first.drift) == (1, 0, [])
         assert [c.baseline for c in store.cycles()] == [True, False]
         assert store.counters("drift_events_total") == []
         b = finding("r1", "//b")
@@ -166,6 +167,7 @@ def test_failed_cycle_changes_no_finding_and_is_counted(state_target: str) -> No
 def test_exempted_findings_are_tracked_but_not_counted_as_drift(state_target: str) -> None:
     a = finding("r1", "//a", exempt=True)
     with Store(state_target) as store:
+        assert store.record_cycle(cycle(50, [])).baseline
         rec = store.record_cycle(cycle(100, [a]))
         assert [e.exempted for e in rec.new] == [True]
         assert store.counters("drift_events_total") == []
@@ -229,6 +231,7 @@ def test_findings_keep_their_project_and_ancestry(state_target: str) -> None:
     where = ("projects/123", "folders/45", "organizations/6")
     a, b = finding("r1", "//a", ancestors=where), finding("r1", "//b")
     with Store(state_target) as store:
+        store.record_cycle(cycle(50, []))  # the baseline
         rec = store.record_cycle(cycle(100, [a, b]))
         events = {e.asset: e for e in rec.drift}
         assert (events["//a"].project, events["//a"].ancestry) == ("projects/123",
@@ -365,6 +368,7 @@ def test_staged_findings_are_recorded_without_being_held(state_target: str) -> N
     def peak(n: int) -> int:
         with Store(state_target) as store:
             store.db.execute("DELETE FROM findings")
+            store.record_cycle(cycle(1.0, []))  # a baseline (the first time): the cycle measured records drift events
             gc.collect()
             tracemalloc.start()
             staging = store.staging()
@@ -470,6 +474,23 @@ def test_settings_take_a_state_url_from_the_environment(monkeypatch: pytest.Monk
         Settings(sources=["x"])
 
 
+def test_a_baseline_counts_its_findings_and_records_no_drift_event(state_target: str) -> None:
+    """The baseline (every cycle until one reads everything) is what the organization already was: its new and
+    resolved findings are counted on the cycle, its exempted new ones on the record, and no drift event is kept."""
+    a, b, c = finding("r1", "//a"), finding("r1", "//b", exempt=True), finding("r2", "//c")
+    with Store(state_target) as store:
+        first = store.record_cycle(cycle(100, [a, b, c], outcome="partial", incomplete={"*": "403"}))
+        second = store.record_cycle(cycle(200, [a, b]))  # c is resolved, still in the baseline
+        assert (first.baseline, first.new_count, first.new_exempted, first.resolved_count) == (True, 3, 1, 0)
+        assert (second.baseline, second.new_count, second.resolved_count, second.still_open) == (True, 0, 1, 2)
+        assert store.drift(first.cycle_id) == store.drift(second.cycle_id) == [] == second.drift
+        assert [(k.new, k.resolved, k.findings, k.exempted) for k in store.cycles()] == [(0, 1, 1, 1), (3, 0, 2, 1)]
+        assert store.counters("drift_events_total") == []
+        third = store.record_cycle(cycle(300, [a, c]))  # drift from here on
+        assert sorted((e.change, e.asset, e.exempted) for e in third.drift) == [("new", "//c", False),
+                                                                                ("resolved", "//b", True)]
+
+
 def test_partial_cycles_stay_the_baseline_until_one_reads_everything(state_target: str) -> None:
     a, b = finding("r1", "//a"), finding("r1", "//b")
     with Store(state_target) as store:
@@ -477,7 +498,8 @@ def test_partial_cycles_stay_the_baseline_until_one_reads_everything(state_targe
         complete = store.record_cycle(cycle(200, [a, b]))
         after = store.record_cycle(cycle(300, [a]))
         assert (partial.baseline, complete.baseline, after.baseline) == (True, True, False)
-        assert [e.change for e in complete.new] == ["new"]  # b is stored as new, but not counted as drift
+        # b is stored and counted as new, but not drift: no event, no counter
+        assert (complete.new_count, complete.drift) == (1, [])
         assert [(lb["change"], v) for lb, v in store.counters("drift_events_total")] == [("resolved", 1.0)]
 
 
