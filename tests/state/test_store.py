@@ -23,6 +23,7 @@ from auditor.state import (
     open_database,
     state_target,
 )
+from auditor.state.db import PAGE_SIZE
 from auditor.state.staging import prepare
 from auditor.state.store import _SEVERITY_ORDER
 from tests.fakes.postgres import PostgresServer
@@ -423,6 +424,18 @@ def test_a_cycle_looks_up_the_findings_it_names_instead_of_walking_the_open_ones
         for statement in looked:
             plan = " ".join(str(r[-1]) for r in store.db.rows("EXPLAIN QUERY PLAN " + statement))
             assert "findings_open" not in plan and "SCAN findings" not in plan, (statement, plan)
+
+
+def test_a_new_state_file_has_large_pages_and_an_older_one_keeps_its_own(tmp_path: Path) -> None:
+    with Store(tmp_path / "new.db") as store:
+        assert store.db.rows("PRAGMA page_size")[0][0] == PAGE_SIZE
+    older = sqlite3.connect(tmp_path / "old.db")
+    older.execute("PRAGMA page_size = 4096")
+    older.execute("CREATE TABLE unrelated (a)")
+    older.close()
+    with Store(tmp_path / "old.db") as store:
+        store.record_cycle(cycle(100, [finding("r1", "//a")]))
+        assert store.db.rows("PRAGMA page_size")[0][0] == 4096 and len(store.open_findings()) == 1
 
 
 def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
