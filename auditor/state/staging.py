@@ -13,7 +13,8 @@ its content (`digest`: its id and every column a cycle would write); when a stag
 the open findings into a compact table (`auditor.keys.KeyMap`, 16 to 32 bytes a finding), and a finding whose digest
 is the stored one is only marked seen and counted: it is neither staged nor compared in SQL (a stale finding is
 always staged: seeing it again clears its mark). The open findings not seen are the few left unmarked, handed to
-the drift statements by `unseen()`. Memory: one batch of rows and that table.
+the drift statements by `unseen()`. Memory: one batch of rows and that table (which also takes the ids staged
+that are not open, so that a repeated one is dropped as it comes: 16 to 32 bytes a finding of a first cycle).
 """
 
 from __future__ import annotations
@@ -132,12 +133,16 @@ def id_key(fid: str) -> int:
     return int(fid[:16], 16)
 
 
-# The value of an open finding in `Staging`'s table: the top 56 bits of its stored digest, then flags.
+# The value of an open finding in `Staging`'s table: the top 56 bits of its stored digest, then flags. A finding
+# that is not open (`_NEW`) is put in as it is staged, with the last 4 of its id's 20 hexadecimal digits above the
+# flags: with its key, that is the whole id, so a repeated id is dropped as it comes instead of by `seal` (a statement
+# that grouped every staged row: 3 s at a million findings).
 _SEEN = 1  # seen unchanged this cycle: counted, not staged
-_STAGED = 2  # seen and staged (changed, or stale)
+_STAGED = 2  # seen and staged (changed, or stale; or new)
 _ALWAYS = 4  # stale, or stored before digests: staged whatever its digest
 _EXEMPTED = 8  # (when seen) it was exempted
 _SEVERITY = 4  # (when seen) its severity's index in SEVERITIES, in the 3 bits from this one
+_NEW = 128  # not an open finding: staged this cycle (or withdrawn since, without _STAGED)
 _FLAGS = 0xFF
 _M64 = (1 << 64) - 1
 
@@ -201,11 +206,19 @@ class Staging:
         known = self._known
         digest = None
         if known is not None:
-            place = known.find(int(finding.id[:16], 16))  # id_key
-            if place >= 0:
-                value = known.value_at(place)
-                if value & _SEEN:
-                    return  # a repeated id: the first copy (unchanged) wins
+            fid = finding.id
+            key = int(fid[:16], 16)  # id_key
+            place = known.find(key)
+            tail = int(fid[16:], 16) if len(fid) == 20 else -1
+            if place < 0:
+                known.add(key, tail << 8 | _NEW | _STAGED if tail >= 0 else _NEW | _STAGED | _ALWAYS)
+            elif (value := known.value_at(place)) & _NEW:
+                if value & _STAGED and value >> 8 == tail and not value & _ALWAYS:
+                    return  # a repeated id: the first staged wins (another id with its key is staged: see `seal`)
+                known.set_at(place, tail << 8 | _NEW | _STAGED if tail >= 0 else _NEW | _STAGED | _ALWAYS)
+            elif value & _SEEN:
+                return  # a repeated id: the first copy (unchanged) wins
+            else:
                 digest = finding_digest(finding)
                 if not value & (_STAGED | _ALWAYS) and value >> 8 == (digest & _M64) >> 8:
                     exempted = finding.exempted is not None
@@ -228,11 +241,17 @@ class Staging:
         if not rules:
             return
         self.flush()
-        db = self.db
+        db, known = self.db, self._known
         in_rules, args = db.in_list("rule", sorted(rules))
         with db.transaction(immediate=False):
+            gone = db.rows(f"SELECT id FROM cycle_seen WHERE asset = ? AND {in_rules}", (asset, *args)) \
+                if known is not None else []
             db.execute(f"DELETE FROM cycle_seen WHERE asset = ? AND {in_rules}", (asset, *args))
-        if self._known is not None:
+        if known is not None:
+            for (fid,) in gone:  # the new ones may be staged again
+                place = known.find(id_key(fid))
+                if place >= 0 and (value := known.value_at(place)) & _NEW:
+                    known.set_at(place, value & ~_STAGED)
             self.unmark(f"asset = ? AND {in_rules}", (asset, *args))
 
     def unmark(self, where: str, args: Iterable[Any] = ()) -> None:
@@ -246,6 +265,8 @@ class Staging:
             if place < 0:
                 continue
             value = known.value_at(place)
+            if value & _NEW:
+                continue  # not an open finding (one resolved earlier, staged again): its staged row is the mark
             if value & _SEEN:
                 severity = SEVERITIES[value >> _SEVERITY & 7]
                 self._same[(rule, severity, bool(value & _EXEMPTED))] -= 1
@@ -260,7 +281,7 @@ class Staging:
         if known is None:
             raise ValueError("a staging that did not read the open findings cannot tell which were not seen")
         it = ((f"{key:016x}",) for key, value in known.items()
-              if not value & (_SEEN | _STAGED) or value & _ALWAYS)
+              if not value & _NEW and (not value & (_SEEN | _STAGED) or value & _ALWAYS))
         n = 0
         while chunk := list(islice(it, self.batch)):
             self.db.executemany("INSERT INTO cycle_unseen (prefix) VALUES (?)", chunk)
@@ -275,7 +296,7 @@ class Staging:
             return
         db, index = self.db, _scratch(self.db, SEEN_INDEX)
         with db.lock:
-            try:  # repeated ids are rare: the unique index refuses them, and only then are they looked for
+            try:  # the unique index refuses repeated ids if there are any, and only then are they looked for
                 with db.transaction(immediate=False):
                     db.execute(index)
             except Exception as exc:

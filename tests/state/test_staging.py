@@ -93,6 +93,28 @@ def test_the_first_of_a_repeated_id_is_recorded_before_and_after_sealing(state_t
         assert got is not None and got.message == "second"
 
 
+def test_a_repeated_new_id_is_dropped_as_it_comes_and_one_sharing_its_key_is_not(state_target: str) -> None:
+    """The store's staging remembers the new ids it staged (key and last digits: the whole id): a repeat is not
+    staged at all, one taken back with its asset's copy is staged again, and another id with the same 16 first
+    digits is a finding of its own."""
+    a = finding("r1", "//a")
+    first, second = (msgspec.structs.replace(a, message=m) for m in ("first", "second"))
+    twin, other = (msgspec.structs.replace(finding("r1", f"//t{n}"), id="0123456789abcdef000" + str(n)) for n in (1, 2))
+    with Store(state_target) as store:
+        staging = store.staging()
+        staging.extend([first, second, finding("r1", "//b"), first])
+        assert _staged(store) == 2
+        staging.withdraw("//b", {"r1"})
+        staging.extend([finding("r1", "//b"), twin, twin, other])
+        assert _staged(store) == 4
+        staging.extend([twin])  # the key remembers other's last digits now: staged again, and sealing drops it
+        assert _staged(store) == 5
+        rec = store.record_cycle(cycle(100, staging))
+        got = store.finding(a.id)
+        assert got is not None and got.message == "first" and rec.new_count == 4
+        assert {f.asset for f in store.open_findings()} == {"//a", "//b", "//t1", "//t2"}
+
+
 def test_the_digest_follows_every_stored_column() -> None:
     """Any change to what a stored column is made of changes the digest; the same content gives the same one."""
     a = finding("r1", "//a", ancestors=("projects/1", "folders/2", "organizations/3"))
