@@ -403,6 +403,25 @@ def test_a_page_of_the_worst_findings_is_read_from_the_index(tmp_path: Path) -> 
         assert "findings_worst" in plan and "TEMP B-TREE" not in plan, plan
 
 
+def test_the_exempted_findings_are_listed_and_counted_from_their_own_index(tmp_path: Path) -> None:
+    """A few exempted findings among many open ones: their page and count read the partial index findings_exempted
+    (EXPLAIN QUERY PLAN of the statements `find` ran), not every open row."""
+    with Store(tmp_path / "s.db") as store:
+        sevs = ("low", "critical", "high")
+        store.record_cycle(cycle(100, [finding("r1", f"//a{i}", sev=sevs[i % 3], exempt=i % 50 == 0)
+                                       for i in range(500)]))
+        statements: list[str] = []
+        store.db._conn.set_trace_callback(statements.append)
+        total, page = store.find(exempted=True, limit=5)
+        store.db._conn.set_trace_callback(None)
+        assert total == 10 and [f.severity for f in page] == ["critical", "critical", "critical", "high", "high"]
+        assert all(f.exempted for f in page) and len(statements) >= 2
+        for statement in statements:
+            if "FROM findings WHERE" in statement:
+                plan = " ".join(str(r[-1]) for r in store.db.rows("EXPLAIN QUERY PLAN " + statement))
+                assert "findings_exempted" in plan and "TEMP B-TREE" not in plan, (statement, plan)
+
+
 def test_a_cycle_looks_up_the_findings_it_names_instead_of_walking_the_open_ones(tmp_path: Path) -> None:
     """Without statistics SQLite takes `resolved_at IS NULL` for a selective equality and would walk every open
     finding through findings_open to find the few a cycle staged or did not see (seconds a cycle at a million open
