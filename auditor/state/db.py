@@ -188,14 +188,19 @@ class Database:
             return self.execute(statement, args).fetchall()
 
     def stream(self, statement: str, args: Sequence[Any] = (), size: int = 10_000) -> Iterator[Any]:
-        """The rows of a large result a few thousand at a time, never all at once: SQLite steps its cursor;
-        PostgreSQL reads through a server-side cursor (a client-side one would receive every row first). Holds the
-        connection until the rows are read: read them all before another statement."""
+        """The rows of a large result a few thousand at a time, never all at once, as plain tuples (a row object with
+        names for each of a million rows cost 0.4 s): SQLite steps its cursor; PostgreSQL reads through a server-side
+        cursor (a client-side one would receive every row first). Holds the connection until the rows are read: read
+        them all before another statement."""
         with self.lock:
             if self.dialect == "sqlite":
-                yield from self._conn.execute(statement, tuple(args))
+                cursor = self._conn.cursor()
+                cursor.row_factory = None
+                yield from cursor.execute(statement, tuple(args))
                 return
-            with self.transaction(), self._conn.cursor(name="auditor_stream") as cur:
+            from psycopg.rows import tuple_row
+
+            with self.transaction(), self._conn.cursor(name="auditor_stream", row_factory=tuple_row) as cur:
                 cur.itersize = size
                 cur.execute(self.sql(statement), tuple(args))
                 yield from cur

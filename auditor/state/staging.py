@@ -147,6 +147,12 @@ _FLAGS = 0xFF
 _M64 = (1 << 64) - 1
 
 
+def _new(fid: str) -> int:
+    """The value of a new id as it is staged: its last 4 hexadecimal digits (or `_ALWAYS`: an id of another shape,
+    never taken for a repeat)."""
+    return int(fid[16:], 16) << 8 | _NEW | _STAGED if len(fid) == 20 else _NEW | _STAGED | _ALWAYS
+
+
 def _scratch(db: Database, statement: str) -> str:
     """A staging table's (or its index's) statement for this connection's engine (see the module's docstring):
     SQLite names the attached database, as an index is otherwise made in `main`."""
@@ -209,13 +215,12 @@ class Staging:
             fid = finding.id
             key = int(fid[:16], 16)  # id_key
             place = known.find(key)
-            tail = int(fid[16:], 16) if len(fid) == 20 else -1
             if place < 0:
-                known.add(key, tail << 8 | _NEW | _STAGED if tail >= 0 else _NEW | _STAGED | _ALWAYS)
+                known.add(key, _new(fid))
             elif (value := known.value_at(place)) & _NEW:
-                if value & _STAGED and value >> 8 == tail and not value & _ALWAYS:
+                if value == _new(fid) and not value & _ALWAYS:
                     return  # a repeated id: the first staged wins (another id with its key is staged: see `seal`)
-                known.set_at(place, tail << 8 | _NEW | _STAGED if tail >= 0 else _NEW | _STAGED | _ALWAYS)
+                known.set_at(place, _new(fid))
             elif value & _SEEN:
                 return  # a repeated id: the first copy (unchanged) wins
             else:
