@@ -180,6 +180,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX findings_exempted ON findings ((CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1
         WHEN 'medium' THEN 2 WHEN 'low' THEN 3 ELSE 4 END), rule, asset, id) WHERE resolved_at IS NULL AND exempted = 1;
     """,
+    # v8: the open findings newest first: the report's newest findings are the first entries of this index instead of
+    # a sort of every open finding each cycle.
+    """
+    CREATE INDEX findings_newest ON findings (resolved_at, first_seen DESC, id);
+    """,
 )
 
 

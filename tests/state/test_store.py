@@ -403,6 +403,22 @@ def test_a_page_of_the_worst_findings_is_read_from_the_index(tmp_path: Path) -> 
         assert "findings_worst" in plan and "TEMP B-TREE" not in plan, plan
 
 
+def test_the_newest_findings_are_read_from_the_index(tmp_path: Path) -> None:
+    """The report's newest findings: the first entries of findings_newest, not a sort of every open finding."""
+    with Store(tmp_path / "s.db") as store:
+        store.record_cycle(cycle(100, [finding("r1", f"//a{i}") for i in range(300)]))
+        store.record_cycle(cycle(200, [finding("r1", f"//a{i}") for i in range(310)]))
+        statements: list[str] = []
+        store.db._conn.set_trace_callback(statements.append)
+        _, page = store.find(limit=5, newest=True, count=False)
+        store.db._conn.set_trace_callback(None)
+        newer = sorted(finding("r1", f"//a{i}").id for i in range(300, 310))[:5]
+        assert [f.id for f in page] == newer and all(f.first_seen == 201 for f in page)
+        (statement,) = [s for s in statements if "FROM findings WHERE" in s]
+        plan = " ".join(str(r[-1]) for r in store.db.rows("EXPLAIN QUERY PLAN " + statement))
+        assert "findings_newest" in plan and "TEMP B-TREE" not in plan, plan
+
+
 def test_the_exempted_findings_are_listed_and_counted_from_their_own_index(tmp_path: Path) -> None:
     """A few exempted findings among many open ones: their page and count read the partial index findings_exempted
     (EXPLAIN QUERY PLAN of the statements `find` ran), not every open row."""
