@@ -199,6 +199,9 @@ class Staging:
         self.added = 0  # findings handed in (repeated ids included)
         self.unchanged = 0  # distinct findings seen as stored: marked, not staged
         self._same: Counter[tuple[str, str, bool]] = Counter()  # their (rule, severity, exempted)
+        # The staged rows' (rule, severity, exempted), counted as they come while every staged id is known to be
+        # distinct (the store's staging: repeats are dropped as they come); else `counts` groups the staged rows.
+        self._staged: Counter[tuple[str, str, bool]] | None = Counter() if compare else None
         self._sealed = False
         prepare(db)
         self._known: KeyMap | None = _open_digests(db) if compare else None
@@ -220,6 +223,8 @@ class Staging:
             elif (value := known.value_at(place)) & _NEW:
                 if value == _new(fid) and not value & _ALWAYS:
                     return  # a repeated id: the first staged wins (another id with its key is staged: see `seal`)
+                if value & _STAGED:
+                    self._staged = None  # perhaps the same id: sealing drops it
                 known.set_at(place, _new(fid))
             elif value & _SEEN:
                 return  # a repeated id: the first copy (unchanged) wins
@@ -231,7 +236,11 @@ class Staging:
                     self._same[(finding.rule, finding.severity.value, exempted)] += 1
                     self.unchanged += 1
                     return
+                if value & _STAGED:
+                    self._staged = None  # staged again: sealing drops it
                 known.set_at(place, value | _STAGED)
+        if self._staged is not None:
+            self._staged[(finding.rule, finding.severity.value, finding.exempted is not None)] += 1
         self._rows.append((*content_row(finding, digest), note_of(finding)))
         if len(self._rows) >= self.batch:
             self.flush()
@@ -249,11 +258,14 @@ class Staging:
         db, known = self.db, self._known
         in_rules, args = db.in_list("rule", sorted(rules))
         with db.transaction(immediate=False):
-            gone = db.rows(f"SELECT id FROM cycle_seen WHERE asset = ? AND {in_rules}", (asset, *args)) \
-                if known is not None else []
+            gone = db.rows(f"SELECT id, rule, severity, exempted FROM cycle_seen WHERE asset = ? AND {in_rules}",
+                           (asset, *args)) if known is not None else []
             db.execute(f"DELETE FROM cycle_seen WHERE asset = ? AND {in_rules}", (asset, *args))
+        if self._staged is not None:
+            for _, rule, severity, exempted in gone:
+                self._staged[(rule, severity, bool(exempted))] -= 1
         if known is not None:
-            for (fid,) in gone:  # the new ones may be staged again
+            for fid, *_ in gone:  # the new ones may be staged again
                 place = known.find(id_key(fid))
                 if place >= 0 and (value := known.value_at(place)) & _NEW:
                     known.set_at(place, value & ~_STAGED)
@@ -307,6 +319,7 @@ class Staging:
             except Exception as exc:
                 if not db.repeated_key(exc):
                     raise
+                self._staged = None
                 with db.transaction(immediate=False):
                     db.execute(_DEDUPLICATE)
                     db.execute(index)
@@ -315,6 +328,7 @@ class Staging:
     def discard(self) -> None:
         """Drop what was staged (a cycle that is not recorded)."""
         self._sealed = False
+        self._staged = None
         self._rows = []
         self._known = None
         self._same.clear()
@@ -338,10 +352,13 @@ class Staging:
         """(rule, severity, exempted, number) of the distinct findings seen so far (staged, or unchanged)."""
         self.seal()
         counts = Counter(self._same)
-        for r in self.db.rows(
-            "SELECT rule, severity, exempted, count(*) FROM cycle_seen GROUP BY rule, severity, exempted"
-        ):
-            counts[(str(r[0]), str(r[1]), bool(r[2]))] += int(r[3])
+        if self._staged is not None:
+            counts.update(self._staged)
+        else:
+            for r in self.db.rows(
+                "SELECT rule, severity, exempted, count(*) FROM cycle_seen GROUP BY rule, severity, exempted"
+            ):
+                counts[(str(r[0]), str(r[1]), bool(r[2]))] += int(r[3])
         for (rule, severity, exempted), n in sorted(counts.items()):
             if n:
                 yield rule, severity, exempted, n
