@@ -303,17 +303,15 @@ class Store:
                 if events_since is not None and not rec.baseline:
                     for asset_type, n in changes.missed(db, cycle_id).items():
                         self._bump(db, "reconcile_missed_total", {"asset_type": asset_type}, n)
-            totals = db.execute(
-                "SELECT count(*) FILTER (WHERE exempted = 0), count(*) FILTER (WHERE exempted = 1), "
-                "count(*) FILTER (WHERE stale = 1) FROM findings WHERE resolved_at IS NULL"
-            ).fetchone()
-            by_sev = {
-                r[0]: int(r[1])
-                for r in db.execute(
-                    "SELECT severity, count(*) FROM findings WHERE resolved_at IS NULL AND exempted = 0 "
-                    "GROUP BY severity"
-                )
-            }
+            # The open findings counted in one pass (per severity, in the order of findings_open).
+            by_sev, totals = {}, [0, 0, 0]
+            for severity, *counts in db.execute(
+                "SELECT severity, count(*) FILTER (WHERE exempted = 0), count(*) FILTER (WHERE exempted = 1), "
+                "count(*) FILTER (WHERE stale = 1) FROM findings WHERE resolved_at IS NULL GROUP BY severity"
+            ).fetchall():
+                totals = [t + int(n) for t, n in zip(totals, counts, strict=True)]
+                if counts[0]:
+                    by_sev[severity] = int(counts[0])
             assets = int(db.execute("SELECT coalesce(sum(count), 0) FROM asset_counts").fetchone()[0])
             rec.open, rec.stale = int(totals[0]), int(totals[2])
             db.execute(
