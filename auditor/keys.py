@@ -105,14 +105,8 @@ class KeyMap:
         key &= _M64
         if key == EMPTY:
             return 1 << 64 if self._has_zero else -1
-        # `_probe`, written out: the daemon looks up every finding of a cycle
-        keys, mask = self._keys, (1 << self._bits) - 1
-        i = (key * _GOLDEN & _M64) >> self._shift
-        k = keys[i]
-        while k != key and k != EMPTY:
-            i = (i + 1) & mask
-            k = keys[i]
-        return i if k == key else -1
+        i = self._probe(key)
+        return i if self._keys[i] == key else -1
 
     def put(self, key: int, value: int) -> None:
         place = self.add(key, value)
