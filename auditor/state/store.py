@@ -389,12 +389,18 @@ class Store:
                 (cid, now),
             ).rowcount
         rec.still_open = staging.unchanged + staged - rec.new_count
-        changed = " OR ".join(f"findings.{k} IS DISTINCT FROM s.{k}" for k in _CONTENT)
+        staged_open = f"FROM cycle_seen s WHERE findings.id IN (SELECT id FROM cycle_seen) AND findings.id = s.id " \
+                      f"AND {_OPEN_BY_ID}"
+        changed = " OR ".join(f"findings.{k} IS DISTINCT FROM s.{k}" for k in _CONTENT if k != "digest")
         rec.changed += db.execute(
             "UPDATE findings SET " + ", ".join(f"{k} = s.{k}" for k in _CONTENT) + ", last_seen = ?, last_cycle = ?, "
-            "stale = 0 FROM cycle_seen s WHERE findings.id IN (SELECT id FROM cycle_seen) AND findings.id = s.id "
-            f"AND {_OPEN_BY_ID} AND (findings.stale = 1 OR {changed})",
+            f"stale = 0 {staged_open} AND (findings.stale = 1 OR {changed})",
             (now, cid),
+        ).rowcount
+        # Only the digest differs (the content is what it was: a row stored before digests, or by a version that
+        # digested otherwise): the digest alone is written, and no index entry is touched.
+        rec.changed += db.execute(
+            f"UPDATE findings SET digest = s.digest {staged_open} AND findings.digest IS DISTINCT FROM s.digest"
         ).rowcount
         rebuild = _drop_indexes_for_bulk_load(db, staged)
         rec.changed += db.execute(

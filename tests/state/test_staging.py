@@ -196,15 +196,20 @@ def test_an_unchanged_finding_of_a_replaced_copy_is_taken_back(state_target: str
 
 
 def test_rows_stored_before_digests_are_filled_by_the_next_cycle(state_target: str) -> None:
-    a, b = finding("r1", "//a"), finding("r1", "//b")
+    """Rows without a digest (migration v6) or with another one (an older digest): the next cycle writes the digest
+    alone, and nothing else about them changes."""
+    a, b, c = finding("r1", "//a"), finding("r1", "//b"), finding("r1", "//c")
     with Store(state_target) as store:
-        store.record_cycle(cycle(100, [a, b]))
-        store.db.execute("UPDATE findings SET digest = NULL")  # as migration v6 leaves them
-        rec = store.record_cycle(cycle(200, [a, b]))
-        assert rec.drift == [] and rec.changed == 2
+        store.record_cycle(cycle(100, [a, b, c]))
+        before = store.db.rows("SELECT * FROM findings ORDER BY id")
+        store.db.execute("UPDATE findings SET digest = NULL WHERE asset != '//c'")  # as migration v6 leaves them
+        store.db.execute("UPDATE findings SET digest = 12345 WHERE asset = '//c'")
+        rec = store.record_cycle(cycle(200, [a, b, c]))
+        assert rec.drift == [] and rec.changed == 3
+        assert [tuple(r) for r in store.db.rows("SELECT * FROM findings ORDER BY id")] == [tuple(r) for r in before]
         staging = store.staging()
-        staging.extend([a, b])
-        assert staging.unchanged == 2
+        staging.extend([a, b, c])
+        assert staging.unchanged == 3
 
 
 def test_a_stale_finding_seen_again_is_staged(state_target: str) -> None:
