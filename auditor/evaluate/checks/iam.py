@@ -260,19 +260,13 @@ class _Judge:
     def any_outside(self, asset: Asset, domains: AbstractSet[str], projects: AbstractSet[str]) -> bool:
         """Whether `_domain_violations` would give anything (with the projects known): its first member outside
         found without making the violation."""
-        roles = compile_globs(tuple(self.params.roles), "/")
-        if roles is None:
-            return False
         inside = self.inside
-        for b in asset_bindings(asset):
-            if roles.match(b.role) is None:
+        for _, m in grants(asset, self.params.roles):
+            if m in inside:
                 continue
-            for m in b.members:
-                if m in inside:
-                    continue
-                if self.outside(m, domains, projects):
-                    return True
-                self.keep_inside(m)
+            if self.outside(m, domains, projects):
+                return True
+            self.keep_inside(m)
         return False
 
 
