@@ -205,17 +205,12 @@ class Spool:
         self._end = 0
 
     def add(self, key: str, line: bytes, meta: bytes = b"") -> None:
-        """Add one encoded line (it ends with a newline and holds no other) and its record (`meta_size` bytes)."""
-        buf = self._buffers.get(key)
-        if buf is None:
-            buf = self._buffers[key] = bytearray()
-            self._metas[key] = bytearray()
-        buf += line
-        if meta:
-            self._metas[key] += meta
-        self._held += len(line) + len(meta)
-        if self._held > self.budget:
-            self._spill()
+        """Add encoded lines (each ends with a newline and holds no other) and their records (`meta_size` bytes
+        each)."""
+        lines, records = self.group(key)
+        lines += line
+        records += meta
+        self.added(len(line) + len(meta))
 
     def group(self, key: str) -> tuple[bytearray, bytearray]:
         """The lines and records of a group held in memory, for a writer that encodes into them in place (no bytes
