@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import msgspec
@@ -42,7 +43,6 @@ Json = msgspec.Raw | bytes
 T = TypeVar("T")
 
 
-
 def project_of(ancestors: tuple[str, ...]) -> str | None:
     """The project among an asset's ancestors (from the asset upwards), if it is in one."""
     return next((a for a in ancestors if a.startswith("projects/")), None)
@@ -51,6 +51,14 @@ def project_of(ancestors: tuple[str, ...]) -> str | None:
 def ancestry_of(ancestors: tuple[str, ...]) -> str:
     """`organizations/1/folders/2/projects/3`: ancestors (from the asset upwards) written from the top down."""
     return "/".join(reversed(ancestors))
+
+
+@lru_cache(maxsize=1 << 16)
+def place_of(ancestors: tuple[str, ...]) -> tuple[str | None, str]:
+    """`project_of` and `ancestry_of` together, made once for the many findings (a report's, a cycle's) under the
+    same ancestors: an organization has about as many distinct ancestries as projects."""
+    return project_of(ancestors), ancestry_of(ancestors)
+
 
 class Asset:
     """One Cloud Asset Inventory asset (or a Kubernetes object turned into one).

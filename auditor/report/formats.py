@@ -21,7 +21,7 @@ from xml.sax.saxutils import escape, quoteattr
 import msgspec
 
 from auditor import __version__
-from auditor.model import SEVERITIES, Exempted, Finding, Mode, Severity, ancestry_of, project_of
+from auditor.model import SEVERITIES, Exempted, Finding, Mode, Severity, place_of
 from auditor.plugins import Registry
 from auditor.report.escape import md_code, md_text
 from auditor.report.records import RuleFacts, finding_record, report_order
@@ -128,10 +128,6 @@ class JsonRenderer(Renderer):
     def __init__(self, rules: list[RuleFacts]) -> None:
         super().__init__(rules)
         self._tails = {r.id: self._tail(r) for r in rules}
-        # The place of the last finding's asset in the hierarchy (project, ancestry), by its ancestors: findings
-        # come asset by asset, and share the asset's tuple of ancestors.
-        self._ancestors: tuple[str, ...] | None = None
-        self._place: tuple[str | None, str] = (None, "")
         self._scratch = bytearray()
 
     @staticmethod
@@ -160,11 +156,7 @@ class JsonRenderer(Renderer):
     def line_into(self, f: Finding, buf: bytearray) -> None:
         """The finding's record, its closing `}` replaced by a newline: the line as written but for the rule's part
         (`tail`), which closes it when it is written. A JSON text holds no raw newline: one ends each line."""
-        ancestors = f.ancestors
-        if ancestors is not self._ancestors:
-            self._ancestors = ancestors
-            self._place = (project_of(ancestors), ancestry_of(ancestors))
-        record = finding_record(f, *self._place)
+        record = finding_record(f, *place_of(f.ancestors))
         # Encoded into a buffer of its own, then copied: encoding straight into `buf` grew it by half each time it
         # had to grow, not by an eighth, and held the spool's memory half as large again.
         scratch = self._scratch

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
-from functools import lru_cache
 from itertools import islice
 from typing import Any
 
@@ -29,7 +28,7 @@ import msgspec
 from xxhash import xxh3_64_intdigest
 
 from auditor.keys import KeyMap
-from auditor.model import SEVERITIES, Finding, ancestry_of, project_of
+from auditor.model import SEVERITIES, Finding, place_of
 from auditor.state.db import Database
 
 BATCH = 2000  # findings per staging insert: bounded memory, few round trips
@@ -99,14 +98,8 @@ def content_row(f: Finding, digest: int | None = None) -> tuple[Any, ...]:
     exemption = _encode({"reason": e.reason, "owner": e.owner, "ticket": e.ticket, "expires": e.expires,
                          "expired": f.exempted is None}).decode() if e is not None else None
     return (f.id, f.rule, f.check, f.severity.value, f.mode.value, f.asset, f.asset_type, f.message,
-            _encode(f.details).decode(), int(f.exempted is not None), exemption, *_place(f.ancestors),
+            _encode(f.details).decode(), int(f.exempted is not None), exemption, *place_of(f.ancestors),
             finding_digest(f) if digest is None else digest)
-
-
-@lru_cache(maxsize=1 << 16)
-def _place(ancestors: tuple[str, ...]) -> tuple[str | None, str]:
-    """A finding's project and ancestry columns, made once for the many findings under the same ancestors."""
-    return project_of(ancestors), ancestry_of(ancestors)
 
 
 def finding_digest(f: Finding) -> int:
