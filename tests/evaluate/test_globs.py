@@ -99,24 +99,33 @@ def test_line_globs_never_match_across_members() -> None:
         assert found is None or "\n" not in found.group(0), (pattern, text)
 
 
-def test_the_automaton_agrees_with_the_regular_expression_on_random_globs() -> None:
-    """LinearGlob (several wildcards) against the regular expression of the same glob (the reference semantics,
-    affordable on short texts), for both separators."""
+def _agrees_with_the_regular_expression(
+    seed: int, atoms: list[str], letters: str, globs: int, pattern_atoms: tuple[int, int], text_length: int,
+    pieces: bool = False,
+) -> None:
+    """LinearGlob against the regular expression of the same glob (the reference semantics, affordable on short
+    texts), for both separators, on random globs of these atoms and texts of these letters; `pieces`: every glob
+    is matched by its literal pieces in order."""
     import random
     import re
 
     from auditor.evaluate.globs import LinearGlob, _translate
 
-    rnd = random.Random(7)
-    atoms = ["a", "b", "/", ".", "*", "**", "?", "**/"]
-    for _ in range(3000):
+    rnd = random.Random(seed)
+    for _ in range(globs):
         sep = rnd.choice("/.")
-        pattern = "".join(rnd.choice(atoms) for _ in range(rnd.randint(1, 7)))
+        pattern = "".join(rnd.choice(atoms) for _ in range(rnd.randint(*pattern_atoms)))
         reference = re.compile("(?s:" + _translate(pattern, sep, line=False) + r")\Z")
         auto = LinearGlob(pattern, sep)
+        assert not pieces or auto._pieces is not None
         for _ in range(8):
-            text = "".join(rnd.choice("ab/.") for _ in range(rnd.randint(0, 9)))
+            text = "".join(rnd.choice(letters) for _ in range(rnd.randint(0, text_length)))
             assert (auto.match(text) is not None) == (reference.match(text) is not None), (pattern, sep, text)
+
+
+def test_the_automaton_agrees_with_the_regular_expression_on_random_globs() -> None:
+    """Several wildcards, `?` and separators: the automaton's steps."""
+    _agrees_with_the_regular_expression(7, ["a", "b", "/", ".", "*", "**", "?", "**/"], "ab/.", 3000, (1, 7), 9)
 
 
 def test_globs_with_many_wildcards_match_in_linear_time() -> None:
@@ -133,21 +142,6 @@ def test_globs_with_many_wildcards_match_in_linear_time() -> None:
 
 
 def test_the_automaton_without_separators_agrees_with_the_regular_expression() -> None:
-    """Globs without `?` or the separator over texts without it (the automaton's literal pieces found in order),
-    against the regular expression of the same glob."""
-    import random
-    import re
-
-    from auditor.evaluate.globs import LinearGlob, _translate
-
-    rnd = random.Random(11)
-    atoms = ["a", "b", "ab", "ba", "*", "**", "-", ":"]
-    for _ in range(4000):
-        sep = rnd.choice("/.")
-        pattern = "".join(rnd.choice(atoms) for _ in range(rnd.randint(0, 8)))
-        reference = re.compile("(?s:" + _translate(pattern, sep, line=False) + r")\Z")
-        auto = LinearGlob(pattern, sep)
-        assert auto._pieces is not None
-        for _ in range(8):
-            text = "".join(rnd.choice("ab-:") for _ in range(rnd.randint(0, 10)))
-            assert (auto.match(text) is not None) == (reference.match(text) is not None), (pattern, sep, text)
+    """Globs without `?` or the separator over texts without it: the automaton's literal pieces found in order."""
+    _agrees_with_the_regular_expression(11, ["a", "b", "ab", "ba", "*", "**", "-", ":"], "ab-:", 4000, (0, 8), 10,
+                                        pieces=True)
