@@ -617,12 +617,7 @@ class Auditor:
         )
         now = self.clock()
         last, drift = store.last_drift(limit=MAX_ROWS)
-        if last is not None and last.baseline:  # counted on the cycle, with no drift event (see auditor.state.store)
-            n_new, n_resolved = last.new, last.resolved
-        else:
-            dc = store.drift_counts(last.id) if last else {}
-            n_new = sum(n for (change, _), n in dc.items() if change == "new")
-            n_resolved = sum(n for (change, _), n in dc.items() if change == "resolved")
+        n_new, n_resolved = store.drift_totals(last) if last is not None else (0, 0)
         latest = store.last_cycle()
         # Bounded whatever the number of findings: the worst ones and the newest, with counts of all.
         _, worst = store.find(exempted=False, limit=REPORT_FINDINGS, count=False)

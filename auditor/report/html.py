@@ -97,8 +97,6 @@ def render_report(
     severities = [(s, groups.get(s, {})) for s in reversed(SEVERITIES) if counts.get(s)]
     new = [e for e in drift if e.change == "new"]
     resolved = [e for e in drift if e.change == "resolved"]
-    if drift_counts is None and drift_cycle is not None and drift_cycle.baseline:
-        drift_counts = (drift_cycle.new, drift_cycle.resolved)  # a baseline records counts, no drift event
     return _env.get_template("report.html.j2").render(
         version=__version__,
         now=now,

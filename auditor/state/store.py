@@ -657,6 +657,14 @@ class Store:
             )
         }
 
+    def drift_totals(self, c: CycleRecord) -> tuple[int, int]:
+        """(new, resolved) of a cycle's drift events; a baseline's, which records no drift event, as it counted them."""
+        if c.baseline:
+            return c.new, c.resolved
+        counts = self.drift_counts(c.id)
+        return (sum(n for (change, _), n in counts.items() if change == "new"),
+                sum(n for (change, _), n in counts.items() if change == "resolved"))
+
     def last_drift(self, limit: int = 1000) -> tuple[CycleRecord | None, list[DriftEvent]]:
         """The drift of the last cycle that recorded findings (a failed cycle records none), the first `limit`."""
         c = self.last_cycle(("success", "partial"))

@@ -35,6 +35,7 @@ def render(store: Store, rules_path: Path, **kw: object) -> str:
     last, drift = store.last_drift()
     args: dict[str, object] = dict(
         now=10_000.0, latest=store.last_cycle(), drift_cycle=last, drift=drift, findings=store.open_findings(),
+        drift_counts=store.drift_totals(last) if last is not None else None,
         rules=load_rules([rules_path]), sources=store.sources(), data_at=9_000.0, stale=False,
         history=store.cycles(),
     )
