@@ -221,11 +221,12 @@ class Staging:
             if place < 0:
                 known.add(key, _new(fid))
             elif (value := known.value_at(place)) & _NEW:
-                if value == _new(fid) and not value & _ALWAYS:
+                new = _new(fid)
+                if value == new and not value & _ALWAYS:
                     return  # a repeated id: the first staged wins (another id with its key is staged: see `seal`)
                 if value & _STAGED:
                     self._staged = None  # perhaps the same id: sealing drops it
-                known.set_at(place, _new(fid))
+                known.set_at(place, new)
             elif value & _SEEN:
                 return  # a repeated id: the first copy (unchanged) wins
             else:
