@@ -21,7 +21,7 @@ from auditor.collect import SourceOptions
 from auditor.evaluate.engine import Engine, Evaluation, EvaluationError
 from auditor.evaluate.rulebook import load_rules
 from auditor.keys import UpdateTimes
-from auditor.model import SEVERITIES, NotEvaluated
+from auditor.model import SEVERITIES, Asset, NotEvaluated, SourceStatus
 from auditor.report.spool import META_BYTES, Tally, copy_tag
 from auditor.scan import (
     GC_THRESHOLD,
@@ -250,6 +250,19 @@ def test_a_group_taken_whole_is_what_its_findings_taken_one_by_one_give(groups: 
             one_by_one.take(f"r{n % 2}", f"r{n % 2}", line, mark)
     assert whole.out.got == one_by_one.out.got  # type: ignore[attr-defined]
     assert whole.tally == one_by_one.tally
+
+
+def test_no_copy_is_taken_once_every_source_was_read() -> None:
+    """The table of the copies read is let go before the checks with context run: a copy offered after that could
+    not be compared with those before it, so it is refused rather than passed on unchecked."""
+    dedupe = Duplicates(Engine([]).start(Evaluation()), stable_key)
+    first = Asset("//x/a", "x/A", {"k": 1}, update_time="2026-01-05T10:00:00Z")
+    assert list(dedupe.stream([first], SourceStatus("one"))) == [first]
+    dedupe.read_all()
+    with pytest.raises(RuntimeError, match="after every source was read"):
+        list(dedupe.stream([first], SourceStatus("two")))
+    with pytest.raises(RuntimeError, match="after every source was read"):
+        dedupe.merge([stable_key(first)], [0], UpdateTimes())
 
 
 _TIMES = st.sampled_from([None, "2026-01-05T10:00:00Z", "2026-03-02T08:30:00.123Z", "yesterday", "2026-1-5", "zz"])
