@@ -11,10 +11,11 @@ bench/generate.py), and measures, each in a fresh subprocess so that peaks of re
 - cli: `auditor scan --format json -o FILE` end to end (interpreter start, rule loading, report writing);
 - serve: `auditor serve --once` (collect, evaluate, record in a new SQLite state file, report), then a second
   cycle over the same file (nothing changed), with the state file's size after each;
-- rules-10 / rules-50 (tidy): the scan with 10 and 50 rules (shipped rules cloned under new ids).
+- rules-10 / rules-50 (tidy): the scan with 10 and 50 rules (shipped rules cloned under new ids);
+- bound (`--bound`): the least Python any scan of the file runs beyond decoding it (bench/bound.py).
 
     .venv/bin/python bench/run.py --assets 1000000 [--profile tidy|messy|both] [--jobs 2] [--json] [--repeat 1]
-        [--no-cli] [--no-serve] [--no-rule-scaling]
+        [--no-cli] [--no-serve] [--no-rule-scaling] [--bound]
 """
 
 from __future__ import annotations
@@ -230,6 +231,24 @@ def _cli(path: Path, jobs: int) -> dict[str, Any]:
     }
 
 
+def _bound(path: Path) -> dict[str, Any]:
+    """bench/bound.py's lower bound for the file (in a process of its own), over an NDJSON report of it written
+    first (that scan is not one of the measurements)."""
+    auditor = Path(sys.executable).with_name("auditor")
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "findings.ndjson"
+        for cmd in (
+            [str(auditor), "scan", "--source", str(path), "--format", "ndjson", "-o", str(report),
+             "--fail-on", "never"],
+            [sys.executable, str(Path(__file__).with_name("bound.py")), str(path), str(report), "--json"],
+        ):
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise SystemExit(f"{' '.join(cmd[:2])} failed:\n{proc.stderr}")
+    out: dict[str, Any] = json.loads(proc.stdout)
+    return out
+
+
 def _report_summary(report: Path) -> dict[str, Any]:
     """The summary of a JSON report, read from its head (the report holds a million findings after it)."""
     with open(report, "rb") as fh:
@@ -425,6 +444,10 @@ def run_profile(args: argparse.Namespace, profile: str) -> dict[str, Any]:
         rows.append(_row("auditor scan --format json -o (CLI)", cli, size))
         if args.jobs > 1:
             rows.append(_row(f"auditor scan --jobs {args.jobs} (CLI)", _cli(path, args.jobs), size))
+    bound = None
+    if args.bound:
+        log(f"[{profile}] bound ...\n")
+        bound = _bound(path)
     serve: list[dict[str, Any]] = []
     if not args.no_serve:
         log(f"[{profile}] serve --once ...\n")
@@ -478,6 +501,7 @@ def run_profile(args: argparse.Namespace, profile: str) -> dict[str, Any]:
         "state_growth_percent": round(100 * (serve[1]["state_mb"] / serve[0]["state_mb"] - 1), 2)
         if len(serve) > 1 and serve[0]["state_mb"] else None,
         "rule_scaling": scaling,
+        "bound": bound,
     }
 
 
@@ -518,6 +542,13 @@ def render(report: dict[str, Any]) -> str:
                 f"{p['ratio_second_cycle_to_scan_cpu']}; state file growth on the second cycle "
                 f"{p['state_growth_percent']}%"
             )
+        b = p.get("bound")
+        if b:
+            lines.append(
+                f"  lower bound (bench/bound.py, CPU): {b['bound_cpu_seconds']} s = {b['bound_ratio_to_floor']}x its "
+                f"floor; lazy reader {b['lazy_bound_cpu_seconds']} s = {b['lazy_bound_ratio_to_floor']}x "
+                f"({b['ranges']:,} source ranges, {b['findings']:,} findings)"
+            )
         s = p["rule_scaling"]
         if s:
             lines.append(
@@ -543,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=["tidy", "messy", "both"], default="both", help="organization(s) to measure")
     ap.add_argument("--clean", action="store_true", help="delete the cached generated files first")
     ap.add_argument("--rule-costs", action="store_true", help="only: CPU seconds spent in each shipped rule's check")
+    ap.add_argument("--bound", action="store_true",
+                    help="also the least Python a scan runs beyond decoding (bench/bound.py; one scan more a profile)")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     ap.add_argument("--file", help=argparse.SUPPRESS)
     ap.add_argument("--rules", help=argparse.SUPPRESS)
