@@ -82,8 +82,9 @@ def source_ranges(path: Path) -> tuple[list[str], float]:
             generic(raw)
             decoding += time.process_time() - t0
             for r in typed(raw).rule:
-                texts = r.match.config.get("srcIpRange", ()) if r.match is not None else ()
-                out.extend(t for t in texts if isinstance(t, str))
+                texts = r.match.config.get("srcIpRange") if r.match is not None else None
+                if isinstance(texts, list):
+                    out.extend(t for t in texts if isinstance(t, str))
     return out, decoding
 
 
