@@ -463,6 +463,23 @@ def test_a_cycle_looks_up_the_findings_it_names_instead_of_walking_the_open_ones
             assert "findings_open" not in plan and "SCAN findings" not in plan, (statement, plan)
 
 
+def test_a_cycle_with_no_open_finding_does_not_look_its_staged_ones_up_among_the_open(tmp_path: Path) -> None:
+    """Nothing open (a first cycle, or every finding resolved since): no staged finding can be an open one, so the
+    statements that look each staged id up among the open findings are left out, and the same is recorded."""
+    many = [finding("r1", f"//a{i}", exempt=i % 7 == 0) for i in range(60)]
+    with Store(tmp_path / "s.db") as store:
+        statements: list[str] = []
+        store.db._conn.set_trace_callback(statements.append)
+        rec = store.record_cycle(cycle(100, many))
+        store.db._conn.set_trace_callback(None)
+        assert rec.baseline and (rec.new_count, rec.new_exempted, rec.changed) == (60, 9, 60)
+        assert [s for s in statements if "cycle_seen" in s and "findings f" in s and "INSERT" not in s] == []
+        assert [s for s in statements if s.startswith("UPDATE findings") and "cycle_seen" in s] == []
+        assert len(store.open_findings()) == 60
+        rec = store.record_cycle(cycle(200, [msgspec.structs.replace(f, message="changed") for f in many[:3]]))
+        assert (rec.new_count, rec.resolved_count, rec.changed) == (0, 57, 60)
+
+
 def test_a_new_state_file_has_large_pages_and_an_older_one_keeps_its_own(tmp_path: Path) -> None:
     with Store(tmp_path / "new.db") as store:
         assert store.db.rows("PRAGMA page_size")[0][0] == PAGE_SIZE
