@@ -204,12 +204,16 @@ def _subprocess(kind: str, path: Path, rules_dir: str | None = None, jobs: int =
     return res
 
 
+def _scan_command(path: Path, fmt: str, report: Path) -> list[str]:
+    auditor = Path(sys.executable).with_name("auditor")
+    return [str(auditor), "scan", "--source", str(path), "--format", fmt, "-o", str(report), "--fail-on", "never"]
+
+
 def _cli(path: Path, jobs: int) -> dict[str, Any]:
     """`auditor scan` end to end, timed from outside; the peak is the CLI process's own (and its workers')."""
-    auditor = Path(sys.executable).with_name("auditor")
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "findings.json"
-        cmd = [str(auditor), "scan", "--source", str(path), "--format", "json", "-o", str(report), "--fail-on", "never"]
+        cmd = _scan_command(path, "json", report)
         if jobs > 1:
             cmd += ["--jobs", str(jobs)]
         t0 = time.perf_counter()
@@ -234,12 +238,10 @@ def _cli(path: Path, jobs: int) -> dict[str, Any]:
 def _bound(path: Path) -> dict[str, Any]:
     """bench/bound.py's lower bound for the file (in a process of its own), over an NDJSON report of it written
     first (that scan is not one of the measurements)."""
-    auditor = Path(sys.executable).with_name("auditor")
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "findings.ndjson"
         for cmd in (
-            [str(auditor), "scan", "--source", str(path), "--format", "ndjson", "-o", str(report),
-             "--fail-on", "never"],
+            _scan_command(path, "ndjson", report),
             [sys.executable, str(Path(__file__).with_name("bound.py")), str(path), str(report), "--json"],
         ):
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
