@@ -349,6 +349,12 @@ class Staging:
             with self.db.transaction(immediate=False):
                 self.db.executemany("INSERT INTO cycle_unevaluated (rule, asset) VALUES (?, ?)", chunk)
 
+    def staged_exempted(self) -> int | None:
+        """How many of the staged rows are exempted, when they were counted as they came (else None: ask SQL)."""
+        if self._staged is None:
+            return None
+        return sum(n for (_, _, exempted), n in self._staged.items() if exempted)
+
     def counts(self) -> Iterator[tuple[str, str, bool, int]]:
         """(rule, severity, exempted, number) of the distinct findings seen so far (staged, or unchanged)."""
         self.seal()

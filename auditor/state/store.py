@@ -384,9 +384,13 @@ class Store:
             "NOT EXISTS (SELECT 1 FROM findings f WHERE f.id = s.id AND f.resolved_at IS NULL)" if any_open else "1 = 1"
         )
         if rec.baseline:
-            n_new, n_exempted = db.execute(
-                f"SELECT count(*), count(*) FILTER (WHERE s.exempted = 1) {arrived}"
-            ).fetchone()
+            # None open: every staged row arrived, and the staging counted the exempted ones as they came.
+            if not any_open and (exempted := staging.staged_exempted()) is not None:
+                n_new, n_exempted = staged, exempted
+            else:
+                n_new, n_exempted = db.execute(
+                    f"SELECT count(*), count(*) FILTER (WHERE s.exempted = 1) {arrived}"
+                ).fetchone()
             rec.new_count, rec.new_exempted = int(n_new), int(n_exempted or 0)
         else:
             rec.new_count = db.execute(

@@ -4,6 +4,7 @@ migrations and the shared file."""
 from __future__ import annotations
 
 import gc
+import os
 import sqlite3
 import tracemalloc
 from collections.abc import Iterable
@@ -266,6 +267,8 @@ def test_sqlite_file_is_wal(tmp_path: Path) -> None:
     assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with Store(path) as store:  # the WAL of a first big cycle is cut back once checkpointed
         assert store.db.execute("PRAGMA journal_size_limit").fetchone()[0] == 64 << 20
+        # large sorts (a first cycle's index builds) may use helper threads: one per core, up to 4
+        assert store.db.execute("PRAGMA threads").fetchone()[0] == min(4, os.cpu_count() or 1) >= 1
     check.close()
 
 
@@ -478,6 +481,16 @@ def test_a_cycle_with_no_open_finding_does_not_look_its_staged_ones_up_among_the
         assert len(store.open_findings()) == 60
         rec = store.record_cycle(cycle(200, [msgspec.structs.replace(f, message="changed") for f in many[:3]]))
         assert (rec.new_count, rec.resolved_count, rec.changed) == (0, 57, 60)
+    # The baseline's counts come from the staging (no statement counts the staged rows) ...
+    assert [s for s in statements if "count(*) FILTER" in s and "cycle_seen" in s] == []
+    # ... unless it could not count them as they came (two ids sharing a key: one of them may be a repeat): SQL counts
+    twins = [msgspec.structs.replace(many[i], id=many[0].id[:16] + f"{i:04x}") for i in (7, 8)]
+    with Store(tmp_path / "t.db") as store:
+        statements.clear()
+        store.db._conn.set_trace_callback(statements.append)
+        rec = store.record_cycle(cycle(100, [*many, *twins]))
+        assert rec.baseline and (rec.new_count, rec.new_exempted) == (62, 9 + 1)
+        assert [s for s in statements if "count(*) FILTER" in s and "cycle_seen" in s] != []
 
 
 def test_a_new_state_file_has_large_pages_and_an_older_one_keeps_its_own(tmp_path: Path) -> None:
