@@ -13,9 +13,11 @@ bench/generate.py), and measures, each in a fresh subprocess so that peaks of re
   cycle over the same file (nothing changed), with the state file's size after each;
 - rules-10 / rules-50 (tidy): the scan with 10 and 50 rules (shipped rules cloned under new ids);
 - bound (`--bound`): the least Python any scan of the file runs beyond decoding it (bench/bound.py).
+- rule files (`--rule-files`): the CLI scan with each shipped rule file left out in turn, and with one rule that
+  no asset matches (the engine and the lazy reader with nothing to judge).
 
     .venv/bin/python bench/run.py --assets 1000000 [--profile tidy|messy|both] [--jobs 2] [--json] [--repeat 1]
-        [--no-cli] [--no-serve] [--no-rule-scaling] [--bound]
+        [--no-cli] [--no-serve] [--no-rule-scaling] [--bound] [--rule-files]
 """
 
 from __future__ import annotations
@@ -204,16 +206,17 @@ def _subprocess(kind: str, path: Path, rules_dir: str | None = None, jobs: int =
     return res
 
 
-def _scan_command(path: Path, fmt: str, report: Path) -> list[str]:
+def _scan_command(path: Path, fmt: str, report: Path, rules: Path | None = None) -> list[str]:
     auditor = Path(sys.executable).with_name("auditor")
-    return [str(auditor), "scan", "--source", str(path), "--format", fmt, "-o", str(report), "--fail-on", "never"]
+    return [str(auditor), "scan", "--source", str(path), "--format", fmt, "-o", str(report), "--fail-on", "never",
+            *(["--rules", str(rules)] if rules is not None else [])]
 
 
-def _cli(path: Path, jobs: int) -> dict[str, Any]:
+def _cli(path: Path, jobs: int, rules: Path | None = None) -> dict[str, Any]:
     """`auditor scan` end to end, timed from outside; the peak is the CLI process's own (and its workers')."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "findings.json"
-        cmd = _scan_command(path, "json", report)
+        cmd = _scan_command(path, "json", report, rules)
         if jobs > 1:
             cmd += ["--jobs", str(jobs)]
         t0 = time.perf_counter()
@@ -367,6 +370,38 @@ def write_cloned_rules(folder: Path, count: int, distinct: bool = False) -> int:
     return distinct_count
 
 
+# One rule that no asset matches: the CLI scan with it is the engine and the lazy reader with nothing to judge.
+NOTHING_RULE = {
+    "id": "bench-matches-nothing",
+    "check": "iam.forbidden_members",
+    "severity": "low",
+    "match": {"asset_types": ["bench.example.com/Nothing"]},
+    "params": {"members": ["allUsers"]},
+    "mode": "audit",
+}
+
+
+def rule_file_sets(folder: Path) -> dict[str, Path]:
+    """Folders of rules under `folder`, by what they hold: the shipped rule files but one (for each of them), and
+    the one rule no asset matches."""
+    from auditor.evaluate.rulebook import rule_files, shipped_rules_dir
+
+    files = rule_files([shipped_rules_dir()])
+    sets = {}
+    for left_out in files:
+        kept = folder / f"without-{left_out.stem}"
+        kept.mkdir(parents=True)
+        for f in files:
+            if f != left_out:
+                shutil.copyfile(f, kept / f.name)
+        sets[f"all but {left_out.name}"] = kept
+    nothing = folder / "nothing"
+    nothing.mkdir()
+    (nothing / "nothing.yaml").write_text(yaml.safe_dump({"rules": [NOTHING_RULE]}, sort_keys=False), encoding="utf-8")
+    sets["one rule matching nothing"] = nothing
+    return sets
+
+
 # -- the run -------------------------------------------------------------------------------------------------------
 def dataset(n: int, seed: int, compress: bool, profile: str = "tidy") -> Path:
     stem = "org" if profile == "tidy" else profile
@@ -446,6 +481,11 @@ def run_profile(args: argparse.Namespace, profile: str) -> dict[str, Any]:
         rows.append(_row("auditor scan --format json -o (CLI)", cli, size))
         if args.jobs > 1:
             rows.append(_row(f"auditor scan --jobs {args.jobs} (CLI)", _cli(path, args.jobs), size))
+    if args.rule_files:
+        log(f"[{profile}] rule files ...\n")
+        with tempfile.TemporaryDirectory() as tmp:
+            for label, folder in rule_file_sets(Path(tmp)).items():
+                rows.append(_row(f"CLI, {label}", _cli(path, 1, folder), size))
     bound = None
     if args.bound:
         log(f"[{profile}] bound ...\n")
@@ -516,10 +556,13 @@ def render(report: dict[str, Any]) -> str:
                      f"{p['findings']:,} findings")  # fmt: skip
     lines.append("")
     names = list(dict.fromkeys(r["name"] for p in profiles for r in p["rows"]))
-    head = f"{'measurement':<40}" + "".join(f" {p['profile'] + ' s':>9} {'cpu s':>7} {'peak MB':>8}" for p in profiles)
+    width = max(40, *map(len, names))
+    head = f"{'measurement':<{width}}" + "".join(
+        f" {p['profile'] + ' s':>9} {'cpu s':>7} {'peak MB':>8}" for p in profiles
+    )
     lines.append(head)
     for name in names:
-        line = f"{name:<40}"
+        line = f"{name:<{width}}"
         for p in profiles:
             r = next((r for r in p["rows"] if r["name"] == name), None)
             if r is None:
@@ -578,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rule-costs", action="store_true", help="only: CPU seconds spent in each shipped rule's check")
     ap.add_argument("--bound", action="store_true",
                     help="also the least Python a scan runs beyond decoding (bench/bound.py; one scan more a profile)")
+    ap.add_argument("--rule-files", action="store_true",
+                    help="also the CLI scan with each shipped rule file left out, and with one rule matching nothing")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     ap.add_argument("--file", help=argparse.SUPPRESS)
     ap.add_argument("--rules", help=argparse.SUPPRESS)
