@@ -13,11 +13,13 @@ bench/generate.py), and measures, each in a fresh subprocess so that peaks of re
   cycle over the same file (nothing changed), with the state file's size after each;
 - rules-10 / rules-50 (tidy): the scan with 10 and 50 rules (shipped rules cloned under new ids);
 - bound (`--bound`): the least Python any scan of the file runs beyond decoding it (bench/bound.py).
+- rounds (`--rounds N`): N times the CLI scan, the daemon's first and second cycles and the CLI scan again, each
+  cycle's wall time over the mean of its round's two scans (this is how the README's daemon figures are taken);
 - rule files (`--rule-files`): the CLI scan with each shipped rule file left out in turn, and with one rule that
   no asset matches (the engine and the lazy reader with nothing to judge).
 
     .venv/bin/python bench/run.py --assets 1000000 [--profile tidy|messy|both] [--jobs 2] [--json] [--repeat 1]
-        [--no-cli] [--no-serve] [--no-rule-scaling] [--bound] [--rule-files]
+        [--no-cli] [--no-serve] [--no-rule-scaling] [--bound] [--rule-files] [--rounds N]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -294,17 +297,46 @@ def _serve(path: Path, cycles: int = 2) -> list[dict[str, Any]]:
             if os.waitstatus_to_exitcode(status) not in (0, 1):
                 raise SystemExit(f"auditor serve --once failed:\n{stderr[-4000:]}")
             summary = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else {}
+            state_bytes = sum(f.stat().st_size for f in Path(tmp).glob("state.db*"))
             out.append(
                 {
                     "seconds": seconds,
                     "cpu_seconds": usage.ru_utime + usage.ru_stime,
                     "rss_mb": usage.ru_maxrss / 1024,
-                    "state_mb": sum(f.stat().st_size for f in Path(tmp).glob("state.db*")) / 1e6,
+                    "state_bytes": state_bytes,
+                    "state_mb": state_bytes / 1e6,
                     "outcome": summary.get("outcome"),
                     "findings": summary.get("open"),
                 }
             )
     return out
+
+
+def daemon_rounds(path: Path, rounds: int) -> dict[str, Any]:
+    """`rounds` times: the CLI scan, the daemon's first and second cycles (`_serve`), the CLI scan again. On a
+    machine whose speed drifts, a cycle is compared with the scans of its own round (their mean, wall time)."""
+    out = []
+    for _ in range(rounds):
+        before = _cli(path, 1)
+        first, second = _serve(path)
+        after = _cli(path, 1)
+        scan = (before["seconds"] + after["seconds"]) / 2
+        out.append({
+            "scan_seconds": [round(before["seconds"], 2), round(after["seconds"], 2)],
+            "first_seconds": round(first["seconds"], 2),
+            "second_seconds": round(second["seconds"], 2),
+            "first_ratio": round(first["seconds"] / scan, 2),
+            "second_ratio": round(second["seconds"] / scan, 2),
+            "peak_mb": [round(before["rss_mb"]), round(first["rss_mb"]), round(second["rss_mb"]),
+                        round(after["rss_mb"])],
+            "state_bytes": second["state_bytes"],
+            "state_growth_bytes": second["state_bytes"] - first["state_bytes"],
+        })  # fmt: skip
+    return {
+        "rounds": out,
+        "median_first_ratio": round(statistics.median(r["first_ratio"] for r in out), 2) if out else None,
+        "median_second_ratio": round(statistics.median(r["second_ratio"] for r in out), 2) if out else None,
+    }
 
 
 # -- rules for the scaling figure ----------------------------------------------------------------------------------
@@ -497,6 +529,10 @@ def run_profile(args: argparse.Namespace, profile: str) -> dict[str, Any]:
         for i, m in enumerate(serve):
             rows.append({**_row(f"auditor serve --once, cycle {i + 1}", {**m, "assets": args.assets}, size),
                          "state_mb": round(m["state_mb"], 1), "outcome": m["outcome"]})  # fmt: skip
+    rounds = None
+    if args.rounds:
+        log(f"[{profile}] {args.rounds} rounds of scan, first and second cycle, scan ...\n")
+        rounds = daemon_rounds(path, args.rounds)
     scaling: dict[str, Any] | None = None
     if not args.no_rule_scaling and profile == "tidy":
         log("rule scaling ...\n")
@@ -544,6 +580,7 @@ def run_profile(args: argparse.Namespace, profile: str) -> dict[str, Any]:
         if len(serve) > 1 and serve[0]["state_mb"] else None,
         "rule_scaling": scaling,
         "bound": bound,
+        "daemon_rounds": rounds,
     }
 
 
@@ -556,7 +593,7 @@ def render(report: dict[str, Any]) -> str:
                      f"{p['findings']:,} findings")  # fmt: skip
     lines.append("")
     names = list(dict.fromkeys(r["name"] for p in profiles for r in p["rows"]))
-    width = max(40, *map(len, names))
+    width = max([40, *map(len, names)])
     head = f"{'measurement':<{width}}" + "".join(
         f" {p['profile'] + ' s':>9} {'cpu s':>7} {'peak MB':>8}" for p in profiles
     )
@@ -587,6 +624,17 @@ def render(report: dict[str, Any]) -> str:
                 f"{p['ratio_second_cycle_to_scan_cpu']}; state file growth on the second cycle "
                 f"{p['state_growth_percent']}%"
             )
+        d = p.get("daemon_rounds")
+        if d:
+            for i, r in enumerate(d["rounds"], 1):
+                lines.append(
+                    f"  round {i}: scans {r['scan_seconds'][0]} / {r['scan_seconds'][1]} s, first cycle "
+                    f"{r['first_seconds']} s = {r['first_ratio']}x, second {r['second_seconds']} s = "
+                    f"{r['second_ratio']}x; peaks (scan, first, second, scan) {' / '.join(map(str, r['peak_mb']))} MB; "
+                    f"state {r['state_bytes']:,} bytes, {r['state_growth_bytes']:+,} on the second cycle"
+                )
+            lines.append(f"  median over {len(d['rounds'])} rounds: first cycle {d['median_first_ratio']}x the scan, "
+                         f"second {d['median_second_ratio']}x")  # fmt: skip
         b = p.get("bound")
         if b:
             lines.append(
@@ -623,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also the least Python a scan runs beyond decoding (bench/bound.py; one scan more a profile)")
     ap.add_argument("--rule-files", action="store_true",
                     help="also the CLI scan with each shipped rule file left out, and with one rule matching nothing")
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="also this many rounds of: CLI scan, the daemon's two cycles, CLI scan (ratios by round)")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     ap.add_argument("--file", help=argparse.SUPPRESS)
     ap.add_argument("--rules", help=argparse.SUPPRESS)
