@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 import msgspec
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
-_RANK = {s: i for i, s in enumerate(SEVERITIES)}  # str-valued: a Severity looks itself up
+# A severity's rank by its text; str-valued, so a Severity looks itself up too (cheaper than its `rank` property in
+# a loop over every finding)
+SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 
 
 class Severity(StrEnum):
@@ -28,7 +30,11 @@ class Severity(StrEnum):
 
     @property
     def rank(self) -> int:
-        return _RANK[self]
+        return SEVERITY_RANK[self]
+
+
+# A Severity's plain text, by a lookup (the enum's `value` property costs more, once for every finding)
+SEVERITY_TEXT: dict[Severity, str] = {s: s.value for s in Severity}
 
 
 class Mode(StrEnum):

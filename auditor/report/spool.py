@@ -20,7 +20,7 @@ from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple, Protocol, runtime_checkable
 
-from auditor.model import SEVERITIES, Finding, Severity
+from auditor.model import SEVERITIES, SEVERITY_RANK, SEVERITY_TEXT, Finding, Severity
 
 MEMORY_BUDGET = 4 << 20  # encoded bytes kept in memory before the groups are written to the temporary file
 # The lines of a group read back (and written) at a time; a report's written form of them (JSON: with their rules'
@@ -49,8 +49,6 @@ def finding_meta(f: Finding, copy: bytes) -> bytes:
 MARK_BYTES = META_BYTES - COPY_BYTES
 
 
-_VALUE = {s: s.value for s in Severity}
-_RANK = {s: s.rank for s in Severity}
 # The last 2 bytes of a record, by severity and whether the finding is exempted
 _FLAGS = {(s, exempted): bytes((s.rank, exempted)) for s in Severity for exempted in (False, True)}
 
@@ -133,9 +131,9 @@ class Tally:
             self.exempted_by_rule[f.rule] += 1
             return
         severity = f.severity
-        self.open_by_severity[_VALUE[severity]] += 1  # the plain text: the enum's properties cost more than a lookup
+        self.open_by_severity[SEVERITY_TEXT[severity]] += 1
         self.open_by_rule[f.rule] += 1
-        rank = _RANK[severity]
+        rank = SEVERITY_RANK[severity]
         if rank > self.worst_rank:
             self.worst_rank = rank
 

@@ -28,7 +28,7 @@ import msgspec
 from xxhash import xxh3_64_intdigest
 
 from auditor.keys import KeyMap
-from auditor.model import SEVERITIES, Finding, Severity, place_of
+from auditor.model import SEVERITIES, SEVERITY_RANK, SEVERITY_TEXT, Finding, place_of
 from auditor.state.db import Database
 
 BATCH = 2000  # findings per staging insert: bounded memory, few round trips
@@ -143,8 +143,6 @@ _ALWAYS = 4  # stale, or stored before digests: staged whatever its digest
 _EXEMPTED = 8  # (when seen) it was exempted
 _SEVERITY = 4  # (when seen) its severity's index in SEVERITIES, in the 3 bits from this one
 _NEW = 128  # not an open finding: staged this cycle (or withdrawn since, without _STAGED)
-_SEVERITY_BITS = {s: s.rank << _SEVERITY for s in Severity}
-_SEVERITY_TEXT = {s: s.value for s in Severity}
 _FLAGS = 0xFF
 _M64 = (1 << 64) - 1
 
@@ -234,15 +232,11 @@ class Staging:
             else:
                 digest = finding_digest(finding)
                 if not value & (_STAGED | _ALWAYS) and value >> 8 == (digest & _M64) >> 8:
-                    # most findings of a cycle come this way: the severity's bits and text from tables, not the
-                    # enum's properties (a microsecond a finding less)
-                    severity = finding.severity
-                    if finding.exempted is None:
-                        known.set_at(place, value | _SEEN | _SEVERITY_BITS[severity])
-                        self._same[(finding.rule, _SEVERITY_TEXT[severity], False)] += 1
-                    else:
-                        known.set_at(place, value | _SEEN | _EXEMPTED | _SEVERITY_BITS[severity])
-                        self._same[(finding.rule, _SEVERITY_TEXT[severity], True)] += 1
+                    # most findings of a cycle come this way: the severity's rank and text from the model's tables,
+                    # not the enum's properties (a microsecond a finding less)
+                    severity, exempted = finding.severity, finding.exempted is not None
+                    known.set_at(place, value | _SEEN | exempted * _EXEMPTED | SEVERITY_RANK[severity] << _SEVERITY)
+                    self._same[(finding.rule, SEVERITY_TEXT[severity], exempted)] += 1
                     self.unchanged += 1
                     return
                 if value & _STAGED:
