@@ -297,9 +297,12 @@ class Duplicates:
         after this."""
         self.seen, self.times, self.closed = KeyMap(), UpdateTimes(), True
 
-    def stream(self, assets: Iterable[Asset], status: SourceStatus) -> Iterator[Asset]:
+    def _refuse_if_closed(self, what: str) -> None:
         if self.closed:
-            raise RuntimeError("assets read after every source was read: their repeats would go unnoticed")
+            raise RuntimeError(f"{what} after every source was read: their repeats would go unnoticed")
+
+    def stream(self, assets: Iterable[Asset], status: SourceStatus) -> Iterator[Asset]:
+        self._refuse_if_closed("assets read")
         seen, run, keyof, encode = self.seen, self.run, self.key, self.times.encode
         for a in assets:
             key = keyof(a)
@@ -335,8 +338,7 @@ class Duplicates:
 
         Copies read earlier in the same batch are ones whose findings were not handed on yet: a copy of them that
         loses is left out (`dropped`), not taken back."""
-        if self.closed:
-            raise RuntimeError("assets merged after every source was read: their repeats would go unnoticed")
+        self._refuse_if_closed("assets merged")
         out = Merged()
         seen, encode, decode = self.seen, self.times.encode, self.times.decode
         here: dict[int, int] = {}  # hash -> the copy of this batch that is kept
