@@ -297,14 +297,12 @@ def _serve(path: Path, cycles: int = 2) -> list[dict[str, Any]]:
             if os.waitstatus_to_exitcode(status) not in (0, 1):
                 raise SystemExit(f"auditor serve --once failed:\n{stderr[-4000:]}")
             summary = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else {}
-            state_bytes = sum(f.stat().st_size for f in Path(tmp).glob("state.db*"))
             out.append(
                 {
                     "seconds": seconds,
                     "cpu_seconds": usage.ru_utime + usage.ru_stime,
                     "rss_mb": usage.ru_maxrss / 1024,
-                    "state_bytes": state_bytes,
-                    "state_mb": state_bytes / 1e6,
+                    "state_bytes": sum(f.stat().st_size for f in Path(tmp).glob("state.db*")),
                     "outcome": summary.get("outcome"),
                     "findings": summary.get("open"),
                 }
@@ -528,7 +526,7 @@ def run_profile(args: argparse.Namespace, profile: str) -> dict[str, Any]:
         serve = _serve(path)
         for i, m in enumerate(serve):
             rows.append({**_row(f"auditor serve --once, cycle {i + 1}", {**m, "assets": args.assets}, size),
-                         "state_mb": round(m["state_mb"], 1), "outcome": m["outcome"]})  # fmt: skip
+                         "state_mb": round(m["state_bytes"] / 1e6, 1), "outcome": m["outcome"]})  # fmt: skip
     rounds = None
     if args.rounds:
         log(f"[{profile}] {args.rounds} rounds of scan, first and second cycle, scan ...\n")
@@ -576,8 +574,8 @@ def run_profile(args: argparse.Namespace, profile: str) -> dict[str, Any]:
         "ratio_serve_to_scan_cpu": round(serve[0]["cpu_seconds"] / cli["cpu_seconds"], 2) if serve and cli else None,
         "ratio_second_cycle_to_scan_cpu": round(serve[1]["cpu_seconds"] / cli["cpu_seconds"], 2)
         if len(serve) > 1 and cli else None,
-        "state_growth_percent": round(100 * (serve[1]["state_mb"] / serve[0]["state_mb"] - 1), 2)
-        if len(serve) > 1 and serve[0]["state_mb"] else None,
+        "state_growth_percent": round(100 * (serve[1]["state_bytes"] / serve[0]["state_bytes"] - 1), 2)
+        if len(serve) > 1 and serve[0]["state_bytes"] else None,
         "rule_scaling": scaling,
         "bound": bound,
         "daemon_rounds": rounds,
